@@ -1,0 +1,134 @@
+//! Observation groups: measurements of one (patient, device, type) split by `periodInterval`.
+
+use super::FhirDataError;
+use crate::mapping::fhir::PeriodInterval;
+use crate::model::Measurement;
+use crate::time::{format_id_segment, tick};
+use chrono::{DateTime, Datelike, Duration, TimeZone, Timelike, Utc};
+use std::sync::Arc;
+
+/// The measurements that become one Observation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservationGroup {
+    /// Period start.
+    pub start: DateTime<Utc>,
+    /// Period end (inclusive).
+    pub end: DateTime<Utc>,
+    /// Segment of the Observation identifier: the period, or the correlation id.
+    pub id_segment: String,
+    /// Per property, time-sorted values; a repeated timestamp keeps the first value.
+    pub values: Vec<(Arc<str>, Vec<(DateTime<Utc>, String)>)>,
+}
+
+impl ObservationGroup {
+    fn new(start: DateTime<Utc>, end: DateTime<Utc>, id_segment: String) -> Self {
+        Self {
+            start,
+            end,
+            id_segment,
+            values: Vec::new(),
+        }
+    }
+
+    /// Adds a measurement's properties.
+    pub fn add(&mut self, m: &Measurement) {
+        for (name, value) in &m.properties {
+            let list = match self.values.iter_mut().position(|(n, _)| n == name) {
+                Some(i) => &mut self.values[i].1,
+                None => {
+                    self.values.push((name.clone(), Vec::new()));
+                    &mut self.values.last_mut().expect("just pushed").1
+                }
+            };
+            // A set ordered by time: an equal timestamp keeps the value already there.
+            if let Err(at) = list.binary_search_by_key(&m.occurrence_time, |(t, _)| *t) {
+                list.insert(at, (m.occurrence_time, value.clone()));
+            }
+        }
+    }
+
+    /// Values of a property.
+    pub fn get(&self, name: &str) -> Option<&[(DateTime<Utc>, String)]> {
+        self.values
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// The period (start, end) a timestamp falls in, for time-based intervals.
+pub fn boundary(period: PeriodInterval, t: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    match period {
+        PeriodInterval::Instance | PeriodInterval::Correlation => (t, t),
+        PeriodInterval::Hour => {
+            let start = Utc
+                .with_ymd_and_hms(t.year(), t.month(), t.day(), t.hour(), 0, 0)
+                .single()
+                .expect("valid hour");
+            (start, start + Duration::hours(1) - tick())
+        }
+        PeriodInterval::Day => {
+            let start = Utc
+                .with_ymd_and_hms(t.year(), t.month(), t.day(), 0, 0, 0)
+                .single()
+                .expect("valid day");
+            (start, start + Duration::days(1) - tick())
+        }
+    }
+}
+
+/// Identifier segment for a time period.
+pub fn period_segment(start: &DateTime<Utc>, end: &DateTime<Utc>) -> String {
+    format!("{}.{}", format_id_segment(start), format_id_segment(end))
+}
+
+/// Splits measurements of one (patient, device, type) into observation groups, in order of
+/// each group's first measurement.
+pub fn build_groups(
+    period: PeriodInterval,
+    measurements: &[Measurement],
+) -> Result<Vec<ObservationGroup>, FhirDataError> {
+    let mut groups: Vec<ObservationGroup> = Vec::new();
+    if period == PeriodInterval::Correlation {
+        let mut by_id: Vec<ObservationGroup> = Vec::new();
+        for m in measurements {
+            let id = m.correlation_id.as_deref().ok_or_else(|| {
+                FhirDataError(format!(
+                    "measurement of type {} has no correlation id but its FHIR template groups by correlation id (periodInterval -1)",
+                    m.type_name
+                ))
+            })?;
+            let g = match by_id.iter_mut().position(|g| g.id_segment == id) {
+                Some(i) => &mut by_id[i],
+                None => {
+                    by_id.push(ObservationGroup::new(
+                        m.occurrence_time,
+                        m.occurrence_time,
+                        id.to_string(),
+                    ));
+                    by_id.last_mut().expect("just pushed")
+                }
+            };
+            g.start = g.start.min(m.occurrence_time);
+            g.end = g.end.max(m.occurrence_time);
+            g.add(m);
+        }
+        return Ok(by_id);
+    }
+    for m in measurements {
+        let (start, end) = boundary(period, m.occurrence_time);
+        let g = match groups.iter_mut().position(|g| g.start == start) {
+            Some(i) => &mut groups[i],
+            None => {
+                groups.push(ObservationGroup::new(
+                    start,
+                    end,
+                    period_segment(&start, &end),
+                ));
+                groups.last_mut().expect("just pushed")
+            }
+        };
+        g.add(m);
+    }
+    Ok(groups)
+}

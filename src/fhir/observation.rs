@@ -1,0 +1,409 @@
+//! Observation build and merge, as the IoMT connector's CodeValueFhir processor does them.
+//!
+//! Observations are plain `serde_json::Value`s: a stored Observation may carry members this
+//! code never sets (meta, extensions, notes), and a merge must keep them untouched.
+
+use super::groups::ObservationGroup;
+use super::sampled_data;
+use super::{FhirDataError, SERVICE_URI};
+use crate::mapping::fhir::{Category, Code, CodeValueTemplate, ValueKind, ValueTemplate};
+use crate::time::{format_dotnet, parse_timestamp};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Number, Value};
+use sha2::{Digest, Sha256};
+
+/// Who an Observation is about and which device made it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subjects<'a> {
+    /// Patient resource id (resolved) or identifier (logical reference).
+    pub patient: &'a str,
+    /// Device resource id or identifier.
+    pub device: &'a str,
+    /// Encounter resource id or identifier.
+    pub encounter: Option<&'a str>,
+    /// True: ids are FHIR resource ids (`Patient/{id}`); false: logical references by identifier.
+    pub resolved: bool,
+}
+
+impl Subjects<'_> {
+    fn reference(&self, resource_type: &str, id: &str) -> Value {
+        if self.resolved {
+            json!({ "reference": format!("{resource_type}/{id}") })
+        } else {
+            json!({ "type": resource_type, "identifier": { "value": id } })
+        }
+    }
+}
+
+/// The connector's Observation identifier value: `{patient}.{device}.{type}.{segment}`.
+pub fn identifier_value(subjects: &Subjects<'_>, type_name: &str, id_segment: &str) -> String {
+    format!(
+        "{}.{}.{}.{}",
+        subjects.patient, subjects.device, type_name, id_segment
+    )
+}
+
+/// The deterministic Observation id: lower-case hex SHA-256 of `{system}_{value}`.
+pub fn observation_id(identifier_value: &str) -> String {
+    let digest = Sha256::digest(format!("{SERVICE_URI}_{identifier_value}").as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn coding(c: &Code) -> Value {
+    let mut m = Map::new();
+    if let Some(s) = &c.system {
+        m.insert("system".into(), s.as_str().into());
+    }
+    if let Some(s) = &c.code {
+        m.insert("code".into(), s.as_str().into());
+    }
+    if let Some(s) = &c.display {
+        m.insert("display".into(), s.as_str().into());
+    }
+    Value::Object(m)
+}
+
+/// Template codes plus the connector's own coding for `name`; text = `name`.
+fn resolve_code(name: &str, codes: &[Code]) -> Value {
+    let mut coding: Vec<Value> = codes.iter().map(self::coding).collect();
+    coding.push(json!({ "system": SERVICE_URI, "code": name, "display": name }));
+    json!({ "coding": coding, "text": name })
+}
+
+fn category(categories: &[Category]) -> Value {
+    Value::Array(
+        categories
+            .iter()
+            .map(|c| {
+                let mut m = Map::new();
+                if !c.codes.is_empty() {
+                    m.insert("coding".into(), c.codes.iter().map(coding).collect());
+                }
+                if let Some(t) = &c.text {
+                    m.insert("text".into(), t.as_str().into());
+                }
+                Value::Object(m)
+            })
+            .collect(),
+    )
+}
+
+fn period(start: &DateTime<Utc>, end: &DateTime<Utc>) -> Value {
+    json!({ "start": format_dotnet(start), "end": format_dotnet(end) })
+}
+
+const VALUE_KEYS: &[&str] = &[
+    "valueQuantity",
+    "valueCodeableConcept",
+    "valueString",
+    "valueBoolean",
+    "valueInteger",
+    "valueRange",
+    "valueRatio",
+    "valueSampledData",
+    "valueTime",
+    "valueDateTime",
+    "valuePeriod",
+];
+
+fn value_key(kind: &ValueKind) -> &'static str {
+    match kind {
+        ValueKind::SampledData { .. } => "valueSampledData",
+        ValueKind::Quantity { .. } => "valueQuantity",
+        ValueKind::String => "valueString",
+        ValueKind::CodeableConcept { .. } => "valueCodeableConcept",
+    }
+}
+
+/// Parses a measured value as an invariant-culture decimal.
+fn decimal(s: &str) -> Option<Number> {
+    let t = s.trim();
+    let f: f64 = t.parse().ok().filter(|f: &f64| f.is_finite())?;
+    if t.contains(['e', 'E', 'n', 'N', 'i', 'I']) {
+        return Number::from_f64(f);
+    }
+    t.trim_start_matches('+')
+        .parse::<i64>()
+        .map(Number::from)
+        .ok()
+        .or_else(|| Number::from_f64(f))
+}
+
+fn single<'v>(
+    tpl: &ValueTemplate,
+    values: &'v [(DateTime<Utc>, String)],
+) -> Result<&'v str, FhirDataError> {
+    match values {
+        [(_, v)] => Ok(v),
+        _ => Err(FhirDataError(format!(
+            "{} value \"{}\" expects exactly one value per observation, found {}",
+            value_key(&tpl.kind),
+            tpl.value_name,
+            values.len()
+        ))),
+    }
+}
+
+fn create_value(
+    tpl: &ValueTemplate,
+    values: &[(DateTime<Utc>, String)],
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<Value, FhirDataError> {
+    Ok(match &tpl.kind {
+        ValueKind::SampledData {
+            default_period,
+            unit,
+        } => {
+            let mut origin = Map::new();
+            origin.insert("value".into(), 0.into());
+            if let Some(u) = unit {
+                origin.insert("unit".into(), u.as_str().into());
+            }
+            json!({
+                "origin": origin,
+                "period": default_period,
+                "dimensions": 1,
+                "data": sampled_data::build(values, start, end, *default_period),
+            })
+        }
+        ValueKind::Quantity { unit, code, system } => {
+            let raw = single(tpl, values)?;
+            let n = decimal(raw).ok_or_else(|| {
+                FhirDataError(format!(
+                    "Quantity value \"{}\" is not a number: \"{raw}\"",
+                    tpl.value_name
+                ))
+            })?;
+            let mut q = Map::new();
+            q.insert("value".into(), Value::Number(n));
+            for (k, v) in [("unit", unit), ("system", system), ("code", code)] {
+                if let Some(v) = v {
+                    q.insert(k.into(), v.as_str().into());
+                }
+            }
+            Value::Object(q)
+        }
+        ValueKind::String => Value::String(single(tpl, values)?.to_string()),
+        ValueKind::CodeableConcept { codes, text } => {
+            let mut m = Map::new();
+            m.insert("coding".into(), codes.iter().map(coding).collect());
+            if let Some(t) = text {
+                m.insert("text".into(), t.as_str().into());
+            }
+            Value::Object(m)
+        }
+    })
+}
+
+fn merge_value(
+    tpl: &ValueTemplate,
+    values: &[(DateTime<Utc>, String)],
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    existing_period: (DateTime<Utc>, DateTime<Utc>),
+    holder: &mut Map<String, Value>,
+) -> Result<(), FhirDataError> {
+    let key = value_key(&tpl.kind);
+    let new_value = match &tpl.kind {
+        ValueKind::SampledData { default_period, .. } => {
+            let Some(existing) = holder.get(key) else {
+                return Err(FhirDataError(format!(
+                    "cannot merge SampledData value \"{}\" into an Observation value of another type",
+                    tpl.value_name
+                )));
+            };
+            if existing
+                .get("dimensions")
+                .and_then(Value::as_u64)
+                .unwrap_or(1)
+                > 1
+            {
+                return Err(FhirDataError(format!(
+                    "cannot merge value \"{}\" into SampledData with more than one dimension",
+                    tpl.value_name
+                )));
+            }
+            let data = existing.get("data").and_then(Value::as_str).unwrap_or("");
+            let old = sampled_data::to_time_values(data, existing_period.0, *default_period);
+            let merged = sampled_data::merge(&old, values);
+            let (start, end) = (start.min(existing_period.0), end.max(existing_period.1));
+            let mut sd = existing.clone();
+            sd["data"] = Value::String(sampled_data::build(&merged, start, end, *default_period));
+            sd
+        }
+        _ => create_value(tpl, values, start, end)?,
+    };
+    for k in VALUE_KEYS {
+        if *k != key {
+            holder.remove(*k);
+        }
+    }
+    holder.insert(key.into(), new_value);
+    Ok(())
+}
+
+/// Builds a new Observation for one group. `type_name` is the measurement type as the
+/// device mapping spelled it (the template lookup ignores case; the codes keep this spelling).
+pub fn build(
+    tpl: &CodeValueTemplate,
+    type_name: &str,
+    group: &ObservationGroup,
+    subjects: &Subjects<'_>,
+) -> Result<Value, FhirDataError> {
+    let identifier = identifier_value(subjects, type_name, &group.id_segment);
+    let mut o = Map::new();
+    o.insert("resourceType".into(), "Observation".into());
+    o.insert("id".into(), observation_id(&identifier).into());
+    o.insert(
+        "identifier".into(),
+        json!([{ "system": SERVICE_URI, "value": identifier }]),
+    );
+    o.insert("status".into(), "final".into());
+    if !tpl.category.is_empty() {
+        o.insert("category".into(), category(&tpl.category));
+    }
+    o.insert("code".into(), resolve_code(type_name, &tpl.codes));
+    o.insert(
+        "subject".into(),
+        subjects.reference("Patient", subjects.patient),
+    );
+    if let Some(e) = subjects.encounter {
+        o.insert("encounter".into(), subjects.reference("Encounter", e));
+    }
+    o.insert("effectivePeriod".into(), period(&group.start, &group.end));
+    if let Some(v) = &tpl.value {
+        if let Some(values) = group.get(&v.value_name) {
+            o.insert(
+                value_key(&v.kind).into(),
+                create_value(v, values, group.start, group.end)?,
+            );
+        }
+    }
+    o.insert(
+        "device".into(),
+        subjects.reference("Device", subjects.device),
+    );
+    let mut components = Vec::new();
+    for c in &tpl.components {
+        if let Some(values) = group.get(&c.value.value_name) {
+            let mut comp = Map::new();
+            comp.insert("code".into(), resolve_code(&c.value.value_name, &c.codes));
+            comp.insert(
+                value_key(&c.value.kind).into(),
+                create_value(&c.value, values, group.start, group.end)?,
+            );
+            components.push(Value::Object(comp));
+        }
+    }
+    if !components.is_empty() {
+        o.insert("component".into(), Value::Array(components));
+    }
+    Ok(Value::Object(o))
+}
+
+fn existing_period(
+    o: &Map<String, Value>,
+    group: &ObservationGroup,
+) -> (DateTime<Utc>, DateTime<Utc>) {
+    let p = o.get("effectivePeriod");
+    let at = |k: &str| {
+        p.and_then(|p| p.get(k))
+            .and_then(Value::as_str)
+            .and_then(parse_timestamp)
+    };
+    match (at("start"), at("end")) {
+        (Some(s), Some(e)) => (s, e),
+        (Some(s), None) => (s, s.max(group.end)),
+        _ => {
+            let t = o
+                .get("effectiveDateTime")
+                .and_then(Value::as_str)
+                .and_then(parse_timestamp);
+            t.map_or((group.start, group.end), |t| (t, t))
+        }
+    }
+}
+
+/// Merges a group into a stored Observation. Values are replaced (SampledData re-built over
+/// the union of both periods, new values winning), the period only widens, and when the
+/// result differs from what was stored its status becomes `amended`.
+pub fn merge(
+    tpl: &CodeValueTemplate,
+    group: &ObservationGroup,
+    existing: &Value,
+) -> Result<Value, FhirDataError> {
+    let Some(mut o) = existing.as_object().cloned() else {
+        return Err(FhirDataError(
+            "the stored Observation is not a JSON object".into(),
+        ));
+    };
+    let period_before = existing_period(&o, group);
+    if tpl.category.is_empty() {
+        o.remove("category");
+    } else {
+        o.insert("category".into(), category(&tpl.category));
+    }
+    if let Some(v) = &tpl.value {
+        if let Some(values) = group.get(&v.value_name) {
+            merge_value(v, values, group.start, group.end, period_before, &mut o)?;
+        }
+    }
+    if !tpl.components.is_empty() {
+        let mut components: Vec<Value> = match o.remove("component") {
+            Some(Value::Array(a)) => a,
+            _ => Vec::new(),
+        };
+        for c in &tpl.components {
+            let Some(values) = group.get(&c.value.value_name) else {
+                continue;
+            };
+            let found = components.iter_mut().find(|comp| {
+                comp.pointer("/code/coding")
+                    .and_then(Value::as_array)
+                    .is_some_and(|codings| {
+                        codings.iter().any(|cd| {
+                            cd.get("system").and_then(Value::as_str) == Some(SERVICE_URI)
+                                && cd.get("code").and_then(Value::as_str)
+                                    == Some(&c.value.value_name)
+                        })
+                    })
+            });
+            match found.and_then(Value::as_object_mut) {
+                Some(comp) => merge_value(
+                    &c.value,
+                    values,
+                    group.start,
+                    group.end,
+                    period_before,
+                    comp,
+                )?,
+                None => {
+                    let mut comp = Map::new();
+                    comp.insert("code".into(), resolve_code(&c.value.value_name, &c.codes));
+                    comp.insert(
+                        value_key(&c.value.kind).into(),
+                        create_value(&c.value, values, group.start, group.end)?,
+                    );
+                    components.push(Value::Object(comp));
+                }
+            }
+        }
+        if !components.is_empty() {
+            o.insert("component".into(), Value::Array(components));
+        }
+    }
+    let start = period_before.0.min(group.start);
+    let end = period_before.1.max(group.end);
+    if (start, end) != period_before || !o.contains_key("effectivePeriod") {
+        o.insert("effectivePeriod".into(), period(&start, &end));
+    }
+    let merged = Value::Object(o);
+    Ok(if &merged != existing {
+        let mut m = merged;
+        m["status"] = "amended".into();
+        m
+    } else {
+        merged
+    })
+}

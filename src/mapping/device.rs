@@ -1,0 +1,805 @@
+//! Device mapping (`devicecontent.json`): load, validate, compile, and normalize messages.
+
+use super::error::{child, Collector, TemplateErrors};
+use super::expr::{Expr, Language, MatchedToken, Scope, Token};
+use crate::model::Measurement;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::cell::OnceCell;
+use std::sync::Arc;
+
+/// The four template types of the connector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplateKind {
+    /// `JsonPathContent`: expressions relative to each match.
+    JsonPath,
+    /// `IotJsonPathContent`: IoT Hub events; device id and time from system properties.
+    IotJsonPath,
+    /// `IotCentralJsonPathContent`: IoT Central exports; `$.deviceId`, `$.enqueuedTime`.
+    IotCentral,
+    /// `CalculatedContent`: expressions see the whole event plus `matchedToken`.
+    Calculated,
+}
+
+impl TemplateKind {
+    /// The connector's name for this template type.
+    pub fn name(self) -> &'static str {
+        match self {
+            TemplateKind::JsonPath => "JsonPathContent",
+            TemplateKind::IotJsonPath => "IotJsonPathContent",
+            TemplateKind::IotCentral => "IotCentralJsonPathContent",
+            TemplateKind::Calculated => "CalculatedContent",
+        }
+    }
+
+    /// Matches `templateType` as the connector's factories do: case-insensitive, and with a
+    /// `Template` suffix only for the two factories whose own names carry it.
+    fn from_name(s: &str) -> Option<Self> {
+        let eq = |n: &str| s.eq_ignore_ascii_case(n);
+        if eq("JsonPathContent") || eq("JsonPathContentTemplate") {
+            Some(TemplateKind::JsonPath)
+        } else if eq("IotJsonPathContent") || eq("IotJsonPathContentTemplate") {
+            Some(TemplateKind::IotJsonPath)
+        } else if eq("IotCentralJsonPathContent") {
+            Some(TemplateKind::IotCentral)
+        } else if eq("CalculatedContent") {
+            Some(TemplateKind::Calculated)
+        } else {
+            None
+        }
+    }
+
+    fn members(self) -> &'static [&'static str] {
+        const COMMON: &[&str] = &[
+            "typeName",
+            "typeMatchExpression",
+            "deviceIdExpression",
+            "patientIdExpression",
+            "encounterIdExpression",
+            "timestampExpression",
+            "correlationIdExpression",
+            "values",
+        ];
+        const CALCULATED: &[&str] = &[
+            "typeName",
+            "typeMatchExpression",
+            "deviceIdExpression",
+            "patientIdExpression",
+            "encounterIdExpression",
+            "timestampExpression",
+            "correlationIdExpression",
+            "values",
+            "defaultExpressionLanguage",
+        ];
+        match self {
+            TemplateKind::Calculated => CALCULATED,
+            _ => COMMON,
+        }
+    }
+}
+
+/// A compiled device mapping: templates in collection order.
+#[derive(Debug)]
+pub struct DeviceMapping {
+    templates: Vec<DeviceTemplate>,
+}
+
+/// An optional expression slot: absent, present but empty (fails at run time, as in the
+/// connector), or compiled.
+#[derive(Debug)]
+enum Slot {
+    Unset,
+    Empty,
+    Set(Expr),
+}
+
+#[derive(Debug)]
+struct DeviceTemplate {
+    index: usize,
+    kind: TemplateKind,
+    type_name: Arc<str>,
+    type_match: Slot,
+    device_id: Slot,
+    /// Tried in order; the first that yields a value wins (IoT Hub falls back to enqueued time).
+    timestamp: Vec<Slot>,
+    patient_id: Slot,
+    encounter_id: Slot,
+    correlation_id: Slot,
+    values: Vec<ValueDef>,
+}
+
+#[derive(Debug)]
+struct ValueDef {
+    name: Arc<str>,
+    expr: Slot,
+    required: bool,
+}
+
+/// Why a message could not be normalized: the template and field at fault and the reason.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct NormalizeError {
+    /// Index of the template in the collection.
+    pub template_index: usize,
+    /// Template type.
+    pub template_type: &'static str,
+    /// The template's `typeName`.
+    pub type_name: String,
+    /// The expression or value at fault (`deviceIdExpression`, `values[hr]`, ...).
+    pub field: String,
+    /// What went wrong.
+    pub reason: String,
+}
+
+impl std::fmt::Display for NormalizeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "template #{} {} \"{}\", {}: {}",
+            self.template_index, self.template_type, self.type_name, self.field, self.reason
+        )
+    }
+}
+
+impl std::error::Error for NormalizeError {}
+
+impl DeviceMapping {
+    /// Loads a mapping from its file text; every problem is reported, with lines.
+    pub fn from_text(text: &str, file: Option<&str>) -> Result<Self, TemplateErrors> {
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            TemplateErrors(vec![super::error::TemplateError {
+                file: file.map(str::to_string),
+                pointer: String::new(),
+                line: Some(e.line()),
+                template_index: None,
+                template_type: None,
+                type_name: None,
+                reason: format!("invalid JSON: {e}"),
+            }])
+        })?;
+        Self::from_value(&value).map_err(|e| e.locate(file, text))
+    }
+
+    /// Loads a mapping from a file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, TemplateErrors> {
+        let name = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::from_text(&text, Some(&name)),
+            Err(e) => Err(TemplateErrors(vec![super::error::TemplateError {
+                file: Some(name),
+                pointer: String::new(),
+                line: None,
+                template_index: None,
+                template_type: None,
+                type_name: None,
+                reason: format!("cannot read: {e}"),
+            }])),
+        }
+    }
+
+    /// Loads a mapping from parsed JSON (no line numbers).
+    pub fn from_value(root: &Value) -> Result<Self, TemplateErrors> {
+        Self::build(root, false)
+    }
+
+    /// Loads with every JSONPath on the reference evaluator (jsonpath-rust), for cross-checks.
+    pub fn from_value_reference(root: &Value) -> Result<Self, TemplateErrors> {
+        Self::build(root, true)
+    }
+
+    fn build(root: &Value, reference: bool) -> Result<Self, TemplateErrors> {
+        let mut c = Collector::default();
+        let entries = collection_entries(root, "CollectionContent", &mut c);
+        let mut templates = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let ptr = child("/template", i);
+            if let Some(t) = compile_entry(i, entry, &ptr, reference, &mut c) {
+                templates.push(t);
+            }
+        }
+        if c.errors.is_empty() {
+            Ok(Self { templates })
+        } else {
+            Err(TemplateErrors(c.errors))
+        }
+    }
+
+    /// Number of templates.
+    pub fn len(&self) -> usize {
+        self.templates.len()
+    }
+
+    /// True when the collection is empty.
+    pub fn is_empty(&self) -> bool {
+        self.templates.is_empty()
+    }
+
+    /// `(typeName, templateType)` of each template, in order.
+    pub fn template_names(&self) -> impl Iterator<Item = (&str, &'static str)> {
+        self.templates
+            .iter()
+            .map(|t| (&*t.type_name, t.kind.name()))
+    }
+
+    /// Normalizes one event (the object templates see: `Body`, `Properties`,
+    /// `SystemProperties`, or any object handed in verbatim).
+    ///
+    /// Measurements come in template order, then match order. The first failure fails the
+    /// whole message, as in the connector, so a message is never half-processed.
+    pub fn normalize(&self, event: &Value) -> Result<Vec<Measurement>, NormalizeError> {
+        let mut out = Vec::new();
+        self.normalize_into(event, &mut out)?;
+        Ok(out)
+    }
+
+    /// As [`normalize`](Self::normalize), appending to `out` (which is left as it was on error).
+    pub fn normalize_into(
+        &self,
+        event: &Value,
+        out: &mut Vec<Measurement>,
+    ) -> Result<(), NormalizeError> {
+        let start = out.len();
+        let event_var = OnceCell::new();
+        let event_scope = Scope::json_value(event);
+        for t in &self.templates {
+            if let Err(e) = t.apply(event, &event_scope, &event_var, out) {
+                out.truncate(start);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a `{"templateType": <root>, "template": [...]}` collection root and returns its
+/// entries (shared by the device and FHIR mappings).
+pub(crate) fn collection_entries<'v>(
+    root: &'v Value,
+    root_type: &str,
+    c: &mut Collector,
+) -> &'v [Value] {
+    let Some(obj) = root.as_object() else {
+        c.push(
+            "",
+            format!("the mapping must be a JSON object with templateType \"{root_type}\""),
+        );
+        return &[];
+    };
+    match obj.get("templateType").and_then(Value::as_str) {
+        Some(t)
+            if t.eq_ignore_ascii_case(root_type)
+                || t.eq_ignore_ascii_case(&format!("{root_type}Template")) => {}
+        Some(t) => c.push(
+            "/templateType",
+            format!("expected templateType \"{root_type}\", found \"{t}\""),
+        ),
+        None => c.push(
+            "/templateType",
+            format!("required property templateType (\"{root_type}\") not found"),
+        ),
+    }
+    for k in obj.keys() {
+        if k != "templateType" && k != "template" {
+            c.push(child("", k), format!("unknown member \"{k}\""));
+        }
+    }
+    match obj.get("template") {
+        Some(Value::Array(a)) => a,
+        Some(_) => {
+            c.push("/template", "template must be an array of templates");
+            &[]
+        }
+        None => {
+            c.push("/template", "required property template not found");
+            &[]
+        }
+    }
+}
+
+/// Reads an entry's `templateType` and `template` object; reports what is wrong.
+pub(crate) fn entry_parts<'v>(
+    entry: &'v Value,
+    ptr: &str,
+    c: &mut Collector,
+) -> Option<(&'v str, &'v Map<String, Value>)> {
+    let Some(obj) = entry.as_object() else {
+        c.push(
+            ptr,
+            "each template entry must be an object with templateType and template",
+        );
+        return None;
+    };
+    let ty = obj.get("templateType").and_then(Value::as_str);
+    if ty.is_none() {
+        c.push(
+            child(ptr, "templateType"),
+            "required property templateType not found",
+        );
+    }
+    let body = match obj.get("template") {
+        Some(Value::Object(o)) => Some(o),
+        _ => {
+            c.push(
+                child(ptr, "template"),
+                "expected an object for the template property value",
+            );
+            None
+        }
+    };
+    Some((ty?, body?))
+}
+
+fn compile_entry(
+    index: usize,
+    entry: &Value,
+    ptr: &str,
+    reference: bool,
+    c: &mut Collector,
+) -> Option<DeviceTemplate> {
+    c.enter(
+        index,
+        entry
+            .get("templateType")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    );
+    let (ty, body) = entry_parts(entry, ptr, c)?;
+    let Some(kind) = TemplateKind::from_name(ty) else {
+        c.push(
+            child(ptr, "templateType"),
+            format!("no match found for template type \"{ty}\" (expected JsonPathContent, IotJsonPathContent, IotCentralJsonPathContent or CalculatedContent)"),
+        );
+        return None;
+    };
+    let ptr = child(ptr, "template");
+    c.type_name = body
+        .get("typeName")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    for k in body.keys() {
+        if !kind.members().contains(&k.as_str()) {
+            c.push(
+                child(&ptr, k),
+                format!("unknown member \"{k}\" for {}", kind.name()),
+            );
+        }
+    }
+    let mut default_lang = Language::JsonPath;
+    if let Some(v) = body.get("defaultExpressionLanguage") {
+        match v.as_str().and_then(Language::parse) {
+            Some(l) => default_lang = l,
+            None => c.push(
+                child(&ptr, "defaultExpressionLanguage"),
+                format!(
+                    "defaultExpressionLanguage must be \"JsonPath\" or \"JmesPath\", found {v}"
+                ),
+            ),
+        }
+    }
+    let mut cx = SlotCompiler {
+        body,
+        ptr: &ptr,
+        default_lang,
+        allow_objects: kind == TemplateKind::Calculated,
+        reference,
+        c,
+    };
+    let type_name = match body.get("typeName") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => {
+            cx.c.push(child(&ptr, "typeName"), "typeName must be a string");
+            String::new()
+        }
+        None => {
+            cx.c.push(
+                child(&ptr, "typeName"),
+                "required property typeName not found",
+            );
+            String::new()
+        }
+    };
+    let type_match = cx.slot("typeMatchExpression", true);
+    let (device_id, timestamp) = match kind {
+        TemplateKind::JsonPath | TemplateKind::Calculated => (
+            cx.slot("deviceIdExpression", true),
+            vec![cx.slot("timestampExpression", true)],
+        ),
+        // Fixed by the connector for these template types.
+        TemplateKind::IotJsonPath => (
+            fixed("$.SystemProperties.iothub-connection-device-id"),
+            vec![
+                fixed("$.Properties.iothub-creation-time-utc"),
+                fixed("$.SystemProperties.iothub-enqueuedtime"),
+            ],
+        ),
+        TemplateKind::IotCentral => (fixed("$.deviceId"), vec![fixed("$.enqueuedTime")]),
+    };
+    let patient_id = cx.slot("patientIdExpression", false);
+    let encounter_id = cx.slot("encounterIdExpression", false);
+    let correlation_id = cx.slot("correlationIdExpression", false);
+    let values = cx.values();
+    Some(DeviceTemplate {
+        index,
+        kind,
+        type_name: Arc::from(type_name),
+        type_match,
+        device_id,
+        timestamp,
+        patient_id,
+        encounter_id,
+        correlation_id,
+        values,
+    })
+}
+
+fn fixed(path: &str) -> Slot {
+    Slot::Set(Expr::compile(path, Language::JsonPath).expect("built-in path compiles"))
+}
+
+struct SlotCompiler<'a, 'c> {
+    body: &'a Map<String, Value>,
+    ptr: &'a str,
+    default_lang: Language,
+    allow_objects: bool,
+    reference: bool,
+    c: &'c mut Collector,
+}
+
+impl SlotCompiler<'_, '_> {
+    fn slot(&mut self, name: &str, required: bool) -> Slot {
+        let ptr = child(self.ptr, name);
+        match self.body.get(name) {
+            None | Some(Value::Null) => {
+                if required {
+                    self.c
+                        .push(ptr, format!("required property {name} not found"));
+                }
+                Slot::Unset
+            }
+            Some(v) => self.expr(v, &ptr),
+        }
+    }
+
+    fn expr(&mut self, v: &Value, ptr: &str) -> Slot {
+        let (source, lang) = match v {
+            Value::String(s) => (s.as_str(), self.default_lang),
+            Value::Object(o) if self.allow_objects => {
+                for k in o.keys() {
+                    if k != "value" && k != "language" {
+                        self.c.push(
+                            child(ptr, k),
+                            format!("unknown member \"{k}\" in expression"),
+                        );
+                    }
+                }
+                let lang = match o.get("language") {
+                    None => self.default_lang,
+                    Some(l) => match l.as_str().and_then(Language::parse) {
+                        Some(l) => l,
+                        None => {
+                            self.c.push(
+                                child(ptr, "language"),
+                                format!("language must be \"JsonPath\" or \"JmesPath\", found {l}"),
+                            );
+                            return Slot::Unset;
+                        }
+                    },
+                };
+                match o.get("value").and_then(Value::as_str) {
+                    Some(s) => (s, lang),
+                    None => {
+                        self.c.push(
+                            child(ptr, "value"),
+                            "expression object needs a string \"value\"",
+                        );
+                        return Slot::Unset;
+                    }
+                }
+            }
+            _ => {
+                self.c
+                    .push(ptr, format!("expected an expression string, found {v}"));
+                return Slot::Unset;
+            }
+        };
+        if source.trim().is_empty() {
+            return Slot::Empty;
+        }
+        let compiled = if self.reference {
+            Expr::compile_reference(source, lang)
+        } else {
+            Expr::compile(source, lang)
+        };
+        match compiled {
+            Ok(e) => Slot::Set(e),
+            Err(reason) => {
+                self.c.push(ptr, reason);
+                Slot::Unset
+            }
+        }
+    }
+
+    fn values(&mut self) -> Vec<ValueDef> {
+        let ptr = child(self.ptr, "values");
+        let items = match self.body.get("values") {
+            None | Some(Value::Null) => return vec![],
+            Some(Value::Array(a)) => a,
+            Some(_) => {
+                self.c.push(ptr, "values must be an array");
+                return vec![];
+            }
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let iptr = child(&ptr, i);
+            let Some(obj) = item.as_object() else {
+                self.c.push(
+                    iptr,
+                    "each value must be an object with valueName and valueExpression",
+                );
+                continue;
+            };
+            for k in obj.keys() {
+                if !matches!(k.as_str(), "valueName" | "valueExpression" | "required") {
+                    self.c
+                        .push(child(&iptr, k), format!("unknown member \"{k}\" in value"));
+                }
+            }
+            let name = match obj.get("valueName").and_then(Value::as_str) {
+                Some(n) if !n.trim().is_empty() => n,
+                _ => {
+                    self.c.push(
+                        child(&iptr, "valueName"),
+                        "required property valueName not found",
+                    );
+                    ""
+                }
+            };
+            let expr = match obj.get("valueExpression") {
+                None | Some(Value::Null) => {
+                    self.c.push(
+                        child(&iptr, "valueExpression"),
+                        "required property valueExpression not found",
+                    );
+                    Slot::Unset
+                }
+                Some(v) => self.expr(v, &child(&iptr, "valueExpression")),
+            };
+            let required = match obj.get("required") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => true,
+                Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => false,
+                Some(v) => {
+                    self.c.push(
+                        child(&iptr, "required"),
+                        format!("required must be true or false, found {v}"),
+                    );
+                    false
+                }
+            };
+            out.push(ValueDef {
+                name: Arc::from(name),
+                expr,
+                required,
+            });
+        }
+        out
+    }
+}
+
+impl DeviceTemplate {
+    fn error(&self, field: impl Into<String>, reason: impl Into<String>) -> NormalizeError {
+        NormalizeError {
+            template_index: self.index,
+            template_type: self.kind.name(),
+            type_name: self.type_name.to_string(),
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn apply<'a>(
+        &self,
+        event: &'a Value,
+        event_scope: &'a Scope<'a>,
+        event_var: &'a OnceCell<jmespath::Rcvar>,
+        out: &mut Vec<Measurement>,
+    ) -> Result<(), NormalizeError> {
+        let type_match = match &self.type_match {
+            Slot::Set(e) => e,
+            _ => {
+                return Err(self.error(
+                    "typeMatchExpression",
+                    "an expression must be set for [TypeMatchExpression]",
+                ))
+            }
+        };
+        // Type matches see the raw event, never the matchedToken wrapper.
+        let matches = type_match
+            .matches(event_scope)
+            .map_err(|e| self.error("typeMatchExpression", e.to_string()))?;
+        for m in matches {
+            let scope = match self.kind {
+                TemplateKind::Calculated => Scope::Calculated {
+                    event,
+                    event_var,
+                    matched: MatchedToken::new(m),
+                    scoped_var: OnceCell::new(),
+                    scoped_json: OnceCell::new(),
+                },
+                _ => match m {
+                    Token::Json(v) => Scope::json_value(v),
+                    Token::Var(_) => unreachable!("JSONPath templates match JSON"),
+                },
+            };
+            out.push(self.measure(&scope)?);
+        }
+        Ok(())
+    }
+
+    fn measure(&self, scope: &Scope<'_>) -> Result<Measurement, NormalizeError> {
+        let device_id = self.required_string(
+            &self.device_id,
+            "deviceIdExpression",
+            "DeviceIdExpression",
+            scope,
+        )?;
+        let occurrence_time = self.timestamp(scope)?;
+        let patient_id = self.optional_string(&self.patient_id, "patientIdExpression", scope)?;
+        let encounter_id =
+            self.optional_string(&self.encounter_id, "encounterIdExpression", scope)?;
+        let correlation_id = match &self.correlation_id {
+            Slot::Unset => None,
+            slot => Some(self.required_string(
+                slot,
+                "correlationIdExpression",
+                "CorrelationIdExpression",
+                scope,
+            )?),
+        };
+        let mut properties = Vec::with_capacity(self.values.len());
+        for v in &self.values {
+            let field = || format!("values[{}]", v.name);
+            let found = match &v.expr {
+                Slot::Set(e) => e
+                    .single(scope)
+                    .map_err(|e| self.error(field(), e.to_string()))?,
+                _ => {
+                    return Err(
+                        self.error(field(), "an expression must be set for [ValueExpression]")
+                    )
+                }
+            };
+            match found.as_deref().and_then(value_string) {
+                Some(s) if !s.trim().is_empty() => properties.push((v.name.clone(), s)),
+                _ if v.required => {
+                    return Err(self.error(
+                        field(),
+                        format!(
+                            "unable to extract required value for [{}] using {}",
+                            v.name,
+                            slot_source(&v.expr)
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(Measurement {
+            type_name: self.type_name.clone(),
+            device_id,
+            patient_id,
+            encounter_id,
+            correlation_id,
+            occurrence_time,
+            properties,
+        })
+    }
+
+    fn eval(
+        &self,
+        slot: &Slot,
+        field: &str,
+        scope: &Scope<'_>,
+    ) -> Result<Option<String>, NormalizeError> {
+        match slot {
+            Slot::Unset => Ok(None),
+            Slot::Empty => {
+                Err(self.error(field, format!("an expression must be set for [{field}]")))
+            }
+            Slot::Set(e) => e
+                .single(scope)
+                .map(|v| {
+                    v.as_deref()
+                        .and_then(value_string)
+                        .filter(|s| !s.trim().is_empty())
+                })
+                .map_err(|err| self.error(field, err.to_string())),
+        }
+    }
+
+    fn optional_string(
+        &self,
+        slot: &Slot,
+        field: &str,
+        scope: &Scope<'_>,
+    ) -> Result<Option<String>, NormalizeError> {
+        self.eval(slot, field, scope)
+    }
+
+    fn required_string(
+        &self,
+        slot: &Slot,
+        field: &str,
+        label: &str,
+        scope: &Scope<'_>,
+    ) -> Result<String, NormalizeError> {
+        self.eval(slot, field, scope)?.ok_or_else(|| {
+            self.error(
+                field,
+                format!(
+                    "unable to extract required value for [{label}] using {}",
+                    slot_source(slot)
+                ),
+            )
+        })
+    }
+
+    fn timestamp(&self, scope: &Scope<'_>) -> Result<DateTime<Utc>, NormalizeError> {
+        for slot in &self.timestamp {
+            if let Some(s) = self.eval(slot, "timestampExpression", scope)? {
+                return crate::time::parse_timestamp(&s).ok_or_else(|| {
+                    self.error(
+                        "timestampExpression",
+                        format!("\"{s}\" is not a valid date-time"),
+                    )
+                });
+            }
+        }
+        let using = self
+            .timestamp
+            .iter()
+            .map(slot_source)
+            .collect::<Vec<_>>()
+            .join(" or ");
+        Err(self.error(
+            "timestampExpression",
+            format!("unable to extract required value for [TimestampExpression] using {using}"),
+        ))
+    }
+}
+
+fn slot_source(slot: &Slot) -> Cow<'_, str> {
+    match slot {
+        Slot::Set(e) => Cow::Owned(format!("`{}`", e.source())),
+        _ => Cow::Borrowed("(no expression)"),
+    }
+}
+
+/// A selected token as the connector stores it: strings verbatim, numbers in plain decimal,
+/// booleans as .NET prints them; `None` for null.
+pub fn value_string(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => i.to_string(),
+            (_, Some(u), _) => u.to_string(),
+            (_, _, Some(f)) => dotnet_double(f),
+            _ => n.to_string(),
+        }),
+        Value::Bool(true) => Some("True".into()),
+        Value::Bool(false) => Some("False".into()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// .NET prints whole doubles without a fraction (`50`, not `50.0`).
+fn dotnet_double(f: f64) -> String {
+    if f.fract() == 0.0 && f.abs() < 1e15 {
+        format!("{}", f as i64)
+    } else {
+        format!("{f}")
+    }
+}

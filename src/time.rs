@@ -1,0 +1,73 @@
+//! Event-time parsing and the timestamp formats the IoMT connector writes.
+
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+
+/// Parses a device timestamp: RFC 3339 / ISO 8601, with or without offset (no offset means UTC,
+/// as the connector converts unspecified times with `ToUniversalTime` on UTC hosts).
+pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%m/%d/%Y %H:%M:%S",
+    ] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
+            return Some(Utc.from_utc_datetime(&t));
+        }
+    }
+    if let Ok(t) = DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z") {
+        return Some(t.with_timezone(&Utc));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Some(Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0)?));
+    }
+    None
+}
+
+/// RFC 3339 with only the fractional digits needed (the measurement wire format).
+pub fn format_rfc3339(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// .NET round-trip format (`o`): 7 fractional digits and `Z`, as the connector writes FHIR periods.
+pub fn format_dotnet(t: &DateTime<Utc>) -> String {
+    let ticks = t.timestamp_subsec_nanos() / 100;
+    format!("{}.{:07}Z", t.format("%Y-%m-%dT%H:%M:%S"), ticks)
+}
+
+/// `yyyyMMddHHmmss` plus a literal `Z`: the connector's identifier segment format.
+pub fn format_id_segment(t: &DateTime<Utc>) -> String {
+    format!("{}Z", t.format("%Y%m%d%H%M%S"))
+}
+
+/// One .NET tick (100 ns): the connector ends hourly and daily periods one tick before the next.
+pub fn tick() -> chrono::Duration {
+    chrono::Duration::nanoseconds(100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_common_device_formats() {
+        let a = parse_timestamp("2021-07-13T17:29:01.061144Z").unwrap();
+        assert_eq!(format_rfc3339(&a), "2021-07-13T17:29:01.061144Z");
+        let b = parse_timestamp("2019-01-01T08:00:00").unwrap();
+        assert_eq!(format_dotnet(&b), "2019-01-01T08:00:00.0000000Z");
+        let c = parse_timestamp("2019-01-01T10:00:00+02:00").unwrap();
+        assert_eq!(format_id_segment(&c), "20190101080000Z");
+        assert!(parse_timestamp("not a time").is_none());
+        assert!(parse_timestamp("").is_none());
+    }
+
+    #[test]
+    fn dotnet_format_keeps_ticks() {
+        let t = parse_timestamp("2019-01-01T00:59:59.9999999Z").unwrap();
+        assert_eq!(format_dotnet(&t), "2019-01-01T00:59:59.9999999Z");
+    }
+}
