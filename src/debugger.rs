@@ -1,0 +1,161 @@
+//! The mapping debugger behind `vitalflow normalize` and `vitalflow validate`: pure functions
+//! from inputs to a report, so the CLI only does I/O and the tests can call them directly.
+
+use crate::fhir::groups::build_groups;
+use crate::fhir::observation::{self, Subjects};
+use crate::mapping::{DeviceMapping, FhirMapping, NormalizeError, TemplateErrors};
+use crate::model::Measurement;
+use serde_json::{json, Value};
+
+/// Outcome of `normalize` for one message.
+#[derive(Debug)]
+pub struct Normalized {
+    /// Measurements in template, then match order.
+    pub measurements: Vec<Measurement>,
+    /// Observations the measurements become (with a FHIR mapping).
+    pub observations: Option<Vec<Value>>,
+}
+
+/// Why `normalize` produced no result.
+#[derive(Debug)]
+pub enum DebugError {
+    /// A mapping file is invalid.
+    Template(TemplateErrors),
+    /// The message cannot be normalized or mapped.
+    Message {
+        /// What is wrong.
+        reason: String,
+        /// The template at fault, when one is.
+        template: Option<Value>,
+    },
+}
+
+impl DebugError {
+    /// The `{"error": {...}}` object of `--format json`.
+    pub fn to_json(&self) -> Value {
+        match self {
+            DebugError::Template(errors) => json!({"error": {
+                "kind": "template",
+                "reason": errors.0.first().map(|e| e.to_string()).unwrap_or_default(),
+                "template": errors.0.first().map(template_of),
+                "errors": errors.0,
+            }}),
+            DebugError::Message { reason, template } => json!({"error": {
+                "kind": "message",
+                "reason": reason,
+                "template": template,
+            }}),
+        }
+    }
+}
+
+impl std::fmt::Display for DebugError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DebugError::Template(e) => write!(f, "{e}"),
+            DebugError::Message { reason, .. } => write!(f, "{reason}"),
+        }
+    }
+}
+
+fn template_of(e: &crate::mapping::TemplateError) -> Value {
+    json!({
+        "file": e.file,
+        "line": e.line,
+        "pointer": e.pointer,
+        "index": e.template_index,
+        "templateType": e.template_type,
+        "typeName": e.type_name,
+    })
+}
+
+impl From<NormalizeError> for DebugError {
+    fn from(e: NormalizeError) -> Self {
+        DebugError::Message {
+            reason: e.to_string(),
+            template: Some(json!({
+                "index": e.template_index,
+                "templateType": e.template_type,
+                "typeName": e.type_name,
+                "field": e.field,
+            })),
+        }
+    }
+}
+
+/// Normalizes one event and, with a FHIR mapping, builds the Observations the job would write
+/// (subject and device as logical references by identifier: no FHIR server resolves them here).
+pub fn normalize(
+    device: &DeviceMapping,
+    fhir: Option<&FhirMapping>,
+    event: &Value,
+) -> Result<Normalized, DebugError> {
+    let measurements = device.normalize(event)?;
+    let observations = fhir.map(|f| observations(f, &measurements)).transpose()?;
+    Ok(Normalized {
+        measurements,
+        observations,
+    })
+}
+
+/// Groups measurements by (type, patient, device, encounter) as the job does, then builds one
+/// Observation per observation group.
+pub fn observations(
+    fhir: &FhirMapping,
+    measurements: &[Measurement],
+) -> Result<Vec<Value>, DebugError> {
+    let mut keys: Vec<(&str, Option<&str>, &str, Option<&str>)> = Vec::new();
+    for m in measurements {
+        let k = (
+            &*m.type_name,
+            m.patient_id.as_deref(),
+            m.device_id.as_str(),
+            m.encounter_id.as_deref(),
+        );
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let mut out = Vec::new();
+    for (type_name, patient, device, encounter) in keys {
+        let tpl = fhir.get(type_name).ok_or_else(|| DebugError::Message {
+            reason: format!("no FHIR template for measurement type \"{type_name}\""),
+            template: Some(json!({"typeName": type_name})),
+        })?;
+        let members: Vec<Measurement> = measurements
+            .iter()
+            .filter(|m| {
+                &*m.type_name == type_name
+                    && m.patient_id.as_deref() == patient
+                    && m.device_id == device
+                    && m.encounter_id.as_deref() == encounter
+            })
+            .cloned()
+            .collect();
+        let fhir_error = |e: crate::fhir::FhirDataError| DebugError::Message {
+            reason: format!("FHIR mapping for \"{type_name}\": {e}"),
+            template: Some(json!({"typeName": tpl.type_name})),
+        };
+        let subjects = Subjects {
+            patient: patient.unwrap_or(""),
+            device,
+            encounter,
+            resolved: false,
+        };
+        for g in build_groups(tpl.period, &members).map_err(fhir_error)? {
+            out.push(observation::build(tpl, type_name, &g, &subjects).map_err(fhir_error)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Types the device mapping produces that the FHIR mapping has no template for.
+pub fn unmapped_types(device: &DeviceMapping, fhir: &FhirMapping) -> Vec<String> {
+    let mut out: Vec<String> = device
+        .template_names()
+        .filter(|(t, _)| fhir.get(t).is_none())
+        .map(|(t, _)| t.to_string())
+        .collect();
+    out.dedup();
+    out
+}

@@ -1,0 +1,209 @@
+//! The `validate` and `normalize` commands as a user runs them: exit codes and JSON output.
+
+use serde_json::Value;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn vitalflow(args: &[&str], stdin: Option<&str>) -> (i32, Value, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vitalflow"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run vitalflow");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let json = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
+    (
+        out.status.code().unwrap_or(-1),
+        json,
+        stdout + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+const SETS: &[&str] = &["basic", "iot-hub", "calculated", "bedside-monitor"];
+
+#[test]
+fn every_template_set_validates() {
+    for set in SETS {
+        let d = format!("templates/{set}/devicecontent.json");
+        let f = format!("templates/{set}/fhirmapping.json");
+        let (code, json, all) = vitalflow(
+            &["validate", "--device", &d, "--fhir", &f, "--format", "json"],
+            None,
+        );
+        assert_eq!(code, 0, "{set}: {all}");
+        assert_eq!(json["valid"], true, "{set}: {all}");
+        assert_eq!(
+            json["warnings"],
+            serde_json::json!([]),
+            "{set}: every device type has a FHIR template"
+        );
+    }
+}
+
+#[test]
+fn validate_reports_every_problem_with_file_line_and_template() {
+    let dir = std::env::temp_dir().join(format!("vf-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("devicecontent.json");
+    std::fs::write(
+        &bad,
+        "{\n  \"templateType\": \"CollectionContent\",\n  \"template\": [\n    {\n      \"templateType\": \"JsonPathContent\",\n      \"template\": {\n        \"typeName\": \"hr\",\n        \"typeMatchExpression\": \"$..[?(@hr)]\",\n        \"deviceIdExpression\": \"$.a[?(@.b ==\",\n        \"timestampExpression\": \"$.t\",\n        \"valuesx\": []\n      }\n    }\n  ]\n}\n",
+    )
+    .unwrap();
+    let (code, json, all) = vitalflow(
+        &[
+            "validate",
+            "--device",
+            bad.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        None,
+    );
+    assert_eq!(code, 1, "{all}");
+    let errors = json["error"]["errors"].as_array().expect("errors listed");
+    assert_eq!(json["error"]["kind"], "template");
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    let expr = errors
+        .iter()
+        .find(|e| e["pointer"] == "/template/0/template/deviceIdExpression")
+        .expect("bad JSONPath reported");
+    assert_eq!(expr["line"], 9);
+    assert_eq!(expr["template_index"], 0);
+    assert_eq!(expr["template_type"], "JsonPathContent");
+    assert!(
+        expr["reason"]
+            .as_str()
+            .unwrap()
+            .contains("invalid JSONPath"),
+        "{expr}"
+    );
+    let unknown = errors
+        .iter()
+        .find(|e| e["pointer"] == "/template/0/template/valuesx")
+        .expect("unknown member reported");
+    assert_eq!(unknown["line"], 11);
+    assert!(
+        json["error"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("devicecontent.json:"),
+        "{json}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn normalize_wraps_payload_and_prints_observations() {
+    let (code, json, all) = vitalflow(
+        &[
+            "normalize",
+            "--device",
+            "templates/bedside-monitor/devicecontent.json",
+            "--fhir",
+            "templates/bedside-monitor/fhirmapping.json",
+            "--format",
+            "json",
+            "datasets/bedside-monitor/reading.json",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{all}");
+    let m = json["measurements"].as_array().unwrap();
+    assert_eq!(m.len(), 7);
+    assert_eq!(m[0]["type"], "heartRate");
+    assert_eq!(
+        m[0]["properties"],
+        serde_json::json!([{"name": "hr", "value": "72"}])
+    );
+    assert_eq!(
+        m[3]["properties"][2],
+        serde_json::json!({"name": "mean", "value": "90"})
+    );
+    let obs = json["observations"].as_array().unwrap();
+    assert_eq!(obs.len(), 7);
+    assert_eq!(
+        obs[0]["identifier"][0]["value"],
+        "P-0001.BM-0001.heartRate.20261121100000Z.20261121105959Z"
+    );
+    assert_eq!(obs[0]["subject"]["identifier"]["value"], "P-0001");
+    assert_eq!(obs[3]["component"][0]["valueQuantity"]["value"], 118);
+}
+
+#[test]
+fn normalize_takes_properties_and_stdin() {
+    // An IotJsonPathContent template reads the device id and time from the wrapper.
+    let (code, json, all) = vitalflow(
+        &[
+            "normalize",
+            "--device",
+            "templates/iot-hub/devicecontent.json",
+            "--format",
+            "json",
+            "--system-property",
+            "iothub-connection-device-id=dev-9",
+            "--property",
+            "iothub-creation-time-utc=2026-11-21T10:00:00Z",
+            "-",
+        ],
+        Some(r#"{"heartRate": 61, "patientId": "p-9"}"#),
+    );
+    assert_eq!(code, 0, "{all}");
+    assert_eq!(json["measurements"][0]["deviceId"], "dev-9");
+    assert_eq!(
+        json["measurements"][0]["occurrenceTimeUtc"],
+        "2026-11-21T10:00:00Z"
+    );
+}
+
+#[test]
+fn normalize_failure_names_template_and_reason() {
+    let (code, json, all) = vitalflow(
+        &[
+            "normalize",
+            "--device",
+            "templates/basic/devicecontent.json",
+            "--format",
+            "json",
+            "--event",
+            "-",
+        ],
+        Some(r#"{"heartRate": "70", "endDate": "2026-11-21T10:00:00Z"}"#),
+    );
+    assert_eq!(code, 1, "{all}");
+    assert_eq!(json["error"]["kind"], "message");
+    assert_eq!(json["error"]["template"]["typeName"], "heartrate");
+    assert_eq!(json["error"]["template"]["field"], "deviceIdExpression");
+    let (code, json, _) = vitalflow(
+        &[
+            "normalize",
+            "--device",
+            "templates/basic/devicecontent.json",
+            "--format",
+            "json",
+            "-",
+        ],
+        Some("{not json"),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        json["error"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("invalid JSON at line 1"),
+        "{json}"
+    );
+}
