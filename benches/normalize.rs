@@ -1,1 +1,94 @@
-fn main() {}
+//! Normalization throughput (messages/s) for every template set in templates/, on the
+//! example messages in datasets/<set>/ (bedside-monitor: one vital, all vitals, an array of
+//! 50 readings). Parsing the message bytes and wrapping them as the job does are included.
+//! `reference/` runs the same templates on jsonpath-rust alone, for the speed-up ratio.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use serde_json::Value;
+use std::hint::black_box;
+use std::path::Path;
+use vitalflow::mapping::DeviceMapping;
+
+// The same allocator as the binary, so the figures are the job's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn load(set: &str, reference: bool) -> DeviceMapping {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text =
+        std::fs::read_to_string(root.join(format!("templates/{set}/devicecontent.json"))).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    if reference {
+        DeviceMapping::from_value_reference(&v).unwrap()
+    } else {
+        DeviceMapping::from_value(&v).unwrap()
+    }
+}
+
+fn messages(set: &str) -> Vec<(String, Vec<u8>, bool)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("datasets/{set}"));
+    let mut out: Vec<(String, Vec<u8>, bool)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            // Compact bytes, as they arrive from Kafka; events given whole are used verbatim.
+            let verbatim = v.get("Body").is_some();
+            (
+                p.file_stem().unwrap().to_string_lossy().into_owned(),
+                serde_json::to_vec(&v).unwrap(),
+                verbatim,
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn run(
+    m: &DeviceMapping,
+    bytes: &[u8],
+    verbatim: bool,
+    out: &mut Vec<vitalflow::model::Measurement>,
+) {
+    let body: Value = serde_json::from_slice(bytes).unwrap();
+    let event = if verbatim {
+        body
+    } else {
+        vitalflow::event::wrap(body, Default::default(), Default::default())
+    };
+    out.clear();
+    m.normalize_into(&event, out).unwrap();
+}
+
+fn bench(c: &mut Criterion) {
+    for set in ["bedside-monitor", "basic", "iot-hub", "calculated"] {
+        let mapping = load(set, false);
+        let mut g = c.benchmark_group(format!("normalize/{set}"));
+        g.throughput(Throughput::Elements(1));
+        for (name, bytes, verbatim) in messages(set) {
+            let mut out = Vec::new();
+            g.bench_function(format!("{name} ({} B)", bytes.len()), |b| {
+                b.iter(|| run(&mapping, black_box(&bytes), verbatim, &mut out))
+            });
+        }
+        g.finish();
+    }
+    let reference = load("bedside-monitor", true);
+    let mut g = c.benchmark_group("reference/bedside-monitor");
+    g.throughput(Throughput::Elements(1));
+    for (name, bytes, verbatim) in messages("bedside-monitor") {
+        let mut out = Vec::new();
+        g.bench_function(format!("{name} ({} B)", bytes.len()), |b| {
+            b.iter(|| run(&reference, black_box(&bytes), verbatim, &mut out))
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3)).warm_up_time(std::time::Duration::from_secs(1));
+    targets = bench
+}
+criterion_main!(benches);

@@ -7,6 +7,8 @@ use crate::time::{format_id_segment, tick};
 use chrono::{DateTime, Datelike, Duration, TimeZone, Timelike, Utc};
 use std::sync::Arc;
 
+pub use super::sampled_data::TimeValue;
+
 /// The measurements that become one Observation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObservationGroup {
@@ -17,7 +19,7 @@ pub struct ObservationGroup {
     /// Segment of the Observation identifier: the period, or the correlation id.
     pub id_segment: String,
     /// Per property, time-sorted values; a repeated timestamp keeps the first value.
-    pub values: Vec<(Arc<str>, Vec<(DateTime<Utc>, String)>)>,
+    pub values: Vec<(Arc<str>, Vec<TimeValue>)>,
 }
 
 impl ObservationGroup {
@@ -48,7 +50,7 @@ impl ObservationGroup {
     }
 
     /// Values of a property.
-    pub fn get(&self, name: &str) -> Option<&[(DateTime<Utc>, String)]> {
+    pub fn get(&self, name: &str) -> Option<&[TimeValue]> {
         self.values
             .iter()
             .find(|(n, _)| &**n == name)

@@ -32,9 +32,9 @@ enum Engine {
 #[derive(Debug, Clone)]
 struct LibraryPath {
     query: JpQuery,
-    /// Newtonsoft's `$..[?(f)]` also tests the root; RFC 9535 does not, so the root is tested
-    /// separately with `$[?(f)]` against a one-element array.
-    root_filter: Option<JpQuery>,
+    /// Newtonsoft's `$..[?(f)]rest` also tests the root; RFC 9535 does not, so the root is
+    /// tested separately with `$[?(f)]` against a one-element array, then `$rest` runs on it.
+    root_filter: Option<(JpQuery, JpQuery)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -111,10 +111,12 @@ impl JsonPath {
             path: source.to_string(),
             reason: first_line(&e.to_string()),
         })?;
-        let root_filter = rewritten
-            .strip_prefix("$..[?")
-            .filter(|rest| bracket_end(rest) == Some(rest.len() - 1))
-            .and_then(|rest| parse_json_path(&format!("$[?{rest}")).ok());
+        let root_filter = rewritten.strip_prefix("$..[?").and_then(|rest| {
+            let end = bracket_end(rest)?;
+            let filter = parse_json_path(&format!("$[?{}", &rest[..=end])).ok()?;
+            let then = parse_json_path(&format!("${}", &rest[end + 1..])).ok()?;
+            Some((filter, then))
+        });
         Ok(Self {
             source: source.to_string(),
             engine: Engine::Library(Box::new(LibraryPath { query, root_filter })),
@@ -219,13 +221,15 @@ impl LibraryPath {
         let mut found: Vec<&'a Value> = js_path_process(&self.query, root)
             .map(|refs| refs.into_iter().map(|r| r.val).collect())
             .unwrap_or_default();
-        if let Some(root_filter) = &self.root_filter {
+        if let Some((filter, then)) = &self.root_filter {
             let wrapper = Value::Array(vec![root.clone()]);
-            let root_matches = js_path_process(root_filter, &wrapper)
+            let root_matches = js_path_process(filter, &wrapper)
                 .map(|r| !r.is_empty())
                 .unwrap_or(false);
             if root_matches {
-                found.push(root);
+                if let Ok(refs) = js_path_process(then, root) {
+                    found.extend(refs.into_iter().map(|r| r.val));
+                }
             }
         }
         sort_document_order(root, &mut found);
@@ -678,48 +682,63 @@ impl<'s> Parser<'s> {
     }
 }
 
-/// Rewrites Newtonsoft spellings into RFC 9535 for jsonpath-rust.
+/// Rewrites Newtonsoft spellings into RFC 9535 for jsonpath-rust: a leading `$` where it is
+/// missing, `.[` as `[`, and every dot name (including `@name`) as a quoted bracket name,
+/// since Newtonsoft allows characters such as `-` that RFC 9535 shorthand does not.
 fn rewrite_for_rfc9535(src: &str) -> String {
     let src = src.trim();
-    let mut out = String::with_capacity(src.len() + 4);
-    if !src.starts_with('$') {
-        out.push('$');
-        if !src.starts_with('[') {
-            out.push('.');
-        }
-    }
-    let chars: Vec<char> = src.chars().collect();
+    let full = if src.starts_with('$') {
+        src.to_string()
+    } else if src.starts_with('[') {
+        format!("${src}")
+    } else {
+        format!("$.{src}")
+    };
+    let chars: Vec<char> = full.chars().collect();
+    let mut out = String::with_capacity(full.len() + 8);
     let mut i = 0;
     let mut quote: Option<char> = None;
+    let name_end = |c: char| ".[]() \t\r\n=!<>&|,'\"".contains(c);
     while i < chars.len() {
         let c = chars[i];
-        match quote {
-            Some(q) => {
-                out.push(c);
-                if c == '\\' && i + 1 < chars.len() {
-                    out.push(chars[i + 1]);
-                    i += 1;
-                } else if c == q {
-                    quote = None;
-                }
+        if let Some(q) = quote {
+            out.push(c);
+            if c == '\\' && i + 1 < chars.len() {
+                out.push(chars[i + 1]);
+                i += 1;
+            } else if c == q {
+                quote = None;
             }
-            None => match c {
-                '\'' | '"' => {
-                    quote = Some(c);
+            i += 1;
+            continue;
+        }
+        let next = chars.get(i + 1).copied();
+        match c {
+            '\'' | '"' => {
+                quote = Some(c);
+                out.push(c);
+            }
+            '.' | '@' if next.is_some_and(|n| !name_end(n) && n != '*' && n != '.') => {
+                // `@name` -> `@['name']`, `.name` -> `['name']`, `..name` -> `..['name']`.
+                if c == '@' || out.ends_with('.') {
                     out.push(c);
                 }
-                // `.[` -> `[`
-                '.' if chars.get(i + 1) == Some(&'[')
-                    && chars.get(i.wrapping_sub(1)) != Some(&'.') => {}
-                // `@name` -> `@.name`
-                '@' if chars
-                    .get(i + 1)
-                    .is_some_and(|n| n.is_alphanumeric() || *n == '_') =>
-                {
-                    out.push_str("@.");
+                let mut j = i + 1;
+                let mut name = String::new();
+                while j < chars.len() && !name_end(chars[j]) {
+                    name.push(chars[j]);
+                    j += 1;
                 }
-                _ => out.push(c),
-            },
+                out.push_str(&format!(
+                    "['{}']",
+                    name.replace('\\', "\\\\").replace('\'', "\\'")
+                ));
+                i = j;
+                continue;
+            }
+            // `.[` -> `[` (but keep `..[`)
+            '.' if next == Some('[') && !out.ends_with('.') => {}
+            _ => out.push(c),
         }
         i += 1;
     }
