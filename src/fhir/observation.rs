@@ -5,8 +5,11 @@
 
 use super::groups::ObservationGroup;
 use super::sampled_data;
+use super::sampled_data::TimeValue;
 use super::{FhirDataError, SERVICE_URI};
-use crate::mapping::fhir::{Category, Code, CodeValueTemplate, ValueKind, ValueTemplate};
+use crate::mapping::fhir::{
+    Category, Code, CodeValueTemplate, ComponentTemplate, ValueKind, ValueTemplate,
+};
 use crate::time::{format_dotnet, parse_timestamp};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Number, Value};
@@ -243,6 +246,22 @@ fn merge_value(
     Ok(())
 }
 
+/// A new component: the component codes plus the connector's coding for the value name.
+fn new_component(
+    c: &ComponentTemplate,
+    values: &[TimeValue],
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<Value, FhirDataError> {
+    let mut comp = Map::new();
+    comp.insert("code".into(), resolve_code(&c.value.value_name, &c.codes));
+    comp.insert(
+        value_key(&c.value.kind).into(),
+        create_value(&c.value, values, start, end)?,
+    );
+    Ok(Value::Object(comp))
+}
+
 /// Builds a new Observation for one group. `type_name` is the measurement type as the
 /// device mapping spelled it (the template lookup ignores case; the codes keep this spelling).
 pub fn build(
@@ -287,13 +306,7 @@ pub fn build(
     let mut components = Vec::new();
     for c in &tpl.components {
         if let Some(values) = group.get(&c.value.value_name) {
-            let mut comp = Map::new();
-            comp.insert("code".into(), resolve_code(&c.value.value_name, &c.codes));
-            comp.insert(
-                value_key(&c.value.kind).into(),
-                create_value(&c.value, values, group.start, group.end)?,
-            );
-            components.push(Value::Object(comp));
+            components.push(new_component(c, values, group.start, group.end)?);
         }
     }
     if !components.is_empty() {
@@ -378,15 +391,7 @@ pub fn merge(
                     period_before,
                     comp,
                 )?,
-                None => {
-                    let mut comp = Map::new();
-                    comp.insert("code".into(), resolve_code(&c.value.value_name, &c.codes));
-                    comp.insert(
-                        value_key(&c.value.kind).into(),
-                        create_value(&c.value, values, group.start, group.end)?,
-                    );
-                    components.push(Value::Object(comp));
-                }
+                None => components.push(new_component(c, values, group.start, group.end)?),
             }
         }
         if !components.is_empty() {

@@ -50,7 +50,8 @@ impl TemplateKind {
         }
     }
 
-    fn members(self) -> &'static [&'static str] {
+    /// Members a template body may have.
+    fn allows(self, member: &str) -> bool {
         const COMMON: &[&str] = &[
             "typeName",
             "typeMatchExpression",
@@ -61,21 +62,8 @@ impl TemplateKind {
             "correlationIdExpression",
             "values",
         ];
-        const CALCULATED: &[&str] = &[
-            "typeName",
-            "typeMatchExpression",
-            "deviceIdExpression",
-            "patientIdExpression",
-            "encounterIdExpression",
-            "timestampExpression",
-            "correlationIdExpression",
-            "values",
-            "defaultExpressionLanguage",
-        ];
-        match self {
-            TemplateKind::Calculated => CALCULATED,
-            _ => COMMON,
-        }
+        COMMON.contains(&member)
+            || (self == TemplateKind::Calculated && member == "defaultExpressionLanguage")
     }
 }
 
@@ -144,37 +132,14 @@ impl std::fmt::Display for NormalizeError {
 impl std::error::Error for NormalizeError {}
 
 impl DeviceMapping {
-    /// Loads a mapping from its file text; every problem is reported, with lines.
+    /// Loads from file text, reporting every problem with its line.
     pub fn from_text(text: &str, file: Option<&str>) -> Result<Self, TemplateErrors> {
-        let value: Value = serde_json::from_str(text).map_err(|e| {
-            TemplateErrors(vec![super::error::TemplateError {
-                file: file.map(str::to_string),
-                pointer: String::new(),
-                line: Some(e.line()),
-                template_index: None,
-                template_type: None,
-                type_name: None,
-                reason: format!("invalid JSON: {e}"),
-            }])
-        })?;
-        Self::from_value(&value).map_err(|e| e.locate(file, text))
+        super::error::load_text(text, file, Self::from_value)
     }
 
-    /// Loads a mapping from a file.
+    /// Loads from a file.
     pub fn from_file(path: &std::path::Path) -> Result<Self, TemplateErrors> {
-        let name = path.display().to_string();
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::from_text(&text, Some(&name)),
-            Err(e) => Err(TemplateErrors(vec![super::error::TemplateError {
-                file: Some(name),
-                pointer: String::new(),
-                line: None,
-                template_index: None,
-                template_type: None,
-                type_name: None,
-                reason: format!("cannot read: {e}"),
-            }])),
-        }
+        super::error::load_file(path, Self::from_value)
     }
 
     /// Loads a mapping from parsed JSON (no line numbers).
@@ -357,7 +322,7 @@ fn compile_entry(
         .and_then(Value::as_str)
         .map(str::to_string);
     for k in body.keys() {
-        if !kind.members().contains(&k.as_str()) {
+        if !kind.allows(k) {
             c.push(
                 child(&ptr, k),
                 format!("unknown member \"{k}\" for {}", kind.name()),

@@ -90,6 +90,40 @@ impl TemplateErrors {
     }
 }
 
+fn file_error(file: Option<&str>, line: Option<usize>, reason: String) -> TemplateErrors {
+    TemplateErrors(vec![TemplateError {
+        file: file.map(str::to_string),
+        pointer: String::new(),
+        line,
+        template_index: None,
+        template_type: None,
+        type_name: None,
+        reason,
+    }])
+}
+
+/// Parses mapping file text and builds a mapping from it; errors carry file and line.
+pub(crate) fn load_text<T>(
+    text: &str,
+    file: Option<&str>,
+    build: impl FnOnce(&serde_json::Value) -> Result<T, TemplateErrors>,
+) -> Result<T, TemplateErrors> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| file_error(file, Some(e.line()), format!("invalid JSON: {e}")))?;
+    build(&value).map_err(|e| e.locate(file, text))
+}
+
+/// Reads a mapping file and builds a mapping from it.
+pub(crate) fn load_file<T>(
+    path: &std::path::Path,
+    build: impl FnOnce(&serde_json::Value) -> Result<T, TemplateErrors>,
+) -> Result<T, TemplateErrors> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| file_error(Some(&name), None, format!("cannot read: {e}")))?;
+    load_text(&text, Some(&name), build)
+}
+
 /// Collects errors while a mapping is checked, tagging them with the current template.
 #[derive(Default)]
 pub(crate) struct Collector {

@@ -1,7 +1,7 @@
 //! FHIR mapping (`fhirmapping.json`): CodeValueFhir templates, looked up by measurement type.
 
 use super::device::{collection_entries, entry_parts};
-use super::error::{child, Collector, TemplateError, TemplateErrors};
+use super::error::{child, Collector, TemplateErrors};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -126,35 +126,12 @@ pub struct FhirMapping {
 impl FhirMapping {
     /// Loads from file text, reporting every problem with its line.
     pub fn from_text(text: &str, file: Option<&str>) -> Result<Self, TemplateErrors> {
-        let value: Value = serde_json::from_str(text).map_err(|e| {
-            TemplateErrors(vec![TemplateError {
-                file: file.map(str::to_string),
-                pointer: String::new(),
-                line: Some(e.line()),
-                template_index: None,
-                template_type: None,
-                type_name: None,
-                reason: format!("invalid JSON: {e}"),
-            }])
-        })?;
-        Self::from_value(&value).map_err(|e| e.locate(file, text))
+        super::error::load_text(text, file, Self::from_value)
     }
 
     /// Loads from a file.
     pub fn from_file(path: &std::path::Path) -> Result<Self, TemplateErrors> {
-        let name = path.display().to_string();
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::from_text(&text, Some(&name)),
-            Err(e) => Err(TemplateErrors(vec![TemplateError {
-                file: Some(name),
-                pointer: String::new(),
-                line: None,
-                template_index: None,
-                template_type: None,
-                type_name: None,
-                reason: format!("cannot read: {e}"),
-            }])),
-        }
+        super::error::load_file(path, Self::from_value)
     }
 
     /// Loads from parsed JSON.
