@@ -238,7 +238,9 @@ impl LibraryPath {
 }
 
 /// Newtonsoft yields matches in pre-order (a node before its descendants, siblings in
-/// document order); RFC 9535 yields descendant matches level by level.
+/// document order); RFC 9535 yields descendant matches level by level. Sorting the results by
+/// their own position is exact for paths ending in the scanned node; for `$..[?()].child`
+/// Newtonsoft orders by the matched node instead, which can differ (fallback path only).
 fn sort_document_order(root: &Value, found: &mut Vec<&Value>) {
     if found.len() < 2 {
         return;
