@@ -204,10 +204,10 @@ impl DeviceMapping {
         out: &mut Vec<Measurement>,
     ) -> Result<(), NormalizeError> {
         let start = out.len();
-        let event_var = OnceCell::new();
         let event_scope = Scope::json_value(event);
+        let event_var = event_scope.var_cell().expect("a JSON scope");
         for t in &self.templates {
-            if let Err(e) = t.apply(event, &event_scope, &event_var, out) {
+            if let Err(e) = t.apply(event, &event_scope, event_var, out) {
                 out.truncate(start);
                 return Err(e);
             }

@@ -224,6 +224,15 @@ impl<'a> Scope<'a> {
         }
     }
 
+    /// The cached JMESPath form of a plain JSON scope, shared with calculated scopes of the
+    /// same event so a message is converted at most once.
+    pub fn var_cell(&self) -> Option<&OnceCell<Rcvar>> {
+        match self {
+            Scope::Json { var, .. } => Some(var),
+            Scope::Calculated { .. } => None,
+        }
+    }
+
     /// The scope as JSON (for calculated scopes, the event with `matchedToken` added).
     fn json(&self) -> &Value {
         match self {
