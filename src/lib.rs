@@ -1,9 +1,14 @@
 //! vitalflow: streams medical-device vitals into FHIR R4 Observations, clinician alerts and a
 //! lakehouse, reading the Microsoft IoMT FHIR Connector / Azure MedTech mapping templates.
 
+pub mod dataflow;
 pub mod debugger;
 pub mod event;
 pub mod fhir;
+pub mod job;
 pub mod mapping;
+pub mod metrics;
 pub mod model;
+pub mod sinks;
+pub mod sources;
 pub mod time;

@@ -6,9 +6,15 @@ use serde_json::{json, Value};
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use vitalflow::dataflow::{self, RunOptions};
 use vitalflow::debugger::{self, DebugError, Normalized};
 use vitalflow::event;
+use vitalflow::job::{self, SimulatorConfig};
 use vitalflow::mapping::{DeviceMapping, FhirMapping, TemplateErrors};
+use vitalflow::metrics::Metrics;
+use vitalflow::sources::simulator::Simulator;
 
 // Message parsing allocates and frees many small strings and maps; mimalloc measurably
 // speeds normalization up over glibc malloc (benches/normalize.rs).
@@ -98,11 +104,134 @@ vitalflow normalize --device d.json --system-property iothub-connection-device-i
         /// Message file, or - for standard input.
         message: String,
     },
+    /// Run a streaming job: Kafka (or a file, or the simulator) in, FHIR Observations out.
+    #[command(after_help = RUN_HELP)]
+    Run(RunArgs),
+    /// Generate realistic, reproducible device messages into Kafka or an NDJSON file.
+    #[command(after_help = SIMULATE_HELP)]
+    Simulate(SimulateArgs),
+}
+
+const RUN_HELP: &str =
+    "Without --job, runs the embedded default: an in-process Kafka (librdkafka's mock \
+cluster) fed by the simulator with 200 bedside monitors, the bedside-monitor mappings, and \
+NDJSON Observations under ./vitalflow-out/. Stop it with Ctrl-C: it stops reading, flushes \
+every sink, commits offsets and exits 0.
+
+Examples:
+  vitalflow run
+  vitalflow run --job dataflows/icu.toml --workers 4
+  vitalflow run --job dataflows/icu.toml --processes 3 --process 0 --hosts hosts.txt --workers 4
+  vitalflow run --job replay.toml --until-end
+  vitalflow run --duration 30s --log-format json
+
+Environment: VITALFLOW_KAFKA_BROKERS, VITALFLOW_KAFKA_GROUP_ID, VITALFLOW_OUTPUT_DIR,
+VITALFLOW_METRICS_ADDRESS, VITALFLOW_KAFKA__<PROPERTY> (any librdkafka property, e.g.
+VITALFLOW_KAFKA__SASL_PASSWORD), VITALFLOW_LOG (log filter, e.g. debug or vitalflow=debug).
+
+Exit codes: 0 clean stop, 1 the job failed (broker unreachable, sink failing, ...),
+2 usage error or invalid job file / mapping.";
+
+const SIMULATE_HELP: &str = "Examples:
+  vitalflow simulate --devices 50 --count 3000 --output vitals.ndjson
+  vitalflow simulate --brokers 127.0.0.1:9092 --topic icu-vitals --devices 200 --rate 200
+  vitalflow simulate --profile wearable --devices 10 --count 100 --seed 7 --start 2026-11-21T08:00:00Z
+
+The same seed, devices, count and start give the same messages.";
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Job file (dataflows/*.toml); without it, the embedded default job.
+    #[arg(long)]
+    job: Option<PathBuf>,
+    /// Worker threads in this process [default: the number of cores].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Processes in the cluster (each runs this command with its own --process).
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
+    /// Index of this process, 0-based.
+    #[arg(long, default_value_t = 0)]
+    process: usize,
+    /// File with one host:port per line, one line per process, for cluster traffic.
+    #[arg(long)]
+    hosts: Option<PathBuf>,
+    /// Stop once the input has been read to its end (as of start), then exit 0.
+    #[arg(long)]
+    until_end: bool,
+    /// Stop after this long (e.g. 30s, 5m), with the same clean shutdown as Ctrl-C.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<std::time::Duration>,
+    /// Output directory (overrides sinks.ndjson.dir).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Log format on standard error.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Live status line on standard error [default: when it is a terminal].
+    #[arg(long, overrides_with = "no_status")]
+    status: bool,
+    /// No live status line.
+    #[arg(long)]
+    no_status: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// Device profile: bedside-monitor (templates/bedside-monitor) or wearable (templates/basic).
+    #[arg(long, default_value = "bedside-monitor")]
+    profile: String,
+    /// Number of devices (one patient each).
+    #[arg(long, default_value_t = 20)]
+    devices: u32,
+    /// Messages per second in all (0: as fast as possible) [default: one per device per second].
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Stop after this many messages [default: run until stopped].
+    #[arg(long)]
+    count: Option<u64>,
+    /// Event time of the first reading (RFC 3339) [default: so that the run ends now].
+    #[arg(long)]
+    start: Option<String>,
+    /// Fraction of readings delivered out of order (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    out_of_order: f64,
+    /// Every this often (simulated time) one device goes offline, then syncs its backlog.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    late_burst: Option<std::time::Duration>,
+    /// Probability per device-second of a dropout (10-60 s of silence).
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f64,
+    /// Fraction of readings with sensor artifacts.
+    #[arg(long, default_value_t = 0.0)]
+    artifacts: f64,
+    /// Kafka brokers to produce to (with --topic).
+    #[arg(long, requires = "topic")]
+    brokers: Option<String>,
+    /// Kafka topic.
+    #[arg(long, requires = "brokers")]
+    topic: Option<String>,
+    /// NDJSON file to write, or - for standard output [default: -].
+    #[arg(long, conflicts_with = "brokers")]
+    output: Option<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run(args) => run_job(args),
+        Command::Simulate(args) => simulate(args),
         Command::Validate {
             device,
             fhir,
@@ -334,4 +463,259 @@ fn validate(device: Option<&Path>, fhir: Option<&Path>, format: Format) -> ExitC
     } else {
         ExitCode::FAILURE
     }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VITALFLOW_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
+}
+
+fn run_job(args: RunArgs) -> ExitCode {
+    init_logs(args.log_format);
+    let mut job = match &args.job {
+        Some(path) => match job::load(path) {
+            Ok(j) => j,
+            Err(e) => {
+                eprint!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => job::embedded_default(),
+    };
+    job::apply_env(&mut job, std::env::vars());
+    if let Some(o) = args.output {
+        job.output_dir = o;
+    }
+    let hosts = match &args.hosts {
+        Some(h) => match std::fs::read_to_string(h) {
+            Ok(t) => t
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from)
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                eprintln!("error: cannot read --hosts {}: {e}", h.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => Vec::new(),
+    };
+    if args.processes > 1 && hosts.len() != args.processes {
+        eprintln!(
+            "error: --processes {} needs --hosts with one host:port per process ({} found)",
+            args.processes,
+            hosts.len()
+        );
+        return ExitCode::from(2);
+    }
+    if args.process >= args.processes {
+        eprintln!(
+            "error: --process {} must be below --processes {}",
+            args.process, args.processes
+        );
+        return ExitCode::from(2);
+    }
+    let opts = RunOptions {
+        workers: args
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        processes: args.processes,
+        process: args.process,
+        hosts,
+        until_end: args.until_end,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal while shutting down exits at once.
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone());
+        let _ = signal_hook::flag::register(sig, stop.clone());
+    }
+    if let Some(d) = args.duration {
+        dataflow::stop_after(stop.clone(), d);
+    }
+    let metrics = Metrics::new();
+    let show_status = (args.status || std::io::stderr().is_terminal()) && !args.no_status;
+    let done = Arc::new(AtomicBool::new(false));
+    let status = show_status.then(|| status_line(metrics.clone(), done.clone()));
+    tracing::info!(
+        job = %job.name,
+        file = %job.file,
+        workers = opts.workers,
+        processes = opts.processes,
+        output = %job.output_dir.display(),
+        "starting"
+    );
+    let result = dataflow::run(&job, &opts, stop, metrics.clone());
+    done.store(true, Ordering::Relaxed);
+    if let Some(s) = status {
+        let _ = s.join();
+    }
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    match result {
+        Ok(()) => {
+            tracing::info!(
+                messages = get(&metrics.messages_in),
+                measurements = get(&metrics.measurements),
+                observations = get(&metrics.observations_out),
+                dead_letters = get(&metrics.dead_letters),
+                "stopped cleanly: outputs flushed, offsets committed"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints msgs/s, lag and outputs once a second on one line of standard error.
+fn status_line(metrics: Arc<Metrics>, done: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let mut last = 0;
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        while !done.load(Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            let n = get(&metrics.messages_in);
+            eprint!(
+                "\r\x1b[K{:>5}s  {:>7} msgs/s  {:>9} msgs  lag {:>6}  observations {:>8}  dead letters {:>5}  open windows {:>6}",
+                started.elapsed().as_secs(),
+                n - last,
+                n,
+                metrics.total_lag(),
+                get(&metrics.observations_out),
+                get(&metrics.dead_letters),
+                get(&metrics.windows_open),
+            );
+            last = n;
+        }
+        eprintln!();
+    })
+}
+
+fn simulate(args: SimulateArgs) -> ExitCode {
+    init_logs(LogFormat::Text);
+    if !vitalflow::sources::simulator::PROFILES.contains(&args.profile.as_str()) {
+        eprintln!(
+            "error: --profile: unknown profile \"{}\"; one of: {}",
+            args.profile,
+            vitalflow::sources::simulator::PROFILES.join(", ")
+        );
+        return ExitCode::from(2);
+    }
+    for (name, v) in [
+        ("--out-of-order", args.out_of_order),
+        ("--dropout", args.dropout),
+        ("--artifacts", args.artifacts),
+    ] {
+        if !(0.0..=1.0).contains(&v) {
+            eprintln!("error: {name} must be between 0 and 1, found {v}");
+            return ExitCode::from(2);
+        }
+    }
+    let cfg = SimulatorConfig {
+        devices: args.devices.max(1),
+        rate: args.rate.unwrap_or(f64::from(args.devices.max(1))),
+        seed: args.seed,
+        profile: args.profile,
+        count: args.count,
+        out_of_order: args.out_of_order,
+        late_burst: args.late_burst,
+        dropout: args.dropout,
+        artifacts: args.artifacts,
+    };
+    let start = match &args.start {
+        Some(s) => match vitalflow::time::parse_timestamp(s) {
+            Some(t) => t,
+            None => {
+                eprintln!("error: --start: \"{s}\" is not an RFC 3339 timestamp");
+                return ExitCode::from(2);
+            }
+        },
+        None => Simulator::default_start(&cfg),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, stop.clone());
+    }
+    let result = match (&args.brokers, &args.topic) {
+        (Some(brokers), Some(topic)) => {
+            let k = job::KafkaConfig {
+                brokers: brokers.clone(),
+                topics: vec![topic.clone()],
+                group_id: String::new(),
+                start: job::StartPosition::Earliest,
+                partitions: 1,
+                startup_timeout: std::time::Duration::from_secs(30),
+                properties: Default::default(),
+            };
+            let mut k = k;
+            job::apply_env_kafka(&mut k, std::env::vars());
+            vitalflow::sources::simulator::produce(&cfg, &k, brokers, topic, start, &stop)
+                .map(|n| tracing::info!(messages = n, %topic, "simulated messages delivered"))
+        }
+        _ => write_simulation(&cfg, start, args.output.as_deref().unwrap_or("-"), &stop),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn write_simulation(
+    cfg: &SimulatorConfig,
+    start: chrono::DateTime<chrono::Utc>,
+    output: &str,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out: Box<dyn Write> = if output == "-" {
+        Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
+    } else {
+        Box::new(std::io::BufWriter::new(
+            std::fs::File::create(output)
+                .map_err(|e| anyhow::anyhow!("cannot create {output}: {e}"))?,
+        ))
+    };
+    let mut sim = Simulator::new(cfg, start, (0, 1));
+    let mut pacer =
+        vitalflow::sources::simulator::Pacer::new(if output == "-" { cfg.rate } else { 0.0 });
+    while !stop.load(Ordering::Relaxed) {
+        let n = pacer.allowance(1000);
+        if n == 0 {
+            out.flush()?;
+            std::thread::sleep(pacer.until_next().min(std::time::Duration::from_millis(50)));
+            continue;
+        }
+        for _ in 0..n {
+            let Some(m) = sim.next() else {
+                out.flush()?;
+                return Ok(());
+            };
+            if let Err(e) = out.write_all(&m.payload).and_then(|_| out.write_all(b"\n")) {
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    return Ok(());
+                }
+                return Err(e.into());
+            }
+        }
+        pacer.sent(n);
+    }
+    out.flush()?;
+    Ok(())
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 ///
 /// Type and value names are shared with the compiled template (`Arc<str>`), so producing a
 /// measurement allocates only for the values read from the message.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Measurement {
     /// The template's `typeName`; selects the FHIR mapping.
     pub type_name: Arc<str>,

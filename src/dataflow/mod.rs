@@ -1,0 +1,326 @@
+//! The job's dataflow: source → normalize → exchange by device → windows → sinks, and the
+//! progress loop that commits source offsets once every output up to them is durable.
+//!
+//! Timely time is the ingestion epoch (milliseconds since the Unix epoch at which a worker
+//! opened it), never event time. Each sink holds an epoch open until it has flushed that
+//! epoch's outputs; a probe on the sinks' outputs therefore tells, across all workers and
+//! processes, which epochs are durable, and each source commits the positions it recorded at
+//! the end of those epochs.
+
+pub mod normalize;
+pub mod operators;
+pub mod window;
+
+use crate::job::{JobConfig, SourceConfig, EMBEDDED_BROKERS};
+use crate::mapping::{DeviceMapping, FhirMapping};
+use crate::metrics::Metrics;
+use crate::sinks::dead_letter::{DeadLetter, FileDeadLetters, KafkaDeadLetters};
+use crate::sinks::observations::ObservationSink;
+use crate::sinks::Sink;
+use crate::sources::file::FileSource;
+use crate::sources::kafka::{self, KafkaSource};
+use crate::sources::simulator::{Simulator, SimulatorSource};
+use crate::sources::Source;
+use anyhow::{anyhow, Context as _};
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How to run a job (command-line flags).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Worker threads per process.
+    pub workers: usize,
+    /// Number of processes in the cluster.
+    pub processes: usize,
+    /// This process's index.
+    pub process: usize,
+    /// `host:port` of every process (timely cluster), when `processes > 1`.
+    pub hosts: Vec<String>,
+    /// Stop when the input ends (replays, tests).
+    pub until_end: bool,
+}
+
+/// The worker that owns a device's windows: a hash stable across processes of one build.
+pub fn route(device: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    device.hash(&mut h);
+    h.finish()
+}
+
+/// Mapping files shipped inside the binary, so the embedded default runs from any directory.
+const EMBEDDED_TEMPLATES: [(&str, &str); 2] = [
+    (
+        "templates/bedside-monitor/devicecontent.json",
+        include_str!("../../templates/bedside-monitor/devicecontent.json"),
+    ),
+    (
+        "templates/bedside-monitor/fhirmapping.json",
+        include_str!("../../templates/bedside-monitor/fhirmapping.json"),
+    ),
+];
+
+fn mapping_text(path: &Path) -> anyhow::Result<(String, String)> {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok((t, name)),
+        Err(e) => EMBEDDED_TEMPLATES
+            .iter()
+            .find(|(p, _)| Path::new(p) == path)
+            .map(|(_, t)| (t.to_string(), format!("{name} (embedded)")))
+            .ok_or_else(|| anyhow!("cannot read {name}: {e}")),
+    }
+}
+
+/// Loads and compiles the job's mappings; errors name file, line and template.
+pub fn load_mappings(job: &JobConfig) -> anyhow::Result<(DeviceMapping, FhirMapping)> {
+    let (text, name) = mapping_text(&job.device_mapping)?;
+    let device = DeviceMapping::from_text(&text, Some(&name)).map_err(|e| anyhow!("{e}"))?;
+    let (text, name) = mapping_text(&job.fhir_mapping)?;
+    let fhir = FhirMapping::from_text(&text, Some(&name)).map_err(|e| anyhow!("{e}"))?;
+    for t in crate::debugger::unmapped_types(&device, &fhir) {
+        tracing::warn!(
+            r#type = %t,
+            "the device mapping produces type \"{t}\" but the FHIR mapping has no template for it: its messages will be dead-lettered"
+        );
+    }
+    Ok((device, fhir))
+}
+
+/// Everything a worker needs, shared by all workers of the process.
+struct Shared {
+    job: JobConfig,
+    device: DeviceMapping,
+    fhir: Arc<FhirMapping>,
+    brokers: Option<String>,
+    partitions: BTreeMap<String, i32>,
+    sim_start: chrono::DateTime<chrono::Utc>,
+    until_end: bool,
+    stop: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    fatal: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn fail(&self, e: impl std::fmt::Display) {
+        let mut f = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            *f = Some(e.to_string());
+        }
+        self.metrics.healthy.store(false, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Keeps librdkafka's mock cluster and the simulator feeding it alive for the run.
+struct Embedded {
+    _cluster: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    feeder: Option<std::thread::JoinHandle<()>>,
+}
+
+fn start_embedded(job: &JobConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<(Embedded, String)> {
+    let k = job.kafka.as_ref().expect("embedded implies kafka");
+    let cluster =
+        rdkafka::mocking::MockCluster::new(1).context("cannot start the embedded Kafka cluster")?;
+    let brokers = cluster.bootstrap_servers();
+    for t in &k.topics {
+        cluster.create_topic(t, k.partitions, 1)?;
+    }
+    if let Some(t) = &job.dead_letter_topic {
+        cluster.create_topic(t, 1, 1)?;
+    }
+    tracing::info!(%brokers, "embedded Kafka cluster (librdkafka mock) started");
+    let feeder = match &job.simulator {
+        Some(sim) => {
+            let sim = sim.clone();
+            let topic = k.topics[0].clone();
+            let k = k.clone();
+            let brokers = brokers.clone();
+            let stop = stop.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("simulator".into())
+                    .spawn(move || {
+                        if let Err(e) = crate::sources::simulator::produce(
+                            &sim,
+                            &k,
+                            &brokers,
+                            &topic,
+                            Simulator::default_start(&sim),
+                            &stop,
+                        ) {
+                            tracing::error!("simulator: {e:#}");
+                        }
+                    })?,
+            )
+        }
+        None => None,
+    };
+    Ok((
+        Embedded {
+            _cluster: cluster,
+            feeder,
+        },
+        brokers,
+    ))
+}
+
+/// Runs a job to completion: until `stop` is set (signal, `--duration`) or, with
+/// `until_end`, until the input ends. Returns when every output is durable and offsets are
+/// committed.
+pub fn run(
+    job: &JobConfig,
+    opts: &RunOptions,
+    stop: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let (device, fhir) = load_mappings(job)?;
+    let mut embedded = None;
+    let mut brokers = None;
+    let mut partitions = BTreeMap::new();
+    if let Some(k) = &job.kafka {
+        let b = if k.brokers == EMBEDDED_BROKERS {
+            let (e, b) = start_embedded(job, &stop)?;
+            embedded = Some(e);
+            b
+        } else {
+            k.brokers.clone()
+        };
+        let mut wanted = k.clone();
+        if job.source != SourceConfig::Kafka {
+            wanted.topics.clear();
+        }
+        wanted.topics.extend(job.dead_letter_topic.iter().cloned());
+        if !wanted.topics.is_empty() {
+            partitions = kafka::wait_for_topics(&wanted, &b)?;
+        }
+        if let Some(t) = &job.dead_letter_topic {
+            partitions.remove(t);
+        }
+        brokers = Some(b);
+    }
+    if let Some(addr) = &job.metrics_address {
+        let bound = crate::metrics::serve(addr, metrics.clone())?;
+        tracing::info!(address = %bound, "serving /metrics and /health");
+    }
+    let shared = Arc::new(Shared {
+        job: job.clone(),
+        device,
+        fhir: Arc::new(fhir),
+        brokers,
+        partitions,
+        sim_start: job
+            .simulator
+            .as_ref()
+            .map_or_else(chrono::Utc::now, Simulator::default_start),
+        until_end: opts.until_end,
+        stop: stop.clone(),
+        metrics,
+        fatal: Mutex::new(None),
+    });
+    let communication = if opts.processes > 1 {
+        timely::CommunicationConfig::Cluster {
+            threads: opts.workers,
+            process: opts.process,
+            addresses: opts.hosts.clone(),
+            report: false,
+            zerocopy: false,
+            log_fn: Arc::new(|_| None),
+        }
+    } else {
+        timely::CommunicationConfig::Process(opts.workers)
+    };
+    let config = timely::Config {
+        communication,
+        worker: timely::WorkerConfig::default(),
+    };
+    let s = shared.clone();
+    let guards = timely::execute(config, move |worker| {
+        if let Err(e) = operators::run_worker(worker, &s) {
+            s.fail(format!("worker {}: {e:#}", worker.index()));
+        }
+    })
+    .map_err(|e| anyhow!("cannot start the timely workers: {e}"))?;
+    let results = guards.join();
+    stop.store(true, Ordering::Relaxed);
+    if let Some(mut e) = embedded {
+        if let Some(f) = e.feeder.take() {
+            let _ = f.join();
+        }
+    }
+    for r in results {
+        r.map_err(|e| anyhow!("a worker failed: {e}"))?;
+    }
+    if let Some(e) = shared
+        .fatal
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        return Err(anyhow!(e));
+    }
+    Ok(())
+}
+
+/// The sources and sinks of one worker.
+struct WorkerParts {
+    source: Box<dyn Source>,
+    observations: ObservationSink,
+    dead_letters: Box<dyn Sink<DeadLetter>>,
+}
+
+fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<WorkerParts> {
+    let job = &shared.job;
+    let source: Box<dyn Source> = match &job.source {
+        SourceConfig::Kafka => Box::new(KafkaSource::new(
+            job.kafka.as_ref().expect("validated"),
+            shared.brokers.as_deref().expect("kafka"),
+            &shared.partitions,
+            index,
+            peers,
+            shared.until_end,
+            shared.metrics.clone(),
+        )?),
+        SourceConfig::File(p) => Box::new(FileSource::new(p, index, peers)?),
+        SourceConfig::Simulator => Box::new(SimulatorSource::new(
+            job.simulator.as_ref().expect("validated"),
+            shared.sim_start,
+            index,
+            peers,
+        )),
+    };
+    let observations = ObservationSink::new(
+        &job.output_dir,
+        index,
+        |d| route(d) % peers as u64 == index as u64,
+        job.horizon,
+        shared.metrics.clone(),
+    )?;
+    let dead_letters: Box<dyn Sink<DeadLetter>> = match &job.dead_letter_topic {
+        Some(t) => Box::new(KafkaDeadLetters::new(
+            job.kafka.as_ref().expect("validated"),
+            shared.brokers.as_deref().expect("kafka"),
+            t,
+        )?),
+        None => Box::new(FileDeadLetters::new(&job.output_dir, index)?),
+    };
+    Ok(WorkerParts {
+        source,
+        observations,
+        dead_letters,
+    })
+}
+
+/// Sleeps in small steps until `stop` or the deadline.
+pub fn stop_after(stop: Arc<AtomicBool>, after: Duration) {
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + after;
+        while std::time::Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+}

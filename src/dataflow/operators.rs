@@ -1,0 +1,330 @@
+//! The timely operators of a worker and its progress loop.
+
+use super::normalize::normalize;
+use super::window::{WindowUpdate, Windows};
+use super::{route, worker_parts, Shared};
+use crate::metrics::Metrics;
+use crate::model::Measurement;
+use crate::sinks::dead_letter::DeadLetter;
+use crate::sinks::Sink;
+use crate::sources::{Poll, Positions, RawMessage, Source};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use timely::communication::Allocate;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::operators::{Capability, Concat, OkErr, Probe};
+use timely::dataflow::{Scope, Stream};
+use timely::worker::Worker;
+
+fn now_ms() -> u64 {
+    chrono::Utc::now().timestamp_millis().max(0) as u64
+}
+
+/// Source positions per closed epoch, committed once the epoch is durable.
+struct Committer {
+    source: Box<dyn Source>,
+    pending: VecDeque<(u64, Positions, Instant)>,
+    last: Option<Positions>,
+    metrics: Arc<Metrics>,
+}
+
+impl Committer {
+    fn close_epoch(&mut self, epoch: u64, opened: Instant) {
+        let positions = self.source.positions();
+        let changed = self.pending.back().map(|(_, p, _)| p) != Some(&positions)
+            && self.last.as_ref() != Some(&positions);
+        if changed {
+            self.pending.push_back((epoch, positions, opened));
+        }
+    }
+
+    /// Commits the newest epoch the probe reports durable.
+    fn commit_durable(&mut self, probe: &ProbeHandle<u64>) -> anyhow::Result<()> {
+        let mut newest = None;
+        while let Some((epoch, _, _)) = self.pending.front() {
+            if probe.less_equal(epoch) {
+                break;
+            }
+            let (_, p, opened) = self.pending.pop_front().expect("front");
+            self.metrics.epoch_durable(opened.elapsed());
+            newest = Some(p);
+        }
+        if let Some(p) = newest {
+            self.source.commit(&p)?;
+            Metrics::add(&self.metrics.commits, 1);
+            self.last = Some(p);
+        }
+        Ok(())
+    }
+
+    /// At shutdown, every output is durable: commit where the source stands.
+    fn commit_final(&mut self) -> anyhow::Result<()> {
+        let p = self.source.positions();
+        for (_, _, opened) in self.pending.drain(..) {
+            self.metrics.epoch_durable(opened.elapsed());
+        }
+        if self.last.as_ref() != Some(&p) && !p.is_empty() {
+            self.source.commit_final(&p)?;
+            Metrics::add(&self.metrics.commits, 1);
+        }
+        Ok(())
+    }
+}
+
+/// Builds this worker's dataflow and runs it until it completes.
+pub(super) fn run_worker<A: Allocate>(
+    worker: &mut Worker<A>,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<()> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let parts = worker_parts(shared, index, peers)?;
+    let committer = Rc::new(RefCell::new(Committer {
+        source: parts.source,
+        pending: VecDeque::new(),
+        last: None,
+        metrics: shared.metrics.clone(),
+    }));
+    let probe = ProbeHandle::new();
+    let flush = shared.job.flush_interval;
+    worker.dataflow::<u64, _, _>(|scope| {
+        let raw = source_operator(scope, committer.clone(), probe.clone(), shared.clone());
+        let (measurements, dead) = normalize_operator(&raw, shared.clone());
+        let updates = window_operator(&measurements, shared.clone());
+        let o = sink_operator(
+            &updates,
+            "ObservationSink",
+            parts.observations,
+            flush,
+            shared.clone(),
+        );
+        let d = sink_operator(
+            &dead,
+            "DeadLetterSink",
+            parts.dead_letters,
+            flush,
+            shared.clone(),
+        );
+        o.concat(&d).probe_with(&probe);
+    });
+    while !probe.done() {
+        worker.step_or_park(Some(Duration::from_millis(100)));
+    }
+    if shared.fatal.lock().map(|f| f.is_none()).unwrap_or(false) {
+        committer.borrow_mut().commit_final()?;
+    }
+    Ok(())
+}
+
+fn source_operator<G: Scope<Timestamp = u64>>(
+    scope: &G,
+    committer: Rc<RefCell<Committer>>,
+    probe: ProbeHandle<u64>,
+    shared: Arc<Shared>,
+) -> Stream<G, RawMessage> {
+    let epoch_len = shared.job.epoch;
+    let batch = shared.job.batch_size;
+    source(scope, "Source", move |cap, info| {
+        let activator = scope.activator_for(info.address);
+        let mut cap = Some(cap);
+        let mut opened = Instant::now();
+        let mut buf: Vec<RawMessage> = Vec::with_capacity(batch);
+        move |output| {
+            let mut c = committer.borrow_mut();
+            if let Err(e) = c.commit_durable(&probe) {
+                // A failed commit is retried with the next durable epoch; data is safe.
+                tracing::warn!("offset commit failed: {e:#}");
+            }
+            let Some(capability) = cap.as_mut() else {
+                return;
+            };
+            if *capability.time() == 0 {
+                capability.downgrade(&now_ms());
+            }
+            let state = if shared.stop.load(Ordering::Relaxed) {
+                Poll::Finished
+            } else {
+                match c.source.poll(batch, &mut buf) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        shared.fail(format!("source: {e:#}"));
+                        Poll::Finished
+                    }
+                }
+            };
+            if !buf.is_empty() {
+                Metrics::add(&shared.metrics.messages_in, buf.len() as u64);
+                output.session(&*capability).give_iterator(buf.drain(..));
+            }
+            if state == Poll::Finished {
+                let epoch = *capability.time();
+                c.close_epoch(epoch, opened);
+                cap = None;
+                // Keep committing as epochs become durable until the dataflow completes.
+                activator.activate_after(Duration::from_millis(10));
+                return;
+            }
+            if opened.elapsed() >= epoch_len {
+                let epoch = *capability.time();
+                c.close_epoch(epoch, opened);
+                capability.downgrade(&now_ms().max(epoch + 1));
+                opened = Instant::now();
+            }
+            match state {
+                Poll::Ready => activator.activate(),
+                _ => activator.activate_after(epoch_len.min(Duration::from_millis(10))),
+            }
+        }
+    })
+}
+
+type Normalized = Result<Measurement, DeadLetter>;
+
+// Measurements are as large as dead letters: boxing either would only add allocations.
+#[allow(clippy::result_large_err)]
+fn normalize_operator<G: Scope<Timestamp = u64>>(
+    raw: &Stream<G, RawMessage>,
+    shared: Arc<Shared>,
+) -> (Stream<G, Measurement>, Stream<G, DeadLetter>) {
+    let skew =
+        chrono::Duration::from_std(shared.job.max_future_skew).unwrap_or(chrono::Duration::MAX);
+    let out: Stream<G, Normalized> = raw.unary(Pipeline, "Normalize", move |_, _| {
+        let mut ms = Vec::new();
+        move |input, output| {
+            let now = chrono::Utc::now();
+            input.for_each_time(|time, data| {
+                let mut session = output.session(&time);
+                for batch in data {
+                    for m in batch.drain(..) {
+                        ms.clear();
+                        match normalize(&shared.device, &shared.fhir, skew, now, m, &mut ms) {
+                            Ok(()) => {
+                                Metrics::add(&shared.metrics.measurements, ms.len() as u64);
+                                session.give_iterator(ms.drain(..).map(Ok));
+                            }
+                            Err(d) => {
+                                Metrics::add(&shared.metrics.dead_letters, 1);
+                                session.give(Err(*d));
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    out.ok_err(|r| r)
+}
+
+fn window_operator<G: Scope<Timestamp = u64>>(
+    measurements: &Stream<G, Measurement>,
+    shared: Arc<Shared>,
+) -> Stream<G, WindowUpdate> {
+    let exchange = Exchange::new(|m: &Measurement| route(&m.device_id));
+    measurements.unary_frontier(exchange, "Window", move |_, _| {
+        let mut windows = Windows::new(shared.fhir.clone(), shared.job.horizon);
+        let mut held: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
+        let mut open = 0u64;
+        move |(input, frontier), output| {
+            input.for_each_time(|time, data| {
+                for batch in data {
+                    for m in batch.drain(..) {
+                        windows.add(&m);
+                    }
+                }
+                let t = *time.time();
+                held.entry(t).or_insert_with(|| time.retain());
+            });
+            // Emit once an epoch is complete: every message of it has been added.
+            let complete: Vec<u64> = held
+                .keys()
+                .copied()
+                .take_while(|t| !frontier.less_equal(t))
+                .collect();
+            if let Some(first) = complete.first() {
+                let updates = windows.take_dirty();
+                if !updates.is_empty() {
+                    output
+                        .session(&held[first])
+                        .give_iterator(updates.into_iter());
+                }
+                for t in &complete {
+                    held.remove(t);
+                }
+                let evicted = windows.evict();
+                Metrics::add(&shared.metrics.windows_evicted, evicted as u64);
+                let now = windows.len() as u64;
+                shared
+                    .metrics
+                    .windows_open
+                    .fetch_add(now.wrapping_sub(open), Ordering::Relaxed);
+                open = now;
+            }
+        }
+    })
+}
+
+fn sink_operator<G, D, S>(
+    stream: &Stream<G, D>,
+    name: &str,
+    mut sink: S,
+    interval: Duration,
+    shared: Arc<Shared>,
+) -> Stream<G, ()>
+where
+    G: Scope<Timestamp = u64>,
+    D: Clone + 'static,
+    S: Sink<D> + 'static,
+{
+    let name_owned = name.to_string();
+    let scope = stream.scope();
+    stream.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, name, move |_, info| {
+        let activator = scope.activator_for(info.address);
+        let mut held: Option<Capability<u64>> = None;
+        let mut last_flush = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        move |(input, frontier), _output| {
+            input.for_each_time(|time, data| {
+                for batch in data {
+                    for d in batch.drain(..) {
+                        if let Err(e) = sink.write(*time.time(), d) {
+                            shared.fail(format!("{name_owned}: {e:#}"));
+                        }
+                    }
+                }
+                if held.as_ref().is_none_or(|h| time.time() < h.time()) {
+                    held = Some(time.retain());
+                }
+            });
+            if held.is_none() {
+                return;
+            }
+            let due = frontier.is_empty() || last_flush.elapsed() >= interval;
+            if !due {
+                activator.activate_after(interval.saturating_sub(last_flush.elapsed()));
+                return;
+            }
+            match sink.flush() {
+                Ok(()) => {
+                    // Releasing the capability is what tells the probe the epochs are durable.
+                    held = None;
+                    last_flush = Instant::now();
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) => {
+                    tracing::error!(sink = %name_owned, retry_in_ms = backoff.as_millis() as u64, "flush failed, outputs kept and retried: {e:#}");
+                    shared.metrics.healthy.store(false, Ordering::Relaxed);
+                    activator.activate_after(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,838 @@
+//! Job files (`dataflows/*.toml`): parsed, validated and resolved into a [`JobConfig`].
+//!
+//! Every problem is reported with the file, line and column of the value at fault, so a bad job
+//! file stops start-up with a message a data engineer can act on. Secrets come from the
+//! environment (`VITALFLOW_...`, see [`apply_env`]) rather than from files in a repository.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// The embedded default job: librdkafka's in-process mock cluster fed by the simulator.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../dataflows/default.toml");
+
+/// `kafka.brokers` value that starts librdkafka's in-process mock cluster.
+pub const EMBEDDED_BROKERS: &str = "embedded";
+
+/// One problem in a job file, with where it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobError {
+    /// The job file (or `<embedded default>`).
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// The field, as a dotted path (`kafka.topics`).
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+            if let Some(c) = self.column {
+                write!(f, ":{c}")?;
+            }
+        }
+        if self.field.is_empty() {
+            write!(f, ": {}", self.reason)
+        } else {
+            write!(f, ": {}: {}", self.field, self.reason)
+        }
+    }
+}
+
+/// All problems found in a job file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobErrors(pub Vec<JobError>);
+
+impl fmt::Display for JobErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(
+            f,
+            "invalid job file ({n} problem{})",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for JobErrors {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    name: Option<Spanned<String>>,
+    source: Spanned<String>,
+    kafka: Option<RawKafka>,
+    file: Option<RawFile>,
+    simulator: Option<RawSimulator>,
+    mapping: RawMapping,
+    #[serde(default)]
+    window: RawWindow,
+    #[serde(default)]
+    sinks: RawSinks,
+    anomaly: Option<RawAnomaly>,
+    #[serde(default)]
+    performance: RawPerformance,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafka {
+    brokers: Spanned<String>,
+    topics: Spanned<Vec<String>>,
+    group_id: Option<Spanned<String>>,
+    start: Option<Spanned<String>>,
+    partitions: Option<Spanned<i64>>,
+    startup_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    properties: BTreeMap<String, Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    path: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSimulator {
+    devices: Option<Spanned<i64>>,
+    rate: Option<Spanned<f64>>,
+    seed: Option<Spanned<i64>>,
+    profile: Option<Spanned<String>>,
+    count: Option<Spanned<i64>>,
+    out_of_order: Option<Spanned<f64>>,
+    late_burst: Option<Spanned<String>>,
+    dropout: Option<Spanned<f64>>,
+    artifacts: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMapping {
+    device: Spanned<String>,
+    fhir: Spanned<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWindow {
+    horizon: Option<Spanned<String>>,
+    max_future_skew: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSinks {
+    ndjson: Option<RawNdjson>,
+    dead_letter: Option<RawDeadLetter>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNdjson {
+    dir: Spanned<String>,
+    flush_interval: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeadLetter {
+    topic: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnomaly {
+    rules: Spanned<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPerformance {
+    epoch: Option<Spanned<String>>,
+    batch_size: Option<Spanned<i64>>,
+    fhir_flush_interval: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    address: Spanned<String>,
+}
+
+/// Where device messages come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceConfig {
+    /// Kafka topics, read by the workers partition by partition.
+    Kafka,
+    /// An NDJSON file of device messages (replays).
+    File(PathBuf),
+    /// The built-in simulator, generating straight into the dataflow.
+    Simulator,
+}
+
+/// Where the offset of a partition without a committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPosition {
+    /// The oldest message the broker keeps.
+    Earliest,
+    /// Only messages produced after the job starts.
+    Latest,
+}
+
+/// Kafka connection and consumption settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaConfig {
+    /// `host:port,...`, or [`EMBEDDED_BROKERS`].
+    pub brokers: String,
+    /// Topics to read.
+    pub topics: Vec<String>,
+    /// Consumer group whose committed offsets record progress.
+    pub group_id: String,
+    /// Start for partitions without a committed offset.
+    pub start: StartPosition,
+    /// Partitions of the source topic when the embedded cluster creates it.
+    pub partitions: i32,
+    /// How long to wait for brokers and topics at start before giving up.
+    pub startup_timeout: Duration,
+    /// librdkafka properties passed through verbatim (TLS, SASL, tuning).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    /// True when the job runs against the in-process mock cluster.
+    pub fn embedded(&self) -> bool {
+        self.brokers == EMBEDDED_BROKERS
+    }
+}
+
+/// Simulator settings (see [`crate::sources::simulator`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimulatorConfig {
+    /// Number of simulated devices (one patient each).
+    pub devices: u32,
+    /// Total messages per second (0: as fast as possible).
+    pub rate: f64,
+    /// Random seed: the same seed gives the same messages.
+    pub seed: u64,
+    /// Device profile: `bedside-monitor` or `wearable`.
+    pub profile: String,
+    /// Stop after this many messages (None: run until stopped).
+    pub count: Option<u64>,
+    /// Fraction of messages delivered out of order.
+    pub out_of_order: f64,
+    /// Every this often one device that was offline syncs its backlog.
+    pub late_burst: Option<Duration>,
+    /// Probability per device-second of a dropout (device silent for a while).
+    pub dropout: f64,
+    /// Fraction of readings with sensor artifacts (implausible values, missing fields).
+    pub artifacts: f64,
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        Self {
+            devices: 20,
+            rate: 20.0,
+            seed: 1,
+            profile: "bedside-monitor".into(),
+            count: None,
+            out_of_order: 0.0,
+            late_burst: None,
+            dropout: 0.0,
+            artifacts: 0.0,
+        }
+    }
+}
+
+/// A validated job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobConfig {
+    /// Job name (logs, metrics, default consumer group).
+    pub name: String,
+    /// The job file, for messages.
+    pub file: String,
+    /// Where messages come from.
+    pub source: SourceConfig,
+    /// Kafka settings (source and dead-letter topic).
+    pub kafka: Option<KafkaConfig>,
+    /// Simulator settings (simulator source, or feeding the embedded cluster).
+    pub simulator: Option<SimulatorConfig>,
+    /// Device mapping file.
+    pub device_mapping: PathBuf,
+    /// FHIR mapping file.
+    pub fhir_mapping: PathBuf,
+    /// Windows older than this (event time, behind the newest) are evicted from memory.
+    pub horizon: Duration,
+    /// Measurements further than this ahead of the wall clock are dead-lettered.
+    pub max_future_skew: Duration,
+    /// NDJSON output directory.
+    pub output_dir: PathBuf,
+    /// How often sinks commit what they buffered.
+    pub flush_interval: Duration,
+    /// Dead-letter topic (Kafka); None: NDJSON files under the output directory.
+    pub dead_letter_topic: Option<String>,
+    /// Anomaly rules file (anomaly detection).
+    pub anomaly_rules: Option<PathBuf>,
+    /// Length of an ingestion epoch (timely time).
+    pub epoch: Duration,
+    /// Messages a worker reads per activation.
+    pub batch_size: usize,
+    /// FHIR sink flush interval.
+    pub fhir_flush_interval: Duration,
+    /// Prometheus `/metrics` and `/health` address.
+    pub metrics_address: Option<String>,
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+    errors: Vec<JobError>,
+}
+
+impl Ctx<'_> {
+    fn at(&mut self, span: std::ops::Range<usize>, field: &str, reason: impl Into<String>) {
+        let (line, column) = line_col(self.text, span.start);
+        self.errors.push(JobError {
+            file: self.file.to_string(),
+            line: Some(line),
+            column: Some(column),
+            field: field.to_string(),
+            reason: reason.into(),
+        });
+    }
+
+    fn duration(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        field: &str,
+        default: Duration,
+    ) -> Duration {
+        let Some(v) = v else { return default };
+        match humantime::parse_duration(v.get_ref()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.at(v.span(), field, "must be greater than zero");
+                default
+            }
+            Err(e) => {
+                self.at(
+                    v.span(),
+                    field,
+                    format!(
+                        "\"{}\" is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"24h\"",
+                        v.get_ref()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn positive(&mut self, v: &Option<Spanned<i64>>, field: &str, default: u64) -> u64 {
+        match v {
+            None => default,
+            Some(v) if *v.get_ref() > 0 => *v.get_ref() as u64,
+            Some(v) => {
+                self.at(
+                    v.span(),
+                    field,
+                    format!("must be a positive integer, found {}", v.get_ref()),
+                );
+                default
+            }
+        }
+    }
+
+    fn fraction(&mut self, v: &Option<Spanned<f64>>, field: &str) -> f64 {
+        match v {
+            None => 0.0,
+            Some(v) if (0.0..=1.0).contains(v.get_ref()) => *v.get_ref(),
+            Some(v) => {
+                self.at(
+                    v.span(),
+                    field,
+                    format!("must be between 0 and 1, found {}", v.get_ref()),
+                );
+                0.0
+            }
+        }
+    }
+
+    fn existing_file(&mut self, base: &Path, v: &Spanned<String>, field: &str) -> PathBuf {
+        let p = resolve_path(base, v.get_ref());
+        if !p.is_file() {
+            self.at(v.span(), field, format!("file not found: {}", p.display()));
+        }
+        p
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Paths in a job file are relative to the working directory when they exist there (jobs run
+/// from the project root), else to the job file's directory.
+fn resolve_path(base: &Path, p: &str) -> PathBuf {
+    let p = PathBuf::from(p);
+    if p.is_absolute() || p.exists() {
+        p
+    } else {
+        let beside = base.join(&p);
+        if beside.exists() {
+            beside
+        } else {
+            p
+        }
+    }
+}
+
+/// Reads and validates a job file.
+pub fn load(path: &Path) -> Result<JobConfig, JobErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        JobErrors(vec![JobError {
+            file: file.clone(),
+            line: None,
+            column: None,
+            field: String::new(),
+            reason: format!("cannot read the job file: {e}"),
+        }])
+    })?;
+    parse(&text, &file, path.parent().unwrap_or(Path::new(".")))
+}
+
+/// The embedded default job.
+pub fn embedded_default() -> JobConfig {
+    parse(EMBEDDED_DEFAULT, "<embedded default job>", Path::new("."))
+        .expect("the embedded default job is valid (tested)")
+}
+
+/// Parses and validates job text; `base` resolves relative paths.
+pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors> {
+    let raw: RawJob = toml::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .span()
+            .map(|s| line_col(text, s.start))
+            .map_or((None, None), |(l, c)| (Some(l), Some(c)));
+        JobErrors(vec![JobError {
+            file: file.to_string(),
+            line,
+            column,
+            field: String::new(),
+            reason: e.message().trim().to_string(),
+        }])
+    })?;
+    let mut cx = Ctx {
+        file,
+        text,
+        errors: Vec::new(),
+    };
+    let name = raw
+        .name
+        .as_ref()
+        .map_or_else(|| "vitalflow".to_string(), |n| n.get_ref().clone());
+
+    let kafka = raw.kafka.as_ref().map(|k| {
+        let brokers = k.brokers.get_ref().trim().to_string();
+        if brokers.is_empty() {
+            cx.at(k.brokers.span(), "kafka.brokers", "must name at least one broker (host:port), or \"embedded\"");
+        }
+        let topics = k.topics.get_ref().clone();
+        if topics.is_empty() || topics.iter().any(|t| t.trim().is_empty()) {
+            cx.at(k.topics.span(), "kafka.topics", "must list one or more non-empty topic names");
+        }
+        let start = match k.start.as_ref().map(|s| s.get_ref().as_str()) {
+            None | Some("earliest") => StartPosition::Earliest,
+            Some("latest") => StartPosition::Latest,
+            Some(other) => {
+                let span = k.start.as_ref().expect("some").span();
+                cx.at(span, "kafka.start", format!("expected \"earliest\" or \"latest\", found \"{other}\""));
+                StartPosition::Earliest
+            }
+        };
+        let partitions = cx.positive(&k.partitions, "kafka.partitions", 4) as i32;
+        let startup_timeout =
+            cx.duration(&k.startup_timeout, "kafka.startup_timeout", Duration::from_secs(30));
+        let mut properties = BTreeMap::new();
+        for (key, v) in &k.properties {
+            let value = match v.get_ref() {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                _ => {
+                    cx.at(v.span(), &format!("kafka.properties.{key}"), "librdkafka properties are strings, numbers or booleans");
+                    continue;
+                }
+            };
+            if matches!(key.as_str(), "group.id" | "bootstrap.servers" | "enable.auto.commit") {
+                cx.at(v.span(), &format!("kafka.properties.{key}"), "set by vitalflow: use kafka.group_id / kafka.brokers (offsets are committed by the job, never automatically)");
+                continue;
+            }
+            properties.insert(key.clone(), value);
+        }
+        KafkaConfig {
+            brokers,
+            topics,
+            group_id: k
+                .group_id
+                .as_ref()
+                .map_or_else(|| format!("{name}-job"), |g| g.get_ref().clone()),
+            start,
+            partitions,
+            startup_timeout,
+            properties,
+        }
+    });
+
+    let simulator = raw.simulator.as_ref().map(|s| {
+        let d = SimulatorConfig::default();
+        let devices = cx.positive(&s.devices, "simulator.devices", d.devices as u64) as u32;
+        let rate = match &s.rate {
+            None => devices as f64,
+            Some(r) if *r.get_ref() >= 0.0 => *r.get_ref(),
+            Some(r) => {
+                cx.at(
+                    r.span(),
+                    "simulator.rate",
+                    "must be zero (as fast as possible) or positive",
+                );
+                d.rate
+            }
+        };
+        let profile = match &s.profile {
+            None => d.profile.clone(),
+            Some(p) if crate::sources::simulator::PROFILES.contains(&p.get_ref().as_str()) => {
+                p.get_ref().clone()
+            }
+            Some(p) => {
+                cx.at(
+                    p.span(),
+                    "simulator.profile",
+                    format!(
+                        "unknown profile \"{}\"; one of: {}",
+                        p.get_ref(),
+                        crate::sources::simulator::PROFILES.join(", ")
+                    ),
+                );
+                d.profile.clone()
+            }
+        };
+        SimulatorConfig {
+            devices,
+            rate,
+            seed: s.seed.as_ref().map_or(d.seed, |v| *v.get_ref() as u64),
+            profile,
+            count: s
+                .count
+                .as_ref()
+                .map(|_| cx.positive(&s.count, "simulator.count", 1)),
+            out_of_order: cx.fraction(&s.out_of_order, "simulator.out_of_order"),
+            late_burst: s.late_burst.as_ref().map(|_| {
+                cx.duration(
+                    &s.late_burst,
+                    "simulator.late_burst",
+                    Duration::from_secs(60),
+                )
+            }),
+            dropout: cx.fraction(&s.dropout, "simulator.dropout"),
+            artifacts: cx.fraction(&s.artifacts, "simulator.artifacts"),
+        }
+    });
+
+    let source = match raw.source.get_ref().as_str() {
+        "kafka" => {
+            if kafka.is_none() {
+                cx.at(
+                    raw.source.span(),
+                    "source",
+                    "source \"kafka\" needs a [kafka] table (brokers, topics)",
+                );
+            }
+            SourceConfig::Kafka
+        }
+        "file" => match &raw.file {
+            Some(f) => SourceConfig::File(cx.existing_file(base, &f.path, "file.path")),
+            None => {
+                cx.at(
+                    raw.source.span(),
+                    "source",
+                    "source \"file\" needs a [file] table with path",
+                );
+                SourceConfig::File(PathBuf::new())
+            }
+        },
+        "simulator" => {
+            if simulator.is_none() {
+                cx.at(
+                    raw.source.span(),
+                    "source",
+                    "source \"simulator\" needs a [simulator] table",
+                );
+            }
+            SourceConfig::Simulator
+        }
+        other => {
+            cx.at(
+                raw.source.span(),
+                "source",
+                format!("expected \"kafka\", \"file\" or \"simulator\", found \"{other}\""),
+            );
+            SourceConfig::Simulator
+        }
+    };
+
+    let device_mapping = cx.existing_file(base, &raw.mapping.device, "mapping.device");
+    let fhir_mapping = cx.existing_file(base, &raw.mapping.fhir, "mapping.fhir");
+    let horizon = cx.duration(
+        &raw.window.horizon,
+        "window.horizon",
+        Duration::from_secs(2 * 3600),
+    );
+    let max_future_skew = cx.duration(
+        &raw.window.max_future_skew,
+        "window.max_future_skew",
+        Duration::from_secs(300),
+    );
+    let (output_dir, flush_interval) = match &raw.sinks.ndjson {
+        Some(n) => {
+            if n.dir.get_ref().trim().is_empty() {
+                cx.at(n.dir.span(), "sinks.ndjson.dir", "must name a directory");
+            }
+            (
+                PathBuf::from(n.dir.get_ref()),
+                cx.duration(
+                    &n.flush_interval,
+                    "sinks.ndjson.flush_interval",
+                    Duration::from_secs(1),
+                ),
+            )
+        }
+        None => (PathBuf::from("vitalflow-out"), Duration::from_secs(1)),
+    };
+    let dead_letter_topic = raw
+        .sinks
+        .dead_letter
+        .as_ref()
+        .and_then(|d| d.topic.as_ref())
+        .map(|t| {
+            if kafka.is_none() {
+                cx.at(
+                    t.span(),
+                    "sinks.dead_letter.topic",
+                    "a dead-letter topic needs a [kafka] table (brokers)",
+                );
+            }
+            t.get_ref().clone()
+        });
+    let anomaly_rules = raw
+        .anomaly
+        .as_ref()
+        .map(|a| cx.existing_file(base, &a.rules, "anomaly.rules"));
+    let epoch = cx.duration(
+        &raw.performance.epoch,
+        "performance.epoch",
+        Duration::from_millis(50),
+    );
+    let batch_size =
+        cx.positive(&raw.performance.batch_size, "performance.batch_size", 1000) as usize;
+    let fhir_flush_interval = cx.duration(
+        &raw.performance.fhir_flush_interval,
+        "performance.fhir_flush_interval",
+        Duration::from_secs(1),
+    );
+    let metrics_address = raw.metrics.as_ref().map(|m| {
+        if m.address.get_ref().parse::<std::net::SocketAddr>().is_err() {
+            cx.at(
+                m.address.span(),
+                "metrics.address",
+                format!(
+                    "\"{}\" is not an address (ip:port, e.g. 127.0.0.1:9464)",
+                    m.address.get_ref()
+                ),
+            );
+        }
+        m.address.get_ref().clone()
+    });
+
+    if !cx.errors.is_empty() {
+        return Err(JobErrors(cx.errors));
+    }
+    Ok(JobConfig {
+        name,
+        file: file.to_string(),
+        source,
+        kafka,
+        simulator,
+        device_mapping,
+        fhir_mapping,
+        horizon,
+        max_future_skew,
+        output_dir,
+        flush_interval,
+        dead_letter_topic,
+        anomaly_rules,
+        epoch,
+        batch_size,
+        fhir_flush_interval,
+        metrics_address,
+    })
+}
+
+/// Applies `VITALFLOW_...` environment overrides, so secrets and per-host settings stay out of
+/// job files: `VITALFLOW_KAFKA_BROKERS`, `VITALFLOW_KAFKA_GROUP_ID`, `VITALFLOW_OUTPUT_DIR`,
+/// `VITALFLOW_METRICS_ADDRESS`, and `VITALFLOW_KAFKA__<PROPERTY>` for any librdkafka property
+/// (`VITALFLOW_KAFKA__SASL_PASSWORD` sets `sasl.password`).
+pub fn apply_env(job: &mut JobConfig, vars: impl IntoIterator<Item = (String, String)>) {
+    let vars: Vec<(String, String)> = vars.into_iter().collect();
+    if let Some(k) = &mut job.kafka {
+        apply_env_kafka(k, vars.iter().cloned());
+    }
+    for (key, value) in vars {
+        match key.as_str() {
+            "VITALFLOW_OUTPUT_DIR" => job.output_dir = PathBuf::from(value),
+            "VITALFLOW_METRICS_ADDRESS" => job.metrics_address = Some(value),
+            _ => {}
+        }
+    }
+}
+
+/// The Kafka part of [`apply_env`], also used by `vitalflow simulate`.
+pub fn apply_env_kafka(k: &mut KafkaConfig, vars: impl IntoIterator<Item = (String, String)>) {
+    for (key, value) in vars {
+        match key.as_str() {
+            "VITALFLOW_KAFKA_BROKERS" => k.brokers = value,
+            "VITALFLOW_KAFKA_GROUP_ID" => k.group_id = value,
+            _ => {
+                if let Some(prop) = key.strip_prefix("VITALFLOW_KAFKA__") {
+                    k.properties
+                        .insert(prop.to_ascii_lowercase().replace('_', "."), value);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        parse(text, "job.toml", Path::new("."))
+            .expect_err("invalid")
+            .0
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    const MAPPING: &str = "[mapping]\ndevice = \"templates/bedside-monitor/devicecontent.json\"\nfhir = \"templates/bedside-monitor/fhirmapping.json\"\n";
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let job = embedded_default();
+        assert_eq!(job.source, SourceConfig::Kafka);
+        assert!(job.kafka.as_ref().is_some_and(KafkaConfig::embedded));
+        assert!(job.simulator.is_some());
+    }
+
+    #[test]
+    fn errors_name_line_column_and_field() {
+        let text = format!("source = \"kafka\"\n{MAPPING}[kafka]\nbrokers = \"\"\ntopics = []\nstart = \"beginning\"\n[window]\nhorizon = \"a day\"\n");
+        let e = errors(&text);
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert!(
+            e[0].starts_with("job.toml:6:11: kafka.brokers: must name"),
+            "{e:?}"
+        );
+        assert!(e[1].starts_with("job.toml:7:10: kafka.topics"), "{e:?}");
+        assert!(
+            e[2].contains(
+                ":8:9: kafka.start: expected \"earliest\" or \"latest\", found \"beginning\""
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e[3].contains(":10:11: window.horizon: \"a day\" is not a duration"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_syntax_errors_have_lines() {
+        let e = errors(&format!(
+            "source = \"simulator\"\n{MAPPING}[simulator]\ndevcies = 3\n"
+        ));
+        assert!(
+            e[0].starts_with("job.toml:6:1:") && e[0].contains("devcies"),
+            "{e:?}"
+        );
+        let e = errors("source = \"kafka\n");
+        assert!(e[0].starts_with("job.toml:1:"), "{e:?}");
+    }
+
+    #[test]
+    fn missing_mapping_file_is_reported() {
+        let e = errors("source = \"simulator\"\n[simulator]\n[mapping]\ndevice = \"nope.json\"\nfhir = \"templates/basic/fhirmapping.json\"\n");
+        assert_eq!(
+            e,
+            vec!["job.toml:4:10: mapping.device: file not found: nope.json"]
+        );
+    }
+
+    #[test]
+    fn environment_overrides_secrets_and_brokers() {
+        let mut job = embedded_default();
+        apply_env(
+            &mut job,
+            [
+                (
+                    "VITALFLOW_KAFKA_BROKERS".to_string(),
+                    "10.0.0.1:9093".to_string(),
+                ),
+                (
+                    "VITALFLOW_KAFKA__SASL_PASSWORD".to_string(),
+                    "s3cret".to_string(),
+                ),
+                ("HOME".to_string(), "/root".to_string()),
+            ],
+        );
+        let k = job.kafka.expect("kafka");
+        assert_eq!(k.brokers, "10.0.0.1:9093");
+        assert_eq!(
+            k.properties.get("sasl.password").map(String::as_str),
+            Some("s3cret")
+        );
+    }
+
+    #[test]
+    fn reserved_librdkafka_properties_are_refused() {
+        let e = errors(&format!("source = \"kafka\"\n{MAPPING}[kafka]\nbrokers = \"b:9092\"\ntopics = [\"t\"]\nproperties = {{ \"enable.auto.commit\" = true }}\n"));
+        assert!(
+            e[0].contains("kafka.properties.enable.auto.commit: set by vitalflow"),
+            "{e:?}"
+        );
+    }
+}

@@ -1,0 +1,228 @@
+//! Job metrics: counters shared by all workers, served as Prometheus text on `/metrics`,
+//! with `/health` for liveness probes.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Counters and gauges of a running job. Cheap to update from hot loops (relaxed atomics).
+#[derive(Default)]
+pub struct Metrics {
+    /// Messages read from the source.
+    pub messages_in: AtomicU64,
+    /// Measurements produced by normalization.
+    pub measurements: AtomicU64,
+    /// Messages sent to the dead letters.
+    pub dead_letters: AtomicU64,
+    /// Observation versions written by the NDJSON sink.
+    pub observations_out: AtomicU64,
+    /// Observation updates the sink skipped because nothing changed (replays).
+    pub observations_unchanged: AtomicU64,
+    /// Observations that could not be built (values the FHIR template cannot represent).
+    pub observation_errors: AtomicU64,
+    /// Windows evicted past the horizon.
+    pub windows_evicted: AtomicU64,
+    /// Open windows held in memory, all workers.
+    pub windows_open: AtomicU64,
+    /// Offset commits made.
+    pub commits: AtomicU64,
+    /// Epochs made durable.
+    pub epochs_durable: AtomicU64,
+    /// Sum of epoch latencies (epoch start to durable), microseconds.
+    pub epoch_latency_us_sum: AtomicU64,
+    /// Unread messages per (topic, partition), from librdkafka statistics.
+    pub lag: Mutex<BTreeMap<(String, i32), i64>>,
+    /// False once the job stops being able to make progress.
+    pub healthy: AtomicBool,
+    /// Epoch latency histogram buckets (seconds), cumulative counts.
+    pub epoch_latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+}
+
+/// Upper bounds of the epoch latency histogram, seconds.
+pub const LATENCY_BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+impl Metrics {
+    /// A fresh, healthy set of metrics.
+    pub fn new() -> Arc<Self> {
+        let m = Self::default();
+        m.healthy.store(true, Ordering::Relaxed);
+        Arc::new(m)
+    }
+
+    /// Adds to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Records an epoch made durable `latency` after it began.
+    pub fn epoch_durable(&self, latency: Duration) {
+        self.epochs_durable.fetch_add(1, Ordering::Relaxed);
+        self.epoch_latency_us_sum
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+        let s = latency.as_secs_f64();
+        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+            if s <= *le {
+                self.epoch_latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Total unread messages over all partitions.
+    pub fn total_lag(&self) -> i64 {
+        self.lag
+            .lock()
+            .map_or(0, |l| l.values().map(|v| (*v).max(0)).sum())
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        counter(
+            "vitalflow_messages_in_total",
+            "Messages read from the source.",
+            get(&self.messages_in),
+        );
+        counter(
+            "vitalflow_measurements_total",
+            "Measurements produced by normalization.",
+            get(&self.measurements),
+        );
+        counter(
+            "vitalflow_dead_letters_total",
+            "Messages sent to the dead letters.",
+            get(&self.dead_letters),
+        );
+        counter(
+            "vitalflow_observations_out_total",
+            "Observation versions written.",
+            get(&self.observations_out),
+        );
+        counter(
+            "vitalflow_observations_unchanged_total",
+            "Observation updates skipped as unchanged.",
+            get(&self.observations_unchanged),
+        );
+        counter(
+            "vitalflow_observation_errors_total",
+            "Observations that could not be built.",
+            get(&self.observation_errors),
+        );
+        counter(
+            "vitalflow_windows_evicted_total",
+            "Windows evicted past the horizon.",
+            get(&self.windows_evicted),
+        );
+        counter(
+            "vitalflow_offset_commits_total",
+            "Offset commits.",
+            get(&self.commits),
+        );
+        let _ = writeln!(
+            s,
+            "# HELP vitalflow_windows_open Open windows in memory.\n# TYPE vitalflow_windows_open gauge\nvitalflow_windows_open {}",
+            get(&self.windows_open)
+        );
+        let _ = writeln!(s, "# HELP vitalflow_epoch_latency_seconds Epoch start to all outputs durable.\n# TYPE vitalflow_epoch_latency_seconds histogram");
+        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "vitalflow_epoch_latency_seconds_bucket{{le=\"{le}\"}} {}",
+                get(&self.epoch_latency_buckets[i])
+            );
+        }
+        let n = get(&self.epochs_durable);
+        let _ = writeln!(
+            s,
+            "vitalflow_epoch_latency_seconds_bucket{{le=\"+Inf\"}} {n}"
+        );
+        let _ = writeln!(
+            s,
+            "vitalflow_epoch_latency_seconds_sum {}\nvitalflow_epoch_latency_seconds_count {n}",
+            get(&self.epoch_latency_us_sum) as f64 / 1e6
+        );
+        let _ = writeln!(s, "# HELP vitalflow_kafka_lag Unread messages per partition.\n# TYPE vitalflow_kafka_lag gauge");
+        if let Ok(lag) = self.lag.lock() {
+            for ((topic, p), v) in lag.iter() {
+                let _ = writeln!(
+                    s,
+                    "vitalflow_kafka_lag{{topic=\"{topic}\",partition=\"{p}\"}} {v}"
+                );
+            }
+        }
+        s
+    }
+}
+
+/// Serves `/metrics` and `/health` on `address` from a background thread.
+pub fn serve(address: &str, metrics: Arc<Metrics>) -> anyhow::Result<std::net::SocketAddr> {
+    let server = tiny_http::Server::http(address)
+        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {address}: {e}"))?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| anyhow::anyhow!("metrics address {address} is not an IP address"))?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for request in server.incoming_requests() {
+                let (status, body, kind) = match request.url() {
+                    "/metrics" => (200, metrics.render(), "text/plain; version=0.0.4"),
+                    "/health" if metrics.healthy.load(Ordering::Relaxed) => {
+                        (200, "{\"status\":\"ok\"}".to_string(), "application/json")
+                    }
+                    "/health" => (
+                        503,
+                        "{\"status\":\"failing\"}".to_string(),
+                        "application/json",
+                    ),
+                    _ => (
+                        404,
+                        "not found: try /metrics or /health\n".to_string(),
+                        "text/plain",
+                    ),
+                };
+                let header =
+                    tiny_http::Header::from_bytes("Content-Type", kind).expect("valid header");
+                let _ = request.respond(
+                    tiny_http::Response::from_string(body)
+                        .with_status_code(status)
+                        .with_header(header),
+                );
+            }
+        })?;
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histogram_and_lag() {
+        let m = Metrics::new();
+        Metrics::add(&m.messages_in, 5);
+        m.epoch_durable(Duration::from_millis(40));
+        m.lag.lock().expect("lock").insert(("vitals".into(), 3), 12);
+        let text = m.render();
+        assert!(text.contains("vitalflow_messages_in_total 5"), "{text}");
+        assert!(
+            text.contains("vitalflow_epoch_latency_seconds_bucket{le=\"0.025\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vitalflow_epoch_latency_seconds_bucket{le=\"0.05\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vitalflow_kafka_lag{topic=\"vitals\",partition=\"3\"} 12"),
+            "{text}"
+        );
+        assert_eq!(m.total_lag(), 12);
+    }
+}

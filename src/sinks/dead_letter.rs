@@ -1,0 +1,234 @@
+//! Dead letters: messages the job cannot process, kept whole with the reason.
+//!
+//! To Kafka, a dead letter is the original value and key with the original headers plus
+//! `vitalflow-error`, `vitalflow-stage`, `vitalflow-template` and `vitalflow-source-topic`
+//! / `-partition` / `-offset`, so it can be inspected, fixed and replayed. Without a topic
+//! they are NDJSON part files under `<dir>/dead-letters/`.
+
+use super::files::PartWriter;
+use super::Sink;
+use crate::job::KafkaConfig;
+use crate::sources::RawMessage;
+use anyhow::{anyhow, Context as _};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::ClientContext;
+use serde_json::{json, Map, Value};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// A message that could not be processed, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// The message as read.
+    pub message: RawMessage,
+    /// The stage that refused it (`parse`, `normalize`, `validate`).
+    pub stage: &'static str,
+    /// What is wrong.
+    pub error: String,
+    /// The template at fault, when one is (index, type, typeName, field).
+    pub template: Option<Value>,
+}
+
+impl DeadLetter {
+    /// The NDJSON form: reason, source position, headers and the payload (as text when it is
+    /// UTF-8, else hex).
+    pub fn to_json(&self) -> Value {
+        let m = &self.message;
+        let mut o = Map::new();
+        o.insert("error".into(), self.error.clone().into());
+        o.insert("stage".into(), self.stage.into());
+        if let Some(t) = &self.template {
+            o.insert("template".into(), t.clone());
+        }
+        o.insert(
+            "source".into(),
+            json!({
+                "topic": &*m.origin.topic,
+                "partition": m.origin.partition,
+                "offset": m.origin.offset,
+                "timestamp_ms": m.origin.timestamp_ms,
+            }),
+        );
+        if let Some(k) = &m.key {
+            o.insert("key".into(), String::from_utf8_lossy(k).into_owned().into());
+        }
+        if !m.headers.is_empty() {
+            o.insert("headers".into(), Value::Object(m.properties()));
+        }
+        match std::str::from_utf8(&m.payload) {
+            Ok(s) => o.insert("payload".into(), s.into()),
+            Err(_) => o.insert(
+                "payload_hex".into(),
+                m.payload
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+                    .into(),
+            ),
+        };
+        Value::Object(o)
+    }
+}
+
+/// Dead letters as NDJSON part files.
+pub struct FileDeadLetters {
+    writer: PartWriter,
+}
+
+impl FileDeadLetters {
+    /// Opens `<dir>/dead-letters` for `worker`.
+    pub fn new(dir: &Path, worker: usize) -> anyhow::Result<Self> {
+        Ok(Self {
+            writer: PartWriter::new(&dir.join("dead-letters"), worker)?,
+        })
+    }
+}
+
+impl Sink<DeadLetter> for FileDeadLetters {
+    fn write(&mut self, epoch: u64, item: DeadLetter) -> anyhow::Result<()> {
+        let line = serde_json::to_vec(&item.to_json()).expect("JSON");
+        self.writer.write_line(epoch, &line)
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        self.writer.commit().map(|_| ())
+    }
+}
+
+/// Counts failed deliveries: a flush with failures is not durable and is retried.
+#[derive(Default)]
+struct Deliveries {
+    failed: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut l) = self.last_error.lock() {
+                *l = Some(e.to_string());
+            }
+        }
+    }
+}
+
+/// Dead letters to a Kafka topic (idempotent producer, acknowledged by all replicas).
+pub struct KafkaDeadLetters {
+    producer: BaseProducer<Deliveries>,
+    topic: String,
+    pending: Vec<DeadLetter>,
+}
+
+impl KafkaDeadLetters {
+    /// A producer for `topic`.
+    pub fn new(k: &KafkaConfig, brokers: &str, topic: &str) -> anyhow::Result<Self> {
+        let producer = super::super::sources::kafka::client_config(k, brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create_with_context(Deliveries::default())
+            .with_context(|| format!("cannot create the dead-letter producer for {brokers}"))?;
+        Ok(Self {
+            producer,
+            topic: topic.to_string(),
+            pending: Vec::new(),
+        })
+    }
+
+    fn send(&self, d: &DeadLetter) -> anyhow::Result<()> {
+        let m = &d.message;
+        let mut headers = OwnedHeaders::new_with_capacity(m.headers.len() + 6);
+        for (k, v) in &m.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let template = d.template.as_ref().map(Value::to_string);
+        let partition = m.origin.partition.to_string();
+        let offset = m.origin.offset.to_string();
+        let extra: [(&str, Option<&str>); 6] = [
+            ("vitalflow-error", Some(&d.error)),
+            ("vitalflow-stage", Some(d.stage)),
+            ("vitalflow-template", template.as_deref()),
+            ("vitalflow-source-topic", Some(&m.origin.topic)),
+            ("vitalflow-source-partition", Some(&partition)),
+            ("vitalflow-source-offset", Some(&offset)),
+        ];
+        for (k, v) in extra {
+            if let Some(v) = v {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
+            }
+        }
+        let mut record = BaseRecord::to(&self.topic)
+            .payload(&m.payload)
+            .headers(headers);
+        if let Some(k) = &m.key {
+            record = record.key(k);
+        }
+        let mut record = record;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
+                    self.producer.poll(Duration::from_millis(50));
+                    record = r;
+                }
+                Err((e, _)) => {
+                    return Err(anyhow!("cannot send a dead letter to {}: {e}", self.topic))
+                }
+            }
+        }
+    }
+}
+
+impl Sink<DeadLetter> for KafkaDeadLetters {
+    fn write(&mut self, _epoch: u64, item: DeadLetter) -> anyhow::Result<()> {
+        self.pending.push(item);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let ctx = self.producer.context();
+        ctx.failed.store(0, Ordering::Relaxed);
+        for d in &self.pending {
+            self.send(d)?;
+        }
+        self.producer
+            .flush(Duration::from_secs(30))
+            .with_context(|| format!("dead letters to {} not acknowledged", self.topic))?;
+        let failed = ctx.failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            let last = ctx
+                .last_error
+                .lock()
+                .ok()
+                .and_then(|l| l.clone())
+                .unwrap_or_default();
+            return Err(anyhow!(
+                "{failed} dead letters to {} failed: {last}",
+                self.topic
+            ));
+        }
+        self.pending.clear();
+        Ok(())
+    }
+}

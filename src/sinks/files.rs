@@ -1,0 +1,141 @@
+//! Part files committed atomically: lines go to a hidden temporary file, which a commit
+//! fsyncs and renames to `part-w{worker}-{first epoch}-{last epoch}.ndjson`. A reader never
+//! sees a partial file, and a crash leaves only temporaries, removed at the next start.
+
+use anyhow::Context as _;
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// One worker's part files in one directory.
+pub struct PartWriter {
+    dir: PathBuf,
+    worker: usize,
+    current: Option<(PathBuf, BufWriter<File>)>,
+    first_epoch: u64,
+    last_epoch: u64,
+    lines: u64,
+}
+
+impl PartWriter {
+    /// Creates the directory and removes this worker's uncommitted leftovers.
+    pub fn new(dir: &Path, worker: usize) -> anyhow::Result<Self> {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let prefix = format!(".part-w{worker:03}-");
+        for e in fs::read_dir(dir)?.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            worker,
+            current: None,
+            first_epoch: 0,
+            last_epoch: 0,
+            lines: 0,
+        })
+    }
+
+    /// Appends one line (without its newline) produced at `epoch`.
+    pub fn write_line(&mut self, epoch: u64, line: &[u8]) -> anyhow::Result<()> {
+        if self.current.is_none() {
+            let path = self
+                .dir
+                .join(format!(".part-w{:03}-{epoch}.tmp", self.worker));
+            let f =
+                File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+            self.current = Some((path, BufWriter::with_capacity(1 << 16, f)));
+            self.first_epoch = epoch;
+            self.last_epoch = epoch;
+        }
+        let (path, w) = self.current.as_mut().expect("open");
+        w.write_all(line)
+            .and_then(|_| w.write_all(b"\n"))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        self.first_epoch = self.first_epoch.min(epoch);
+        self.last_epoch = self.last_epoch.max(epoch);
+        self.lines += 1;
+        Ok(())
+    }
+
+    /// Commits the open file, if any: returns its final path.
+    pub fn commit(&mut self) -> anyhow::Result<Option<PathBuf>> {
+        let Some((tmp, w)) = self.current.take() else {
+            return Ok(None);
+        };
+        let f = w
+            .into_inner()
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {}", tmp.display(), e.error()))?;
+        f.sync_all()
+            .with_context(|| format!("cannot sync {}", tmp.display()))?;
+        let name = format!(
+            "part-w{:03}-{:016}-{:016}.ndjson",
+            self.worker, self.first_epoch, self.last_epoch
+        );
+        let done = self.dir.join(name);
+        fs::rename(&tmp, &done).with_context(|| format!("cannot commit {}", done.display()))?;
+        // The rename itself is durable only once the directory is synced.
+        File::open(&self.dir).and_then(|d| d.sync_all()).ok();
+        self.lines = 0;
+        Ok(Some(done))
+    }
+}
+
+/// Committed part files of a directory, oldest first (names sort by worker then epoch, so
+/// sort by the epoch range instead).
+pub fn committed_parts(dir: &Path) -> Vec<PathBuf> {
+    let mut parts: Vec<(String, PathBuf)> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let epochs = name.strip_prefix("part-w")?.strip_suffix(".ndjson")?;
+                    let (_, range) = epochs.split_once('-')?;
+                    Some((range.to_string(), e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    parts.sort();
+    parts.into_iter().map(|(_, p)| p).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_is_atomic_and_leftovers_are_removed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut w = PartWriter::new(dir.path(), 1).expect("writer");
+        w.write_line(1_000, b"{\"a\":1}").expect("write");
+        w.write_line(1_050, b"{\"a\":2}").expect("write");
+        assert!(
+            committed_parts(dir.path()).is_empty(),
+            "nothing visible before commit"
+        );
+        let p = w.commit().expect("commit").expect("a file");
+        assert_eq!(
+            p.file_name().expect("name").to_string_lossy(),
+            "part-w001-0000000000001000-0000000000001050.ndjson"
+        );
+        assert_eq!(
+            fs::read_to_string(&p).expect("read"),
+            "{\"a\":1}\n{\"a\":2}\n"
+        );
+        assert!(w.commit().expect("commit").is_none(), "nothing to commit");
+        w.write_line(2_000, b"x").expect("write");
+        drop(w); // a crash before commit
+        let _ = PartWriter::new(dir.path(), 1).expect("restart");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            vec!["part-w001-0000000000001000-0000000000001050.ndjson"]
+        );
+    }
+}

@@ -1,0 +1,159 @@
+//! NDJSON Observation sink, FHIR bulk-data style: `<dir>/observations/part-*.ndjson`, one
+//! Observation per line; a later line for the same id supersedes an earlier one.
+//!
+//! The sink keeps the last Observation it wrote per id (its "store", as a FHIR server would)
+//! and merges each window update into it exactly as the IoMT connector merges into a stored
+//! Observation. At start the store is rebuilt from the committed files, so a restart that
+//! replays uncommitted messages merges into what was already written: nothing is lost, and an
+//! update that changes nothing is not written again.
+
+use super::files::{committed_parts, PartWriter};
+use super::Sink;
+use crate::dataflow::window::WindowUpdate;
+use crate::fhir::observation;
+use crate::metrics::Metrics;
+use crate::time::parse_timestamp;
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Stored {
+    resource: Value,
+    end: DateTime<Utc>,
+}
+
+/// One worker's Observation output.
+pub struct ObservationSink {
+    writer: PartWriter,
+    store: HashMap<String, Stored>,
+    pending: HashMap<String, (u64, WindowUpdate)>,
+    horizon: chrono::Duration,
+    newest: Option<DateTime<Utc>>,
+    metrics: Arc<Metrics>,
+}
+
+fn period_end(o: &Value) -> Option<DateTime<Utc>> {
+    o.pointer("/effectivePeriod/end")
+        .or_else(|| o.get("effectiveDateTime"))
+        .and_then(Value::as_str)
+        .and_then(parse_timestamp)
+}
+
+impl ObservationSink {
+    /// Opens `<dir>/observations` for `worker`; `owns(device)` tells which stored
+    /// Observations this worker is responsible for (the window exchange's routing).
+    pub fn new(
+        dir: &Path,
+        worker: usize,
+        owns: impl Fn(&str) -> bool,
+        horizon: Duration,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let dir = dir.join("observations");
+        let writer = PartWriter::new(&dir, worker)?;
+        let mut sink = Self {
+            writer,
+            store: HashMap::new(),
+            pending: HashMap::new(),
+            horizon: chrono::Duration::from_std(horizon).unwrap_or(chrono::Duration::MAX),
+            newest: None,
+            metrics,
+        };
+        for part in committed_parts(&dir) {
+            let f = std::fs::File::open(&part)
+                .with_context(|| format!("cannot read {}", part.display()))?;
+            for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+                let line = line.with_context(|| format!("cannot read {}", part.display()))?;
+                let o: Value = serde_json::from_str(&line).with_context(|| {
+                    format!("{}:{}: not a JSON Observation", part.display(), i + 1)
+                })?;
+                let device = o
+                    .pointer("/device/identifier/value")
+                    .and_then(Value::as_str);
+                let (Some(id), Some(device), Some(end)) =
+                    (o.get("id").and_then(Value::as_str), device, period_end(&o))
+                else {
+                    continue;
+                };
+                if owns(device) {
+                    sink.newest = Some(sink.newest.map_or(end, |n| n.max(end)));
+                    sink.store.insert(
+                        id.to_string(),
+                        Stored {
+                            resource: o.clone(),
+                            end,
+                        },
+                    );
+                }
+            }
+        }
+        sink.evict();
+        if !sink.store.is_empty() {
+            tracing::info!(
+                worker,
+                observations = sink.store.len(),
+                "resumed from committed output"
+            );
+        }
+        Ok(sink)
+    }
+
+    fn evict(&mut self) {
+        if let Some(cutoff) = self.newest.and_then(|n| n.checked_sub_signed(self.horizon)) {
+            self.store.retain(|_, s| s.end >= cutoff);
+        }
+    }
+}
+
+impl Sink<WindowUpdate> for ObservationSink {
+    fn write(&mut self, epoch: u64, item: WindowUpdate) -> anyhow::Result<()> {
+        // Coalesce: only the latest state of each Observation per flush is written.
+        self.pending.insert(item.id.clone(), (epoch, item));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        let mut ids: Vec<&String> = self.pending.keys().collect();
+        ids.sort();
+        let mut written = Vec::new();
+        for id in ids {
+            let (epoch, u) = &self.pending[id];
+            let stored = self.store.get(id);
+            let result = match stored {
+                Some(s) => observation::merge(&u.template, &u.group, &s.resource),
+                None => observation::build(&u.template, &u.type_name, &u.group, &u.subjects()),
+            };
+            let resource = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    // A value the FHIR template cannot represent: count it and go on.
+                    tracing::error!(observation = %id, r#type = %u.type_name, "cannot build the Observation: {e}");
+                    Metrics::add(&self.metrics.observation_errors, 1);
+                    continue;
+                }
+            };
+            if stored.is_some_and(|s| s.resource == resource) {
+                Metrics::add(&self.metrics.observations_unchanged, 1);
+                continue;
+            }
+            let line = serde_json::to_vec(&resource).expect("JSON");
+            self.writer.write_line(*epoch, &line)?;
+            written.push((id.clone(), resource, u.group.end));
+        }
+        self.writer.commit()?;
+        self.pending.clear();
+        Metrics::add(&self.metrics.observations_out, written.len() as u64);
+        for (id, resource, end) in written {
+            let end = period_end(&resource).unwrap_or(end);
+            self.newest = Some(self.newest.map_or(end, |n| n.max(end)));
+            self.store.insert(id, Stored { resource, end });
+        }
+        self.evict();
+        Ok(())
+    }
+}
