@@ -17,6 +17,18 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../dataflows/default.toml");
 /// `kafka.brokers` value that starts librdkafka's in-process mock cluster.
 pub const EMBEDDED_BROKERS: &str = "embedded";
 
+/// Mapping files shipped inside the binary, so the embedded default runs from any directory.
+pub const EMBEDDED_TEMPLATES: [(&str, &str); 2] = [
+    (
+        "templates/bedside-monitor/devicecontent.json",
+        include_str!("../templates/bedside-monitor/devicecontent.json"),
+    ),
+    (
+        "templates/bedside-monitor/fhirmapping.json",
+        include_str!("../templates/bedside-monitor/fhirmapping.json"),
+    ),
+];
+
 /// One problem in a job file, with where it is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobError {
@@ -377,7 +389,8 @@ impl Ctx<'_> {
 
     fn existing_file(&mut self, base: &Path, v: &Spanned<String>, field: &str) -> PathBuf {
         let p = resolve_path(base, v.get_ref());
-        if !p.is_file() {
+        let embedded = EMBEDDED_TEMPLATES.iter().any(|(e, _)| Path::new(e) == p);
+        if !p.is_file() && !embedded {
             self.at(v.span(), field, format!("file not found: {}", p.display()));
         }
         p

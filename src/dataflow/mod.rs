@@ -51,23 +51,11 @@ pub fn route(device: &str) -> u64 {
     h.finish()
 }
 
-/// Mapping files shipped inside the binary, so the embedded default runs from any directory.
-const EMBEDDED_TEMPLATES: [(&str, &str); 2] = [
-    (
-        "templates/bedside-monitor/devicecontent.json",
-        include_str!("../../templates/bedside-monitor/devicecontent.json"),
-    ),
-    (
-        "templates/bedside-monitor/fhirmapping.json",
-        include_str!("../../templates/bedside-monitor/fhirmapping.json"),
-    ),
-];
-
 fn mapping_text(path: &Path) -> anyhow::Result<(String, String)> {
     let name = path.display().to_string();
     match std::fs::read_to_string(path) {
         Ok(t) => Ok((t, name)),
-        Err(e) => EMBEDDED_TEMPLATES
+        Err(e) => crate::job::EMBEDDED_TEMPLATES
             .iter()
             .find(|(p, _)| Path::new(p) == path)
             .map(|(_, t)| (t.to_string(), format!("{name} (embedded)")))

@@ -1,0 +1,294 @@
+//! Helpers for tests that run the `vitalflow` binary against a real Kafka protocol peer.
+#![allow(dead_code)]
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+use vitalflow::job::SimulatorConfig;
+use vitalflow::sources::simulator::{SimMessage, Simulator};
+
+/// The project root (templates/ and datasets/ live there).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The built `vitalflow` binary.
+pub fn vitalflow() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vitalflow"));
+    c.env("VITALFLOW_LOG", "warn");
+    c
+}
+
+/// Runs a command, failing the test with its output if it does not exit as expected.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run vitalflow");
+    assert!(
+        out.status.success(),
+        "vitalflow failed: {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A job file for the bedside-monitor mapping reading `topic` from `brokers`.
+pub fn kafka_job(dir: &Path, brokers: &str, topic: &str, group: &str, extra: &str) -> PathBuf {
+    let root = root();
+    let text = format!(
+        r#"name = "test"
+source = "kafka"
+
+[kafka]
+brokers = "{brokers}"
+topics = ["{topic}"]
+group_id = "{group}"
+startup_timeout = "20s"
+
+[mapping]
+device = "{device}"
+fhir = "{fhir}"
+
+[sinks.ndjson]
+dir = "{out}"
+flush_interval = "200ms"
+
+[performance]
+epoch = "20ms"
+batch_size = 50
+{extra}
+"#,
+        device = root
+            .join("templates/bedside-monitor/devicecontent.json")
+            .display(),
+        fhir = root
+            .join("templates/bedside-monitor/fhirmapping.json")
+            .display(),
+        out = dir.join("out").display(),
+    );
+    let path = dir.join("job.toml");
+    std::fs::write(&path, text).expect("write job");
+    path
+}
+
+/// Seeded bedside-monitor messages for `devices` devices, starting `minutes_ago` minutes ago.
+pub fn simulated(devices: u32, count: u64, seed: u64, minutes_ago: i64) -> Vec<SimMessage> {
+    let cfg = SimulatorConfig {
+        devices,
+        count: Some(count),
+        seed,
+        out_of_order: 0.05,
+        ..SimulatorConfig::default()
+    };
+    let start = chrono::Utc::now() - chrono::Duration::minutes(minutes_ago);
+    // Whole seconds keep the expected SampledData independent of sub-second offsets.
+    let start = vitalflow::time::parse_timestamp(&start.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .expect("time");
+    Simulator::new(&cfg, start, (0, 1)).collect()
+}
+
+/// An idempotent producer.
+pub fn producer(brokers: &str) -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer")
+}
+
+/// Produces `(key, payload, headers)` and waits until every message is acknowledged.
+pub fn produce(
+    p: &BaseProducer,
+    topic: &str,
+    messages: &[(Option<&[u8]>, &[u8], Vec<(&str, &str)>)],
+) {
+    for (key, payload, headers) in messages {
+        let mut h = rdkafka::message::OwnedHeaders::new();
+        for (k, v) in headers {
+            h = h.insert(rdkafka::message::Header {
+                key: k,
+                value: Some(*v),
+            });
+        }
+        let mut r = BaseRecord::to(topic).payload(*payload).headers(h);
+        if let Some(k) = key {
+            r = r.key(*k);
+        }
+        p.send(r).map_err(|(e, _)| e).expect("send");
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(30)).expect("acknowledged");
+}
+
+/// Produces simulated messages, keyed by device.
+pub fn produce_sim(p: &BaseProducer, topic: &str, msgs: &[SimMessage]) {
+    let m: Vec<_> = msgs
+        .iter()
+        .map(|m| (Some(m.key.as_bytes()), m.payload.as_slice(), Vec::new()))
+        .collect();
+    produce(p, topic, &m);
+}
+
+/// Committed offsets of a consumer group, per partition.
+pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed");
+    got.elements()
+        .iter()
+        .map(|e| (e.partition(), e.offset().to_raw().unwrap_or(-1)))
+        .collect()
+}
+
+/// High watermark of each partition.
+pub fn high_watermarks(brokers: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("consumer");
+    (0..partitions)
+        .map(|p| {
+            (
+                p,
+                c.fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .expect("watermarks")
+                    .1,
+            )
+        })
+        .collect()
+}
+
+/// Every message of a topic (value, headers), read from the start.
+pub fn consume_all(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+) -> Vec<(Vec<u8>, BTreeMap<String, String>)> {
+    use rdkafka::message::{Headers, Message};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "test-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    c.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while out.len() < expected && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push((m.payload().unwrap_or_default().to_vec(), headers));
+        }
+    }
+    out
+}
+
+/// Every Observation line of an output directory, in commit order.
+pub fn observation_lines(out: &Path) -> Vec<Value> {
+    vitalflow::sinks::files::committed_parts(&out.join("observations"))
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .expect("read part")
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The latest version of each Observation, by id, without `status` (which records whether an
+/// Observation was updated after its first write, and so depends on flush timing).
+pub fn latest(lines: &[Value]) -> BTreeMap<String, Value> {
+    let mut m = BTreeMap::new();
+    for l in lines {
+        let mut o = l.clone();
+        let status = o.as_object_mut().and_then(|o| o.remove("status"));
+        assert!(
+            matches!(
+                status.as_ref().and_then(Value::as_str),
+                Some("final" | "amended")
+            ),
+            "status: {status:?}"
+        );
+        m.insert(o["id"].as_str().expect("id").to_string(), o);
+    }
+    m
+}
+
+/// The Observations the mapping debugger builds from all good messages at once: what the
+/// job's output must converge to.
+pub fn expected(msgs: &[SimMessage]) -> BTreeMap<String, Value> {
+    let root = root();
+    let device = vitalflow::mapping::DeviceMapping::from_file(
+        &root.join("templates/bedside-monitor/devicecontent.json"),
+    )
+    .expect("device");
+    let fhir = vitalflow::mapping::FhirMapping::from_file(
+        &root.join("templates/bedside-monitor/fhirmapping.json"),
+    )
+    .expect("fhir");
+    let mut all = Vec::new();
+    for m in msgs {
+        let body: Value = serde_json::from_slice(&m.payload).expect("json");
+        let ev = vitalflow::event::wrap(body, Default::default(), Default::default());
+        all.extend(device.normalize(&ev).expect("normalizes"));
+    }
+    let obs = vitalflow::debugger::observations(&fhir, &all).expect("observations");
+    latest(&obs)
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A plain HTTP GET on loopback: (status, body).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}

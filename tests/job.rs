@@ -1,0 +1,390 @@
+//! The streaming job end to end: the `vitalflow` binary against librdkafka's mock cluster
+//! (a real Kafka protocol peer on 127.0.0.1, started in this test process).
+
+mod common;
+
+use common::*;
+use rdkafka::mocking::MockCluster;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+fn cluster(
+    topics: &[(&str, i32)],
+) -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+) {
+    let c = MockCluster::new(1).expect("mock cluster");
+    for (t, n) in topics {
+        c.create_topic(t, *n, 1).expect("topic");
+    }
+    let b = c.bootstrap_servers();
+    (c, b)
+}
+
+#[test]
+fn kafka_job_writes_observations_dead_letters_and_commits_offsets() {
+    let (_c, brokers) = cluster(&[("vitals", 4), ("vitals.dlq", 1)]);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let good = simulated(12, 360, 7, 30);
+    let p = producer(&brokers);
+    produce_sim(&p, "vitals", &good);
+    let future = (chrono::Utc::now() + chrono::Duration::hours(3)).to_rfc3339();
+    let future_msg =
+        format!(r#"{{"deviceId":"BM-9","patientId":"P-9","timestamp":"{future}","heartRate":80}}"#);
+    let bad: Vec<(Option<&[u8]>, &[u8], Vec<(&str, &str)>)> = vec![
+        (
+            Some(b"BM-7"),
+            br#"{"deviceId":"BM-7","heartRate":"#,
+            vec![("ward", "3B")],
+        ),
+        (
+            None,
+            br#"{"deviceId":"BM-8","patientId":"P-8","heartRate":71}"#,
+            vec![],
+        ),
+        (None, future_msg.as_bytes(), vec![]),
+    ];
+    produce(&p, "vitals", &bad);
+    let job = kafka_job(
+        tmp.path(),
+        &brokers,
+        "vitals",
+        "icu",
+        "[sinks.dead_letter]\ntopic = \"vitals.dlq\"\n",
+    );
+    run_ok(
+        vitalflow()
+            .args(["run", "--until-end", "--workers", "2", "--job"])
+            .arg(&job),
+    );
+
+    let lines = observation_lines(&tmp.path().join("out"));
+    assert_eq!(
+        latest(&lines),
+        expected(&good),
+        "the output converges to the Observations of all messages"
+    );
+
+    let dead = consume_all(&brokers, "vitals.dlq", 3);
+    assert_eq!(dead.len(), 3, "every bad message is dead-lettered");
+    let find = |needle: &str| {
+        dead.iter()
+            .find(|(_, h)| h.get("vitalflow-error").is_some_and(|e| e.contains(needle)))
+            .unwrap_or_else(|| panic!("no dead letter for {needle}: {dead:?}"))
+    };
+    let (payload, h) = find("malformed JSON");
+    assert_eq!(
+        payload.as_slice(),
+        br#"{"deviceId":"BM-7","heartRate":"#,
+        "original bytes"
+    );
+    assert_eq!(
+        h.get("ward").map(String::as_str),
+        Some("3B"),
+        "original headers kept"
+    );
+    assert_eq!(h.get("vitalflow-stage").map(String::as_str), Some("parse"));
+    assert_eq!(
+        h.get("vitalflow-source-topic").map(String::as_str),
+        Some("vitals")
+    );
+    assert!(h.contains_key("vitalflow-source-offset"));
+    let (_, h) = find("timestampExpression");
+    assert!(
+        h.get("vitalflow-template")
+            .is_some_and(|t| t.contains("\"typeName\":\"heartRate\"")),
+        "{h:?}"
+    );
+    find("ahead of the wall clock");
+
+    assert_eq!(
+        committed(&brokers, "icu", "vitals", 4),
+        high_watermarks(&brokers, "vitals", 4),
+        "every partition committed to its end"
+    );
+    // A second run with the same group has nothing left to do and writes nothing.
+    run_ok(
+        vitalflow()
+            .args(["run", "--until-end", "--workers", "2", "--job"])
+            .arg(&job),
+    );
+    assert_eq!(
+        observation_lines(&tmp.path().join("out")).len(),
+        lines.len()
+    );
+}
+
+#[test]
+fn kill_9_and_restart_loses_and_duplicates_nothing() {
+    let (_c, brokers) = cluster(&[("vitals", 3)]);
+    let msgs = simulated(10, 1200, 11, 40);
+    let p = producer(&brokers);
+    produce_sim(&p, "vitals", &msgs[..300]);
+
+    let crash = tempfile::tempdir().expect("tmp");
+    let job = kafka_job(crash.path(), &brokers, "vitals", "crashy", "");
+    let mut child = vitalflow()
+        .args(["run", "--workers", "2", "--job"])
+        .arg(&job)
+        .spawn()
+        .expect("start");
+    // Keep producing while the job runs, and kill it mid-stream once it has committed output.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut sent = 300;
+    while sent < 900 {
+        produce_sim(&p, "vitals", &msgs[sent..sent + 50]);
+        sent += 50;
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    while observation_lines(&crash.path().join("out")).is_empty() {
+        assert!(Instant::now() < deadline, "the job wrote nothing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().expect("kill -9");
+    child.wait().expect("reaped");
+    let before: i64 = committed(&brokers, "crashy", "vitals", 3)
+        .values()
+        .map(|o| (*o).max(0))
+        .sum();
+    assert!(before < 1200, "the kill came before the end of the stream");
+    produce_sim(&p, "vitals", &msgs[sent..]);
+    run_ok(
+        vitalflow()
+            .args(["run", "--until-end", "--workers", "2", "--job"])
+            .arg(&job),
+    );
+
+    let clean = tempfile::tempdir().expect("tmp");
+    let job = kafka_job(clean.path(), &brokers, "vitals", "clean", "");
+    run_ok(
+        vitalflow()
+            .args(["run", "--until-end", "--workers", "2", "--job"])
+            .arg(&job),
+    );
+
+    let crashed = observation_lines(&crash.path().join("out"));
+    let reference = observation_lines(&clean.path().join("out"));
+    assert_eq!(
+        latest(&crashed),
+        latest(&reference),
+        "same Observations as a run without the crash"
+    );
+    assert_eq!(latest(&crashed), expected(&msgs));
+    // No version is written twice: a replayed update that changes nothing is skipped.
+    let mut last: BTreeMap<String, &serde_json::Value> = BTreeMap::new();
+    for l in &crashed {
+        let id = l["id"].as_str().expect("id").to_string();
+        assert_ne!(last.get(&id), Some(&l), "duplicate line for {id}");
+        last.insert(id, l);
+    }
+}
+
+#[test]
+fn unreachable_brokers_fail_with_a_clear_error_after_the_deadline() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let job = kafka_job(tmp.path(), &format!("127.0.0.1:{port}"), "vitals", "g", "");
+    let text = std::fs::read_to_string(&job)
+        .expect("job")
+        .replace("startup_timeout = \"20s\"", "startup_timeout = \"2s\"");
+    std::fs::write(&job, text).expect("job");
+    let started = Instant::now();
+    let out = vitalflow()
+        .args(["run", "--job"])
+        .arg(&job)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("brokers 127.0.0.1:{port} unreachable")),
+        "{err}"
+    );
+    assert!(
+        err.contains("gave up after 2s (kafka.startup_timeout)"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn a_missing_topic_is_named_with_the_topics_that_exist() {
+    let (_c, brokers) = cluster(&[("vitals", 1)]);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let job = kafka_job(tmp.path(), &brokers, "vitlas", "g", "");
+    let text = std::fs::read_to_string(&job)
+        .expect("job")
+        .replace("startup_timeout = \"20s\"", "startup_timeout = \"1s\"");
+    std::fs::write(&job, text).expect("job");
+    let out = vitalflow()
+        .args(["run", "--job"])
+        .arg(&job)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("topic(s) vitlas not found on"), "{err}");
+    assert!(err.contains("(existing: vitals)"), "{err}");
+}
+
+#[test]
+fn an_invalid_job_file_stops_start_up_with_file_and_line() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let job = tmp.path().join("bad.toml");
+    std::fs::write(
+        &job,
+        "source = \"kafka\"\n[mapping]\ndevice = \"missing.json\"\nfhir = \"also-missing.json\"\n",
+    )
+    .expect("write");
+    let out = vitalflow()
+        .args(["run", "--job"])
+        .arg(&job)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = job.display().to_string();
+    assert!(
+        err.contains(&format!(
+            "{file}:1:10: source: source \"kafka\" needs a [kafka] table"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{file}:3:10: mapping.device: file not found: missing.json"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn file_replay_writes_observations_and_dead_letter_files() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let msgs = simulated(5, 100, 3, 20);
+    let mut text: String = msgs
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned() + "\n")
+        .collect();
+    text.push_str("{not json\n");
+    let input = tmp.path().join("replay.ndjson");
+    std::fs::write(&input, text).expect("write");
+    let root = root();
+    let job = tmp.path().join("replay.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "source = \"file\"\n[file]\npath = \"{}\"\n[mapping]\ndevice = \"{}\"\nfhir = \"{}\"\n[sinks.ndjson]\ndir = \"{}\"\n",
+            input.display(),
+            root.join("templates/bedside-monitor/devicecontent.json").display(),
+            root.join("templates/bedside-monitor/fhirmapping.json").display(),
+            tmp.path().join("out").display()
+        ),
+    )
+    .expect("write job");
+    run_ok(
+        vitalflow()
+            .args(["run", "--until-end", "--workers", "2", "--job"])
+            .arg(&job),
+    );
+    assert_eq!(
+        latest(&observation_lines(&tmp.path().join("out"))),
+        expected(&msgs)
+    );
+    let dead: Vec<serde_json::Value> =
+        vitalflow::sinks::files::committed_parts(&tmp.path().join("out/dead-letters"))
+            .iter()
+            .flat_map(|p| {
+                std::fs::read_to_string(p)
+                    .expect("read")
+                    .lines()
+                    .map(|l| serde_json::from_str(l).expect("json"))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["payload"], "{not json");
+    assert_eq!(dead[0]["source"]["offset"], 101, "the line number");
+    assert_eq!(dead[0]["stage"], "parse");
+}
+
+#[test]
+fn embedded_default_runs_anywhere_and_serves_metrics() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = vitalflow()
+        .current_dir(tmp.path())
+        .env("VITALFLOW_METRICS_ADDRESS", &addr)
+        .args(["run", "--duration", "6s", "--workers", "2"])
+        .spawn()
+        .expect("start");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = None;
+    while Instant::now() < deadline {
+        if let Some((200, body)) = http_get(&addr, "/metrics") {
+            let n = body
+                .lines()
+                .find_map(|l| l.strip_prefix("vitalflow_messages_in_total "))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            if n > 0 {
+                seen = Some(body);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let body = seen.expect("metrics show messages flowing");
+    assert!(
+        body.contains("# TYPE vitalflow_epoch_latency_seconds histogram"),
+        "{body}"
+    );
+    assert_eq!(http_get(&addr, "/health").map(|x| x.0), Some(200));
+    assert!(
+        child.wait().expect("exit").success(),
+        "clean stop after --duration"
+    );
+    let lines = observation_lines(&tmp.path().join("vitalflow-out"));
+    assert!(!lines.is_empty(), "Observations under ./vitalflow-out");
+    assert!(lines.iter().all(|o| o["resourceType"] == "Observation"));
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_commits() {
+    let (_c, brokers) = cluster(&[("vitals", 2)]);
+    let msgs = simulated(4, 80, 5, 10);
+    let p = producer(&brokers);
+    produce_sim(&p, "vitals", &msgs);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let job = kafka_job(tmp.path(), &brokers, "vitals", "term", "");
+    let child = vitalflow()
+        .args(["run", "--job"])
+        .arg(&job)
+        .spawn()
+        .expect("start");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while committed(&brokers, "term", "vitals", 2) != high_watermarks(&brokers, "vitals", 2) {
+        assert!(
+            Instant::now() < deadline,
+            "offsets reach the end while running"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    let out = child.wait_with_output().expect("exit");
+    assert!(
+        out.status.success(),
+        "SIGTERM is a clean stop: {:?}",
+        out.status
+    );
+    assert_eq!(
+        latest(&observation_lines(&tmp.path().join("out"))),
+        expected(&msgs)
+    );
+}
