@@ -32,7 +32,7 @@ fn kafka_job_writes_observations_dead_letters_and_commits_offsets() {
     let future = (chrono::Utc::now() + chrono::Duration::hours(3)).to_rfc3339();
     let future_msg =
         format!(r#"{{"deviceId":"BM-9","patientId":"P-9","timestamp":"{future}","heartRate":80}}"#);
-    let bad: Vec<(Option<&[u8]>, &[u8], Vec<(&str, &str)>)> = vec![
+    let bad: Vec<Outgoing<'_>> = vec![
         (
             Some(b"BM-7"),
             br#"{"deviceId":"BM-7","heartRate":"#,

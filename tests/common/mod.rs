@@ -101,12 +101,11 @@ pub fn producer(brokers: &str) -> BaseProducer {
         .expect("producer")
 }
 
+/// A message to produce: key, value, headers.
+pub type Outgoing<'a> = (Option<&'a [u8]>, &'a [u8], Vec<(&'a str, &'a str)>);
+
 /// Produces `(key, payload, headers)` and waits until every message is acknowledged.
-pub fn produce(
-    p: &BaseProducer,
-    topic: &str,
-    messages: &[(Option<&[u8]>, &[u8], Vec<(&str, &str)>)],
-) {
+pub fn produce(p: &BaseProducer, topic: &str, messages: &[Outgoing<'_>]) {
     for (key, payload, headers) in messages {
         let mut h = rdkafka::message::OwnedHeaders::new();
         for (k, v) in headers {
