@@ -555,7 +555,9 @@ fn run_job(args: RunArgs) -> ExitCode {
         output = %job.output_dir.display(),
         "starting"
     );
+    let started = std::time::Instant::now();
     let result = dataflow::run(&job, &opts, stop, metrics.clone());
+    let elapsed = started.elapsed().as_secs_f64();
     done.store(true, Ordering::Relaxed);
     if let Some(s) = status {
         let _ = s.join();
@@ -563,8 +565,14 @@ fn run_job(args: RunArgs) -> ExitCode {
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     match result {
         Ok(()) => {
+            let q = metrics.epoch_latency_quantiles(&[0.5, 0.99, 1.0]);
             tracing::info!(
                 messages = get(&metrics.messages_in),
+                elapsed_s = elapsed,
+                messages_per_s = (get(&metrics.messages_in) as f64 / elapsed.max(1e-9)).round(),
+                epoch_latency_p50_ms = q[0].as_secs_f64() * 1e3,
+                epoch_latency_p99_ms = q[1].as_secs_f64() * 1e3,
+                epoch_latency_max_ms = q[2].as_secs_f64() * 1e3,
                 measurements = get(&metrics.measurements),
                 observations = get(&metrics.observations_out),
                 dead_letters = get(&metrics.dead_letters),

@@ -34,10 +34,14 @@ pub struct Metrics {
     pub epoch_latency_us_sum: AtomicU64,
     /// Unread messages per (topic, partition), from librdkafka statistics.
     pub lag: Mutex<BTreeMap<(String, i32), i64>>,
-    /// False once the job stops being able to make progress.
+    /// False once the job has failed.
     pub healthy: AtomicBool,
+    /// Sinks whose last flush failed (they retry; offsets wait).
+    pub failing_sinks: AtomicU64,
     /// Epoch latency histogram buckets (seconds), cumulative counts.
     pub epoch_latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    /// Epoch latencies in microseconds, for percentiles.
+    pub epoch_latency: Mutex<Option<hdrhistogram::Histogram<u64>>>,
 }
 
 /// Upper bounds of the epoch latency histogram, seconds.
@@ -61,12 +65,37 @@ impl Metrics {
         self.epochs_durable.fetch_add(1, Ordering::Relaxed);
         self.epoch_latency_us_sum
             .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+        if let Ok(mut h) = self.epoch_latency.lock() {
+            let h = h.get_or_insert_with(|| {
+                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("bounds")
+            });
+            let _ = h.record((latency.as_micros() as u64).clamp(1, 3_600_000_000));
+        }
         let s = latency.as_secs_f64();
         for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
             if s <= *le {
                 self.epoch_latency_buckets[i].fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Epoch latency (start to durable) at quantiles, e.g. `[0.5, 0.99]`.
+    pub fn epoch_latency_quantiles(&self, q: &[f64]) -> Vec<Duration> {
+        let h = self.epoch_latency.lock().ok();
+        q.iter()
+            .map(|q| {
+                h.as_ref()
+                    .and_then(|h| h.as_ref())
+                    .map_or(Duration::ZERO, |h| {
+                        Duration::from_micros(h.value_at_quantile(*q))
+                    })
+            })
+            .collect()
+    }
+
+    /// Not failed, and every sink flushing.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && self.failing_sinks.load(Ordering::Relaxed) == 0
     }
 
     /// Total unread messages over all partitions.
@@ -173,7 +202,7 @@ pub fn serve(address: &str, metrics: Arc<Metrics>) -> anyhow::Result<std::net::S
             for request in server.incoming_requests() {
                 let (status, body, kind) = match request.url() {
                     "/metrics" => (200, metrics.render(), "text/plain; version=0.0.4"),
-                    "/health" if metrics.healthy.load(Ordering::Relaxed) => {
+                    "/health" if metrics.is_healthy() => {
                         (200, "{\"status\":\"ok\"}".to_string(), "application/json")
                     }
                     "/health" => (

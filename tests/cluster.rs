@@ -17,7 +17,11 @@ fn tansu_binary() -> PathBuf {
         return PathBuf::from(p);
     }
     let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).find(|p| p.is_file()))
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("tansu"))
+                .find(|p| p.is_file())
+        })
         .unwrap_or_default();
     let cargo_bin = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
@@ -40,7 +44,13 @@ impl Broker {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu_binary())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -60,7 +70,13 @@ impl Broker {
 
     fn create_topic(&self, name: &str, partitions: i32) {
         let status = Command::new(tansu_binary())
-            .args(["topic", "create", name, "--partitions", &partitions.to_string()])
+            .args([
+                "topic",
+                "create",
+                name,
+                "--partitions",
+                &partitions.to_string(),
+            ])
             .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
             .status()
             .expect("tansu topic create");
@@ -86,7 +102,11 @@ fn two_processes_of_two_workers_equal_one_process() {
     let multi = tempfile::tempdir().expect("tmp");
     let job = kafka_job(multi.path(), &brokers, "ward-vitals", "multi", "");
     let hosts = multi.path().join("hosts.txt");
-    std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).expect("hosts");
+    std::fs::write(
+        &hosts,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
+    )
+    .expect("hosts");
     let procs: Vec<Child> = (0..2)
         .map(|i| {
             vitalflow()
@@ -106,7 +126,11 @@ fn two_processes_of_two_workers_equal_one_process() {
 
     let single = tempfile::tempdir().expect("tmp");
     let job = kafka_job(single.path(), &brokers, "ward-vitals", "single", "");
-    run_ok(vitalflow().args(["run", "--until-end", "--workers", "1", "--job"]).arg(&job));
+    run_ok(
+        vitalflow()
+            .args(["run", "--until-end", "--workers", "1", "--job"])
+            .arg(&job),
+    );
 
     let a = latest(&observation_lines(&multi.path().join("out")));
     let b = latest(&observation_lines(&single.path().join("out")));

@@ -171,6 +171,12 @@ pub fn run(
     let mut partitions = BTreeMap::new();
     if let Some(k) = &job.kafka {
         let b = if k.brokers == EMBEDDED_BROKERS {
+            if opts.processes > 1 {
+                return Err(anyhow!(
+                    "kafka.brokers = \"embedded\" runs Kafka inside one process; a job of {} processes needs real brokers",
+                    opts.processes
+                ));
+            }
             let (e, b) = start_embedded(job, &stop)?;
             embedded = Some(e);
             b

@@ -290,6 +290,7 @@ where
         let mut held: Option<Capability<u64>> = None;
         let mut last_flush = Instant::now();
         let mut backoff = Duration::from_millis(100);
+        let mut failing = false;
         move |(input, frontier), _output| {
             input.for_each_time(|time, data| {
                 for batch in data {
@@ -316,11 +317,18 @@ where
                     // Releasing the capability is what tells the probe the epochs are durable.
                     held = None;
                     last_flush = Instant::now();
+                    if failing {
+                        failing = false;
+                        shared.metrics.failing_sinks.fetch_sub(1, Ordering::Relaxed);
+                    }
                     backoff = Duration::from_millis(100);
                 }
                 Err(e) => {
                     tracing::error!(sink = %name_owned, retry_in_ms = backoff.as_millis() as u64, "flush failed, outputs kept and retried: {e:#}");
-                    shared.metrics.healthy.store(false, Ordering::Relaxed);
+                    if !failing {
+                        failing = true;
+                        shared.metrics.failing_sinks.fetch_add(1, Ordering::Relaxed);
+                    }
                     activator.activate_after(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
