@@ -56,6 +56,9 @@ struct Window {
 pub struct Windows {
     fhir: Arc<FhirMapping>,
     windows: HashMap<String, Window>,
+    /// Ids of the windows changed since the last emission: emitting is O(changes), not
+    /// O(open windows).
+    dirty: Vec<String>,
     newest: Option<DateTime<Utc>>,
     horizon: chrono::Duration,
 }
@@ -66,6 +69,7 @@ impl Windows {
         Self {
             fhir,
             windows: HashMap::new(),
+            dirty: Vec::new(),
             newest: None,
             horizon: chrono::Duration::from_std(horizon).unwrap_or(chrono::Duration::MAX),
         }
@@ -127,7 +131,10 @@ impl Windows {
         g.start = g.start.min(start);
         g.end = g.end.max(end);
         g.add(m);
-        w.dirty = true;
+        if !w.dirty {
+            w.dirty = true;
+            self.dirty.push(w.update.id.clone());
+        }
         let end = g.end;
         self.newest = Some(self.newest.map_or(end, |n| n.max(end)));
         true
@@ -135,15 +142,13 @@ impl Windows {
 
     /// The windows changed since the last call.
     pub fn take_dirty(&mut self) -> Vec<WindowUpdate> {
-        let mut out: Vec<WindowUpdate> = self
-            .windows
-            .values_mut()
-            .filter(|w| w.dirty)
-            .map(|w| {
+        let mut out: Vec<WindowUpdate> = Vec::with_capacity(self.dirty.len());
+        for id in self.dirty.drain(..) {
+            if let Some(w) = self.windows.get_mut(&id) {
                 w.dirty = false;
-                w.update.clone()
-            })
-            .collect();
+                out.push(w.update.clone());
+            }
+        }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
     }
