@@ -107,21 +107,21 @@ fn two_processes_of_two_workers_equal_one_process() {
         format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
     )
     .expect("hosts");
-    let procs: Vec<Child> = (0..2)
+    let mut procs: Vec<Running> = (0..2)
         .map(|i| {
-            vitalflow()
-                .args(["run", "--until-end", "--workers", "2", "--processes", "2"])
-                .args(["--process", &i.to_string(), "--hosts"])
-                .arg(&hosts)
-                .arg("--job")
-                .arg(&job)
-                .spawn()
-                .expect("start process")
+            Running::spawn(
+                vitalflow()
+                    .args(["run", "--until-end", "--workers", "2", "--processes", "2"])
+                    .args(["--process", &i.to_string(), "--hosts"])
+                    .arg(&hosts)
+                    .arg("--job")
+                    .arg(&job),
+            )
         })
         .collect();
-    for p in procs {
-        let out = p.wait_with_output().expect("exit");
-        assert!(out.status.success(), "process exited {:?}", out.status);
+    for p in &mut procs {
+        let status = p.wait();
+        assert!(status.success(), "process exited {status:?}");
     }
 
     let single = tempfile::tempdir().expect("tmp");
@@ -135,11 +135,20 @@ fn two_processes_of_two_workers_equal_one_process() {
     let a = latest(&observation_lines(&multi.path().join("out")));
     let b = latest(&observation_lines(&single.path().join("out")));
     assert!(!a.is_empty());
-    assert_eq!(a, b, "2 processes × 2 workers write what 1 process writes");
-    assert_eq!(a, expected(&msgs));
+    assert_same(
+        &a,
+        &b,
+        "2 processes × 2 workers write what 1 process writes",
+    );
+    assert_same(&a, &expected(&msgs), "the Observations of all messages");
+    // Offsets are contiguous from 0: the committed offsets add up to the messages produced.
+    // (Tansu 0.6 answers ListOffsets wrongly for batched partitions, so no watermarks here.)
+    let committed: i64 = committed(&brokers, "multi", "ward-vitals", 4)
+        .values()
+        .sum();
     assert_eq!(
-        committed(&brokers, "multi", "ward-vitals", 4),
-        high_watermarks(&brokers, "ward-vitals", 4),
-        "the cluster committed every partition"
+        committed,
+        msgs.len() as i64,
+        "the cluster committed every partition to its end"
     );
 }

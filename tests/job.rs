@@ -60,10 +60,10 @@ fn kafka_job_writes_observations_dead_letters_and_commits_offsets() {
     );
 
     let lines = observation_lines(&tmp.path().join("out"));
-    assert_eq!(
-        latest(&lines),
-        expected(&good),
-        "the output converges to the Observations of all messages"
+    assert_same(
+        &latest(&lines),
+        &expected(&good),
+        "the output converges to the Observations of all messages",
     );
 
     let dead = consume_all(&brokers, "vitals.dlq", 3);
@@ -124,11 +124,11 @@ fn kill_9_and_restart_loses_and_duplicates_nothing() {
 
     let crash = tempfile::tempdir().expect("tmp");
     let job = kafka_job(crash.path(), &brokers, "vitals", "crashy", "");
-    let mut child = vitalflow()
-        .args(["run", "--workers", "2", "--job"])
-        .arg(&job)
-        .spawn()
-        .expect("start");
+    let mut child = Running::spawn(
+        vitalflow()
+            .args(["run", "--workers", "2", "--job"])
+            .arg(&job),
+    );
     // Keep producing while the job runs, and kill it mid-stream once it has committed output.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut sent = 300;
@@ -141,8 +141,7 @@ fn kill_9_and_restart_loses_and_duplicates_nothing() {
         assert!(Instant::now() < deadline, "the job wrote nothing");
         std::thread::sleep(Duration::from_millis(50));
     }
-    child.kill().expect("kill -9");
-    child.wait().expect("reaped");
+    child.kill(); // SIGKILL
     let before: i64 = committed(&brokers, "crashy", "vitals", 3)
         .values()
         .map(|o| (*o).max(0))
@@ -165,12 +164,16 @@ fn kill_9_and_restart_loses_and_duplicates_nothing() {
 
     let crashed = observation_lines(&crash.path().join("out"));
     let reference = observation_lines(&clean.path().join("out"));
-    assert_eq!(
-        latest(&crashed),
-        latest(&reference),
-        "same Observations as a run without the crash"
+    assert_same(
+        &latest(&crashed),
+        &latest(&reference),
+        "same Observations as a run without the crash",
     );
-    assert_eq!(latest(&crashed), expected(&msgs));
+    assert_same(
+        &latest(&crashed),
+        &expected(&msgs),
+        "the Observations of all messages",
+    );
     // No version is written twice: a replayed update that changes nothing is skipped.
     let mut last: BTreeMap<String, &serde_json::Value> = BTreeMap::new();
     for l in &crashed {
@@ -288,9 +291,10 @@ fn file_replay_writes_observations_and_dead_letter_files() {
             .args(["run", "--until-end", "--workers", "2", "--job"])
             .arg(&job),
     );
-    assert_eq!(
-        latest(&observation_lines(&tmp.path().join("out"))),
-        expected(&msgs)
+    assert_same(
+        &latest(&observation_lines(&tmp.path().join("out"))),
+        &expected(&msgs),
+        "the Observations of all messages",
     );
     let dead: Vec<serde_json::Value> =
         vitalflow::sinks::files::committed_parts(&tmp.path().join("out/dead-letters"))
@@ -314,12 +318,12 @@ fn embedded_default_runs_anywhere_and_serves_metrics() {
     let tmp = tempfile::tempdir().expect("tmp");
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut child = vitalflow()
-        .current_dir(tmp.path())
-        .env("VITALFLOW_METRICS_ADDRESS", &addr)
-        .args(["run", "--duration", "6s", "--workers", "2"])
-        .spawn()
-        .expect("start");
+    let mut child = Running::spawn(
+        vitalflow()
+            .current_dir(tmp.path())
+            .env("VITALFLOW_METRICS_ADDRESS", &addr)
+            .args(["run", "--duration", "6s", "--workers", "2"]),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = None;
     while Instant::now() < deadline {
@@ -342,10 +346,7 @@ fn embedded_default_runs_anywhere_and_serves_metrics() {
         "{body}"
     );
     assert_eq!(http_get(&addr, "/health").map(|x| x.0), Some(200));
-    assert!(
-        child.wait().expect("exit").success(),
-        "clean stop after --duration"
-    );
+    assert!(child.wait().success(), "clean stop after --duration");
     let lines = observation_lines(&tmp.path().join("vitalflow-out"));
     assert!(!lines.is_empty(), "Observations under ./vitalflow-out");
     assert!(lines.iter().all(|o| o["resourceType"] == "Observation"));
@@ -359,11 +360,7 @@ fn sigterm_stops_cleanly_and_commits() {
     produce_sim(&p, "vitals", &msgs);
     let tmp = tempfile::tempdir().expect("tmp");
     let job = kafka_job(tmp.path(), &brokers, "vitals", "term", "");
-    let child = vitalflow()
-        .args(["run", "--job"])
-        .arg(&job)
-        .spawn()
-        .expect("start");
+    let mut child = Running::spawn(vitalflow().args(["run", "--job"]).arg(&job));
     let deadline = Instant::now() + Duration::from_secs(20);
     while committed(&brokers, "term", "vitals", 2) != high_watermarks(&brokers, "vitals", 2) {
         assert!(
@@ -377,14 +374,11 @@ fn sigterm_stops_cleanly_and_commits() {
         .args(["-TERM", &pid])
         .status()
         .expect("kill");
-    let out = child.wait_with_output().expect("exit");
-    assert!(
-        out.status.success(),
-        "SIGTERM is a clean stop: {:?}",
-        out.status
-    );
-    assert_eq!(
-        latest(&observation_lines(&tmp.path().join("out"))),
-        expected(&msgs)
+    let status = child.wait();
+    assert!(status.success(), "SIGTERM is a clean stop: {status:?}");
+    assert_same(
+        &latest(&observation_lines(&tmp.path().join("out"))),
+        &expected(&msgs),
+        "the Observations of all messages",
     );
 }

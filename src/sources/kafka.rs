@@ -7,11 +7,13 @@ use crate::job::{KafkaConfig, StartPosition};
 use crate::metrics::Metrics;
 use anyhow::{anyhow, bail, Context as _};
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::message::{Headers, Message};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -103,13 +105,19 @@ impl ClientContext for LagContext {
 
 impl ConsumerContext for LagContext {}
 
+/// A (topic, partition) and the queue it is read from.
+type Queue = ((Arc<str>, i32), PartitionQueue<LagContext>);
+
 /// One worker's partitions of the source topics.
 pub struct KafkaSource {
-    consumer: BaseConsumer<LagContext>,
+    consumer: Arc<BaseConsumer<LagContext>>,
+    /// One queue per partition, so that end-of-partition events name their topic.
+    queues: Vec<Queue>,
     topics: HashMap<String, Arc<str>>,
-    /// For `--until-end`: the high watermark of each partition at start.
-    end: Option<BTreeMap<(Arc<str>, i32), i64>>,
+    /// For `--until-end`: partitions read to their end (and nothing read since).
+    at_eof: Option<HashSet<(Arc<str>, i32)>>,
     next: BTreeMap<(Arc<str>, i32), i64>,
+    turn: usize,
 }
 
 impl KafkaSource {
@@ -128,6 +136,10 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set(
+                "enable.partition.eof",
+                if until_end { "true" } else { "false" },
+            )
+            .set(
                 "auto.offset.reset",
                 match k.start {
                     StartPosition::Earliest => "earliest",
@@ -137,9 +149,10 @@ impl KafkaSource {
         if !k.properties.contains_key("statistics.interval.ms") {
             c.set("statistics.interval.ms", "1000");
         }
-        let consumer: BaseConsumer<LagContext> = c
-            .create_with_context(LagContext(metrics))
-            .with_context(|| format!("cannot create a Kafka consumer for {brokers}"))?;
+        let consumer: Arc<BaseConsumer<LagContext>> = Arc::new(
+            c.create_with_context(LagContext(metrics))
+                .with_context(|| format!("cannot create a Kafka consumer for {brokers}"))?,
+        );
         let mut tpl = TopicPartitionList::new();
         let mut topics = HashMap::new();
         let mut mine = Vec::new();
@@ -151,51 +164,48 @@ impl KafkaSource {
                 mine.push((name.clone(), p));
             }
         }
-        let timeout = k.startup_timeout;
         let mut next = BTreeMap::new();
-        let mut end = BTreeMap::new();
+        let mut queues = Vec::new();
         if !mine.is_empty() {
             let committed = consumer
-                .committed_offsets(tpl.clone(), timeout)
+                .committed_offsets(tpl.clone(), k.startup_timeout)
                 .context("cannot read the consumer group's committed offsets")?;
             for (topic, p) in &mine {
-                let (low, high) = consumer
-                    .fetch_watermarks(topic, *p, timeout)
-                    .with_context(|| format!("cannot read watermarks of {topic}/{p}"))?;
-                let start = match committed.find_partition(topic, *p).map(|e| e.offset()) {
-                    Some(Offset::Offset(o)) => o,
-                    _ => match k.start {
-                        StartPosition::Earliest => low,
-                        StartPosition::Latest => high,
-                    },
-                };
-                next.insert((topic.clone(), *p), start);
-                end.insert((topic.clone(), *p), high);
+                if let Some(Offset::Offset(o)) =
+                    committed.find_partition(topic, *p).map(|e| e.offset())
+                {
+                    next.insert((topic.clone(), *p), o);
+                }
             }
             consumer.assign(&tpl).context("cannot assign partitions")?;
+            for (topic, p) in &mine {
+                let q = consumer
+                    .split_partition_queue(topic, *p)
+                    .ok_or_else(|| anyhow!("cannot read {topic}/{p} on its own queue"))?;
+                queues.push(((topic.clone(), *p), q));
+            }
         }
         tracing::info!(worker, partitions = mine.len(), "kafka source assigned");
         Ok(Self {
             consumer,
+            queues,
             topics,
-            end: until_end.then_some(end),
+            at_eof: until_end.then(HashSet::new),
             next,
+            turn: 0,
         })
     }
 
     fn at_end(&self) -> bool {
-        self.end.as_ref().is_some_and(|end| {
-            end.iter()
-                .all(|(k, high)| self.next.get(k).is_some_and(|n| n >= high))
-        })
+        self.at_eof
+            .as_ref()
+            .is_some_and(|eof| self.queues.iter().all(|(k, _)| eof.contains(k)))
     }
 
     fn commit_mode(&mut self, positions: &Positions, mode: CommitMode) -> anyhow::Result<()> {
         let mut tpl = TopicPartitionList::new();
         for ((topic, p), offset) in positions {
-            if self.next.contains_key(&(topic.clone(), *p)) {
-                tpl.add_partition_offset(topic, *p, Offset::Offset(*offset))?;
-            }
+            tpl.add_partition_offset(topic, *p, Offset::Offset(*offset))?;
         }
         if tpl.count() > 0 {
             self.consumer
@@ -206,56 +216,94 @@ impl KafkaSource {
     }
 }
 
+/// Copies a message out of librdkafka's buffer and records its position.
+fn take(
+    topics: &HashMap<String, Arc<str>>,
+    next: &mut BTreeMap<(Arc<str>, i32), i64>,
+    at_eof: &mut Option<HashSet<(Arc<str>, i32)>>,
+    m: &BorrowedMessage<'_>,
+) -> anyhow::Result<RawMessage> {
+    let topic = topics
+        .get(m.topic())
+        .cloned()
+        .ok_or_else(|| anyhow!("message from unassigned topic {}", m.topic()))?;
+    let headers = m
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let key = (topic.clone(), m.partition());
+    next.insert(key.clone(), m.offset() + 1);
+    if let Some(eof) = at_eof {
+        eof.remove(&key);
+    }
+    Ok(RawMessage {
+        payload: m.payload().unwrap_or_default().to_vec(),
+        key: m.key().map(<[u8]>::to_vec),
+        headers,
+        origin: Origin {
+            topic,
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis(),
+        },
+    })
+}
+
 impl Source for KafkaSource {
     fn poll(&mut self, max: usize, out: &mut Vec<RawMessage>) -> anyhow::Result<Poll> {
-        if self.next.is_empty() || self.at_end() {
-            return Ok(if self.end.is_some() {
+        // Serves statistics and commit callbacks; messages arrive on the partition queues.
+        if let Some(Err(e)) = self.consumer.poll(Duration::ZERO) {
+            tracing::warn!("kafka: {e}");
+        }
+        if self.queues.is_empty() || self.at_end() {
+            return Ok(if self.at_eof.is_some() {
                 Poll::Finished
             } else {
                 Poll::Idle
             });
         }
-        for _ in 0..max {
-            match self.consumer.poll(Duration::ZERO) {
-                None => return Ok(Poll::Idle),
-                Some(Err(e)) => {
-                    // Broker and network errors are transient for librdkafka, which retries.
-                    tracing::warn!("kafka: {e}");
-                    return Ok(Poll::Idle);
-                }
-                Some(Ok(m)) => {
-                    let topic =
-                        self.topics.get(m.topic()).cloned().ok_or_else(|| {
-                            anyhow!("message from unassigned topic {}", m.topic())
-                        })?;
-                    let headers = m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    self.next
-                        .insert((topic.clone(), m.partition()), m.offset() + 1);
-                    out.push(RawMessage {
-                        payload: m.payload().unwrap_or_default().to_vec(),
-                        key: m.key().map(<[u8]>::to_vec),
-                        headers,
-                        origin: Origin {
-                            topic,
-                            partition: m.partition(),
-                            offset: m.offset(),
-                            timestamp_ms: m.timestamp().to_millis(),
-                        },
-                    });
-                    if self.at_end() {
-                        return Ok(Poll::Ready);
+        let n = self.queues.len();
+        let Self {
+            queues,
+            topics,
+            next,
+            at_eof,
+            ..
+        } = self;
+        let share = max.div_ceil(n);
+        let mut read = 0;
+        // Round-robin over partitions, starting where the last poll stopped, so that a busy
+        // partition cannot starve the others.
+        for i in 0..n {
+            let at = (self.turn + i) % n;
+            for _ in 0..share {
+                let polled = queues[at].1.poll(Duration::ZERO);
+                match polled {
+                    None => break,
+                    Some(Err(KafkaError::PartitionEOF(_))) => {
+                        if let Some(eof) = at_eof {
+                            eof.insert(queues[at].0.clone());
+                        }
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        // Broker and network errors are transient for librdkafka, which retries.
+                        tracing::warn!("kafka: {e}");
+                        break;
+                    }
+                    Some(Ok(m)) => {
+                        out.push(take(topics, next, at_eof, &m)?);
+                        read += 1;
                     }
                 }
             }
         }
-        Ok(Poll::Ready)
+        self.turn = (self.turn + 1) % n;
+        Ok(if read > 0 { Poll::Ready } else { Poll::Idle })
     }
 
     fn positions(&self) -> Positions {

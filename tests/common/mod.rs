@@ -133,7 +133,8 @@ pub fn produce_sim(p: &BaseProducer, topic: &str, msgs: &[SimMessage]) {
     produce(p, topic, &m);
 }
 
-/// Committed offsets of a consumer group, per partition.
+/// Committed offsets of a consumer group, per partition; a partition without a commit counts
+/// as 0 (an empty partition has nothing to commit).
 pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -149,7 +150,7 @@ pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> BT
         .expect("committed");
     got.elements()
         .iter()
-        .map(|e| (e.partition(), e.offset().to_raw().unwrap_or(-1)))
+        .map(|e| (e.partition(), e.offset().to_raw().unwrap_or(0).max(0)))
         .collect()
 }
 
@@ -263,6 +264,41 @@ pub fn expected(msgs: &[SimMessage]) -> BTreeMap<String, Value> {
     latest(&obs)
 }
 
+/// A child process killed when the test ends, passed or not: a leftover job would hold the
+/// test harness's output pipe open.
+pub struct Running(pub Option<std::process::Child>);
+
+impl Running {
+    /// Spawns `cmd`.
+    pub fn spawn(cmd: &mut Command) -> Self {
+        Self(Some(cmd.spawn().expect("start vitalflow")))
+    }
+
+    /// The child's pid.
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+
+    /// Kills it (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for it to exit.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.0.take().expect("running").wait().expect("wait")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -290,4 +326,51 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
         .map(|x| x.1.to_string())
         .unwrap_or_default();
     Some((status, body))
+}
+
+/// Asserts two Observation sets are equal, reporting ids missing, extra or different (the
+/// sets are too large for a readable `assert_eq!`).
+pub fn assert_same(got: &BTreeMap<String, Value>, want: &BTreeMap<String, Value>, what: &str) {
+    let missing: Vec<&String> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+    let extra: Vec<&String> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+    let differ: Vec<&String> = want
+        .keys()
+        .filter(|k| got.get(*k).is_some_and(|g| g != &want[*k]))
+        .collect();
+    let ident = |m: &BTreeMap<String, Value>, k: &str| {
+        m[k]["identifier"][0]["value"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    if !missing.is_empty() || !extra.is_empty() || !differ.is_empty() {
+        let first_diff = differ.first().map(|k| {
+            let (g, w) = (got[*k].to_string(), want[*k].to_string());
+            let at = g.bytes().zip(w.bytes()).take_while(|(a, b)| a == b).count();
+            let from = at.saturating_sub(80);
+            format!(
+                "{}: got …{}… want …{}…",
+                ident(want, k),
+                &g[from..(at + 120).min(g.len())],
+                &w[from..(at + 120).min(w.len())]
+            )
+        });
+        panic!(
+            "{what}: {} expected, {} got; missing {:?}; extra {:?}; {} differ, first: {:?}",
+            want.len(),
+            got.len(),
+            missing
+                .iter()
+                .take(5)
+                .map(|k| ident(want, k))
+                .collect::<Vec<_>>(),
+            extra
+                .iter()
+                .take(5)
+                .map(|k| ident(got, k))
+                .collect::<Vec<_>>(),
+            differ.len(),
+            first_diff
+        );
+    }
 }
