@@ -192,7 +192,8 @@ struct SimulateArgs {
     /// Number of devices (one patient each).
     #[arg(long, default_value_t = 20)]
     devices: u32,
-    /// Messages per second in all (0: as fast as possible) [default: one per device per second].
+    /// Messages per second in all (0: as fast as possible) [default: one per device per
+    /// second; with --count, as fast as possible].
     #[arg(long)]
     rate: Option<f64>,
     /// Random seed.
@@ -635,7 +636,12 @@ fn simulate(args: SimulateArgs) -> ExitCode {
     }
     let cfg = SimulatorConfig {
         devices: args.devices.max(1),
-        rate: args.rate.unwrap_or(f64::from(args.devices.max(1))),
+        // A finite run (--count) goes as fast as it can unless paced; an endless one is live.
+        rate: args.rate.unwrap_or(if args.count.is_some() {
+            0.0
+        } else {
+            f64::from(args.devices.max(1))
+        }),
         seed: args.seed,
         profile: args.profile,
         count: args.count,

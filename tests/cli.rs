@@ -207,3 +207,97 @@ fn normalize_failure_names_template_and_reason() {
         "{json}"
     );
 }
+
+#[test]
+fn simulate_is_reproducible_and_maps_with_the_templates() {
+    let run = |seed: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_vitalflow"))
+            .args([
+                "simulate",
+                "--devices",
+                "3",
+                "--count",
+                "90",
+                "--seed",
+                seed,
+            ])
+            .args([
+                "--start",
+                "2026-11-21T08:00:00Z",
+                "--late-burst",
+                "10s",
+                "--out-of-order",
+                "0.1",
+            ])
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let a = run("4");
+    assert_eq!(a, run("4"), "same seed, same messages");
+    assert_ne!(a, run("5"));
+    assert_eq!(a.lines().count(), 90);
+    let first: serde_json::Value =
+        serde_json::from_str(a.lines().next().expect("a line")).expect("JSON");
+    assert_eq!(first["timestamp"], "2026-11-21T08:00:00Z");
+    assert_eq!(first["deviceId"], "BM-0000");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_vitalflow"))
+        .args([
+            "simulate",
+            "--profile",
+            "wearable",
+            "--devices",
+            "2",
+            "--count",
+            "4",
+            "--start",
+            "2026-11-21T08:00:00Z",
+        ])
+        .output()
+        .expect("run");
+    let line = String::from_utf8(out.stdout).expect("utf-8");
+    let first = line.lines().next().expect("a line").to_string();
+    let dir = tempfile::tempdir().expect("tmp");
+    let msg = dir.path().join("w.json");
+    std::fs::write(&msg, first).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_vitalflow"))
+        .args([
+            "normalize",
+            "--format",
+            "json",
+            "--device",
+            "templates/basic/devicecontent.json",
+        ])
+        .arg(&msg)
+        .output()
+        .expect("run");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let types: Vec<&str> = v["measurements"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|m| m["type"].as_str())
+        .collect();
+    assert_eq!(
+        types,
+        vec!["heartrate", "steps"],
+        "wearable messages map with templates/basic"
+    );
+}
+
+#[test]
+fn simulate_rejects_bad_options() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vitalflow"))
+        .args(["simulate", "--profile", "pager", "--count", "1"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("unknown profile \"pager\"; one of: bedside-monitor, wearable"));
+}

@@ -83,6 +83,8 @@ pub fn simulated(devices: u32, count: u64, seed: u64, minutes_ago: i64) -> Vec<S
         count: Some(count),
         seed,
         out_of_order: 0.05,
+        // A device goes offline every 20 s of readings and syncs its backlog late.
+        late_burst: Some(Duration::from_secs(20)),
         ..SimulatorConfig::default()
     };
     let start = chrono::Utc::now() - chrono::Duration::minutes(minutes_ago);
