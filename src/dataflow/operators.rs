@@ -228,10 +228,14 @@ fn window_operator<G: Scope<Timestamp = u64>>(
     shared: Arc<Shared>,
 ) -> Stream<G, WindowUpdate> {
     let exchange = Exchange::new(|m: &Measurement| route(&m.device_id));
-    measurements.unary_frontier(exchange, "Window", move |_, _| {
+    let interval = shared.job.flush_interval;
+    let scope = measurements.scope();
+    measurements.unary_frontier(exchange, "Window", move |_, info| {
+        let activator = scope.activator_for(info.address);
         let mut windows = Windows::new(shared.fhir.clone(), shared.job.horizon);
         let mut held: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
         let mut open = 0u64;
+        let mut last_emit = Instant::now();
         let mut last_evict = Instant::now();
         move |(input, frontier), output| {
             input.for_each_time(|time, data| {
@@ -243,35 +247,45 @@ fn window_operator<G: Scope<Timestamp = u64>>(
                 let t = *time.time();
                 held.entry(t).or_insert_with(|| time.retain());
             });
-            // Emit once an epoch is complete: every message of it has been added.
+            // A window changed by complete epochs is emitted at most once per flush interval:
+            // emitting copies nothing, but the next change to a window a sink still holds
+            // copies its group, so emitting every epoch would copy every window 20 times a
+            // second.
             let complete: Vec<u64> = held
                 .keys()
                 .copied()
                 .take_while(|t| !frontier.less_equal(t))
                 .collect();
-            if let Some(first) = complete.first() {
-                let updates = windows.take_dirty();
-                if !updates.is_empty() {
-                    output
-                        .session(&held[first])
-                        .give_iterator(updates.into_iter());
-                }
-                for t in &complete {
-                    held.remove(t);
-                }
-                // Eviction scans every window: once a second is plenty for a horizon of hours.
-                if last_evict.elapsed() >= Duration::from_secs(1) {
-                    last_evict = Instant::now();
-                    let evicted = windows.evict();
-                    Metrics::add(&shared.metrics.windows_evicted, evicted as u64);
-                }
-                let now = windows.len() as u64;
-                shared
-                    .metrics
-                    .windows_open
-                    .fetch_add(now.wrapping_sub(open), Ordering::Relaxed);
-                open = now;
+            let Some(first) = complete.first() else {
+                return;
+            };
+            let since = last_emit.elapsed();
+            if since < interval && !frontier.is_empty() {
+                activator.activate_after(interval - since);
+                return;
             }
+            let updates = windows.take_dirty();
+            if !updates.is_empty() {
+                output
+                    .session(&held[first])
+                    .give_iterator(updates.into_iter());
+            }
+            for t in &complete {
+                held.remove(t);
+            }
+            last_emit = Instant::now();
+            // Eviction scans every window: once a second is plenty for a horizon of hours.
+            if last_evict.elapsed() >= Duration::from_secs(1) {
+                last_evict = Instant::now();
+                let evicted = windows.evict();
+                Metrics::add(&shared.metrics.windows_evicted, evicted as u64);
+            }
+            let now = windows.len() as u64;
+            shared
+                .metrics
+                .windows_open
+                .fetch_add(now.wrapping_sub(open), Ordering::Relaxed);
+            open = now;
         }
     })
 }

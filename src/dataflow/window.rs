@@ -52,13 +52,30 @@ struct Window {
     dirty: bool,
 }
 
+/// What identifies a window, cheap to build per measurement (the Observation id, a SHA-256,
+/// is computed once per window).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct WindowKey {
+    type_name: Arc<str>,
+    patient: String,
+    device: String,
+    slot: Slot,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Slot {
+    /// Start of the period, milliseconds since the Unix epoch.
+    Period(i64),
+    /// Correlation id.
+    Correlation(String),
+}
+
 /// All open windows of one worker.
 pub struct Windows {
     fhir: Arc<FhirMapping>,
-    windows: HashMap<String, Window>,
-    /// Ids of the windows changed since the last emission: emitting is O(changes), not
-    /// O(open windows).
-    dirty: Vec<String>,
+    windows: HashMap<WindowKey, Window>,
+    /// Windows changed since the last emission: emitting is O(changes), not O(open windows).
+    dirty: Vec<WindowKey>,
     newest: Option<DateTime<Utc>>,
     horizon: chrono::Duration,
 }
@@ -92,59 +109,78 @@ impl Windows {
         else {
             return false;
         };
-        let (start, end, segment) = match tpl.period {
+        let (start, end, slot) = match tpl.period {
             PeriodInterval::Correlation => match &m.correlation_id {
-                Some(c) => (m.occurrence_time, m.occurrence_time, c.clone()),
+                Some(c) => (
+                    m.occurrence_time,
+                    m.occurrence_time,
+                    Slot::Correlation(c.clone()),
+                ),
                 None => return false,
             },
             p => {
                 let (s, e) = boundary(p, m.occurrence_time);
-                (s, e, period_segment(&s, &e))
+                (s, e, Slot::Period(s.timestamp_millis()))
             }
         };
-        let subjects = Subjects {
-            patient,
-            device: &m.device_id,
-            encounter: None,
-            resolved: false,
+        let key = WindowKey {
+            type_name: m.type_name.clone(),
+            patient: patient.to_string(),
+            device: m.device_id.clone(),
+            slot,
         };
-        let id = observation_id(&identifier_value(&subjects, &m.type_name, &segment));
-        let w = self.windows.entry(id).or_insert_with_key(|id| Window {
-            update: WindowUpdate {
-                id: id.clone(),
-                type_name: m.type_name.clone(),
-                patient: patient.to_string(),
-                device: m.device_id.clone(),
-                encounter: m.encounter_id.clone(),
-                template: tpl.clone(),
-                group: Arc::new(ObservationGroup {
-                    start,
-                    end,
-                    id_segment: segment,
-                    values: Vec::new(),
-                }),
-            },
-            dirty: false,
-        });
+        if !self.windows.contains_key(&key) {
+            let segment = match &key.slot {
+                Slot::Correlation(c) => c.clone(),
+                Slot::Period(_) => period_segment(&start, &end),
+            };
+            let subjects = Subjects {
+                patient,
+                device: &m.device_id,
+                encounter: None,
+                resolved: false,
+            };
+            let id = observation_id(&identifier_value(&subjects, &m.type_name, &segment));
+            let window = Window {
+                update: WindowUpdate {
+                    id,
+                    type_name: m.type_name.clone(),
+                    patient: patient.to_string(),
+                    device: m.device_id.clone(),
+                    encounter: m.encounter_id.clone(),
+                    template: tpl.clone(),
+                    group: Arc::new(ObservationGroup {
+                        start,
+                        end,
+                        id_segment: segment,
+                        values: Vec::new(),
+                    }),
+                },
+                dirty: false,
+            };
+            self.windows.insert(key.clone(), window);
+        }
+        let w = self.windows.get_mut(&key).expect("inserted above");
         // Copies the group only when a sink still holds the previous emission.
         let g = Arc::make_mut(&mut w.update.group);
         g.start = g.start.min(start);
         g.end = g.end.max(end);
         g.add(m);
-        if !w.dirty {
-            w.dirty = true;
-            self.dirty.push(w.update.id.clone());
-        }
+        let newly_dirty = !w.dirty;
+        w.dirty = true;
         let end = g.end;
         self.newest = Some(self.newest.map_or(end, |n| n.max(end)));
+        if newly_dirty {
+            self.dirty.push(key);
+        }
         true
     }
 
     /// The windows changed since the last call.
     pub fn take_dirty(&mut self) -> Vec<WindowUpdate> {
         let mut out: Vec<WindowUpdate> = Vec::with_capacity(self.dirty.len());
-        for id in self.dirty.drain(..) {
-            if let Some(w) = self.windows.get_mut(&id) {
+        for key in self.dirty.drain(..) {
+            if let Some(w) = self.windows.get_mut(&key) {
                 w.dirty = false;
                 out.push(w.update.clone());
             }

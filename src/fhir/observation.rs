@@ -48,8 +48,17 @@ pub fn identifier_value(subjects: &Subjects<'_>, type_name: &str, id_segment: &s
 
 /// The deterministic Observation id: lower-case hex SHA-256 of `{system}_{value}`.
 pub fn observation_id(identifier_value: &str) -> String {
-    let digest = Sha256::digest(format!("{SERVICE_URI}_{identifier_value}").as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    let mut h = Sha256::new();
+    h.update(SERVICE_URI.as_bytes());
+    h.update(b"_");
+    h.update(identifier_value.as_bytes());
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(64);
+    for b in h.finalize() {
+        id.push(HEX[usize::from(b >> 4)] as char);
+        id.push(HEX[usize::from(b & 0xf)] as char);
+    }
+    id
 }
 
 fn coding(c: &Code) -> Value {
