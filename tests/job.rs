@@ -286,10 +286,34 @@ fn file_replay_writes_observations_and_dead_letter_files() {
         ),
     )
     .expect("write job");
-    run_ok(
+    let out = run_ok(
         vitalflow()
-            .args(["run", "--until-end", "--workers", "2", "--job"])
+            .env("VITALFLOW_LOG", "info")
+            .args([
+                "run",
+                "--until-end",
+                "--workers",
+                "2",
+                "--log-format",
+                "json",
+                "--job",
+            ])
             .arg(&job),
+    );
+    // JSON logs, one object a line, and no patient identifier at info level.
+    let logs = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"))
+        })
+        .collect();
+    assert!(lines.iter().any(|l| l["fields"]["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("stopped cleanly"))));
+    assert!(
+        !logs.contains("P-000") && !logs.contains("BM-000"),
+        "{logs}"
     );
     assert_same(
         &latest(&observation_lines(&tmp.path().join("out"))),
