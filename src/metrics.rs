@@ -109,49 +109,55 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut counter = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
-        };
-        counter(
-            "vitalflow_messages_in_total",
-            "Messages read from the source.",
-            get(&self.messages_in),
-        );
-        counter(
-            "vitalflow_measurements_total",
-            "Measurements produced by normalization.",
-            get(&self.measurements),
-        );
-        counter(
-            "vitalflow_dead_letters_total",
-            "Messages sent to the dead letters.",
-            get(&self.dead_letters),
-        );
-        counter(
-            "vitalflow_observations_out_total",
-            "Observation versions written.",
-            get(&self.observations_out),
-        );
-        counter(
-            "vitalflow_observations_unchanged_total",
-            "Observation updates skipped as unchanged.",
-            get(&self.observations_unchanged),
-        );
-        counter(
-            "vitalflow_observation_errors_total",
-            "Observations that could not be built.",
-            get(&self.observation_errors),
-        );
-        counter(
-            "vitalflow_windows_evicted_total",
-            "Windows evicted past the horizon.",
-            get(&self.windows_evicted),
-        );
-        counter(
-            "vitalflow_offset_commits_total",
-            "Offset commits.",
-            get(&self.commits),
-        );
+        let counters: [(&str, &str, &AtomicU64); 8] = [
+            (
+                "vitalflow_messages_in_total",
+                "Messages read from the source.",
+                &self.messages_in,
+            ),
+            (
+                "vitalflow_measurements_total",
+                "Measurements produced by normalization.",
+                &self.measurements,
+            ),
+            (
+                "vitalflow_dead_letters_total",
+                "Messages sent to the dead letters.",
+                &self.dead_letters,
+            ),
+            (
+                "vitalflow_observations_out_total",
+                "Observation versions written.",
+                &self.observations_out,
+            ),
+            (
+                "vitalflow_observations_unchanged_total",
+                "Observation updates skipped as unchanged.",
+                &self.observations_unchanged,
+            ),
+            (
+                "vitalflow_observation_errors_total",
+                "Observations that could not be built.",
+                &self.observation_errors,
+            ),
+            (
+                "vitalflow_windows_evicted_total",
+                "Windows evicted past the horizon.",
+                &self.windows_evicted,
+            ),
+            (
+                "vitalflow_offset_commits_total",
+                "Offset commits.",
+                &self.commits,
+            ),
+        ];
+        for (name, help, c) in counters {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                get(c)
+            );
+        }
         let _ = writeln!(
             s,
             "# HELP vitalflow_windows_open Open windows in memory.\n# TYPE vitalflow_windows_open gauge\nvitalflow_windows_open {}",

@@ -183,23 +183,30 @@ fn kill_9_and_restart_loses_and_duplicates_nothing() {
     }
 }
 
-#[test]
-fn unreachable_brokers_fail_with_a_clear_error_after_the_deadline() {
+/// Runs a job reading `topic` from `brokers` that must fail to start within `timeout`:
+/// returns its standard error.
+fn start_failure(brokers: &str, topic: &str, timeout: &str) -> String {
     let tmp = tempfile::tempdir().expect("tmp");
-    let port = free_port();
-    let job = kafka_job(tmp.path(), &format!("127.0.0.1:{port}"), "vitals", "g", "");
-    let text = std::fs::read_to_string(&job)
-        .expect("job")
-        .replace("startup_timeout = \"20s\"", "startup_timeout = \"2s\"");
+    let job = kafka_job(tmp.path(), brokers, topic, "g", "");
+    let text = std::fs::read_to_string(&job).expect("job").replace(
+        "startup_timeout = \"20s\"",
+        &format!("startup_timeout = \"{timeout}\""),
+    );
     std::fs::write(&job, text).expect("job");
-    let started = Instant::now();
     let out = vitalflow()
         .args(["run", "--job"])
         .arg(&job)
         .output()
         .expect("run");
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "exit code 1: the job failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn unreachable_brokers_fail_with_a_clear_error_after_the_deadline() {
+    let port = free_port();
+    let started = Instant::now();
+    let err = start_failure(&format!("127.0.0.1:{port}"), "vitals", "2s");
     assert!(
         err.contains(&format!("brokers 127.0.0.1:{port} unreachable")),
         "{err}"
@@ -214,19 +221,7 @@ fn unreachable_brokers_fail_with_a_clear_error_after_the_deadline() {
 #[test]
 fn a_missing_topic_is_named_with_the_topics_that_exist() {
     let (_c, brokers) = cluster(&[("vitals", 1)]);
-    let tmp = tempfile::tempdir().expect("tmp");
-    let job = kafka_job(tmp.path(), &brokers, "vitlas", "g", "");
-    let text = std::fs::read_to_string(&job)
-        .expect("job")
-        .replace("startup_timeout = \"20s\"", "startup_timeout = \"1s\"");
-    std::fs::write(&job, text).expect("job");
-    let out = vitalflow()
-        .args(["run", "--job"])
-        .arg(&job)
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = start_failure(&brokers, "vitlas", "1s");
     assert!(err.contains("topic(s) vitlas not found on"), "{err}");
     assert!(err.contains("(existing: vitals)"), "{err}");
 }
