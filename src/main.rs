@@ -110,6 +110,54 @@ vitalflow normalize --device d.json --system-property iothub-connection-device-i
     /// Generate realistic, reproducible device messages into Kafka or an NDJSON file.
     #[command(after_help = SIMULATE_HELP)]
     Simulate(SimulateArgs),
+    /// Measure the job under an open-loop load against benches/targets.toml.
+    #[command(after_help = BENCH_HELP)]
+    Bench(BenchArgs),
+}
+
+const BENCH_HELP: &str =
+    "The simulator produces 1 Hz bedside-monitor messages into Kafka at a steady rate \
+(open loop: latencies include queueing) while the job runs; per-message latencies from the \
+Kafka append to each stage go into HdrHistograms. Without --job it benches the embedded \
+default (Kafka in process), so it runs anywhere.
+
+Writes <out>/summary.json, <out>/<path>.hlog (HdrHistogram interval logs) and
+<out>/latency.svg. Exit codes: 0 every target met, 1 a target missed, 2 usage error.
+
+Examples:
+  vitalflow bench --rate 20000 --duration 20s
+  vitalflow bench --rate 5000 --find-max --duration 10s --format json
+  vitalflow bench --job dataflows/icu.toml --workers 4 --rate 50000";
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Job file [default: the embedded default].
+    #[arg(long)]
+    job: Option<PathBuf>,
+    /// Offered rate, messages per second [default: the targets file's throughput.rate].
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Measured window.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: std::time::Duration,
+    /// Warm-up before measuring.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    warmup: std::time::Duration,
+    /// Worker threads [default: the number of cores].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Targets file [default: benches/targets.toml, built in].
+    #[arg(long)]
+    targets: Option<PathBuf>,
+    /// Output directory.
+    #[arg(long, default_value = "bench-out")]
+    out: PathBuf,
+    /// Search the highest rate that meets the p99 and throughput targets, from --rate up.
+    #[arg(long)]
+    find_max: bool,
+    /// Output format [default: table on a terminal, json otherwise].
+    #[arg(long, value_enum)]
+    format: Option<Format>,
 }
 
 const RUN_HELP: &str =
@@ -233,6 +281,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run_job(args),
         Command::Simulate(args) => simulate(args),
+        Command::Bench(args) => bench(args),
         Command::Validate {
             device,
             fhir,
@@ -732,4 +781,153 @@ fn write_simulation(
     }
     out.flush()?;
     Ok(())
+}
+
+fn bench(args: BenchArgs) -> ExitCode {
+    init_logs(LogFormat::Text);
+    let format = resolve(args.format);
+    let (text, file) = match &args.targets {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) => (t, p.display().to_string()),
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", p.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => (
+            vitalflow::bench::DEFAULT_TARGETS.to_string(),
+            "benches/targets.toml".to_string(),
+        ),
+    };
+    let targets = match vitalflow::bench::Targets::parse(&text, &file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut job = match &args.job {
+        Some(path) => match job::load(path) {
+            Ok(j) => j,
+            Err(e) => {
+                eprint!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => job::embedded_default(),
+    };
+    job::apply_env(&mut job, std::env::vars());
+    if let Err(e) = std::fs::create_dir_all(&args.out) {
+        eprintln!("error: cannot create {}: {e}", args.out.display());
+        return ExitCode::from(2);
+    }
+    let opts = vitalflow::bench::BenchOptions {
+        rate: args.rate.unwrap_or(targets.throughput.rate),
+        duration: args.duration,
+        warmup: args.warmup,
+        workers: args
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        out: args.out.clone(),
+    };
+    let outcome = (|| -> anyhow::Result<(Vec<vitalflow::bench::Summary>, Option<f64>)> {
+        if args.find_max {
+            vitalflow::bench::find_max(&job, &targets, &opts)
+        } else {
+            let (s, h) = vitalflow::bench::run_once(&job, &targets, &opts)?;
+            vitalflow::bench::write_histograms(&args.out, &h, opts.duration)?;
+            Ok((vec![s], None))
+        }
+    })();
+    let (runs, max_rate) = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let plot = vitalflow::bench::plot(&args.out, &runs)
+        .map(|p| p.display().to_string())
+        .map_err(|e| tracing::warn!("no plot: {e:#}"))
+        .ok();
+    let pass = if args.find_max {
+        max_rate.is_some()
+    } else {
+        runs.iter().all(|r| r.pass)
+    };
+    let summary = json!({
+        "runs": runs,
+        "max_rate": max_rate,
+        "targets": targets,
+        "plot": plot,
+        "pass": pass,
+    });
+    let path = args.out.join("summary.json");
+    if let Err(e) = std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("JSON")) {
+        eprintln!("error: cannot write {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    match format {
+        Format::Json => outln!("{summary}"),
+        Format::Table => print_bench(&runs, max_rate, &args.out),
+    }
+    if pass {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn print_bench(runs: &[vitalflow::bench::Summary], max_rate: Option<f64>, out: &Path) {
+    let verdict = |ok: bool| if ok { "pass" } else { "FAIL" };
+    for r in runs {
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED)
+            .set_content_arrangement(ContentArrangement::Dynamic)
+            .set_header(vec![
+                "path",
+                "messages",
+                "p50 ms",
+                "p99 ms",
+                "p99.9 ms",
+                "max ms",
+                "target p50/p99/p99.9",
+                "",
+            ]);
+        for p in &r.paths {
+            let target = p.target.as_ref().map_or("-".to_string(), |t| {
+                format!("{} / {} / {}", t.p50_ms, t.p99_ms, t.p999_ms)
+            });
+            t.add_row(vec![
+                p.path.clone(),
+                p.count.to_string(),
+                format!("{:.1}", p.p50_ms),
+                format!("{:.1}", p.p99_ms),
+                format!("{:.1}", p.p999_ms),
+                format!("{:.1}", p.max_ms),
+                target,
+                verdict(p.pass).to_string(),
+            ]);
+        }
+        outln!(
+            "offered {:.0} msgs/s for {:.1} s on {} workers: consumed {:.0} msgs/s ({:.0} per worker), lag {}, {:.2} cores busy, peak RSS {:.0} MB: {}",
+            r.rate,
+            r.duration_s,
+            r.workers,
+            r.throughput_msgs_per_s,
+            r.throughput_per_worker,
+            r.lag,
+            r.cpu_cores,
+            r.peak_rss_mb,
+            verdict(r.throughput_pass)
+        );
+        outln!("{t}");
+    }
+    if let Some(m) = max_rate {
+        outln!("highest rate meeting the p99 and throughput targets: {m:.0} msgs/s");
+    }
+    outln!(
+        "histograms, summary.json and latency.svg in {}",
+        out.display()
+    );
 }

@@ -42,6 +42,62 @@ pub struct Metrics {
     pub epoch_latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     /// Epoch latencies in microseconds, for percentiles.
     pub epoch_latency: Mutex<Option<hdrhistogram::Histogram<u64>>>,
+    /// Per-message latencies from the Kafka append (message timestamp).
+    pub latency: Latencies,
+}
+
+/// Largest latency recorded, microseconds (an hour): later is clamped.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+fn latency_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid bounds")
+}
+
+/// Per-message latency histograms (microseconds) of the job's paths, measured from the
+/// message's Kafka timestamp (its append, or its creation by the simulator).
+pub struct Latencies {
+    /// Append → normalized measurement.
+    pub normalize: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Append → every output of the message durable (its offset may be committed).
+    pub durable: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Self {
+            normalize: Mutex::new(latency_histogram()),
+            durable: Mutex::new(latency_histogram()),
+        }
+    }
+}
+
+impl Latencies {
+    /// The paths, by name.
+    pub fn paths(&self) -> [(&'static str, &Mutex<hdrhistogram::Histogram<u64>>); 2] {
+        [("normalize", &self.normalize), ("durable", &self.durable)]
+    }
+
+    /// Records `now - stamp` for every stamp (milliseconds since the Unix epoch).
+    pub fn record(h: &Mutex<hdrhistogram::Histogram<u64>>, now_us: i64, stamps_ms: &[i64]) {
+        if stamps_ms.is_empty() {
+            return;
+        }
+        if let Ok(mut h) = h.lock() {
+            for t in stamps_ms {
+                let us = (now_us - t * 1000).max(1) as u64;
+                let _ = h.record(us.min(MAX_LATENCY_US));
+            }
+        }
+    }
+
+    /// Forgets everything recorded (after a warm-up).
+    pub fn reset(&self) {
+        for (_, h) in self.paths() {
+            if let Ok(mut h) = h.lock() {
+                h.reset();
+            }
+        }
+    }
 }
 
 /// Upper bounds of the epoch latency histogram, seconds.
@@ -181,6 +237,23 @@ impl Metrics {
             "vitalflow_epoch_latency_seconds_sum {}\nvitalflow_epoch_latency_seconds_count {n}",
             get(&self.epoch_latency_us_sum) as f64 / 1e6
         );
+        let _ = writeln!(s, "# HELP vitalflow_latency_seconds Kafka append to the stage, per message.\n# TYPE vitalflow_latency_seconds summary");
+        for (path, h) in self.latency.paths() {
+            if let Ok(h) = h.lock() {
+                for q in [0.5, 0.99, 0.999] {
+                    let _ = writeln!(
+                        s,
+                        "vitalflow_latency_seconds{{path=\"{path}\",quantile=\"{q}\"}} {}",
+                        h.value_at_quantile(q) as f64 / 1e6
+                    );
+                }
+                let _ = writeln!(
+                    s,
+                    "vitalflow_latency_seconds_count{{path=\"{path}\"}} {}",
+                    h.len()
+                );
+            }
+        }
         let _ = writeln!(s, "# HELP vitalflow_kafka_lag Unread messages per partition.\n# TYPE vitalflow_kafka_lag gauge");
         if let Ok(lag) = self.lag.lock() {
             for ((topic, p), v) in lag.iter() {

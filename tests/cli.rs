@@ -301,3 +301,62 @@ fn simulate_rejects_bad_options() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("unknown profile \"pager\"; one of: bedside-monitor, wearable"));
 }
+
+/// A smoke run proving the bench harness works; it asserts the report, never timings.
+#[test]
+fn bench_smoke_run_writes_summary_histograms_and_plot() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = Command::new(env!("CARGO_BIN_EXE_vitalflow"))
+        .current_dir(dir.path())
+        .args([
+            "bench",
+            "--rate",
+            "200",
+            "--duration",
+            "2s",
+            "--warmup",
+            "1s",
+            "--workers",
+            "2",
+        ])
+        .args(["--format", "json", "--out", "b"])
+        .output()
+        .expect("run");
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON summary on stdout");
+    let run = &v["runs"][0];
+    assert_eq!(run["rate"], 200.0);
+    assert!(run["messages"].as_u64().is_some_and(|n| n > 0), "{run}");
+    let paths: Vec<&str> = run["paths"]
+        .as_array()
+        .expect("paths")
+        .iter()
+        .filter_map(|p| p["path"].as_str())
+        .collect();
+    assert_eq!(paths, vec!["normalize", "durable"]);
+    assert!(run["paths"][0]["p99_ms"].as_f64().is_some());
+    assert_eq!(
+        v["pass"].as_bool(),
+        Some(out.status.code() == Some(0)),
+        "exit code follows the verdict"
+    );
+    for f in [
+        "summary.json",
+        "normalize.hlog",
+        "durable.hlog",
+        "latency.svg",
+    ] {
+        assert!(dir.path().join("b").join(f).is_file(), "{f} written");
+    }
+    let hlog = std::fs::read_to_string(dir.path().join("b/normalize.hlog")).expect("hlog");
+    assert!(
+        hlog.lines().any(|l| l.starts_with("Tag=normalize,")),
+        "{hlog}"
+    );
+    let svg = std::fs::read_to_string(dir.path().join("b/latency.svg")).expect("svg");
+    assert!(svg.starts_with("<svg") && svg.contains("normalize"));
+}

@@ -9,6 +9,7 @@
 
 pub mod normalize;
 pub mod operators;
+mod sink_thread;
 pub mod window;
 
 use crate::job::{JobConfig, SourceConfig, EMBEDDED_BROKERS};
@@ -263,7 +264,7 @@ pub fn run(
 struct WorkerParts {
     source: Box<dyn Source>,
     observations: ObservationSink,
-    dead_letters: Box<dyn Sink<DeadLetter>>,
+    dead_letters: Box<dyn Sink<DeadLetter> + Send>,
 }
 
 fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<WorkerParts> {
@@ -293,7 +294,7 @@ fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<W
         job.horizon,
         shared.metrics.clone(),
     )?;
-    let dead_letters: Box<dyn Sink<DeadLetter>> = match &job.dead_letter_topic {
+    let dead_letters: Box<dyn Sink<DeadLetter> + Send> = match &job.dead_letter_topic {
         Some(t) => Box::new(KafkaDeadLetters::new(
             job.kafka.as_ref().expect("validated"),
             shared.brokers.as_deref().expect("kafka"),

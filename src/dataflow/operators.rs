@@ -1,12 +1,12 @@
 //! The timely operators of a worker and its progress loop.
 
 use super::normalize::normalize;
+use super::sink_thread::sink_operator;
 use super::window::{WindowUpdate, Windows};
 use super::{route, worker_parts, Shared};
-use crate::metrics::Metrics;
+use crate::metrics::{Latencies, Metrics};
 use crate::model::Measurement;
 use crate::sinks::dead_letter::DeadLetter;
-use crate::sinks::Sink;
 use crate::sources::{Poll, Positions, RawMessage, Source};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -15,7 +15,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use timely::communication::Allocate;
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::generic::Operator;
@@ -31,7 +30,10 @@ fn now_ms() -> u64 {
 /// Source positions per closed epoch, committed once the epoch is durable.
 struct Committer {
     source: Box<dyn Source>,
-    pending: VecDeque<(u64, Positions, Instant)>,
+    /// Closed epochs: the positions at their end, when they opened, and the Kafka timestamps
+    /// of their messages (for the append → durable latency).
+    pending: VecDeque<(u64, Positions, Instant, Vec<i64>)>,
+    stamps: Vec<i64>,
     last: Option<Positions>,
     metrics: Arc<Metrics>,
 }
@@ -39,22 +41,25 @@ struct Committer {
 impl Committer {
     fn close_epoch(&mut self, epoch: u64, opened: Instant) {
         let positions = self.source.positions();
-        let changed = self.pending.back().map(|(_, p, _)| p) != Some(&positions)
+        let changed = self.pending.back().map(|(_, p, _, _)| p) != Some(&positions)
             && self.last.as_ref() != Some(&positions);
         if changed {
-            self.pending.push_back((epoch, positions, opened));
+            let stamps = std::mem::take(&mut self.stamps);
+            self.pending.push_back((epoch, positions, opened, stamps));
         }
     }
 
     /// Commits the newest epoch the probe reports durable.
     fn commit_durable(&mut self, probe: &ProbeHandle<u64>) -> anyhow::Result<()> {
         let mut newest = None;
-        while let Some((epoch, _, _)) = self.pending.front() {
+        let now_us = chrono::Utc::now().timestamp_micros();
+        while let Some((epoch, _, _, _)) = self.pending.front() {
             if probe.less_equal(epoch) {
                 break;
             }
-            let (_, p, opened) = self.pending.pop_front().expect("front");
+            let (_, p, opened, stamps) = self.pending.pop_front().expect("front");
             self.metrics.epoch_durable(opened.elapsed());
+            Latencies::record(&self.metrics.latency.durable, now_us, &stamps);
             newest = Some(p);
         }
         if let Some(p) = newest {
@@ -68,9 +73,13 @@ impl Committer {
     /// At shutdown, every output is durable: commit where the source stands.
     fn commit_final(&mut self) -> anyhow::Result<()> {
         let p = self.source.positions();
-        for (_, _, opened) in self.pending.drain(..) {
+        let now_us = chrono::Utc::now().timestamp_micros();
+        for (_, _, opened, stamps) in self.pending.drain(..) {
             self.metrics.epoch_durable(opened.elapsed());
+            Latencies::record(&self.metrics.latency.durable, now_us, &stamps);
         }
+        let stamps = std::mem::take(&mut self.stamps);
+        Latencies::record(&self.metrics.latency.durable, now_us, &stamps);
         if self.last.as_ref() != Some(&p) && !p.is_empty() {
             self.source.commit_final(&p)?;
             Metrics::add(&self.metrics.commits, 1);
@@ -90,11 +99,11 @@ pub(super) fn run_worker<A: Allocate>(
     let committer = Rc::new(RefCell::new(Committer {
         source: parts.source,
         pending: VecDeque::new(),
+        stamps: Vec::new(),
         last: None,
         metrics: shared.metrics.clone(),
     }));
     let probe = ProbeHandle::new();
-    let flush = shared.job.flush_interval;
     worker.dataflow::<u64, _, _>(|scope| {
         let raw = source_operator(scope, committer.clone(), probe.clone(), shared.clone());
         let (measurements, dead) = normalize_operator(&raw, shared.clone());
@@ -103,16 +112,9 @@ pub(super) fn run_worker<A: Allocate>(
             &updates,
             "ObservationSink",
             parts.observations,
-            flush,
             shared.clone(),
         );
-        let d = sink_operator(
-            &dead,
-            "DeadLetterSink",
-            parts.dead_letters,
-            flush,
-            shared.clone(),
-        );
+        let d = sink_operator(&dead, "DeadLetterSink", parts.dead_letters, shared.clone());
         o.concat(&d).probe_with(&probe);
     });
     while !probe.done() {
@@ -162,6 +164,8 @@ fn source_operator<G: Scope<Timestamp = u64>>(
             };
             if !buf.is_empty() {
                 Metrics::add(&shared.metrics.messages_in, buf.len() as u64);
+                c.stamps
+                    .extend(buf.iter().filter_map(|m| m.origin.timestamp_ms));
                 output.session(&*capability).give_iterator(buf.drain(..));
             }
             if state == Poll::Finished {
@@ -198,6 +202,7 @@ fn normalize_operator<G: Scope<Timestamp = u64>>(
         chrono::Duration::from_std(shared.job.max_future_skew).unwrap_or(chrono::Duration::MAX);
     let out: Stream<G, Normalized> = raw.unary(Pipeline, "Normalize", move |_, _| {
         let mut ms = Vec::new();
+        let mut stamps = Vec::new();
         move |input, output| {
             let now = chrono::Utc::now();
             input.for_each_time(|time, data| {
@@ -205,6 +210,7 @@ fn normalize_operator<G: Scope<Timestamp = u64>>(
                 for batch in data {
                     for m in batch.drain(..) {
                         ms.clear();
+                        stamps.extend(m.origin.timestamp_ms);
                         match normalize(&shared.device, &shared.fhir, skew, now, m, &mut ms) {
                             Ok(()) => {
                                 Metrics::add(&shared.metrics.measurements, ms.len() as u64);
@@ -218,6 +224,9 @@ fn normalize_operator<G: Scope<Timestamp = u64>>(
                     }
                 }
             });
+            let now_us = chrono::Utc::now().timestamp_micros();
+            Latencies::record(&shared.metrics.latency.normalize, now_us, &stamps);
+            stamps.clear();
         }
     });
     out.ok_err(|r| r)
@@ -286,72 +295,6 @@ fn window_operator<G: Scope<Timestamp = u64>>(
                 .windows_open
                 .fetch_add(now.wrapping_sub(open), Ordering::Relaxed);
             open = now;
-        }
-    })
-}
-
-fn sink_operator<G, D, S>(
-    stream: &Stream<G, D>,
-    name: &str,
-    mut sink: S,
-    interval: Duration,
-    shared: Arc<Shared>,
-) -> Stream<G, ()>
-where
-    G: Scope<Timestamp = u64>,
-    D: Clone + 'static,
-    S: Sink<D> + 'static,
-{
-    let name_owned = name.to_string();
-    let scope = stream.scope();
-    stream.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, name, move |_, info| {
-        let activator = scope.activator_for(info.address);
-        let mut held: Option<Capability<u64>> = None;
-        let mut last_flush = Instant::now();
-        let mut backoff = Duration::from_millis(100);
-        let mut failing = false;
-        move |(input, frontier), _output| {
-            input.for_each_time(|time, data| {
-                for batch in data {
-                    for d in batch.drain(..) {
-                        if let Err(e) = sink.write(*time.time(), d) {
-                            shared.fail(format!("{name_owned}: {e:#}"));
-                        }
-                    }
-                }
-                if held.as_ref().is_none_or(|h| time.time() < h.time()) {
-                    held = Some(time.retain());
-                }
-            });
-            if held.is_none() {
-                return;
-            }
-            let due = frontier.is_empty() || last_flush.elapsed() >= interval;
-            if !due {
-                activator.activate_after(interval.saturating_sub(last_flush.elapsed()));
-                return;
-            }
-            match sink.flush() {
-                Ok(()) => {
-                    // Releasing the capability is what tells the probe the epochs are durable.
-                    held = None;
-                    last_flush = Instant::now();
-                    if failing {
-                        failing = false;
-                        shared.metrics.failing_sinks.fetch_sub(1, Ordering::Relaxed);
-                    }
-                    backoff = Duration::from_millis(100);
-                }
-                Err(e) => {
-                    tracing::error!(sink = %name_owned, retry_in_ms = backoff.as_millis() as u64, "flush failed, outputs kept and retried: {e:#}");
-                    if !failing {
-                        failing = true;
-                        shared.metrics.failing_sinks.fetch_add(1, Ordering::Relaxed);
-                    }
-                    activator.activate_after(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-            }
         }
     })
 }

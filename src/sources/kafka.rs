@@ -149,6 +149,11 @@ impl KafkaSource {
         if !k.properties.contains_key("statistics.interval.ms") {
             c.set("statistics.interval.ms", "1000");
         }
+        // Vitals are latency-sensitive: a broker holding a fetch for librdkafka's default 500 ms
+        // when a partition is quiet would dominate the latency of the next reading.
+        if !k.properties.contains_key("fetch.wait.max.ms") {
+            c.set("fetch.wait.max.ms", "10");
+        }
         let consumer: Arc<BaseConsumer<LagContext>> = Arc::new(
             c.create_with_context(LagContext(metrics))
                 .with_context(|| format!("cannot create a Kafka consumer for {brokers}"))?,

@@ -1,0 +1,157 @@
+//! The sink operator: hands outputs to the sink on a thread of its own and holds each epoch
+//! open until the sink reports it durable.
+//!
+//! Building and writing outputs (Observation builds, fsync, Kafka acknowledgements) runs off
+//! the worker thread, so reading and normalizing go on meanwhile. The channel to the thread
+//! is bounded: a sink that falls behind blocks the worker, which slows its reads instead of
+//! buffering without bound.
+
+use super::Shared;
+use crate::sinks::Sink;
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::{Scope, Stream};
+
+enum Command<D> {
+    Write(u64, Vec<D>),
+    Flush(u64),
+}
+
+/// Batches in flight to the sink thread before the worker waits.
+const QUEUE: usize = 16;
+
+/// Answers of the sink thread: a flush's sequence number and its outcome.
+type Done = Receiver<(u64, Result<(), String>)>;
+
+fn spawn_sink<D, S>(
+    name: &str,
+    mut sink: S,
+    wake: timely::scheduling::SyncActivator,
+) -> (SyncSender<Command<D>>, Done)
+where
+    D: Send + 'static,
+    S: Sink<D> + Send + 'static,
+{
+    let (tx, rx) = sync_channel::<Command<D>>(QUEUE);
+    let (done_tx, done_rx) = channel();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let mut write_error: Option<String> = None;
+            for cmd in rx {
+                match cmd {
+                    Command::Write(epoch, items) => {
+                        for d in items {
+                            if let Err(e) = sink.write(epoch, d) {
+                                write_error.get_or_insert_with(|| format!("{e:#}"));
+                            }
+                        }
+                    }
+                    Command::Flush(seq) => {
+                        let r = match write_error.take() {
+                            Some(e) => Err(e),
+                            None => sink.flush().map_err(|e| format!("{e:#}")),
+                        };
+                        if done_tx.send((seq, r)).is_err() {
+                            return;
+                        }
+                        let _ = wake.activate();
+                    }
+                }
+            }
+        })
+        .expect("spawn the sink thread");
+    (tx, done_rx)
+}
+
+/// Writes a stream to `sink`; the returned stream carries no data, and its frontier is the
+/// sink's durable frontier.
+pub(super) fn sink_operator<G, D, S>(
+    stream: &Stream<G, D>,
+    name: &str,
+    sink: S,
+    shared: Arc<Shared>,
+) -> Stream<G, ()>
+where
+    G: Scope<Timestamp = u64>,
+    D: Clone + Send + 'static,
+    S: Sink<D> + Send + 'static,
+{
+    let name_owned = name.to_string();
+    let scope = stream.scope();
+    stream.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, name, move |_, info| {
+        let activator = scope.activator_for(info.address.clone());
+        let wake = scope.sync_activator_for(info.address.to_vec());
+        let (tx, done) = spawn_sink(&name_owned, sink, wake);
+        // Data handed to the thread but not yet asked to flush: the oldest epoch's capability.
+        let mut held: Option<Capability<u64>> = None;
+        // Flushes asked for and not yet answered, with the capability each releases.
+        let mut in_flight: VecDeque<(u64, Capability<u64>)> = VecDeque::new();
+        let mut seq = 0u64;
+        let mut retry_at: Option<Instant> = None;
+        let mut backoff = Duration::from_millis(100);
+        let mut failing = false;
+        move |(input, frontier), _output| {
+            input.for_each_time(|time, data| {
+                let items: Vec<D> = data.flat_map(|batch| batch.drain(..)).collect();
+                if !items.is_empty() {
+                    // Blocks when the sink is behind: backpressure on this worker's reads.
+                    let _ = tx.send(Command::Write(*time.time(), items));
+                }
+                if held.as_ref().is_none_or(|h| time.time() < h.time()) {
+                    held = Some(time.retain());
+                }
+            });
+            while let Ok((done_seq, result)) = done.try_recv() {
+                match result {
+                    Ok(()) => {
+                        // Releasing the capabilities tells the probe these epochs are durable.
+                        while in_flight.front().is_some_and(|(s, _)| *s <= done_seq) {
+                            in_flight.pop_front();
+                        }
+                        backoff = Duration::from_millis(100);
+                        if failing {
+                            failing = false;
+                            shared.metrics.failing_sinks.fetch_sub(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(sink = %name_owned, retry_in_ms = backoff.as_millis() as u64, "flush failed, outputs kept and retried: {e}");
+                        if !failing {
+                            failing = true;
+                            shared.metrics.failing_sinks.fetch_add(1, Ordering::Relaxed);
+                        }
+                        retry_at = Some(Instant::now() + backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+            if let Some(at) = retry_at {
+                if Instant::now() < at {
+                    activator.activate_after(at - Instant::now());
+                    return;
+                }
+                retry_at = None;
+                if let Some((s, _)) = in_flight.back() {
+                    // The sink kept everything: flushing again retries it all.
+                    let _ = tx.send(Command::Flush(*s));
+                }
+            }
+            // Flush once every input of the held epochs has arrived (the window operator has
+            // already coalesced Observations to one version per flush interval).
+            let complete = held.as_ref().is_some_and(|h| !frontier.less_equal(h.time()));
+            if complete && in_flight.len() < 2 {
+                seq += 1;
+                let _ = tx.send(Command::Flush(seq));
+                in_flight.push_back((seq, held.take().expect("held")));
+            }
+        }
+    })
+}
