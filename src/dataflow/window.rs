@@ -33,6 +33,9 @@ pub struct WindowUpdate {
     pub template: Arc<CodeValueTemplate>,
     /// Every value of the window seen so far (shared: emitting does not copy it).
     pub group: Arc<ObservationGroup>,
+    /// Which life of the window this is (windows evicted and opened again get a new one): a
+    /// sink that wrote this same instance knows the group holds every value it wrote.
+    pub instance: u64,
 }
 
 impl WindowUpdate {
@@ -78,6 +81,7 @@ pub struct Windows {
     dirty: Vec<WindowKey>,
     newest: Option<DateTime<Utc>>,
     horizon: chrono::Duration,
+    instances: u64,
 }
 
 impl Windows {
@@ -87,6 +91,7 @@ impl Windows {
             fhir,
             windows: HashMap::new(),
             dirty: Vec::new(),
+            instances: 0,
             newest: None,
             horizon: chrono::Duration::from_std(horizon).unwrap_or(chrono::Duration::MAX),
         }
@@ -141,6 +146,7 @@ impl Windows {
                 resolved: false,
             };
             let id = observation_id(&identifier_value(&subjects, &m.type_name, &segment));
+            self.instances += 1;
             let window = Window {
                 update: WindowUpdate {
                     id,
@@ -155,6 +161,7 @@ impl Windows {
                         id_segment: segment,
                         values: Vec::new(),
                     }),
+                    instance: self.instances,
                 },
                 dirty: false,
             };

@@ -25,6 +25,8 @@ use std::time::Duration;
 struct Stored {
     resource: Value,
     end: DateTime<Utc>,
+    /// The window instance it was built from; None when read back from committed files.
+    instance: Option<u64>,
 }
 
 /// One worker's Observation output.
@@ -87,6 +89,7 @@ impl ObservationSink {
                         Stored {
                             resource: o.clone(),
                             end,
+                            instance: None,
                         },
                     );
                 }
@@ -124,9 +127,19 @@ impl Sink<WindowUpdate> for ObservationSink {
         for id in ids {
             let (epoch, u) = &self.pending[id];
             let stored = self.store.get(id);
+            // A group of the same window instance holds every value already written: building
+            // it afresh gives what merging would, without re-reading the stored SampledData.
+            let same_window = stored.is_some_and(|s| s.instance == Some(u.instance));
             let result = match stored {
-                Some(s) => observation::merge(&u.template, &u.group, &s.resource),
-                None => observation::build(&u.template, &u.type_name, &u.group, &u.subjects()),
+                Some(s) if !same_window => observation::merge(&u.template, &u.group, &s.resource),
+                _ => observation::build(&u.template, &u.type_name, &u.group, &u.subjects()).map(
+                    |mut o| {
+                        if same_window {
+                            o["status"] = "amended".into();
+                        }
+                        o
+                    },
+                ),
             };
             let resource = match result {
                 Ok(r) => r,
@@ -137,21 +150,28 @@ impl Sink<WindowUpdate> for ObservationSink {
                     continue;
                 }
             };
-            if stored.is_some_and(|s| s.resource == resource) {
+            if !same_window && stored.is_some_and(|s| s.resource == resource) {
                 Metrics::add(&self.metrics.observations_unchanged, 1);
                 continue;
             }
             let line = serde_json::to_vec(&resource).expect("JSON");
             self.writer.write_line(*epoch, &line)?;
-            written.push((id.clone(), resource, u.group.end));
+            written.push((id.clone(), resource, u.group.end, u.instance));
         }
         self.writer.commit()?;
         self.pending.clear();
         Metrics::add(&self.metrics.observations_out, written.len() as u64);
-        for (id, resource, end) in written {
+        for (id, resource, end, instance) in written {
             let end = period_end(&resource).unwrap_or(end);
             self.newest = Some(self.newest.map_or(end, |n| n.max(end)));
-            self.store.insert(id, Stored { resource, end });
+            self.store.insert(
+                id,
+                Stored {
+                    resource,
+                    end,
+                    instance: Some(instance),
+                },
+            );
         }
         self.evict();
         Ok(())
