@@ -401,3 +401,63 @@ fn sigterm_stops_cleanly_and_commits() {
         "the Observations of all messages",
     );
 }
+
+#[test]
+fn a_kafka_outage_mid_stream_loses_nothing() {
+    let (c, brokers) = cluster(&[("vitals", 2), ("vitals.dlq", 1)]);
+    let msgs = simulated(6, 360, 13, 20);
+    let p = producer(&brokers);
+    produce_sim(&p, "vitals", &msgs[..180]);
+    produce(&p, "vitals", &[(None, b"{not json".as_slice(), vec![])]);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let job = kafka_job(
+        tmp.path(),
+        &brokers,
+        "vitals",
+        "outage",
+        "[sinks.dead_letter]\ntopic = \"vitals.dlq\"\n",
+    );
+    let mut child = Running::spawn(vitalflow().args(["run", "--job"]).arg(&job));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while committed(&brokers, "outage", "vitals", 2)
+        .values()
+        .sum::<i64>()
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the job commits before the outage"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.broker_down(1).expect("broker down");
+    std::thread::sleep(Duration::from_secs(3));
+    c.broker_up(1).expect("broker up");
+    // A fresh producer: the outage is the job's to survive, not the test's.
+    produce_sim(&producer(&brokers), "vitals", &msgs[180..]);
+    let total: i64 = high_watermarks(&brokers, "vitals", 2).values().sum();
+    assert_eq!(total, msgs.len() as i64 + 1);
+    while committed(&brokers, "outage", "vitals", 2)
+        .values()
+        .sum::<i64>()
+        < total
+    {
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(30),
+            "the job catches up after the outage"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(child.wait().success());
+    assert_same(
+        &latest(&observation_lines(&tmp.path().join("out"))),
+        &expected(&msgs),
+        "every Observation despite the outage",
+    );
+    let dead = consume_all(&brokers, "vitals.dlq", 1);
+    assert!(!dead.is_empty() && dead.iter().all(|(p, _)| p.as_slice() == b"{not json"));
+}
