@@ -76,6 +76,8 @@ impl DeadLetter {
 /// Dead letters as NDJSON part files.
 pub struct FileDeadLetters {
     writer: PartWriter,
+    /// Lines kept until a flush commits them, so a failed flush loses none.
+    pending: Vec<(u64, Vec<u8>)>,
 }
 
 impl FileDeadLetters {
@@ -83,6 +85,7 @@ impl FileDeadLetters {
     pub fn new(dir: &Path, worker: usize) -> anyhow::Result<Self> {
         Ok(Self {
             writer: PartWriter::new(&dir.join("dead-letters"), worker)?,
+            pending: Vec::new(),
         })
     }
 }
@@ -90,11 +93,26 @@ impl FileDeadLetters {
 impl Sink<DeadLetter> for FileDeadLetters {
     fn write(&mut self, epoch: u64, item: DeadLetter) -> anyhow::Result<()> {
         let line = serde_json::to_vec(&item.to_json()).expect("JSON");
-        self.writer.write_line(epoch, &line)
+        self.pending.push((epoch, line));
+        Ok(())
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
-        self.writer.commit().map(|_| ())
+        let written = self
+            .pending
+            .iter()
+            .try_for_each(|(epoch, line)| self.writer.write_line(*epoch, line))
+            .and_then(|()| self.writer.commit());
+        match written {
+            Ok(_) => {
+                self.pending.clear();
+                Ok(())
+            }
+            Err(e) => {
+                self.writer.abort();
+                Err(e)
+            }
+        }
     }
 }
 

@@ -59,6 +59,14 @@ impl PartWriter {
         Ok(())
     }
 
+    /// Drops the open file uncommitted (a failed flush): the retry rewrites it whole.
+    pub fn abort(&mut self) {
+        if let Some((tmp, _)) = self.current.take() {
+            let _ = fs::remove_file(tmp);
+        }
+        self.lines = 0;
+    }
+
     /// Commits the open file, if any: returns its final path.
     pub fn commit(&mut self) -> anyhow::Result<Option<PathBuf>> {
         let Some((tmp, w)) = self.current.take() else {
@@ -125,6 +133,12 @@ mod tests {
             "{\"a\":1}\n{\"a\":2}\n"
         );
         assert!(w.commit().expect("commit").is_none(), "nothing to commit");
+        w.write_line(1_500, b"partial").expect("write");
+        w.abort();
+        assert!(
+            w.commit().expect("commit").is_none(),
+            "an aborted file is gone"
+        );
         w.write_line(2_000, b"x").expect("write");
         drop(w); // a crash before commit
         let _ = PartWriter::new(dir.path(), 1).expect("restart");

@@ -121,6 +121,17 @@ impl Sink<WindowUpdate> for ObservationSink {
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
+        let result = self.write_pending();
+        if result.is_err() {
+            // Nothing of a failed flush is kept: the retry writes every pending update again.
+            self.writer.abort();
+        }
+        result
+    }
+}
+
+impl ObservationSink {
+    fn write_pending(&mut self) -> anyhow::Result<()> {
         let mut ids: Vec<&String> = self.pending.keys().collect();
         ids.sort();
         let mut written = Vec::new();
