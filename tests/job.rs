@@ -461,3 +461,24 @@ fn a_kafka_outage_mid_stream_loses_nothing() {
     let dead = consume_all(&brokers, "vitals.dlq", 1);
     assert!(!dead.is_empty() && dead.iter().all(|(p, _)| p.as_slice() == b"{not json"));
 }
+
+#[test]
+fn until_end_finishes_with_empty_partitions() {
+    let (_c, brokers) = cluster(&[("vitals", 4)]);
+    let msgs = simulated(1, 30, 2, 5);
+    produce_sim(&producer(&brokers), "vitals", &msgs);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let job = kafka_job(tmp.path(), &brokers, "vitals", "one-device", "");
+    let started = Instant::now();
+    run_ok(
+        vitalflow()
+            .args(["run", "--until-end", "--workers", "3", "--job"])
+            .arg(&job),
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_same(
+        &latest(&observation_lines(&tmp.path().join("out"))),
+        &expected(&msgs),
+        "one device's Observations",
+    );
+}

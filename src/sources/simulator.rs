@@ -245,7 +245,12 @@ impl Simulator {
             if let Some(d) = self.burst_device() {
                 let every = self.cfg.late_burst.map_or(60, |b| b.as_secs().max(1));
                 if let Some(dev) = self.devices.iter_mut().find(|x| x.index == d) {
-                    dev.offline_until = second + every;
+                    // A device still offline stays so; one back online syncs its backlog
+                    // before it goes offline again.
+                    if second >= dev.offline_until {
+                        self.ready.extend(dev.backlog.drain(..));
+                        dev.offline_until = second + every;
+                    }
                 }
             }
         }
@@ -524,6 +529,18 @@ mod tests {
             assert!(ms.iter().any(|x| &*x.type_name == "heartRate"));
             assert!(ms.iter().all(|x| x.occurrence_time == m.event_time));
         }
+    }
+
+    #[test]
+    fn a_single_device_with_late_bursts_still_delivers_everything() {
+        let c = SimulatorConfig {
+            devices: 1,
+            count: Some(100),
+            late_burst: Some(Duration::from_secs(20)),
+            ..SimulatorConfig::default()
+        };
+        let msgs: Vec<SimMessage> = Simulator::new(&c, start(), (0, 1)).collect();
+        assert_eq!(msgs.len(), 100);
     }
 
     #[test]
