@@ -24,9 +24,41 @@ pub fn vitalflow() -> Command {
     c
 }
 
-/// Runs a command, failing the test with its output if it does not exit as expected.
+/// Runs a command to completion, failing the test with its output if it does not succeed, or
+/// killing it if it runs longer than 3 minutes (a hung job must fail the test, not hang CI).
 pub fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("run vitalflow");
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run vitalflow");
+    let reader = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = reader(Box::new(child.stdout.take().expect("stdout")));
+    let err = reader(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("vitalflow ran over 3 minutes and was killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = Output {
+        status,
+        stdout: out.join().expect("stdout"),
+        stderr: err.join().expect("stderr"),
+    };
     assert!(
         out.status.success(),
         "vitalflow failed: {:?}\nstdout: {}\nstderr: {}",
@@ -289,9 +321,21 @@ impl Running {
         }
     }
 
-    /// Waits for it to exit.
+    /// Waits for it to exit, at most 3 minutes (then kills it and fails the test).
     pub fn wait(&mut self) -> std::process::ExitStatus {
-        self.0.take().expect("running").wait().expect("wait")
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        let child = self.0.as_mut().expect("running");
+        loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                self.0 = None;
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "vitalflow ran over 3 minutes"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
