@@ -570,7 +570,14 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
                     Duration::from_secs(60),
                 )
             }),
-            dropout: cx.fraction(&s.dropout, "simulator.dropout"),
+            dropout: match &s.dropout {
+                // A device that always drops out never sends: the simulation would never end.
+                Some(d) if *d.get_ref() >= 1.0 => {
+                    cx.at(d.span(), "simulator.dropout", "must be below 1");
+                    0.0
+                }
+                _ => cx.fraction(&s.dropout, "simulator.dropout"),
+            },
             artifacts: cx.fraction(&s.artifacts, "simulator.artifacts"),
         }
     });

@@ -678,8 +678,8 @@ fn simulate(args: SimulateArgs) -> ExitCode {
         ("--dropout", args.dropout),
         ("--artifacts", args.artifacts),
     ] {
-        if !(0.0..=1.0).contains(&v) {
-            eprintln!("error: {name} must be between 0 and 1, found {v}");
+        if !(0.0..=1.0).contains(&v) || (name == "--dropout" && v >= 1.0) {
+            eprintln!("error: {name} must be between 0 and 1 (--dropout below 1), found {v}");
             return ExitCode::from(2);
         }
     }
