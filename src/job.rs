@@ -14,6 +14,9 @@ use toml::Spanned;
 /// The embedded default job: librdkafka's in-process mock cluster fed by the simulator.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../dataflows/default.toml");
 
+/// The name the embedded default job goes by in messages.
+pub const EMBEDDED_FILE: &str = "<embedded default job>";
+
 /// `kafka.brokers` value that starts librdkafka's in-process mock cluster.
 pub const EMBEDDED_BROKERS: &str = "embedded";
 
@@ -438,7 +441,7 @@ pub fn load(path: &Path) -> Result<JobConfig, JobErrors> {
 
 /// The embedded default job.
 pub fn embedded_default() -> JobConfig {
-    parse(EMBEDDED_DEFAULT, "<embedded default job>", Path::new("."))
+    parse(EMBEDDED_DEFAULT, EMBEDDED_FILE, Path::new("."))
         .expect("the embedded default job is valid (tested)")
 }
 
