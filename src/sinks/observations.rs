@@ -46,6 +46,17 @@ fn period_end(o: &Value) -> Option<DateTime<Utc>> {
         .and_then(parse_timestamp)
 }
 
+/// The last epoch in a part file's name (`part-w{worker}-{first}-{last}.ndjson`).
+fn part_last_epoch(p: &Path) -> Option<u64> {
+    p.file_name()?
+        .to_str()?
+        .strip_suffix(".ndjson")?
+        .rsplit('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
 impl ObservationSink {
     /// Opens `<dir>/observations` for `worker`; `owns(device)` tells which stored
     /// Observations this worker is responsible for (the window exchange's routing).
@@ -66,7 +77,15 @@ impl ObservationSink {
             newest: None,
             metrics,
         };
+        // Files last written more than twice the horizon ago (by ingestion time, in the name)
+        // hold nothing the store would keep: skipping them bounds the start-up of long runs.
+        let since = chrono::Utc::now().timestamp_millis().max(0) as u64;
+        let since =
+            since.saturating_sub(2 * horizon.as_millis().min(u128::from(u64::MAX / 4)) as u64);
         for part in committed_parts(&dir) {
+            if part_last_epoch(&part).is_some_and(|e| e < since) {
+                continue;
+            }
             let f = std::fs::File::open(&part)
                 .with_context(|| format!("cannot read {}", part.display()))?;
             for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
@@ -186,5 +205,21 @@ impl ObservationSink {
         }
         self.evict();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_epoch_comes_from_the_part_name() {
+        let p =
+            Path::new("out/observations/part-w001-0000001795248794650-0000001795248795169.ndjson");
+        assert_eq!(part_last_epoch(p), Some(1_795_248_795_169));
+        assert_eq!(
+            part_last_epoch(Path::new("out/observations/notes.txt")),
+            None
+        );
     }
 }
