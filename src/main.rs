@@ -529,19 +529,26 @@ fn init_logs(format: LogFormat) {
     };
 }
 
-fn run_job(args: RunArgs) -> ExitCode {
-    init_logs(args.log_format);
-    let mut job = match &args.job {
-        Some(path) => match job::load(path) {
-            Ok(j) => j,
-            Err(e) => {
-                eprint!("error: {e}");
-                return ExitCode::from(2);
-            }
-        },
+/// The job file, or the embedded default, with the environment's overrides; an invalid file
+/// is reported with every problem and exit code 2.
+fn load_job(path: Option<&Path>) -> Result<job::JobConfig, ExitCode> {
+    let mut job = match path {
+        Some(path) => job::load(path).map_err(|e| {
+            eprint!("error: {e}");
+            ExitCode::from(2)
+        })?,
         None => job::embedded_default(),
     };
     job::apply_env(&mut job, std::env::vars());
+    Ok(job)
+}
+
+fn run_job(args: RunArgs) -> ExitCode {
+    init_logs(args.log_format);
+    let mut job = match load_job(args.job.as_deref()) {
+        Ok(j) => j,
+        Err(code) => return code,
+    };
     if let Some(o) = args.output {
         job.output_dir = o;
     }
@@ -806,17 +813,10 @@ fn bench(args: BenchArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut job = match &args.job {
-        Some(path) => match job::load(path) {
-            Ok(j) => j,
-            Err(e) => {
-                eprint!("error: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        None => job::embedded_default(),
+    let job = match load_job(args.job.as_deref()) {
+        Ok(j) => j,
+        Err(code) => return code,
     };
-    job::apply_env(&mut job, std::env::vars());
     if let Err(e) = std::fs::create_dir_all(&args.out) {
         eprintln!("error: cannot create {}: {e}", args.out.display());
         return ExitCode::from(2);
