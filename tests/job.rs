@@ -482,3 +482,60 @@ fn until_end_finishes_with_empty_partitions() {
         "one device's Observations",
     );
 }
+
+#[test]
+fn a_failing_sink_keeps_everything_holds_offsets_and_reports_unhealthy() {
+    let (_c, brokers) = cluster(&[("vitals", 2)]);
+    let msgs = simulated(4, 240, 17, 15);
+    let p = producer(&brokers);
+    produce_sim(&p, "vitals", &msgs[..120]);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let job = kafka_job(tmp.path(), &brokers, "vitals", "failing", "");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = Running::spawn(
+        vitalflow()
+            .env("VITALFLOW_METRICS_ADDRESS", &addr)
+            .args(["run", "--job"])
+            .arg(&job),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+        while !ok() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let committed_sum = || {
+        committed(&brokers, "failing", "vitals", 2)
+            .values()
+            .sum::<i64>()
+    };
+    wait_for("the first half committed", &|| committed_sum() == 120);
+    // The sink's directory becomes a file: every flush fails until it is a directory again.
+    let dir = tmp.path().join("out/observations");
+    let aside = tmp.path().join("out/observations.aside");
+    std::fs::rename(&dir, &aside).expect("move the output aside");
+    std::fs::write(&dir, b"not a directory").expect("block the output");
+    produce_sim(&p, "vitals", &msgs[120..]);
+    wait_for("/health to report the failing sink", &|| {
+        http_get(&addr, "/health").is_some_and(|(s, _)| s == 503)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(committed_sum(), 120, "offsets wait for the sink");
+    std::fs::remove_file(&dir).expect("unblock");
+    std::fs::rename(&aside, &dir).expect("restore the output");
+    wait_for("the second half committed", &|| committed_sum() == 240);
+    wait_for("/health back to 200", &|| {
+        http_get(&addr, "/health").is_some_and(|(s, _)| s == 200)
+    });
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(child.wait().success());
+    assert_same(
+        &latest(&observation_lines(&tmp.path().join("out"))),
+        &expected(&msgs),
+        "every Observation once the sink recovered",
+    );
+}
