@@ -388,11 +388,7 @@ fn sigterm_stops_cleanly_and_commits() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let pid = child.id().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
+    child.terminate();
     let status = child.wait();
     assert!(status.success(), "SIGTERM is a clean stop: {status:?}");
     assert_same(
@@ -448,10 +444,7 @@ fn a_kafka_outage_mid_stream_loses_nothing() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
+    child.terminate();
     assert!(child.wait().success());
     assert_same(
         &latest(&observation_lines(&tmp.path().join("out"))),
@@ -528,10 +521,7 @@ fn a_failing_sink_keeps_everything_holds_offsets_and_reports_unhealthy() {
     wait_for("/health back to 200", &|| {
         http_get(&addr, "/health").is_some_and(|(s, _)| s == 200)
     });
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
+    child.terminate();
     assert!(child.wait().success());
     assert_same(
         &latest(&observation_lines(&tmp.path().join("out"))),

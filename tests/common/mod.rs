@@ -313,6 +313,15 @@ impl Running {
         self.0.as_ref().expect("running").id()
     }
 
+    /// Sends SIGTERM, as an init system stopping the job would.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "SIGTERM sent");
+    }
+
     /// Kills it (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.0.take() {
