@@ -25,7 +25,8 @@ use std::time::Duration;
 struct Stored {
     resource: Value,
     end: DateTime<Utc>,
-    /// The window instance it was built from; None when read back from committed files.
+    /// The window instance whose group holds every value of it; None when it also holds
+    /// values from elsewhere (read back from committed files, or merged into).
     instance: Option<u64>,
 }
 
@@ -186,7 +187,16 @@ impl ObservationSink {
             }
             let line = serde_json::to_vec(&resource).expect("JSON");
             self.writer.write_line(*epoch, &line)?;
-            written.push((id.clone(), resource, u.group.end, u.instance));
+            // Only a version built from the group alone is all the group holds: after a merge
+            // (values read back at start, or from an evicted window) the next update must
+            // merge again, or it would drop what only the stored version had.
+            let built_from_group = stored.is_none() || same_window;
+            written.push((
+                id.clone(),
+                resource,
+                u.group.end,
+                built_from_group.then_some(u.instance),
+            ));
         }
         self.writer.commit()?;
         self.pending.clear();
@@ -199,7 +209,7 @@ impl ObservationSink {
                 Stored {
                     resource,
                     end,
-                    instance: Some(instance),
+                    instance,
                 },
             );
         }
@@ -211,6 +221,75 @@ impl ObservationSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataflow::window::Windows;
+    use crate::mapping::FhirMapping;
+    use crate::model::Measurement;
+
+    fn hr(w: &mut Windows, second: u32, v: &str) -> WindowUpdate {
+        let t = format!("2026-11-21T10:00:{second:02}Z");
+        w.add(&Measurement {
+            type_name: "heartRate".into(),
+            device_id: "BM-1".into(),
+            patient_id: Some("P-1".into()),
+            encounter_id: None,
+            correlation_id: None,
+            occurrence_time: parse_timestamp(&t).expect("time"),
+            properties: vec![("hr".into(), v.into())],
+        });
+        w.take_dirty().pop().expect("one window")
+    }
+
+    fn last_data(dir: &Path) -> String {
+        let parts = committed_parts(&dir.join("observations"));
+        let text = std::fs::read_to_string(parts.last().expect("a part")).expect("read");
+        let o: Value = serde_json::from_str(text.lines().last().expect("a line")).expect("json");
+        o["valueSampledData"]["data"]
+            .as_str()
+            .expect("data")
+            .split(' ')
+            .filter(|v| *v != "E")
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn after_a_restart_every_update_keeps_what_was_written_before() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let fhir = Arc::new(
+            FhirMapping::from_file(Path::new("templates/bedside-monitor/fhirmapping.json"))
+                .expect("fhir"),
+        );
+        let open = |dir: &Path| {
+            ObservationSink::new(dir, 0, |_| true, Duration::from_secs(7200), Metrics::new())
+                .expect("sink")
+        };
+        // Epochs are ingestion times: start-up reads only recent part files.
+        let now = chrono::Utc::now().timestamp_millis() as u64;
+        let mut sink = open(dir.path());
+        let mut w = Windows::new(fhir.clone(), Duration::from_secs(7200));
+        hr(&mut w, 0, "70");
+        sink.write(now, hr(&mut w, 1, "71")).expect("write");
+        sink.flush().expect("flush");
+        assert_eq!(last_data(dir.path()), "70 71");
+
+        // Restart: the window state is gone, the sink reads its store back.
+        let mut sink = open(dir.path());
+        let mut w = Windows::new(fhir, Duration::from_secs(7200));
+        sink.write(now + 1, hr(&mut w, 2, "72")).expect("write");
+        sink.flush().expect("flush");
+        assert_eq!(
+            last_data(dir.path()),
+            "70 71 72",
+            "merged into the stored version"
+        );
+        sink.write(now + 2, hr(&mut w, 3, "73")).expect("write");
+        sink.flush().expect("flush");
+        assert_eq!(
+            last_data(dir.path()),
+            "70 71 72 73",
+            "the next update merges again"
+        );
+    }
 
     #[test]
     fn the_last_epoch_comes_from_the_part_name() {
