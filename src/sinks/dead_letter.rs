@@ -148,7 +148,7 @@ pub struct KafkaDeadLetters {
 impl KafkaDeadLetters {
     /// A producer for `topic`.
     pub fn new(k: &KafkaConfig, brokers: &str, topic: &str) -> anyhow::Result<Self> {
-        let producer = super::super::sources::kafka::client_config(k, brokers)
+        let producer = crate::sources::kafka::client_config(k, brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .create_with_context(Deliveries::default())
@@ -194,24 +194,8 @@ impl KafkaDeadLetters {
         if let Some(k) = &m.key {
             record = record.key(k);
         }
-        let mut record = record;
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    r,
-                )) => {
-                    self.producer.poll(Duration::from_millis(50));
-                    record = r;
-                }
-                Err((e, _)) => {
-                    return Err(anyhow!("cannot send a dead letter to {}: {e}", self.topic))
-                }
-            }
-        }
+        crate::sources::kafka::send(&self.producer, record)
+            .map_err(|e| anyhow!("cannot send a dead letter to {}: {e}", self.topic))
     }
 }
 

@@ -10,8 +10,11 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
+use rdkafka::message::ToBytes;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -25,6 +28,29 @@ pub fn client_config(k: &KafkaConfig, brokers: &str) -> ClientConfig {
         c.set(key, value);
     }
     c
+}
+
+/// Enqueues a record for delivery, serving callbacks while librdkafka's local queue is full
+/// (a producer faster than the brokers waits instead of failing).
+pub fn send<C, K, P>(
+    producer: &BaseProducer<C>,
+    mut record: BaseRecord<'_, K, P, ()>,
+) -> Result<(), KafkaError>
+where
+    C: ProducerContext<DeliveryOpaque = ()>,
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                producer.poll(Duration::from_millis(20));
+                record = r;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
 }
 
 /// Waits until the brokers answer and every topic exists, with backoff, up to the startup

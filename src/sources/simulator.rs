@@ -391,22 +391,9 @@ pub fn produce(
         }
         for _ in 0..n {
             let Some(m) = sim.next() else { break 'outer };
-            let mut record = BaseRecord::to(topic).key(&m.key).payload(&m.payload);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((
-                        rdkafka::error::KafkaError::MessageProduction(
-                            rdkafka::types::RDKafkaErrorCode::QueueFull,
-                        ),
-                        r,
-                    )) => {
-                        producer.poll(Duration::from_millis(20));
-                        record = r;
-                    }
-                    Err((e, _)) => anyhow::bail!("cannot produce to {topic}: {e}"),
-                }
-            }
+            let record = BaseRecord::to(topic).key(&m.key).payload(&m.payload);
+            super::kafka::send(&producer, record)
+                .map_err(|e| anyhow::anyhow!("cannot produce to {topic}: {e}"))?;
             sent += 1;
         }
         pacer.sent(n);
