@@ -40,8 +40,6 @@ pub struct Metrics {
     pub failing_sinks: AtomicU64,
     /// Epoch latency histogram buckets (seconds), cumulative counts.
     pub epoch_latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    /// Epoch latencies in microseconds, for percentiles.
-    pub epoch_latency: Mutex<Option<hdrhistogram::Histogram<u64>>>,
     /// Per-message latencies from the Kafka append (message timestamp).
     pub latency: Latencies,
 }
@@ -60,6 +58,8 @@ pub struct Latencies {
     pub normalize: Mutex<hdrhistogram::Histogram<u64>>,
     /// Append → every output of the message durable (its offset may be committed).
     pub durable: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Epoch opened → all its outputs durable (per epoch, not per message).
+    pub epoch: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
 impl Default for Latencies {
@@ -67,6 +67,7 @@ impl Default for Latencies {
         Self {
             normalize: Mutex::new(latency_histogram()),
             durable: Mutex::new(latency_histogram()),
+            epoch: Mutex::new(latency_histogram()),
         }
     }
 }
@@ -121,11 +122,8 @@ impl Metrics {
         self.epochs_durable.fetch_add(1, Ordering::Relaxed);
         self.epoch_latency_us_sum
             .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
-        if let Ok(mut h) = self.epoch_latency.lock() {
-            let h = h.get_or_insert_with(|| {
-                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("bounds")
-            });
-            let _ = h.record((latency.as_micros() as u64).clamp(1, 3_600_000_000));
+        if let Ok(mut h) = self.latency.epoch.lock() {
+            let _ = h.record((latency.as_micros() as u64).clamp(1, MAX_LATENCY_US));
         }
         let s = latency.as_secs_f64();
         for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
@@ -137,14 +135,12 @@ impl Metrics {
 
     /// Epoch latency (start to durable) at quantiles, e.g. `[0.5, 0.99]`.
     pub fn epoch_latency_quantiles(&self, q: &[f64]) -> Vec<Duration> {
-        let h = self.epoch_latency.lock().ok();
+        let h = self.latency.epoch.lock().ok();
         q.iter()
             .map(|q| {
-                h.as_ref()
-                    .and_then(|h| h.as_ref())
-                    .map_or(Duration::ZERO, |h| {
-                        Duration::from_micros(h.value_at_quantile(*q))
-                    })
+                h.as_ref().map_or(Duration::ZERO, |h| {
+                    Duration::from_micros(h.value_at_quantile(*q))
+                })
             })
             .collect()
     }
