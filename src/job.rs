@@ -276,6 +276,47 @@ impl Default for SimulatorConfig {
     }
 }
 
+impl SimulatorConfig {
+    /// What is wrong with these settings, as (field, reason): the job file and the
+    /// `simulate` command check the same rules.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.rate < 0.0 || self.rate.is_nan() {
+            out.push((
+                "rate",
+                format!(
+                    "must be zero (as fast as possible) or positive, found {}",
+                    self.rate
+                ),
+            ));
+        }
+        let profiles = crate::sources::simulator::PROFILES;
+        if !profiles.contains(&self.profile.as_str()) {
+            out.push((
+                "profile",
+                format!(
+                    "unknown profile \"{}\"; one of: {}",
+                    self.profile,
+                    profiles.join(", ")
+                ),
+            ));
+        }
+        for (field, v) in [
+            ("out_of_order", self.out_of_order),
+            ("dropout", self.dropout),
+            ("artifacts", self.artifacts),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                out.push((field, format!("must be between 0 and 1, found {v}")));
+            } else if field == "dropout" && v >= 1.0 {
+                // A device that always drops out never sends: the simulation would never end.
+                out.push((field, "must be below 1".to_string()));
+            }
+        }
+        out
+    }
+}
+
 /// A validated job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobConfig {
@@ -371,21 +412,6 @@ impl Ctx<'_> {
                     format!("must be a positive integer, found {}", v.get_ref()),
                 );
                 default
-            }
-        }
-    }
-
-    fn fraction(&mut self, v: &Option<Spanned<f64>>, field: &str) -> f64 {
-        match v {
-            None => 0.0,
-            Some(v) if (0.0..=1.0).contains(v.get_ref()) => *v.get_ref(),
-            Some(v) => {
-                self.at(
-                    v.span(),
-                    field,
-                    format!("must be between 0 and 1, found {}", v.get_ref()),
-                );
-                0.0
             }
         }
     }
@@ -526,37 +552,13 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
     let simulator = raw.simulator.as_ref().map(|s| {
         let d = SimulatorConfig::default();
         let devices = cx.positive(&s.devices, "simulator.devices", d.devices as u64) as u32;
-        let rate = match &s.rate {
-            None => devices as f64,
-            Some(r) if *r.get_ref() >= 0.0 => *r.get_ref(),
-            Some(r) => {
-                cx.at(
-                    r.span(),
-                    "simulator.rate",
-                    "must be zero (as fast as possible) or positive",
-                );
-                d.rate
-            }
-        };
-        let profile = match &s.profile {
-            None => d.profile.clone(),
-            Some(p) if crate::sources::simulator::PROFILES.contains(&p.get_ref().as_str()) => {
-                p.get_ref().clone()
-            }
-            Some(p) => {
-                cx.at(
-                    p.span(),
-                    "simulator.profile",
-                    format!(
-                        "unknown profile \"{}\"; one of: {}",
-                        p.get_ref(),
-                        crate::sources::simulator::PROFILES.join(", ")
-                    ),
-                );
-                d.profile.clone()
-            }
-        };
-        SimulatorConfig {
+        let rate = s.rate.as_ref().map_or(devices as f64, |r| *r.get_ref());
+        let profile = s
+            .profile
+            .as_ref()
+            .map_or_else(|| d.profile.clone(), |p| p.get_ref().clone());
+        let fraction = |v: &Option<Spanned<f64>>| v.as_ref().map_or(0.0, |v| *v.get_ref());
+        let cfg = SimulatorConfig {
             devices,
             rate,
             seed: s.seed.as_ref().map_or(d.seed, |v| *v.get_ref() as u64),
@@ -565,7 +567,7 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
                 .count
                 .as_ref()
                 .map(|_| cx.positive(&s.count, "simulator.count", 1)),
-            out_of_order: cx.fraction(&s.out_of_order, "simulator.out_of_order"),
+            out_of_order: fraction(&s.out_of_order),
             late_burst: s.late_burst.as_ref().map(|_| {
                 cx.duration(
                     &s.late_burst,
@@ -573,16 +575,21 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
                     Duration::from_secs(60),
                 )
             }),
-            dropout: match &s.dropout {
-                // A device that always drops out never sends: the simulation would never end.
-                Some(d) if *d.get_ref() >= 1.0 => {
-                    cx.at(d.span(), "simulator.dropout", "must be below 1");
-                    0.0
-                }
-                _ => cx.fraction(&s.dropout, "simulator.dropout"),
-            },
-            artifacts: cx.fraction(&s.artifacts, "simulator.artifacts"),
+            dropout: fraction(&s.dropout),
+            artifacts: fraction(&s.artifacts),
+        };
+        for (field, reason) in cfg.problems() {
+            // Defaults are valid: a problem is always in a value the file gives.
+            let span = match field {
+                "rate" => s.rate.as_ref().map(Spanned::span),
+                "profile" => s.profile.as_ref().map(Spanned::span),
+                "out_of_order" => s.out_of_order.as_ref().map(Spanned::span),
+                "dropout" => s.dropout.as_ref().map(Spanned::span),
+                _ => s.artifacts.as_ref().map(Spanned::span),
+            };
+            cx.at(span.unwrap_or(0..0), &format!("simulator.{field}"), reason);
         }
+        cfg
     });
 
     let source = match raw.source.get_ref().as_str() {
@@ -814,6 +821,21 @@ mod tests {
         );
         let e = errors("source = \"kafka\n");
         assert!(e[0].starts_with("job.toml:1:"), "{e:?}");
+    }
+
+    #[test]
+    fn simulator_settings_are_checked_with_their_lines() {
+        let e = errors(&format!("source = \"simulator\"\n{MAPPING}[simulator]\nprofile = \"pager\"\ndropout = 1.0\nartifacts = 2.0\n"));
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(
+            e[0].starts_with("job.toml:6:11: simulator.profile: unknown profile \"pager\""),
+            "{e:?}"
+        );
+        assert_eq!(e[1], "job.toml:7:11: simulator.dropout: must be below 1");
+        assert_eq!(
+            e[2],
+            "job.toml:8:13: simulator.artifacts: must be between 0 and 1, found 2"
+        );
     }
 
     #[test]

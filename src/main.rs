@@ -672,24 +672,6 @@ fn status_line(metrics: Arc<Metrics>, done: Arc<AtomicBool>) -> std::thread::Joi
 
 fn simulate(args: SimulateArgs) -> ExitCode {
     init_logs(LogFormat::Text);
-    if !vitalflow::sources::simulator::PROFILES.contains(&args.profile.as_str()) {
-        eprintln!(
-            "error: --profile: unknown profile \"{}\"; one of: {}",
-            args.profile,
-            vitalflow::sources::simulator::PROFILES.join(", ")
-        );
-        return ExitCode::from(2);
-    }
-    for (name, v) in [
-        ("--out-of-order", args.out_of_order),
-        ("--dropout", args.dropout),
-        ("--artifacts", args.artifacts),
-    ] {
-        if !(0.0..=1.0).contains(&v) || (name == "--dropout" && v >= 1.0) {
-            eprintln!("error: {name} must be between 0 and 1 (--dropout below 1), found {v}");
-            return ExitCode::from(2);
-        }
-    }
     let cfg = SimulatorConfig {
         devices: args.devices.max(1),
         // A finite run (--count) goes as fast as it can unless paced; an endless one is live.
@@ -706,6 +688,10 @@ fn simulate(args: SimulateArgs) -> ExitCode {
         dropout: args.dropout,
         artifacts: args.artifacts,
     };
+    if let Some((field, reason)) = cfg.problems().into_iter().next() {
+        eprintln!("error: --{}: {reason}", field.replace('_', "-"));
+        return ExitCode::from(2);
+    }
     let start = match &args.start {
         Some(s) => match vitalflow::time::parse_timestamp(s) {
             Some(t) => t,
