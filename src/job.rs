@@ -156,6 +156,41 @@ struct RawWindow {
 struct RawSinks {
     ndjson: Option<RawNdjson>,
     dead_letter: Option<RawDeadLetter>,
+    fhir: Option<RawFhir>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFhir {
+    url: Spanned<String>,
+    identity: Option<Spanned<String>>,
+    device_identifier_system: Option<Spanned<String>>,
+    batch_size: Option<Spanned<i64>>,
+    flush_interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    startup_timeout: Option<Spanned<String>>,
+    max_retries: Option<Spanned<i64>>,
+    ca_file: Option<Spanned<String>>,
+    auth: Option<RawFhirAuth>,
+    cache: Option<RawFhirCache>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFhirAuth {
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    token_url: Option<Spanned<String>>,
+    client_id: Option<Spanned<String>>,
+    scope: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFhirCache {
+    ttl: Option<Spanned<String>>,
+    negative_ttl: Option<Spanned<String>>,
+    capacity: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -182,7 +217,6 @@ struct RawAnomaly {
 struct RawPerformance {
     epoch: Option<Spanned<String>>,
     batch_size: Option<Spanned<i64>>,
-    fhir_flush_interval: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -228,6 +262,20 @@ pub struct KafkaConfig {
     pub startup_timeout: Duration,
     /// librdkafka properties passed through verbatim (TLS, SASL, tuning).
     pub properties: BTreeMap<String, String>,
+}
+
+impl JobConfig {
+    /// How often changed windows go to the Observation sinks: the shortest flush interval
+    /// of those enabled.
+    pub fn emit_interval(&self) -> Duration {
+        let ndjson = self.ndjson_observations.then_some(self.flush_interval);
+        let fhir = self.fhir.as_ref().map(|f| f.flush_interval);
+        ndjson
+            .into_iter()
+            .chain(fhir)
+            .min()
+            .unwrap_or(self.flush_interval)
+    }
 }
 
 impl KafkaConfig {
@@ -317,6 +365,126 @@ impl SimulatorConfig {
     }
 }
 
+/// How the FHIR sink authenticates. Secrets come from the environment only
+/// (`VITALFLOW_FHIR_TOKEN`, `VITALFLOW_FHIR_CLIENT_SECRET`).
+#[derive(Clone, PartialEq)]
+pub enum FhirAuth {
+    /// No `Authorization` header.
+    None,
+    /// A static bearer token.
+    Bearer {
+        /// The token (from `VITALFLOW_FHIR_TOKEN`).
+        token: String,
+    },
+    /// OAuth2 client credentials (SMART Backend Services style, shared secret).
+    OAuth2 {
+        /// Token endpoint.
+        token_url: String,
+        /// Client id.
+        client_id: String,
+        /// Client secret (from `VITALFLOW_FHIR_CLIENT_SECRET`).
+        client_secret: String,
+        /// Requested scope, e.g. `system/Observation.write system/Device.read`.
+        scope: Option<String>,
+    },
+}
+
+impl fmt::Debug for FhirAuth {
+    // Secrets never reach logs or panics.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => write!(f, "None"),
+            Self::Bearer { .. } => write!(f, "Bearer {{ token: *** }}"),
+            Self::OAuth2 {
+                token_url,
+                client_id,
+                scope,
+                ..
+            } => write!(
+                f,
+                "OAuth2 {{ token_url: {token_url:?}, client_id: {client_id:?}, scope: {scope:?}, client_secret: *** }}"
+            ),
+        }
+    }
+}
+
+/// How device and patient identifiers become FHIR resource ids, as the IoMT connector's
+/// `ResourceIdentityServiceType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityMode {
+    /// Device by identifier; its `patient` reference is the subject.
+    Lookup,
+    /// As `Lookup`, plus the Encounter by the measurement's encounter identifier.
+    LookupWithEncounter,
+    /// As `Lookup`, creating a missing Patient and Device (conditional create).
+    Create,
+}
+
+impl IdentityMode {
+    /// Parses the connector's spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "Lookup" => Some(Self::Lookup),
+            "LookupWithEncounter" => Some(Self::LookupWithEncounter),
+            "Create" => Some(Self::Create),
+            _ => None,
+        }
+    }
+}
+
+/// FHIR server sink settings (`[sinks.fhir]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FhirSinkConfig {
+    /// Base URL of the FHIR R4 server.
+    pub url: String,
+    /// Authentication.
+    pub auth: FhirAuth,
+    /// Identity resolution mode.
+    pub identity: IdentityMode,
+    /// System of Device identifiers (none: match the value alone).
+    pub device_identifier_system: Option<String>,
+    /// Entries per batch Bundle.
+    pub batch_size: usize,
+    /// Each open Observation is written at most this often.
+    pub flush_interval: Duration,
+    /// Timeout of one HTTP request.
+    pub timeout: Duration,
+    /// How long to wait for the server at start before giving up.
+    pub startup_timeout: Duration,
+    /// Retries of one request on 429, 5xx and network errors before the flush fails (and is
+    /// retried whole later).
+    pub max_retries: u32,
+    /// Extra CA certificate (PEM) to trust, for servers with a private CA.
+    pub ca_file: Option<PathBuf>,
+    /// How long a resolved identity is cached.
+    pub cache_ttl: Duration,
+    /// How long "not found" is cached.
+    pub negative_cache_ttl: Duration,
+    /// Most identities cached per worker.
+    pub cache_capacity: usize,
+}
+
+impl FhirSinkConfig {
+    /// Defaults for a server at `url` (no auth, `Lookup`).
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.trim_end_matches('/').to_string(),
+            auth: FhirAuth::None,
+            identity: IdentityMode::Lookup,
+            device_identifier_system: None,
+            batch_size: 200,
+            flush_interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(30),
+            startup_timeout: Duration::from_secs(30),
+            max_retries: 4,
+            ca_file: None,
+            cache_ttl: Duration::from_secs(3600),
+            negative_cache_ttl: Duration::from_secs(60),
+            cache_capacity: 100_000,
+        }
+    }
+}
+
 /// A validated job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobConfig {
@@ -340,6 +508,10 @@ pub struct JobConfig {
     pub max_future_skew: Duration,
     /// NDJSON output directory.
     pub output_dir: PathBuf,
+    /// Observations go to NDJSON files under the output directory.
+    pub ndjson_observations: bool,
+    /// FHIR server sink.
+    pub fhir: Option<FhirSinkConfig>,
     /// How often sinks commit what they buffered.
     pub flush_interval: Duration,
     /// Dead-letter topic (Kafka); None: NDJSON files under the output directory.
@@ -350,8 +522,6 @@ pub struct JobConfig {
     pub epoch: Duration,
     /// Messages a worker reads per activation.
     pub batch_size: usize,
-    /// FHIR sink flush interval.
-    pub fhir_flush_interval: Duration,
     /// Prometheus `/metrics` and `/health` address.
     pub metrics_address: Option<String>,
 }
@@ -688,11 +858,12 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
     );
     let batch_size =
         cx.positive(&raw.performance.batch_size, "performance.batch_size", 1000) as usize;
-    let fhir_flush_interval = cx.duration(
-        &raw.performance.fhir_flush_interval,
-        "performance.fhir_flush_interval",
-        Duration::from_secs(1),
-    );
+    let fhir = raw
+        .sinks
+        .fhir
+        .as_ref()
+        .map(|f| fhir_config(&mut cx, base, f));
+    let ndjson_observations = raw.sinks.ndjson.is_some() || fhir.is_none();
     let metrics_address = raw.metrics.as_ref().map(|m| {
         if m.address.get_ref().parse::<std::net::SocketAddr>().is_err() {
             cx.at(
@@ -721,30 +892,178 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
         horizon,
         max_future_skew,
         output_dir,
+        ndjson_observations,
+        fhir,
         flush_interval,
         dead_letter_topic,
         anomaly_rules,
         epoch,
         batch_size,
-        fhir_flush_interval,
         metrics_address,
     })
 }
 
+fn fhir_config(cx: &mut Ctx<'_>, base: &Path, f: &RawFhir) -> FhirSinkConfig {
+    let url = f.url.get_ref().trim();
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        cx.at(
+            f.url.span(),
+            "sinks.fhir.url",
+            format!("\"{url}\" is not an http(s) URL (e.g. https://fhir.example.org/r4)"),
+        );
+    }
+    let mut c = FhirSinkConfig::new(url);
+    if let Some(m) = &f.identity {
+        match IdentityMode::parse(m.get_ref()) {
+            Some(mode) => c.identity = mode,
+            None => cx.at(
+                m.span(),
+                "sinks.fhir.identity",
+                format!(
+                    "expected \"Lookup\", \"LookupWithEncounter\" or \"Create\", found \"{}\"",
+                    m.get_ref()
+                ),
+            ),
+        }
+    }
+    c.device_identifier_system = f
+        .device_identifier_system
+        .as_ref()
+        .map(|s| s.get_ref().clone());
+    c.batch_size =
+        cx.positive(&f.batch_size, "sinks.fhir.batch_size", c.batch_size as u64) as usize;
+    c.flush_interval = cx.duration(
+        &f.flush_interval,
+        "sinks.fhir.flush_interval",
+        c.flush_interval,
+    );
+    c.timeout = cx.duration(&f.timeout, "sinks.fhir.timeout", c.timeout);
+    c.startup_timeout = cx.duration(
+        &f.startup_timeout,
+        "sinks.fhir.startup_timeout",
+        c.startup_timeout,
+    );
+    if let Some(r) = &f.max_retries {
+        match u32::try_from(*r.get_ref()) {
+            Ok(n) => c.max_retries = n,
+            Err(_) => cx.at(
+                r.span(),
+                "sinks.fhir.max_retries",
+                format!("must be zero or a positive integer, found {}", r.get_ref()),
+            ),
+        }
+    }
+    c.ca_file = f
+        .ca_file
+        .as_ref()
+        .map(|p| cx.existing_file(base, p, "sinks.fhir.ca_file"));
+    if let Some(cache) = &f.cache {
+        c.cache_ttl = cx.duration(&cache.ttl, "sinks.fhir.cache.ttl", c.cache_ttl);
+        c.negative_cache_ttl = cx.duration(
+            &cache.negative_ttl,
+            "sinks.fhir.cache.negative_ttl",
+            c.negative_cache_ttl,
+        );
+        c.cache_capacity = cx.positive(
+            &cache.capacity,
+            "sinks.fhir.cache.capacity",
+            c.cache_capacity as u64,
+        ) as usize;
+    }
+    if let Some(a) = &f.auth {
+        c.auth = match a.kind.get_ref().as_str() {
+            "none" => FhirAuth::None,
+            // The token arrives from the environment (apply_env); empty means "not given".
+            "bearer" => FhirAuth::Bearer {
+                token: String::new(),
+            },
+            "oauth2" => {
+                let mut need = |v: &Option<Spanned<String>>, field: &str| match v {
+                    Some(v) if !v.get_ref().trim().is_empty() => v.get_ref().clone(),
+                    _ => {
+                        cx.at(
+                            a.kind.span(),
+                            &format!("sinks.fhir.auth.{field}"),
+                            "auth type \"oauth2\" needs token_url and client_id (the secret comes from VITALFLOW_FHIR_CLIENT_SECRET)",
+                        );
+                        String::new()
+                    }
+                };
+                let token_url = need(&a.token_url, "token_url");
+                let client_id = need(&a.client_id, "client_id");
+                FhirAuth::OAuth2 {
+                    token_url,
+                    client_id,
+                    client_secret: String::new(),
+                    scope: a.scope.as_ref().map(|s| s.get_ref().clone()),
+                }
+            }
+            other => {
+                cx.at(
+                    a.kind.span(),
+                    "sinks.fhir.auth.type",
+                    format!("expected \"none\", \"bearer\" or \"oauth2\", found \"{other}\""),
+                );
+                FhirAuth::None
+            }
+        };
+    }
+    c
+}
+
 /// Applies `VITALFLOW_...` environment overrides, so secrets and per-host settings stay out of
 /// job files: `VITALFLOW_KAFKA_BROKERS`, `VITALFLOW_KAFKA_GROUP_ID`, `VITALFLOW_OUTPUT_DIR`,
-/// `VITALFLOW_METRICS_ADDRESS`, and `VITALFLOW_KAFKA__<PROPERTY>` for any librdkafka property
-/// (`VITALFLOW_KAFKA__SASL_PASSWORD` sets `sasl.password`).
+/// `VITALFLOW_METRICS_ADDRESS`, `VITALFLOW_KAFKA__<PROPERTY>` for any librdkafka property
+/// (`VITALFLOW_KAFKA__SASL_PASSWORD` sets `sasl.password`), and for the FHIR sink
+/// `VITALFLOW_FHIR_URL`, `VITALFLOW_FHIR_IDENTITY`, `VITALFLOW_FHIR_TOKEN`,
+/// `VITALFLOW_FHIR_CLIENT_SECRET`.
 pub fn apply_env(job: &mut JobConfig, vars: impl IntoIterator<Item = (String, String)>) {
     let vars: Vec<(String, String)> = vars.into_iter().collect();
     if let Some(k) = &mut job.kafka {
         apply_env_kafka(k, vars.iter().cloned());
     }
+    // The URL first: it may create the [sinks.fhir] the other FHIR variables refine.
+    if let Some((_, url)) = vars.iter().find(|(k, _)| k == "VITALFLOW_FHIR_URL") {
+        set_fhir_url(job, url);
+    }
     for (key, value) in vars {
         match key.as_str() {
             "VITALFLOW_OUTPUT_DIR" => job.output_dir = PathBuf::from(value),
             "VITALFLOW_METRICS_ADDRESS" => job.metrics_address = Some(value),
+            "VITALFLOW_FHIR_IDENTITY" => {
+                if let (Some(f), Some(m)) = (&mut job.fhir, IdentityMode::parse(&value)) {
+                    f.identity = m;
+                }
+            }
+            "VITALFLOW_FHIR_TOKEN" => {
+                if let Some(f) = &mut job.fhir {
+                    if matches!(f.auth, FhirAuth::None | FhirAuth::Bearer { .. }) {
+                        f.auth = FhirAuth::Bearer { token: value };
+                    }
+                }
+            }
+            "VITALFLOW_FHIR_CLIENT_SECRET" => {
+                if let Some(FhirSinkConfig {
+                    auth: FhirAuth::OAuth2 { client_secret, .. },
+                    ..
+                }) = &mut job.fhir
+                {
+                    *client_secret = value;
+                }
+            }
             _ => {}
+        }
+    }
+}
+
+/// Points the job at a FHIR server. A job without `[sinks.fhir]` gets one with defaults, and
+/// its Observations go there instead of to NDJSON files.
+pub fn set_fhir_url(job: &mut JobConfig, url: &str) {
+    match &mut job.fhir {
+        Some(f) => f.url = url.trim_end_matches('/').to_string(),
+        None => {
+            job.fhir = Some(FhirSinkConfig::new(url));
+            job.ndjson_observations = false;
         }
     }
 }

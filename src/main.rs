@@ -213,6 +213,10 @@ struct RunArgs {
     /// Output directory (overrides sinks.ndjson.dir).
     #[arg(long)]
     output: Option<PathBuf>,
+    /// FHIR R4 server base URL (overrides sinks.fhir.url; a job without [sinks.fhir] then
+    /// writes its Observations there instead of to NDJSON files).
+    #[arg(long, env = "VITALFLOW_FHIR_URL")]
+    fhir_url: Option<String>,
     /// Log format on standard error.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -552,6 +556,9 @@ fn run_job(args: RunArgs) -> ExitCode {
     if let Some(o) = args.output {
         job.output_dir = o;
     }
+    if let Some(url) = &args.fhir_url {
+        job::set_fhir_url(&mut job, url);
+    }
     let hosts = match &args.hosts {
         Some(h) => match std::fs::read_to_string(h) {
             Ok(t) => t
@@ -632,6 +639,8 @@ fn run_job(args: RunArgs) -> ExitCode {
                 epoch_latency_max_ms = q[2].as_secs_f64() * 1e3,
                 measurements = get(&metrics.measurements),
                 observations = get(&metrics.observations_out),
+                fhir_observations = get(&metrics.fhir_observations),
+                fhir_requests = get(&metrics.fhir_requests),
                 dead_letters = get(&metrics.dead_letters),
                 "stopped cleanly: outputs flushed, offsets committed"
             );
@@ -660,7 +669,7 @@ fn status_line(metrics: Arc<Metrics>, done: Arc<AtomicBool>) -> std::thread::Joi
                 n - last,
                 n,
                 metrics.total_lag(),
-                get(&metrics.observations_out),
+                get(&metrics.observations_out) + get(&metrics.fhir_observations),
                 get(&metrics.dead_letters),
                 get(&metrics.windows_open),
             );

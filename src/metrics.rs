@@ -16,8 +16,14 @@ pub struct Metrics {
     pub measurements: AtomicU64,
     /// Messages sent to the dead letters.
     pub dead_letters: AtomicU64,
-    /// Observation versions written by the NDJSON sink.
+    /// Observation versions written to NDJSON files.
     pub observations_out: AtomicU64,
+    /// Observations the FHIR server acknowledged.
+    pub fhir_observations: AtomicU64,
+    /// HTTP requests sent to the FHIR server (and its token endpoint), retries included.
+    pub fhir_requests: AtomicU64,
+    /// FHIR requests retried (429, 5xx, network errors).
+    pub fhir_retries: AtomicU64,
     /// Observation updates the sink skipped because nothing changed (replays).
     pub observations_unchanged: AtomicU64,
     /// Observations that could not be built (values the FHIR template cannot represent).
@@ -161,7 +167,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counters: [(&str, &str, &AtomicU64); 8] = [
+        let counters: [(&str, &str, &AtomicU64); 11] = [
             (
                 "vitalflow_messages_in_total",
                 "Messages read from the source.",
@@ -181,6 +187,21 @@ impl Metrics {
                 "vitalflow_observations_out_total",
                 "Observation versions written.",
                 &self.observations_out,
+            ),
+            (
+                "vitalflow_fhir_observations_total",
+                "Observations the FHIR server acknowledged.",
+                &self.fhir_observations,
+            ),
+            (
+                "vitalflow_fhir_requests_total",
+                "HTTP requests to the FHIR server, retries included.",
+                &self.fhir_requests,
+            ),
+            (
+                "vitalflow_fhir_retries_total",
+                "FHIR requests retried after 429, 5xx or network errors.",
+                &self.fhir_retries,
             ),
             (
                 "vitalflow_observations_unchanged_total",

@@ -12,10 +12,12 @@ pub mod operators;
 mod sink_thread;
 pub mod window;
 
+use crate::fhir::client::FhirClient;
 use crate::job::{JobConfig, SourceConfig, EMBEDDED_BROKERS};
 use crate::mapping::{DeviceMapping, FhirMapping};
 use crate::metrics::Metrics;
 use crate::sinks::dead_letter::{DeadLetter, FileDeadLetters, KafkaDeadLetters};
+use crate::sinks::fhir::FhirSink;
 use crate::sinks::observations::ObservationSink;
 use crate::sinks::Sink;
 use crate::sources::file::FileSource;
@@ -83,17 +85,22 @@ pub fn load_mappings(job: &JobConfig) -> anyhow::Result<(DeviceMapping, FhirMapp
 struct Shared {
     job: JobConfig,
     device: DeviceMapping,
-    fhir: Arc<FhirMapping>,
+    mapping: Arc<FhirMapping>,
     brokers: Option<String>,
     partitions: BTreeMap<String, i32>,
     sim_start: chrono::DateTime<chrono::Utc>,
     until_end: bool,
     stop: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
+    fhir: Option<Arc<FhirClient>>,
     fatal: Mutex<Option<String>>,
 }
 
 impl Shared {
+    fn failed(&self) -> bool {
+        self.fatal.lock().map_or(true, |f| f.is_some())
+    }
+
     fn fail(&self, e: impl std::fmt::Display) {
         let mut f = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
         if f.is_none() {
@@ -197,6 +204,17 @@ pub fn run(
         }
         brokers = Some(b);
     }
+    let fhir_client = match &job.fhir {
+        Some(cfg) => {
+            let client = FhirClient::new(cfg, metrics.clone())?;
+            client
+                .check_server(cfg.startup_timeout)
+                .with_context(|| format!("FHIR server {}", cfg.url))?;
+            tracing::info!(url = %cfg.url, identity = ?cfg.identity, "FHIR server ready");
+            Some(Arc::new(client))
+        }
+        None => None,
+    };
     if let Some(addr) = &job.metrics_address {
         let bound = crate::metrics::serve(addr, metrics.clone())?;
         tracing::info!(address = %bound, "serving /metrics and /health");
@@ -204,7 +222,7 @@ pub fn run(
     let shared = Arc::new(Shared {
         job: job.clone(),
         device,
-        fhir: Arc::new(fhir),
+        mapping: Arc::new(fhir),
         brokers,
         partitions,
         sim_start: job
@@ -214,6 +232,7 @@ pub fn run(
         until_end: opts.until_end,
         stop: stop.clone(),
         metrics,
+        fhir: fhir_client,
         fatal: Mutex::new(None),
     });
     let communication = if opts.processes > 1 {
@@ -263,8 +282,25 @@ pub fn run(
 /// The sources and sinks of one worker.
 struct WorkerParts {
     source: Box<dyn Source>,
-    observations: ObservationSink,
+    observations: Option<ObservationSink>,
+    fhir: Option<(FhirSink, Duration)>,
     dead_letters: Box<dyn Sink<DeadLetter> + Send>,
+}
+
+fn dead_letter_sink(
+    shared: &Shared,
+    dir: &Path,
+    index: usize,
+) -> anyhow::Result<Box<dyn Sink<DeadLetter> + Send>> {
+    let job = &shared.job;
+    Ok(match &job.dead_letter_topic {
+        Some(t) => Box::new(KafkaDeadLetters::new(
+            job.kafka.as_ref().expect("validated"),
+            shared.brokers.as_deref().expect("kafka"),
+            t,
+        )?),
+        None => Box::new(FileDeadLetters::new(dir, index)?),
+    })
 }
 
 fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<WorkerParts> {
@@ -287,25 +323,38 @@ fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<W
             peers,
         )),
     };
-    let observations = ObservationSink::new(
-        &job.output_dir,
-        index,
-        |d| route(d) % peers as u64 == index as u64,
-        job.horizon,
-        shared.metrics.clone(),
-    )?;
-    let dead_letters: Box<dyn Sink<DeadLetter> + Send> = match &job.dead_letter_topic {
-        Some(t) => Box::new(KafkaDeadLetters::new(
-            job.kafka.as_ref().expect("validated"),
-            shared.brokers.as_deref().expect("kafka"),
-            t,
-        )?),
-        None => Box::new(FileDeadLetters::new(&job.output_dir, index)?),
+    let observations = if job.ndjson_observations {
+        Some(ObservationSink::new(
+            &job.output_dir,
+            index,
+            |d| route(d) % peers as u64 == index as u64,
+            job.horizon,
+            shared.metrics.clone(),
+        )?)
+    } else {
+        None
+    };
+    let fhir = match (&job.fhir, &shared.fhir) {
+        (Some(cfg), Some(client)) => {
+            // Groups the server refuses get dead letters of their own (in files, a
+            // directory of their own: part names are per worker and per writer).
+            let dead = dead_letter_sink(shared, &job.output_dir.join("fhir"), index)?;
+            let sink = FhirSink::new(
+                client.clone(),
+                cfg,
+                dead,
+                job.horizon,
+                shared.metrics.clone(),
+            );
+            Some((sink, cfg.flush_interval))
+        }
+        _ => None,
     };
     Ok(WorkerParts {
         source,
         observations,
-        dead_letters,
+        fhir,
+        dead_letters: dead_letter_sink(shared, &job.output_dir, index)?,
     })
 }
 

@@ -108,19 +108,42 @@ pub(super) fn run_worker<A: Allocate>(
         let raw = source_operator(scope, committer.clone(), probe.clone(), shared.clone());
         let (measurements, dead) = normalize_operator(&raw, shared.clone());
         let updates = window_operator(&measurements, shared.clone());
-        let o = sink_operator(
-            &updates,
-            "ObservationSink",
-            parts.observations,
+        let mut durable = sink_operator(
+            &dead,
+            "DeadLetterSink",
+            parts.dead_letters,
+            Duration::ZERO,
             shared.clone(),
         );
-        let d = sink_operator(&dead, "DeadLetterSink", parts.dead_letters, shared.clone());
-        o.concat(&d).probe_with(&probe);
+        if let Some(sink) = parts.observations {
+            let o = sink_operator(
+                &updates,
+                "ObservationSink",
+                sink,
+                shared.job.flush_interval,
+                shared.clone(),
+            );
+            durable = durable.concat(&o);
+        }
+        if let Some((sink, interval)) = parts.fhir {
+            let f = sink_operator(&updates, "FhirSink", sink, interval, shared.clone());
+            durable = durable.concat(&f);
+        }
+        durable.probe_with(&probe);
     });
     while !probe.done() {
+        if shared.failed() {
+            // A failed job stops where it is: outputs not yet durable keep their offsets
+            // uncommitted, and the next start reads them again. Timely would otherwise keep
+            // stepping a dataflow whose sink never releases its epochs.
+            for id in worker.installed_dataflows() {
+                worker.drop_dataflow(id);
+            }
+            return Ok(());
+        }
         worker.step_or_park(Some(Duration::from_millis(100)));
     }
-    if shared.fatal.lock().map(|f| f.is_none()).unwrap_or(false) {
+    if !shared.failed() {
         committer.borrow_mut().commit_final()?;
     }
     Ok(())
@@ -141,6 +164,9 @@ fn source_operator<G: Scope<Timestamp = u64>>(
         let mut buf: Vec<RawMessage> = Vec::with_capacity(batch);
         move |output| {
             let mut c = committer.borrow_mut();
+            if shared.failed() {
+                return;
+            }
             if let Err(e) = c.commit_durable(&probe) {
                 // A failed commit is retried with the next durable epoch; data is safe.
                 tracing::warn!("offset commit failed: {e:#}");
@@ -211,7 +237,7 @@ fn normalize_operator<G: Scope<Timestamp = u64>>(
                     for m in batch.drain(..) {
                         ms.clear();
                         stamps.extend(m.origin.timestamp_ms);
-                        match normalize(&shared.device, &shared.fhir, skew, now, m, &mut ms) {
+                        match normalize(&shared.device, &shared.mapping, skew, now, m, &mut ms) {
                             Ok(()) => {
                                 Metrics::add(&shared.metrics.measurements, ms.len() as u64);
                                 session.give_iterator(ms.drain(..).map(Ok));
@@ -237,11 +263,11 @@ fn window_operator<G: Scope<Timestamp = u64>>(
     shared: Arc<Shared>,
 ) -> Stream<G, WindowUpdate> {
     let exchange = Exchange::new(|m: &Measurement| route(&m.device_id));
-    let interval = shared.job.flush_interval;
+    let interval = shared.job.emit_interval();
     let scope = measurements.scope();
     measurements.unary_frontier(exchange, "Window", move |_, info| {
         let activator = scope.activator_for(info.address);
-        let mut windows = Windows::new(shared.fhir.clone(), shared.job.horizon);
+        let mut windows = Windows::new(shared.mapping.clone(), shared.job.horizon);
         let mut held: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
         let mut open = 0u64;
         let mut last_emit = Instant::now();

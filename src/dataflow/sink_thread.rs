@@ -27,8 +27,14 @@ enum Command<D> {
 /// Batches in flight to the sink thread before the worker waits.
 const QUEUE: usize = 16;
 
+/// A failed flush: why, and whether retrying can help.
+struct Failure {
+    message: String,
+    fatal: bool,
+}
+
 /// Answers of the sink thread: a flush's sequence number and its outcome.
-type Done = Receiver<(u64, Result<(), String>)>;
+type Done = Receiver<(u64, Result<(), Failure>)>;
 
 fn spawn_sink<D, S>(
     name: &str,
@@ -44,21 +50,31 @@ where
     std::thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {
-            let mut write_error: Option<String> = None;
+            let failure = |e: anyhow::Error| Failure {
+                fatal: e.downcast_ref::<crate::sinks::fhir::Fatal>().is_some(),
+                message: format!("{e:#}"),
+            };
+            let mut write_error: Option<Failure> = None;
             for cmd in rx {
                 match cmd {
                     Command::Write(epoch, items) => {
                         for d in items {
                             if let Err(e) = sink.write(epoch, d) {
-                                write_error.get_or_insert_with(|| format!("{e:#}"));
+                                write_error.get_or_insert_with(|| failure(e));
                             }
                         }
                     }
                     Command::Flush(seq) => {
                         let r = match write_error.take() {
                             Some(e) => Err(e),
-                            None => sink.flush().map_err(|e| format!("{e:#}")),
+                            None => sink.flush().map_err(failure),
                         };
+                        tracing::debug!(
+                            seq,
+                            ok = r.is_ok(),
+                            fatal = r.as_ref().err().map(|f| f.fatal),
+                            "flush done"
+                        );
                         if done_tx.send((seq, r)).is_err() {
                             return;
                         }
@@ -71,12 +87,13 @@ where
     (tx, done_rx)
 }
 
-/// Writes a stream to `sink`; the returned stream carries no data, and its frontier is the
-/// sink's durable frontier.
+/// Writes a stream to `sink`, flushing at most once per `interval`; the returned stream
+/// carries no data, and its frontier is the sink's durable frontier.
 pub(super) fn sink_operator<G, D, S>(
     stream: &Stream<G, D>,
     name: &str,
     sink: S,
+    interval: Duration,
     shared: Arc<Shared>,
 ) -> Stream<G, ()>
 where
@@ -98,6 +115,7 @@ where
         let mut retry_at: Option<Instant> = None;
         let mut backoff = Duration::from_millis(100);
         let mut failing = false;
+        let mut last_flush: Option<Instant> = None;
         move |(input, frontier), _output| {
             input.for_each_time(|time, data| {
                 let items: Vec<D> = data.flat_map(|batch| batch.drain(..)).collect();
@@ -122,7 +140,13 @@ where
                             shared.metrics.failing_sinks.fetch_sub(1, Ordering::Relaxed);
                         }
                     }
-                    Err(e) => {
+                    Err(Failure { message, fatal: true }) => {
+                        // Nothing of the held epochs is durable and nothing more will be: the
+                        // worker stops without committing past them.
+                        shared.fail(format!("{name_owned}: {message}"));
+                        return;
+                    }
+                    Err(Failure { message: e, .. }) => {
                         tracing::error!(sink = %name_owned, retry_in_ms = backoff.as_millis() as u64, "flush failed, outputs kept and retried: {e}");
                         if !failing {
                             failing = true;
@@ -147,7 +171,14 @@ where
             // Flush once every input of the held epochs has arrived (the window operator has
             // already coalesced Observations to one version per flush interval).
             let complete = held.as_ref().is_some_and(|h| !frontier.less_equal(h.time()));
+            if complete && !frontier.is_empty() {
+                if let Some(wait) = last_flush.and_then(|l| interval.checked_sub(l.elapsed())) {
+                    activator.activate_after(wait);
+                    return;
+                }
+            }
             if complete && in_flight.len() < 2 {
+                last_flush = Some(Instant::now());
                 seq += 1;
                 let _ = tx.send(Command::Flush(seq));
                 in_flight.push_back((seq, held.take().expect("held")));

@@ -1,6 +1,8 @@
 //! FHIR R4 side: observation groups, SampledData streams, Observation build and merge.
 
+pub mod client;
 pub mod groups;
+pub mod identity;
 pub mod observation;
 pub mod sampled_data;
 

@@ -6,6 +6,7 @@
 //! only then are source offsets committed (see `dataflow`).
 
 pub mod dead_letter;
+pub mod fhir;
 pub mod files;
 pub mod observations;
 

