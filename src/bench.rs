@@ -89,6 +89,21 @@ pub struct PathResult {
     pub pass: bool,
 }
 
+/// What the FHIR sink did in the measured window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FhirFigures {
+    /// Observations the server acknowledged.
+    pub observations: u64,
+    /// Acknowledged Observations per second.
+    pub observations_per_s: f64,
+    /// HTTP requests sent (retries and token requests included).
+    pub requests: u64,
+    /// Requests per acknowledged Observation.
+    pub requests_per_observation: f64,
+    /// Requests per normalized measurement.
+    pub requests_per_measurement: f64,
+}
+
 /// One bench run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
@@ -112,6 +127,8 @@ pub struct Summary {
     pub peak_rss_mb: f64,
     /// Per path latencies.
     pub paths: Vec<PathResult>,
+    /// FHIR sink figures, when the job writes to a FHIR server.
+    pub fhir: Option<FhirFigures>,
     /// Throughput within target.
     pub throughput_pass: bool,
     /// Every target met.
@@ -225,14 +242,28 @@ pub fn run_once(
     };
     wait(opts.warmup, &runner);
     metrics.latency.reset();
-    let (n0, cpu0, t0) = (
-        metrics.messages_in.load(Ordering::Relaxed),
-        cpu_seconds(),
-        Instant::now(),
-    );
+    let counts = |m: &Metrics| {
+        [
+            &m.messages_in,
+            &m.measurements,
+            &m.fhir_observations,
+            &m.fhir_requests,
+        ]
+        .map(|c| c.load(Ordering::Relaxed))
+    };
+    let (c0, cpu0, t0) = (counts(&metrics), cpu_seconds(), Instant::now());
     wait(opts.duration, &runner);
     let elapsed = t0.elapsed().as_secs_f64();
-    let messages = metrics.messages_in.load(Ordering::Relaxed) - n0;
+    let c1 = counts(&metrics);
+    let [messages, measurements, fhir_observations, fhir_requests] =
+        [0, 1, 2, 3].map(|i| c1[i] - c0[i]);
+    let fhir = job.fhir.as_ref().map(|_| FhirFigures {
+        observations: fhir_observations,
+        observations_per_s: fhir_observations as f64 / elapsed.max(1e-9),
+        requests: fhir_requests,
+        requests_per_observation: fhir_requests as f64 / (fhir_observations.max(1)) as f64,
+        requests_per_measurement: fhir_requests as f64 / (measurements.max(1)) as f64,
+    });
     let cpu = cpu_seconds() - cpu0;
     let lag = metrics.total_lag();
     // Snapshot before shutdown: the final flush is not part of the steady state.
@@ -298,6 +329,7 @@ pub fn run_once(
             cpu_cores: cpu / elapsed.max(1e-9),
             peak_rss_mb: peak_rss_mb(),
             paths,
+            fhir,
             throughput_pass,
             pass,
         },

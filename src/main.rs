@@ -134,6 +134,10 @@ struct BenchArgs {
     /// Job file [default: the embedded default].
     #[arg(long)]
     job: Option<PathBuf>,
+    /// Write Observations to this FHIR server (identity Create unless the job file sets
+    /// [sinks.fhir]): the durable path is then Kafka append to Observation acknowledged.
+    #[arg(long)]
+    fhir_url: Option<String>,
     /// Offered rate, messages per second [default: the targets file's throughput.rate].
     #[arg(long)]
     rate: Option<f64>,
@@ -808,10 +812,18 @@ fn bench(args: BenchArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let job = match load_job(args.job.as_deref()) {
+    let mut job = match load_job(args.job.as_deref()) {
         Ok(j) => j,
         Err(code) => return code,
     };
+    if let Some(url) = &args.fhir_url {
+        let fresh = job.fhir.is_none();
+        job::set_fhir_url(&mut job, url);
+        if let (true, Some(f)) = (fresh, &mut job.fhir) {
+            // The simulator's devices are unknown to the server: create them, once each.
+            f.identity = job::IdentityMode::Create;
+        }
+    }
     if let Err(e) = std::fs::create_dir_all(&args.out) {
         eprintln!("error: cannot create {}: {e}", args.out.display());
         return ExitCode::from(2);
@@ -917,6 +929,16 @@ fn print_bench(runs: &[vitalflow::bench::Summary], max_rate: Option<f64>, out: &
             verdict(r.throughput_pass)
         );
         outln!("{t}");
+        if let Some(f) = &r.fhir {
+            outln!(
+                "FHIR: {} Observations acknowledged ({:.0}/s), {} requests: {:.3} per Observation, {:.4} per measurement",
+                f.observations,
+                f.observations_per_s,
+                f.requests,
+                f.requests_per_observation,
+                f.requests_per_measurement
+            );
+        }
     }
     if let Some(m) = max_rate {
         outln!("highest rate meeting the p99 and throughput targets: {m:.0} msgs/s");

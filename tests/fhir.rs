@@ -92,6 +92,7 @@ fn who(o: &Value) -> (String, String) {
 fn resolved(
     expected: &BTreeMap<String, Value>,
     devices: &BTreeSet<String>,
+    encounters: bool,
 ) -> BTreeMap<String, Value> {
     expected
         .values()
@@ -113,6 +114,21 @@ fn resolved(
             o["id"] = id.clone().into();
             o["subject"] = json!({"reference": format!("Patient/p-{patient}")});
             o["device"] = json!({"reference": format!("Device/d-{device}")});
+            let encounter = o["encounter"]["identifier"]["value"]
+                .as_str()
+                .map(str::to_string);
+            let object = o.as_object_mut().expect("object");
+            match encounter.filter(|_| encounters) {
+                Some(e) => {
+                    object.insert(
+                        "encounter".into(),
+                        json!({"reference": format!("Encounter/e-{e}")}),
+                    );
+                }
+                None => {
+                    object.remove("encounter");
+                }
+            }
             (id, o)
         })
         .collect()
@@ -192,7 +208,7 @@ fn lookup_links_observations_to_registered_devices_and_dead_letters_the_rest() {
     );
     run_fhir_job(tmp.path(), &job);
 
-    let want = resolved(&expected(&msgs), &registered);
+    let want = resolved(&expected(&msgs), &registered, false);
     assert_same(&stored(&h), &want, "Observations on the server");
     let committed = committed(&brokers, "g1", "vitals", 4);
     assert_eq!(
@@ -232,6 +248,61 @@ fn lookup_links_observations_to_registered_devices_and_dead_letters_the_rest() {
     assert!(
         dead.iter().all(|d| d["stage"] == "identity"),
         "stage identity"
+    );
+}
+
+#[test]
+fn lookup_with_encounter_links_encounters_by_identifier() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let h = Helios::start(&tmp.path().join("hfs"));
+    let (_c, brokers) = cluster("vitals", 2);
+    let msgs = simulated(3, 180, 14, 30);
+    let mut encounters = BTreeMap::new();
+    for m in &msgs {
+        let v: Value = serde_json::from_slice(&m.payload).expect("json");
+        encounters.insert(
+            v["deviceId"].as_str().expect("device").to_string(),
+            v["encounterId"].as_str().expect("encounter").to_string(),
+        );
+    }
+    let patients = patients_by_device(&msgs);
+    let devices: Vec<&String> = patients.keys().collect();
+    for d in &devices {
+        h.register(&patients[*d], d);
+    }
+    // The last device's encounter is unknown to the server.
+    for d in &devices[..2] {
+        let e = &encounters[*d];
+        h.put(&json!({"resourceType": "Encounter", "id": format!("e-{e}"), "status": "in-progress",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+            "identifier": [{"value": e}], "subject": {"reference": format!("Patient/p-{}", patients[*d])}}));
+    }
+    produce_sim(&producer(&brokers), "vitals", &msgs);
+    let job = fhir_job(
+        tmp.path(),
+        &brokers,
+        "g1",
+        &h.url(),
+        "identity = \"LookupWithEncounter\"",
+    );
+    run_fhir_job(tmp.path(), &job);
+
+    let linked: BTreeSet<String> = devices[..2].iter().map(|d| d.to_string()).collect();
+    assert_same(
+        &stored(&h),
+        &resolved(&expected(&msgs), &linked, true),
+        "Observations with encounters",
+    );
+    let dead = dead_letter_files(&tmp.path().join("out"));
+    assert!(!dead.is_empty());
+    let want = format!(
+        "no Encounter with identifier \"{}\"",
+        encounters[devices[2]]
+    );
+    assert!(
+        dead.iter()
+            .all(|d| d["error"].as_str() == Some(want.as_str())),
+        "{dead:?}"
     );
 }
 
@@ -378,12 +449,15 @@ fn a_fhir_server_outage_mid_stream_loses_nothing() {
         &h.url(),
         &format!("identity = \"Lookup\"\nmax_retries = 1\n\n[metrics]\naddress = \"{metrics}\""),
     );
+    // The job's log (retries while the server is down) goes to a file, not the test output.
+    let log = std::fs::File::create(tmp.path().join("job.log")).expect("log");
     let mut running = Running::spawn(
         vitalflow()
             .args(["run", "--workers", "2", "--job"])
             .arg(&job)
             .arg("--output")
-            .arg(tmp.path().join("out")),
+            .arg(tmp.path().join("out"))
+            .stderr(log),
     );
     let p = producer(&brokers);
     let (first, rest) = msgs.split_at(msgs.len() / 3);
@@ -416,7 +490,7 @@ fn a_fhir_server_outage_mid_stream_loses_nothing() {
     let h = Helios::start_on(&hdir, port);
     produce_sim(&p, "vitals", third);
 
-    let want = resolved(&expected(&msgs), &patients.keys().cloned().collect());
+    let want = resolved(&expected(&msgs), &patients.keys().cloned().collect(), false);
     wait_until(Duration::from_secs(90), "the job catches up", || {
         committed(&brokers, "g1", "vitals", 2) == high_watermarks(&brokers, "vitals", 2)
             && matches!(http_get(&metrics, "/health"), Some((200, _)))
@@ -436,4 +510,17 @@ fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+#[test]
+fn the_schema_check_refuses_what_the_server_would_accept() {
+    let v = schema();
+    let ok = json!({"resourceType": "Observation", "status": "final", "code": {"text": "hr"}});
+    common::fhir_server::assert_valid(&v, &ok);
+    let bad = json!({"resourceType": "Observation", "status": "bogus", "code": {"text": "hr"}});
+    let errors = common::fhir_server::schema_errors(&v, &bad);
+    assert!(
+        errors.iter().any(|e| e.contains("/status")),
+        "an unknown status code is invalid R4: {errors:?}"
+    );
 }

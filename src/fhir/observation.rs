@@ -38,6 +38,14 @@ impl Subjects<'_> {
     }
 }
 
+/// When an Observation's period (or instant) ends.
+pub fn period_end(o: &Value) -> Option<DateTime<Utc>> {
+    o.pointer("/effectivePeriod/end")
+        .or_else(|| o.get("effectiveDateTime"))
+        .and_then(Value::as_str)
+        .and_then(parse_timestamp)
+}
+
 /// The connector's Observation identifier value: `{patient}.{device}.{type}.{segment}`.
 pub fn identifier_value(subjects: &Subjects<'_>, type_name: &str, id_segment: &str) -> String {
     format!(

@@ -19,9 +19,9 @@
 use super::dead_letter::DeadLetter;
 use super::Sink;
 use crate::dataflow::window::WindowUpdate;
-use crate::fhir::client::{etag_version, EntryResponse, FhirClient, FhirError};
+use crate::fhir::client::{etag_version, FhirClient, FhirError};
 use crate::fhir::identity::{Identity, IdentityKey, Resolver};
-use crate::fhir::observation::{self, identifier_value, observation_id, Subjects};
+use crate::fhir::observation::{self, identifier_value, observation_id, period_end, Subjects};
 use crate::job::FhirSinkConfig;
 use crate::metrics::Metrics;
 use crate::sources::{Origin, RawMessage};
@@ -121,11 +121,13 @@ fn version_of(resource: &Value, etag: Option<&str>) -> Option<String> {
     })
 }
 
-fn period_end(o: &Value) -> Option<DateTime<Utc>> {
-    o.pointer("/effectivePeriod/end")
-        .or_else(|| o.get("effectiveDateTime"))
-        .and_then(Value::as_str)
-        .and_then(crate::time::parse_timestamp)
+fn subjects(identity: &Identity) -> Subjects<'_> {
+    Subjects {
+        patient: &identity.patient,
+        device: &identity.device,
+        encounter: identity.encounter.as_deref(),
+        resolved: true,
+    }
 }
 
 impl FhirSink {
@@ -169,15 +171,15 @@ impl FhirSink {
         Ok(())
     }
 
-    fn acknowledged(&mut self, w: &Write, resp: &EntryResponse) {
-        let end = period_end(&w.resource);
+    /// Records what the server now holds for `w` and drops it from the pending updates.
+    fn acknowledged(&mut self, w: &Write, version: Option<String>) {
         let (_, u) = self.pending.remove(&w.window).expect("pending");
-        let end = end.unwrap_or(u.group.end);
+        let end = period_end(&w.resource).unwrap_or(u.group.end);
         self.newest = Some(self.newest.map_or(end, |n| n.max(end)));
         self.known.insert(
             w.id.clone(),
             Known {
-                version: version_of(&resp.resource, resp.etag.as_deref()),
+                version,
                 instance: w.from_group.then_some(u.instance),
                 end,
             },
@@ -187,17 +189,8 @@ impl FhirSink {
     /// Builds from the group alone, or says the stored version must be read first.
     fn plan(&self, window: &str, identity: &Identity) -> Result<Option<Write>, String> {
         let (_, u) = &self.pending[window];
-        let subjects = Subjects {
-            patient: &identity.patient,
-            device: &identity.device,
-            encounter: identity.encounter.as_deref(),
-            resolved: true,
-        };
-        let id = observation_id(&identifier_value(
-            &subjects,
-            &u.type_name,
-            &u.group.id_segment,
-        ));
+        let subjects = subjects(identity);
+        let id = self.observation_id(window, identity);
         let Some(k) = self
             .known
             .get(&id)
@@ -232,12 +225,7 @@ impl FhirSink {
             let answers = self.client.batch(entries).map_err(Self::fail)?;
             for ((window, identity, id), a) in chunk.iter().zip(answers) {
                 let (_, u) = &self.pending[window];
-                let subjects = Subjects {
-                    patient: &identity.patient,
-                    device: &identity.device,
-                    encounter: identity.encounter.as_deref(),
-                    resolved: true,
-                };
+                let subjects = subjects(identity);
                 let (result, if_match, stored) = match a.status {
                     200 => (
                         observation::merge(&u.template, &u.group, &a.resource),
@@ -272,32 +260,21 @@ impl FhirSink {
                         continue;
                     }
                 };
-                if stored == Some(&resource) {
-                    Metrics::add(&self.metrics.observations_unchanged, 1);
-                    let resp = EntryResponse {
-                        status: 200,
-                        etag: None,
-                        location: None,
-                        resource,
-                        diagnostics: None,
-                    };
-                    let w = Write {
-                        window: window.clone(),
-                        id: id.clone(),
-                        resource: Value::Null,
-                        if_match: None,
-                        from_group: false,
-                    };
-                    self.acknowledged(&w, &resp);
-                    continue;
-                }
-                writes.push(Write {
+                let w = Write {
                     window: window.clone(),
                     id: id.clone(),
-                    resource,
-                    if_match,
                     from_group: stored.is_none(),
-                });
+                    if_match,
+                    resource,
+                };
+                if stored == Some(&w.resource) {
+                    // The server already holds all of it (a replay): nothing to write.
+                    Metrics::add(&self.metrics.observations_unchanged, 1);
+                    let version = w.if_match.clone();
+                    self.acknowledged(&w, version);
+                    continue;
+                }
+                writes.push(w);
             }
         }
         Ok(())
@@ -332,7 +309,7 @@ impl FhirSink {
                 match a.status {
                     200 | 201 => {
                         Metrics::add(&self.metrics.fhir_observations, 1);
-                        self.acknowledged(w, &a);
+                        self.acknowledged(w, version_of(&a.resource, a.etag.as_deref()));
                     }
                     409 | 412 => {
                         tracing::debug!(observation = %w.id, status = a.status, "conflict: re-reading and merging again");
@@ -434,16 +411,11 @@ impl FhirSink {
         }
     }
 
+    /// The connector's Observation id for a pending window, from the resolved ids.
     fn observation_id(&self, window: &str, identity: &Identity) -> String {
         let (_, u) = &self.pending[window];
-        let subjects = Subjects {
-            patient: &identity.patient,
-            device: &identity.device,
-            encounter: identity.encounter.as_deref(),
-            resolved: true,
-        };
         observation_id(&identifier_value(
-            &subjects,
+            &subjects(identity),
             &u.type_name,
             &u.group.id_segment,
         ))

@@ -10,9 +10,8 @@
 use super::files::{committed_parts, PartWriter};
 use super::Sink;
 use crate::dataflow::window::WindowUpdate;
-use crate::fhir::observation;
+use crate::fhir::observation::{self, period_end};
 use crate::metrics::Metrics;
-use crate::time::parse_timestamp;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -38,13 +37,6 @@ pub struct ObservationSink {
     horizon: chrono::Duration,
     newest: Option<DateTime<Utc>>,
     metrics: Arc<Metrics>,
-}
-
-fn period_end(o: &Value) -> Option<DateTime<Utc>> {
-    o.pointer("/effectivePeriod/end")
-        .or_else(|| o.get("effectiveDateTime"))
-        .and_then(Value::as_str)
-        .and_then(parse_timestamp)
 }
 
 /// The last epoch in a part file's name (`part-w{worker}-{first}-{last}.ndjson`).
@@ -224,6 +216,7 @@ mod tests {
     use crate::dataflow::window::Windows;
     use crate::mapping::FhirMapping;
     use crate::model::Measurement;
+    use crate::time::parse_timestamp;
 
     fn hr(w: &mut Windows, second: u32, v: &str) -> WindowUpdate {
         let t = format!("2026-11-21T10:00:{second:02}Z");

@@ -208,24 +208,94 @@ impl Drop for Helios {
     }
 }
 
-/// The official R4 JSON schema.
-pub fn schema() -> jsonschema::Validator {
+/// The official R4 JSON schema, one validator per resource type.
+pub struct Schema {
+    root: Value,
+    by_type:
+        std::cell::RefCell<std::collections::HashMap<String, std::rc::Rc<jsonschema::Validator>>>,
+}
+
+/// Loads `fhir.schema.json`.
+pub fn schema() -> Schema {
     let text = std::fs::read_to_string(definitions().join("fhir.schema.json")).expect("schema");
-    let schema: Value = serde_json::from_str(&text).expect("schema JSON");
-    jsonschema::validator_for(&schema).expect("compile the R4 schema")
+    let mut root: Value = serde_json::from_str(&text).expect("schema JSON");
+    // The published schema refers to definitions it does not define: "Resource" (contained
+    // resources: any of the list) and "integer64" (an R5 type, in elements the job never
+    // writes). Defined here so the schema compiles; nothing else is changed.
+    let mut refs = Vec::new();
+    collect_refs(&root, &mut refs);
+    let defs = root["definitions"].as_object_mut().expect("definitions");
+    for r in refs {
+        if let Some(name) = r.strip_prefix("#/definitions/") {
+            if !defs.contains_key(name) {
+                let patch = if name == "Resource" {
+                    json!({"$ref": "#/definitions/ResourceList"})
+                } else {
+                    json!({})
+                };
+                defs.insert(name.to_string(), patch);
+            }
+        }
+    }
+    Schema {
+        root,
+        by_type: Default::default(),
+    }
+}
+
+fn collect_refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(r) = m.get("$ref").and_then(Value::as_str) {
+                out.push(r.to_string());
+            }
+            m.values().for_each(|x| collect_refs(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_refs(x, out)),
+        _ => {}
+    }
+}
+
+impl Schema {
+    fn validator(&self, resource_type: &str) -> std::rc::Rc<jsonschema::Validator> {
+        self.by_type
+            .borrow_mut()
+            .entry(resource_type.to_string())
+            .or_insert_with(|| {
+                assert!(
+                    self.root["definitions"].get(resource_type).is_some(),
+                    "no R4 resource type {resource_type}"
+                );
+                // Validating against the one definition gives errors that name the field; the
+                // schema's top-level oneOf would only say "no branch matched".
+                let s = json!({
+                    "$schema": self.root["$schema"],
+                    "$ref": format!("#/definitions/{resource_type}"),
+                    "definitions": self.root["definitions"],
+                });
+                std::rc::Rc::new(jsonschema::validator_for(&s).expect("compile the R4 schema"))
+            })
+            .clone()
+    }
+}
+
+/// Every schema error of `resource`, with where it is.
+pub fn schema_errors(schema: &Schema, resource: &Value) -> Vec<String> {
+    let t = resource["resourceType"].as_str().expect("resourceType");
+    schema
+        .validator(t)
+        .iter_errors(resource)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect()
 }
 
 /// Panics with every schema error of `resource`.
-pub fn assert_valid(v: &jsonschema::Validator, resource: &Value) {
-    // The server adds meta; what the job wrote is the rest, and meta is valid anyway.
-    let errors: Vec<String> = v
-        .iter_errors(resource)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
+pub fn assert_valid(schema: &Schema, resource: &Value) {
+    let t = resource["resourceType"].as_str().expect("resourceType");
+    let errors = schema_errors(schema, resource);
     assert!(
         errors.is_empty(),
-        "{} is not valid FHIR R4:\n{}",
-        resource["resourceType"],
+        "{t} is not valid FHIR R4:\n{}\n{resource}",
         errors.join("\n")
     );
 }
