@@ -166,6 +166,7 @@ struct RawFhir {
     identity: Option<Spanned<String>>,
     device_identifier_system: Option<Spanned<String>>,
     batch_size: Option<Spanned<i64>>,
+    concurrency: Option<Spanned<i64>>,
     flush_interval: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     startup_timeout: Option<Spanned<String>>,
@@ -445,6 +446,8 @@ pub struct FhirSinkConfig {
     pub device_identifier_system: Option<String>,
     /// Entries per batch Bundle.
     pub batch_size: usize,
+    /// Batch Bundles in flight at once, per worker.
+    pub concurrency: usize,
     /// Each open Observation is written at most this often.
     pub flush_interval: Duration,
     /// Timeout of one HTTP request.
@@ -473,6 +476,7 @@ impl FhirSinkConfig {
             identity: IdentityMode::Lookup,
             device_identifier_system: None,
             batch_size: 200,
+            concurrency: 2,
             flush_interval: Duration::from_secs(1),
             timeout: Duration::from_secs(30),
             startup_timeout: Duration::from_secs(30),
@@ -932,6 +936,11 @@ fn fhir_config(cx: &mut Ctx<'_>, base: &Path, f: &RawFhir) -> FhirSinkConfig {
         .map(|s| s.get_ref().clone());
     c.batch_size =
         cx.positive(&f.batch_size, "sinks.fhir.batch_size", c.batch_size as u64) as usize;
+    c.concurrency = cx.positive(
+        &f.concurrency,
+        "sinks.fhir.concurrency",
+        c.concurrency as u64,
+    ) as usize;
     c.flush_interval = cx.duration(
         &f.flush_interval,
         "sinks.fhir.flush_interval",

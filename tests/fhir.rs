@@ -524,3 +524,46 @@ fn the_schema_check_refuses_what_the_server_would_accept() {
         "an unknown status code is invalid R4: {errors:?}"
     );
 }
+
+#[test]
+fn kill_9_and_restart_merge_into_what_the_server_holds() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let h = Helios::start(&tmp.path().join("hfs"));
+    let (_c, brokers) = cluster("vitals", 2);
+    let msgs = simulated(4, 480, 15, 30);
+    let patients = patients_by_device(&msgs);
+    for (d, p) in &patients {
+        h.register(p, d);
+    }
+    let job = fhir_job(
+        tmp.path(),
+        &brokers,
+        "g1",
+        &h.url(),
+        "identity = \"Lookup\"",
+    );
+    let p = producer(&brokers);
+    let (first, rest) = msgs.split_at(msgs.len() / 2);
+    produce_sim(&p, "vitals", first);
+    let log = std::fs::File::create(tmp.path().join("job.log")).expect("log");
+    let mut running = Running::spawn(
+        vitalflow()
+            .args(["run", "--workers", "2", "--job"])
+            .arg(&job)
+            .arg("--output")
+            .arg(tmp.path().join("out"))
+            .stderr(log),
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "Observations before the kill",
+        || h.all("Observation").len() >= 4,
+    );
+    running.kill();
+    produce_sim(&p, "vitals", rest);
+    // The restart reads what the server holds for each Observation it meets first, and
+    // merges the replayed and new values into it.
+    run_fhir_job(tmp.path(), &job);
+    let want = resolved(&expected(&msgs), &patients.keys().cloned().collect(), false);
+    assert_same(&stored(&h), &want, "Observations after kill -9 and restart");
+}

@@ -62,6 +62,7 @@ pub struct FhirSink {
     client: Arc<FhirClient>,
     resolver: Resolver,
     batch_size: usize,
+    concurrency: usize,
     pending: HashMap<String, (u64, WindowUpdate)>,
     known: HashMap<String, Known>,
     dead_letters: Box<dyn Sink<DeadLetter> + Send>,
@@ -144,6 +145,7 @@ impl FhirSink {
             client,
             resolver: Resolver::new(cfg),
             batch_size: cfg.batch_size.max(1),
+            concurrency: cfg.concurrency.max(1),
             pending: HashMap::new(),
             known: HashMap::new(),
             dead_letters,
@@ -288,8 +290,8 @@ impl FhirSink {
     ) -> anyhow::Result<Vec<String>> {
         let mut conflicts = Vec::new();
         let base = self.client.base().to_string();
-        for chunk in writes.chunks(self.batch_size) {
-            let entries = chunk
+        let bundle = |chunk: &[Write]| -> Vec<Value> {
+            chunk
                 .iter()
                 .map(|w| {
                     let mut request =
@@ -303,37 +305,67 @@ impl FhirSink {
                         "request": request,
                     })
                 })
-                .collect();
-            let answers = self.client.batch(entries).map_err(Self::fail)?;
-            for (w, a) in chunk.iter().zip(answers) {
-                match a.status {
-                    200 | 201 => {
-                        Metrics::add(&self.metrics.fhir_observations, 1);
-                        self.acknowledged(w, version_of(&a.resource, a.etag.as_deref()));
+                .collect()
+        };
+        let chunks: Vec<&[Write]> = writes.chunks(self.batch_size).collect();
+        let mut failed = None;
+        for group in chunks.chunks(self.concurrency) {
+            // Several Bundles in flight: the server parses and indexes one while it commits
+            // another, and the flush waits for the slowest rather than for their sum.
+            let client = &self.client;
+            let results: Vec<_> = std::thread::scope(|scope| {
+                let handles: Vec<_> = group
+                    .iter()
+                    .map(|chunk| scope.spawn(|| client.batch(bundle(chunk))))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a FHIR request thread panicked"))
+                    .collect()
+            });
+            for (chunk, result) in group.iter().zip(results) {
+                let answers = match result {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Answers of the other Bundles still count: record them first.
+                        failed.get_or_insert(e);
+                        continue;
                     }
-                    409 | 412 => {
-                        tracing::debug!(observation = %w.id, status = a.status, "conflict: re-reading and merging again");
-                        self.known.remove(&w.id);
-                        conflicts.push(w.window.clone());
-                    }
-                    s if s == 429 || s >= 500 => {
-                        unavailable.get_or_insert(format!("PUT Observation/{} answered {s}", w.id));
-                    }
-                    s => {
-                        let why = format!(
-                            "PUT Observation/{} answered {s}: {}",
-                            w.id,
-                            a.diagnostics
-                                .unwrap_or_else(|| "no OperationOutcome".into())
-                        );
-                        tracing::error!(observation = %w.id, "the FHIR server refused an Observation: {why}");
-                        Metrics::add(&self.metrics.observation_errors, 1);
-                        self.dead(&w.window, "fhir", why)?;
+                };
+                for (w, a) in chunk.iter().zip(answers) {
+                    match a.status {
+                        200 | 201 => {
+                            Metrics::add(&self.metrics.fhir_observations, 1);
+                            self.acknowledged(w, version_of(&a.resource, a.etag.as_deref()));
+                        }
+                        409 | 412 => {
+                            tracing::debug!(observation = %w.id, status = a.status, "conflict: re-reading and merging again");
+                            self.known.remove(&w.id);
+                            conflicts.push(w.window.clone());
+                        }
+                        s if s == 429 || s >= 500 => {
+                            unavailable
+                                .get_or_insert(format!("PUT Observation/{} answered {s}", w.id));
+                        }
+                        s => {
+                            let why = format!(
+                                "PUT Observation/{} answered {s}: {}",
+                                w.id,
+                                a.diagnostics
+                                    .unwrap_or_else(|| "no OperationOutcome".into())
+                            );
+                            tracing::error!(observation = %w.id, "the FHIR server refused an Observation: {why}");
+                            Metrics::add(&self.metrics.observation_errors, 1);
+                            self.dead(&w.window, "fhir", why)?;
+                        }
                     }
                 }
             }
         }
-        Ok(conflicts)
+        match failed {
+            Some(e) => Err(Self::fail(e)),
+            None => Ok(conflicts),
+        }
     }
 
     fn write_pending(&mut self) -> anyhow::Result<()> {
