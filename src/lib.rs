@@ -1,6 +1,7 @@
 //! vitalflow: streams medical-device vitals into FHIR R4 Observations, clinician alerts and a
 //! lakehouse, reading the Microsoft IoMT FHIR Connector / Azure MedTech mapping templates.
 
+pub mod anomaly;
 pub mod bench;
 pub mod dataflow;
 pub mod debugger;

@@ -1,0 +1,5 @@
+//! Anomaly detection and clinician alerts: rules as data, NEWS2, per-patient vital state,
+//! differential evaluation and the alert lifecycle.
+
+pub mod news2;
+pub mod rules;

@@ -1,0 +1,940 @@
+//! Alert rules as data (`templates/alerts/*.toml`): thresholds with severity bands,
+//! rates of change, deviation from the patient's own baseline, and NEWS2.
+//!
+//! A rule names its vital by a code of the FHIR mapping (LOINC `8867-4`, a component's code
+//! such as `8480-6`) or by the measurement type name (`heartRate`, or `bloodPressure.systolic`
+//! for a component), so one rule set works for every device mapping that codes its vitals.
+//! Every problem is reported with the file, line and column.
+
+use super::news2::Param;
+use crate::mapping::fhir::{ValueKind, ValueTemplate};
+use crate::mapping::FhirMapping;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use toml::Spanned;
+
+/// How bad a condition is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Look soon.
+    Warning,
+    /// Look now.
+    Critical,
+}
+
+/// Where a value stands against a rule: the order matters (higher is worse).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Level {
+    /// Normal, beyond the hysteresis margin.
+    Normal,
+    /// Back inside the threshold but within the hysteresis margin: neither opens nor resolves.
+    Margin,
+    /// Beyond the warning threshold.
+    Warning,
+    /// Beyond the critical threshold.
+    Critical,
+}
+
+impl Level {
+    /// The severity an alert at this level has.
+    pub fn severity(self) -> Option<Severity> {
+        match self {
+            Level::Warning => Some(Severity::Warning),
+            Level::Critical => Some(Severity::Critical),
+            _ => None,
+        }
+    }
+}
+
+/// What a rule watches: a vital as measured, or something derived from it per patient.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Signal {
+    /// The vital's value.
+    Value(String),
+    /// The value minus the highest (`drop`) or lowest (`rise`) value within the window.
+    Change {
+        /// The vital.
+        vital: String,
+        /// Window, seconds.
+        within_s: u64,
+        /// True: against the highest value (falls); false: the lowest (rises).
+        falling: bool,
+    },
+    /// z-score against the patient's exponentially weighted mean and variance.
+    Baseline {
+        /// The vital.
+        vital: String,
+        /// Half-life of the weights, seconds.
+        halflife_s: u64,
+        /// Readings are not judged before this much history, seconds.
+        warmup_s: u64,
+    },
+}
+
+impl Signal {
+    /// The vital the signal derives from.
+    pub fn vital(&self) -> &str {
+        match self {
+            Signal::Value(v) => v,
+            Signal::Change { vital, .. } | Signal::Baseline { vital, .. } => vital,
+        }
+    }
+}
+
+/// How a rule judges its signal.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Test {
+    /// Alert when the signal is at or above the thresholds.
+    Above {
+        /// Warning threshold.
+        warning: Option<f64>,
+        /// Critical threshold.
+        critical: Option<f64>,
+    },
+    /// Alert when the signal is at or below the thresholds.
+    Below {
+        /// Warning threshold.
+        warning: Option<f64>,
+        /// Critical threshold.
+        critical: Option<f64>,
+    },
+}
+
+/// One alert rule.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rule {
+    /// Stable id (alert ids derive from it).
+    pub id: String,
+    /// What a clinician reads.
+    pub title: String,
+    /// The signal judged.
+    pub signal: Signal,
+    /// The judgement.
+    pub test: Test,
+    /// How far back inside a threshold a value must come before it counts as normal.
+    pub hysteresis: f64,
+    /// How long (event time) a condition must hold before it alerts.
+    pub sustained: Duration,
+    /// How long values must stay normal before an alert resolves.
+    pub resolve_after: Duration,
+    /// A resolved alert does not reopen at the same or a lower severity within this.
+    pub suppress: Duration,
+    /// Unit of the thresholds, when the rule states one.
+    pub unit: Option<String>,
+}
+
+fn ge(v: f64, t: Option<f64>) -> bool {
+    t.is_some_and(|t| v >= t)
+}
+
+fn le(v: f64, t: Option<f64>) -> bool {
+    t.is_some_and(|t| v <= t)
+}
+
+impl Rule {
+    /// The level of a value.
+    pub fn level(&self, v: f64) -> Level {
+        match self.test {
+            Test::Above { warning, critical } => {
+                let lowest = warning.or(critical);
+                if ge(v, critical) {
+                    Level::Critical
+                } else if ge(v, warning) {
+                    Level::Warning
+                } else if ge(v, lowest.map(|t| t - self.hysteresis)) {
+                    Level::Margin
+                } else {
+                    Level::Normal
+                }
+            }
+            Test::Below { warning, critical } => {
+                let highest = warning.or(critical);
+                if le(v, critical) {
+                    Level::Critical
+                } else if le(v, warning) {
+                    Level::Warning
+                } else if le(v, highest.map(|t| t + self.hysteresis)) {
+                    Level::Margin
+                } else {
+                    Level::Normal
+                }
+            }
+        }
+    }
+
+    /// Values at which [`Rule::level`] can change.
+    pub fn boundaries(&self) -> Vec<f64> {
+        let (w, c, sign) = match self.test {
+            Test::Above { warning, critical } => (warning, critical, -1.0),
+            Test::Below { warning, critical } => (warning, critical, 1.0),
+        };
+        let mut b: Vec<f64> = [w, c].into_iter().flatten().collect();
+        if let Some(edge) = w.or(c) {
+            b.push(edge + sign * self.hysteresis);
+        }
+        b
+    }
+}
+
+/// NEWS2 settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct News2Config {
+    /// Aggregate at which an urgent response (warning) is called.
+    pub urgent: u8,
+    /// Aggregate at which an emergency response (critical) is called.
+    pub emergency: u8,
+    /// Any single parameter scoring 3 alerts (warning).
+    pub single_parameter: bool,
+    /// A value older than this (event time, against the patient's newest reading) stops
+    /// counting.
+    pub stale_after: Duration,
+    /// Patients scored on SpO2 scale 2 (hypercapnic respiratory failure), by identifier.
+    pub scale2_patients: Vec<String>,
+    /// The vital each parameter is read from.
+    pub vitals: BTreeMap<Param, String>,
+    /// Sustain, resolve and suppression timings of NEWS2 alerts.
+    pub sustained: Duration,
+    /// See [`Rule::resolve_after`].
+    pub resolve_after: Duration,
+    /// See [`Rule::suppress`].
+    pub suppress: Duration,
+}
+
+/// Signal-quality limits of a vital: values outside are artifacts, not physiology.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Quality {
+    /// Lowest plausible value.
+    pub min: Option<f64>,
+    /// Highest plausible value.
+    pub max: Option<f64>,
+    /// Largest plausible change from the previous accepted reading.
+    pub max_step: Option<f64>,
+}
+
+/// A validated rule set.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuleSet {
+    /// The file it came from.
+    pub file: String,
+    /// Rules, in file order.
+    pub rules: Vec<Rule>,
+    /// NEWS2, when enabled.
+    pub news2: Option<News2Config>,
+    /// Plausibility limits by vital.
+    pub quality: BTreeMap<String, Quality>,
+}
+
+/// One problem in a rules file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleError {
+    /// File.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Every problem found in a rules file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleErrors(pub Vec<RuleError>);
+
+impl fmt::Display for RuleErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(
+            f,
+            "invalid rules file ({n} problem{})",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.0 {
+            write!(f, "\n  {}:{}:{}: {}", e.file, e.line, e.column, e.reason)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for RuleErrors {}
+
+/// The vitals a FHIR mapping produces: each measurement property that becomes an
+/// Observation value, by every name a rule may use for it.
+#[derive(Debug, Clone, Default)]
+pub struct Vitals {
+    /// (type name, value name) → canonical vital key.
+    by_property: HashMap<(Arc<str>, Arc<str>), String>,
+    /// Any accepted name (codes, type names, `type.value`) → canonical key.
+    names: HashMap<String, String>,
+    /// Canonical key → unit, when the mapping states one.
+    units: HashMap<String, Option<String>>,
+}
+
+fn unit_of(v: &ValueTemplate) -> Option<String> {
+    match &v.kind {
+        ValueKind::SampledData { unit, .. } => unit.clone(),
+        ValueKind::Quantity { unit, code, .. } => unit.clone().or_else(|| code.clone()),
+        _ => None,
+    }
+}
+
+impl Vitals {
+    /// Indexes the values of a FHIR mapping.
+    pub fn new(fhir: &FhirMapping) -> Self {
+        let mut v = Self::default();
+        for t in fhir.templates() {
+            let mut add = |codes: Vec<&str>, value: &ValueTemplate, alias: String| {
+                let key = codes.first().map_or(alias.clone(), |c| c.to_string());
+                let type_name: Arc<str> = Arc::from(t.type_name.as_str());
+                v.by_property.insert(
+                    (type_name, Arc::from(value.value_name.as_str())),
+                    key.clone(),
+                );
+                v.names.insert(alias, key.clone());
+                for c in codes {
+                    v.names.insert(c.to_string(), key.clone());
+                }
+                v.units.insert(key, unit_of(value));
+            };
+            if let Some(value) = &t.value {
+                let codes = t.codes.iter().filter_map(|c| c.code.as_deref()).collect();
+                add(codes, value, t.type_name.clone());
+            }
+            for c in &t.components {
+                let codes = c.codes.iter().filter_map(|c| c.code.as_deref()).collect();
+                add(
+                    codes,
+                    &c.value,
+                    format!("{}.{}", t.type_name, c.value.value_name),
+                );
+            }
+        }
+        v
+    }
+
+    /// The canonical vital of a measurement property, if it becomes an Observation value.
+    pub fn of(&self, type_name: &Arc<str>, value_name: &Arc<str>) -> Option<&str> {
+        self.by_property
+            .get(&(type_name.clone(), value_name.clone()))
+            .map(String::as_str)
+    }
+
+    /// The canonical key for a name a rule uses.
+    pub fn resolve(&self, name: &str) -> Option<&str> {
+        self.names.get(name).map(String::as_str)
+    }
+
+    fn known(&self) -> String {
+        let mut n: Vec<&String> = self.names.keys().collect();
+        n.sort();
+        n.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    defaults: RawDefaults,
+    #[serde(default)]
+    rule: Vec<RawRule>,
+    news2: Option<RawNews2>,
+    #[serde(default)]
+    quality: BTreeMap<String, Spanned<RawQuality>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    sustained: Option<Spanned<String>>,
+    resolve_after: Option<Spanned<String>>,
+    suppress: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBands {
+    warning: Option<Spanned<f64>>,
+    critical: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChange {
+    within: Spanned<String>,
+    drop: Option<Spanned<f64>>,
+    rise: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBaseline {
+    halflife: Spanned<String>,
+    warmup: Spanned<String>,
+    z: Spanned<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    id: Spanned<String>,
+    title: Option<String>,
+    vital: Spanned<String>,
+    unit: Option<Spanned<String>>,
+    above: Option<Spanned<RawBands>>,
+    below: Option<Spanned<RawBands>>,
+    change: Option<Spanned<RawChange>>,
+    baseline: Option<Spanned<RawBaseline>>,
+    severity: Option<Spanned<String>>,
+    hysteresis: Option<Spanned<f64>>,
+    sustained: Option<Spanned<String>>,
+    resolve_after: Option<Spanned<String>>,
+    suppress: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNews2 {
+    urgent: Option<Spanned<i64>>,
+    emergency: Option<Spanned<i64>>,
+    single_parameter: Option<bool>,
+    stale_after: Option<Spanned<String>>,
+    #[serde(default)]
+    scale2_patients: Vec<String>,
+    #[serde(default)]
+    vitals: BTreeMap<String, Spanned<String>>,
+    sustained: Option<Spanned<String>>,
+    resolve_after: Option<Spanned<String>>,
+    suppress: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuality {
+    min: Option<f64>,
+    max: Option<f64>,
+    max_step: Option<f64>,
+}
+
+struct Cx<'a> {
+    file: &'a str,
+    text: &'a str,
+    errors: Vec<RuleError>,
+}
+
+impl Cx<'_> {
+    fn at(&mut self, span: std::ops::Range<usize>, reason: impl Into<String>) {
+        let before = &self.text[..span.start.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        self.errors.push(RuleError {
+            file: self.file.to_string(),
+            line,
+            column,
+            reason: reason.into(),
+        });
+    }
+
+    fn duration(&mut self, v: &Option<Spanned<String>>, what: &str, default: Duration) -> Duration {
+        let Some(v) = v else { return default };
+        match humantime::parse_duration(v.get_ref()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.at(
+                    v.span(),
+                    format!("{what}: \"{}\" is not a duration ({e})", v.get_ref()),
+                );
+                default
+            }
+        }
+    }
+}
+
+/// Reads and validates a rules file against the vitals of the job's FHIR mapping.
+pub fn load(path: &std::path::Path, vitals: &Vitals) -> Result<RuleSet, RuleErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        RuleErrors(vec![RuleError {
+            file: file.clone(),
+            line: 1,
+            column: 1,
+            reason: format!("cannot read: {e}"),
+        }])
+    })?;
+    parse(&text, &file, vitals)
+}
+
+/// Parses and validates rules text.
+pub fn parse(text: &str, file: &str, vitals: &Vitals) -> Result<RuleSet, RuleErrors> {
+    let mut cx = Cx {
+        file,
+        text,
+        errors: Vec::new(),
+    };
+    let raw: RawFile = match toml::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            cx.at(e.span().unwrap_or(0..0), e.message().trim());
+            return Err(RuleErrors(cx.errors));
+        }
+    };
+    let d_sustained = cx.duration(
+        &raw.defaults.sustained,
+        "defaults.sustained",
+        Duration::from_secs(30),
+    );
+    let d_resolve = cx.duration(
+        &raw.defaults.resolve_after,
+        "defaults.resolve_after",
+        Duration::from_secs(120),
+    );
+    let d_suppress = cx.duration(
+        &raw.defaults.suppress,
+        "defaults.suppress",
+        Duration::from_secs(600),
+    );
+    let mut rules = Vec::new();
+    let mut ids: HashMap<String, std::ops::Range<usize>> = HashMap::new();
+    for r in &raw.rule {
+        let id = r.id.get_ref().clone();
+        if ids.insert(id.clone(), r.id.span()).is_some() {
+            cx.at(r.id.span(), format!("rule id \"{id}\" is used twice"));
+        }
+        let Some(vital) = vitals.resolve(r.vital.get_ref()).map(str::to_string) else {
+            cx.at(
+                r.vital.span(),
+                format!(
+                    "rule \"{id}\": unknown vital \"{}\": the FHIR mapping produces {}",
+                    r.vital.get_ref(),
+                    vitals.known()
+                ),
+            );
+            continue;
+        };
+        if let (Some(u), Some(Some(mapped))) = (&r.unit, vitals.units.get(&vital)) {
+            if u.get_ref() != mapped {
+                cx.at(
+                    u.span(),
+                    format!("rule \"{id}\": unit \"{}\" but the FHIR mapping records {vital} in \"{mapped}\"", u.get_ref()),
+                );
+            }
+        }
+        let kinds = [
+            r.above.is_some() || r.below.is_some(),
+            r.change.is_some(),
+            r.baseline.is_some(),
+        ];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            cx.at(
+                r.id.span(),
+                format!("rule \"{id}\": give exactly one of above/below, change, baseline"),
+            );
+            continue;
+        }
+        let severity = match r
+            .severity
+            .as_ref()
+            .map(|s| (s.get_ref().as_str(), s.span()))
+        {
+            None | Some(("warning", _)) => Severity::Warning,
+            Some(("critical", _)) => Severity::Critical,
+            Some((other, span)) => {
+                cx.at(
+                    span,
+                    format!(
+                        "rule \"{id}\": severity \"{other}\": expected \"warning\" or \"critical\""
+                    ),
+                );
+                Severity::Warning
+            }
+        };
+        let hysteresis = r.hysteresis.as_ref().map_or(0.0, |h| *h.get_ref());
+        if hysteresis < 0.0 {
+            cx.at(
+                r.hysteresis.as_ref().expect("some").span(),
+                format!("rule \"{id}\": hysteresis must not be negative"),
+            );
+        }
+        let bands = |cx: &mut Cx<'_>,
+                     b: &Spanned<RawBands>,
+                     above: bool|
+         -> (Option<f64>, Option<f64>) {
+            let (w, c) = (
+                b.get_ref().warning.as_ref().map(|v| *v.get_ref()),
+                b.get_ref().critical.as_ref().map(|v| *v.get_ref()),
+            );
+            if w.is_none() && c.is_none() {
+                cx.at(
+                    b.span(),
+                    format!("rule \"{id}\": a band needs warning, critical or both"),
+                );
+            }
+            if let (Some(w), Some(c)) = (w, c) {
+                let contradictory = if above { c < w } else { c > w };
+                if contradictory {
+                    cx.at(
+                        b.span(),
+                        format!(
+                            "rule \"{id}\": critical {c} is less severe than warning {w} ({} critical must be {} warning)",
+                            if above { "above:" } else { "below:" },
+                            if above { "at or above" } else { "at or below" }
+                        ),
+                    );
+                }
+            }
+            (w, c)
+        };
+        let push =
+            |signal: Signal, test: Test, rules: &mut Vec<Rule>, cx: &mut Cx<'_>, suffix: &str| {
+                rules.push(Rule {
+                    id: format!("{id}{suffix}"),
+                    title: r.title.clone().unwrap_or_else(|| id.clone()),
+                    signal,
+                    test,
+                    hysteresis,
+                    sustained: cx.duration(&r.sustained, "sustained", d_sustained),
+                    resolve_after: cx.duration(&r.resolve_after, "resolve_after", d_resolve),
+                    suppress: cx.duration(&r.suppress, "suppress", d_suppress),
+                    unit: r.unit.as_ref().map(|u| u.get_ref().clone()),
+                });
+            };
+        if r.above.is_some() || r.below.is_some() {
+            let above = r.above.as_ref().map(|b| bands(&mut cx, b, true));
+            let below = r.below.as_ref().map(|b| bands(&mut cx, b, false));
+            if let (Some((aw, ac)), Some((bw, bc))) = (above, below) {
+                let lowest_above = aw.or(ac).unwrap_or(f64::INFINITY);
+                let highest_below = bw.or(bc).unwrap_or(f64::NEG_INFINITY);
+                if highest_below + hysteresis >= lowest_above - hysteresis {
+                    cx.at(
+                        r.id.span(),
+                        format!("rule \"{id}\": the below band ({highest_below}) and the above band ({lowest_above}) overlap (hysteresis {hysteresis} included)"),
+                    );
+                }
+            }
+            // Two sides of one vital are two conditions: each opens and resolves on its own.
+            let sides = usize::from(above.is_some()) + usize::from(below.is_some());
+            if let Some((w, c)) = above {
+                let suffix = if sides == 2 { "/above" } else { "" };
+                push(
+                    Signal::Value(vital.clone()),
+                    Test::Above {
+                        warning: w,
+                        critical: c,
+                    },
+                    &mut rules,
+                    &mut cx,
+                    suffix,
+                );
+            }
+            if let Some((w, c)) = below {
+                let suffix = if sides == 2 { "/below" } else { "" };
+                push(
+                    Signal::Value(vital.clone()),
+                    Test::Below {
+                        warning: w,
+                        critical: c,
+                    },
+                    &mut rules,
+                    &mut cx,
+                    suffix,
+                );
+            }
+        } else if let Some(ch) = &r.change {
+            let c = ch.get_ref();
+            let within = cx.duration(
+                &Some(c.within.clone()),
+                "change.within",
+                Duration::from_secs(600),
+            );
+            let (falling, amount) = match (&c.drop, &c.rise) {
+                (Some(d), None) => (true, *d.get_ref()),
+                (None, Some(r)) => (false, *r.get_ref()),
+                _ => {
+                    cx.at(
+                        ch.span(),
+                        format!("rule \"{id}\": change needs exactly one of drop, rise"),
+                    );
+                    continue;
+                }
+            };
+            if amount <= 0.0 {
+                cx.at(
+                    ch.span(),
+                    format!(
+                        "rule \"{id}\": change amounts are positive (a drop of 30 is drop = 30)"
+                    ),
+                );
+            }
+            let (warning, critical) = match severity {
+                Severity::Warning => (Some(amount), None),
+                Severity::Critical => (None, Some(amount)),
+            };
+            let signal = Signal::Change {
+                vital: vital.clone(),
+                within_s: within.as_secs().max(1),
+                falling,
+            };
+            let test = if falling {
+                Test::Below {
+                    warning: warning.map(|a| -a),
+                    critical: critical.map(|a| -a),
+                }
+            } else {
+                Test::Above { warning, critical }
+            };
+            push(signal, test, &mut rules, &mut cx, "");
+        } else if let Some(b) = &r.baseline {
+            let bl = b.get_ref();
+            let halflife = cx.duration(
+                &Some(bl.halflife.clone()),
+                "baseline.halflife",
+                Duration::from_secs(3600),
+            );
+            let warmup = cx.duration(
+                &Some(bl.warmup.clone()),
+                "baseline.warmup",
+                Duration::from_secs(1800),
+            );
+            let z = *bl.z.get_ref();
+            if z <= 0.0 {
+                cx.at(bl.z.span(), format!("rule \"{id}\": z must be positive"));
+            }
+            let (warning, critical) = match severity {
+                Severity::Warning => (Some(z), None),
+                Severity::Critical => (None, Some(z)),
+            };
+            let signal = Signal::Baseline {
+                vital: vital.clone(),
+                halflife_s: halflife.as_secs().max(1),
+                warmup_s: warmup.as_secs(),
+            };
+            // Deviation either way: the signal is |z|.
+            push(
+                signal,
+                Test::Above { warning, critical },
+                &mut rules,
+                &mut cx,
+                "",
+            );
+        }
+    }
+
+    let news2 = raw.news2.as_ref().map(|n| {
+        let urgent = n.urgent.as_ref().map_or(5, |v| *v.get_ref());
+        let emergency = n.emergency.as_ref().map_or(7, |v| *v.get_ref());
+        if !(1..=20).contains(&urgent) || !(1..=20).contains(&emergency) || urgent >= emergency {
+            let span = n.urgent.as_ref().or(n.emergency.as_ref()).map_or(0..0, |s| s.span());
+            cx.at(span, format!("news2: urgent ({urgent}) must be below emergency ({emergency}), both between 1 and 20"));
+        }
+        let mut map = BTreeMap::new();
+        for p in Param::ALL {
+            map.insert(p, p.default_code().to_string());
+        }
+        for (name, v) in &n.vitals {
+            let Some(p) = Param::ALL.iter().copied().find(|p| format!("{p:?}").to_lowercase() == name.replace('_', "")) else {
+                cx.at(v.span(), format!("news2.vitals: unknown parameter \"{name}\" (respiration_rate, spo2, oxygen, systolic_bp, pulse, consciousness, temperature)"));
+                continue;
+            };
+            match vitals.resolve(v.get_ref()) {
+                Some(k) => {
+                    map.insert(p, k.to_string());
+                }
+                None => cx.at(v.span(), format!("news2.vitals.{name}: unknown vital \"{}\"", v.get_ref())),
+            }
+        }
+        // Parameters the mapping does not produce are simply always missing (and reported
+        // as such in every assessment).
+        for (p, code) in map.iter_mut() {
+            if let Some(k) = vitals.resolve(code) {
+                *code = k.to_string();
+            } else {
+                tracing::warn!(parameter = p.name(), vital = %code, "NEWS2 parameter not produced by the FHIR mapping: always missing");
+            }
+        }
+        News2Config {
+            urgent: urgent.clamp(0, 255) as u8,
+            emergency: emergency.clamp(0, 255) as u8,
+            single_parameter: n.single_parameter.unwrap_or(true),
+            stale_after: cx.duration(&n.stale_after, "news2.stale_after", Duration::from_secs(900)),
+            scale2_patients: n.scale2_patients.clone(),
+            vitals: map,
+            sustained: cx.duration(&n.sustained, "news2.sustained", Duration::ZERO),
+            resolve_after: cx.duration(&n.resolve_after, "news2.resolve_after", d_resolve),
+            suppress: cx.duration(&n.suppress, "news2.suppress", d_suppress),
+        }
+    });
+
+    let mut quality = BTreeMap::new();
+    for (name, q) in &raw.quality {
+        let Some(vital) = vitals.resolve(name) else {
+            cx.at(q.span(), format!("quality: unknown vital \"{name}\""));
+            continue;
+        };
+        let r = q.get_ref();
+        if let (Some(lo), Some(hi)) = (r.min, r.max) {
+            if lo >= hi {
+                cx.at(
+                    q.span(),
+                    format!("quality.{name}: min {lo} must be below max {hi}"),
+                );
+            }
+        }
+        quality.insert(
+            vital.to_string(),
+            Quality {
+                min: r.min,
+                max: r.max,
+                max_step: r.max_step,
+            },
+        );
+    }
+
+    if !cx.errors.is_empty() {
+        return Err(RuleErrors(cx.errors));
+    }
+    Ok(RuleSet {
+        file: file.to_string(),
+        rules,
+        news2,
+        quality,
+    })
+}
+
+impl RuleSet {
+    /// Level-change points of every rule on a signal, sorted: readings are passed on only
+    /// when they cross one.
+    pub fn boundaries(&self) -> HashMap<Signal, Vec<f64>> {
+        let mut out: HashMap<Signal, Vec<f64>> = HashMap::new();
+        for r in &self.rules {
+            out.entry(r.signal.clone())
+                .or_default()
+                .extend(r.boundaries());
+        }
+        if let Some(n) = &self.news2 {
+            for (p, vital) in &n.vitals {
+                out.entry(Signal::Value(vital.clone()))
+                    .or_default()
+                    .extend_from_slice(super::news2::boundaries(*p));
+            }
+        }
+        for b in out.values_mut() {
+            b.sort_by(f64::total_cmp);
+            b.dedup();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vitals() -> Vitals {
+        let fhir = FhirMapping::from_file(std::path::Path::new(
+            "templates/bedside-monitor/fhirmapping.json",
+        ))
+        .expect("mapping");
+        Vitals::new(&fhir)
+    }
+
+    #[test]
+    fn the_shipped_rules_load() {
+        let r = load(
+            std::path::Path::new("templates/alerts/adult-vitals.toml"),
+            &vitals(),
+        )
+        .expect("rules");
+        assert!(r.rules.iter().any(|r| r.id == "tachycardia"));
+        assert!(r.news2.is_some());
+    }
+
+    #[test]
+    fn vitals_are_named_by_code_type_or_component() {
+        let v = vitals();
+        assert_eq!(v.resolve("heartRate"), Some("8867-4"));
+        assert_eq!(v.resolve("8867-4"), Some("8867-4"));
+        assert_eq!(v.resolve("bloodPressure.systolic"), Some("8480-6"));
+        assert_eq!(
+            v.resolve("bloodPressure"),
+            None,
+            "a type with components names no single value"
+        );
+    }
+
+    #[test]
+    fn bad_rules_are_refused_with_line_and_column() {
+        let text = r#"
+[[rule]]
+id = "hr"
+vital = "heartRate"
+above = { warning = 150, critical = 130 }
+
+[[rule]]
+id = "x"
+vital = "glucose"
+below = { warning = 3 }
+
+[[rule]]
+id = "bp"
+vital = "8480-6"
+unit = "kPa"
+below = { warning = 90 }
+above = { warning = 85 }
+"#;
+        let e = parse(text, "r.toml", &vitals()).expect_err("invalid");
+        let lines: Vec<String> =
+            e.0.iter()
+                .map(|e| format!("{}:{}", e.line, e.reason))
+                .collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("5:") && l.contains("less severe")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("9:") && l.contains("unknown vital \"glucose\"")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("15:") && l.contains("mmHg")),
+            "{lines:?}"
+        );
+        assert!(lines.iter().any(|l| l.contains("overlap")), "{lines:?}");
+    }
+
+    #[test]
+    fn levels_use_hysteresis() {
+        let r = parse(
+            "[[rule]]\nid = \"hr\"\nvital = \"heartRate\"\nabove = { warning = 130, critical = 150 }\nhysteresis = 5\n",
+            "r.toml",
+            &vitals(),
+        )
+        .expect("rules");
+        let rule = &r.rules[0];
+        assert_eq!(
+            [120.0, 125.0, 129.0, 130.0, 149.0, 150.0].map(|v| rule.level(v)),
+            [
+                Level::Normal,
+                Level::Margin,
+                Level::Margin,
+                Level::Warning,
+                Level::Warning,
+                Level::Critical
+            ]
+        );
+        let b = r.boundaries()[&Signal::Value("8867-4".into())].clone();
+        assert!(
+            b.contains(&125.0) && b.contains(&130.0) && b.contains(&150.0),
+            "{b:?}"
+        );
+    }
+}
