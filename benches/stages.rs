@@ -37,6 +37,7 @@ fn readings(devices: usize, seconds: i64) -> Vec<Measurement> {
                 correlation_id: None,
                 occurrence_time: start + chrono::Duration::seconds(s),
                 properties: vec![("hr".into(), format!("{}", 60 + (s + d as i64) % 40))],
+                received_ms: None,
             })
         })
         .collect()

@@ -24,6 +24,8 @@ pub struct Measurement {
     pub occurrence_time: DateTime<Utc>,
     /// `(valueName, value)` in template order; values are strings as in the connector.
     pub properties: Vec<(Arc<str>, String)>,
+    /// When the message carrying it reached Kafka (ms since the Unix epoch), for latencies.
+    pub received_ms: Option<i64>,
 }
 
 /// JSON shape of a measurement as the IoMT conformance suite and `vitalflow normalize` print it.

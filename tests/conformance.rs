@@ -227,6 +227,7 @@ fn measurement_from_json(v: &Value) -> Measurement {
                 )
             })
             .collect(),
+        received_ms: None,
     }
 }
 

@@ -1,5 +1,7 @@
 //! Anomaly detection and clinician alerts: rules as data, NEWS2, per-patient vital state,
 //! differential evaluation and the alert lifecycle.
 
+pub mod lifecycle;
 pub mod news2;
 pub mod rules;
+pub mod signals;

@@ -237,8 +237,12 @@ fn normalize_operator<G: Scope<Timestamp = u64>>(
                     for m in batch.drain(..) {
                         ms.clear();
                         stamps.extend(m.origin.timestamp_ms);
+                        let received = m.origin.timestamp_ms;
                         match normalize(&shared.device, &shared.mapping, skew, now, m, &mut ms) {
                             Ok(()) => {
+                                for x in &mut ms {
+                                    x.received_ms = received;
+                                }
                                 Metrics::add(&shared.metrics.measurements, ms.len() as u64);
                                 session.give_iterator(ms.drain(..).map(Ok));
                             }

@@ -232,6 +232,7 @@ mod tests {
             correlation_id: None,
             occurrence_time: parse_timestamp(t).expect("time"),
             properties: vec![("hr".into(), v.into())],
+            received_ms: None,
         }
     }
 

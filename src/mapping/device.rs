@@ -659,6 +659,7 @@ impl DeviceTemplate {
             correlation_id,
             occurrence_time,
             properties,
+            received_ms: None,
         })
     }
 

@@ -228,6 +228,7 @@ mod tests {
             correlation_id: None,
             occurrence_time: parse_timestamp(&t).expect("time"),
             properties: vec![("hr".into(), v.into())],
+            received_ms: None,
         });
         w.take_dirty().pop().expect("one window")
     }

@@ -1,0 +1,456 @@
+//! Per-patient vital state, updated in place for every measurement (keyed timely state, not
+//! a differential `reduce`: a reduce over raw readings would re-read the group each time).
+//!
+//! It turns the raw stream into the few changes the differential part needs: a signal (a
+//! vital's value, its change over a window, its z-score against the patient's baseline) is
+//! passed on only when it crosses a boundary where some rule or NEWS2 could judge it
+//! differently, as a retraction of the previous reading and an insertion of the new one.
+//! Values older than the NEWS2 staleness age are retracted. Implausible values are dropped
+//! here, with the reason counted.
+
+use super::news2;
+use super::rules::{RuleSet, Signal};
+use crate::model::Measurement;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+
+/// Values travel as thousandths: differential data must be `Ord` and `Hash`.
+pub fn milli(v: f64) -> i64 {
+    (v * 1000.0).round() as i64
+}
+
+/// A signal's key in the differential collections.
+pub fn signal_key(s: &Signal) -> String {
+    match s {
+        Signal::Value(v) => format!("value:{v}"),
+        Signal::Change {
+            vital,
+            within_s,
+            falling,
+        } => format!(
+            "change:{vital}:{within_s}:{}",
+            if *falling { "drop" } else { "rise" }
+        ),
+        Signal::Baseline {
+            vital,
+            halflife_s,
+            warmup_s,
+        } => format!("baseline:{vital}:{halflife_s}:{warmup_s}"),
+    }
+}
+
+/// One reading of a signal, as the differential collections hold it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Reading {
+    /// Value, thousandths.
+    pub value: i64,
+    /// Event time of the reading, ms since the Unix epoch.
+    pub at_ms: i64,
+    /// When its message reached Kafka, ms (0 when unknown).
+    pub stamp_ms: i64,
+    /// The device that measured it.
+    pub device: String,
+}
+
+/// What the vital state passes on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A reading of `(patient, signal key)` enters (+1) or leaves (-1) the collection.
+    Reading((String, String), Reading, isize),
+    /// The patient's event clock advanced (sustain and hold-down timers run on it).
+    Tick {
+        /// Patient.
+        patient: String,
+        /// Newest event time, ms.
+        at_ms: i64,
+        /// Kafka time of the message that advanced it, ms.
+        stamp_ms: i64,
+    },
+    /// A value was dropped as implausible.
+    Rejected {
+        /// The vital.
+        vital: String,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+#[derive(Default)]
+struct VitalTrack {
+    last: Option<(i64, f64)>,
+    /// (time, value) within the longest change window of any rule.
+    history: VecDeque<(i64, f64)>,
+    /// Per baseline signal: (mean, variance, first reading ms, last reading ms).
+    baselines: HashMap<String, (f64, f64, i64, i64)>,
+}
+
+#[derive(Default)]
+struct PatientState {
+    clock_ms: i64,
+    last_tick_ms: i64,
+    vitals: HashMap<String, VitalTrack>,
+    /// The reading in the collection per signal key, with its band.
+    emitted: HashMap<String, (i64, Reading)>,
+}
+
+/// How often (event time) a patient's clock is passed on without other changes.
+const TICK_MS: i64 = 5_000;
+
+fn band(boundaries: &[f64], v: f64) -> i64 {
+    // Below, at and above each boundary are different bands: thresholds are inclusive.
+    boundaries
+        .iter()
+        .map(|b| match v.partial_cmp(b) {
+            Some(std::cmp::Ordering::Less) | None => 0,
+            Some(std::cmp::Ordering::Equal) => 1,
+            Some(std::cmp::Ordering::Greater) => 2,
+        })
+        .sum()
+}
+
+/// Parses a measured value: numbers, booleans (supplemental oxygen), ACVPU letters.
+pub fn numeric(v: &str) -> Option<f64> {
+    let t = v.trim();
+    if let Ok(f) = t.parse::<f64>() {
+        return f.is_finite().then_some(f);
+    }
+    match t.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" => Some(1.0),
+        "false" | "no" | "off" => Some(0.0),
+        _ => news2::acvpu(t),
+    }
+}
+
+/// The vital state of all patients of one worker.
+#[derive(Default)]
+pub struct VitalState {
+    patients: HashMap<String, PatientState>,
+    boundaries: HashMap<Signal, Vec<f64>>,
+    by_vital: HashMap<String, Vec<Signal>>,
+}
+
+impl VitalState {
+    /// Uses a (new) rule set: signals are re-banded and re-emitted where their band changed;
+    /// signals no rule watches any more are retracted.
+    pub fn set_rules(&mut self, rules: &RuleSet, out: &mut Vec<Change>) {
+        self.boundaries = rules.boundaries();
+        self.by_vital.clear();
+        for s in self.boundaries.keys() {
+            self.by_vital
+                .entry(s.vital().to_string())
+                .or_default()
+                .push(s.clone());
+        }
+        let keys: HashMap<String, &Vec<f64>> = self
+            .boundaries
+            .iter()
+            .map(|(s, b)| (signal_key(s), b))
+            .collect();
+        for (patient, st) in &mut self.patients {
+            let mut gone = Vec::new();
+            for (key, (old_band, r)) in st.emitted.iter_mut() {
+                match keys.get(key) {
+                    None => gone.push(key.clone()),
+                    Some(b) => {
+                        let nb = band(b, r.value as f64 / 1000.0);
+                        if nb != *old_band {
+                            *old_band = nb;
+                            // Same reading, new band: retract and insert so that the
+                            // differential side re-judges it (its rule changed).
+                            out.push(Change::Reading(
+                                (patient.clone(), key.clone()),
+                                r.clone(),
+                                -1,
+                            ));
+                            out.push(Change::Reading(
+                                (patient.clone(), key.clone()),
+                                r.clone(),
+                                1,
+                            ));
+                        }
+                    }
+                }
+            }
+            for key in gone {
+                if let Some((_, r)) = st.emitted.remove(&key) {
+                    out.push(Change::Reading((patient.clone(), key), r, -1));
+                }
+            }
+        }
+    }
+
+    /// Patients held.
+    pub fn len(&self) -> usize {
+        self.patients.len()
+    }
+
+    /// True when no patient is held.
+    pub fn is_empty(&self) -> bool {
+        self.patients.is_empty()
+    }
+
+    /// Adds one measurement.
+    pub fn add(
+        &mut self,
+        m: &Measurement,
+        vitals: &super::rules::Vitals,
+        rules: &RuleSet,
+        out: &mut Vec<Change>,
+    ) {
+        let Some(patient) = &m.patient_id else { return };
+        let at = m.occurrence_time.timestamp_millis();
+        let stamp = m.received_ms.unwrap_or(0);
+        let st = self.patients.entry(patient.clone()).or_default();
+        st.clock_ms = st.clock_ms.max(at);
+        for (name, raw) in &m.properties {
+            let Some(vital) = vitals.of(&m.type_name, name) else {
+                continue;
+            };
+            let Some(signals) = self.by_vital.get(vital) else {
+                continue;
+            };
+            let Some(v) = numeric(raw) else {
+                out.push(Change::Rejected {
+                    vital: vital.to_string(),
+                    reason: "not a number",
+                });
+                continue;
+            };
+            let track = st.vitals.entry(vital.to_string()).or_default();
+            if let Some(q) = rules.quality.get(vital) {
+                let reason = if q.min.is_some_and(|lo| v < lo) {
+                    Some("below the plausible minimum")
+                } else if q.max.is_some_and(|hi| v > hi) {
+                    Some("above the plausible maximum")
+                } else if let (Some(step), Some((t0, last))) = (q.max_step, track.last) {
+                    // A jump no physiology makes between close readings: probe off, motion.
+                    ((v - last).abs() > step && at - t0 < 60_000).then_some("implausible jump")
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    out.push(Change::Rejected {
+                        vital: vital.to_string(),
+                        reason,
+                    });
+                    continue;
+                }
+            }
+            if track.last.is_some_and(|(t0, _)| at < t0) {
+                // Late data (a device syncing its backlog): it belongs to the record, not to
+                // the alerting picture of now.
+                continue;
+            }
+            track.last = Some((at, v));
+            for s in signals {
+                let value = match s {
+                    Signal::Value(_) => Some(v),
+                    Signal::Change {
+                        within_s, falling, ..
+                    } => {
+                        let since = at - *within_s as i64 * 1000;
+                        let h = &track.history;
+                        let window = h.iter().filter(|(t, _)| *t >= since).map(|(_, x)| *x);
+                        let extreme = if *falling {
+                            window.fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))))
+                        } else {
+                            window.fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.min(x))))
+                        };
+                        extreme.map(|e| v - e)
+                    }
+                    Signal::Baseline {
+                        halflife_s,
+                        warmup_s,
+                        ..
+                    } => {
+                        let key = signal_key(s);
+                        let b = track.baselines.entry(key).or_insert((v, 0.0, at, at));
+                        let (mean, var, first, last) = *b;
+                        // Judge against the baseline before this reading joins it.
+                        let sd = var.sqrt().max(1.0).max(mean.abs() * 0.02);
+                        let z = (v - mean).abs() / sd;
+                        let dt = (at - last).max(0) as f64 / 1000.0;
+                        let w = 0.5f64.powf(dt / *halflife_s as f64);
+                        let d = v - mean;
+                        let new_mean = mean + (1.0 - w) * d;
+                        *b = (new_mean, w * (var + (1.0 - w) * d * d), first, at);
+                        (at - first >= *warmup_s as i64 * 1000).then_some(z)
+                    }
+                };
+                let key = signal_key(s);
+                let Some(value) = value else { continue };
+                let nb = band(&self.boundaries[s], value);
+                if st.emitted.get(&key).is_some_and(|(b, _)| *b == nb) {
+                    continue;
+                }
+                let r = Reading {
+                    value: milli(value),
+                    at_ms: at,
+                    stamp_ms: stamp,
+                    device: m.device_id.clone(),
+                };
+                if let Some((_, old)) = st.emitted.insert(key.clone(), (nb, r.clone())) {
+                    out.push(Change::Reading((patient.clone(), key.clone()), old, -1));
+                }
+                out.push(Change::Reading((patient.clone(), key), r, 1));
+            }
+            let longest = signals
+                .iter()
+                .filter_map(|s| match s {
+                    Signal::Change { within_s, .. } => Some(*within_s as i64 * 1000),
+                    _ => None,
+                })
+                .max();
+            if let Some(keep) = longest {
+                track.history.push_back((at, v));
+                while track.history.front().is_some_and(|(t, _)| *t < at - keep) {
+                    track.history.pop_front();
+                }
+            }
+        }
+        // Values that stopped coming stop counting.
+        if let Some(n) = &rules.news2 {
+            let stale_before = st.clock_ms - n.stale_after.as_millis() as i64;
+            let stale: Vec<String> = st
+                .emitted
+                .iter()
+                .filter(|(k, (_, r))| k.starts_with("value:") && r.at_ms < stale_before)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in stale {
+                if let Some((_, r)) = st.emitted.remove(&k) {
+                    out.push(Change::Reading((patient.clone(), k), r, -1));
+                }
+            }
+        }
+        if st.clock_ms - st.last_tick_ms >= TICK_MS {
+            st.last_tick_ms = st.clock_ms;
+            out.push(Change::Tick {
+                patient: patient.clone(),
+                at_ms: st.clock_ms,
+                stamp_ms: stamp,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::anomaly::rules::{parse, Vitals};
+    use crate::mapping::FhirMapping;
+    use std::sync::Arc;
+
+    fn setup(text: &str) -> (Vitals, RuleSet) {
+        let fhir = FhirMapping::from_file(std::path::Path::new(
+            "templates/bedside-monitor/fhirmapping.json",
+        ))
+        .expect("mapping");
+        let v = Vitals::new(&fhir);
+        let r = parse(text, "r.toml", &v).expect("rules");
+        (v, r)
+    }
+
+    fn hr(second: i64, v: &str) -> Measurement {
+        Measurement {
+            type_name: Arc::from("heartRate"),
+            device_id: "BM-1".into(),
+            patient_id: Some("P-1".into()),
+            encounter_id: None,
+            correlation_id: None,
+            occurrence_time: chrono::DateTime::from_timestamp(1_800_000_000 + second, 0)
+                .expect("time"),
+            properties: vec![(Arc::from("hr"), v.into())],
+            received_ms: Some(5),
+        }
+    }
+
+    fn readings(out: &[Change]) -> Vec<(i64, isize)> {
+        out.iter()
+            .filter_map(|c| match c {
+                Change::Reading(_, r, d) => Some((r.value / 1000, *d)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_band_crossings_are_passed_on() {
+        let (v, r) = setup(
+            "[[rule]]\nid = \"hr\"\nvital = \"heartRate\"\nabove = { warning = 130 }\nhysteresis = 5\n",
+        );
+        let mut s = VitalState::default();
+        let mut out = Vec::new();
+        s.set_rules(&r, &mut out);
+        for (i, x) in ["80", "90", "100", "126", "127", "131", "140", "124"]
+            .iter()
+            .enumerate()
+        {
+            s.add(&hr(i as i64, x), &v, &r, &mut out);
+        }
+        assert_eq!(
+            readings(&out),
+            vec![
+                (80, 1),
+                (80, -1),
+                (126, 1),
+                (126, -1),
+                (131, 1),
+                (131, -1),
+                (124, 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn implausible_values_are_rejected_with_the_reason() {
+        let (v, r) = setup(
+            "[[rule]]\nid = \"hr\"\nvital = \"heartRate\"\nabove = { warning = 130 }\n[quality]\nheartRate = { min = 20, max = 300, max_step = 40 }\n",
+        );
+        let mut s = VitalState::default();
+        let mut out = Vec::new();
+        s.set_rules(&r, &mut out);
+        for (i, x) in ["80", "0", "200", "85", "abc"].iter().enumerate() {
+            s.add(&hr(i as i64, x), &v, &r, &mut out);
+        }
+        let reasons: Vec<&str> = out
+            .iter()
+            .filter_map(|c| match c {
+                Change::Rejected { reason, .. } => Some(*reason),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                "below the plausible minimum",
+                "implausible jump",
+                "not a number"
+            ]
+        );
+        assert_eq!(
+            readings(&out),
+            vec![(80, 1)],
+            "85 is in the same band as 80"
+        );
+    }
+
+    #[test]
+    fn a_rule_change_rebands_what_is_held() {
+        let (v, r) =
+            setup("[[rule]]\nid = \"hr\"\nvital = \"heartRate\"\nabove = { warning = 130 }\n");
+        let mut s = VitalState::default();
+        let mut out = Vec::new();
+        s.set_rules(&r, &mut out);
+        s.add(&hr(0, "110"), &v, &r, &mut out);
+        out.clear();
+        let (_, r2) =
+            setup("[[rule]]\nid = \"hr\"\nvital = \"heartRate\"\nabove = { warning = 100 }\n");
+        s.set_rules(&r2, &mut out);
+        assert_eq!(
+            readings(&out),
+            vec![(110, -1), (110, 1)],
+            "re-judged under the new rule"
+        );
+    }
+}
