@@ -21,7 +21,7 @@ pub const EMBEDDED_FILE: &str = "<embedded default job>";
 pub const EMBEDDED_BROKERS: &str = "embedded";
 
 /// Mapping files shipped inside the binary, so the embedded default runs from any directory.
-pub const EMBEDDED_TEMPLATES: [(&str, &str); 2] = [
+pub const EMBEDDED_TEMPLATES: [(&str, &str); 3] = [
     (
         "templates/bedside-monitor/devicecontent.json",
         include_str!("../templates/bedside-monitor/devicecontent.json"),
@@ -29,6 +29,10 @@ pub const EMBEDDED_TEMPLATES: [(&str, &str); 2] = [
     (
         "templates/bedside-monitor/fhirmapping.json",
         include_str!("../templates/bedside-monitor/fhirmapping.json"),
+    ),
+    (
+        "templates/alerts/adult-vitals.toml",
+        include_str!("../templates/alerts/adult-vitals.toml"),
     ),
 ];
 
@@ -121,6 +125,7 @@ struct RawKafka {
 #[serde(deny_unknown_fields)]
 struct RawFile {
     path: Spanned<String>,
+    rate: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -211,6 +216,7 @@ struct RawDeadLetter {
 #[serde(deny_unknown_fields)]
 struct RawAnomaly {
     rules: Spanned<String>,
+    topic: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -231,8 +237,9 @@ struct RawMetrics {
 pub enum SourceConfig {
     /// Kafka topics, read by the workers partition by partition.
     Kafka,
-    /// An NDJSON file of device messages (replays).
-    File(PathBuf),
+    /// An NDJSON file of device messages (replays), and the rate to replay it at (messages
+    /// per second, 0: as fast as possible).
+    File(PathBuf, f64),
     /// The built-in simulator, generating straight into the dataflow.
     Simulator,
 }
@@ -522,6 +529,8 @@ pub struct JobConfig {
     pub dead_letter_topic: Option<String>,
     /// Anomaly rules file (anomaly detection).
     pub anomaly_rules: Option<PathBuf>,
+    /// Kafka topic alerts go to; None: NDJSON files under the output directory.
+    pub alerts_topic: Option<String>,
     /// Length of an ingestion epoch (timely time).
     pub epoch: Duration,
     /// Messages a worker reads per activation.
@@ -778,14 +787,25 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
             SourceConfig::Kafka
         }
         "file" => match &raw.file {
-            Some(f) => SourceConfig::File(cx.existing_file(base, &f.path, "file.path")),
+            Some(f) => {
+                let rate = f.rate.as_ref().map_or(0.0, |r| *r.get_ref());
+                if rate < 0.0 || rate.is_nan() {
+                    let span = f.rate.as_ref().map_or(0..0, Spanned::span);
+                    cx.at(
+                        span,
+                        "file.rate",
+                        "must be zero (as fast as possible) or positive",
+                    );
+                }
+                SourceConfig::File(cx.existing_file(base, &f.path, "file.path"), rate)
+            }
             None => {
                 cx.at(
                     raw.source.span(),
                     "source",
                     "source \"file\" needs a [file] table with path",
                 );
-                SourceConfig::File(PathBuf::new())
+                SourceConfig::File(PathBuf::new(), 0.0)
             }
         },
         "simulator" => {
@@ -855,6 +875,20 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
         .anomaly
         .as_ref()
         .map(|a| cx.existing_file(base, &a.rules, "anomaly.rules"));
+    let alerts_topic = raw
+        .anomaly
+        .as_ref()
+        .and_then(|a| a.topic.as_ref())
+        .map(|t| {
+            if kafka.is_none() {
+                cx.at(
+                    t.span(),
+                    "anomaly.topic",
+                    "an alerts topic needs a [kafka] table (brokers)",
+                );
+            }
+            t.get_ref().clone()
+        });
     let epoch = cx.duration(
         &raw.performance.epoch,
         "performance.epoch",
@@ -901,6 +935,7 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
         flush_interval,
         dead_letter_topic,
         anomaly_rules,
+        alerts_topic,
         epoch,
         batch_size,
         metrics_address,

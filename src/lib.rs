@@ -3,6 +3,7 @@
 
 pub mod anomaly;
 pub mod bench;
+pub mod bench_alerts;
 pub mod dataflow;
 pub mod debugger;
 pub mod event;

@@ -129,8 +129,45 @@ Examples:
   vitalflow bench --rate 5000 --find-max --duration 10s --format json
   vitalflow bench --job dataflows/icu.toml --workers 4 --rate 50000";
 
+#[derive(clap::Subcommand)]
+enum BenchWhat {
+    /// Replay labelled scenarios and score the alerts against their ground truth, next to a
+    /// naive fixed-threshold detector.
+    #[command(after_help = BENCH_ALERTS_HELP)]
+    Alerts(BenchAlertsArgs),
+}
+
+const BENCH_ALERTS_HELP: &str = "Each scenario (datasets/scenarios/*.toml, format in \
+datasets/scenarios/README.md) is generated, replayed through the job from a file, and its \
+alerts scored: recall (events detected), episode precision (alerts that belong to an event), \
+false alerts per patient-hour, median and p95 time from onset to detection. The naive \
+detector raises an alert for every reading beyond a rule's warning threshold.
+
+Examples:
+  vitalflow bench alerts --scenarios datasets/scenarios
+  vitalflow bench alerts --scenarios datasets/scenarios --format json | jq .total";
+
 #[derive(clap::Args)]
+struct BenchAlertsArgs {
+    /// Directory of scenario specs.
+    #[arg(long, default_value = "datasets/scenarios")]
+    scenarios: PathBuf,
+    /// Alert rules.
+    #[arg(long, default_value = "templates/alerts/adult-vitals.toml")]
+    rules: PathBuf,
+    /// Worker threads [default: the number of cores].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Output format [default: table on a terminal, json otherwise].
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct BenchArgs {
+    #[command(subcommand)]
+    what: Option<BenchWhat>,
     /// Job file [default: the embedded default].
     #[arg(long)]
     job: Option<PathBuf>,
@@ -790,6 +827,9 @@ fn write_simulation(
 }
 
 fn bench(args: BenchArgs) -> ExitCode {
+    if let Some(BenchWhat::Alerts(a)) = args.what {
+        return bench_alerts(a);
+    }
     init_logs(LogFormat::Text);
     let format = resolve(args.format);
     let (text, file) = match &args.targets {
@@ -883,6 +923,92 @@ fn bench(args: BenchArgs) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+fn bench_alerts(args: BenchAlertsArgs) -> ExitCode {
+    init_logs(LogFormat::Text);
+    let format = resolve(args.format);
+    let specs = match vitalflow::bench_alerts::specs(&args.scenarios) {
+        Ok(s) if !s.is_empty() => s,
+        Ok(_) => {
+            eprintln!(
+                "error: no scenario (*.toml) in {}",
+                args.scenarios.display()
+            );
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut results = Vec::new();
+    for spec in &specs {
+        match vitalflow::bench_alerts::run_scenario(spec, &args.rules, workers) {
+            Ok(r) => results.push(r),
+            Err(e) => {
+                eprintln!("error: {}: {e:#}", spec.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let vf =
+        vitalflow::bench_alerts::total(&results.iter().map(|r| &r.vitalflow).collect::<Vec<_>>());
+    let nv = vitalflow::bench_alerts::total(&results.iter().map(|r| &r.naive).collect::<Vec<_>>());
+    match format {
+        Format::Json => outln!(
+            "{}",
+            json!({"scenarios": results, "total": {"vitalflow": vf, "naive": nv}})
+        ),
+        Format::Table => {
+            let mut t = Table::new();
+            t.load_preset(UTF8_FULL_CONDENSED)
+                .set_content_arrangement(ContentArrangement::Dynamic)
+                .set_header(vec![
+                    "scenario",
+                    "detector",
+                    "events",
+                    "recall",
+                    "alerts",
+                    "precision",
+                    "false/pt-h",
+                    "alerts/pt-h",
+                    "TTD median s",
+                    "TTD p95 s",
+                ]);
+            let secs = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+            let mut row = |name: &str, who: &str, s: &vitalflow::bench_alerts::Score| {
+                t.add_row(vec![
+                    name.to_string(),
+                    who.to_string(),
+                    s.events.to_string(),
+                    format!("{:.2}", s.recall),
+                    s.alerts.to_string(),
+                    format!("{:.2}", s.precision),
+                    format!("{:.2}", s.false_per_patient_hour),
+                    format!("{:.2}", s.alerts_per_patient_hour),
+                    secs(s.ttd_median_s),
+                    secs(s.ttd_p95_s),
+                ]);
+            };
+            for r in &results {
+                row(&r.name, "vitalflow", &r.vitalflow);
+                row("", "naive", &r.naive);
+            }
+            row("TOTAL", "vitalflow", &vf);
+            row("", "naive", &nv);
+            outln!("{t}");
+            for r in &results {
+                for d in &r.disagreements {
+                    outln!("{}: {d}", r.name);
+                }
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn print_bench(runs: &[vitalflow::bench::Summary], max_rate: Option<f64>, out: &Path) {

@@ -24,6 +24,14 @@ pub struct Metrics {
     pub fhir_requests: AtomicU64,
     /// FHIR requests retried (429, 5xx, network errors).
     pub fhir_retries: AtomicU64,
+    /// Alert events delivered (open, escalated, resolved).
+    pub alerts_out: AtomicU64,
+    /// Readings the alerting ignored as implausible or not numeric.
+    pub alert_inputs_rejected: AtomicU64,
+    /// Rule files reloaded.
+    pub rule_reloads: AtomicU64,
+    /// Rule file changes refused (the previous rules stay).
+    pub rule_reload_errors: AtomicU64,
     /// Observation updates the sink skipped because nothing changed (replays).
     pub observations_unchanged: AtomicU64,
     /// Observations that could not be built (values the FHIR template cannot represent).
@@ -66,6 +74,8 @@ pub struct Latencies {
     pub durable: Mutex<hdrhistogram::Histogram<u64>>,
     /// Epoch opened → all its outputs durable (per epoch, not per message).
     pub epoch: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Append of the triggering reading → alert delivered (alerts topic or file).
+    pub alert: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
 impl Default for Latencies {
@@ -74,14 +84,19 @@ impl Default for Latencies {
             normalize: Mutex::new(latency_histogram()),
             durable: Mutex::new(latency_histogram()),
             epoch: Mutex::new(latency_histogram()),
+            alert: Mutex::new(latency_histogram()),
         }
     }
 }
 
 impl Latencies {
     /// The paths, by name.
-    pub fn paths(&self) -> [(&'static str, &Mutex<hdrhistogram::Histogram<u64>>); 2] {
-        [("normalize", &self.normalize), ("durable", &self.durable)]
+    pub fn paths(&self) -> [(&'static str, &Mutex<hdrhistogram::Histogram<u64>>); 3] {
+        [
+            ("normalize", &self.normalize),
+            ("durable", &self.durable),
+            ("alert", &self.alert),
+        ]
     }
 
     /// Records `now - stamp` for every stamp (milliseconds since the Unix epoch).
@@ -167,7 +182,27 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 15] = [
+            (
+                "vitalflow_alerts_total",
+                "Alert events delivered (open, escalated, resolved).",
+                &self.alerts_out,
+            ),
+            (
+                "vitalflow_alert_inputs_rejected_total",
+                "Readings ignored by alerting as implausible or not numeric.",
+                &self.alert_inputs_rejected,
+            ),
+            (
+                "vitalflow_rule_reloads_total",
+                "Alert rule files reloaded.",
+                &self.rule_reloads,
+            ),
+            (
+                "vitalflow_rule_reload_errors_total",
+                "Alert rule file changes refused (previous rules kept).",
+                &self.rule_reload_errors,
+            ),
             (
                 "vitalflow_messages_in_total",
                 "Messages read from the source.",

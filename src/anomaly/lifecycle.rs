@@ -94,6 +94,9 @@ pub fn alert_id(patient: &str, rule: &str, since_ms: i64) -> String {
 #[derive(Debug, Default)]
 struct Track {
     current: Option<Condition>,
+    /// Sustain, resolve and suppression times of the last condition seen (a retracted
+    /// condition's alert still resolves on its own hold-down).
+    timing: (i64, i64, i64),
     /// Since when the level has been at least warning / critical (event ms).
     abnormal_since: Option<i64>,
     critical_since: Option<i64>,
@@ -132,11 +135,19 @@ impl Lifecycle {
         let t = self.tracks.entry(key).or_default();
         if diff < 0 {
             if t.current.as_ref() == Some(&c) {
+                // Nothing replaces it: the condition no longer holds (stale value, rule
+                // removed); an open alert resolves after the hold-down, on ticks.
                 t.current = None;
+                t.abnormal_since = None;
+                t.critical_since = None;
+                if t.open.is_some() {
+                    t.normal_since.get_or_insert(now);
+                }
             }
             return;
         }
         let level = c.level;
+        t.timing = c.timing;
         t.current = Some(c);
         // Level history, in event time.
         if level >= Level::Warning as u8 {
@@ -167,13 +178,6 @@ impl Lifecycle {
         *clock = (*clock).max(at_ms);
         let now = *clock;
         for ((p, rule), t) in self.tracks.iter_mut().filter(|((p, _), _)| p == patient) {
-            if t.current.is_none() && t.open.is_some() {
-                // The rule or the reading went away (rule removed, value stale): it no longer
-                // holds, and resolves like a normal value would.
-                t.normal_since.get_or_insert(now);
-                t.abnormal_since = None;
-                t.critical_since = None;
-            }
             let before = out.len();
             Self::step(p, rule, t, now, out);
             for a in &mut out[before..] {
@@ -183,7 +187,7 @@ impl Lifecycle {
     }
 
     fn step(patient: &str, rule: &str, t: &mut Track, now: i64, out: &mut Vec<Alert>) {
-        let (sustain, resolve, suppress) = t.current.as_ref().map_or((0, 0, 0), |c| c.timing);
+        let (sustain, resolve, suppress) = t.timing;
         let emit = |t: &Track, id: &str, severity: Severity, since: i64, state: State| {
             let c = t.current.as_ref();
             let (vital, value, at, detail) =

@@ -3,5 +3,6 @@
 
 pub mod lifecycle;
 pub mod news2;
+pub mod reload;
 pub mod rules;
 pub mod signals;

@@ -64,6 +64,14 @@ pub enum Signal {
         /// True: against the highest value (falls); false: the lowest (rises).
         falling: bool,
     },
+    /// The median of the vital over the last `window_s` seconds: what NEWS2 scores, as a
+    /// charted observation would be, so one noisy second does not change a patient's score.
+    Smoothed {
+        /// The vital.
+        vital: String,
+        /// Window, seconds.
+        window_s: u64,
+    },
     /// z-score against the patient's exponentially weighted mean and variance.
     Baseline {
         /// The vital.
@@ -80,7 +88,9 @@ impl Signal {
     pub fn vital(&self) -> &str {
         match self {
             Signal::Value(v) => v,
-            Signal::Change { vital, .. } | Signal::Baseline { vital, .. } => vital,
+            Signal::Change { vital, .. }
+            | Signal::Baseline { vital, .. }
+            | Signal::Smoothed { vital, .. } => vital,
         }
     }
 }
@@ -127,43 +137,10 @@ pub struct Rule {
     pub unit: Option<String>,
 }
 
-fn ge(v: f64, t: Option<f64>) -> bool {
-    t.is_some_and(|t| v >= t)
-}
-
-fn le(v: f64, t: Option<f64>) -> bool {
-    t.is_some_and(|t| v <= t)
-}
-
 impl Rule {
     /// The level of a value.
     pub fn level(&self, v: f64) -> Level {
-        match self.test {
-            Test::Above { warning, critical } => {
-                let lowest = warning.or(critical);
-                if ge(v, critical) {
-                    Level::Critical
-                } else if ge(v, warning) {
-                    Level::Warning
-                } else if ge(v, lowest.map(|t| t - self.hysteresis)) {
-                    Level::Margin
-                } else {
-                    Level::Normal
-                }
-            }
-            Test::Below { warning, critical } => {
-                let highest = warning.or(critical);
-                if le(v, critical) {
-                    Level::Critical
-                } else if le(v, warning) {
-                    Level::Warning
-                } else if le(v, highest.map(|t| t + self.hysteresis)) {
-                    Level::Margin
-                } else {
-                    Level::Normal
-                }
-            }
-        }
+        RuleRow::from(self).level(super::signals::milli(v))
     }
 
     /// Values at which [`Rule::level`] can change.
@@ -180,6 +157,75 @@ impl Rule {
     }
 }
 
+/// A rule as the differential collection holds it: thresholds in thousandths, so that it is
+/// `Ord` and `Hash`, and a changed threshold is a changed row.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RuleRow {
+    /// Rule id.
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// The vital its signal derives from.
+    pub vital: String,
+    /// Above (true) or below.
+    pub above: bool,
+    /// Warning threshold, thousandths.
+    pub warning: Option<i64>,
+    /// Critical threshold, thousandths.
+    pub critical: Option<i64>,
+    /// Hysteresis, thousandths.
+    pub hysteresis: i64,
+    /// Sustain, resolve and suppression times, ms.
+    pub timing: (i64, i64, i64),
+    /// Unit, for texts.
+    pub unit: Option<String>,
+}
+
+impl RuleRow {
+    /// The level of a value (thousandths).
+    pub fn level(&self, v: i64) -> Level {
+        let at_or = |t: Option<i64>| t.is_some_and(|t| if self.above { v >= t } else { v <= t });
+        let edge = self.warning.or(self.critical).map(|t| {
+            if self.above {
+                t - self.hysteresis
+            } else {
+                t + self.hysteresis
+            }
+        });
+        if at_or(self.critical) {
+            Level::Critical
+        } else if at_or(self.warning) {
+            Level::Warning
+        } else if at_or(edge) {
+            Level::Margin
+        } else {
+            Level::Normal
+        }
+    }
+}
+
+impl From<&Rule> for RuleRow {
+    fn from(r: &Rule) -> Self {
+        let m = super::signals::milli;
+        let ms = |d: Duration| d.as_millis().min(i64::MAX as u128) as i64;
+        let (above, warning, critical) = match r.test {
+            Test::Above { warning, critical } => (true, warning, critical),
+            Test::Below { warning, critical } => (false, warning, critical),
+        };
+        Self {
+            id: r.id.clone(),
+            title: r.title.clone(),
+            vital: r.signal.vital().to_string(),
+            above,
+            warning: warning.map(m),
+            critical: critical.map(m),
+            hysteresis: m(r.hysteresis),
+            timing: (ms(r.sustained), ms(r.resolve_after), ms(r.suppress)),
+            unit: r.unit.clone(),
+        }
+    }
+}
+
 /// NEWS2 settings.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct News2Config {
@@ -192,6 +238,8 @@ pub struct News2Config {
     /// A value older than this (event time, against the patient's newest reading) stops
     /// counting.
     pub stale_after: Duration,
+    /// Parameters are scored on their median over this window.
+    pub smoothing: Duration,
     /// Patients scored on SpO2 scale 2 (hypercapnic respiratory failure), by identifier.
     pub scale2_patients: Vec<String>,
     /// The vital each parameter is read from.
@@ -202,6 +250,16 @@ pub struct News2Config {
     pub resolve_after: Duration,
     /// See [`Rule::suppress`].
     pub suppress: Duration,
+}
+
+impl News2Config {
+    /// The signal a parameter is scored on.
+    pub fn signal(&self, vital: &str) -> Signal {
+        Signal::Smoothed {
+            vital: vital.to_string(),
+            window_s: self.smoothing.as_secs().max(1),
+        }
+    }
 }
 
 /// Signal-quality limits of a vital: values outside are artifacts, not physiology.
@@ -403,6 +461,7 @@ struct RawNews2 {
     emergency: Option<Spanned<i64>>,
     single_parameter: Option<bool>,
     stale_after: Option<Spanned<String>>,
+    smoothing: Option<Spanned<String>>,
     #[serde(default)]
     scale2_patients: Vec<String>,
     #[serde(default)]
@@ -760,6 +819,7 @@ pub fn parse(text: &str, file: &str, vitals: &Vitals) -> Result<RuleSet, RuleErr
             emergency: emergency.clamp(0, 255) as u8,
             single_parameter: n.single_parameter.unwrap_or(true),
             stale_after: cx.duration(&n.stale_after, "news2.stale_after", Duration::from_secs(900)),
+            smoothing: cx.duration(&n.smoothing, "news2.smoothing", Duration::from_secs(60)),
             scale2_patients: n.scale2_patients.clone(),
             vitals: map,
             sustained: cx.duration(&n.sustained, "news2.sustained", Duration::ZERO),
@@ -816,7 +876,7 @@ impl RuleSet {
         }
         if let Some(n) = &self.news2 {
             for (p, vital) in &n.vitals {
-                out.entry(Signal::Value(vital.clone()))
+                out.entry(n.signal(vital))
                     .or_default()
                     .extend_from_slice(super::news2::boundaries(*p));
             }

@@ -36,6 +36,7 @@ pub fn signal_key(s: &Signal) -> String {
             halflife_s,
             warmup_s,
         } => format!("baseline:{vital}:{halflife_s}:{warmup_s}"),
+        Signal::Smoothed { vital, window_s } => format!("smoothed:{vital}:{window_s}"),
     }
 }
 
@@ -245,6 +246,18 @@ impl VitalState {
             for s in signals {
                 let value = match s {
                     Signal::Value(_) => Some(v),
+                    Signal::Smoothed { window_s, .. } => {
+                        let since = at - *window_s as i64 * 1000;
+                        let mut w: Vec<f64> = track
+                            .history
+                            .iter()
+                            .filter(|(t, _)| *t >= since)
+                            .map(|(_, x)| *x)
+                            .chain(std::iter::once(v))
+                            .collect();
+                        w.sort_by(f64::total_cmp);
+                        Some(w[w.len() / 2])
+                    }
                     Signal::Change {
                         within_s, falling, ..
                     } => {
@@ -298,6 +311,7 @@ impl VitalState {
                 .iter()
                 .filter_map(|s| match s {
                     Signal::Change { within_s, .. } => Some(*within_s as i64 * 1000),
+                    Signal::Smoothed { window_s, .. } => Some(*window_s as i64 * 1000),
                     _ => None,
                 })
                 .max();
@@ -308,14 +322,22 @@ impl VitalState {
                 }
             }
         }
-        // Values that stopped coming stop counting.
+        // NEWS2 parameters that stopped coming stop counting (by their last reading, not the
+        // last band change).
         if let Some(n) = &rules.news2 {
             let stale_before = st.clock_ms - n.stale_after.as_millis() as i64;
+            let vitals = &st.vitals;
             let stale: Vec<String> = st
                 .emitted
-                .iter()
-                .filter(|(k, (_, r))| k.starts_with("value:") && r.at_ms < stale_before)
-                .map(|(k, _)| k.clone())
+                .keys()
+                .filter(|k| {
+                    k.strip_prefix("smoothed:")
+                        .and_then(|rest| rest.rsplit_once(':'))
+                        .and_then(|(vital, _)| vitals.get(vital))
+                        .and_then(|t| t.last)
+                        .is_some_and(|(t, _)| t < stale_before)
+                })
+                .cloned()
                 .collect();
             for k in stale {
                 if let Some((_, r)) = st.emitted.remove(&k) {

@@ -7,15 +7,19 @@
 //! processes, which epochs are durable, and each source commits the positions it recorded at
 //! the end of those epochs.
 
+mod alerting;
 pub mod normalize;
 pub mod operators;
 mod sink_thread;
 pub mod window;
 
+use crate::anomaly::reload::Rules;
+use crate::anomaly::rules::Vitals;
 use crate::fhir::client::FhirClient;
 use crate::job::{JobConfig, SourceConfig, EMBEDDED_BROKERS};
 use crate::mapping::{DeviceMapping, FhirMapping};
 use crate::metrics::Metrics;
+use crate::sinks::alerts::AlertSink;
 use crate::sinks::dead_letter::{DeadLetter, FileDeadLetters, KafkaDeadLetters};
 use crate::sinks::fhir::FhirSink;
 use crate::sinks::observations::ObservationSink;
@@ -93,10 +97,19 @@ struct Shared {
     stop: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     fhir: Option<Arc<FhirClient>>,
+    rules: Option<Arc<Rules>>,
+    /// Sources of this process that have read all they will read.
+    sources_done: std::sync::atomic::AtomicUsize,
+    local_workers: usize,
     fatal: Mutex<Option<String>>,
 }
 
 impl Shared {
+    /// Every source of this process has finished reading.
+    fn inputs_done(&self) -> bool {
+        self.sources_done.load(Ordering::Acquire) >= self.local_workers
+    }
+
     fn failed(&self) -> bool {
         self.fatal.lock().map_or(true, |f| f.is_some())
     }
@@ -126,6 +139,9 @@ fn start_embedded(job: &JobConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<(Em
         cluster.create_topic(t, k.partitions, 1)?;
     }
     if let Some(t) = &job.dead_letter_topic {
+        cluster.create_topic(t, 1, 1)?;
+    }
+    if let Some(t) = &job.alerts_topic {
         cluster.create_topic(t, 1, 1)?;
     }
     tracing::info!(%brokers, "embedded Kafka cluster (librdkafka mock) started");
@@ -196,10 +212,11 @@ pub fn run(
             wanted.topics.clear();
         }
         wanted.topics.extend(job.dead_letter_topic.iter().cloned());
+        wanted.topics.extend(job.alerts_topic.iter().cloned());
         if !wanted.topics.is_empty() {
             partitions = kafka::wait_for_topics(&wanted, &b)?;
         }
-        if let Some(t) = &job.dead_letter_topic {
+        for t in job.dead_letter_topic.iter().chain(&job.alerts_topic) {
             partitions.remove(t);
         }
         brokers = Some(b);
@@ -212,6 +229,17 @@ pub fn run(
                 .with_context(|| format!("FHIR server {}", cfg.url))?;
             tracing::info!(url = %cfg.url, identity = ?cfg.identity, "FHIR server ready");
             Some(Arc::new(client))
+        }
+        None => None,
+    };
+    let rules = match &job.anomaly_rules {
+        Some(path) => {
+            let vitals = Arc::new(Vitals::new(&fhir));
+            let rules = Rules::load(path, vitals).map_err(|e| anyhow!("{e}"))?;
+            rules.watch(stop.clone(), metrics.clone());
+            let (_, set) = rules.get();
+            tracing::info!(file = %set.file, rules = set.rules.len(), news2 = set.news2.is_some(), "alert rules loaded");
+            Some(rules)
         }
         None => None,
     };
@@ -233,6 +261,9 @@ pub fn run(
         stop: stop.clone(),
         metrics,
         fhir: fhir_client,
+        rules,
+        sources_done: Default::default(),
+        local_workers: opts.workers,
         fatal: Mutex::new(None),
     });
     let communication = if opts.processes > 1 {
@@ -284,6 +315,7 @@ struct WorkerParts {
     source: Box<dyn Source>,
     observations: Option<ObservationSink>,
     fhir: Option<(FhirSink, Duration)>,
+    alerts: Option<AlertSink>,
     dead_letters: Box<dyn Sink<DeadLetter> + Send>,
 }
 
@@ -315,7 +347,7 @@ fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<W
             shared.until_end,
             shared.metrics.clone(),
         )?),
-        SourceConfig::File(p) => Box::new(FileSource::new(p, index, peers)?),
+        SourceConfig::File(p, rate) => Box::new(FileSource::new(p, index, peers, *rate)?),
         SourceConfig::Simulator => Box::new(SimulatorSource::new(
             job.simulator.as_ref().expect("validated"),
             shared.sim_start,
@@ -350,10 +382,25 @@ fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<W
         }
         _ => None,
     };
+    let alerts = match (&shared.rules, &job.alerts_topic) {
+        (None, _) => None,
+        (Some(_), Some(t)) => Some(AlertSink::kafka(
+            job.kafka.as_ref().expect("validated"),
+            shared.brokers.as_deref().expect("kafka"),
+            t,
+            shared.metrics.clone(),
+        )?),
+        (Some(_), None) => Some(AlertSink::files(
+            &job.output_dir,
+            index,
+            shared.metrics.clone(),
+        )?),
+    };
     Ok(WorkerParts {
         source,
         observations,
         fhir,
+        alerts,
         dead_letters: dead_letter_sink(shared, &job.output_dir, index)?,
     })
 }

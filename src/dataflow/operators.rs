@@ -125,6 +125,11 @@ pub(super) fn run_worker<A: Allocate>(
             );
             durable = durable.concat(&o);
         }
+        if let Some(sink) = parts.alerts {
+            let alerts = super::alerting::build(&measurements, shared.clone(), index);
+            let a = sink_operator(&alerts, "AlertSink", sink, Duration::ZERO, shared.clone());
+            durable = durable.concat(&a);
+        }
         if let Some((sink, interval)) = parts.fhir {
             let f = sink_operator(&updates, "FhirSink", sink, interval, shared.clone());
             durable = durable.concat(&f);
@@ -198,6 +203,7 @@ fn source_operator<G: Scope<Timestamp = u64>>(
                 let epoch = *capability.time();
                 c.close_epoch(epoch, opened);
                 cap = None;
+                shared.sources_done.fetch_add(1, Ordering::AcqRel);
                 // Keep committing as epochs become durable until the dataflow completes.
                 activator.activate_after(Duration::from_millis(10));
                 return;

@@ -6,18 +6,15 @@
 //! they are NDJSON part files under `<dir>/dead-letters/`.
 
 use super::files::PartWriter;
+use super::kafka::AckedProducer;
 use super::Sink;
 use crate::job::KafkaConfig;
 use crate::sources::RawMessage;
-use anyhow::{anyhow, Context as _};
+use anyhow::anyhow;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::ClientContext;
+use rdkafka::producer::BaseRecord;
 use serde_json::{json, Map, Value};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::Duration;
 
 /// A message that could not be processed, and why.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,31 +113,9 @@ impl Sink<DeadLetter> for FileDeadLetters {
     }
 }
 
-/// Counts failed deliveries: a flush with failures is not durable and is retried.
-#[derive(Default)]
-struct Deliveries {
-    failed: AtomicU64,
-    last_error: Mutex<Option<String>>,
-}
-
-impl ClientContext for Deliveries {}
-
-impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut l) = self.last_error.lock() {
-                *l = Some(e.to_string());
-            }
-        }
-    }
-}
-
 /// Dead letters to a Kafka topic (idempotent producer, acknowledged by all replicas).
 pub struct KafkaDeadLetters {
-    producer: BaseProducer<Deliveries>,
+    producer: AckedProducer,
     topic: String,
     pending: Vec<DeadLetter>,
 }
@@ -148,13 +123,8 @@ pub struct KafkaDeadLetters {
 impl KafkaDeadLetters {
     /// A producer for `topic`.
     pub fn new(k: &KafkaConfig, brokers: &str, topic: &str) -> anyhow::Result<Self> {
-        let producer = crate::sources::kafka::client_config(k, brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .create_with_context(Deliveries::default())
-            .with_context(|| format!("cannot create the dead-letter producer for {brokers}"))?;
         Ok(Self {
-            producer,
+            producer: AckedProducer::new(k, brokers, "dead-letter")?,
             topic: topic.to_string(),
             pending: Vec::new(),
         })
@@ -194,7 +164,8 @@ impl KafkaDeadLetters {
         if let Some(k) = &m.key {
             record = record.key(k);
         }
-        crate::sources::kafka::send(&self.producer, record)
+        self.producer
+            .send(record)
             .map_err(|e| anyhow!("cannot send a dead letter to {}: {e}", self.topic))
     }
 }
@@ -209,27 +180,12 @@ impl Sink<DeadLetter> for KafkaDeadLetters {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let ctx = self.producer.context();
-        ctx.failed.store(0, Ordering::Relaxed);
+        self.producer.begin();
         for d in &self.pending {
             self.send(d)?;
         }
         self.producer
-            .flush(Duration::from_secs(30))
-            .with_context(|| format!("dead letters to {} not acknowledged", self.topic))?;
-        let failed = ctx.failed.load(Ordering::Relaxed);
-        if failed > 0 {
-            let last = ctx
-                .last_error
-                .lock()
-                .ok()
-                .and_then(|l| l.clone())
-                .unwrap_or_default();
-            return Err(anyhow!(
-                "{failed} dead letters to {} failed: {last}",
-                self.topic
-            ));
-        }
+            .acknowledged(&format!("dead letters to {}", self.topic))?;
         self.pending.clear();
         Ok(())
     }

@@ -5,9 +5,11 @@
 //! delivery acknowledged). The dataflow holds an epoch open until each sink has flushed it;
 //! only then are source offsets committed (see `dataflow`).
 
+pub mod alerts;
 pub mod dead_letter;
 pub mod fhir;
 pub mod files;
+pub mod kafka;
 pub mod observations;
 
 /// An output that buffers items and makes them durable on flush.

@@ -18,11 +18,12 @@ pub struct FileSource {
     buf: Vec<u8>,
     bar: Option<indicatif::ProgressBar>,
     done: bool,
+    pacer: super::simulator::Pacer,
 }
 
 impl FileSource {
     /// Opens the file for worker `worker` of `peers`.
-    pub fn new(path: &Path, worker: usize, peers: usize) -> anyhow::Result<Self> {
+    pub fn new(path: &Path, worker: usize, peers: usize, rate: f64) -> anyhow::Result<Self> {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let bar = (worker == 0 && std::io::stderr().is_terminal()).then(|| {
             let len = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -44,12 +45,18 @@ impl FileSource {
             buf: Vec::new(),
             bar,
             done: false,
+            // Each worker replays its share of the lines at its share of the rate.
+            pacer: super::simulator::Pacer::new(rate / peers.max(1) as f64),
         })
     }
 }
 
 impl Source for FileSource {
     fn poll(&mut self, max: usize, out: &mut Vec<RawMessage>) -> anyhow::Result<Poll> {
+        let max = self.pacer.allowance(max);
+        if max == 0 && !self.done {
+            return Ok(Poll::Idle);
+        }
         let mut taken = 0;
         while taken < max && !self.done {
             self.buf.clear();
@@ -85,6 +92,7 @@ impl Source for FileSource {
             });
             taken += 1;
         }
+        self.pacer.sent(taken);
         Ok(if self.done {
             Poll::Finished
         } else {

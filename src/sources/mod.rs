@@ -7,6 +7,7 @@
 
 pub mod file;
 pub mod kafka;
+pub mod scenario;
 pub mod simulator;
 
 use serde_json::{Map, Value};

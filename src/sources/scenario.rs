@@ -1,0 +1,342 @@
+//! Labelled clinical scenarios (`datasets/scenarios/*.toml`): a spec of baseline vitals, their
+//! trajectories, artifacts and the events a detector should (or should not) find, turned into
+//! bedside-monitor messages with seeded noise. A new scenario is a new spec file, no code.
+
+use super::simulator::SimMessage;
+use chrono::{DateTime, Utc};
+use rand::{RngExt as _, SeedableRng};
+use rand_distr::{Distribution, Normal};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// What the detector should find: an episode of one patient.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    /// Patient identifier.
+    pub patient: String,
+    /// What happens (`hypoxia`, `news2-emergency`, ...).
+    pub kind: String,
+    /// When it starts.
+    pub onset: DateTime<Utc>,
+    /// When it ends.
+    pub end: DateTime<Utc>,
+    /// Alerts of these rules detect it.
+    pub rules: Vec<String>,
+    /// Least severity that counts (`critical` for an emergency escalation).
+    pub severity: crate::anomaly::rules::Severity,
+}
+
+/// A generated scenario.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// Name.
+    pub name: String,
+    /// Messages, in event-time order.
+    pub messages: Vec<SimMessage>,
+    /// Ground truth.
+    pub events: Vec<Event>,
+    /// Patients × duration, hours.
+    pub patient_hours: f64,
+    /// Patients.
+    pub patients: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Spec {
+    name: String,
+    #[serde(default)]
+    description: String,
+    duration: String,
+    #[serde(default = "one")]
+    patients: u32,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default)]
+    baseline: BTreeMap<String, f64>,
+    #[serde(default)]
+    change: Vec<SpecChange>,
+    #[serde(default)]
+    artifact: Vec<SpecArtifact>,
+    #[serde(default)]
+    event: Vec<SpecEvent>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpecChange {
+    vital: String,
+    /// (offset, value) points, linearly interpolated; the last value holds after.
+    points: Vec<(String, f64)>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpecArtifact {
+    vital: String,
+    from: String,
+    to: String,
+    value: toml::Value,
+    /// Every this many seconds within the span (default: every reading).
+    every: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpecEvent {
+    kind: String,
+    onset: String,
+    end: String,
+    rules: Vec<String>,
+    #[serde(default)]
+    severity: Option<String>,
+}
+
+const VITALS: [(&str, f64, f64); 7] = [
+    // name, default baseline, noise standard deviation
+    ("heartRate", 76.0, 1.5),
+    ("spo2", 97.0, 0.6),
+    ("respiratoryRate", 15.0, 0.8),
+    ("systolic", 124.0, 3.0),
+    ("diastolic", 76.0, 2.0),
+    ("temperature", 36.8, 0.05),
+    ("onOxygen", 0.0, 0.0),
+];
+
+fn offset(s: &str) -> anyhow::Result<i64> {
+    Ok(humantime::parse_duration(s)
+        .map_err(|e| anyhow::anyhow!("\"{s}\" is not a duration: {e}"))?
+        .as_secs() as i64)
+}
+
+fn interpolate(points: &[(i64, f64)], t: i64) -> Option<f64> {
+    let first = points.first()?;
+    if t < first.0 {
+        return None;
+    }
+    for w in points.windows(2) {
+        let ((t0, v0), (t1, v1)) = (w[0], w[1]);
+        if t >= t0 && t <= t1 {
+            let f = if t1 == t0 {
+                1.0
+            } else {
+                (t - t0) as f64 / (t1 - t0) as f64
+            };
+            return Some(v0 + f * (v1 - v0));
+        }
+    }
+    points.last().map(|p| p.1)
+}
+
+/// Generates a scenario from its spec text, starting at `start` (event time).
+pub fn generate(text: &str, file: &str, start: DateTime<Utc>) -> anyhow::Result<Generated> {
+    let spec: Spec = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+            .unwrap_or(1);
+        anyhow::anyhow!("{file}:{line}: {}", e.message().trim())
+    })?;
+    let _ = &spec.description;
+    let duration = offset(&spec.duration)?;
+    let mut changes: BTreeMap<String, Vec<(i64, f64)>> = BTreeMap::new();
+    for c in &spec.change {
+        let pts = c
+            .points
+            .iter()
+            .map(|(t, v)| Ok((offset(t)?, *v)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        changes.insert(c.vital.clone(), pts);
+    }
+    let mut artifacts = Vec::new();
+    for a in &spec.artifact {
+        artifacts.push((
+            a.vital.clone(),
+            offset(&a.from)?,
+            offset(&a.to)?,
+            a.value.clone(),
+            a.every.unwrap_or(1).max(1) as i64,
+        ));
+    }
+    let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(spec.seed);
+    let mut messages = Vec::new();
+    let mut events = Vec::new();
+    let slug: String = spec
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    for p in 0..spec.patients {
+        let patient = format!("P-{slug}-{p:02}");
+        let device = format!("BM-{slug}-{p:02}");
+        // Patients of one scenario start a little apart, so their episodes do too.
+        let shift = rng.random_range(0..120i64);
+        let t0 = start + chrono::Duration::seconds(shift);
+        for e in &spec.event {
+            let severity = match e.severity.as_deref() {
+                Some("critical") => crate::anomaly::rules::Severity::Critical,
+                _ => crate::anomaly::rules::Severity::Warning,
+            };
+            events.push(Event {
+                patient: patient.clone(),
+                kind: e.kind.clone(),
+                onset: t0 + chrono::Duration::seconds(offset(&e.onset)?),
+                end: t0 + chrono::Duration::seconds(offset(&e.end)?),
+                rules: e.rules.clone(),
+                severity,
+            });
+        }
+        let noise: Vec<Normal<f64>> = VITALS
+            .iter()
+            .map(|(_, _, sd)| Normal::new(0.0, sd.max(1e-9)).expect("normal"))
+            .collect();
+        for s in 0..duration {
+            let mut v = serde_json::Map::new();
+            let mut value = |i: usize| {
+                let (name, default, _) = VITALS[i];
+                let base = changes
+                    .get(name)
+                    .and_then(|pts| interpolate(pts, s))
+                    .unwrap_or_else(|| spec.baseline.get(name).copied().unwrap_or(default));
+                base + noise[i].sample(&mut rng)
+            };
+            let hr = value(0).round();
+            let spo2 = value(1).round().min(100.0);
+            let rr = value(2).round();
+            v.insert("deviceId".into(), device.clone().into());
+            v.insert("patientId".into(), patient.clone().into());
+            v.insert("encounterId".into(), format!("E-{slug}-{p:02}").into());
+            let t = t0 + chrono::Duration::seconds(s);
+            v.insert("timestamp".into(), crate::time::format_rfc3339(&t).into());
+            v.insert("heartRate".into(), (hr as i64).into());
+            v.insert("spo2".into(), (spo2 as i64).into());
+            v.insert("respiratoryRate".into(), (rr as i64).into());
+            if s % 300 == 0 {
+                let (sys, dia) = (value(3).round(), value(4).round());
+                v.insert(
+                    "nibp".into(),
+                    serde_json::json!({"systolic": sys as i64, "diastolic": dia as i64, "mean": ((sys + 2.0 * dia) / 3.0).round() as i64}),
+                );
+            }
+            if s % 60 == 0 {
+                v.insert(
+                    "temperature".into(),
+                    ((value(5) * 10.0).round() / 10.0).into(),
+                );
+                let o2 = value(6) >= 0.5;
+                v.insert(
+                    "onOxygen".into(),
+                    (if o2 { "True" } else { "False" }).into(),
+                );
+                v.insert("acvpu".into(), "A".into());
+            }
+            for (vital, from, to, val, every) in &artifacts {
+                if s >= *from && s < *to && (s - from) % every == 0 {
+                    let j = match val {
+                        toml::Value::Integer(i) => serde_json::Value::from(*i),
+                        toml::Value::Float(f) => serde_json::Value::from(*f),
+                        toml::Value::String(x) => serde_json::Value::from(x.clone()),
+                        toml::Value::Boolean(b) => serde_json::Value::from(*b),
+                        _ => continue,
+                    };
+                    match vital.as_str() {
+                        "systolic" | "diastolic" => {
+                            if let Some(n) = v.get_mut("nibp") {
+                                n[vital.as_str()] = j;
+                            } else {
+                                v.insert("nibp".into(), serde_json::json!({ vital.clone(): j }));
+                            }
+                        }
+                        _ => {
+                            v.insert(vital.clone(), j);
+                        }
+                    }
+                }
+            }
+            messages.push(SimMessage {
+                key: device.clone(),
+                payload: serde_json::to_vec(&serde_json::Value::Object(v)).expect("JSON"),
+                event_time: t,
+            });
+        }
+    }
+    messages.sort_by_key(|m| m.event_time);
+    Ok(Generated {
+        name: spec.name,
+        messages,
+        events,
+        patient_hours: f64::from(spec.patients) * duration as f64 / 3600.0,
+        patients: spec.patients,
+    })
+}
+
+/// How long a spec runs (to place its start in the past).
+pub fn duration_of(text: &str) -> Duration {
+    toml::from_str::<Spec>(text)
+        .ok()
+        .and_then(|s| offset(&s.duration).ok())
+        .map_or(Duration::from_secs(3600), |s| {
+            Duration::from_secs(s.max(0) as u64)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trajectories_interpolate_and_hold() {
+        let p = [(0, 97.0), (60, 85.0), (120, 85.0)];
+        assert_eq!(interpolate(&p, 30), Some(91.0));
+        assert_eq!(interpolate(&p, 500), Some(85.0));
+        assert_eq!(interpolate(&[(10, 1.0)], 5), None);
+    }
+
+    #[test]
+    fn a_spec_becomes_messages_and_events() {
+        let text = r#"
+name = "hypoxia"
+duration = "10m"
+patients = 2
+seed = 1
+[[change]]
+vital = "spo2"
+points = [["2m", 97], ["3m", 82], ["8m", 82], ["9m", 97]]
+[[event]]
+kind = "hypoxia"
+onset = "2m40s"
+end = "8m30s"
+rules = ["hypoxia"]
+"#;
+        let start = DateTime::parse_from_rfc3339("2026-11-21T10:00:00Z")
+            .expect("t")
+            .to_utc();
+        let g = generate(text, "s.toml", start).expect("scenario");
+        assert_eq!(g.messages.len(), 1200);
+        assert_eq!(g.events.len(), 2);
+        let low = g
+            .messages
+            .iter()
+            .filter(|m| {
+                let v: serde_json::Value = serde_json::from_slice(&m.payload).expect("json");
+                v["spo2"].as_i64().expect("spo2") < 88
+            })
+            .count();
+        assert!(
+            (500..=700).contains(&low),
+            "about 5 minutes low per patient: {low}"
+        );
+        assert!((g.patient_hours - 1.0 / 3.0).abs() < 1e-9);
+    }
+}
