@@ -113,6 +113,34 @@ vitalflow normalize --device d.json --system-property iothub-connection-device-i
     /// Measure the job under an open-loop load against benches/targets.toml.
     #[command(after_help = BENCH_HELP)]
     Bench(BenchArgs),
+    /// Show the alerts a job delivers, as they come (its alerts topic, or its alert files).
+    #[command(after_help = ALERTS_HELP)]
+    Alerts(AlertsArgs),
+}
+
+const ALERTS_HELP: &str = "Lines show time (event time), severity, state (open, escalated, \
+resolved), patient, what and the value, then rule, device, since when and the alert id. \
+Colours on a terminal: red critical, yellow warning, green resolved.
+
+Examples:
+  vitalflow alerts --job dataflows/icu.toml                  # new alerts, until Ctrl-C
+  vitalflow alerts --job dataflows/icu.toml --from-beginning --no-follow
+  vitalflow alerts --job dataflows/icu.toml --format json | jq .text";
+
+#[derive(clap::Args)]
+struct AlertsArgs {
+    /// Job file whose alerts to show.
+    #[arg(long)]
+    job: PathBuf,
+    /// Start from the first alert kept, not from now.
+    #[arg(long)]
+    from_beginning: bool,
+    /// Exit at the end instead of waiting for more.
+    #[arg(long)]
+    no_follow: bool,
+    /// Output format [default: lines on a terminal, json otherwise].
+    #[arg(long, value_enum)]
+    format: Option<Format>,
 }
 
 const BENCH_HELP: &str =
@@ -327,6 +355,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run_job(args),
         Command::Simulate(args) => simulate(args),
         Command::Bench(args) => bench(args),
+        Command::Alerts(args) => alerts(args),
         Command::Validate {
             device,
             fhir,
@@ -936,6 +965,36 @@ fn bench(args: BenchArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+fn alerts(args: AlertsArgs) -> ExitCode {
+    init_logs(LogFormat::Text);
+    let job = match load_job(Some(&args.job)) {
+        Ok(j) => j,
+        Err(code) => return code,
+    };
+    if job.anomaly_rules.is_none() {
+        eprintln!(
+            "error: {}: the job has no [anomaly] rules, so it raises no alerts",
+            job.file
+        );
+        return ExitCode::from(2);
+    }
+    let style = match resolve(args.format) {
+        Format::Json => vitalflow::anomaly::tail::Style::Json,
+        Format::Table => vitalflow::anomaly::tail::Style::Lines(std::io::stdout().is_terminal()),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, stop.clone());
+    }
+    match vitalflow::anomaly::tail::tail(&job, args.from_beginning, !args.no_follow, style, stop) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

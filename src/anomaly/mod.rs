@@ -6,3 +6,4 @@ pub mod news2;
 pub mod reload;
 pub mod rules;
 pub mod signals;
+pub mod tail;
