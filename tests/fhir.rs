@@ -567,3 +567,73 @@ fn kill_9_and_restart_merge_into_what_the_server_holds() {
     let want = resolved(&expected(&msgs), &patients.keys().cloned().collect(), false);
     assert_same(&stored(&h), &want, "Observations after kill -9 and restart");
 }
+
+#[test]
+fn alerts_become_detected_issues_and_news2_scores_observations() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let h = Helios::start(&tmp.path().join("hfs"));
+    let (_c, brokers) = cluster("vitals", 2);
+    let spec =
+        std::fs::read_to_string(root().join("datasets/scenarios/hypoxia.toml")).expect("spec");
+    let start = chrono::Utc::now() - chrono::Duration::minutes(70);
+    let start = vitalflow::time::parse_timestamp(&start.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .expect("time");
+    let g = vitalflow::sources::scenario::generate(&spec, "hypoxia", start).expect("scenario");
+    produce_sim(&producer(&brokers), "vitals", &g.messages);
+    let rules = root().join("templates/alerts/adult-vitals.toml");
+    let job = fhir_job(
+        tmp.path(),
+        &brokers,
+        "g1",
+        &h.url(),
+        &format!(
+            "identity = \"Create\"\n\n[anomaly]\nrules = \"{}\"\n",
+            rules.display()
+        ),
+    );
+    run_fhir_job(tmp.path(), &job);
+
+    let v = schema();
+    let issues = h.all("DetectedIssue");
+    let patients = h.all("Patient");
+    assert!(!issues.is_empty(), "alerts written to FHIR");
+    for i in &issues {
+        assert_valid(&v, i);
+        let p = i["patient"]["reference"]
+            .as_str()
+            .expect("patient")
+            .trim_start_matches("Patient/");
+        assert!(
+            patients.iter().any(|x| x["id"] == p),
+            "linked to a Patient the job created"
+        );
+    }
+    let hypoxia: Vec<&Value> = issues
+        .iter()
+        .filter(|i| i["code"]["coding"][0]["code"] == "hypoxia")
+        .collect();
+    assert_eq!(
+        hypoxia.len(),
+        g.events.len(),
+        "one DetectedIssue per episode: {hypoxia:#?}"
+    );
+    for i in &hypoxia {
+        assert_eq!(i["status"], "final", "each episode resolved: {i}");
+        assert_eq!(i["severity"], "high", "SpO2 83 is critical");
+    }
+    let news2: Vec<Value> = h
+        .all("Observation")
+        .into_iter()
+        .filter(|o| o["code"]["coding"][0]["code"] == "1104051000000101")
+        .collect();
+    assert!(!news2.is_empty(), "NEWS2 scores written");
+    for o in &news2 {
+        assert_valid(&v, o);
+    }
+    assert!(
+        news2
+            .iter()
+            .any(|o| o["valueInteger"].as_i64().is_some_and(|s| s >= 3)),
+        "the score that raised the NEWS2 alert (SpO2 scores 3): {news2:#?}"
+    );
+}

@@ -396,6 +396,10 @@ fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<W
             shared.metrics.clone(),
         )?),
     };
+    let alerts = match (alerts, &job.fhir, &shared.fhir) {
+        (Some(a), Some(cfg), Some(client)) => Some(a.with_fhir(client.clone(), cfg)),
+        (a, _, _) => a,
+    };
     Ok(WorkerParts {
         source,
         observations,

@@ -1,13 +1,20 @@
 //! Alert events out: a Kafka topic (JSON, keyed by patient, for the nurse-call or EHR inbox
-//! system in front of clinicians), or NDJSON part files under `<dir>/alerts/`.
+//! system in front of clinicians), or NDJSON part files under `<dir>/alerts/`; and, with a
+//! FHIR server, a `DetectedIssue` per alert (PUT by the alert id, so each event updates the
+//! same resource) and an `Observation` of the NEWS2 score at each NEWS2 alert event.
 
 use super::files::PartWriter;
 use super::kafka::AckedProducer;
 use super::Sink;
-use crate::anomaly::lifecycle::Alert;
+use crate::anomaly::lifecycle::{Alert, State};
+use crate::anomaly::rules::Severity;
+use crate::fhir::client::FhirClient;
+use crate::fhir::identity::{Identity, IdentityKey, Resolver};
+use crate::job::FhirSinkConfig;
 use crate::job::KafkaConfig;
 use crate::metrics::{Latencies, Metrics};
 use rdkafka::producer::BaseRecord;
+use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -20,7 +27,67 @@ enum Out {
 pub struct AlertSink {
     out: Out,
     pending: Vec<(u64, Alert)>,
+    fhir: Option<FhirAlerts>,
     metrics: Arc<Metrics>,
+}
+
+/// Alerts to a FHIR server: kept until the server acknowledged them, apart from the topic
+/// or files (which may already have them).
+struct FhirAlerts {
+    client: Arc<FhirClient>,
+    resolver: Resolver,
+    pending: Vec<Alert>,
+}
+
+/// SNOMED CT: Royal College of Physicians NEWS2 total score.
+const NEWS2_CODE: &str = "1104051000000101";
+
+/// The DetectedIssue of an alert event.
+pub fn detected_issue(a: &Alert, who: &Identity) -> Value {
+    json!({
+        "resourceType": "DetectedIssue",
+        "id": a.id,
+        "identifier": [{"system": "urn:vitalflow:alert", "value": a.id}],
+        "status": if a.state == State::Resolved { "final" } else { "preliminary" },
+        "code": {
+            "coding": [{"system": "urn:vitalflow:alert-rule", "code": a.rule, "display": a.title}],
+            "text": a.title,
+        },
+        "severity": match a.severity { Severity::Critical => "high", Severity::Warning => "moderate" },
+        "patient": {"reference": format!("Patient/{}", who.patient)},
+        "identifiedDateTime": a.since,
+        "author": {"reference": format!("Device/{}", who.device)},
+        "detail": a.text,
+    })
+}
+
+/// The NEWS2 score of a NEWS2 alert event, as an Observation.
+pub fn news2_observation(a: &Alert, who: &Identity) -> Option<Value> {
+    if a.rule != "news2" {
+        return None;
+    }
+    let score = a.values.first()?.1.round() as i64;
+    // One score per patient and time: a replay writes the same resource again.
+    let at_ms = crate::time::parse_timestamp(&a.at).map_or(0, |t| t.timestamp_millis());
+    let id = format!(
+        "news2-{}",
+        crate::anomaly::lifecycle::alert_id(&a.patient, "news2-score", at_ms)
+    );
+    Some(json!({
+        "resourceType": "Observation",
+        "id": id,
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "survey", "display": "Survey"}]}],
+        "code": {
+            "coding": [{"system": "http://snomed.info/sct", "code": NEWS2_CODE, "display": "Royal College of Physicians NEWS2 (National Early Warning Score 2) total score"}],
+            "text": "NEWS2",
+        },
+        "subject": {"reference": format!("Patient/{}", who.patient)},
+        "device": {"reference": format!("Device/{}", who.device)},
+        "effectiveDateTime": a.at,
+        "valueInteger": score,
+        "note": [{"text": a.text}],
+    }))
 }
 
 impl AlertSink {
@@ -34,6 +101,7 @@ impl AlertSink {
         Ok(Self {
             out: Out::Kafka(AckedProducer::new(k, brokers, "alerts")?, topic.to_string()),
             pending: Vec::new(),
+            fhir: None,
             metrics,
         })
     }
@@ -43,20 +111,98 @@ impl AlertSink {
         Ok(Self {
             out: Out::Files(PartWriter::new(&dir.join("alerts"), worker)?),
             pending: Vec::new(),
+            fhir: None,
             metrics,
         })
+    }
+
+    /// Also writes each alert to a FHIR server.
+    pub fn with_fhir(mut self, client: Arc<FhirClient>, cfg: &FhirSinkConfig) -> Self {
+        self.fhir = Some(FhirAlerts {
+            client,
+            resolver: Resolver::new(cfg),
+            pending: Vec::new(),
+        });
+        self
+    }
+
+    fn flush_fhir(&mut self) -> anyhow::Result<()> {
+        let Some(f) = &mut self.fhir else {
+            return Ok(());
+        };
+        if f.pending.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<IdentityKey> = f
+            .pending
+            .iter()
+            .map(|a| IdentityKey {
+                device: a.device.clone(),
+                patient: a.patient.clone(),
+                encounter: None,
+            })
+            .collect();
+        let fatal = |e: crate::fhir::client::FhirError| {
+            if e.is_fatal() {
+                anyhow::Error::new(super::fhir::Fatal(e.to_string()))
+            } else {
+                anyhow::Error::new(e)
+            }
+        };
+        let who = f.resolver.resolve(&f.client, &keys).map_err(fatal)?;
+        let mut entries = Vec::new();
+        for (a, k) in f.pending.iter().zip(&keys) {
+            match &who[k] {
+                Ok(id) => {
+                    let mut put = |r: Value| {
+                        let url = format!(
+                            "{}/{}",
+                            r["resourceType"].as_str().unwrap_or(""),
+                            r["id"].as_str().unwrap_or("")
+                        );
+                        entries
+                            .push(json!({"resource": r, "request": {"method": "PUT", "url": url}}));
+                    };
+                    put(detected_issue(a, id));
+                    if let Some(o) = news2_observation(a, id) {
+                        put(o);
+                    }
+                }
+                // The same reason the Observations of this device are dead-lettered for: the
+                // alert itself is on the topic or in the files already.
+                Err(why) => tracing::warn!(alert = %a.id, "alert not written to FHIR: {why}"),
+            }
+        }
+        for chunk in entries.chunks(200) {
+            let answers = f.client.batch(chunk.to_vec()).map_err(fatal)?;
+            if let Some(bad) = answers.iter().find(|a| !(200..300).contains(&a.status)) {
+                if bad.status == 429 || bad.status >= 500 {
+                    anyhow::bail!("FHIR server answered {} for an alert", bad.status);
+                }
+                tracing::error!(
+                    status = bad.status,
+                    "the FHIR server refused an alert resource: {}",
+                    bad.diagnostics.clone().unwrap_or_default()
+                );
+            }
+        }
+        f.pending.clear();
+        Ok(())
     }
 }
 
 impl Sink<Alert> for AlertSink {
     fn write(&mut self, epoch: u64, item: Alert) -> anyhow::Result<()> {
+        if let Some(f) = &mut self.fhir {
+            f.pending.push(item.clone());
+        }
         self.pending.push((epoch, item));
         Ok(())
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
         if self.pending.is_empty() {
-            return Ok(());
+            return self.flush_fhir();
         }
         match &mut self.out {
             Out::Kafka(p, topic) => {
@@ -88,6 +234,6 @@ impl Sink<Alert> for AlertSink {
         Latencies::record(&self.metrics.latency.alert, now_us, &stamps);
         Metrics::add(&self.metrics.alerts_out, self.pending.len() as u64);
         self.pending.clear();
-        Ok(())
+        self.flush_fhir()
     }
 }
