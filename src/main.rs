@@ -123,15 +123,16 @@ resolved), patient, what and the value, then rule, device, since when and the al
 Colours on a terminal: red critical, yellow warning, green resolved.
 
 Examples:
+  vitalflow alerts                                           # the embedded default's, from ./vitalflow-out
   vitalflow alerts --job dataflows/icu.toml                  # new alerts, until Ctrl-C
   vitalflow alerts --job dataflows/icu.toml --from-beginning --no-follow
   vitalflow alerts --job dataflows/icu.toml --format json | jq .text";
 
 #[derive(clap::Args)]
 struct AlertsArgs {
-    /// Job file whose alerts to show.
+    /// Job file whose alerts to show [default: the embedded default].
     #[arg(long)]
-    job: PathBuf,
+    job: Option<PathBuf>,
     /// Start from the first alert kept, not from now.
     #[arg(long)]
     from_beginning: bool,
@@ -748,12 +749,13 @@ fn status_line(metrics: Arc<Metrics>, done: Arc<AtomicBool>) -> std::thread::Joi
             std::thread::sleep(std::time::Duration::from_secs(1));
             let n = get(&metrics.messages_in);
             eprint!(
-                "\r\x1b[K{:>5}s  {:>7} msgs/s  {:>9} msgs  lag {:>6}  observations {:>8}  dead letters {:>5}  open windows {:>6}",
+                "\r\x1b[K{:>5}s  {:>7} msgs/s  {:>9} msgs  lag {:>6}  observations {:>8}  alerts {:>4}  dead letters {:>5}  open windows {:>6}",
                 started.elapsed().as_secs(),
                 n - last,
                 n,
                 metrics.total_lag(),
                 get(&metrics.observations_out) + get(&metrics.fhir_observations),
+                get(&metrics.alerts_out),
                 get(&metrics.dead_letters),
                 get(&metrics.windows_open),
             );
@@ -970,7 +972,7 @@ fn bench(args: BenchArgs) -> ExitCode {
 
 fn alerts(args: AlertsArgs) -> ExitCode {
     init_logs(LogFormat::Text);
-    let job = match load_job(Some(&args.job)) {
+    let job = match load_job(args.job.as_deref()) {
         Ok(j) => j,
         Err(code) => return code,
     };

@@ -66,9 +66,15 @@ impl AckedProducer {
     /// Waits until every record since [`AckedProducer::begin`] is delivered; Err when any
     /// failed (the caller keeps them and retries).
     pub fn acknowledged(&self, what: &str) -> anyhow::Result<()> {
-        self.producer
-            .flush(Duration::from_secs(30))
-            .with_context(|| format!("{what} not acknowledged"))?;
+        // rdkafka's flush polls in 100 ms steps, a floor under every delivery: poll in 1 ms
+        // steps instead (measured: 100 ms → 6 ms per acknowledged batch on loopback).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while let Err(e) = self.producer.flush(Duration::ZERO) {
+            if std::time::Instant::now() >= deadline {
+                return Err(anyhow::Error::new(e).context(format!("{what} not acknowledged")));
+            }
+            self.producer.poll(Duration::from_millis(1));
+        }
         let ctx = self.producer.context();
         let failed = ctx.failed.load(Ordering::Relaxed);
         if failed > 0 {
