@@ -360,3 +360,58 @@ fn bench_smoke_run_writes_summary_histograms_and_plot() {
     let svg = std::fs::read_to_string(dir.path().join("b/latency.svg")).expect("svg");
     assert!(svg.starts_with("<svg") && svg.contains("normalize"));
 }
+
+#[test]
+fn bench_alerts_scores_scenarios_against_their_ground_truth_and_the_naive_baseline() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for s in ["hypoxia.toml", "probe-off.toml"] {
+        std::fs::copy(root.join("datasets/scenarios").join(s), tmp.path().join(s)).expect("copy");
+    }
+    let dir = tmp.path().display().to_string();
+    let (code, v, err) = vitalflow(
+        &["bench", "alerts", "--scenarios", &dir, "--format", "json"],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let by_name = |n: &str| {
+        v["scenarios"]
+            .as_array()
+            .expect("scenarios")
+            .iter()
+            .find(|s| s["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {n}: {v}"))
+    };
+    let hypoxia = by_name("hypoxia");
+    assert_eq!(hypoxia["vitalflow"]["events"], 4);
+    assert_eq!(hypoxia["vitalflow"]["recall"], 1.0, "{hypoxia}");
+    let ttd = hypoxia["vitalflow"]["ttd_median_s"].as_f64().expect("ttd");
+    assert!(ttd <= 60.0, "acute hypoxia found within a minute: {ttd}");
+    let probe = by_name("probe-off");
+    assert_eq!(
+        probe["vitalflow"]["alerts"], 0,
+        "a probe off is not a patient: {probe}"
+    );
+    assert!(
+        probe["naive"]["false_per_patient_hour"]
+            .as_f64()
+            .expect("naive")
+            > 10.0,
+        "the naive detector alarms on every zero: {probe}"
+    );
+    assert!(v["total"]["vitalflow"]["precision"].as_f64().is_some());
+}
+
+#[test]
+fn a_scenario_with_a_syntax_error_is_named_with_its_line() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    std::fs::write(tmp.path().join("bad.toml"), "name = \"x\"\nduration = \n").expect("write");
+    let dir = tmp.path().display().to_string();
+    let (code, _, err) = vitalflow(
+        &["bench", "alerts", "--scenarios", &dir, "--format", "json"],
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("bad.toml:2"), "{err}");
+}
