@@ -28,6 +28,8 @@ pub struct Metrics {
     pub alerts_out: AtomicU64,
     /// Readings the alerting ignored as implausible or not numeric.
     pub alert_inputs_rejected: AtomicU64,
+    /// The same, by (vital, reason).
+    pub alert_rejections: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Rule files reloaded.
     pub rule_reloads: AtomicU64,
     /// Rule file changes refused (the previous rules stay).
@@ -303,6 +305,15 @@ impl Metrics {
                     s,
                     "vitalflow_latency_seconds_count{{path=\"{path}\"}} {}",
                     h.len()
+                );
+            }
+        }
+        let _ = writeln!(s, "# HELP vitalflow_alert_inputs_rejected Readings ignored by alerting, by vital and reason.\n# TYPE vitalflow_alert_inputs_rejected counter");
+        if let Ok(r) = self.alert_rejections.lock() {
+            for ((vital, reason), n) in r.iter() {
+                let _ = writeln!(
+                    s,
+                    "vitalflow_alert_inputs_rejected{{vital=\"{vital}\",reason=\"{reason}\"}} {n}"
                 );
             }
         }

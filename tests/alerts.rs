@@ -163,7 +163,7 @@ fn changing_a_threshold_while_running_updates_alerts_and_a_bad_edit_keeps_the_ru
     let rules = tmp.path().join("rules.toml");
     let text = |warning: u32| {
         format!(
-            "[defaults]\nsustained = \"10s\"\nresolve_after = \"30s\"\n\n[[rule]]\nid = \"tachycardia\"\ntitle = \"Heart rate high\"\nvital = \"heartRate\"\nabove = {{ warning = {warning} }}\n"
+            "[defaults]\nsustained = \"10s\"\nresolve_after = \"30s\"\n\n[[rule]]\nid = \"tachycardia\"\ntitle = \"Heart rate high\"\nvital = \"heartRate\"\nabove = {{ warning = {warning} }}\n\n[quality]\nheartRate = {{ min = 20, max = 300 }}\n"
         )
     };
     std::fs::write(&rules, text(130)).expect("rules");
@@ -220,6 +220,17 @@ fn changing_a_threshold_while_running_updates_alerts_and_a_bad_edit_keeps_the_ru
             .iter()
             .any(|a| a["rule"] == "tachycardia" && a["state"] == "resolved")
     });
+    // A probe off (heart rate 0) is dropped with its reason, not judged.
+    hr.store(0, std::sync::atomic::Ordering::Relaxed);
+    wait_for(
+        Duration::from_secs(20),
+        "the implausible reading to be counted",
+        || {
+            http_get(&metrics, "/metrics").is_some_and(|(_, body)| {
+            body.contains("vitalflow_alert_inputs_rejected{vital=\"8867-4\",reason=\"below the plausible minimum\"}")
+        })
+        },
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = feeder.join();
     running.terminate();

@@ -337,7 +337,7 @@ fn bench_smoke_run_writes_summary_histograms_and_plot() {
         .iter()
         .filter_map(|p| p["path"].as_str())
         .collect();
-    assert_eq!(paths, vec!["normalize", "durable"]);
+    assert_eq!(paths, vec!["normalize", "durable", "alert"]);
     assert!(run["paths"][0]["p99_ms"].as_f64().is_some());
     assert_eq!(
         v["pass"].as_bool(),

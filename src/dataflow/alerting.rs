@@ -114,11 +114,16 @@ fn vital_state<G: Scope<Timestamp = u64>>(
                         state.add(m, rules.vitals(), &set, &mut out);
                     }
                 }
-                let rejected = out
-                    .iter()
-                    .filter(|c| matches!(c, Change::Rejected { .. }))
-                    .count();
-                Metrics::add(&shared.metrics.alert_inputs_rejected, rejected as u64);
+                let mut rejected = 0;
+                for c in &out {
+                    if let Change::Rejected { vital, reason } = c {
+                        rejected += 1;
+                        if let Ok(mut r) = shared.metrics.alert_rejections.lock() {
+                            *r.entry((vital.clone(), *reason)).or_default() += 1;
+                        }
+                    }
+                }
+                Metrics::add(&shared.metrics.alert_inputs_rejected, rejected);
                 output.session(&time).give_iterator(out.drain(..));
             });
         }
