@@ -25,41 +25,27 @@ fn cluster(topic: &str, partitions: i32) -> (Cluster, String) {
 /// A job reading `vitals` and writing Observations to the FHIR server at `url` only; dead
 /// letters go to files under `<dir>/out` (run it with `--output`).
 fn fhir_job(dir: &Path, brokers: &str, group: &str, url: &str, fhir: &str) -> std::path::PathBuf {
-    let root = root();
-    let text = format!(
-        r#"name = "fhir-test"
-source = "kafka"
+    common::fhir_server::fhir_job(
+        dir,
+        brokers,
+        group,
+        &format!("url = \"{url}\"\nflush_interval = \"300ms\"\nstartup_timeout = \"20s\"\n{fhir}"),
+    )
+}
 
-[kafka]
-brokers = "{brokers}"
-topics = ["vitals"]
-group_id = "{group}"
-startup_timeout = "20s"
-
-[mapping]
-device = "{device}"
-fhir = "{mapping}"
-
-[performance]
-epoch = "20ms"
-batch_size = 50
-
-[sinks.fhir]
-url = "{url}"
-flush_interval = "300ms"
-startup_timeout = "20s"
-{fhir}
-"#,
-        device = root
-            .join("templates/bedside-monitor/devicecontent.json")
-            .display(),
-        mapping = root
-            .join("templates/bedside-monitor/fhirmapping.json")
-            .display(),
-    );
-    let path = dir.join(format!("{group}.toml"));
-    std::fs::write(&path, text).expect("write job");
-    path
+/// A Helios server, a mock Kafka cluster with `vitals`, and simulated messages: what every
+/// test here starts from.
+fn setup(
+    partitions: i32,
+    devices: u32,
+    count: u64,
+    seed: u64,
+) -> (tempfile::TempDir, Helios, Cluster, String, Vec<SimMessage>) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let h = Helios::start(&tmp.path().join("hfs"));
+    let (c, brokers) = cluster("vitals", partitions);
+    let msgs = simulated(devices, count, seed, 30);
+    (tmp, h, c, brokers, msgs)
 }
 
 fn run_fhir_job(dir: &Path, job: &Path) -> std::process::Output {
@@ -183,10 +169,7 @@ fn dead_letter_files(out: &Path) -> Vec<Value> {
 
 #[test]
 fn lookup_links_observations_to_registered_devices_and_dead_letters_the_rest() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let h = Helios::start(&tmp.path().join("hfs"));
-    let (_c, brokers) = cluster("vitals", 4);
-    let msgs = simulated(6, 360, 11, 30);
+    let (tmp, h, _c, brokers, msgs) = setup(4, 6, 360, 11);
     let patients = patients_by_device(&msgs);
     let devices: Vec<&String> = patients.keys().collect();
     // Four devices registered; one unknown to the server; one registered with no patient.
@@ -253,10 +236,7 @@ fn lookup_links_observations_to_registered_devices_and_dead_letters_the_rest() {
 
 #[test]
 fn lookup_with_encounter_links_encounters_by_identifier() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let h = Helios::start(&tmp.path().join("hfs"));
-    let (_c, brokers) = cluster("vitals", 2);
-    let msgs = simulated(3, 180, 14, 30);
+    let (tmp, h, _c, brokers, msgs) = setup(2, 3, 180, 14);
     let mut encounters = BTreeMap::new();
     for m in &msgs {
         let v: Value = serde_json::from_slice(&m.payload).expect("json");
@@ -308,10 +288,7 @@ fn lookup_with_encounter_links_encounters_by_identifier() {
 
 #[test]
 fn create_makes_each_patient_and_device_once_and_a_rerun_changes_nothing() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let h = Helios::start(&tmp.path().join("hfs"));
-    let (_c, brokers) = cluster("vitals", 4);
-    let msgs = simulated(5, 300, 12, 30);
+    let (tmp, h, _c, brokers, msgs) = setup(4, 5, 300, 12);
     produce_sim(&producer(&brokers), "vitals", &msgs);
     let job = fhir_job(
         tmp.path(),
@@ -527,10 +504,7 @@ fn the_schema_check_refuses_what_the_server_would_accept() {
 
 #[test]
 fn kill_9_and_restart_merge_into_what_the_server_holds() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let h = Helios::start(&tmp.path().join("hfs"));
-    let (_c, brokers) = cluster("vitals", 2);
-    let msgs = simulated(4, 480, 15, 30);
+    let (tmp, h, _c, brokers, msgs) = setup(2, 4, 480, 15);
     let patients = patients_by_device(&msgs);
     for (d, p) in &patients {
         h.register(p, d);

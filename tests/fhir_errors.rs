@@ -196,41 +196,12 @@ fn setup(
 }
 
 fn job(dir: &Path, brokers: &str, url: &str, extra: &str) -> PathBuf {
-    let root = root();
-    let text = format!(
-        r#"name = "fhir-errors"
-source = "kafka"
-
-[kafka]
-brokers = "{brokers}"
-topics = ["vitals"]
-group_id = "g"
-startup_timeout = "20s"
-
-[mapping]
-device = "{device}"
-fhir = "{mapping}"
-
-[performance]
-epoch = "20ms"
-
-[sinks.fhir]
-url = "{url}"
-flush_interval = "200ms"
-startup_timeout = "5s"
-max_retries = 2
-{extra}
-"#,
-        device = root
-            .join("templates/bedside-monitor/devicecontent.json")
-            .display(),
-        mapping = root
-            .join("templates/bedside-monitor/fhirmapping.json")
-            .display(),
-    );
-    let path = dir.join("job.toml");
-    std::fs::write(&path, text).expect("job");
-    path
+    common::fhir_server::fhir_job(
+        dir,
+        brokers,
+        "g",
+        &format!("url = \"{url}\"\nflush_interval = \"200ms\"\nstartup_timeout = \"5s\"\nmax_retries = 2\n{extra}"),
+    )
 }
 
 fn run(dir: &Path, job: &Path, env: &[(&str, &str)]) -> std::process::Output {

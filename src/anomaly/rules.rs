@@ -487,9 +487,7 @@ struct Cx<'a> {
 
 impl Cx<'_> {
     fn at(&mut self, span: std::ops::Range<usize>, reason: impl Into<String>) {
-        let before = &self.text[..span.start.min(self.text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        let (line, column) = crate::job::line_col(self.text, span.start);
         self.errors.push(RuleError {
             file: self.file.to_string(),
             line,
