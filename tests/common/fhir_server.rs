@@ -61,38 +61,15 @@ pub fn definitions() -> PathBuf {
 /// Observations going to a FHIR server only: `fhir` is the body of `[sinks.fhir]` and may be
 /// followed by other tables. Written as `<dir>/<group>.toml`.
 pub fn fhir_job(dir: &Path, brokers: &str, group: &str, fhir: &str) -> PathBuf {
-    let root = super::root();
-    let text = format!(
-        r#"name = "fhir-test"
-source = "kafka"
-
-[kafka]
-brokers = "{brokers}"
-topics = ["vitals"]
-group_id = "{group}"
-startup_timeout = "20s"
-
-[mapping]
-device = "{device}"
-fhir = "{mapping}"
-
-[performance]
-epoch = "20ms"
-batch_size = 50
-
-[sinks.fhir]
-{fhir}
-"#,
-        device = root
-            .join("templates/bedside-monitor/devicecontent.json")
-            .display(),
-        mapping = root
-            .join("templates/bedside-monitor/fhirmapping.json")
-            .display(),
-    );
-    let path = dir.join(format!("{group}.toml"));
-    std::fs::write(&path, text).expect("write job");
-    path
+    let file = format!("{group}.toml");
+    super::job_file(
+        dir,
+        &file,
+        brokers,
+        "vitals",
+        group,
+        &format!("[sinks.fhir]\n{fhir}"),
+    )
 }
 
 /// A Helios FHIR Server process on 127.0.0.1 with its SQLite database in a directory.

@@ -80,8 +80,16 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
-/// A job file for the bedside-monitor mapping reading `topic` from `brokers`.
-pub fn kafka_job(dir: &Path, brokers: &str, topic: &str, group: &str, extra: &str) -> PathBuf {
+/// A job file `<dir>/<file>` for the bedside-monitor mapping reading `topic` from `brokers`
+/// (consumer group `group`), followed by `tables` (sinks and the rest).
+pub fn job_file(
+    dir: &Path,
+    file: &str,
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    tables: &str,
+) -> PathBuf {
     let root = root();
     let text = format!(
         r#"name = "test"
@@ -97,14 +105,11 @@ startup_timeout = "20s"
 device = "{device}"
 fhir = "{fhir}"
 
-[sinks.ndjson]
-dir = "{out}"
-flush_interval = "200ms"
-
 [performance]
 epoch = "20ms"
 batch_size = 50
-{extra}
+
+{tables}
 "#,
         device = root
             .join("templates/bedside-monitor/devicecontent.json")
@@ -112,11 +117,20 @@ batch_size = 50
         fhir = root
             .join("templates/bedside-monitor/fhirmapping.json")
             .display(),
-        out = dir.join("out").display(),
     );
-    let path = dir.join("job.toml");
+    let path = dir.join(file);
     std::fs::write(&path, text).expect("write job");
     path
+}
+
+/// A job writing NDJSON to `<dir>/out`, with `extra` tables.
+pub fn kafka_job(dir: &Path, brokers: &str, topic: &str, group: &str, extra: &str) -> PathBuf {
+    let out = dir.join("out");
+    let tables = format!(
+        "[sinks.ndjson]\ndir = \"{}\"\nflush_interval = \"200ms\"\n\n{extra}",
+        out.display()
+    );
+    job_file(dir, "job.toml", brokers, topic, group, &tables)
 }
 
 /// Seeded bedside-monitor messages for `devices` devices, starting `minutes_ago` minutes ago.
