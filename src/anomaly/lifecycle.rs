@@ -108,14 +108,19 @@ struct Track {
 /// Alert state of the patients of one worker.
 #[derive(Default)]
 pub struct Lifecycle {
-    tracks: HashMap<(String, String), Track>,
+    /// Per patient, per rule: ticks visit one patient's tracks only.
+    tracks: HashMap<String, HashMap<String, Track>>,
     clocks: HashMap<String, i64>,
 }
 
 impl Lifecycle {
     /// Open alerts.
     pub fn open_alerts(&self) -> usize {
-        self.tracks.values().filter(|t| t.open.is_some()).count()
+        self.tracks
+            .values()
+            .flat_map(|r| r.values())
+            .filter(|t| t.open.is_some())
+            .count()
     }
 
     /// A condition entered (+1) or left (-1) the evaluation. Retractions of a key must be
@@ -131,8 +136,12 @@ impl Lifecycle {
         let clock = self.clocks.entry(patient.to_string()).or_insert(i64::MIN);
         *clock = (*clock).max(c.at_ms);
         let now = *clock;
-        let key = (patient.to_string(), rule.to_string());
-        let t = self.tracks.entry(key).or_default();
+        let t = self
+            .tracks
+            .entry(patient.to_string())
+            .or_default()
+            .entry(rule.to_string())
+            .or_default();
         if diff < 0 {
             if t.current.as_ref() == Some(&c) {
                 // Nothing replaces it: the condition no longer holds (stale value, rule
@@ -177,9 +186,12 @@ impl Lifecycle {
         let clock = self.clocks.entry(patient.to_string()).or_insert(i64::MIN);
         *clock = (*clock).max(at_ms);
         let now = *clock;
-        for ((p, rule), t) in self.tracks.iter_mut().filter(|((p, _), _)| p == patient) {
+        let Some(rules) = self.tracks.get_mut(patient) else {
+            return;
+        };
+        for (rule, t) in rules.iter_mut() {
             let before = out.len();
-            Self::step(p, rule, t, now, out);
+            Self::step(patient, rule, t, now, out);
             for a in &mut out[before..] {
                 a.stamp_ms = a.stamp_ms.max(stamp_ms);
             }
