@@ -261,15 +261,20 @@ impl VitalState {
                     Signal::Change {
                         within_s, falling, ..
                     } => {
+                        // The window includes this reading: alone in it, the change is 0.
                         let since = at - *within_s as i64 * 1000;
                         let h = &track.history;
-                        let window = h.iter().filter(|(t, _)| *t >= since).map(|(_, x)| *x);
+                        let window = h
+                            .iter()
+                            .filter(|(t, _)| *t >= since)
+                            .map(|(_, x)| *x)
+                            .chain(std::iter::once(v));
                         let extreme = if *falling {
-                            window.fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))))
+                            window.fold(v, f64::max)
                         } else {
-                            window.fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.min(x))))
+                            window.fold(v, f64::min)
                         };
-                        extreme.map(|e| v - e)
+                        Some(v - extreme)
                     }
                     Signal::Baseline {
                         halflife_s,
@@ -474,5 +479,74 @@ mod tests {
             vec![(110, -1), (110, 1)],
             "re-judged under the new rule"
         );
+    }
+
+    fn values_of(out: &[Change], prefix: &str) -> Vec<(f64, isize)> {
+        out.iter()
+            .filter_map(|c| match c {
+                Change::Reading((_, k), r, d) if k.starts_with(prefix) => {
+                    Some((r.value as f64 / 1000.0, *d))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_fall_within_the_window_is_measured_from_its_highest_value() {
+        let (v, r) = setup(
+            "[[rule]]\nid = \"hr-fall\"\nvital = \"heartRate\"\nchange = { within = \"10m\", drop = 30 }\n",
+        );
+        let mut s = VitalState::default();
+        let mut out = Vec::new();
+        s.set_rules(&r, &mut out);
+        for (t, x) in [
+            (0, "100"),
+            (60, "110"),
+            (120, "95"),
+            (180, "78"),
+            (900, "78"),
+        ] {
+            s.add(&hr(t, x), &v, &r, &mut out);
+        }
+        let changes = values_of(&out, "change:");
+        // 0 (first reading) ... -32 at 180 s (110 → 78), back to 0 once 110 left the window.
+        assert_eq!(changes.first(), Some(&(0.0, 1)));
+        assert!(changes.contains(&(-32.0, 1)), "{changes:?}");
+        assert_eq!(changes.last(), Some(&(0.0, 1)), "{changes:?}");
+    }
+
+    #[test]
+    fn the_baseline_judges_after_its_warm_up_and_against_the_patients_own_values() {
+        let (v, r) = setup(
+            "[[rule]]\nid = \"hr-z\"\nvital = \"heartRate\"\nbaseline = { halflife = \"10m\", warmup = \"2m\", z = 4 }\n",
+        );
+        let mut s = VitalState::default();
+        let mut out = Vec::new();
+        s.set_rules(&r, &mut out);
+        for t in 0..100 {
+            s.add(
+                &hr(t, if t % 2 == 0 { "70" } else { "72" }),
+                &v,
+                &r,
+                &mut out,
+            );
+        }
+        assert!(
+            values_of(&out, "baseline:").is_empty(),
+            "nothing during the warm-up"
+        );
+        for t in 120..130 {
+            s.add(
+                &hr(t, if t % 2 == 0 { "70" } else { "72" }),
+                &v,
+                &r,
+                &mut out,
+            );
+        }
+        s.add(&hr(130, "110"), &v, &r, &mut out);
+        let z = values_of(&out, "baseline:");
+        let last = z.last().expect("a z-score").0;
+        assert!(last >= 4.0, "110 is far from a 70-72 baseline: {z:?}");
     }
 }
