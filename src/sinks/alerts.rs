@@ -163,7 +163,12 @@ impl AlertSink {
                         entries
                             .push(json!({"resource": r, "request": {"method": "PUT", "url": url}}));
                     };
-                    put(detected_issue(a, id));
+                    // One entry per resource: a batch's entries may be applied in any
+                    // order, so only an alert's latest event of this flush is sent.
+                    let latest = f.pending.iter().rposition(|b| b.id == a.id);
+                    if latest.is_some_and(|i| std::ptr::eq(&f.pending[i], a)) {
+                        put(detected_issue(a, id));
+                    }
                     if let Some(o) = news2_observation(a, id) {
                         put(o);
                     }
