@@ -142,14 +142,10 @@ impl AlertSink {
                 encounter: None,
             })
             .collect();
-        let fatal = |e: crate::fhir::client::FhirError| {
-            if e.is_fatal() {
-                anyhow::Error::new(super::fhir::Fatal(e.to_string()))
-            } else {
-                anyhow::Error::new(e)
-            }
-        };
-        let who = f.resolver.resolve(&f.client, &keys).map_err(fatal)?;
+        let who = f
+            .resolver
+            .resolve(&f.client, &keys)
+            .map_err(super::fhir::sink_error)?;
         let mut entries = Vec::new();
         for (a, k) in f.pending.iter().zip(&keys) {
             match &who[k] {
@@ -179,7 +175,10 @@ impl AlertSink {
             }
         }
         for chunk in entries.chunks(200) {
-            let answers = f.client.batch(chunk.to_vec()).map_err(fatal)?;
+            let answers = f
+                .client
+                .batch(chunk.to_vec())
+                .map_err(super::fhir::sink_error)?;
             if let Some(bad) = answers.iter().find(|a| !(200..300).contains(&a.status)) {
                 if bad.status == 429 || bad.status >= 500 {
                     anyhow::bail!("FHIR server answered {} for an alert", bad.status);

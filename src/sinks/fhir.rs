@@ -122,6 +122,25 @@ fn version_of(resource: &Value, etag: Option<&str>) -> Option<String> {
     })
 }
 
+/// A FHIR failure as a sink error: credentials refused become [`Fatal`] (the job stops),
+/// anything else is retried.
+pub fn sink_error(e: FhirError) -> anyhow::Error {
+    if e.is_fatal() {
+        anyhow::Error::new(Fatal(e.to_string()))
+    } else {
+        anyhow::Error::new(e)
+    }
+}
+
+/// The identifiers a window's group is resolved by.
+fn identity_key(u: &WindowUpdate) -> IdentityKey {
+    IdentityKey {
+        device: u.device.clone(),
+        patient: u.patient.clone(),
+        encounter: u.encounter.clone(),
+    }
+}
+
 fn subjects(identity: &Identity) -> Subjects<'_> {
     Subjects {
         patient: &identity.patient,
@@ -152,14 +171,6 @@ impl FhirSink {
             horizon: chrono::Duration::from_std(horizon).unwrap_or(chrono::Duration::MAX),
             newest: None,
             metrics,
-        }
-    }
-
-    fn fail(e: FhirError) -> anyhow::Error {
-        if e.is_fatal() {
-            anyhow::Error::new(Fatal(e.to_string()))
-        } else {
-            anyhow::Error::new(e)
         }
     }
 
@@ -224,7 +235,7 @@ impl FhirSink {
                 .iter()
                 .map(|(_, _, id)| json!({"request": {"method": "GET", "url": format!("Observation/{id}")}}))
                 .collect();
-            let answers = self.client.batch(entries).map_err(Self::fail)?;
+            let answers = self.client.batch(entries).map_err(sink_error)?;
             for ((window, identity, id), a) in chunk.iter().zip(answers) {
                 let (_, u) = &self.pending[window];
                 let subjects = subjects(identity);
@@ -363,7 +374,7 @@ impl FhirSink {
             }
         }
         match failed {
-            Some(e) => Err(Self::fail(e)),
+            Some(e) => Err(sink_error(e)),
             None => Ok(conflicts),
         }
     }
@@ -373,19 +384,12 @@ impl FhirSink {
         windows.sort();
         let keys: Vec<IdentityKey> = windows
             .iter()
-            .map(|w| {
-                let (_, u) = &self.pending[w];
-                IdentityKey {
-                    device: u.device.clone(),
-                    patient: u.patient.clone(),
-                    encounter: u.encounter.clone(),
-                }
-            })
+            .map(|w| identity_key(&self.pending[w].1))
             .collect();
         let identities = self
             .resolver
             .resolve(&self.client, &keys)
-            .map_err(Self::fail)?;
+            .map_err(sink_error)?;
         let mut unavailable = None;
         let mut writes = Vec::new();
         let mut reads = Vec::new();
@@ -416,12 +420,7 @@ impl FhirSink {
                 break;
             }
             for window in conflicts {
-                let (_, u) = &self.pending[&window];
-                let key = IdentityKey {
-                    device: u.device.clone(),
-                    patient: u.patient.clone(),
-                    encounter: u.encounter.clone(),
-                };
+                let key = identity_key(&self.pending[&window].1);
                 if let Ok(identity) = &identities[&key] {
                     let id = self.observation_id(&window, identity);
                     reads.push((window, identity.clone(), id));
