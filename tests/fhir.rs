@@ -48,6 +48,20 @@ fn setup(
     (tmp, h, c, brokers, msgs)
 }
 
+/// Starts a job that runs until stopped; its log (retries while a server is down) goes to
+/// `<dir>/job.log`, not the test output.
+fn spawn_fhir_job(dir: &Path, job: &Path) -> Running {
+    let log = std::fs::File::create(dir.join("job.log")).expect("log");
+    Running::spawn(
+        vitalflow()
+            .args(["run", "--workers", "2", "--job"])
+            .arg(job)
+            .arg("--output")
+            .arg(dir.join("out"))
+            .stderr(log),
+    )
+}
+
 fn run_fhir_job(dir: &Path, job: &Path) -> std::process::Output {
     run_ok(
         vitalflow()
@@ -426,16 +440,7 @@ fn a_fhir_server_outage_mid_stream_loses_nothing() {
         &h.url(),
         &format!("identity = \"Lookup\"\nmax_retries = 1\n\n[metrics]\naddress = \"{metrics}\""),
     );
-    // The job's log (retries while the server is down) goes to a file, not the test output.
-    let log = std::fs::File::create(tmp.path().join("job.log")).expect("log");
-    let mut running = Running::spawn(
-        vitalflow()
-            .args(["run", "--workers", "2", "--job"])
-            .arg(&job)
-            .arg("--output")
-            .arg(tmp.path().join("out"))
-            .stderr(log),
-    );
+    let mut running = spawn_fhir_job(tmp.path(), &job);
     let p = producer(&brokers);
     let (first, rest) = msgs.split_at(msgs.len() / 3);
     produce_sim(&p, "vitals", first);
@@ -519,15 +524,7 @@ fn kill_9_and_restart_merge_into_what_the_server_holds() {
     let p = producer(&brokers);
     let (first, rest) = msgs.split_at(msgs.len() / 2);
     produce_sim(&p, "vitals", first);
-    let log = std::fs::File::create(tmp.path().join("job.log")).expect("log");
-    let mut running = Running::spawn(
-        vitalflow()
-            .args(["run", "--workers", "2", "--job"])
-            .arg(&job)
-            .arg("--output")
-            .arg(tmp.path().join("out"))
-            .stderr(log),
-    );
+    let mut running = spawn_fhir_job(tmp.path(), &job);
     wait_until(
         Duration::from_secs(60),
         "Observations before the kill",

@@ -392,13 +392,24 @@ mod tests {
         }
     }
 
-    fn readings(out: &[Change]) -> Vec<(i64, isize)> {
+    /// The readings of signals whose key starts with `prefix`: (value, diff).
+    fn values_of(out: &[Change], prefix: &str) -> Vec<(f64, isize)> {
         out.iter()
             .filter_map(|c| match c {
-                Change::Reading(_, r, d) => Some((r.value / 1000, *d)),
+                Change::Reading((_, k), r, d) if k.starts_with(prefix) => {
+                    Some((r.value as f64 / 1000.0, *d))
+                }
                 _ => None,
             })
             .collect()
+    }
+
+    /// A vital state under `r`, and its (empty) output.
+    fn state(r: &RuleSet) -> (VitalState, Vec<Change>) {
+        let mut s = VitalState::default();
+        let mut out = Vec::new();
+        s.set_rules(r, &mut out);
+        (s, out)
     }
 
     #[test]
@@ -406,9 +417,7 @@ mod tests {
         let (v, r) = setup(
             "[[rule]]\nid = \"hr\"\nvital = \"heartRate\"\nabove = { warning = 130 }\nhysteresis = 5\n",
         );
-        let mut s = VitalState::default();
-        let mut out = Vec::new();
-        s.set_rules(&r, &mut out);
+        let (mut s, mut out) = state(&r);
         for (i, x) in ["80", "90", "100", "126", "127", "131", "140", "124"]
             .iter()
             .enumerate()
@@ -416,15 +425,15 @@ mod tests {
             s.add(&hr(i as i64, x), &v, &r, &mut out);
         }
         assert_eq!(
-            readings(&out),
+            values_of(&out, "value:"),
             vec![
-                (80, 1),
-                (80, -1),
-                (126, 1),
-                (126, -1),
-                (131, 1),
-                (131, -1),
-                (124, 1)
+                (80.0, 1),
+                (80.0, -1),
+                (126.0, 1),
+                (126.0, -1),
+                (131.0, 1),
+                (131.0, -1),
+                (124.0, 1)
             ]
         );
     }
@@ -434,9 +443,7 @@ mod tests {
         let (v, r) = setup(
             "[[rule]]\nid = \"hr\"\nvital = \"heartRate\"\nabove = { warning = 130 }\n[quality]\nheartRate = { min = 20, max = 300, max_step = 40 }\n",
         );
-        let mut s = VitalState::default();
-        let mut out = Vec::new();
-        s.set_rules(&r, &mut out);
+        let (mut s, mut out) = state(&r);
         for (i, x) in ["80", "0", "200", "85", "abc"].iter().enumerate() {
             s.add(&hr(i as i64, x), &v, &r, &mut out);
         }
@@ -456,8 +463,8 @@ mod tests {
             ]
         );
         assert_eq!(
-            readings(&out),
-            vec![(80, 1)],
+            values_of(&out, "value:"),
+            vec![(80.0, 1)],
             "85 is in the same band as 80"
         );
     }
@@ -466,30 +473,17 @@ mod tests {
     fn a_rule_change_rebands_what_is_held() {
         let (v, r) =
             setup("[[rule]]\nid = \"hr\"\nvital = \"heartRate\"\nabove = { warning = 130 }\n");
-        let mut s = VitalState::default();
-        let mut out = Vec::new();
-        s.set_rules(&r, &mut out);
+        let (mut s, mut out) = state(&r);
         s.add(&hr(0, "110"), &v, &r, &mut out);
         out.clear();
         let (_, r2) =
             setup("[[rule]]\nid = \"hr\"\nvital = \"heartRate\"\nabove = { warning = 100 }\n");
         s.set_rules(&r2, &mut out);
         assert_eq!(
-            readings(&out),
-            vec![(110, -1), (110, 1)],
+            values_of(&out, "value:"),
+            vec![(110.0, -1), (110.0, 1)],
             "re-judged under the new rule"
         );
-    }
-
-    fn values_of(out: &[Change], prefix: &str) -> Vec<(f64, isize)> {
-        out.iter()
-            .filter_map(|c| match c {
-                Change::Reading((_, k), r, d) if k.starts_with(prefix) => {
-                    Some((r.value as f64 / 1000.0, *d))
-                }
-                _ => None,
-            })
-            .collect()
     }
 
     #[test]
@@ -497,9 +491,7 @@ mod tests {
         let (v, r) = setup(
             "[[rule]]\nid = \"hr-fall\"\nvital = \"heartRate\"\nchange = { within = \"10m\", drop = 30 }\n",
         );
-        let mut s = VitalState::default();
-        let mut out = Vec::new();
-        s.set_rules(&r, &mut out);
+        let (mut s, mut out) = state(&r);
         for (t, x) in [
             (0, "100"),
             (60, "110"),
@@ -521,9 +513,7 @@ mod tests {
         let (v, r) = setup(
             "[[rule]]\nid = \"hr-z\"\nvital = \"heartRate\"\nbaseline = { halflife = \"10m\", warmup = \"2m\", z = 4 }\n",
         );
-        let mut s = VitalState::default();
-        let mut out = Vec::new();
-        s.set_rules(&r, &mut out);
+        let (mut s, mut out) = state(&r);
         for t in 0..100 {
             s.add(
                 &hr(t, if t % 2 == 0 { "70" } else { "72" }),
