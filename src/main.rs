@@ -660,20 +660,6 @@ fn run_job(args: RunArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    // Templates and rules are checked before anything starts: a bad one is a usage error.
-    let checked = dataflow::load_mappings(&job).and_then(|(_, fhir)| match &job.anomaly_rules {
-        Some(p) => vitalflow::anomaly::reload::Rules::load(
-            p,
-            Arc::new(vitalflow::anomaly::rules::Vitals::new(&fhir)),
-        )
-        .map(|_| ())
-        .map_err(|e| anyhow::anyhow!("{e}")),
-        None => Ok(()),
-    });
-    if let Err(e) = checked {
-        eprintln!("error: {e:#}");
-        return ExitCode::from(2);
-    }
     let opts = RunOptions {
         workers: args
             .workers
@@ -734,7 +720,11 @@ fn run_job(args: RunArgs) -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<dataflow::InvalidConfig>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

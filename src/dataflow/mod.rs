@@ -85,6 +85,11 @@ pub fn load_mappings(job: &JobConfig) -> anyhow::Result<(DeviceMapping, FhirMapp
     Ok((device, fhir))
 }
 
+/// A mapping or rules file that does not load: a usage error (exit 2), not a failed run.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidConfig(pub String);
+
 /// Everything a worker needs, shared by all workers of the process.
 struct Shared {
     job: JobConfig,
@@ -189,7 +194,20 @@ pub fn run(
     stop: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
-    let (device, fhir) = load_mappings(job)?;
+    // Templates and rules first: a bad one is the user's to fix, before any connection.
+    let (device, fhir) =
+        load_mappings(job).map_err(|e| anyhow::Error::new(InvalidConfig(format!("{e:#}"))))?;
+    let rules = match &job.anomaly_rules {
+        Some(path) => {
+            let vitals = Arc::new(Vitals::new(&fhir));
+            let rules = Rules::load(path, vitals).map_err(|e| InvalidConfig(e.to_string()))?;
+            rules.watch(stop.clone(), metrics.clone());
+            let (_, set) = rules.get();
+            tracing::info!(file = %set.file, rules = set.rules.len(), news2 = set.news2.is_some(), "alert rules loaded");
+            Some(rules)
+        }
+        None => None,
+    };
     let mut embedded = None;
     let mut brokers = None;
     let mut partitions = BTreeMap::new();
@@ -229,17 +247,6 @@ pub fn run(
                 .with_context(|| format!("FHIR server {}", cfg.url))?;
             tracing::info!(url = %cfg.url, identity = ?cfg.identity, "FHIR server ready");
             Some(Arc::new(client))
-        }
-        None => None,
-    };
-    let rules = match &job.anomaly_rules {
-        Some(path) => {
-            let vitals = Arc::new(Vitals::new(&fhir));
-            let rules = Rules::load(path, vitals).map_err(|e| anyhow!("{e}"))?;
-            rules.watch(stop.clone(), metrics.clone());
-            let (_, set) = rules.get();
-            tracing::info!(file = %set.file, rules = set.rules.len(), news2 = set.news2.is_some(), "alert rules loaded");
-            Some(rules)
         }
         None => None,
     };
