@@ -38,6 +38,7 @@ fn readings(devices: usize, seconds: i64) -> Vec<Measurement> {
                 occurrence_time: start + chrono::Duration::seconds(s),
                 properties: vec![("hr".into(), format!("{}", 60 + (s + d as i64) % 40))],
                 received_ms: None,
+                source: None,
             })
         })
         .collect()

@@ -194,7 +194,7 @@ pub fn run_once(
         )
     })?;
     job.source = crate::job::SourceConfig::Kafka;
-    job.output_dir = opts.out.join("job-output");
+    job.set_output_dir(opts.out.join("job-output"));
     if job.file == crate::job::EMBEDDED_FILE {
         // The embedded default trades latency for output volume (10 s); the bench measures
         // the latency a deployment would tune for.

@@ -162,6 +162,18 @@ struct RawSinks {
     ndjson: Option<RawNdjson>,
     dead_letter: Option<RawDeadLetter>,
     fhir: Option<RawFhir>,
+    lake: Option<RawLake>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLake {
+    location: Spanned<String>,
+    tables: Option<Spanned<Vec<String>>>,
+    flush_interval: Option<Spanned<String>>,
+    target_file_size_mib: Option<Spanned<i64>>,
+    #[serde(default)]
+    storage: BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -278,11 +290,29 @@ impl JobConfig {
     pub fn emit_interval(&self) -> Duration {
         let ndjson = self.ndjson_observations.then_some(self.flush_interval);
         let fhir = self.fhir.as_ref().map(|f| f.flush_interval);
+        let lake = self
+            .lake
+            .as_ref()
+            .filter(|l| l.tables.observations)
+            .map(|l| l.flush_interval);
         ndjson
             .into_iter()
             .chain(fhir)
+            .chain(lake)
             .min()
             .unwrap_or(self.flush_interval)
+    }
+}
+
+impl JobConfig {
+    /// Moves the NDJSON output directory, and the lakehouse with it when it lies inside.
+    pub fn set_output_dir(&mut self, dir: PathBuf) {
+        if let Some(l) = &mut self.lake {
+            if let Ok(rest) = Path::new(&l.location).strip_prefix(&self.output_dir) {
+                l.location = dir.join(rest).display().to_string();
+            }
+        }
+        self.output_dir = dir;
     }
 }
 
@@ -525,6 +555,8 @@ pub struct JobConfig {
     pub fhir: Option<FhirSinkConfig>,
     /// How often sinks commit what they buffered.
     pub flush_interval: Duration,
+    /// Lakehouse tables (Delta Lake).
+    pub lake: Option<crate::lake::LakeConfig>,
     /// Dead-letter topic (Kafka); None: NDJSON files under the output directory.
     pub dead_letter_topic: Option<String>,
     /// Anomaly rules file (anomaly detection).
@@ -902,6 +934,7 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
         .as_ref()
         .map(|f| fhir_config(&mut cx, base, f));
     let ndjson_observations = raw.sinks.ndjson.is_some() || fhir.is_none();
+    let lake = raw.sinks.lake.as_ref().map(|l| lake_config(&mut cx, l));
     let metrics_address = raw.metrics.as_ref().map(|m| {
         if m.address.get_ref().parse::<std::net::SocketAddr>().is_err() {
             cx.at(
@@ -933,6 +966,7 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
         ndjson_observations,
         fhir,
         flush_interval,
+        lake,
         dead_letter_topic,
         anomaly_rules,
         alerts_topic,
@@ -940,6 +974,60 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
         batch_size,
         metrics_address,
     })
+}
+
+fn lake_config(cx: &mut Ctx<'_>, l: &RawLake) -> crate::lake::LakeConfig {
+    let mut c = crate::lake::LakeConfig::at(l.location.get_ref().trim());
+    if c.location.is_empty() {
+        cx.at(
+            l.location.span(),
+            "sinks.lake.location",
+            "must name a directory or an object-store URL (s3://bucket/prefix)",
+        );
+    } else if let Some((scheme, _)) = c.location.split_once("://") {
+        if !["s3", "s3a", "file", "memory"].contains(&scheme) {
+            cx.at(
+                l.location.span(),
+                "sinks.lake.location",
+                format!("unsupported scheme \"{scheme}\" (a local path, file://, or s3://)"),
+            );
+        }
+    }
+    if let Some(t) = &l.tables {
+        c.tables = crate::lake::Tables {
+            measurements: false,
+            observations: false,
+            alerts: false,
+        };
+        for name in t.get_ref() {
+            match name.as_str() {
+                "measurements" => c.tables.measurements = true,
+                "observations" => c.tables.observations = true,
+                "alerts" => c.tables.alerts = true,
+                other => cx.at(
+                    t.span(),
+                    "sinks.lake.tables",
+                    format!("no table \"{other}\" (measurements, observations, alerts)"),
+                ),
+            }
+        }
+    }
+    c.flush_interval = cx.duration(
+        &l.flush_interval,
+        "sinks.lake.flush_interval",
+        c.flush_interval,
+    );
+    c.target_file_size = cx.positive(
+        &l.target_file_size_mib,
+        "sinks.lake.target_file_size_mib",
+        c.target_file_size >> 20,
+    ) << 20;
+    c.storage = l
+        .storage
+        .iter()
+        .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+        .collect();
+    c
 }
 
 fn fhir_config(cx: &mut Ctx<'_>, base: &Path, f: &RawFhir) -> FhirSinkConfig {
@@ -1072,7 +1160,11 @@ pub fn apply_env(job: &mut JobConfig, vars: impl IntoIterator<Item = (String, St
     }
     for (key, value) in vars {
         match key.as_str() {
-            "VITALFLOW_OUTPUT_DIR" => job.output_dir = PathBuf::from(value),
+            "VITALFLOW_OUTPUT_DIR" => job.set_output_dir(PathBuf::from(value)),
+            "VITALFLOW_LAKE" => match &mut job.lake {
+                Some(l) => l.location = value,
+                None => job.lake = Some(crate::lake::LakeConfig::at(&value)),
+            },
             "VITALFLOW_METRICS_ADDRESS" => job.metrics_address = Some(value),
             "VITALFLOW_FHIR_IDENTITY" => {
                 if let (Some(f), Some(m)) = (&mut job.fhir, IdentityMode::parse(&value)) {

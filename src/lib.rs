@@ -9,6 +9,7 @@ pub mod debugger;
 pub mod event;
 pub mod fhir;
 pub mod job;
+pub mod lake;
 pub mod mapping;
 pub mod metrics;
 pub mod model;

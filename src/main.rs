@@ -592,7 +592,12 @@ fn validate(device: Option<&Path>, fhir: Option<&Path>, format: Format) -> ExitC
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VITALFLOW_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // The Delta kernel narrates every snapshot at info; its warnings still show.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(
+                "info,buoyant_kernel=warn,buoyant_kernel_engine=warn,deltalake_core=error",
+            )
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -625,7 +630,7 @@ fn run_job(args: RunArgs) -> ExitCode {
         Err(code) => return code,
     };
     if let Some(o) = args.output {
-        job.output_dir = o;
+        job.set_output_dir(o);
     }
     if let Some(url) = &args.fhir_url {
         job::set_fhir_url(&mut job, url);

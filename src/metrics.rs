@@ -36,6 +36,14 @@ pub struct Metrics {
     pub rule_reload_errors: AtomicU64,
     /// Observation updates the sink skipped because nothing changed (replays).
     pub observations_unchanged: AtomicU64,
+    /// Rows committed to the lakehouse tables.
+    pub lake_rows: AtomicU64,
+    /// Delta commits made.
+    pub lake_commits: AtomicU64,
+    /// Sum of the time lakehouse flushes took (write + commit), microseconds.
+    pub lake_commit_us_sum: AtomicU64,
+    /// Replayed rows the lakehouse already held, not written again.
+    pub lake_rows_skipped: AtomicU64,
     /// Observations that could not be built (values the FHIR template cannot represent).
     pub observation_errors: AtomicU64,
     /// Windows evicted past the horizon.
@@ -140,6 +148,13 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Records one lakehouse commit of `rows` rows that took `took`.
+    pub fn lake_commit(&self, rows: u64, took: Duration) {
+        Self::add(&self.lake_rows, rows);
+        Self::add(&self.lake_commits, 1);
+        Self::add(&self.lake_commit_us_sum, took.as_micros() as u64);
+    }
+
     /// Records an epoch made durable `latency` after it began.
     pub fn epoch_durable(&self, latency: Duration) {
         self.epochs_durable.fetch_add(1, Ordering::Relaxed);
@@ -184,7 +199,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counters: [(&str, &str, &AtomicU64); 15] = [
+        let counters: [(&str, &str, &AtomicU64); 19] = [
             (
                 "vitalflow_alerts_total",
                 "Alert events delivered (open, escalated, resolved).",
@@ -244,6 +259,26 @@ impl Metrics {
                 "vitalflow_observations_unchanged_total",
                 "Observation updates skipped as unchanged.",
                 &self.observations_unchanged,
+            ),
+            (
+                "vitalflow_lake_rows_total",
+                "Rows committed to the lakehouse tables.",
+                &self.lake_rows,
+            ),
+            (
+                "vitalflow_lake_commits_total",
+                "Delta Lake commits.",
+                &self.lake_commits,
+            ),
+            (
+                "vitalflow_lake_flush_microseconds_total",
+                "Time lakehouse flushes took (write and commit), microseconds.",
+                &self.lake_commit_us_sum,
+            ),
+            (
+                "vitalflow_lake_rows_skipped_total",
+                "Replayed rows the lakehouse already held.",
+                &self.lake_rows_skipped,
             ),
             (
                 "vitalflow_observation_errors_total",

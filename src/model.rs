@@ -26,6 +26,20 @@ pub struct Measurement {
     pub properties: Vec<(Arc<str>, String)>,
     /// When the message carrying it reached Kafka (ms since the Unix epoch), for latencies.
     pub received_ms: Option<i64>,
+    /// The Kafka record (or file line) it was read from: the lakehouse's exactly-once key.
+    #[serde(skip)]
+    pub source: Option<SourcePos>,
+}
+
+/// Where a measurement was read: topic (or file), partition and offset (or line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourcePos {
+    /// Kafka topic, file path or `simulator`.
+    pub topic: Arc<str>,
+    /// Kafka partition.
+    pub partition: i32,
+    /// Kafka offset.
+    pub offset: i64,
 }
 
 /// JSON shape of a measurement as the IoMT conformance suite and `vitalflow normalize` print it.

@@ -228,6 +228,7 @@ fn measurement_from_json(v: &Value) -> Measurement {
             })
             .collect(),
         received_ms: None,
+        source: None,
     }
 }
 

@@ -7,7 +7,7 @@
 //! Every problem is reported with the file, line and column.
 
 use super::news2::Param;
-use crate::mapping::fhir::{ValueKind, ValueTemplate};
+use crate::mapping::fhir::ValueTemplate;
 use crate::mapping::FhirMapping;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -332,14 +332,6 @@ pub struct Vitals {
     units: HashMap<String, Option<String>>,
 }
 
-fn unit_of(v: &ValueTemplate) -> Option<String> {
-    match &v.kind {
-        ValueKind::SampledData { unit, .. } => unit.clone(),
-        ValueKind::Quantity { unit, code, .. } => unit.clone().or_else(|| code.clone()),
-        _ => None,
-    }
-}
-
 impl Vitals {
     /// Indexes the values of a FHIR mapping.
     pub fn new(fhir: &FhirMapping) -> Self {
@@ -356,7 +348,7 @@ impl Vitals {
                 for c in codes {
                     v.names.insert(c.to_string(), key.clone());
                 }
-                v.units.insert(key, unit_of(value));
+                v.units.insert(key, value.unit().map(str::to_string));
             };
             if let Some(value) = &t.value {
                 let codes = t.codes.iter().filter_map(|c| c.code.as_deref()).collect();

@@ -389,6 +389,7 @@ mod tests {
                 .expect("time"),
             properties: vec![(Arc::from("hr"), v.into())],
             received_ms: Some(5),
+            source: None,
         }
     }
 

@@ -17,6 +17,9 @@ use crate::anomaly::reload::Rules;
 use crate::anomaly::rules::Vitals;
 use crate::fhir::client::FhirClient;
 use crate::job::{JobConfig, SourceConfig, EMBEDDED_BROKERS};
+use crate::lake::alerts::AlertTableSink;
+use crate::lake::measurements::MeasurementTableSink;
+use crate::lake::observations::ObservationTableSink;
 use crate::mapping::{DeviceMapping, FhirMapping};
 use crate::metrics::Metrics;
 use crate::sinks::alerts::AlertSink;
@@ -107,6 +110,8 @@ struct Shared {
     sources_done: std::sync::atomic::AtomicUsize,
     local_workers: usize,
     fatal: Mutex<Option<String>>,
+    /// Prefix of the lakehouse's exactly-once records (Kafka sources only).
+    lake_app: Option<String>,
 }
 
 impl Shared {
@@ -250,10 +255,29 @@ pub fn run(
         }
         None => None,
     };
+    if let Some(lake) = &job.lake {
+        // Created (or checked) once here: an unwritable location or a table of another
+        // schema stops the start with its reason, before any worker reads a message.
+        for spec in lake.specs() {
+            crate::lake::table::Table::open(&lake.location, spec, &lake.storage)?;
+        }
+        tracing::info!(location = %lake.location, "lakehouse tables ready");
+    }
     if let Some(addr) = &job.metrics_address {
         let bound = crate::metrics::serve(addr, metrics.clone())?;
         tracing::info!(address = %bound, "serving /metrics and /health");
     }
+    // Offsets of the embedded cluster start again at 0 every run: its records are a new
+    // source each time, not a replay of the last run's.
+    let lake_app = match (&job.source, &job.kafka) {
+        (SourceConfig::Kafka, Some(k)) if k.embedded() => Some(format!(
+            "vitalflow/{}/embedded-{}",
+            k.group_id,
+            chrono::Utc::now().timestamp_millis()
+        )),
+        (SourceConfig::Kafka, Some(k)) => Some(format!("vitalflow/{}", k.group_id)),
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         job: job.clone(),
         device,
@@ -272,6 +296,7 @@ pub fn run(
         sources_done: Default::default(),
         local_workers: opts.workers,
         fatal: Mutex::new(None),
+        lake_app,
     });
     let communication = if opts.processes > 1 {
         timely::CommunicationConfig::Cluster {
@@ -324,6 +349,54 @@ struct WorkerParts {
     fhir: Option<(FhirSink, Duration)>,
     alerts: Option<AlertSink>,
     dead_letters: Box<dyn Sink<DeadLetter> + Send>,
+    lake: LakeParts,
+}
+
+/// The lakehouse tables a worker writes, each with its own sink.
+#[derive(Default)]
+pub(crate) struct LakeParts {
+    pub measurements: Option<MeasurementTableSink>,
+    pub observations: Option<ObservationTableSink>,
+    pub alerts: Option<AlertTableSink>,
+}
+
+fn lake_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<LakeParts> {
+    let job = &shared.job;
+    let Some(cfg) = &job.lake else {
+        return Ok(LakeParts::default());
+    };
+    let m = &shared.metrics;
+    Ok(LakeParts {
+        measurements: cfg
+            .tables
+            .measurements
+            .then(|| {
+                MeasurementTableSink::new(
+                    cfg,
+                    shared.mapping.clone(),
+                    shared.lake_app.clone(),
+                    index,
+                    m.clone(),
+                )
+            })
+            .transpose()?,
+        observations: cfg
+            .tables
+            .observations
+            .then(|| {
+                ObservationTableSink::new(
+                    cfg,
+                    index,
+                    |d| route(d) % peers as u64 == index as u64,
+                    job.horizon,
+                    m.clone(),
+                )
+            })
+            .transpose()?,
+        alerts: (cfg.tables.alerts && shared.rules.is_some())
+            .then(|| AlertTableSink::new(cfg, m.clone()))
+            .transpose()?,
+    })
 }
 
 fn dead_letter_sink(
@@ -413,6 +486,7 @@ fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<W
         fhir,
         alerts,
         dead_letters: dead_letter_sink(shared, &job.output_dir, index)?,
+        lake: lake_parts(shared, index, peers)?,
     })
 }
 

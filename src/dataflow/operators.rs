@@ -125,10 +125,32 @@ pub(super) fn run_worker<A: Allocate>(
             );
             durable = durable.concat(&o);
         }
-        if let Some(sink) = parts.alerts {
+        let lake = parts.lake;
+        let lake_interval = shared.job.lake.as_ref().map(|l| l.flush_interval);
+        if let (Some(sink), Some(every)) = (lake.measurements, lake_interval) {
+            let l = sink_operator(
+                &measurements,
+                "LakeMeasurements",
+                sink,
+                every,
+                shared.clone(),
+            );
+            durable = durable.concat(&l);
+        }
+        if let (Some(sink), Some(every)) = (lake.observations, lake_interval) {
+            let l = sink_operator(&updates, "LakeObservations", sink, every, shared.clone());
+            durable = durable.concat(&l);
+        }
+        if parts.alerts.is_some() || lake.alerts.is_some() {
             let alerts = super::alerting::build(&measurements, shared.clone(), index);
-            let a = sink_operator(&alerts, "AlertSink", sink, Duration::ZERO, shared.clone());
-            durable = durable.concat(&a);
+            if let Some(sink) = parts.alerts {
+                let a = sink_operator(&alerts, "AlertSink", sink, Duration::ZERO, shared.clone());
+                durable = durable.concat(&a);
+            }
+            if let (Some(sink), Some(every)) = (lake.alerts, lake_interval) {
+                let l = sink_operator(&alerts, "LakeAlerts", sink, every, shared.clone());
+                durable = durable.concat(&l);
+            }
         }
         if let Some((sink, interval)) = parts.fhir {
             let f = sink_operator(&updates, "FhirSink", sink, interval, shared.clone());
@@ -244,10 +266,16 @@ fn normalize_operator<G: Scope<Timestamp = u64>>(
                         ms.clear();
                         stamps.extend(m.origin.timestamp_ms);
                         let received = m.origin.timestamp_ms;
+                        let source = crate::model::SourcePos {
+                            topic: m.origin.topic.clone(),
+                            partition: m.origin.partition,
+                            offset: m.origin.offset,
+                        };
                         match normalize(&shared.device, &shared.mapping, skew, now, m, &mut ms) {
                             Ok(()) => {
                                 for x in &mut ms {
                                     x.received_ms = received;
+                                    x.source = Some(source.clone());
                                 }
                                 Metrics::add(&shared.metrics.measurements, ms.len() as u64);
                                 session.give_iterator(ms.drain(..).map(Ok));

@@ -233,6 +233,7 @@ mod tests {
             occurrence_time: parse_timestamp(t).expect("time"),
             properties: vec![("hr".into(), v.into())],
             received_ms: None,
+            source: None,
         }
     }
 

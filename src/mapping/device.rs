@@ -660,6 +660,7 @@ impl DeviceTemplate {
             occurrence_time,
             properties,
             received_ms: None,
+            source: None,
         })
     }
 

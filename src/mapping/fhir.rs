@@ -90,6 +90,17 @@ pub struct ValueTemplate {
     pub kind: ValueKind,
 }
 
+impl ValueTemplate {
+    /// The unit the template renders the value with, when it states one.
+    pub fn unit(&self) -> Option<&str> {
+        match &self.kind {
+            ValueKind::SampledData { unit, .. } => unit.as_deref(),
+            ValueKind::Quantity { unit, code, .. } => unit.as_deref().or(code.as_deref()),
+            _ => None,
+        }
+    }
+}
+
 /// An Observation component template.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ComponentTemplate {
@@ -114,6 +125,17 @@ pub struct CodeValueTemplate {
     pub value: Option<ValueTemplate>,
     /// Components.
     pub components: Vec<ComponentTemplate>,
+}
+
+impl CodeValueTemplate {
+    /// The unit of a measurement property, from the value or component that renders it.
+    pub fn unit_of(&self, value_name: &str) -> Option<&str> {
+        self.value
+            .iter()
+            .chain(self.components.iter().map(|c| &c.value))
+            .find(|v| v.value_name == value_name)
+            .and_then(ValueTemplate::unit)
+    }
 }
 
 /// A compiled FHIR mapping.

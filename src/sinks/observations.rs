@@ -25,13 +25,16 @@ struct Stored {
     resource: Value,
     end: DateTime<Utc>,
     /// The window instance whose group holds every value of it; None when it also holds
-    /// values from elsewhere (read back from committed files, or merged into).
+    /// values from elsewhere (read back from committed output, or merged into).
     instance: Option<u64>,
+    /// How many versions of it were written (1 for the first).
+    version: i64,
 }
 
-/// One worker's Observation output.
-pub struct ObservationSink {
-    writer: PartWriter,
+/// The last Observation written per id, and the window updates waiting for the next flush:
+/// what every Observation output (NDJSON, the lakehouse) merges into, as the IoMT
+/// connector merges into a stored Observation.
+pub struct ObservationStore {
     store: HashMap<String, Stored>,
     pending: HashMap<String, (u64, WindowUpdate)>,
     horizon: chrono::Duration,
@@ -39,83 +42,68 @@ pub struct ObservationSink {
     metrics: Arc<Metrics>,
 }
 
-/// The last epoch in a part file's name (`part-w{worker}-{first}-{last}.ndjson`).
-fn part_last_epoch(p: &Path) -> Option<u64> {
-    p.file_name()?
-        .to_str()?
-        .strip_suffix(".ndjson")?
-        .rsplit('-')
-        .next()?
-        .parse()
-        .ok()
+/// An Observation version to write: the merged resource and where it came from.
+pub struct Change {
+    /// Ingestion epoch of the update.
+    pub epoch: u64,
+    /// Observation id.
+    pub id: String,
+    /// The resource to write.
+    pub resource: Value,
+    /// The version number it becomes.
+    pub version: i64,
+    /// The window update it was built from.
+    pub update: WindowUpdate,
+    end: DateTime<Utc>,
+    instance: Option<u64>,
 }
 
-impl ObservationSink {
-    /// Opens `<dir>/observations` for `worker`; `owns(device)` tells which stored
-    /// Observations this worker is responsible for (the window exchange's routing).
-    pub fn new(
-        dir: &Path,
-        worker: usize,
-        owns: impl Fn(&str) -> bool,
-        horizon: Duration,
-        metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Self> {
-        let dir = dir.join("observations");
-        let writer = PartWriter::new(&dir, worker)?;
-        let mut sink = Self {
-            writer,
+impl ObservationStore {
+    /// An empty store keeping Observations whose period ends within `horizon` of the newest.
+    pub fn new(horizon: Duration, metrics: Arc<Metrics>) -> Self {
+        Self {
             store: HashMap::new(),
             pending: HashMap::new(),
             horizon: chrono::Duration::from_std(horizon).unwrap_or(chrono::Duration::MAX),
             newest: None,
             metrics,
-        };
-        // Files last written more than twice the horizon ago (by ingestion time, in the name)
-        // hold nothing the store would keep: skipping them bounds the start-up of long runs.
-        let since = chrono::Utc::now().timestamp_millis().max(0) as u64;
-        let since =
-            since.saturating_sub(2 * horizon.as_millis().min(u128::from(u64::MAX / 4)) as u64);
-        for part in committed_parts(&dir) {
-            if part_last_epoch(&part).is_some_and(|e| e < since) {
-                continue;
-            }
-            let f = std::fs::File::open(&part)
-                .with_context(|| format!("cannot read {}", part.display()))?;
-            for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-                let line = line.with_context(|| format!("cannot read {}", part.display()))?;
-                let o: Value = serde_json::from_str(&line).with_context(|| {
-                    format!("{}:{}: not a JSON Observation", part.display(), i + 1)
-                })?;
-                let device = o
-                    .pointer("/device/identifier/value")
-                    .and_then(Value::as_str);
-                let (Some(id), Some(device), Some(end)) =
-                    (o.get("id").and_then(Value::as_str), device, period_end(&o))
-                else {
-                    continue;
-                };
-                if owns(device) {
-                    sink.newest = Some(sink.newest.map_or(end, |n| n.max(end)));
-                    sink.store.insert(
-                        id.to_string(),
-                        Stored {
-                            resource: o.clone(),
-                            end,
-                            instance: None,
-                        },
-                    );
-                }
-            }
         }
-        sink.evict();
-        if !sink.store.is_empty() {
+    }
+
+    /// Takes back one Observation read from committed output (later calls supersede).
+    pub fn restore(&mut self, resource: Value, version: i64) {
+        let (Some(id), Some(end)) = (
+            resource.get("id").and_then(Value::as_str),
+            period_end(&resource),
+        ) else {
+            return;
+        };
+        if self.store.get(id).is_some_and(|s| s.version > version) {
+            return;
+        }
+        self.newest = Some(self.newest.map_or(end, |n| n.max(end)));
+        self.store.insert(
+            id.to_string(),
+            Stored {
+                resource,
+                end,
+                instance: None,
+                version,
+            },
+        );
+    }
+
+    /// Ends a restore: drops what is beyond the horizon and says what was resumed.
+    pub fn restored(&mut self, output: &str, worker: usize) {
+        self.evict();
+        if !self.store.is_empty() {
             tracing::info!(
                 worker,
-                observations = sink.store.len(),
+                output,
+                observations = self.store.len(),
                 "resumed from committed output"
             );
         }
-        Ok(sink)
     }
 
     fn evict(&mut self) {
@@ -123,30 +111,18 @@ impl ObservationSink {
             self.store.retain(|_, s| s.end >= cutoff);
         }
     }
-}
 
-impl Sink<WindowUpdate> for ObservationSink {
-    fn write(&mut self, epoch: u64, item: WindowUpdate) -> anyhow::Result<()> {
-        // Coalesce: only the latest state of each Observation per flush is written.
+    /// Queues a window update; only the latest state of each Observation per flush counts.
+    pub fn add(&mut self, epoch: u64, item: WindowUpdate) {
         self.pending.insert(item.id.clone(), (epoch, item));
-        Ok(())
     }
 
-    fn flush(&mut self) -> anyhow::Result<()> {
-        let result = self.write_pending();
-        if result.is_err() {
-            // Nothing of a failed flush is kept: the retry writes every pending update again.
-            self.writer.abort();
-        }
-        result
-    }
-}
-
-impl ObservationSink {
-    fn write_pending(&mut self) -> anyhow::Result<()> {
+    /// The versions the pending updates make, in id order; unchanged merges are left out.
+    /// Nothing changes until [`Self::committed`]: a failed write computes them again.
+    pub fn changes(&self) -> Vec<Change> {
         let mut ids: Vec<&String> = self.pending.keys().collect();
         ids.sort();
-        let mut written = Vec::new();
+        let mut out = Vec::new();
         for id in ids {
             let (epoch, u) = &self.pending[id];
             let stored = self.store.get(id);
@@ -177,35 +153,129 @@ impl ObservationSink {
                 Metrics::add(&self.metrics.observations_unchanged, 1);
                 continue;
             }
-            let line = serde_json::to_vec(&resource).expect("JSON");
-            self.writer.write_line(*epoch, &line)?;
             // Only a version built from the group alone is all the group holds: after a merge
             // (values read back at start, or from an evicted window) the next update must
             // merge again, or it would drop what only the stored version had.
             let built_from_group = stored.is_none() || same_window;
-            written.push((
-                id.clone(),
+            let end = period_end(&resource).unwrap_or(u.group.end);
+            out.push(Change {
+                epoch: *epoch,
+                id: id.clone(),
+                version: stored.map_or(1, |s| s.version + 1),
                 resource,
-                u.group.end,
-                built_from_group.then_some(u.instance),
-            ));
+                update: u.clone(),
+                end,
+                instance: built_from_group.then_some(u.instance),
+            });
         }
-        self.writer.commit()?;
+        out
+    }
+
+    /// Records that `changes` were written and drops the pending updates.
+    pub fn committed(&mut self, changes: Vec<Change>) {
         self.pending.clear();
-        Metrics::add(&self.metrics.observations_out, written.len() as u64);
-        for (id, resource, end, instance) in written {
-            let end = period_end(&resource).unwrap_or(end);
-            self.newest = Some(self.newest.map_or(end, |n| n.max(end)));
+        Metrics::add(&self.metrics.observations_out, changes.len() as u64);
+        for c in changes {
+            self.newest = Some(self.newest.map_or(c.end, |n| n.max(c.end)));
             self.store.insert(
-                id,
+                c.id,
                 Stored {
-                    resource,
-                    end,
-                    instance,
+                    resource: c.resource,
+                    end: c.end,
+                    instance: c.instance,
+                    version: c.version,
                 },
             );
         }
         self.evict();
+    }
+}
+
+/// One worker's Observation output.
+pub struct ObservationSink {
+    writer: PartWriter,
+    store: ObservationStore,
+}
+
+/// The last epoch in a part file's name (`part-w{worker}-{first}-{last}.ndjson`).
+fn part_last_epoch(p: &Path) -> Option<u64> {
+    p.file_name()?
+        .to_str()?
+        .strip_suffix(".ndjson")?
+        .rsplit('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl ObservationSink {
+    /// Opens `<dir>/observations` for `worker`; `owns(device)` tells which stored
+    /// Observations this worker is responsible for (the window exchange's routing).
+    pub fn new(
+        dir: &Path,
+        worker: usize,
+        owns: impl Fn(&str) -> bool,
+        horizon: Duration,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let dir = dir.join("observations");
+        let writer = PartWriter::new(&dir, worker)?;
+        let mut store = ObservationStore::new(horizon, metrics);
+        // Files last written more than twice the horizon ago (by ingestion time, in the name)
+        // hold nothing the store would keep: skipping them bounds the start-up of long runs.
+        let since = chrono::Utc::now().timestamp_millis().max(0) as u64;
+        let since =
+            since.saturating_sub(2 * horizon.as_millis().min(u128::from(u64::MAX / 4)) as u64);
+        for part in committed_parts(&dir) {
+            if part_last_epoch(&part).is_some_and(|e| e < since) {
+                continue;
+            }
+            let f = std::fs::File::open(&part)
+                .with_context(|| format!("cannot read {}", part.display()))?;
+            for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+                let line = line.with_context(|| format!("cannot read {}", part.display()))?;
+                let o: Value = serde_json::from_str(&line).with_context(|| {
+                    format!("{}:{}: not a JSON Observation", part.display(), i + 1)
+                })?;
+                let device = o
+                    .pointer("/device/identifier/value")
+                    .and_then(Value::as_str);
+                if device.is_some_and(&owns) {
+                    // Later lines supersede earlier ones (NDJSON numbers no versions).
+                    store.restore(o, 0);
+                }
+            }
+        }
+        store.restored("ndjson", worker);
+        Ok(Self { writer, store })
+    }
+}
+
+impl Sink<WindowUpdate> for ObservationSink {
+    fn write(&mut self, epoch: u64, item: WindowUpdate) -> anyhow::Result<()> {
+        self.store.add(epoch, item);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        let result = self.write_pending();
+        if result.is_err() {
+            // Nothing of a failed flush is kept: the retry writes every pending update again.
+            self.writer.abort();
+        }
+        result
+    }
+}
+
+impl ObservationSink {
+    fn write_pending(&mut self) -> anyhow::Result<()> {
+        let changes = self.store.changes();
+        for c in &changes {
+            let line = serde_json::to_vec(&c.resource).expect("JSON");
+            self.writer.write_line(c.epoch, &line)?;
+        }
+        self.writer.commit()?;
+        self.store.committed(changes);
         Ok(())
     }
 }
@@ -229,6 +299,7 @@ mod tests {
             occurrence_time: parse_timestamp(&t).expect("time"),
             properties: vec![("hr".into(), v.into())],
             received_ms: None,
+            source: None,
         });
         w.take_dirty().pop().expect("one window")
     }

@@ -1,0 +1,258 @@
+//! The `measurements` table: one row per normalized value, exactly once per Kafka record.
+//!
+//! Every commit records, per Kafka partition, the highest offset it holds (a Delta `txn`
+//! action, app id `<prefix>/<topic>/<partition>`). At start the sink reads those versions
+//! and drops replayed records at or below them: a crash between the Delta commit and the
+//! Kafka offset commit replays records the table already holds, and they are not written
+//! twice. Offsets of one partition reach a worker in order, so the highest offset of a
+//! flush is also the end of a contiguous run.
+
+use super::rows::{date_of, Columns};
+use super::schema::MEASUREMENTS;
+use super::table::Table;
+use super::LakeConfig;
+use crate::mapping::FhirMapping;
+use crate::metrics::Metrics;
+use crate::model::Measurement;
+use crate::sinks::Sink;
+use deltalake::arrow::array::{
+    Date32Builder, Float64Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use deltalake::kernel::Transaction;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Column builders of one flush.
+#[derive(Default)]
+struct Builders {
+    event_time: TimestampMicrosecondBuilder,
+    ingest_time: TimestampMicrosecondBuilder,
+    device_id: StringBuilder,
+    patient_id: StringBuilder,
+    encounter_id: StringBuilder,
+    correlation_id: StringBuilder,
+    value_name: StringBuilder,
+    value: Float64Builder,
+    value_string: StringBuilder,
+    unit: StringBuilder,
+    source_topic: StringBuilder,
+    source_partition: Int32Builder,
+    source_offset: Int64Builder,
+    date: Date32Builder,
+    type_name: StringBuilder,
+    rows: usize,
+}
+
+impl Builders {
+    fn push(&mut self, m: &Measurement, mapping: &FhirMapping) {
+        let template = mapping.get(&m.type_name);
+        let event_us = m.occurrence_time.timestamp_micros();
+        for (name, raw) in &m.properties {
+            self.event_time.append_value(event_us);
+            self.ingest_time
+                .append_option(m.received_ms.map(|ms| ms * 1000));
+            self.device_id.append_value(&m.device_id);
+            self.patient_id.append_option(m.patient_id.as_deref());
+            self.encounter_id.append_option(m.encounter_id.as_deref());
+            self.correlation_id
+                .append_option(m.correlation_id.as_deref());
+            self.value_name.append_value(name);
+            // Values are strings in the connector's model; a number goes to `value`, anything
+            // else (a string where a number was too) to `value_string`, never lost.
+            match raw.trim().parse::<f64>().ok().filter(|v| v.is_finite()) {
+                Some(v) => {
+                    self.value.append_value(v);
+                    self.value_string.append_null();
+                }
+                None => {
+                    self.value.append_null();
+                    self.value_string.append_value(raw);
+                }
+            }
+            self.unit
+                .append_option(template.and_then(|t| t.unit_of(name)));
+            let src = m.source.as_ref();
+            self.source_topic.append_option(src.map(|s| &*s.topic));
+            self.source_partition
+                .append_option(src.map(|s| s.partition));
+            self.source_offset.append_option(src.map(|s| s.offset));
+            self.date.append_value(date_of(&m.occurrence_time));
+            self.type_name.append_value(&m.type_name);
+            self.rows += 1;
+        }
+    }
+
+    fn finish(&mut self) -> RecordBatch {
+        self.rows = 0;
+        Columns::new(MEASUREMENTS.arrow_schema())
+            .col(self.event_time.finish().with_timezone("UTC"))
+            .col(self.ingest_time.finish().with_timezone("UTC"))
+            .col(self.device_id.finish())
+            .col(self.patient_id.finish())
+            .col(self.encounter_id.finish())
+            .col(self.correlation_id.finish())
+            .col(self.value_name.finish())
+            .col(self.value.finish())
+            .col(self.value_string.finish())
+            .col(self.unit.finish())
+            .col(self.source_topic.finish())
+            .col(self.source_partition.finish())
+            .col(self.source_offset.finish())
+            .col(self.date.finish())
+            .col(self.type_name.finish())
+            .batch()
+    }
+}
+
+/// One worker's writer of the `measurements` table.
+pub struct MeasurementTableSink {
+    table: Table,
+    mapping: Arc<FhirMapping>,
+    /// `<prefix>` of the txn app ids; None when the source has no replayable offsets.
+    app_prefix: Option<String>,
+    /// Per (topic, partition): the highest offset the table held when this sink started.
+    resume: HashMap<(Arc<str>, i32), i64>,
+    /// Measurements whose partition's resume point could not be read yet.
+    deferred: Vec<Measurement>,
+    builders: Builders,
+    /// Batches finished but not yet committed (a failed flush keeps them for the retry).
+    unflushed: Vec<RecordBatch>,
+    /// Highest offset per partition in `unflushed` and the builders.
+    covered: BTreeMap<(Arc<str>, i32), i64>,
+    epochs: Option<(u64, u64)>,
+    worker: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl MeasurementTableSink {
+    /// Opens (or creates) the table for `worker`; `app_prefix` names this job's source for
+    /// the exactly-once records (None: no replay filtering).
+    pub fn new(
+        config: &LakeConfig,
+        mapping: Arc<FhirMapping>,
+        app_prefix: Option<String>,
+        worker: usize,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            table: Table::open(&config.location, &MEASUREMENTS, &config.storage)?,
+            mapping,
+            app_prefix,
+            resume: HashMap::new(),
+            deferred: Vec::new(),
+            builders: Builders::default(),
+            unflushed: Vec::new(),
+            covered: BTreeMap::new(),
+            epochs: None,
+            worker,
+            metrics,
+        })
+    }
+
+    /// Whether `m` is already in the table; Err when the table cannot say yet.
+    fn already_written(&mut self, m: &Measurement) -> anyhow::Result<bool> {
+        let (Some(prefix), Some(src)) = (&self.app_prefix, &m.source) else {
+            return Ok(false);
+        };
+        let key = (src.topic.clone(), src.partition);
+        let upto = match self.resume.get(&key) {
+            Some(v) => *v,
+            None => {
+                let app = format!("{prefix}/{}/{}", src.topic, src.partition);
+                let v = self.table.txn_version(&app)?.unwrap_or(-1);
+                if v >= 0 {
+                    tracing::info!(table = %self.table.location, app, offset = v, "resuming after the offset the table holds");
+                }
+                self.resume.insert(key, v);
+                v
+            }
+        };
+        Ok(src.offset <= upto)
+    }
+
+    fn add(&mut self, m: Measurement) -> anyhow::Result<()> {
+        match self.already_written(&m) {
+            Ok(true) => {
+                Metrics::add(&self.metrics.lake_rows_skipped, m.properties.len() as u64);
+                return Ok(());
+            }
+            Ok(false) => {}
+            Err(e) => {
+                self.deferred.push(m);
+                return Err(e);
+            }
+        }
+        if let Some(src) = &m.source {
+            let e = self
+                .covered
+                .entry((src.topic.clone(), src.partition))
+                .or_insert(src.offset);
+            *e = (*e).max(src.offset);
+        }
+        self.builders.push(&m, &self.mapping);
+        Ok(())
+    }
+}
+
+impl Sink<Measurement> for MeasurementTableSink {
+    fn write(&mut self, epoch: u64, item: Measurement) -> anyhow::Result<()> {
+        self.epochs = Some(
+            self.epochs
+                .map_or((epoch, epoch), |(a, b)| (a.min(epoch), b.max(epoch))),
+        );
+        if !self.deferred.is_empty() {
+            // Keep arrival order behind measurements still waiting for their resume point.
+            self.deferred.push(item);
+            return Ok(());
+        }
+        // A failed lookup keeps the item deferred: the flush retries it, nothing is lost.
+        let _ = self.add(item);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        let mut waiting = std::mem::take(&mut self.deferred).into_iter();
+        while let Some(m) = waiting.next() {
+            if let Err(e) = self.add(m) {
+                // `add` kept the failed one; the rest stay behind it, in order.
+                self.deferred.extend(waiting);
+                return Err(e.context("measurements: cannot read the table's resume points"));
+            }
+        }
+        if self.builders.rows > 0 {
+            self.unflushed.push(self.builders.finish());
+        }
+        let rows: usize = self.unflushed.iter().map(RecordBatch::num_rows).sum();
+        if rows == 0 {
+            return Ok(());
+        }
+        let txns = match &self.app_prefix {
+            Some(prefix) => self
+                .covered
+                .iter()
+                .map(|((topic, partition), offset)| {
+                    Transaction::new(format!("{prefix}/{topic}/{partition}"), *offset)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let (first, last) = self.epochs.unwrap_or_default();
+        let info = HashMap::from([(
+            "vitalflow".to_string(),
+            serde_json::json!({
+                "worker": self.worker,
+                "epochs": [first, last],
+                "offsets": self.covered.iter().map(|((t, p), o)| format!("{t}/{p}@{o}")).collect::<Vec<_>>(),
+            }),
+        )]);
+        let started = std::time::Instant::now();
+        let batches = self.unflushed.clone();
+        self.table.append(batches, txns, info)?;
+        self.metrics.lake_commit(rows as u64, started.elapsed());
+        self.unflushed.clear();
+        self.covered.clear();
+        self.epochs = None;
+        Ok(())
+    }
+}

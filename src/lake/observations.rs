@@ -1,0 +1,316 @@
+//! The `observations` table: every version of every Observation the job wrote, one row per
+//! value (the main value or a component), with a numeric summary and the resource itself.
+//!
+//! It merges through the same [`ObservationStore`] as the NDJSON output: at start the store
+//! is read back from the table (the latest version of each recent Observation), so a restart
+//! merges replayed values into what was written instead of writing a partial window, and an
+//! update that changes nothing writes no version. `(id, version)` is unique.
+
+use super::rows::{date_of, micros, Columns};
+use super::schema::OBSERVATIONS;
+use super::table::Table;
+use super::LakeConfig;
+use crate::dataflow::window::WindowUpdate;
+use crate::fhir::SERVICE_URI;
+use crate::metrics::Metrics;
+use crate::sinks::observations::{Change, ObservationStore};
+use crate::sinks::Sink;
+use deltalake::arrow::array::{
+    Array, Date32Builder, Float64Builder, Int64Array, Int64Builder, RecordBatch, StringArray,
+    StringBuilder, TimestampMicrosecondBuilder,
+};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Count, min, max, mean and last of the numbers of one value (SampledData slots in order).
+#[derive(Debug, Default, PartialEq)]
+pub struct Summary {
+    /// Values present.
+    pub count: i64,
+    /// Smallest.
+    pub min: Option<f64>,
+    /// Largest.
+    pub max: Option<f64>,
+    /// Mean.
+    pub mean: Option<f64>,
+    /// The latest in time.
+    pub last: Option<f64>,
+    /// A non-numeric value (valueString, a CodeableConcept's text).
+    pub text: Option<String>,
+}
+
+impl Summary {
+    fn of(numbers: impl Iterator<Item = f64>) -> Self {
+        let mut s = Summary::default();
+        let mut sum = 0.0;
+        for v in numbers {
+            s.count += 1;
+            sum += v;
+            s.min = Some(s.min.map_or(v, |m| m.min(v)));
+            s.max = Some(s.max.map_or(v, |m| m.max(v)));
+            s.last = Some(v);
+        }
+        if s.count > 0 {
+            s.mean = Some(sum / s.count as f64);
+        }
+        s
+    }
+
+    /// The summary of whichever `value[x]` the holder (Observation or component) has.
+    pub fn of_value(holder: &Value) -> Self {
+        if let Some(data) = holder
+            .pointer("/valueSampledData/data")
+            .and_then(Value::as_str)
+        {
+            let origin = holder
+                .pointer("/valueSampledData/origin/value")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0);
+            let factor = holder
+                .pointer("/valueSampledData/factor")
+                .and_then(Value::as_f64)
+                .unwrap_or(1.0);
+            return Self::of(
+                data.split_whitespace()
+                    .filter_map(|t| t.parse::<f64>().ok())
+                    .map(|v| origin + v * factor),
+            );
+        }
+        if let Some(v) = holder
+            .pointer("/valueQuantity/value")
+            .and_then(Value::as_f64)
+        {
+            return Self::of(std::iter::once(v));
+        }
+        let text = holder
+            .get("valueString")
+            .and_then(Value::as_str)
+            .or_else(|| {
+                holder
+                    .pointer("/valueCodeableConcept/text")
+                    .and_then(Value::as_str)
+            });
+        Summary {
+            count: i64::from(text.is_some()),
+            text: text.map(str::to_string),
+            ..Default::default()
+        }
+    }
+}
+
+/// The component of `o` carrying `value_name` (the connector codes it with its service URI).
+fn component<'a>(o: &'a Value, value_name: &str) -> Option<&'a Value> {
+    o.get("component")?.as_array()?.iter().find(|c| {
+        c.pointer("/code/coding")
+            .and_then(Value::as_array)
+            .is_some_and(|codings| {
+                codings.iter().any(|cd| {
+                    cd.get("system").and_then(Value::as_str) == Some(SERVICE_URI)
+                        && cd.get("code").and_then(Value::as_str) == Some(value_name)
+                })
+            })
+    })
+}
+
+#[derive(Default)]
+struct Builders {
+    id: StringBuilder,
+    identifier: StringBuilder,
+    patient_id: StringBuilder,
+    device_id: StringBuilder,
+    encounter_id: StringBuilder,
+    window_start: TimestampMicrosecondBuilder,
+    window_end: TimestampMicrosecondBuilder,
+    status: StringBuilder,
+    value_name: StringBuilder,
+    unit: StringBuilder,
+    count: Int64Builder,
+    min: Float64Builder,
+    max: Float64Builder,
+    mean: Float64Builder,
+    last: Float64Builder,
+    value_string: StringBuilder,
+    version: Int64Builder,
+    written_at: TimestampMicrosecondBuilder,
+    resource: StringBuilder,
+    date: Date32Builder,
+    type_name: StringBuilder,
+    rows: usize,
+}
+
+impl Builders {
+    fn push(&mut self, c: &Change, written_at: i64) {
+        let o = &c.resource;
+        let u: &WindowUpdate = &c.update;
+        let text = |p: &str| o.pointer(p).and_then(Value::as_str);
+        let start = text("/effectivePeriod/start")
+            .and_then(micros)
+            .unwrap_or(u.group.start.timestamp_micros());
+        let end = text("/effectivePeriod/end")
+            .and_then(micros)
+            .unwrap_or(u.group.end.timestamp_micros());
+        let json = o.to_string();
+        let values = u.template.value.iter().map(|v| (v, Some(o))).chain(
+            u.template
+                .components
+                .iter()
+                .map(|t| (&t.value, component(o, &t.value.value_name))),
+        );
+        for (tpl, holder) in values {
+            let Some(holder) = holder else { continue };
+            let s = Summary::of_value(holder);
+            if s.count == 0 {
+                continue;
+            }
+            self.id.append_value(&c.id);
+            self.identifier.append_option(text("/identifier/0/value"));
+            self.patient_id.append_value(&u.patient);
+            self.device_id.append_value(&u.device);
+            self.encounter_id.append_option(u.encounter.as_deref());
+            self.window_start.append_value(start);
+            self.window_end.append_value(end);
+            self.status.append_value(text("/status").unwrap_or("final"));
+            self.value_name.append_value(&tpl.value_name);
+            self.unit.append_option(tpl.unit());
+            self.count.append_value(s.count);
+            self.min.append_option(s.min);
+            self.max.append_option(s.max);
+            self.mean.append_option(s.mean);
+            self.last.append_option(s.last);
+            self.value_string.append_option(s.text.as_deref());
+            self.version.append_value(c.version);
+            self.written_at.append_value(written_at);
+            self.resource.append_value(&json);
+            let day = chrono::DateTime::from_timestamp_micros(start).unwrap_or_default();
+            self.date.append_value(date_of(&day));
+            self.type_name.append_value(&u.type_name);
+            self.rows += 1;
+        }
+    }
+
+    fn finish(&mut self) -> RecordBatch {
+        self.rows = 0;
+        Columns::new(OBSERVATIONS.arrow_schema())
+            .col(self.id.finish())
+            .col(self.identifier.finish())
+            .col(self.patient_id.finish())
+            .col(self.device_id.finish())
+            .col(self.encounter_id.finish())
+            .col(self.window_start.finish().with_timezone("UTC"))
+            .col(self.window_end.finish().with_timezone("UTC"))
+            .col(self.status.finish())
+            .col(self.value_name.finish())
+            .col(self.unit.finish())
+            .col(self.count.finish())
+            .col(self.min.finish())
+            .col(self.max.finish())
+            .col(self.mean.finish())
+            .col(self.last.finish())
+            .col(self.value_string.finish())
+            .col(self.version.finish())
+            .col(self.written_at.finish().with_timezone("UTC"))
+            .col(self.resource.finish())
+            .col(self.date.finish())
+            .col(self.type_name.finish())
+            .batch()
+    }
+}
+
+/// One worker's writer of the `observations` table.
+pub struct ObservationTableSink {
+    table: Table,
+    store: ObservationStore,
+    metrics: Arc<Metrics>,
+}
+
+impl ObservationTableSink {
+    /// Opens (or creates) the table and reads back the latest version of each Observation
+    /// this worker owns (`owns(device)`) whose window is recent.
+    pub fn new(
+        config: &LakeConfig,
+        worker: usize,
+        owns: impl Fn(&str) -> bool,
+        horizon: Duration,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let table = Table::open(&config.location, &OBSERVATIONS, &config.storage)?;
+        let mut store = ObservationStore::new(horizon, metrics.clone());
+        // Windows start at most a horizon (plus a day of slack for the date boundary) before
+        // the newest: older partitions hold nothing the store would keep.
+        let days = (horizon.as_secs() / 86_400) as i32 + 2;
+        let since = date_of(&chrono::Utc::now()) - days;
+        let files: Vec<_> = table
+            .files()?
+            .into_iter()
+            .filter(|f| {
+                f.partition
+                    .get("date")
+                    .and_then(|d| d.as_deref())
+                    .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+                    .is_none_or(|d| {
+                        d.signed_duration_since(chrono::NaiveDate::default())
+                            .num_days() as i32
+                            >= since
+                    })
+            })
+            .collect();
+        for b in table.read(&files, &["device_id", "version", "resource"])? {
+            let devices = b.column_by_name("device_id").cloned();
+            let versions = b.column_by_name("version").cloned();
+            let resources = b.column_by_name("resource").cloned();
+            let (Some(d), Some(v), Some(r)) = (devices, versions, resources) else {
+                continue;
+            };
+            let (Some(d), Some(v), Some(r)) = (
+                d.as_any().downcast_ref::<StringArray>(),
+                v.as_any().downcast_ref::<Int64Array>(),
+                r.as_any().downcast_ref::<StringArray>(),
+            ) else {
+                continue;
+            };
+            for i in 0..b.num_rows() {
+                if !owns(d.value(i)) {
+                    continue;
+                }
+                if let Ok(o) = serde_json::from_str::<Value>(r.value(i)) {
+                    store.restore(o, v.value(i));
+                }
+            }
+        }
+        store.restored("lakehouse", worker);
+        Ok(Self {
+            table,
+            store,
+            metrics,
+        })
+    }
+}
+
+impl Sink<WindowUpdate> for ObservationTableSink {
+    fn write(&mut self, epoch: u64, item: WindowUpdate) -> anyhow::Result<()> {
+        self.store.add(epoch, item);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        let changes = self.store.changes();
+        if changes.is_empty() {
+            self.store.committed(changes);
+            return Ok(());
+        }
+        let now = chrono::Utc::now().timestamp_micros();
+        let mut b = Builders::default();
+        for c in &changes {
+            b.push(c, now);
+        }
+        let rows = b.rows;
+        let started = std::time::Instant::now();
+        self.table
+            .append(vec![b.finish()], Vec::new(), HashMap::new())?;
+        self.metrics.lake_commit(rows as u64, started.elapsed());
+        self.store.committed(changes);
+        Ok(())
+    }
+}

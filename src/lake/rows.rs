@@ -1,0 +1,62 @@
+//! Small helpers shared by the tables' row builders.
+
+use deltalake::arrow::array::{Array, ArrayRef, RecordBatch};
+use deltalake::arrow::datatypes::SchemaRef;
+use std::sync::Arc;
+
+/// Days since the Unix epoch of a UTC time: the `date` partition value.
+pub fn date_of(t: &chrono::DateTime<chrono::Utc>) -> i32 {
+    t.date_naive()
+        .signed_duration_since(chrono::NaiveDate::default())
+        .num_days() as i32
+}
+
+/// Microseconds since the Unix epoch of an RFC 3339 time, if it is one.
+pub fn micros(rfc3339: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .ok()
+        .map(|t| t.timestamp_micros())
+}
+
+/// Columns collected in schema order into a batch.
+pub struct Columns {
+    schema: SchemaRef,
+    columns: Vec<ArrayRef>,
+}
+
+impl Columns {
+    /// Starts a batch of `schema`.
+    pub fn new(schema: SchemaRef) -> Self {
+        Self {
+            schema,
+            columns: Vec::new(),
+        }
+    }
+
+    /// The next column.
+    pub fn col(mut self, a: impl Array + 'static) -> Self {
+        self.columns.push(Arc::new(a));
+        self
+    }
+
+    /// The batch; the builders and the schema are written side by side, so a mismatch is a
+    /// bug, caught by the tests.
+    pub fn batch(self) -> RecordBatch {
+        RecordBatch::try_new(self.schema, self.columns).expect("columns match the table schema")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_count_days_since_1970_in_utc() {
+        let t = crate::time::parse_timestamp("2026-11-21T23:59:59+00:00").expect("time");
+        assert_eq!(date_of(&t), 20_778);
+        let t = crate::time::parse_timestamp("2026-11-22T00:30:00+01:00").expect("time");
+        assert_eq!(date_of(&t), 20_778, "23:30 UTC the day before");
+        assert_eq!(micros("1970-01-01T00:00:01Z"), Some(1_000_000));
+        assert_eq!(micros("yesterday"), None);
+    }
+}
