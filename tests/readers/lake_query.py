@@ -1,0 +1,47 @@
+"""Reads a vitalflow lakehouse table the way an analyst would, for the Rust tests.
+
+usage: lake_query.py TABLE_DIR SQL...
+
+The Delta log (read by the `deltalake` package) gives the table's current files; DuckDB
+queries them as a view `t`, with the Hive partition columns (date, type). Prints one JSON
+object: the table version, the row count the `deltalake` reader itself sees, DuckDB's
+column types, and the rows of each SQL statement.
+"""
+
+import json
+import sys
+
+import deltalake
+import duckdb
+
+
+def main() -> None:
+    table, queries = sys.argv[1], sys.argv[2:]
+    dt = deltalake.DeltaTable(table)
+    files = dt.file_uris()
+    con = duckdb.connect()
+    if files:
+        con.execute(
+            f"CREATE VIEW t AS SELECT * FROM read_parquet({files!r}, hive_partitioning = true, "
+            "hive_types = {'date': DATE, 'type': VARCHAR})"
+        )
+        types = {r[0]: r[1] for r in con.execute("DESCRIBE t").fetchall()}
+    else:
+        types = {}
+    out = {
+        "version": dt.version(),
+        "files": len(files),
+        "delta_rows": dt.to_pyarrow_table().num_rows if files else 0,
+        "types": types,
+        "history": [h.get("operation") for h in dt.history()],
+        "results": [],
+    }
+    for q in queries:
+        cur = con.execute(q)
+        names = [d[0] for d in cur.description]
+        out["results"].append([dict(zip(names, row)) for row in cur.fetchall()])
+    json.dump(out, sys.stdout, default=str)
+
+
+if __name__ == "__main__":
+    main()
