@@ -644,10 +644,11 @@ fn validate(device: Option<&Path>, fhir: Option<&Path>, format: Format) -> ExitC
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VITALFLOW_LOG")
-        // The Delta kernel narrates every snapshot at info; its warnings still show.
+        // The Delta kernel narrates every snapshot at info, and logs a table not created yet as an
+        // error; deltalake returns the errors that matter, and vitalflow reports them.
         .unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new(
-                "info,buoyant_kernel=warn,buoyant_kernel_engine=warn,deltalake_core=error",
+                "info,buoyant_kernel=warn,buoyant_kernel::snapshot::builder=off,buoyant_kernel_engine=warn,deltalake_core=error",
             )
         });
     let builder = tracing_subscriber::fmt()

@@ -1,0 +1,440 @@
+//! The lakehouse end to end: the `vitalflow` binary writes Delta tables from librdkafka's
+//! mock cluster (a real Kafka protocol peer on 127.0.0.1), and the analysts' readers, the
+//! `deltalake` Python package and DuckDB, read them back (tests/readers/lake_query.py).
+
+mod common;
+
+use common::*;
+use rdkafka::mocking::MockCluster;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn cluster(
+    topics: &[(&str, i32)],
+) -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+) {
+    let c = MockCluster::new(1).expect("mock cluster");
+    for (t, n) in topics {
+        c.create_topic(t, *n, 1).expect("topic");
+    }
+    let b = c.bootstrap_servers();
+    (c, b)
+}
+
+/// A job writing NDJSON to `<dir>/out` and the lakehouse to `<dir>/lake`, committing the
+/// lake every 300 ms.
+fn lake_job(dir: &Path, brokers: &str, group: &str, extra: &str) -> PathBuf {
+    let lake = format!(
+        "[sinks.lake]\nlocation = \"{}\"\nflush_interval = \"300ms\"\n\n{extra}",
+        dir.join("lake").display()
+    );
+    kafka_job(dir, brokers, "vitals", group, &lake)
+}
+
+/// What the readers see of a table: deltalake's version, file and row counts, DuckDB's
+/// column types and the rows of each query (over the view `t`).
+fn query(table: &Path, sql: &[&str]) -> Value {
+    let out = Command::new("python3")
+        .arg(root().join("tests/readers/lake_query.py"))
+        .arg(table)
+        .args(sql)
+        .output()
+        .expect("python3 (install the readers: pip install duckdb deltalake pyarrow pytz)");
+    assert!(
+        out.status.success(),
+        "reading {} failed (readers: pip install duckdb deltalake pyarrow pytz):\n{}",
+        table.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("reader JSON")
+}
+
+/// The first row of the `i`th query's result.
+fn first(v: &Value, i: usize) -> &Value {
+    &v["results"][i][0]
+}
+
+/// Values the device mapping extracts from `msgs`, per measurement type.
+fn values_sent(msgs: &[vitalflow::sources::simulator::SimMessage]) -> BTreeMap<String, u64> {
+    let device = vitalflow::mapping::DeviceMapping::from_file(
+        &root().join("templates/bedside-monitor/devicecontent.json"),
+    )
+    .expect("device");
+    let mut n = BTreeMap::new();
+    for m in msgs {
+        let body: Value = serde_json::from_slice(&m.payload).expect("json");
+        let ev = vitalflow::event::wrap(body, Default::default(), Default::default());
+        for x in device.normalize(&ev).expect("normalizes") {
+            *n.entry(x.type_name.to_string()).or_default() += x.properties.len() as u64;
+        }
+    }
+    n
+}
+
+fn per_type(v: &Value, i: usize) -> BTreeMap<String, u64> {
+    v["results"][i]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            (
+                r["type"].as_str().expect("type").to_string(),
+                r["n"].as_u64().expect("n"),
+            )
+        })
+        .collect()
+}
+
+const PER_TYPE: &str = "SELECT type, count(*) AS n FROM t GROUP BY 1 ORDER BY 1";
+const DUPLICATES: &str = "SELECT count(*) AS rows, count(*) - count(DISTINCT (source_partition, source_offset, value_name)) AS duplicates, count(DISTINCT (source_partition, source_offset)) AS records FROM t";
+const LATEST: &str =
+    "SELECT resource FROM t QUALIFY row_number() OVER (PARTITION BY id ORDER BY version DESC) = 1";
+const VERSIONS: &str =
+    "SELECT count(DISTINCT (id, version, value_name)) - count(*) AS duplicates FROM t";
+
+fn latest_observations(v: &Value, i: usize) -> BTreeMap<String, Value> {
+    let lines: Vec<Value> = v["results"][i]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| serde_json::from_str(r["resource"].as_str().expect("resource")).expect("json"))
+        .collect();
+    latest(&lines)
+}
+
+#[test]
+fn kill_9_mid_write_and_restart_writes_every_value_once() {
+    let (_c, brokers) = cluster(&[("vitals", 3)]);
+    let msgs = simulated(10, 1200, 11, 40);
+    let p = producer(&brokers);
+    produce_sim(&p, "vitals", &msgs[..300]);
+
+    let crash = tempfile::tempdir().expect("tmp");
+    let job = lake_job(crash.path(), &brokers, "crashy", "");
+    let mut child = Running::spawn(
+        vitalflow()
+            .args(["run", "--workers", "2", "--job"])
+            .arg(&job),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sent = 300;
+    while sent < 900 {
+        produce_sim(&p, "vitals", &msgs[sent..sent + 50]);
+        sent += 50;
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    // Kill once the measurements table has a few commits: some flush is usually mid-write.
+    let log = crash.path().join("lake/measurements/_delta_log");
+    while !log.join("00000000000000000004.json").exists() {
+        assert!(Instant::now() < deadline, "the job committed nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill(); // SIGKILL
+    let before: i64 = committed(&brokers, "crashy", "vitals", 3)
+        .values()
+        .map(|o| (*o).max(0))
+        .sum();
+    assert!(before < 1200, "the kill came before the end of the stream");
+    produce_sim(&p, "vitals", &msgs[sent..]);
+    run_ok(
+        vitalflow()
+            .args(["run", "--until-end", "--workers", "2", "--job"])
+            .arg(&job),
+    );
+
+    let clean = tempfile::tempdir().expect("tmp");
+    let job = lake_job(clean.path(), &brokers, "clean", "");
+    run_ok(
+        vitalflow()
+            .args(["run", "--until-end", "--workers", "2", "--job"])
+            .arg(&job),
+    );
+
+    let sent = values_sent(&msgs);
+    let total: u64 = sent.values().sum();
+    for dir in [crash.path(), clean.path()] {
+        let m = query(&dir.join("lake/measurements"), &[PER_TYPE, DUPLICATES]);
+        assert_eq!(
+            per_type(&m, 0),
+            sent,
+            "every value, per type ({})",
+            dir.display()
+        );
+        let d = first(&m, 1);
+        assert_eq!(d["rows"], total, "{}", dir.display());
+        assert_eq!(
+            d["duplicates"], 0,
+            "no (partition, offset, value name) twice"
+        );
+        assert_eq!(d["records"], 1200, "every Kafka record");
+        assert_eq!(m["delta_rows"], total, "the deltalake reader agrees");
+
+        let o = query(&dir.join("lake/observations"), &[LATEST, VERSIONS]);
+        assert_same(
+            &latest_observations(&o, 0),
+            &expected(&msgs),
+            "the latest version of each Observation",
+        );
+        assert_eq!(first(&o, 1)["duplicates"], 0, "no (id, version) twice");
+    }
+}
+
+#[test]
+fn analysts_query_typed_columns_and_the_values_sent() {
+    let (_c, brokers) = cluster(&[("vitals", 2)]);
+    let mut msgs = simulated(3, 90, 5, 10);
+    // Schema drift: a string where a number was. The row keeps it; nothing is lost.
+    let drifted = String::from_utf8(msgs[7].payload.clone())
+        .expect("utf8")
+        .replacen("\"heartRate\":", "\"heartRate\":\"n/a\",\"was\":", 1);
+    assert_ne!(
+        drifted.as_bytes(),
+        msgs[7].payload,
+        "the payload has a heartRate"
+    );
+    msgs[7].payload = drifted.into_bytes();
+    let p = producer(&brokers);
+    produce_sim(&p, "vitals", &msgs);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let job = lake_job(tmp.path(), &brokers, "typed", "");
+    run_ok(vitalflow().args(["run", "--until-end", "--job"]).arg(&job));
+
+    let day = msgs[0].event_time.format("%Y-%m-%d").to_string();
+    let hr_sum: f64 = msgs
+        .iter()
+        .filter_map(|m| {
+            let v: Value = serde_json::from_slice(&m.payload).ok()?;
+            v["heartRate"].as_f64()
+        })
+        .sum();
+    let by_date = format!(
+        "SELECT count(*) AS n, sum(value) AS total, count(DISTINCT device_id) AS devices, \
+         min(unit) AS unit FROM t WHERE type = 'heartRate' AND date = '{day}'"
+    );
+    let drift = "SELECT value, value_string, event_time FROM t \
+                 WHERE type = 'heartRate' AND value_string IS NOT NULL";
+    let m = query(&tmp.path().join("lake/measurements"), &[&by_date, drift]);
+    let types = &m["types"];
+    for (col, ty) in [
+        ("event_time", "TIMESTAMP WITH TIME ZONE"),
+        ("ingest_time", "TIMESTAMP WITH TIME ZONE"),
+        ("value", "DOUBLE"),
+        ("source_offset", "BIGINT"),
+        ("date", "DATE"),
+    ] {
+        assert_eq!(types[col], ty, "{col}");
+    }
+    let r = first(&m, 0);
+    assert_eq!(r["n"], 90, "one heart rate per message");
+    assert_eq!(r["devices"], 3);
+    assert!(
+        (r["total"].as_f64().expect("sum") - hr_sum).abs() < 1e-6,
+        "values as sent: {} vs {hr_sum}",
+        r["total"]
+    );
+    assert_eq!(r["unit"], "/min", "unit from the FHIR mapping");
+    let d = first(&m, 1);
+    assert_eq!(d["value"], Value::Null);
+    assert_eq!(d["value_string"], "n/a");
+    let at = msgs[7].event_time.format("%Y-%m-%d %H:%M:%S").to_string();
+    assert!(
+        d["event_time"]
+            .as_str()
+            .is_some_and(|t| t.starts_with(&at) && t.ends_with("+00:00")),
+        "event time as a UTC timestamp ({at}): {}",
+        d["event_time"]
+    );
+    // One Delta commit per flush: the log is the table's history.
+    let history = m["history"].as_array().expect("history");
+    assert_eq!(history.last(), Some(&Value::from("CREATE TABLE")));
+    assert!(history[..history.len() - 1].iter().all(|h| h == "WRITE"));
+}
+
+#[test]
+fn compaction_keeps_the_rows_and_vacuum_deletes_the_small_files() {
+    let (_c, brokers) = cluster(&[("vitals", 2)]);
+    let msgs = simulated(4, 400, 9, 20);
+    let p = producer(&brokers);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let job = lake_job(tmp.path(), &brokers, "compact", "");
+    // Four runs: each commits files of its own to every partition.
+    for part in msgs.chunks(100) {
+        produce_sim(&p, "vitals", part);
+        run_ok(vitalflow().args(["run", "--until-end", "--job"]).arg(&job));
+    }
+    let table = tmp.path().join("lake/measurements");
+    let count = "SELECT count(*) AS n, sum(value) AS total FROM t";
+    let before = query(&table, &[count, PER_TYPE]);
+    let partitions = per_type(&before, 1).len() as u64;
+    assert!(before["files"].as_u64().expect("files") > partitions);
+
+    let out = run_ok(
+        vitalflow()
+            .args([
+                "lake",
+                "compact",
+                "--older-than",
+                "0s",
+                "--format",
+                "json",
+                "--job",
+            ])
+            .arg(&job),
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report");
+    let m = &report[0];
+    assert_eq!(m["table"], "measurements");
+    // Partitions with one file already are left as they are.
+    let compacted = m["partitions"].as_u64().expect("partitions");
+    assert!(compacted > 0 && compacted <= partitions, "{m}");
+    assert_eq!(m["files_out"], compacted, "one file per partition");
+    let after = query(&table, &[count, PER_TYPE]);
+    assert_eq!(after["files"], partitions);
+    assert_eq!(
+        first(&after, 0),
+        first(&before, 0),
+        "same rows, same values"
+    );
+    assert_eq!(after["results"][1], before["results"][1]);
+    assert_eq!(after["history"][0], "OPTIMIZE");
+
+    let parquet_files = |dir: &Path| {
+        let mut n = 0;
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("dir").flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "parquet") {
+                    n += 1;
+                }
+            }
+        }
+        n
+    };
+    assert!(parquet_files(&table) > partitions);
+    let out = run_ok(
+        vitalflow()
+            .args([
+                "lake",
+                "vacuum",
+                "--retention",
+                "0s",
+                "--table",
+                "measurements",
+                "--format",
+                "json",
+                "--job",
+            ])
+            .arg(&job),
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report");
+    assert_eq!(
+        report[0]["files_deleted"], m["files_in"],
+        "the compacted files"
+    );
+    assert_eq!(parquet_files(&table), partitions);
+    assert_eq!(first(&query(&table, &[count]), 0), first(&before, 0));
+}
+
+#[test]
+fn an_unwritable_location_stops_start_up_naming_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let blocker = tmp.path().join("not-a-dir");
+    std::fs::write(&blocker, b"a file").expect("file");
+    let (_c, brokers) = cluster(&[("vitals", 1)]);
+    let extra = format!(
+        "[sinks.lake]\nlocation = \"{}\"\n",
+        blocker.join("lake").display()
+    );
+    let job = kafka_job(tmp.path(), &brokers, "vitals", "g", &extra);
+    let out = vitalflow()
+        .args(["run", "--until-end", "--job"])
+        .arg(&job)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&blocker.join("lake/measurements").display().to_string())
+            && err.contains("Not a directory"),
+        "names the location and why: {err}"
+    );
+}
+
+#[test]
+fn a_full_disk_holds_offsets_and_the_next_start_resumes() {
+    let (_c, brokers) = cluster(&[("vitals", 2)]);
+    let msgs = simulated(4, 240, 21, 15);
+    let p = producer(&brokers);
+    produce_sim(&p, "vitals", &msgs[..120]);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let job = lake_job(tmp.path(), &brokers, "full", "");
+    run_ok(vitalflow().args(["run", "--until-end", "--job"]).arg(&job));
+    let committed_sum = || {
+        committed(&brokers, "full", "vitals", 2)
+            .values()
+            .sum::<i64>()
+    };
+    assert_eq!(committed_sum(), 120);
+
+    // The disk fills up: no file may grow beyond 2 KiB (RLIMIT_FSIZE, with SIGXFSZ ignored,
+    // so writes fail with EFBIG as they would with ENOSPC), while the next messages arrive.
+    produce_sim(&p, "vitals", &msgs[120..]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = Running::spawn(
+        Command::new("sh")
+            .args(["-c", "trap '' XFSZ; ulimit -f 2; exec \"$0\" \"$@\""])
+            .arg(env!("CARGO_BIN_EXE_vitalflow"))
+            .args(["run", "--no-status", "--job"])
+            .arg(&job)
+            .env("VITALFLOW_METRICS_ADDRESS", &addr)
+            .stderr(std::process::Stdio::piped()),
+    );
+    // Drained by a thread: the log is a pipe, which the file size limit does not cover.
+    let stderr = child
+        .0
+        .as_mut()
+        .and_then(|c| c.stderr.take())
+        .expect("stderr");
+    let log = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut { stderr }, &mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http_get(&addr, "/health").is_some_and(|(s, _)| s == 503) {
+        assert!(
+            Instant::now() < deadline,
+            "/health never reported the failing sink"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        committed_sum(),
+        120,
+        "nothing committed past what is written"
+    );
+    child.kill();
+    let stderr = log.join().expect("log");
+    assert!(
+        stderr.contains("File too large"),
+        "the reason is logged: {stderr}"
+    );
+
+    // Space again: the next start resumes, and the table was never corrupted.
+    run_ok(vitalflow().args(["run", "--until-end", "--job"]).arg(&job));
+    assert_eq!(committed_sum(), 240);
+    let m = query(&tmp.path().join("lake/measurements"), &[DUPLICATES]);
+    let total: u64 = values_sent(&msgs).values().sum();
+    assert_eq!(first(&m, 0)["rows"], total);
+    assert_eq!(first(&m, 0)["duplicates"], 0);
+    assert_eq!(first(&m, 0)["records"], 240);
+}
