@@ -39,15 +39,16 @@ fn lake_job(dir: &Path, brokers: &str, group: &str, extra: &str) -> PathBuf {
 /// What the readers see of a table: deltalake's version, file and row counts, DuckDB's
 /// column types and the rows of each query (over the view `t`).
 fn query(table: &Path, sql: &[&str]) -> Value {
-    let out = Command::new("python3")
+    let python = std::env::var("VITALFLOW_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(&python)
         .arg(root().join("tests/readers/lake_query.py"))
         .arg(table)
         .args(sql)
         .output()
-        .expect("python3 (install the readers: pip install duckdb deltalake pyarrow pytz)");
+        .unwrap_or_else(|e| panic!("{python}: {e} (.ci/run installs the readers)"));
     assert!(
         out.status.success(),
-        "reading {} failed (readers: pip install duckdb deltalake pyarrow pytz):\n{}",
+        "reading {} failed (.ci/run installs the readers: duckdb deltalake pyarrow pytz):\n{}",
         table.display(),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -409,7 +410,7 @@ fn a_full_disk_holds_offsets_and_the_next_start_resumes() {
         s
     });
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !http_get(&addr, "/health").is_some_and(|(s, _)| s == 503) {
+    while http_get(&addr, "/health").is_none_or(|(s, _)| s != 503) {
         assert!(
             Instant::now() < deadline,
             "/health never reported the failing sink"

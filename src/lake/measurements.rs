@@ -256,3 +256,129 @@ impl Sink<Measurement> for MeasurementTableSink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SourcePos;
+    use deltalake::arrow::array::Array as _;
+    use std::path::Path;
+    use std::sync::atomic::Ordering;
+
+    fn mapping() -> Arc<FhirMapping> {
+        Arc::new(
+            FhirMapping::from_file(Path::new("templates/bedside-monitor/fhirmapping.json"))
+                .expect("fhir"),
+        )
+    }
+
+    fn hr(partition: i32, offset: i64, value: &str) -> Measurement {
+        Measurement {
+            type_name: "heartRate".into(),
+            device_id: format!("BM-{partition}"),
+            patient_id: Some("P-1".into()),
+            encounter_id: None,
+            correlation_id: None,
+            occurrence_time: crate::time::parse_timestamp("2026-11-21T10:00:00Z").expect("t"),
+            properties: vec![("hr".into(), value.into())],
+            received_ms: Some(1_795_000_000_000),
+            source: Some(SourcePos {
+                topic: "vitals".into(),
+                partition,
+                offset,
+            }),
+        }
+    }
+
+    fn rows(dir: &Path) -> usize {
+        let cfg = LakeConfig::at(&dir.display().to_string());
+        let t = Table::open(&cfg.location, &MEASUREMENTS, &cfg.storage).expect("table");
+        t.files()
+            .expect("files")
+            .iter()
+            .map(|f| f.rows.expect("stats"))
+            .sum()
+    }
+
+    #[test]
+    fn a_restart_does_not_write_the_records_the_table_holds_again() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cfg = LakeConfig::at(&dir.path().display().to_string());
+        let open = |metrics: &Arc<Metrics>| {
+            MeasurementTableSink::new(&cfg, mapping(), Some("vf/g".into()), 0, metrics.clone())
+                .expect("sink")
+        };
+        let metrics = Metrics::new();
+        let mut sink = open(&metrics);
+        for o in 0..10 {
+            sink.write(1, hr(0, o, "70")).expect("write");
+        }
+        for o in 0..4 {
+            sink.write(1, hr(1, o, "80")).expect("write");
+        }
+        sink.flush().expect("flush");
+        assert_eq!(
+            sink.table.txn_version("vf/g/vitals/0").expect("txn"),
+            Some(9)
+        );
+        assert_eq!(
+            sink.table.txn_version("vf/g/vitals/1").expect("txn"),
+            Some(3)
+        );
+        assert_eq!(rows(dir.path()), 14);
+
+        // The Kafka offsets were not committed: the restart reads from 5 and from 0 again.
+        let metrics = Metrics::new();
+        let mut sink = open(&metrics);
+        for o in 5..12 {
+            sink.write(2, hr(0, o, "71")).expect("write");
+        }
+        for o in 0..6 {
+            sink.write(2, hr(1, o, "81")).expect("write");
+        }
+        sink.flush().expect("flush");
+        assert_eq!(rows(dir.path()), 14 + 2 + 2, "offsets 10-11 and 4-5 only");
+        assert_eq!(metrics.lake_rows_skipped.load(Ordering::Relaxed), 5 + 4);
+        assert_eq!(
+            sink.table.txn_version("vf/g/vitals/0").expect("txn"),
+            Some(11)
+        );
+
+        // Another source (no app prefix) is never filtered.
+        let mut plain =
+            MeasurementTableSink::new(&cfg, mapping(), None, 0, Metrics::new()).expect("sink");
+        plain.write(3, hr(0, 0, "72")).expect("write");
+        plain.flush().expect("flush");
+        assert_eq!(rows(dir.path()), 19);
+    }
+
+    #[test]
+    fn numbers_and_strings_go_to_their_own_columns() {
+        let mut b = Builders::default();
+        b.push(&hr(0, 1, "72.5"), &mapping());
+        b.push(&hr(0, 2, "n/a"), &mapping());
+        let batch = b.finish();
+        let col = |name: &str| batch.column_by_name(name).expect(name).clone();
+        let value = col("value");
+        let value = value
+            .as_any()
+            .downcast_ref::<deltalake::arrow::array::Float64Array>()
+            .expect("f64");
+        assert_eq!(value.value(0), 72.5);
+        assert!(value.is_null(1));
+        let text = col("value_string");
+        let text = text
+            .as_any()
+            .downcast_ref::<deltalake::arrow::array::StringArray>()
+            .expect("str");
+        assert!(text.is_null(0));
+        assert_eq!(text.value(1), "n/a");
+        let unit = col("unit");
+        let unit = unit
+            .as_any()
+            .downcast_ref::<deltalake::arrow::array::StringArray>()
+            .expect("str");
+        assert_eq!(unit.value(0), "/min");
+        assert_eq!(b.rows, 0, "finish starts a new batch");
+    }
+}

@@ -314,3 +314,114 @@ impl Sink<WindowUpdate> for ObservationTableSink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataflow::window::Windows;
+    use crate::mapping::FhirMapping;
+    use crate::model::Measurement;
+    use deltalake::arrow::array::Float64Array;
+    use serde_json::json;
+    use std::path::Path;
+
+    fn hr(w: &mut Windows, second: u32, v: &str) -> WindowUpdate {
+        w.add(&Measurement {
+            type_name: "heartRate".into(),
+            device_id: "BM-1".into(),
+            patient_id: Some("P-1".into()),
+            encounter_id: None,
+            correlation_id: None,
+            occurrence_time: crate::time::parse_timestamp(&format!(
+                "2026-11-21T10:00:{second:02}Z"
+            ))
+            .expect("time"),
+            properties: vec![("hr".into(), v.into())],
+            received_ms: None,
+            source: None,
+        });
+        w.take_dirty().pop().expect("one window")
+    }
+
+    /// (version, count, last, resource data) of the newest row.
+    fn newest(cfg: &LakeConfig) -> (i64, i64, f64, String) {
+        let t = Table::open(&cfg.location, &OBSERVATIONS, &cfg.storage).expect("table");
+        let files = t.files().expect("files");
+        let mut best = (0, 0, 0.0, String::new());
+        for b in t
+            .read(&files, &["version", "count", "last", "resource"])
+            .expect("read")
+        {
+            let v = b.column_by_name("version").expect("version");
+            let v = v.as_any().downcast_ref::<Int64Array>().expect("version");
+            let c = b.column_by_name("count").expect("count");
+            let c = c.as_any().downcast_ref::<Int64Array>().expect("count");
+            let l = b.column_by_name("last").expect("last");
+            let l = l.as_any().downcast_ref::<Float64Array>().expect("last");
+            let r = b.column_by_name("resource").expect("resource");
+            let r = r.as_any().downcast_ref::<StringArray>().expect("resource");
+            for i in 0..b.num_rows() {
+                if v.value(i) > best.0 {
+                    let o: Value = serde_json::from_str(r.value(i)).expect("json");
+                    let data = o["valueSampledData"]["data"].as_str().expect("data");
+                    let data = data.split(' ').filter(|x| *x != "E").collect::<Vec<_>>();
+                    best = (v.value(i), c.value(i), l.value(i), data.join(" "));
+                }
+            }
+        }
+        best
+    }
+
+    #[test]
+    fn after_a_restart_versions_merge_into_what_the_table_holds() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cfg = LakeConfig::at(&dir.path().display().to_string());
+        let fhir = Arc::new(
+            FhirMapping::from_file(Path::new("templates/bedside-monitor/fhirmapping.json"))
+                .expect("fhir"),
+        );
+        let horizon = Duration::from_secs(7200);
+        let open =
+            || ObservationTableSink::new(&cfg, 0, |_| true, horizon, Metrics::new()).expect("sink");
+        let mut sink = open();
+        let mut w = Windows::new(fhir.clone(), horizon);
+        hr(&mut w, 0, "70");
+        sink.write(1, hr(&mut w, 1, "71")).expect("write");
+        sink.flush().expect("flush");
+        assert_eq!(newest(&cfg), (1, 2, 71.0, "70 71".into()));
+
+        // Restart: the window state is gone; the table gives the store back.
+        let mut sink = open();
+        let mut w = Windows::new(fhir, horizon);
+        sink.write(2, hr(&mut w, 2, "72")).expect("write");
+        sink.flush().expect("flush");
+        assert_eq!(newest(&cfg), (2, 3, 72.0, "70 71 72".into()));
+        // A replay that changes nothing writes no version.
+        let mut sink = open();
+        let mut w = Windows::new(
+            Arc::new(
+                FhirMapping::from_file(Path::new("templates/bedside-monitor/fhirmapping.json"))
+                    .expect("fhir"),
+            ),
+            horizon,
+        );
+        sink.write(3, hr(&mut w, 1, "71")).expect("write");
+        sink.flush().expect("flush");
+        assert_eq!(newest(&cfg).0, 2);
+    }
+
+    #[test]
+    fn summaries_read_sampled_data_quantities_and_text() {
+        let sd = json!({"valueSampledData": {"origin": {"value": 0}, "data": "E 70 E 74 72"}});
+        let s = Summary::of_value(&sd);
+        assert_eq!(
+            (s.count, s.min, s.max, s.mean, s.last),
+            (3, Some(70.0), Some(74.0), Some(72.0), Some(72.0))
+        );
+        let q = Summary::of_value(&json!({"valueQuantity": {"value": 36.6}}));
+        assert_eq!((q.count, q.last), (1, Some(36.6)));
+        let t = Summary::of_value(&json!({"valueString": "A"}));
+        assert_eq!((t.count, t.text.as_deref(), t.mean), (1, Some("A"), None));
+        assert_eq!(Summary::of_value(&json!({})).count, 0);
+    }
+}
