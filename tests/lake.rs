@@ -36,11 +36,24 @@ fn lake_job(dir: &Path, brokers: &str, group: &str, extra: &str) -> PathBuf {
     kafka_job(dir, brokers, "vitals", group, &lake)
 }
 
+/// The Python with the readers (and moto): .ci/run's virtualenv, or python3.
+fn python() -> String {
+    std::env::var("VITALFLOW_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
 /// What the readers see of a table: deltalake's version, file and row counts, DuckDB's
 /// column types and the rows of each query (over the view `t`).
 fn query(table: &Path, sql: &[&str]) -> Value {
-    let python = std::env::var("VITALFLOW_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(&python)
+    query_at(table.as_os_str(), None, sql)
+}
+
+fn query_at(table: &std::ffi::OsStr, s3: Option<&str>, sql: &[&str]) -> Value {
+    let python = python();
+    let mut cmd = Command::new(&python);
+    if let Some(endpoint) = s3 {
+        cmd.env("VITALFLOW_S3_ENDPOINT", endpoint);
+    }
+    let out = cmd
         .arg(root().join("tests/readers/lake_query.py"))
         .arg(table)
         .args(sql)
@@ -49,7 +62,7 @@ fn query(table: &Path, sql: &[&str]) -> Value {
     assert!(
         out.status.success(),
         "reading {} failed (.ci/run installs the readers: duckdb deltalake pyarrow pytz):\n{}",
-        table.display(),
+        table.to_string_lossy(),
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("reader JSON")
@@ -438,4 +451,89 @@ fn a_full_disk_holds_offsets_and_the_next_start_resumes() {
     assert_eq!(first(&m, 0)["rows"], total);
     assert_eq!(first(&m, 0)["duplicates"], 0);
     assert_eq!(first(&m, 0)["records"], 240);
+}
+
+/// moto's S3 server on a loopback port, stopped when dropped.
+struct Moto {
+    _server: Running,
+    endpoint: String,
+}
+
+fn moto() -> Moto {
+    let port = free_port();
+    let server = Running::spawn(
+        Command::new(python())
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let client = http_client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // A PUT on a bucket name creates the bucket (moto takes unsigned requests).
+    while client
+        .put(format!("{endpoint}/lake"))
+        .send()
+        .map_or(true, |r| !r.status().is_success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "moto did not start on {endpoint}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Moto {
+        _server: server,
+        endpoint,
+    }
+}
+
+#[test]
+fn s3_locations_take_the_same_path_against_a_local_s3_server() {
+    let s3 = moto();
+    let (_c, brokers) = cluster(&[("vitals", 2)]);
+    let msgs = simulated(5, 200, 13, 10);
+    let p = producer(&brokers);
+    produce_sim(&p, "vitals", &msgs);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let lake = format!(
+        "[sinks.lake]\nlocation = \"s3://lake/icu\"\nflush_interval = \"300ms\"\n\n\
+         [sinks.lake.storage]\naws_endpoint = \"{}\"\naws_region = \"us-east-1\"\n\
+         aws_allow_http = \"true\"\naws_access_key_id = \"test\"\naws_secret_access_key = \"test\"\n",
+        s3.endpoint
+    );
+    let job = kafka_job(tmp.path(), &brokers, "vitals", "s3", &lake);
+    run_ok(
+        vitalflow()
+            .args(["run", "--until-end", "--workers", "2", "--job"])
+            .arg(&job),
+    );
+    let m = query_at(
+        std::ffi::OsStr::new("s3://lake/icu/measurements"),
+        Some(&s3.endpoint),
+        &[PER_TYPE, DUPLICATES],
+    );
+    assert_eq!(per_type(&m, 0), values_sent(&msgs));
+    assert_eq!(first(&m, 1)["duplicates"], 0);
+    assert_eq!(first(&m, 1)["records"], 200);
+    assert_eq!(m["types"]["event_time"], "TIMESTAMP WITH TIME ZONE");
+    let o = query_at(
+        std::ffi::OsStr::new("s3://lake/icu/observations"),
+        Some(&s3.endpoint),
+        &[LATEST],
+    );
+    assert_same(
+        &latest_observations(&o, 0),
+        &expected(&msgs),
+        "Observations on S3",
+    );
+    // Nothing went to the local disk.
+    assert!(!tmp.path().join("lake").exists());
 }

@@ -187,6 +187,12 @@ impl Sink<Alert> for AlertTableSink {
             .lake_commit(self.pending.len() as u64, started.elapsed());
         self.written.extend(seen);
         self.pending.clear();
+        if self.written.len() > 100_000 {
+            // Replays reach back a few minutes, not days: older keys cannot come again.
+            let cutoff =
+                chrono::Utc::now().timestamp_micros() - i64::from(RECENT_DAYS) * 86_400_000_000;
+            self.written.retain(|k| k.2 >= cutoff);
+        }
         Ok(())
     }
 }

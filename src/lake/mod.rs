@@ -6,6 +6,7 @@ pub mod maintain;
 pub mod measurements;
 pub mod observations;
 pub mod rows;
+pub mod s3;
 pub mod schema;
 pub mod table;
 

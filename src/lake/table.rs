@@ -52,6 +52,7 @@ pub struct FileEntry {
 pub fn table_url(base: &str, table: &str) -> anyhow::Result<url::Url> {
     let joined = format!("{}/{table}", base.trim_end_matches('/'));
     if base.contains("://") {
+        super::s3::register();
         return url::Url::parse(&joined).with_context(|| format!("\"{joined}\" is not a URL"));
     }
     let path = std::path::Path::new(&joined);

@@ -1,14 +1,17 @@
 """Reads a vitalflow lakehouse table the way an analyst would, for the Rust tests.
 
-usage: lake_query.py TABLE_DIR SQL...
+usage: lake_query.py TABLE SQL...
 
-The Delta log (read by the `deltalake` package) gives the table's current files; DuckDB
-queries them as a view `t`, with the Hive partition columns (date, type). Prints one JSON
-object: the table version, the row count the `deltalake` reader itself sees, DuckDB's
-column types, and the rows of each SQL statement.
+TABLE is a directory or an s3:// URL (S3 options from VITALFLOW_S3_ENDPOINT). The Delta log
+(read by the `deltalake` package) gives the table's current files; DuckDB queries them as a
+view `t`, with the Hive partition columns (date, type). For S3 tables, DuckDB queries the
+`deltalake` reader's Arrow dataset instead (DuckDB's own S3 support is an extension it
+downloads). Prints one JSON object: the table version, the row count the `deltalake` reader
+itself sees, DuckDB's column types, and the rows of each SQL statement.
 """
 
 import json
+import os
 import sys
 
 import deltalake
@@ -17,10 +20,24 @@ import duckdb
 
 def main() -> None:
     table, queries = sys.argv[1], sys.argv[2:]
-    dt = deltalake.DeltaTable(table)
+    options = None
+    endpoint = os.environ.get("VITALFLOW_S3_ENDPOINT")
+    if table.startswith("s3://") and endpoint:
+        options = {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_REGION": "us-east-1",
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+        }
+    dt = deltalake.DeltaTable(table, storage_options=options)
     files = dt.file_uris()
     con = duckdb.connect()
-    if files:
+    if files and options:
+        dataset = dt.to_pyarrow_dataset()
+        con.register("t", dataset)
+        types = {r[0]: r[1] for r in con.execute("DESCRIBE t").fetchall()}
+    elif files:
         con.execute(
             f"CREATE VIEW t AS SELECT * FROM read_parquet({files!r}, hive_partitioning = true, "
             "hive_types = {'date': DATE, 'type': VARCHAR})"
