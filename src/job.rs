@@ -933,7 +933,8 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
         .fhir
         .as_ref()
         .map(|f| fhir_config(&mut cx, base, f));
-    let ndjson_observations = raw.sinks.ndjson.is_some() || fhir.is_none();
+    let ndjson_observations =
+        raw.sinks.ndjson.is_some() || (fhir.is_none() && raw.sinks.lake.is_none());
     let lake = raw.sinks.lake.as_ref().map(|l| lake_config(&mut cx, l));
     let metrics_address = raw.metrics.as_ref().map(|m| {
         if m.address.get_ref().parse::<std::net::SocketAddr>().is_err() {
@@ -1276,6 +1277,34 @@ mod tests {
         );
         let e = errors("source = \"kafka\n");
         assert!(e[0].starts_with("job.toml:1:"), "{e:?}");
+    }
+
+    #[test]
+    fn lakehouse_settings_are_checked_with_their_lines() {
+        let e = errors(&format!(
+            "source = \"simulator\"\n{MAPPING}[simulator]\n[sinks.lake]\nlocation = \"gs://b/x\"\ntables = [\"measurements\", \"vitals\"]\n"
+        ));
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("job.toml:7:") && e[0].contains("\"gs\""),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("job.toml:8:") && e[1].contains("no table \"vitals\""),
+            "{e:?}"
+        );
+        let base = Path::new(".");
+        let text = format!(
+            "source = \"simulator\"\n{MAPPING}[simulator]\n[sinks.lake]\nlocation = \"out/lake\"\n"
+        );
+        let mut job = parse(&text, "job.toml", base).expect("valid");
+        assert!(
+            !job.ndjson_observations,
+            "a lakehouse alone writes no NDJSON"
+        );
+        job.output_dir = PathBuf::from("out");
+        job.set_output_dir(PathBuf::from("/tmp/run-1"));
+        assert_eq!(job.lake.as_ref().expect("lake").location, "/tmp/run-1/lake");
     }
 
     #[test]
