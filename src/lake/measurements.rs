@@ -23,6 +23,9 @@ use deltalake::kernel::Transaction;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+/// Rows a worker buffers before it commits without waiting for the flush interval.
+const FLUSH_ROWS: usize = 1 << 20;
+
 /// Column builders of one flush.
 #[derive(Default)]
 struct Builders {
@@ -208,6 +211,13 @@ impl Sink<Measurement> for MeasurementTableSink {
         }
         // A failed lookup keeps the item deferred: the flush retries it, nothing is lost.
         let _ = self.add(item);
+        if self.builders.rows >= FLUSH_ROWS {
+            // Flush by size as well as by interval: bounds the memory of a busy worker and
+            // keeps files near row-group size. A failure keeps the rows for the next flush.
+            if let Err(e) = self.flush() {
+                tracing::warn!(table = %self.table.location, "early flush failed, kept for the next: {e:#}");
+            }
+        }
         Ok(())
     }
 

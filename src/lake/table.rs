@@ -267,3 +267,28 @@ fn check_schema(table: &DeltaTable, want: &StructType) -> anyhow::Result<()> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lake::schema::{ALERTS, MEASUREMENTS};
+
+    #[test]
+    fn a_table_of_another_schema_is_refused_naming_the_columns() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let base = dir.path().display().to_string();
+        Table::open(&base, &MEASUREMENTS, &HashMap::new()).expect("created");
+        // Someone points the alerts table at a measurements table.
+        std::fs::rename(dir.path().join("measurements"), dir.path().join("alerts")).expect("mv");
+        let e = Table::open(&base, &ALERTS, &HashMap::new())
+            .err()
+            .expect("refused");
+        let text = format!("{e:#}");
+        assert!(text.contains("/alerts/"), "names the table: {text}");
+        assert!(text.contains("column alert_id is missing"), "{text}");
+        // Opening it as what it is still works.
+        std::fs::rename(dir.path().join("alerts"), dir.path().join("measurements")).expect("mv");
+        let t = Table::open(&base, &MEASUREMENTS, &HashMap::new()).expect("reopened");
+        assert!(t.files().expect("files").is_empty());
+    }
+}
