@@ -161,7 +161,7 @@ struct LakeArgs {
     /// Job file whose lakehouse to maintain [default: the embedded default].
     #[arg(long)]
     job: Option<PathBuf>,
-    /// Only this table (repeatable) [default: all].
+    /// Only this table (repeatable) [default: the tables the job writes].
     #[arg(long = "table")]
     tables: Vec<String>,
     /// Output format [default: table on a terminal, json otherwise].
@@ -771,6 +771,9 @@ fn run_job(args: RunArgs) -> ExitCode {
                 fhir_observations = get(&metrics.fhir_observations),
                 fhir_requests = get(&metrics.fhir_requests),
                 dead_letters = get(&metrics.dead_letters),
+                lake_rows = get(&metrics.lake_rows),
+                lake_commits = get(&metrics.lake_commits),
+                lake_flush_s = get(&metrics.lake_commit_us_sum) as f64 / 1e6,
                 "stopped cleanly: outputs flushed, offsets committed"
             );
             ExitCode::SUCCESS
@@ -1035,6 +1038,8 @@ fn lake(what: LakeWhat) -> ExitCode {
         return ExitCode::from(2);
     };
     let specs = match vitalflow::lake::maintain::specs(&args.tables) {
+        // By default, the tables the job writes.
+        Ok(_) if args.tables.is_empty() => cfg.specs(),
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");

@@ -44,21 +44,7 @@ impl AlertTableSink {
     pub fn new(config: &LakeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let table = Table::open(&config.location, &ALERTS, &config.storage)?;
         let since = date_of(&chrono::Utc::now()) - RECENT_DAYS;
-        let files: Vec<_> = table
-            .files()?
-            .into_iter()
-            .filter(|f| {
-                f.partition
-                    .get("date")
-                    .and_then(|d| d.as_deref())
-                    .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-                    .is_none_or(|d| {
-                        d.signed_duration_since(chrono::NaiveDate::default())
-                            .num_days() as i32
-                            >= since
-                    })
-            })
-            .collect();
+        let files = table.files_since(since)?;
         let mut written = HashSet::new();
         for b in table.read(&files, &["alert_id", "state", "at"])? {
             let col = |name: &str| b.column_by_name(name).cloned();

@@ -110,7 +110,7 @@ pub fn compact(
     older_than: Duration,
     target: u64,
 ) -> anyhow::Result<Compacted> {
-    let mut table = Table::open(&config.location, spec, &config.storage)?;
+    let mut table = Table::open_existing(&config.location, spec, &config.storage)?;
     let cutoff = chrono::Utc::now().timestamp_millis() - older_than.as_millis() as i64;
     let mut by_partition: BTreeMap<String, Vec<FileEntry>> = BTreeMap::new();
     for f in table.files()? {
@@ -224,7 +224,7 @@ pub fn vacuum(
     retention: Duration,
     dry_run: bool,
 ) -> anyhow::Result<Vec<String>> {
-    let mut table = Table::open(&config.location, spec, &config.storage)?;
+    let mut table = Table::open_existing(&config.location, spec, &config.storage)?;
     let location = table.location.clone();
     let (rt, delta) = table.parts();
     let delta = delta.clone();

@@ -241,21 +241,7 @@ impl ObservationTableSink {
         // the newest: older partitions hold nothing the store would keep.
         let days = (horizon.as_secs() / 86_400) as i32 + 2;
         let since = date_of(&chrono::Utc::now()) - days;
-        let files: Vec<_> = table
-            .files()?
-            .into_iter()
-            .filter(|f| {
-                f.partition
-                    .get("date")
-                    .and_then(|d| d.as_deref())
-                    .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-                    .is_none_or(|d| {
-                        d.signed_duration_since(chrono::NaiveDate::default())
-                            .num_days() as i32
-                            >= since
-                    })
-            })
-            .collect();
+        let files = table.files_since(since)?;
         for b in table.read(&files, &["device_id", "version", "resource"])? {
             let devices = b.column_by_name("device_id").cloned();
             let versions = b.column_by_name("version").cloned();

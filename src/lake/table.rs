@@ -78,11 +78,19 @@ impl Table {
         spec: &'static TableSpec,
         storage: &HashMap<String, String>,
     ) -> anyhow::Result<Self> {
-        let url = table_url(base, spec.name)?;
+        Self::open_url(table_url(base, spec.name)?, spec, storage, true)
+    }
+
+    fn open_url(
+        url: url::Url,
+        spec: &'static TableSpec,
+        storage: &HashMap<String, String>,
+        create: bool,
+    ) -> anyhow::Result<Self> {
         let location = url.to_string();
         let rt = runtime()?;
         let table = rt
-            .block_on(open_or_create(url, spec, storage))
+            .block_on(open_or_create(url, spec, storage, create))
             .with_context(|| format!("lakehouse table {location}"))?;
         let writer_properties = spec.writer_properties();
         Ok(Self {
@@ -92,6 +100,26 @@ impl Table {
             location,
             writer_properties,
         })
+    }
+
+    /// Opens an existing table (maintenance): a location without one is an error, not a new
+    /// empty table.
+    pub fn open_existing(
+        base: &str,
+        spec: &'static TableSpec,
+        storage: &HashMap<String, String>,
+    ) -> anyhow::Result<Self> {
+        if !base.contains("://") {
+            let path = std::path::Path::new(base).join(spec.name);
+            if !path.join("_delta_log").is_dir() {
+                return Err(anyhow!(
+                    "no {} table at {} (the job creates it when it starts)",
+                    spec.name,
+                    path.display()
+                ));
+            }
+        }
+        Self::open_url(table_url(base, spec.name)?, spec, storage, false)
     }
 
     /// The version the table's log last recorded for an application id (a Kafka partition).
@@ -159,6 +187,22 @@ impl Table {
             .collect())
     }
 
+    /// The data files whose `date` partition is on or after `since` (days since 1970).
+    pub fn files_since(&self, since: i32) -> anyhow::Result<Vec<FileEntry>> {
+        let epoch = chrono::NaiveDate::default();
+        Ok(self
+            .files()?
+            .into_iter()
+            .filter(|f| {
+                f.partition
+                    .get("date")
+                    .and_then(|d| d.as_deref())
+                    .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+                    .is_none_or(|d| d.signed_duration_since(epoch).num_days() >= i64::from(since))
+            })
+            .collect())
+    }
+
     /// Reads `columns` of the given files (partition columns are not in the files).
     pub fn read(&self, files: &[FileEntry], columns: &[&str]) -> anyhow::Result<Vec<RecordBatch>> {
         let store = self.table.object_store();
@@ -207,6 +251,7 @@ async fn open_or_create(
     url: url::Url,
     spec: &TableSpec,
     storage: &HashMap<String, String>,
+    create: bool,
 ) -> anyhow::Result<DeltaTable> {
     let schema = spec.arrow_schema();
     let kernel: StructType = schema.as_ref().try_into_kernel()?;
@@ -219,7 +264,13 @@ async fn open_or_create(
                 check_schema(&table, &kernel)?;
                 return Ok(table);
             }
-            Err(deltalake::DeltaTableError::NotATable(_)) => {}
+            Err(deltalake::DeltaTableError::NotATable(_)) if create => {}
+            Err(deltalake::DeltaTableError::NotATable(_)) => {
+                return Err(anyhow!(
+                    "no {} table there (the job creates it when it starts)",
+                    spec.name
+                ))
+            }
             Err(e) => return Err(e.into()),
         }
         let created = table
