@@ -4,27 +4,12 @@
 mod common;
 
 use common::*;
-use rdkafka::mocking::MockCluster;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-fn cluster(
-    topics: &[(&str, i32)],
-) -> (
-    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-    String,
-) {
-    let c = MockCluster::new(1).expect("mock cluster");
-    for (t, n) in topics {
-        c.create_topic(t, *n, 1).expect("topic");
-    }
-    let b = c.bootstrap_servers();
-    (c, b)
-}
-
 #[test]
 fn kafka_job_writes_observations_dead_letters_and_commits_offsets() {
-    let (_c, brokers) = cluster(&[("vitals", 4), ("vitals.dlq", 1)]);
+    let (_c, brokers) = mock_cluster(&[("vitals", 4), ("vitals.dlq", 1)]);
     let tmp = tempfile::tempdir().expect("tmp");
     let good = simulated(12, 360, 7, 30);
     let p = producer(&brokers);
@@ -117,7 +102,7 @@ fn kafka_job_writes_observations_dead_letters_and_commits_offsets() {
 
 #[test]
 fn kill_9_and_restart_loses_and_duplicates_nothing() {
-    let (_c, brokers) = cluster(&[("vitals", 3)]);
+    let (_c, brokers) = mock_cluster(&[("vitals", 3)]);
     let msgs = simulated(10, 1200, 11, 40);
     let p = producer(&brokers);
     produce_sim(&p, "vitals", &msgs[..300]);
@@ -220,7 +205,7 @@ fn unreachable_brokers_fail_with_a_clear_error_after_the_deadline() {
 
 #[test]
 fn a_missing_topic_is_named_with_the_topics_that_exist() {
-    let (_c, brokers) = cluster(&[("vitals", 1)]);
+    let (_c, brokers) = mock_cluster(&[("vitals", 1)]);
     let err = start_failure(&brokers, "vitlas", "1s");
     assert!(err.contains("topic(s) vitlas not found on"), "{err}");
     assert!(err.contains("(existing: vitals)"), "{err}");
@@ -373,7 +358,7 @@ fn embedded_default_runs_anywhere_and_serves_metrics() {
 
 #[test]
 fn sigterm_stops_cleanly_and_commits() {
-    let (_c, brokers) = cluster(&[("vitals", 2)]);
+    let (_c, brokers) = mock_cluster(&[("vitals", 2)]);
     let msgs = simulated(4, 80, 5, 10);
     let p = producer(&brokers);
     produce_sim(&p, "vitals", &msgs);
@@ -400,7 +385,7 @@ fn sigterm_stops_cleanly_and_commits() {
 
 #[test]
 fn a_kafka_outage_mid_stream_loses_nothing() {
-    let (c, brokers) = cluster(&[("vitals", 2), ("vitals.dlq", 1)]);
+    let (c, brokers) = mock_cluster(&[("vitals", 2), ("vitals.dlq", 1)]);
     let msgs = simulated(6, 360, 13, 20);
     let p = producer(&brokers);
     produce_sim(&p, "vitals", &msgs[..180]);
@@ -457,7 +442,7 @@ fn a_kafka_outage_mid_stream_loses_nothing() {
 
 #[test]
 fn until_end_finishes_with_empty_partitions() {
-    let (_c, brokers) = cluster(&[("vitals", 4)]);
+    let (_c, brokers) = mock_cluster(&[("vitals", 4)]);
     let msgs = simulated(1, 30, 2, 5);
     produce_sim(&producer(&brokers), "vitals", &msgs);
     let tmp = tempfile::tempdir().expect("tmp");
@@ -478,7 +463,7 @@ fn until_end_finishes_with_empty_partitions() {
 
 #[test]
 fn a_failing_sink_keeps_everything_holds_offsets_and_reports_unhealthy() {
-    let (_c, brokers) = cluster(&[("vitals", 2)]);
+    let (_c, brokers) = mock_cluster(&[("vitals", 2)]);
     let msgs = simulated(4, 240, 17, 15);
     let p = producer(&brokers);
     produce_sim(&p, "vitals", &msgs[..120]);

@@ -5,26 +5,11 @@
 mod common;
 
 use common::*;
-use rdkafka::mocking::MockCluster;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn cluster(
-    topics: &[(&str, i32)],
-) -> (
-    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-    String,
-) {
-    let c = MockCluster::new(1).expect("mock cluster");
-    for (t, n) in topics {
-        c.create_topic(t, *n, 1).expect("topic");
-    }
-    let b = c.bootstrap_servers();
-    (c, b)
-}
 
 /// A job writing NDJSON to `<dir>/out` and the lakehouse to `<dir>/lake`, committing the
 /// lake every 300 ms.
@@ -123,7 +108,7 @@ fn latest_observations(v: &Value, i: usize) -> BTreeMap<String, Value> {
 
 #[test]
 fn kill_9_mid_write_and_restart_writes_every_value_once() {
-    let (_c, brokers) = cluster(&[("vitals", 3)]);
+    let (_c, brokers) = mock_cluster(&[("vitals", 3)]);
     let msgs = simulated(10, 1200, 11, 40);
     let p = producer(&brokers);
     produce_sim(&p, "vitals", &msgs[..300]);
@@ -200,7 +185,7 @@ fn kill_9_mid_write_and_restart_writes_every_value_once() {
 
 #[test]
 fn analysts_query_typed_columns_and_the_values_sent() {
-    let (_c, brokers) = cluster(&[("vitals", 2)]);
+    let (_c, brokers) = mock_cluster(&[("vitals", 2)]);
     let mut msgs = simulated(3, 90, 5, 10);
     // Schema drift: a string where a number was. The row keeps it; nothing is lost.
     let drifted = String::from_utf8(msgs[7].payload.clone())
@@ -271,7 +256,7 @@ fn analysts_query_typed_columns_and_the_values_sent() {
 
 #[test]
 fn compaction_keeps_the_rows_and_vacuum_deletes_the_small_files() {
-    let (_c, brokers) = cluster(&[("vitals", 2)]);
+    let (_c, brokers) = mock_cluster(&[("vitals", 2)]);
     let msgs = simulated(4, 400, 9, 20);
     let p = producer(&brokers);
     let tmp = tempfile::tempdir().expect("tmp");
@@ -362,7 +347,7 @@ fn an_unwritable_location_stops_start_up_naming_it() {
     let tmp = tempfile::tempdir().expect("tmp");
     let blocker = tmp.path().join("not-a-dir");
     std::fs::write(&blocker, b"a file").expect("file");
-    let (_c, brokers) = cluster(&[("vitals", 1)]);
+    let (_c, brokers) = mock_cluster(&[("vitals", 1)]);
     let extra = format!(
         "[sinks.lake]\nlocation = \"{}\"\n",
         blocker.join("lake").display()
@@ -384,7 +369,7 @@ fn an_unwritable_location_stops_start_up_naming_it() {
 
 #[test]
 fn a_full_disk_holds_offsets_and_the_next_start_resumes() {
-    let (_c, brokers) = cluster(&[("vitals", 2)]);
+    let (_c, brokers) = mock_cluster(&[("vitals", 2)]);
     let msgs = simulated(4, 240, 21, 15);
     let p = producer(&brokers);
     produce_sim(&p, "vitals", &msgs[..120]);
@@ -498,7 +483,7 @@ fn moto() -> Moto {
 #[test]
 fn s3_locations_take_the_same_path_against_a_local_s3_server() {
     let s3 = moto();
-    let (_c, brokers) = cluster(&[("vitals", 2)]);
+    let (_c, brokers) = mock_cluster(&[("vitals", 2)]);
     let msgs = simulated(5, 200, 13, 10);
     let p = producer(&brokers);
     produce_sim(&p, "vitals", &msgs);

@@ -151,6 +151,22 @@ pub fn simulated(devices: u32, count: u64, seed: u64, minutes_ago: i64) -> Vec<S
     Simulator::new(&cfg, start, (0, 1)).collect()
 }
 
+/// librdkafka's mock cluster (a Kafka protocol peer on 127.0.0.1) with `topics`, and its
+/// bootstrap address; the cluster stops when dropped.
+pub fn mock_cluster(
+    topics: &[(&str, i32)],
+) -> (
+    rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+) {
+    let c = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    for (t, n) in topics {
+        c.create_topic(t, *n, 1).expect("topic");
+    }
+    let b = c.bootstrap_servers();
+    (c, b)
+}
+
 /// An idempotent producer.
 pub fn producer(brokers: &str) -> BaseProducer {
     ClientConfig::new()
