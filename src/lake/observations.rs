@@ -236,7 +236,7 @@ impl ObservationTableSink {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let table = Table::open(&config.location, &OBSERVATIONS, &config.storage)?;
-        let mut store = ObservationStore::new(horizon, metrics.clone());
+        let mut store = ObservationStore::new(horizon, metrics.clone()).not_counting_output();
         // Windows start at most a horizon (plus a day of slack for the date boundary) before
         // the newest: older partitions hold nothing the store would keep.
         let days = (horizon.as_secs() / 86_400) as i32 + 2;

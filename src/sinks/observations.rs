@@ -40,6 +40,9 @@ pub struct ObservationStore {
     horizon: chrono::Duration,
     newest: Option<DateTime<Utc>>,
     metrics: Arc<Metrics>,
+    /// Whether committed versions count as `observations_out` (the NDJSON output's metric;
+    /// the lakehouse counts rows of its own).
+    counts_out: bool,
 }
 
 /// An Observation version to write: the merged resource and where it came from.
@@ -67,7 +70,14 @@ impl ObservationStore {
             horizon: chrono::Duration::from_std(horizon).unwrap_or(chrono::Duration::MAX),
             newest: None,
             metrics,
+            counts_out: true,
         }
+    }
+
+    /// The same store, not counting its versions as NDJSON output.
+    pub fn not_counting_output(mut self) -> Self {
+        self.counts_out = false;
+        self
     }
 
     /// Takes back one Observation read from committed output (later calls supersede).
@@ -174,7 +184,9 @@ impl ObservationStore {
     /// Records that `changes` were written and drops the pending updates.
     pub fn committed(&mut self, changes: Vec<Change>) {
         self.pending.clear();
-        Metrics::add(&self.metrics.observations_out, changes.len() as u64);
+        if self.counts_out {
+            Metrics::add(&self.metrics.observations_out, changes.len() as u64);
+        }
         for c in changes {
             self.newest = Some(self.newest.map_or(c.end, |n| n.max(c.end)));
             self.store.insert(
