@@ -172,6 +172,7 @@ struct RawLake {
     tables: Option<Spanned<Vec<String>>>,
     flush_interval: Option<Spanned<String>>,
     target_file_size_mib: Option<Spanned<i64>>,
+    compact_every: Option<Spanned<String>>,
     #[serde(default)]
     storage: BTreeMap<String, Spanned<String>>,
 }
@@ -1023,6 +1024,13 @@ fn lake_config(cx: &mut Ctx<'_>, l: &RawLake) -> crate::lake::LakeConfig {
         "sinks.lake.target_file_size_mib",
         c.target_file_size >> 20,
     ) << 20;
+    if l.compact_every.is_some() {
+        c.compact_every = Some(cx.duration(
+            &l.compact_every,
+            "sinks.lake.compact_every",
+            Duration::from_secs(3600),
+        ));
+    }
     c.storage = l
         .storage
         .iter()

@@ -522,3 +522,64 @@ fn s3_locations_take_the_same_path_against_a_local_s3_server() {
     // Nothing went to the local disk.
     assert!(!tmp.path().join("lake").exists());
 }
+
+#[test]
+fn the_job_compacts_its_tables_while_it_runs() {
+    let (_c, brokers) = mock_cluster(&[("vitals", 2)]);
+    let msgs = simulated(4, 600, 23, 20);
+    let p = producer(&brokers);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let job = lake_job(tmp.path(), &brokers, "auto", "");
+    let text = std::fs::read_to_string(&job).expect("job");
+    let text = text.replace(
+        "flush_interval = \"300ms\"\n",
+        "flush_interval = \"300ms\"\ncompact_every = \"2s\"\n",
+    );
+    std::fs::write(&job, text).expect("job");
+    let mut child = Running::spawn(
+        vitalflow()
+            .args(["run", "--workers", "2", "--job"])
+            .arg(&job),
+    );
+    let log = tmp.path().join("lake/measurements/_delta_log");
+    let compacted = || {
+        std::fs::read_dir(&log)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("\"OPTIMIZE\"")))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sent = 0;
+    while sent < msgs.len() || !compacted() {
+        assert!(Instant::now() < deadline, "no compaction while the job ran");
+        if sent < msgs.len() {
+            produce_sim(&p, "vitals", &msgs[sent..sent + 50]);
+            sent += 50;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let total: u64 = values_sent(&msgs).values().sum();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while committed(&brokers, "auto", "vitals", 2)
+        .values()
+        .sum::<i64>()
+        < 600
+    {
+        assert!(Instant::now() < deadline, "the job did not catch up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.terminate();
+    assert!(child.wait().success());
+    let m = query(&tmp.path().join("lake/measurements"), &[DUPLICATES]);
+    assert_eq!(first(&m, 0)["rows"], total, "compaction kept every row");
+    assert_eq!(first(&m, 0)["duplicates"], 0);
+    assert!(
+        m["history"]
+            .as_array()
+            .expect("history")
+            .contains(&Value::from("OPTIMIZE")),
+        "{}",
+        m["history"]
+    );
+}

@@ -263,6 +263,12 @@ pub fn run(
         }
         tracing::info!(location = %lake.location, "lakehouse tables ready");
     }
+    // One compactor per job, in its first process.
+    let compactor = job
+        .lake
+        .as_ref()
+        .filter(|_| opts.process == 0)
+        .and_then(|l| crate::lake::maintain::spawn_compactor(l.clone(), stop.clone()));
     if let Some(addr) = &job.metrics_address {
         let bound = crate::metrics::serve(addr, metrics.clone())?;
         tracing::info!(address = %bound, "serving /metrics and /health");
@@ -327,6 +333,9 @@ pub fn run(
         if let Some(f) = e.feeder.take() {
             let _ = f.join();
         }
+    }
+    if let Some(c) = compactor {
+        let _ = c.join();
     }
     for r in results {
         r.map_err(|e| anyhow!("a worker failed: {e}"))?;

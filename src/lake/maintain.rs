@@ -242,3 +242,54 @@ pub fn vacuum(
         .with_context(|| format!("cannot vacuum {location}"))?;
     Ok(metrics.files_deleted)
 }
+
+/// Compacts the job's tables every `compact_every` (files older than that) until `stop`:
+/// steady-state files of about the target size without a scheduler. Failures are logged and
+/// retried at the next round; the job's appends go on meanwhile.
+pub fn spawn_compactor(
+    config: LakeConfig,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let every = config.compact_every?;
+    let spawned = std::thread::Builder::new()
+        .name("lake-compact".into())
+        .spawn(move || {
+            let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
+            loop {
+                let next = std::time::Instant::now() + every;
+                while std::time::Instant::now() < next {
+                    if stopped() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                for spec in config.specs() {
+                    match compact(&config, spec, every, config.target_file_size) {
+                        Ok(c) if c.files_in > 0 => tracing::info!(
+                            table = c.table,
+                            partitions = c.partitions,
+                            files_in = c.files_in,
+                            files_out = c.files_out,
+                            rows = c.rows,
+                            "compacted"
+                        ),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(
+                            table = spec.name,
+                            "compaction failed, retried next round: {e:#}"
+                        ),
+                    }
+                    if stopped() {
+                        return;
+                    }
+                }
+            }
+        });
+    match spawned {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!("cannot start the lakehouse compactor: {e}");
+            None
+        }
+    }
+}

@@ -35,6 +35,9 @@ pub struct LakeConfig {
     pub flush_interval: Duration,
     /// The file size `vitalflow lake compact` aims for.
     pub target_file_size: u64,
+    /// Compact files older than this, this often, while the job runs (None: only by
+    /// `vitalflow lake compact`).
+    pub compact_every: Option<Duration>,
     /// object_store options (endpoint, region, credentials), passed through.
     pub storage: HashMap<String, String>,
 }
@@ -64,6 +67,7 @@ impl LakeConfig {
             },
             flush_interval: Duration::from_secs(10),
             target_file_size: 128 << 20,
+            compact_every: None,
             storage: HashMap::new(),
         }
     }
