@@ -364,8 +364,11 @@ struct WorkerParts {
 /// The lakehouse tables a worker writes, each with its own sink.
 #[derive(Default)]
 pub(crate) struct LakeParts {
+    /// The `measurements` table's writer.
     pub measurements: Option<MeasurementTableSink>,
+    /// The `observations` table's writer.
     pub observations: Option<ObservationTableSink>,
+    /// The `alerts` table's writer (jobs with rules).
     pub alerts: Option<AlertTableSink>,
 }
 

@@ -238,10 +238,18 @@ impl ObservationTableSink {
         let table = Table::open(&config.location, &OBSERVATIONS, &config.storage)?;
         let mut store = ObservationStore::new(horizon, metrics.clone()).not_counting_output();
         // Windows start at most a horizon (plus a day of slack for the date boundary) before
-        // the newest: older partitions hold nothing the store would keep.
+        // the newest: older partitions hold nothing the store would keep. As for the NDJSON
+        // output, files written more than twice the horizon ago are skipped too, which
+        // bounds the start-up of long runs.
         let days = (horizon.as_secs() / 86_400) as i32 + 2;
         let since = date_of(&chrono::Utc::now()) - days;
-        let files = table.files_since(since)?;
+        let written_since =
+            chrono::Utc::now().timestamp_millis() - 2 * horizon.as_millis().min(1 << 50) as i64;
+        let files: Vec<_> = table
+            .files_since(since)?
+            .into_iter()
+            .filter(|f| f.modified_ms >= written_since)
+            .collect();
         for b in table.read(&files, &["device_id", "version", "resource"])? {
             let devices = b.column_by_name("device_id").cloned();
             let versions = b.column_by_name("version").cloned();
