@@ -295,7 +295,8 @@ Examples:
   vitalflow run --duration 30s --log-format json
 
 Environment: VITALFLOW_KAFKA_BROKERS, VITALFLOW_KAFKA_GROUP_ID, VITALFLOW_OUTPUT_DIR,
-VITALFLOW_METRICS_ADDRESS, VITALFLOW_KAFKA__<PROPERTY> (any librdkafka property, e.g.
+VITALFLOW_LAKE (lakehouse location: a directory or s3://bucket/prefix), AWS_* (S3
+credentials), VITALFLOW_METRICS_ADDRESS, VITALFLOW_KAFKA__<PROPERTY> (any librdkafka property, e.g.
 VITALFLOW_KAFKA__SASL_PASSWORD), VITALFLOW_LOG (log filter, e.g. debug or vitalflow=debug).
 
 Exit codes: 0 clean stop, 1 the job failed (broker unreachable, sink failing, ...),
