@@ -104,39 +104,16 @@ fn kafka_job_writes_observations_dead_letters_and_commits_offsets() {
 fn kill_9_and_restart_loses_and_duplicates_nothing() {
     let (_c, brokers) = mock_cluster(&[("vitals", 3)]);
     let msgs = simulated(10, 1200, 11, 40);
-    let p = producer(&brokers);
-    produce_sim(&p, "vitals", &msgs[..300]);
-
     let crash = tempfile::tempdir().expect("tmp");
     let job = kafka_job(crash.path(), &brokers, "vitals", "crashy", "");
-    let mut child = Running::spawn(
-        vitalflow()
-            .args(["run", "--workers", "2", "--job"])
-            .arg(&job),
-    );
-    // Keep producing while the job runs, and kill it mid-stream once it has committed output.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut sent = 300;
-    while sent < 900 {
-        produce_sim(&p, "vitals", &msgs[sent..sent + 50]);
-        sent += 50;
-        std::thread::sleep(Duration::from_millis(60));
-    }
-    while observation_lines(&crash.path().join("out")).is_empty() {
-        assert!(Instant::now() < deadline, "the job wrote nothing");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.kill(); // SIGKILL
-    let before: i64 = committed(&brokers, "crashy", "vitals", 3)
-        .values()
-        .map(|o| (*o).max(0))
-        .sum();
-    assert!(before < 1200, "the kill came before the end of the stream");
-    produce_sim(&p, "vitals", &msgs[sent..]);
-    run_ok(
-        vitalflow()
-            .args(["run", "--until-end", "--workers", "2", "--job"])
-            .arg(&job),
+    let out = crash.path().join("out");
+    crash_and_resume(
+        &brokers,
+        "crashy",
+        &job,
+        &msgs,
+        || !observation_lines(&out).is_empty(),
+        "the job wrote nothing",
     );
 
     let clean = tempfile::tempdir().expect("tmp");

@@ -167,6 +167,56 @@ pub fn mock_cluster(
     (c, b)
 }
 
+/// The crash drill of the restart tests, on topic `vitals` (3 partitions) of `brokers`: runs
+/// `job` (consumer group `group`, 2 workers) while producing `msgs` in steps, kills it with
+/// SIGKILL once `ready()` (or fails after 60 s with `what`), checks it died mid-stream, then
+/// produces the rest and runs the job again to the end of the input.
+pub fn crash_and_resume(
+    brokers: &str,
+    group: &str,
+    job: &Path,
+    msgs: &[SimMessage],
+    ready: impl Fn() -> bool,
+    what: &str,
+) {
+    let p = producer(brokers);
+    let first = msgs.len() / 4;
+    produce_sim(&p, "vitals", &msgs[..first]);
+    let mut child = Running::spawn(
+        vitalflow()
+            .args(["run", "--workers", "2", "--job"])
+            .arg(job),
+    );
+    // Keep producing while the job runs, and kill it mid-stream once it has output.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut sent = first;
+    while sent < msgs.len() * 3 / 4 {
+        let next = (sent + 50).min(msgs.len());
+        produce_sim(&p, "vitals", &msgs[sent..next]);
+        sent = next;
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    while !ready() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill(); // SIGKILL
+    let before: i64 = committed(brokers, group, "vitals", 3)
+        .values()
+        .map(|o| (*o).max(0))
+        .sum();
+    assert!(
+        before < msgs.len() as i64,
+        "the kill came before the end of the stream"
+    );
+    produce_sim(&p, "vitals", &msgs[sent..]);
+    run_ok(
+        vitalflow()
+            .args(["run", "--until-end", "--workers", "2", "--job"])
+            .arg(job),
+    );
+}
+
 /// An idempotent producer.
 pub fn producer(brokers: &str) -> BaseProducer {
     ClientConfig::new()
