@@ -4,7 +4,7 @@
 //! restart replays uncommitted readings and raises the same events again; the sink reads
 //! the events of the last days back at start and does not write those again.
 
-use super::rows::{date_of, micros, Columns};
+use super::rows::{column, date_of, micros, Columns};
 use super::schema::{alert_value_fields, ALERTS};
 use super::table::Table;
 use super::LakeConfig;
@@ -12,7 +12,7 @@ use crate::anomaly::lifecycle::Alert;
 use crate::metrics::Metrics;
 use crate::sinks::Sink;
 use deltalake::arrow::array::{
-    Array, Date32Builder, Float64Builder, ListBuilder, RecordBatch, StringArray, StringBuilder,
+    Date32Builder, Float64Builder, ListBuilder, RecordBatch, StringArray, StringBuilder,
     StructBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
 use std::collections::{HashMap, HashSet};
@@ -47,15 +47,11 @@ impl AlertTableSink {
         let files = table.files_since(since)?;
         let mut written = HashSet::new();
         for b in table.read(&files, &["alert_id", "state", "at"])? {
-            let col = |name: &str| b.column_by_name(name).cloned();
-            let (Some(id), Some(state), Some(at)) = (col("alert_id"), col("state"), col("at"))
-            else {
-                continue;
-            };
-            let id = id.as_any().downcast_ref::<StringArray>();
-            let state = state.as_any().downcast_ref::<StringArray>();
-            let at = at.as_any().downcast_ref::<TimestampMicrosecondArray>();
-            let (Some(id), Some(state), Some(at)) = (id, state, at) else {
+            let (Some(id), Some(state), Some(at)) = (
+                column::<StringArray>(&b, "alert_id"),
+                column::<StringArray>(&b, "state"),
+                column::<TimestampMicrosecondArray>(&b, "at"),
+            ) else {
                 continue;
             };
             for i in 0..b.num_rows() {

@@ -88,11 +88,8 @@ fn with_partition_columns(
             })?;
         let col: ArrayRef = match field.data_type() {
             deltalake::arrow::datatypes::DataType::Date32 => {
-                let d = chrono::NaiveDate::parse_from_str(&v, "%Y-%m-%d")
-                    .with_context(|| format!("partition value {}={v}", field.name()))?;
-                let days = d
-                    .signed_duration_since(chrono::NaiveDate::default())
-                    .num_days() as i32;
+                let days = super::rows::partition_days(&v)
+                    .ok_or_else(|| anyhow!("partition value {}={v} is not a date", field.name()))?;
                 Arc::new(Date32Array::from(vec![days; n]))
             }
             _ => Arc::new(StringArray::from(vec![v.as_str(); n])),

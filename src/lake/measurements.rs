@@ -368,26 +368,15 @@ mod tests {
         b.push(&hr(0, 1, "72.5"), &mapping());
         b.push(&hr(0, 2, "n/a"), &mapping());
         let batch = b.finish();
-        let col = |name: &str| batch.column_by_name(name).expect(name).clone();
-        let value = col("value");
-        let value = value
-            .as_any()
-            .downcast_ref::<deltalake::arrow::array::Float64Array>()
-            .expect("f64");
+        use crate::lake::rows::column;
+        use deltalake::arrow::array::{Float64Array, StringArray};
+        let value = column::<Float64Array>(&batch, "value").expect("f64");
         assert_eq!(value.value(0), 72.5);
         assert!(value.is_null(1));
-        let text = col("value_string");
-        let text = text
-            .as_any()
-            .downcast_ref::<deltalake::arrow::array::StringArray>()
-            .expect("str");
+        let text = column::<StringArray>(&batch, "value_string").expect("str");
         assert!(text.is_null(0));
         assert_eq!(text.value(1), "n/a");
-        let unit = col("unit");
-        let unit = unit
-            .as_any()
-            .downcast_ref::<deltalake::arrow::array::StringArray>()
-            .expect("str");
+        let unit = column::<StringArray>(&batch, "unit").expect("str");
         assert_eq!(unit.value(0), "/min");
         assert_eq!(b.rows, 0, "finish starts a new batch");
     }

@@ -6,7 +6,7 @@
 //! merges replayed values into what was written instead of writing a partial window, and an
 //! update that changes nothing writes no version. `(id, version)` is unique.
 
-use super::rows::{date_of, micros, Columns};
+use super::rows::{column, date_of, micros, Columns};
 use super::schema::OBSERVATIONS;
 use super::table::Table;
 use super::LakeConfig;
@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::sinks::observations::{Change, ObservationStore};
 use crate::sinks::Sink;
 use deltalake::arrow::array::{
-    Array, Date32Builder, Float64Builder, Int64Array, Int64Builder, RecordBatch, StringArray,
+    Date32Builder, Float64Builder, Int64Array, Int64Builder, RecordBatch, StringArray,
     StringBuilder, TimestampMicrosecondBuilder,
 };
 use serde_json::Value;
@@ -250,27 +250,33 @@ impl ObservationTableSink {
             .into_iter()
             .filter(|f| f.modified_ms >= written_since)
             .collect();
-        for b in table.read(&files, &["device_id", "version", "resource"])? {
-            let devices = b.column_by_name("device_id").cloned();
-            let versions = b.column_by_name("version").cloned();
-            let resources = b.column_by_name("resource").cloned();
-            let (Some(d), Some(v), Some(r)) = (devices, versions, resources) else {
-                continue;
-            };
-            let (Some(d), Some(v), Some(r)) = (
-                d.as_any().downcast_ref::<StringArray>(),
-                v.as_any().downcast_ref::<Int64Array>(),
-                r.as_any().downcast_ref::<StringArray>(),
+        // Every version of a recent Observation is in these files (one row per value): only
+        // the newest of each is parsed and restored.
+        let batches = table.read(&files, &["id", "device_id", "version", "resource"])?;
+        let mut newest: HashMap<&str, (i64, &str)> = HashMap::new();
+        for b in &batches {
+            let (Some(ids), Some(devices), Some(versions), Some(resources)) = (
+                column::<StringArray>(b, "id"),
+                column::<StringArray>(b, "device_id"),
+                column::<Int64Array>(b, "version"),
+                column::<StringArray>(b, "resource"),
             ) else {
                 continue;
             };
             for i in 0..b.num_rows() {
-                if !owns(d.value(i)) {
+                if !owns(devices.value(i)) {
                     continue;
                 }
-                if let Ok(o) = serde_json::from_str::<Value>(r.value(i)) {
-                    store.restore(o, v.value(i));
+                let (version, resource) = (versions.value(i), resources.value(i));
+                let slot = newest.entry(ids.value(i)).or_insert((version, resource));
+                if version > slot.0 {
+                    *slot = (version, resource);
                 }
+            }
+        }
+        for (version, resource) in newest.into_values() {
+            if let Ok(o) = serde_json::from_str::<Value>(resource) {
+                store.restore(o, version);
             }
         }
         store.restored("lakehouse", worker);
@@ -346,14 +352,10 @@ mod tests {
             .read(&files, &["version", "count", "last", "resource"])
             .expect("read")
         {
-            let v = b.column_by_name("version").expect("version");
-            let v = v.as_any().downcast_ref::<Int64Array>().expect("version");
-            let c = b.column_by_name("count").expect("count");
-            let c = c.as_any().downcast_ref::<Int64Array>().expect("count");
-            let l = b.column_by_name("last").expect("last");
-            let l = l.as_any().downcast_ref::<Float64Array>().expect("last");
-            let r = b.column_by_name("resource").expect("resource");
-            let r = r.as_any().downcast_ref::<StringArray>().expect("resource");
+            let v = column::<Int64Array>(&b, "version").expect("version");
+            let c = column::<Int64Array>(&b, "count").expect("count");
+            let l = column::<Float64Array>(&b, "last").expect("last");
+            let r = column::<StringArray>(&b, "resource").expect("resource");
             for i in 0..b.num_rows() {
                 if v.value(i) > best.0 {
                     let o: Value = serde_json::from_str(r.value(i)).expect("json");

@@ -189,7 +189,6 @@ impl Table {
 
     /// The data files whose `date` partition is on or after `since` (days since 1970).
     pub fn files_since(&self, since: i32) -> anyhow::Result<Vec<FileEntry>> {
-        let epoch = chrono::NaiveDate::default();
         Ok(self
             .files()?
             .into_iter()
@@ -197,8 +196,8 @@ impl Table {
                 f.partition
                     .get("date")
                     .and_then(|d| d.as_deref())
-                    .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-                    .is_none_or(|d| d.signed_duration_since(epoch).num_days() >= i64::from(since))
+                    .and_then(super::rows::partition_days)
+                    .is_none_or(|d| d >= since)
             })
             .collect())
     }
