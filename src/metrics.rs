@@ -36,6 +36,8 @@ pub struct Metrics {
     pub rule_reload_errors: AtomicU64,
     /// Observation updates the sink skipped because nothing changed (replays).
     pub observations_unchanged: AtomicU64,
+    /// Stored Observations read back from an output to merge into (restart, late data).
+    pub observations_restored: AtomicU64,
     /// Rows committed to the lakehouse tables.
     pub lake_rows: AtomicU64,
     /// Delta commits made.
@@ -199,7 +201,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counters: [(&str, &str, &AtomicU64); 19] = [
+        let counters: [(&str, &str, &AtomicU64); 20] = [
             (
                 "vitalflow_alerts_total",
                 "Alert events delivered (open, escalated, resolved).",
@@ -259,6 +261,11 @@ impl Metrics {
                 "vitalflow_observations_unchanged_total",
                 "Observation updates skipped as unchanged.",
                 &self.observations_unchanged,
+            ),
+            (
+                "vitalflow_observations_restored_total",
+                "Stored Observations read back from an output to merge late or replayed values into.",
+                &self.observations_restored,
             ),
             (
                 "vitalflow_lake_rows_total",

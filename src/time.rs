@@ -49,6 +49,14 @@ pub fn tick() -> chrono::Duration {
     chrono::Duration::nanoseconds(100)
 }
 
+/// Days since the Unix epoch of a UTC time: how outputs partition Observations and alerts by
+/// event date (the lakehouse's `date`, the NDJSON part index).
+pub fn day_of(t: &DateTime<Utc>) -> i32 {
+    t.date_naive()
+        .signed_duration_since(chrono::NaiveDate::default())
+        .num_days() as i32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -399,7 +399,7 @@ fn lake_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<Lak
                 ObservationTableSink::new(
                     cfg,
                     index,
-                    |d| route(d) % peers as u64 == index as u64,
+                    move |d| route(d) % peers as u64 == index as u64,
                     job.horizon,
                     m.clone(),
                 )
@@ -451,7 +451,7 @@ fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<W
         Some(ObservationSink::new(
             &job.output_dir,
             index,
-            |d| route(d) % peers as u64 == index as u64,
+            move |d| route(d) % peers as u64 == index as u64,
             job.horizon,
             shared.metrics.clone(),
         )?)

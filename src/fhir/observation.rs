@@ -38,6 +38,14 @@ impl Subjects<'_> {
     }
 }
 
+/// When an Observation's period (or instant) starts.
+pub fn period_start(o: &Value) -> Option<DateTime<Utc>> {
+    o.pointer("/effectivePeriod/start")
+        .or_else(|| o.get("effectiveDateTime"))
+        .and_then(Value::as_str)
+        .and_then(parse_timestamp)
+}
+
 /// When an Observation's period (or instant) ends.
 pub fn period_end(o: &Value) -> Option<DateTime<Utc>> {
     o.pointer("/effectivePeriod/end")

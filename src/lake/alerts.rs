@@ -1,10 +1,11 @@
 //! The `alerts` table: one row per alert event, partitioned by event date and rule.
 //!
 //! Alert ids are stable across replays, so an event is identified by (id, state, time). A
-//! restart replays uncommitted readings and raises the same events again; the sink reads
-//! the events of the last days back at start and does not write those again.
+//! restart replays uncommitted readings and raises the same events again; before writing an
+//! event the sink reads back the events of its event day's partition (once per day it
+//! touches) and does not write those again, however old the day is.
 
-use super::rows::{column, date_of, micros, Columns};
+use super::rows::{column, date_of, micros, partition_days, Columns};
 use super::schema::{alert_value_fields, ALERTS};
 use super::table::Table;
 use super::LakeConfig;
@@ -15,7 +16,7 @@ use deltalake::arrow::array::{
     Date32Builder, Float64Builder, ListBuilder, RecordBatch, StringArray, StringBuilder,
     StructBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 /// (alert id, state, event time µs).
@@ -31,22 +32,53 @@ fn text_of<T: serde::Serialize>(v: &T) -> String {
 /// One worker's writer of the `alerts` table.
 pub struct AlertTableSink {
     table: Table,
+    /// Events the table holds, for the days in `loaded`.
     written: HashSet<EventKey>,
+    loaded: BTreeSet<i32>,
     pending: Vec<Alert>,
     metrics: Arc<Metrics>,
 }
 
-/// Days of events read back at start: alerts replayed after a restart are recent.
-const RECENT_DAYS: i32 = 2;
+/// Events kept in memory before the oldest days are forgotten (read again if touched).
+const KEEP_EVENTS: usize = 100_000;
 
 impl AlertTableSink {
-    /// Opens (or creates) the table and reads back the recent events.
+    /// Opens (or creates) the table.
     pub fn new(config: &LakeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let table = Table::open(&config.location, &ALERTS, &config.storage)?;
-        let since = date_of(&chrono::Utc::now()) - RECENT_DAYS;
-        let files = table.files_since(since)?;
-        let mut written = HashSet::new();
-        for b in table.read(&files, &["alert_id", "state", "at"])? {
+        Ok(Self {
+            table,
+            written: HashSet::new(),
+            loaded: BTreeSet::new(),
+            pending: Vec::new(),
+            metrics,
+        })
+    }
+
+    /// Reads back the events of the days the pending events fall on, once per day.
+    fn load_days(&mut self) -> anyhow::Result<()> {
+        let days: BTreeSet<i32> = self
+            .pending
+            .iter()
+            .map(|a| Self::day(&Self::key(a)))
+            .filter(|d| !self.loaded.contains(d))
+            .collect();
+        if days.is_empty() {
+            return Ok(());
+        }
+        let files: Vec<_> = self
+            .table
+            .files()?
+            .into_iter()
+            .filter(|f| {
+                f.partition
+                    .get("date")
+                    .and_then(|d| d.as_deref())
+                    .and_then(partition_days)
+                    .is_none_or(|d| days.contains(&d))
+            })
+            .collect();
+        for b in self.table.read(&files, &["alert_id", "state", "at"])? {
             let (Some(id), Some(state), Some(at)) = (
                 column::<StringArray>(&b, "alert_id"),
                 column::<StringArray>(&b, "state"),
@@ -55,15 +87,16 @@ impl AlertTableSink {
                 continue;
             };
             for i in 0..b.num_rows() {
-                written.insert((id.value(i).into(), state.value(i).into(), at.value(i)));
+                self.written
+                    .insert((id.value(i).into(), state.value(i).into(), at.value(i)));
             }
         }
-        Ok(Self {
-            table,
-            written,
-            pending: Vec::new(),
-            metrics,
-        })
+        self.loaded.extend(days);
+        Ok(())
+    }
+
+    fn day(k: &EventKey) -> i32 {
+        k.2.div_euclid(86_400_000_000) as i32
     }
 
     fn key(a: &Alert) -> EventKey {
@@ -147,18 +180,22 @@ impl AlertTableSink {
 
 impl Sink<Alert> for AlertTableSink {
     fn write(&mut self, _epoch: u64, item: Alert) -> anyhow::Result<()> {
-        if self.written.contains(&Self::key(&item)) {
-            Metrics::add(&self.metrics.lake_rows_skipped, 1);
-        } else {
-            self.pending.push(item);
-        }
+        self.pending.push(item);
         Ok(())
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
+        self.load_days()?;
         // One event per key, even when a replay raised it twice within a flush.
         let mut seen = HashSet::new();
-        self.pending.retain(|a| seen.insert(Self::key(a)));
+        let before = self.pending.len();
+        let written = &self.written;
+        self.pending
+            .retain(|a| !written.contains(&Self::key(a)) && seen.insert(Self::key(a)));
+        Metrics::add(
+            &self.metrics.lake_rows_skipped,
+            (before - self.pending.len()) as u64,
+        );
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -169,12 +206,70 @@ impl Sink<Alert> for AlertTableSink {
             .lake_commit(self.pending.len() as u64, started.elapsed());
         self.written.extend(seen);
         self.pending.clear();
-        if self.written.len() > 100_000 {
-            // Replays reach back a few minutes, not days: older keys cannot come again.
-            let cutoff =
-                chrono::Utc::now().timestamp_micros() - i64::from(RECENT_DAYS) * 86_400_000_000;
-            self.written.retain(|k| k.2 >= cutoff);
+        if self.written.len() > KEEP_EVENTS {
+            // Forget the oldest days by event time; a replay that touches one reads it again.
+            let newest = self.written.iter().map(Self::day).max().unwrap_or(0);
+            self.loaded.retain(|d| *d >= newest - 1);
+            let loaded = &self.loaded;
+            self.written.retain(|k| loaded.contains(&Self::day(k)));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::anomaly::lifecycle::State;
+    use crate::anomaly::rules::Severity;
+    use crate::sinks::observations::tests::test_dates;
+
+    fn event(state: State, at: chrono::DateTime<chrono::Utc>) -> Alert {
+        Alert {
+            id: "a1".into(),
+            patient: "P-1".into(),
+            device: "BM-1".into(),
+            rule: "hypoxia".into(),
+            title: "Hypoxia".into(),
+            severity: Severity::Critical,
+            state,
+            since: crate::time::format_rfc3339(&at),
+            at: crate::time::format_rfc3339(&at),
+            values: vec![("spo2".into(), 84.0, crate::time::format_rfc3339(&at))],
+            text: "SpO2 84".into(),
+            stamp_ms: 0,
+        }
+    }
+
+    fn rows(cfg: &LakeConfig) -> usize {
+        let t = Table::open(&cfg.location, &ALERTS, &cfg.storage).expect("table");
+        let files = t.files().expect("files");
+        t.read(&files, &["alert_id"])
+            .expect("read")
+            .iter()
+            .map(RecordBatch::num_rows)
+            .sum()
+    }
+
+    #[test]
+    fn a_replayed_event_is_written_once_however_old_its_day() {
+        for t0 in test_dates() {
+            let dir = tempfile::tempdir().expect("tmp");
+            let cfg = LakeConfig::at(&dir.path().display().to_string());
+            let mut sink = AlertTableSink::new(&cfg, Metrics::new()).expect("sink");
+            sink.write(1, event(State::Open, t0)).expect("write");
+            sink.flush().expect("flush");
+            assert_eq!(rows(&cfg), 1, "{t0}");
+
+            // Restart: the replay raises the open again, and then the resolution.
+            let mut sink = AlertTableSink::new(&cfg, Metrics::new()).expect("sink");
+            sink.write(2, event(State::Open, t0)).expect("write");
+            sink.write(2, event(State::Open, t0)).expect("write");
+            let resolved = t0 + chrono::Duration::minutes(5);
+            sink.write(2, event(State::Resolved, resolved))
+                .expect("write");
+            sink.flush().expect("flush");
+            assert_eq!(rows(&cfg), 2, "open once, resolved once at {t0}");
+        }
     }
 }

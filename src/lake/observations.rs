@@ -1,26 +1,28 @@
 //! The `observations` table: every version of every Observation the job wrote, one row per
 //! value (the main value or a component), with a numeric summary and the resource itself.
 //!
-//! It merges through the same [`ObservationStore`] as the NDJSON output: at start the store
-//! is read back from the table (the latest version of each recent Observation), so a restart
-//! merges replayed values into what was written instead of writing a partial window, and an
-//! update that changes nothing writes no version. `(id, version)` is unique.
+//! It merges through the same [`ObservationStore`] as the NDJSON output: what the store does
+//! not hold it reads back from the table's `date` partition of the window (the newest
+//! version of each Observation there), so a restart or a days-old backlog merges into what
+//! was written instead of writing a partial window, and an update that changes nothing
+//! writes no version. `(id, version)` is unique.
 
-use super::rows::{column, date_of, micros, Columns};
+use super::rows::{column, micros, partition_days, Columns};
 use super::schema::OBSERVATIONS;
 use super::table::Table;
 use super::LakeConfig;
 use crate::dataflow::window::WindowUpdate;
 use crate::fhir::SERVICE_URI;
 use crate::metrics::Metrics;
-use crate::sinks::observations::{Change, ObservationStore};
+use crate::sinks::observations::{observation_day, Change, ObservationStore, StoredObservations};
 use crate::sinks::Sink;
+use chrono::{DateTime, Utc};
 use deltalake::arrow::array::{
     Date32Builder, Float64Builder, Int64Array, Int64Builder, RecordBatch, StringArray,
-    StringBuilder, TimestampMicrosecondBuilder,
+    StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -183,8 +185,7 @@ impl Builders {
             self.version.append_value(c.version);
             self.written_at.append_value(written_at);
             self.resource.append_value(&json);
-            let day = chrono::DateTime::from_timestamp_micros(start).unwrap_or_default();
-            self.date.append_value(date_of(&day));
+            self.date.append_value(observation_day(o, u));
             self.type_name.append_value(&u.type_name);
             self.rows += 1;
         }
@@ -220,68 +221,90 @@ impl Builders {
 
 /// One worker's writer of the `observations` table.
 pub struct ObservationTableSink {
-    table: Table,
+    table: TableVersions,
     store: ObservationStore,
     metrics: Arc<Metrics>,
 }
 
-impl ObservationTableSink {
-    /// Opens (or creates) the table and reads back the latest version of each Observation
-    /// this worker owns (`owns(device)`) whose window is recent.
-    pub fn new(
-        config: &LakeConfig,
-        worker: usize,
-        owns: impl Fn(&str) -> bool,
-        horizon: Duration,
-        metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Self> {
-        let table = Table::open(&config.location, &OBSERVATIONS, &config.storage)?;
-        let mut store = ObservationStore::new(horizon, metrics.clone()).not_counting_output();
-        // Windows start at most a horizon (plus a day of slack for the date boundary) before
-        // the newest: older partitions hold nothing the store would keep. As for the NDJSON
-        // output, files written more than twice the horizon ago are skipped too, which
-        // bounds the start-up of long runs.
-        let days = (horizon.as_secs() / 86_400) as i32 + 2;
-        let since = date_of(&chrono::Utc::now()) - days;
-        let written_since =
-            chrono::Utc::now().timestamp_millis() - 2 * horizon.as_millis().min(1 << 50) as i64;
-        let files: Vec<_> = table
-            .files_since(since)?
+/// The table, read back by `date` partition for the Observations a worker owns.
+struct TableVersions {
+    table: Table,
+    owns: Box<dyn Fn(&str) -> bool + Send>,
+}
+
+impl StoredObservations for TableVersions {
+    fn read_days(
+        &mut self,
+        days: &BTreeSet<i32>,
+        keep: &dyn Fn(&str, Option<DateTime<Utc>>) -> bool,
+    ) -> anyhow::Result<Vec<(Value, i64)>> {
+        let files: Vec<_> = self
+            .table
+            .files()?
             .into_iter()
-            .filter(|f| f.modified_ms >= written_since)
+            .filter(|f| {
+                f.partition
+                    .get("date")
+                    .and_then(|d| d.as_deref())
+                    .and_then(partition_days)
+                    .is_none_or(|d| days.contains(&d))
+            })
             .collect();
-        // Every version of a recent Observation is in these files (one row per value): only
-        // the newest of each is parsed and restored.
-        let batches = table.read(&files, &["id", "device_id", "version", "resource"])?;
+        // Every version is in the table (one row per value): only the newest of each wanted
+        // Observation is parsed.
+        let batches = self.table.read(
+            &files,
+            &["id", "device_id", "window_end", "version", "resource"],
+        )?;
         let mut newest: HashMap<&str, (i64, &str)> = HashMap::new();
         for b in &batches {
-            let (Some(ids), Some(devices), Some(versions), Some(resources)) = (
+            let (Some(ids), Some(devices), Some(ends), Some(versions), Some(resources)) = (
                 column::<StringArray>(b, "id"),
                 column::<StringArray>(b, "device_id"),
+                column::<TimestampMicrosecondArray>(b, "window_end"),
                 column::<Int64Array>(b, "version"),
                 column::<StringArray>(b, "resource"),
             ) else {
                 continue;
             };
             for i in 0..b.num_rows() {
-                if !owns(devices.value(i)) {
+                let id = ids.value(i);
+                let end = DateTime::from_timestamp_micros(ends.value(i));
+                if !(self.owns)(devices.value(i)) || !keep(id, end) {
                     continue;
                 }
                 let (version, resource) = (versions.value(i), resources.value(i));
-                let slot = newest.entry(ids.value(i)).or_insert((version, resource));
+                let slot = newest.entry(id).or_insert((version, resource));
                 if version > slot.0 {
                     *slot = (version, resource);
                 }
             }
         }
-        for (version, resource) in newest.into_values() {
-            if let Ok(o) = serde_json::from_str::<Value>(resource) {
-                store.restore(o, version);
-            }
-        }
-        store.restored("lakehouse", worker);
+        newest
+            .into_values()
+            .map(|(version, resource)| Ok((serde_json::from_str(resource)?, version)))
+            .collect()
+    }
+}
+
+impl ObservationTableSink {
+    /// Opens (or creates) the table for the Observations this worker owns
+    /// (`owns(device)`). What it holds is read back when an update needs it, not at start.
+    pub fn new(
+        config: &LakeConfig,
+        worker: usize,
+        owns: impl Fn(&str) -> bool + Send + 'static,
+        horizon: Duration,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let table = Table::open(&config.location, &OBSERVATIONS, &config.storage)?;
+        let store = ObservationStore::new("lakehouse", worker, horizon, metrics.clone())
+            .not_counting_output();
         Ok(Self {
-            table,
+            table: TableVersions {
+                table,
+                owns: Box::new(owns),
+            },
             store,
             metrics,
         })
@@ -295,6 +318,7 @@ impl Sink<WindowUpdate> for ObservationTableSink {
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
+        self.store.load(&mut self.table)?;
         let changes = self.store.changes();
         if changes.is_empty() {
             self.store.committed(changes);
@@ -308,6 +332,7 @@ impl Sink<WindowUpdate> for ObservationTableSink {
         let rows = b.rows;
         let started = std::time::Instant::now();
         self.table
+            .table
             .append(vec![b.finish()], Vec::new(), HashMap::new())?;
         self.metrics.lake_commit(rows as u64, started.elapsed());
         self.store.committed(changes);
@@ -320,44 +345,30 @@ mod tests {
     use super::*;
     use crate::dataflow::window::Windows;
     use crate::mapping::FhirMapping;
-    use crate::model::Measurement;
+    use crate::sinks::observations::tests::{hr_at, test_dates};
     use deltalake::arrow::array::Float64Array;
     use serde_json::json;
     use std::path::Path;
 
-    fn hr(w: &mut Windows, second: u32, v: &str) -> WindowUpdate {
-        w.add(&Measurement {
-            type_name: "heartRate".into(),
-            device_id: "BM-1".into(),
-            patient_id: Some("P-1".into()),
-            encounter_id: None,
-            correlation_id: None,
-            occurrence_time: crate::time::parse_timestamp(&format!(
-                "2026-11-21T10:00:{second:02}Z"
-            ))
-            .expect("time"),
-            properties: vec![("hr".into(), v.into())],
-            received_ms: None,
-            source: None,
-        });
-        w.take_dirty().pop().expect("one window")
-    }
-
-    /// (version, count, last, resource data) of the newest row.
-    fn newest(cfg: &LakeConfig) -> (i64, i64, f64, String) {
+    /// (version, count, last, resource data) of the newest row of the window starting `start`.
+    fn newest(cfg: &LakeConfig, start: DateTime<Utc>) -> (i64, i64, f64, String) {
         let t = Table::open(&cfg.location, &OBSERVATIONS, &cfg.storage).expect("table");
         let files = t.files().expect("files");
         let mut best = (0, 0, 0.0, String::new());
         for b in t
-            .read(&files, &["version", "count", "last", "resource"])
+            .read(
+                &files,
+                &["version", "count", "last", "resource", "window_start"],
+            )
             .expect("read")
         {
             let v = column::<Int64Array>(&b, "version").expect("version");
             let c = column::<Int64Array>(&b, "count").expect("count");
             let l = column::<Float64Array>(&b, "last").expect("last");
             let r = column::<StringArray>(&b, "resource").expect("resource");
+            let s = column::<TimestampMicrosecondArray>(&b, "window_start").expect("start");
             for i in 0..b.num_rows() {
-                if v.value(i) > best.0 {
+                if s.value(i) == start.timestamp_micros() && v.value(i) > best.0 {
                     let o: Value = serde_json::from_str(r.value(i)).expect("json");
                     let data = o["valueSampledData"]["data"].as_str().expect("data");
                     let data = data.split(' ').filter(|x| *x != "E").collect::<Vec<_>>();
@@ -369,41 +380,55 @@ mod tests {
     }
 
     #[test]
-    fn after_a_restart_versions_merge_into_what_the_table_holds() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let cfg = LakeConfig::at(&dir.path().display().to_string());
+    fn after_a_restart_versions_merge_into_what_the_table_holds_at_any_date() {
         let fhir = Arc::new(
             FhirMapping::from_file(Path::new("templates/bedside-monitor/fhirmapping.json"))
                 .expect("fhir"),
         );
         let horizon = Duration::from_secs(7200);
-        let open =
-            || ObservationTableSink::new(&cfg, 0, |_| true, horizon, Metrics::new()).expect("sink");
-        let mut sink = open();
-        let mut w = Windows::new(fhir.clone(), horizon);
-        hr(&mut w, 0, "70");
-        sink.write(1, hr(&mut w, 1, "71")).expect("write");
-        sink.flush().expect("flush");
-        assert_eq!(newest(&cfg), (1, 2, 71.0, "70 71".into()));
+        let s = chrono::Duration::seconds;
+        for t0 in test_dates() {
+            let dir = tempfile::tempdir().expect("tmp");
+            let cfg = LakeConfig::at(&dir.path().display().to_string());
+            let open = || {
+                ObservationTableSink::new(&cfg, 0, |_| true, horizon, Metrics::new()).expect("sink")
+            };
+            let mut sink = open();
+            let mut w = Windows::new(fhir.clone(), horizon);
+            hr_at(&mut w, t0, "70");
+            sink.write(1, hr_at(&mut w, t0 + s(1), "71"))
+                .expect("write");
+            sink.flush().expect("flush");
+            assert_eq!(newest(&cfg, t0), (1, 2, 71.0, "70 71".into()), "{t0}");
 
-        // Restart: the window state is gone; the table gives the store back.
-        let mut sink = open();
-        let mut w = Windows::new(fhir, horizon);
-        sink.write(2, hr(&mut w, 2, "72")).expect("write");
-        sink.flush().expect("flush");
-        assert_eq!(newest(&cfg), (2, 3, 72.0, "70 71 72".into()));
-        // A replay that changes nothing writes no version.
-        let mut sink = open();
-        let mut w = Windows::new(
-            Arc::new(
-                FhirMapping::from_file(Path::new("templates/bedside-monitor/fhirmapping.json"))
-                    .expect("fhir"),
-            ),
-            horizon,
-        );
-        sink.write(3, hr(&mut w, 1, "71")).expect("write");
-        sink.flush().expect("flush");
-        assert_eq!(newest(&cfg).0, 2);
+            // Restart: the window state is gone; the table gives the store back.
+            let mut sink = open();
+            let mut w = Windows::new(fhir.clone(), horizon);
+            sink.write(2, hr_at(&mut w, t0 + s(2), "72"))
+                .expect("write");
+            sink.flush().expect("flush");
+            assert_eq!(newest(&cfg, t0), (2, 3, 72.0, "70 71 72".into()), "{t0}");
+
+            // A replay that changes nothing writes no version.
+            let mut sink = open();
+            let mut w = Windows::new(fhir.clone(), horizon);
+            sink.write(3, hr_at(&mut w, t0 + s(1), "71"))
+                .expect("write");
+            sink.flush().expect("flush");
+            assert_eq!(newest(&cfg, t0).0, 2, "{t0}");
+
+            // Three days later by event time, a late reading of the first window, which the
+            // job and the store evicted long ago, merges into the table's version.
+            let later = t0 + chrono::Duration::days(3);
+            sink.write(4, hr_at(&mut w, later, "90")).expect("write");
+            sink.flush().expect("flush");
+            assert_eq!(w.evict(), 1, "the first window is gone from the job");
+            sink.write(5, hr_at(&mut w, t0 + s(3), "73"))
+                .expect("write");
+            sink.flush().expect("flush");
+            assert_eq!(newest(&cfg, t0), (3, 4, 73.0, "70 71 72 73".into()), "{t0}");
+            assert_eq!(newest(&cfg, later), (1, 1, 90.0, "90".into()));
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 /// Days since the Unix epoch of a UTC time: the `date` partition value.
 pub fn date_of(t: &chrono::DateTime<chrono::Utc>) -> i32 {
-    days(t.date_naive())
+    crate::time::day_of(t)
 }
 
 /// Days since the Unix epoch of a date (Arrow's Date32).

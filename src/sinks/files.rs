@@ -1,6 +1,10 @@
 //! Part files committed atomically: lines go to a hidden temporary file, which a commit
 //! fsyncs and renames to `part-w{worker}-{first epoch}-{last epoch}.ndjson`. A reader never
 //! sees a partial file, and a crash leaves only temporaries, removed at the next start.
+//!
+//! A writer may give a part an index, committed before the part as `<part>.index`
+//! beside it: a few lines that let a reader skip parts (the Observation output lists the
+//! event days a part holds). A part without one (an older writer, a lost index) is read.
 
 use anyhow::Context as _;
 use std::fs::{self, File};
@@ -22,8 +26,15 @@ impl PartWriter {
     pub fn new(dir: &Path, worker: usize) -> anyhow::Result<Self> {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let prefix = format!(".part-w{worker:03}-");
+        let own = format!("part-w{worker:03}-");
         for e in fs::read_dir(dir)?.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // An index whose part was never committed (a crash between the two renames).
+            let orphan = name.starts_with(&own)
+                && name
+                    .strip_suffix(INDEX_SUFFIX)
+                    .is_some_and(|part| !dir.join(part).exists());
+            if name.starts_with(&prefix) || orphan {
                 let _ = fs::remove_file(e.path());
             }
         }
@@ -69,6 +80,12 @@ impl PartWriter {
 
     /// Commits the open file, if any: returns its final path.
     pub fn commit(&mut self) -> anyhow::Result<Option<PathBuf>> {
+        self.commit_with_index(None)
+    }
+
+    /// Commits the open file, if any, with `index` written durably beside it first: a part
+    /// is never visible without the index it was committed with.
+    pub fn commit_with_index(&mut self, index: Option<&str>) -> anyhow::Result<Option<PathBuf>> {
         let Some((tmp, w)) = self.current.take() else {
             return Ok(None);
         };
@@ -81,13 +98,32 @@ impl PartWriter {
             "part-w{:03}-{:016}-{:016}.ndjson",
             self.worker, self.first_epoch, self.last_epoch
         );
-        let done = self.dir.join(name);
+        let done = self.dir.join(&name);
+        if let Some(index) = index {
+            let staged = self.dir.join(format!(".{name}{INDEX_SUFFIX}.tmp"));
+            let written = File::create(&staged).and_then(|mut f| {
+                f.write_all(index.as_bytes())?;
+                f.sync_all()
+            });
+            written
+                .and_then(|()| fs::rename(&staged, self.dir.join(format!("{name}{INDEX_SUFFIX}"))))
+                .with_context(|| format!("cannot write the index of {}", done.display()))?;
+        }
         fs::rename(&tmp, &done).with_context(|| format!("cannot commit {}", done.display()))?;
         // The rename itself is durable only once the directory is synced.
         File::open(&self.dir).and_then(|d| d.sync_all()).ok();
         self.lines = 0;
         Ok(Some(done))
     }
+}
+
+const INDEX_SUFFIX: &str = ".index";
+
+/// The index committed with a part, if it has one.
+pub fn part_index(part: &Path) -> Option<String> {
+    let mut name = part.file_name()?.to_os_string();
+    name.push(INDEX_SUFFIX);
+    fs::read_to_string(part.with_file_name(name)).ok()
 }
 
 /// Committed part files of a directory, oldest first (names sort by worker then epoch, so

@@ -3,21 +3,23 @@
 //!
 //! The sink keeps the last Observation it wrote per id (its "store", as a FHIR server would)
 //! and merges each window update into it exactly as the IoMT connector merges into a stored
-//! Observation. At start the store is rebuilt from the committed files, so a restart that
-//! replays uncommitted messages merges into what was already written: nothing is lost, and an
-//! update that changes nothing is not written again.
+//! Observation. What the store does not hold (after a restart, or for a window evicted long
+//! ago) it reads back from the committed files by the event day the window starts on, so a
+//! replay or a days-old backlog merges into what was already written: nothing is lost, and
+//! an update that changes nothing is not written again.
 
-use super::files::{committed_parts, PartWriter};
+use super::files::{committed_parts, part_index, PartWriter};
 use super::Sink;
 use crate::dataflow::window::WindowUpdate;
-use crate::fhir::observation::{self, period_end};
+use crate::fhir::observation::{self, period_end, period_start};
 use crate::metrics::Metrics;
+use crate::time::parse_timestamp;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::BufRead;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,18 +33,41 @@ struct Stored {
     version: i64,
 }
 
+/// Where an Observation output reads back what it wrote: the newest stored version of each
+/// Observation, found by the UTC day its period starts on (the lakehouse's `date`
+/// partition, the NDJSON part index).
+pub trait StoredObservations {
+    /// The newest stored version, with its version number (0 where the output numbers none),
+    /// of every Observation this worker owns whose period starts on one of `days` and which
+    /// `keep(id, period end)` wants.
+    fn read_days(
+        &mut self,
+        days: &BTreeSet<i32>,
+        keep: &dyn Fn(&str, Option<DateTime<Utc>>) -> bool,
+    ) -> anyhow::Result<Vec<(Value, i64)>>;
+}
+
 /// The last Observation written per id, and the window updates waiting for the next flush:
 /// what every Observation output (NDJSON, the lakehouse) merges into, as the IoMT
 /// connector merges into a stored Observation.
+///
+/// What it does not hold it reads back from the output by event-time day, when an update
+/// needs it ([`Self::load`]): a restart, late data for a window evicted long ago, or a
+/// backlog of readings days old all merge into what was written, whatever today's date is.
 pub struct ObservationStore {
     store: HashMap<String, Stored>,
     pending: HashMap<String, (u64, WindowUpdate)>,
+    /// Days whose stored Observations were read back: from then on every version of them
+    /// went through this store, so for windows not evicted it knows all there is.
+    loaded: BTreeSet<i32>,
     horizon: chrono::Duration,
     newest: Option<DateTime<Utc>>,
     metrics: Arc<Metrics>,
     /// Whether committed versions count as `observations_out` (the NDJSON output's metric;
     /// the lakehouse counts rows of its own).
     counts_out: bool,
+    output: &'static str,
+    worker: usize,
 }
 
 /// An Observation version to write: the merged resource and where it came from.
@@ -61,16 +86,30 @@ pub struct Change {
     instance: Option<u64>,
 }
 
+/// The UTC day an Observation's period starts on: where outputs file it.
+pub fn observation_day(resource: &Value, update: &WindowUpdate) -> i32 {
+    crate::time::day_of(&period_start(resource).unwrap_or(update.group.start))
+}
+
 impl ObservationStore {
-    /// An empty store keeping Observations whose period ends within `horizon` of the newest.
-    pub fn new(horizon: Duration, metrics: Arc<Metrics>) -> Self {
+    /// An empty store of `output` for `worker`, keeping Observations whose period ends
+    /// within `horizon` of the newest.
+    pub fn new(
+        output: &'static str,
+        worker: usize,
+        horizon: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             store: HashMap::new(),
             pending: HashMap::new(),
+            loaded: BTreeSet::new(),
             horizon: chrono::Duration::from_std(horizon).unwrap_or(chrono::Duration::MAX),
             newest: None,
             metrics,
             counts_out: true,
+            output,
+            worker,
         }
     }
 
@@ -80,50 +119,92 @@ impl ObservationStore {
         self
     }
 
-    /// Takes back one Observation read from committed output (later calls supersede).
-    pub fn restore(&mut self, resource: Value, version: i64) {
-        let (Some(id), Some(end)) = (
-            resource.get("id").and_then(Value::as_str),
-            period_end(&resource),
-        ) else {
-            return;
-        };
-        if self.store.get(id).is_some_and(|s| s.version > version) {
-            return;
-        }
-        self.newest = Some(self.newest.map_or(end, |n| n.max(end)));
-        self.store.insert(
-            id.to_string(),
-            Stored {
-                resource,
-                end,
-                instance: None,
-                version,
-            },
-        );
+    fn cutoff(&self) -> Option<DateTime<Utc>> {
+        self.newest.and_then(|n| n.checked_sub_signed(self.horizon))
     }
 
-    /// Ends a restore: drops what is beyond the horizon and says what was resumed.
-    pub fn restored(&mut self, output: &str, worker: usize) {
-        self.evict();
-        if !self.store.is_empty() {
-            tracing::info!(
-                worker,
-                output,
-                observations = self.store.len(),
-                "resumed from committed output"
+    /// The days to read back before the pending updates can merge: those of every pending
+    /// Observation the store does not hold, unless the day was read already and the window
+    /// is recent enough that it would still be held. A window's stored version starts on
+    /// its group's start day, or the day before where a correlation-id group was widened
+    /// by an earlier value.
+    fn days_to_load(&self) -> BTreeSet<i32> {
+        let cutoff = self.cutoff();
+        let mut days = BTreeSet::new();
+        for (id, (_, u)) in &self.pending {
+            if self.store.contains_key(id) {
+                continue;
+            }
+            let evicted = cutoff.is_some_and(|c| u.group.end < c);
+            let first = crate::time::day_of(&u.group.start) - 1;
+            let last = crate::time::day_of(&u.group.end.max(u.group.start));
+            days.extend((first..=last).filter(|d| evicted || !self.loaded.contains(d)));
+        }
+        days
+    }
+
+    /// Reads back from `stored` what the pending updates must merge into and the store
+    /// does not hold; call before [`Self::changes`]. Only what the store would keep is
+    /// taken: the pending Observations, and those within the horizon.
+    pub fn load(&mut self, stored: &mut dyn StoredObservations) -> anyhow::Result<()> {
+        let days = self.days_to_load();
+        if days.is_empty() {
+            return Ok(());
+        }
+        let cutoff = self.cutoff();
+        let found = {
+            let (store, pending) = (&self.store, &self.pending);
+            let keep = |id: &str, end: Option<DateTime<Utc>>| {
+                !store.contains_key(id)
+                    && (pending.contains_key(id)
+                        || cutoff.is_none_or(|c| end.is_none_or(|e| e >= c)))
+            };
+            stored.read_days(&days, &keep)?
+        };
+        let mut restored = 0;
+        for (resource, version) in found {
+            let (Some(id), Some(end)) = (
+                resource.get("id").and_then(Value::as_str),
+                period_end(&resource),
+            ) else {
+                continue;
+            };
+            if self.store.contains_key(id) {
+                continue;
+            }
+            restored += 1;
+            self.store.insert(
+                id.to_string(),
+                Stored {
+                    resource,
+                    end,
+                    instance: None,
+                    version,
+                },
             );
         }
+        self.loaded.extend(&days);
+        Metrics::add(&self.metrics.observations_restored, restored);
+        tracing::debug!(
+            worker = self.worker,
+            output = self.output,
+            days = days.len(),
+            observations = restored,
+            "read back stored Observations"
+        );
+        Ok(())
     }
 
     fn evict(&mut self) {
-        if let Some(cutoff) = self.newest.and_then(|n| n.checked_sub_signed(self.horizon)) {
+        if let Some(cutoff) = self.cutoff() {
             self.store.retain(|_, s| s.end >= cutoff);
         }
     }
 
     /// Queues a window update; only the latest state of each Observation per flush counts.
     pub fn add(&mut self, epoch: u64, item: WindowUpdate) {
+        let end = item.group.end;
+        self.newest = Some(self.newest.map_or(end, |n| n.max(end)));
         self.pending.insert(item.id.clone(), (epoch, item));
     }
 
@@ -207,59 +288,138 @@ impl ObservationStore {
 pub struct ObservationSink {
     writer: PartWriter,
     store: ObservationStore,
+    parts: CommittedParts,
 }
 
-/// The last epoch in a part file's name (`part-w{worker}-{first}-{last}.ndjson`).
-fn part_last_epoch(p: &Path) -> Option<u64> {
-    p.file_name()?
-        .to_str()?
-        .strip_suffix(".ndjson")?
-        .rsplit('-')
-        .next()?
-        .parse()
-        .ok()
+/// The committed Observation parts, read back by event day through their indexes.
+struct CommittedParts {
+    dir: PathBuf,
+    owns: Box<dyn Fn(&str) -> bool + Send>,
 }
 
-impl ObservationSink {
-    /// Opens `<dir>/observations` for `worker`; `owns(device)` tells which stored
-    /// Observations this worker is responsible for (the window exchange's routing).
-    pub fn new(
-        dir: &Path,
-        worker: usize,
-        owns: impl Fn(&str) -> bool,
-        horizon: Duration,
-        metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Self> {
-        let dir = dir.join("observations");
-        let writer = PartWriter::new(&dir, worker)?;
-        let mut store = ObservationStore::new(horizon, metrics);
-        // Files last written more than twice the horizon ago (by ingestion time, in the name)
-        // hold nothing the store would keep: skipping them bounds the start-up of long runs.
-        let since = chrono::Utc::now().timestamp_millis().max(0) as u64;
-        let since =
-            since.saturating_sub(2 * horizon.as_millis().min(u128::from(u64::MAX / 4)) as u64);
-        for part in committed_parts(&dir) {
-            if part_last_epoch(&part).is_some_and(|e| e < since) {
+/// What a stored line must be read for before it is parsed whole.
+#[derive(serde::Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "effectivePeriod")]
+    period: Option<HeadPeriod<'a>>,
+    #[serde(rename = "effectiveDateTime", borrow)]
+    instant: Option<std::borrow::Cow<'a, str>>,
+    device: Option<HeadDevice<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct HeadPeriod<'a> {
+    #[serde(borrow)]
+    start: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    end: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct HeadDevice<'a> {
+    #[serde(borrow)]
+    identifier: Option<HeadIdentifier<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct HeadIdentifier<'a> {
+    #[serde(borrow)]
+    value: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The index of a part: the event days (`2026-11-21`) its Observations start on.
+fn days_index(days: &BTreeSet<i32>) -> String {
+    days.iter()
+        .filter_map(|d| chrono::NaiveDate::default().checked_add_days(chrono::Days::new(*d as u64)))
+        .map(|d| format!("{d}\n"))
+        .collect()
+}
+
+fn parse_days_index(text: &str) -> Option<BTreeSet<i32>> {
+    let days: Option<BTreeSet<i32>> = text
+        .lines()
+        .map(|l| {
+            chrono::NaiveDate::parse_from_str(l.trim(), "%Y-%m-%d")
+                .ok()
+                .map(|d| crate::time::day_of(&d.and_time(chrono::NaiveTime::MIN).and_utc()))
+        })
+        .collect();
+    // An empty index cannot be told from a lost write: read the part.
+    days.filter(|d| !d.is_empty())
+}
+
+impl StoredObservations for CommittedParts {
+    fn read_days(
+        &mut self,
+        days: &BTreeSet<i32>,
+        keep: &dyn Fn(&str, Option<DateTime<Utc>>) -> bool,
+    ) -> anyhow::Result<Vec<(Value, i64)>> {
+        // Later lines supersede earlier ones (NDJSON numbers no versions): the newest line
+        // of each wanted Observation, parsed whole at the end.
+        let mut newest: HashMap<String, String> = HashMap::new();
+        for part in committed_parts(&self.dir) {
+            let indexed = part_index(&part).and_then(|t| parse_days_index(&t));
+            if indexed.is_some_and(|d| d.is_disjoint(days)) {
                 continue;
             }
             let f = std::fs::File::open(&part)
                 .with_context(|| format!("cannot read {}", part.display()))?;
             for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
                 let line = line.with_context(|| format!("cannot read {}", part.display()))?;
-                let o: Value = serde_json::from_str(&line).with_context(|| {
+                let head: Head = serde_json::from_str(&line).with_context(|| {
                     format!("{}:{}: not a JSON Observation", part.display(), i + 1)
                 })?;
-                let device = o
-                    .pointer("/device/identifier/value")
-                    .and_then(Value::as_str);
-                if device.is_some_and(&owns) {
-                    // Later lines supersede earlier ones (NDJSON numbers no versions).
-                    store.restore(o, 0);
+                let time =
+                    |t: &Option<std::borrow::Cow<str>>| t.as_deref().and_then(parse_timestamp);
+                let start = head.period.as_ref().and_then(|p| time(&p.start));
+                let end = head.period.as_ref().and_then(|p| time(&p.end));
+                let (start, end) = (start.or(time(&head.instant)), end.or(time(&head.instant)));
+                let device = head
+                    .device
+                    .as_ref()
+                    .and_then(|d| d.identifier.as_ref())
+                    .and_then(|i| i.value.as_deref());
+                let (Some(id), Some(start)) = (head.id.as_deref(), start) else {
+                    continue;
+                };
+                if days.contains(&crate::time::day_of(&start))
+                    && device.is_some_and(&self.owns)
+                    && keep(id, end)
+                {
+                    newest.insert(id.to_string(), line);
                 }
             }
         }
-        store.restored("ndjson", worker);
-        Ok(Self { writer, store })
+        newest
+            .into_values()
+            .map(|line| Ok((serde_json::from_str(&line)?, 0)))
+            .collect()
+    }
+}
+
+impl ObservationSink {
+    /// Opens `<dir>/observations` for `worker`; `owns(device)` tells which stored
+    /// Observations this worker is responsible for (the window exchange's routing). What
+    /// was written before is read back when an update needs it, not at start.
+    pub fn new(
+        dir: &Path,
+        worker: usize,
+        owns: impl Fn(&str) -> bool + Send + 'static,
+        horizon: Duration,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let dir = dir.join("observations");
+        let writer = PartWriter::new(&dir, worker)?;
+        Ok(Self {
+            writer,
+            store: ObservationStore::new("ndjson", worker, horizon, metrics),
+            parts: CommittedParts {
+                dir,
+                owns: Box::new(owns),
+            },
+        })
     }
 }
 
@@ -281,34 +441,37 @@ impl Sink<WindowUpdate> for ObservationSink {
 
 impl ObservationSink {
     fn write_pending(&mut self) -> anyhow::Result<()> {
+        self.store.load(&mut self.parts)?;
         let changes = self.store.changes();
+        let mut days = BTreeSet::new();
         for c in &changes {
             let line = serde_json::to_vec(&c.resource).expect("JSON");
             self.writer.write_line(c.epoch, &line)?;
+            days.insert(observation_day(&c.resource, &c.update));
         }
-        self.writer.commit()?;
+        self.writer.commit_with_index(Some(&days_index(&days)))?;
         self.store.committed(changes);
         Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::dataflow::window::Windows;
     use crate::mapping::FhirMapping;
     use crate::model::Measurement;
-    use crate::time::parse_timestamp;
+    use chrono::DurationRound as _;
 
-    fn hr(w: &mut Windows, second: u32, v: &str) -> WindowUpdate {
-        let t = format!("2026-11-21T10:00:{second:02}Z");
+    /// A heart-rate reading `at`, and the window update it makes.
+    pub(crate) fn hr_at(w: &mut Windows, at: DateTime<Utc>, v: &str) -> WindowUpdate {
         w.add(&Measurement {
             type_name: "heartRate".into(),
             device_id: "BM-1".into(),
             patient_id: Some("P-1".into()),
             encounter_id: None,
             correlation_id: None,
-            occurrence_time: parse_timestamp(&t).expect("time"),
+            occurrence_time: at,
             properties: vec![("hr".into(), v.into())],
             received_ms: None,
             source: None,
@@ -316,11 +479,32 @@ mod tests {
         w.take_dirty().pop().expect("one window")
     }
 
-    fn last_data(dir: &Path) -> String {
-        let parts = committed_parts(&dir.join("observations"));
-        let text = std::fs::read_to_string(parts.last().expect("a part")).expect("read");
-        let o: Value = serde_json::from_str(text.lines().last().expect("a line")).expect("json");
-        o["valueSampledData"]["data"]
+    /// The dates the restore tests run at: ten days before today, and years either side of
+    /// it, so that no test holds only while the calendar is near its data.
+    pub(crate) fn test_dates() -> Vec<DateTime<Utc>> {
+        let ten_days_ago = (Utc::now() - chrono::Duration::days(10))
+            .duration_trunc(chrono::Duration::hours(1))
+            .expect("hour");
+        vec![
+            ten_days_ago,
+            parse_timestamp("2019-03-01T10:00:00Z").expect("time"),
+            parse_timestamp("2036-05-01T10:00:00Z").expect("time"),
+        ]
+    }
+
+    /// Values (no E) of the newest line for the window starting `start`.
+    fn data_of(dir: &Path, start: DateTime<Utc>) -> String {
+        let mut found = None;
+        for part in committed_parts(&dir.join("observations")) {
+            let text = std::fs::read_to_string(part).expect("read");
+            for line in text.lines() {
+                let o: Value = serde_json::from_str(line).expect("json");
+                if period_start(&o) == Some(start) {
+                    found = Some(o);
+                }
+            }
+        }
+        found.expect("an Observation of the window")["valueSampledData"]["data"]
             .as_str()
             .expect("data")
             .split(' ')
@@ -330,52 +514,79 @@ mod tests {
     }
 
     #[test]
-    fn after_a_restart_every_update_keeps_what_was_written_before() {
-        let dir = tempfile::tempdir().expect("tmp");
+    fn after_a_restart_every_update_keeps_what_was_written_before_at_any_date() {
         let fhir = Arc::new(
             FhirMapping::from_file(Path::new("templates/bedside-monitor/fhirmapping.json"))
                 .expect("fhir"),
         );
-        let open = |dir: &Path| {
-            ObservationSink::new(dir, 0, |_| true, Duration::from_secs(7200), Metrics::new())
-                .expect("sink")
-        };
-        // Epochs are ingestion times: start-up reads only recent part files.
-        let now = chrono::Utc::now().timestamp_millis() as u64;
-        let mut sink = open(dir.path());
-        let mut w = Windows::new(fhir.clone(), Duration::from_secs(7200));
-        hr(&mut w, 0, "70");
-        sink.write(now, hr(&mut w, 1, "71")).expect("write");
-        sink.flush().expect("flush");
-        assert_eq!(last_data(dir.path()), "70 71");
+        let horizon = Duration::from_secs(7200);
+        let s = chrono::Duration::seconds;
+        for t0 in test_dates() {
+            let dir = tempfile::tempdir().expect("tmp");
+            let open = || {
+                ObservationSink::new(dir.path(), 0, |_| true, horizon, Metrics::new())
+                    .expect("sink")
+            };
+            let mut sink = open();
+            let mut w = Windows::new(fhir.clone(), horizon);
+            hr_at(&mut w, t0, "70");
+            sink.write(1, hr_at(&mut w, t0 + s(1), "71"))
+                .expect("write");
+            sink.flush().expect("flush");
+            assert_eq!(data_of(dir.path(), t0), "70 71", "{t0}");
 
-        // Restart: the window state is gone, the sink reads its store back.
-        let mut sink = open(dir.path());
-        let mut w = Windows::new(fhir, Duration::from_secs(7200));
-        sink.write(now + 1, hr(&mut w, 2, "72")).expect("write");
-        sink.flush().expect("flush");
-        assert_eq!(
-            last_data(dir.path()),
-            "70 71 72",
-            "merged into the stored version"
-        );
-        sink.write(now + 2, hr(&mut w, 3, "73")).expect("write");
-        sink.flush().expect("flush");
-        assert_eq!(
-            last_data(dir.path()),
-            "70 71 72 73",
-            "the next update merges again"
-        );
+            // Restart: the window state is gone, the sink reads its store back; a part
+            // whose index is lost (or an older writer's, without one) is read all the same.
+            for e in std::fs::read_dir(dir.path().join("observations")).expect("dir") {
+                let p = e.expect("entry").path();
+                if p.extension().is_some_and(|x| x == "index") {
+                    std::fs::remove_file(p).expect("rm");
+                }
+            }
+            let mut sink = open();
+            let mut w = Windows::new(fhir.clone(), horizon);
+            sink.write(2, hr_at(&mut w, t0 + s(2), "72"))
+                .expect("write");
+            sink.flush().expect("flush");
+            assert_eq!(
+                data_of(dir.path(), t0),
+                "70 71 72",
+                "merged after restart at {t0}"
+            );
+            sink.write(3, hr_at(&mut w, t0 + s(3), "73"))
+                .expect("write");
+            sink.flush().expect("flush");
+            assert_eq!(
+                data_of(dir.path(), t0),
+                "70 71 72 73",
+                "merged again at {t0}"
+            );
+
+            // Three days later by event time, a late reading of the first window: the
+            // store and the windows evicted it long ago; it merges into the stored version.
+            let later = t0 + chrono::Duration::days(3);
+            sink.write(4, hr_at(&mut w, later, "90")).expect("write");
+            sink.flush().expect("flush");
+            assert_eq!(w.evict(), 1, "the first window is gone from the job");
+            sink.write(5, hr_at(&mut w, t0 + s(4), "74"))
+                .expect("write");
+            sink.flush().expect("flush");
+            assert_eq!(
+                data_of(dir.path(), t0),
+                "70 71 72 73 74",
+                "late data at {t0}"
+            );
+            assert_eq!(data_of(dir.path(), later), "90");
+        }
     }
 
     #[test]
-    fn the_last_epoch_comes_from_the_part_name() {
-        let p =
-            Path::new("out/observations/part-w001-0000001795248794650-0000001795248795169.ndjson");
-        assert_eq!(part_last_epoch(p), Some(1_795_248_795_169));
-        assert_eq!(
-            part_last_epoch(Path::new("out/observations/notes.txt")),
-            None
-        );
+    fn a_part_index_lists_days_and_an_empty_one_counts_as_none() {
+        let days: BTreeSet<i32> = [20_778, 20_779].into();
+        let text = days_index(&days);
+        assert_eq!(text, "2026-11-21\n2026-11-22\n");
+        assert_eq!(parse_days_index(&text), Some(days));
+        assert_eq!(parse_days_index(""), None, "an empty index is no index");
+        assert_eq!(parse_days_index("21/11/2026\n"), None);
     }
 }
