@@ -154,6 +154,8 @@ struct RawMapping {
 struct RawWindow {
     horizon: Option<Spanned<String>>,
     max_future_skew: Option<Spanned<String>>,
+    allowed_lateness: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -548,6 +550,12 @@ pub struct JobConfig {
     pub horizon: Duration,
     /// Measurements further than this ahead of the wall clock are dead-lettered.
     pub max_future_skew: Duration,
+    /// How far behind its partition's newest event time a reading may arrive and still be
+    /// judged in order (the event clock trails the input by this much).
+    pub allowed_lateness: Duration,
+    /// Wall time after which an input partition that delivers nothing stops holding the
+    /// event clock back (live jobs only).
+    pub idle_timeout: Duration,
     /// NDJSON output directory.
     pub output_dir: PathBuf,
     /// Observations go to NDJSON files under the output directory.
@@ -873,6 +881,16 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
         "window.max_future_skew",
         Duration::from_secs(300),
     );
+    let allowed_lateness = cx.duration(
+        &raw.window.allowed_lateness,
+        "window.allowed_lateness",
+        Duration::from_secs(5),
+    );
+    let idle_timeout = cx.duration(
+        &raw.window.idle_timeout,
+        "window.idle_timeout",
+        Duration::from_secs(5),
+    );
     let (output_dir, flush_interval) = match &raw.sinks.ndjson {
         Some(n) => {
             if n.dir.get_ref().trim().is_empty() {
@@ -964,6 +982,8 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
         fhir_mapping,
         horizon,
         max_future_skew,
+        allowed_lateness,
+        idle_timeout,
         output_dir,
         ndjson_observations,
         fhir,

@@ -28,6 +28,10 @@ pub struct Metrics {
     pub alerts_out: AtomicU64,
     /// Readings the alerting ignored as implausible or not numeric.
     pub alert_inputs_rejected: AtomicU64,
+    /// Readings that reached alerting after the event clock had passed their time.
+    pub alert_inputs_late: AtomicU64,
+    /// Readings waiting in alerting for the event clock to pass them (gauge).
+    pub alert_inputs_waiting: AtomicU64,
     /// The same, by (vital, reason).
     pub alert_rejections: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Rule files reloaded.
@@ -201,7 +205,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counters: [(&str, &str, &AtomicU64); 20] = [
+        let counters: [(&str, &str, &AtomicU64); 21] = [
             (
                 "vitalflow_alerts_total",
                 "Alert events delivered (open, escalated, resolved).",
@@ -211,6 +215,11 @@ impl Metrics {
                 "vitalflow_alert_inputs_rejected_total",
                 "Readings ignored by alerting as implausible or not numeric.",
                 &self.alert_inputs_rejected,
+            ),
+            (
+                "vitalflow_alert_inputs_late_total",
+                "Readings that reached alerting after the event clock had passed their time (not judged).",
+                &self.alert_inputs_late,
             ),
             (
                 "vitalflow_rule_reloads_total",
@@ -310,6 +319,11 @@ impl Metrics {
                 get(c)
             );
         }
+        let _ = writeln!(
+            s,
+            "# HELP vitalflow_alert_inputs_waiting Readings waiting in alerting for the event clock.\n# TYPE vitalflow_alert_inputs_waiting gauge\nvitalflow_alert_inputs_waiting {}",
+            get(&self.alert_inputs_waiting)
+        );
         let _ = writeln!(
             s,
             "# HELP vitalflow_windows_open Open windows in memory.\n# TYPE vitalflow_windows_open gauge\nvitalflow_windows_open {}",

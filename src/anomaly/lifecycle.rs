@@ -3,14 +3,18 @@
 //! margin level) keeps values hovering at a threshold from flapping; a resolved alert does
 //! not reopen at the same severity within the suppression time.
 //!
-//! Time is the patient's event time: replays and live data alert alike.
+//! Time is event time, given by the caller: a condition takes effect at the event time it is
+//! applied at, and the timers (`sustained`, `resolve_after`, `suppress`) fire at their exact
+//! deadlines when the job's event clock passes them ([`Lifecycle::advance`]), whether or not
+//! anything else about the patient changes. Fed the same conditions at the same times, it
+//! raises the same alerts, whatever the replay speed or the batching.
 
 use super::rules::{Level, Severity};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
-/// The state of one (patient, rule) as the differential evaluation reports it.
+/// The state of one (patient, rule) as the rule evaluation reports it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Condition {
     /// 0 normal, 1 margin, 2 warning, 3 critical.
@@ -94,7 +98,7 @@ pub fn alert_id(patient: &str, rule: &str, since_ms: i64) -> String {
 #[derive(Debug, Default)]
 struct Track {
     current: Option<Condition>,
-    /// Sustain, resolve and suppression times of the last condition seen (a retracted
+    /// Sustain, resolve and suppression times of the last condition seen (a cleared
     /// condition's alert still resolves on its own hold-down).
     timing: (i64, i64, i64),
     /// Since when the level has been at least warning / critical (event ms).
@@ -103,14 +107,45 @@ struct Track {
     normal_since: Option<i64>,
     open: Option<(String, Severity, i64)>,
     resolved: Option<(i64, Severity)>,
+    /// The last event time the track was evaluated at.
+    checked: i64,
 }
 
-/// Alert state of the patients of one worker.
+impl Track {
+    /// The next event time after the last evaluation at which a timer may change the
+    /// track's state: an open, an escalation, a resolution, the end of a suppression.
+    fn next_deadline(&self) -> Option<i64> {
+        let (sustain, resolve, suppress) = self.timing;
+        let candidates = match &self.open {
+            None => [
+                self.abnormal_since.map(|s| s.saturating_add(sustain)),
+                self.critical_since.map(|c| c.saturating_add(sustain)),
+                self.resolved.map(|(at, _)| at.saturating_add(suppress)),
+            ],
+            Some((_, severity, _)) => [
+                (*severity == Severity::Warning)
+                    .then_some(self.critical_since)
+                    .flatten()
+                    .map(|c| c.saturating_add(sustain)),
+                self.normal_since.map(|n| n.saturating_add(resolve)),
+                None,
+            ],
+        };
+        candidates
+            .into_iter()
+            .flatten()
+            .filter(|d| *d > self.checked)
+            .min()
+    }
+}
+
+/// Alert state of the patients of one worker, with its timers.
 #[derive(Default)]
 pub struct Lifecycle {
-    /// Per patient, per rule: ticks visit one patient's tracks only.
+    /// Per patient, per rule.
     tracks: HashMap<String, HashMap<String, Track>>,
-    clocks: HashMap<String, i64>,
+    /// (deadline, patient, rule): an entry whose track has another deadline is stale.
+    timers: BTreeSet<(i64, String, String)>,
 }
 
 impl Lifecycle {
@@ -123,82 +158,112 @@ impl Lifecycle {
             .count()
     }
 
-    /// A condition entered (+1) or left (-1) the evaluation. Retractions of a key must be
-    /// applied before the insertions of the same time.
-    pub fn condition(
-        &mut self,
-        patient: &str,
-        rule: &str,
-        c: Condition,
-        diff: isize,
-        out: &mut Vec<Alert>,
-    ) {
-        let clock = self.clocks.entry(patient.to_string()).or_insert(i64::MIN);
-        *clock = (*clock).max(c.at_ms);
-        let now = *clock;
-        let t = self
-            .tracks
+    /// The earliest pending timer.
+    pub fn next_timer(&self) -> Option<i64> {
+        self.timers.first().map(|(d, _, _)| *d)
+    }
+
+    fn track(&mut self, patient: &str, rule: &str) -> &mut Track {
+        self.tracks
             .entry(patient.to_string())
             .or_default()
             .entry(rule.to_string())
-            .or_default();
-        if diff < 0 {
-            if t.current.as_ref() == Some(&c) {
-                // Nothing replaces it: the condition no longer holds (stale value, rule
-                // removed); an open alert resolves after the hold-down, on ticks.
-                t.current = None;
-                t.abnormal_since = None;
-                t.critical_since = None;
-                if t.open.is_some() {
-                    t.normal_since.get_or_insert(now);
-                }
-            }
+            .or_default()
+    }
+
+    fn arm(&mut self, patient: &str, rule: &str) {
+        let Some(t) = self.tracks.get(patient).and_then(|r| r.get(rule)) else {
             return;
+        };
+        if let Some(d) = t.next_deadline() {
+            self.timers
+                .insert((d, patient.to_string(), rule.to_string()));
         }
+    }
+
+    /// The condition of (patient, rule) is `c` from event time `now` on.
+    pub fn set(&mut self, patient: &str, rule: &str, c: Condition, now: i64, out: &mut Vec<Alert>) {
+        let t = self.track(patient, rule);
         let level = c.level;
         t.timing = c.timing;
         t.current = Some(c);
         // Level history, in event time.
         if level >= Level::Warning as u8 {
-            t.abnormal_since
-                .get_or_insert(t.current.as_ref().map_or(now, |c| c.at_ms));
+            t.abnormal_since.get_or_insert(now);
             t.normal_since = None;
         } else {
             t.abnormal_since = None;
             if level == Level::Normal as u8 {
-                t.normal_since
-                    .get_or_insert(t.current.as_ref().map_or(now, |c| c.at_ms));
+                t.normal_since.get_or_insert(now);
             } else {
                 t.normal_since = None;
             }
         }
         if level >= Level::Critical as u8 {
-            t.critical_since
-                .get_or_insert(t.current.as_ref().map_or(now, |c| c.at_ms));
+            t.critical_since.get_or_insert(now);
         } else {
             t.critical_since = None;
         }
         Self::step(patient, rule, t, now, out);
+        self.arm(patient, rule);
     }
 
-    /// The patient's event clock advanced: timers may fire.
-    pub fn tick(&mut self, patient: &str, at_ms: i64, stamp_ms: i64, out: &mut Vec<Alert>) {
-        let clock = self.clocks.entry(patient.to_string()).or_insert(i64::MIN);
-        *clock = (*clock).max(at_ms);
-        let now = *clock;
-        let Some(rules) = self.tracks.get_mut(patient) else {
+    /// (patient, rule) has no condition any more from `now` on (its signal went stale, its
+    /// rule was removed): an open alert resolves after the hold-down.
+    pub fn clear(&mut self, patient: &str, rule: &str, now: i64, out: &mut Vec<Alert>) {
+        let Some(t) = self.tracks.get_mut(patient).and_then(|r| r.get_mut(rule)) else {
             return;
         };
-        for (rule, t) in rules.iter_mut() {
-            let before = out.len();
-            Self::step(patient, rule, t, now, out);
-            for a in &mut out[before..] {
-                a.stamp_ms = a.stamp_ms.max(stamp_ms);
+        if t.current.take().is_none() {
+            return;
+        }
+        t.abnormal_since = None;
+        t.critical_since = None;
+        if t.open.is_some() {
+            t.normal_since.get_or_insert(now);
+        }
+        Self::step(patient, rule, t, now, out);
+        self.arm(patient, rule);
+    }
+
+    /// Clears every (patient, rule) whose rule `gone(rule)` says no longer exists.
+    pub fn clear_where(&mut self, gone: impl Fn(&str) -> bool, now: i64, out: &mut Vec<Alert>) {
+        let mut keys: Vec<(String, String)> = self
+            .tracks
+            .iter()
+            .flat_map(|(p, rules)| {
+                rules
+                    .keys()
+                    .filter(|r| gone(r))
+                    .map(move |r| (p.clone(), r.clone()))
+            })
+            .collect();
+        keys.sort();
+        for (p, r) in keys {
+            self.clear(&p, &r, now, out);
+        }
+    }
+
+    /// Fires every timer due at or before `to`, each at its own deadline, in time order.
+    pub fn advance(&mut self, to: i64, out: &mut Vec<Alert>) {
+        while let Some((d, patient, rule)) = self.timers.first().cloned() {
+            if d > to {
+                break;
             }
+            self.timers.pop_first();
+            let Some(t) = self.tracks.get_mut(&patient).and_then(|r| r.get_mut(&rule)) else {
+                continue;
+            };
+            if t.next_deadline() != Some(d) {
+                continue;
+            }
+            Self::step(&patient, &rule, t, d, out);
+            self.arm(&patient, &rule);
         }
     }
 
     fn step(patient: &str, rule: &str, t: &mut Track, now: i64, out: &mut Vec<Alert>) {
+        t.checked = t.checked.max(now);
         let (sustain, resolve, suppress) = t.timing;
         let emit = |t: &Track, id: &str, severity: Severity, since: i64, state: State| {
             let c = t.current.as_ref();
@@ -304,21 +369,15 @@ mod tests {
         }
     }
 
+    /// Conditions set at their times, with the event clock advanced to each step's time
+    /// first; `None` only advances the clock.
     fn run(steps: &[(i64, Option<u8>)]) -> Vec<(i64, State, Severity)> {
         let mut l = Lifecycle::default();
         let mut out = Vec::new();
-        let mut current: Option<Condition> = None;
         for (at, level) in steps {
-            match level {
-                Some(lv) => {
-                    if let Some(c) = current.take() {
-                        l.condition("P", "hr", c, -1, &mut out);
-                    }
-                    let c = cond(*lv, *at);
-                    l.condition("P", "hr", c.clone(), 1, &mut out);
-                    current = Some(c);
-                }
-                None => l.tick("P", at * 1000, 0, &mut out),
+            l.advance(at * 1000, &mut out);
+            if let Some(lv) = level {
+                l.set("P", "hr", cond(*lv, *at), at * 1000, &mut out);
             }
         }
         out.iter()
@@ -333,25 +392,36 @@ mod tests {
 
     #[test]
     fn sustained_conditions_open_escalate_and_resolve_after_the_hold_down() {
+        // Nothing happens between the steps: the timers fire at their deadlines.
         let events = run(&[
             (0, Some(2)),
-            (20, None),
-            (31, None),
             (40, Some(3)),
-            (75, None),
             (80, Some(1)),
             (90, Some(0)),
-            (150, None),
-            (211, None),
+            (1000, None),
         ]);
         assert_eq!(
             events,
             vec![
-                (31, State::Open, Severity::Warning),
-                (75, State::Escalated, Severity::Critical),
-                (211, State::Resolved, Severity::Critical),
+                (30, State::Open, Severity::Warning),
+                (70, State::Escalated, Severity::Critical),
+                (210, State::Resolved, Severity::Critical),
             ]
         );
+        // The same conditions with the clock advanced in other steps: the same alerts.
+        let fine: Vec<(i64, Option<u8>)> = (0..1000)
+            .map(|t| {
+                let level = match t {
+                    0 => Some(2),
+                    40 => Some(3),
+                    80 => Some(1),
+                    90 => Some(0),
+                    _ => None,
+                };
+                (t, level)
+            })
+            .collect();
+        assert_eq!(run(&fine), events);
     }
 
     #[test]
@@ -359,39 +429,43 @@ mod tests {
         // A 10 s spike: never sustained.
         assert!(run(&[(0, Some(2)), (10, Some(0)), (60, None)]).is_empty());
         // Open, then hovering in the margin: never resolves while it hovers.
-        let e = run(&[
-            (0, Some(2)),
-            (35, None),
-            (40, Some(1)),
-            (300, None),
-            (301, Some(2)),
-            (400, None),
-        ]);
-        assert_eq!(e, vec![(35, State::Open, Severity::Warning)]);
+        let e = run(&[(0, Some(2)), (40, Some(1)), (301, Some(2)), (400, None)]);
+        assert_eq!(e, vec![(30, State::Open, Severity::Warning)]);
     }
 
     #[test]
     fn a_resolved_alert_is_not_reopened_at_the_same_severity_within_the_suppression() {
-        let e = run(&[
-            (0, Some(2)),
-            (31, None),
-            (40, Some(0)),
-            (161, None),
-            (200, Some(2)),
-            (240, None),
-            (700, None),
-            (800, None),
-        ]);
+        let e = run(&[(0, Some(2)), (40, Some(0)), (200, Some(2)), (2000, None)]);
         let states: Vec<State> = e.iter().map(|x| x.1).collect();
         assert_eq!(
             states,
             vec![State::Open, State::Resolved, State::Open],
             "{e:?}"
         );
+        assert_eq!(e[1].0, 160, "resolved after the 120 s hold-down");
         assert_eq!(
-            e[2].0, 800,
-            "still abnormal once the suppression (600 s) is over"
+            e[2].0, 760,
+            "still abnormal when the suppression (600 s from 160) ends"
         );
+    }
+
+    #[test]
+    fn a_cleared_condition_resolves_its_open_alert_after_the_hold_down() {
+        let mut l = Lifecycle::default();
+        let mut out = Vec::new();
+        l.set("P", "hr", cond(3, 0), 0, &mut out);
+        l.advance(50_000, &mut out);
+        l.clear("P", "hr", 50_000, &mut out);
+        l.advance(1_000_000, &mut out);
+        let states: Vec<(State, String)> = out.iter().map(|a| (a.state, a.at.clone())).collect();
+        assert_eq!(
+            states,
+            vec![
+                (State::Open, "1970-01-01T00:00:30Z".into()),
+                (State::Resolved, "1970-01-01T00:02:50Z".into())
+            ]
+        );
+        assert_eq!(l.next_timer(), None, "nothing left to fire");
     }
 
     #[test]

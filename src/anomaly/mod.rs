@@ -1,6 +1,7 @@
 //! Anomaly detection and clinician alerts: rules as data, NEWS2, per-patient vital state,
-//! differential evaluation and the alert lifecycle.
+//! rule evaluation and the alert lifecycle, all on event time.
 
+pub mod judge;
 pub mod lifecycle;
 pub mod news2;
 pub mod reload;

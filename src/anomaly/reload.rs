@@ -60,6 +60,11 @@ impl Rules {
         &self.vitals
     }
 
+    /// The same, shared.
+    pub fn shared_vitals(&self) -> Arc<Vitals> {
+        self.vitals.clone()
+    }
+
     /// Re-reads the file now; Err (rules unchanged) when it does not validate.
     pub fn reload(&self) -> Result<(), RuleErrors> {
         let set = rules::load(&self.path, &self.vitals)?;

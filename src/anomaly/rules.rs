@@ -235,8 +235,7 @@ pub struct News2Config {
     pub emergency: u8,
     /// Any single parameter scoring 3 alerts (warning).
     pub single_parameter: bool,
-    /// A value older than this (event time, against the patient's newest reading) stops
-    /// counting.
+    /// A value older than this (event time, against the job's event clock) stops counting.
     pub stale_after: Duration,
     /// Parameters are scored on their median over this window.
     pub smoothing: Duration,

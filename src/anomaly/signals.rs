@@ -1,12 +1,12 @@
-//! Per-patient vital state, updated in place for every measurement (keyed timely state, not
-//! a differential `reduce`: a reduce over raw readings would re-read the group each time).
+//! Per-patient vital state, updated in place for every measurement, in event-time order.
 //!
-//! It turns the raw stream into the few changes the differential part needs: a signal (a
+//! It turns the raw stream into the few changes the rule evaluation needs: a signal (a
 //! vital's value, its change over a window, its z-score against the patient's baseline) is
 //! passed on only when it crosses a boundary where some rule or NEWS2 could judge it
 //! differently, as a retraction of the previous reading and an insertion of the new one.
-//! Values older than the NEWS2 staleness age are retracted. Implausible values are dropped
-//! here, with the reason counted.
+//! A NEWS2 parameter whose last reading is older than the staleness age is retracted when
+//! the event clock passes that age ([`VitalState::expire`]), whether or not the patient
+//! sends anything else. Implausible values are dropped here, with the reason counted.
 
 use super::news2;
 use super::rules::{RuleSet, Signal};
@@ -14,12 +14,12 @@ use crate::model::Measurement;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 
-/// Values travel as thousandths: differential data must be `Ord` and `Hash`.
+/// Values travel as thousandths: readings and rules compare exactly, and are `Ord` and `Hash`.
 pub fn milli(v: f64) -> i64 {
     (v * 1000.0).round() as i64
 }
 
-/// A signal's key in the differential collections.
+/// A signal's key in a patient's readings.
 pub fn signal_key(s: &Signal) -> String {
     match s {
         Signal::Value(v) => format!("value:{v}"),
@@ -40,7 +40,7 @@ pub fn signal_key(s: &Signal) -> String {
     }
 }
 
-/// One reading of a signal, as the differential collections hold it.
+/// One reading of a signal, as the rule evaluation judges it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Reading {
     /// Value, thousandths.
@@ -56,17 +56,8 @@ pub struct Reading {
 /// What the vital state passes on.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
-    /// A reading of `(patient, signal key)` enters (+1) or leaves (-1) the collection.
+    /// A reading of `(patient, signal key)` becomes current (+1) or stops being (-1).
     Reading((String, String), Reading, isize),
-    /// The patient's event clock advanced (sustain and hold-down timers run on it).
-    Tick {
-        /// Patient.
-        patient: String,
-        /// Newest event time, ms.
-        at_ms: i64,
-        /// Kafka time of the message that advanced it, ms.
-        stamp_ms: i64,
-    },
     /// A value was dropped as implausible.
     Rejected {
         /// The vital.
@@ -87,15 +78,12 @@ struct VitalTrack {
 
 #[derive(Default)]
 struct PatientState {
-    clock_ms: i64,
-    last_tick_ms: i64,
     vitals: HashMap<String, VitalTrack>,
-    /// The reading in the collection per signal key, with its band.
+    /// The current reading per signal key, with its band.
     emitted: HashMap<String, (i64, Reading)>,
+    /// The staleness check this patient has pending, if any.
+    stale_check: Option<i64>,
 }
-
-/// How often (event time) a patient's clock is passed on without other changes.
-const TICK_MS: i64 = 5_000;
 
 fn band(boundaries: &[f64], v: f64) -> i64 {
     // Below, at and above each boundary are different bands: thresholds are inclusive.
@@ -128,6 +116,8 @@ pub struct VitalState {
     patients: HashMap<String, PatientState>,
     boundaries: HashMap<Signal, Vec<f64>>,
     by_vital: HashMap<String, Vec<Signal>>,
+    /// (event ms, patient): when a patient's NEWS2 parameters may go stale.
+    stale_checks: std::collections::BTreeSet<(i64, String)>,
 }
 
 impl VitalState {
@@ -180,6 +170,71 @@ impl VitalState {
         }
     }
 
+    /// The current reading of a patient's signal.
+    pub fn reading(&self, patient: &str, key: &str) -> Option<&Reading> {
+        self.patients.get(patient)?.emitted.get(key).map(|(_, r)| r)
+    }
+
+    /// The earliest pending staleness check.
+    pub fn next_check(&self) -> Option<i64> {
+        self.stale_checks.first().map(|(t, _)| *t)
+    }
+
+    /// Retracts, as of event time `now`, every NEWS2 parameter whose last reading is older
+    /// than `stale_after`: a parameter that stopped coming stops counting (by its last
+    /// reading, not its last band change). Changes are tagged with the patient.
+    pub fn expire(&mut self, now: i64, stale_after: i64, out: &mut Vec<Change>) {
+        while let Some((t, patient)) = self.stale_checks.first().cloned() {
+            if t > now {
+                break;
+            }
+            self.stale_checks.pop_first();
+            let Some(st) = self.patients.get_mut(&patient) else {
+                continue;
+            };
+            st.stale_check = None;
+            let stale_before = t - stale_after;
+            let vitals = &st.vitals;
+            let last_of = |k: &str| {
+                k.strip_prefix("smoothed:")
+                    .and_then(|rest| rest.rsplit_once(':'))
+                    .and_then(|(vital, _)| vitals.get(vital))
+                    .and_then(|t| t.last)
+                    .map(|(at, _)| at)
+            };
+            let mut stale: Vec<String> = st
+                .emitted
+                .keys()
+                .filter(|k| last_of(k).is_some_and(|at| at <= stale_before))
+                .cloned()
+                .collect();
+            stale.sort();
+            let next = st
+                .emitted
+                .keys()
+                .filter_map(|k| last_of(k))
+                .filter(|at| *at > stale_before)
+                .min();
+            for k in stale {
+                if let Some((_, r)) = st.emitted.remove(&k) {
+                    out.push(Change::Reading((patient.clone(), k), r, -1));
+                }
+            }
+            if let Some(at) = next {
+                let due = at + stale_after;
+                st.stale_check = Some(due);
+                self.stale_checks.insert((due, patient));
+            }
+        }
+    }
+
+    /// The patients held, in order.
+    pub fn patients(&self) -> Vec<String> {
+        let mut p: Vec<String> = self.patients.keys().cloned().collect();
+        p.sort();
+        p
+    }
+
     /// Patients held.
     pub fn len(&self) -> usize {
         self.patients.len()
@@ -202,7 +257,6 @@ impl VitalState {
         let at = m.occurrence_time.timestamp_millis();
         let stamp = m.received_ms.unwrap_or(0);
         let st = self.patients.entry(patient.clone()).or_default();
-        st.clock_ms = st.clock_ms.max(at);
         for (name, raw) in &m.properties {
             let Some(vital) = vitals.of(&m.type_name, name) else {
                 continue;
@@ -327,36 +381,18 @@ impl VitalState {
                 }
             }
         }
-        // NEWS2 parameters that stopped coming stop counting (by their last reading, not the
-        // last band change).
+        // A NEWS2 parameter read now goes stale `stale_after` later, unless read again.
         if let Some(n) = &rules.news2 {
-            let stale_before = st.clock_ms - n.stale_after.as_millis() as i64;
-            let vitals = &st.vitals;
-            let stale: Vec<String> = st
+            let newest = st
                 .emitted
                 .keys()
-                .filter(|k| {
-                    k.strip_prefix("smoothed:")
-                        .and_then(|rest| rest.rsplit_once(':'))
-                        .and_then(|(vital, _)| vitals.get(vital))
-                        .and_then(|t| t.last)
-                        .is_some_and(|(t, _)| t < stale_before)
-                })
-                .cloned()
-                .collect();
-            for k in stale {
-                if let Some((_, r)) = st.emitted.remove(&k) {
-                    out.push(Change::Reading((patient.clone(), k), r, -1));
-                }
+                .filter(|k| k.starts_with("smoothed:"))
+                .count();
+            if newest > 0 && st.stale_check.is_none() {
+                let due = at + n.stale_after.as_millis().min(i64::MAX as u128 / 2) as i64;
+                st.stale_check = Some(due);
+                self.stale_checks.insert((due, patient.clone()));
             }
-        }
-        if st.clock_ms - st.last_tick_ms >= TICK_MS {
-            st.last_tick_ms = st.clock_ms;
-            out.push(Change::Tick {
-                patient: patient.clone(),
-                at_ms: st.clock_ms,
-                stamp_ms: stamp,
-            });
         }
     }
 }

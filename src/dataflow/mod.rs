@@ -8,6 +8,7 @@
 //! the end of those epochs.
 
 mod alerting;
+pub mod event_clock;
 pub mod normalize;
 pub mod operators;
 mod sink_thread;
@@ -106,20 +107,12 @@ struct Shared {
     metrics: Arc<Metrics>,
     fhir: Option<Arc<FhirClient>>,
     rules: Option<Arc<Rules>>,
-    /// Sources of this process that have read all they will read.
-    sources_done: std::sync::atomic::AtomicUsize,
-    local_workers: usize,
     fatal: Mutex<Option<String>>,
     /// Prefix of the lakehouse's exactly-once records (Kafka sources only).
     lake_app: Option<String>,
 }
 
 impl Shared {
-    /// Every source of this process has finished reading.
-    fn inputs_done(&self) -> bool {
-        self.sources_done.load(Ordering::Acquire) >= self.local_workers
-    }
-
     fn failed(&self) -> bool {
         self.fatal.lock().map_or(true, |f| f.is_some())
     }
@@ -299,8 +292,6 @@ pub fn run(
         metrics,
         fhir: fhir_client,
         rules,
-        sources_done: Default::default(),
-        local_workers: opts.workers,
         fatal: Mutex::new(None),
         lake_app,
     });

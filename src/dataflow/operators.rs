@@ -1,5 +1,6 @@
 //! The timely operators of a worker and its progress loop.
 
+use super::event_clock::{InputClock, Mark};
 use super::normalize::normalize;
 use super::sink_thread::sink_operator;
 use super::window::{WindowUpdate, Windows};
@@ -104,9 +105,20 @@ pub(super) fn run_worker<A: Allocate>(
         metrics: shared.metrics.clone(),
     }));
     let probe = ProbeHandle::new();
+    let clock = Rc::new(RefCell::new(InputClock::new(
+        shared.job.allowed_lateness,
+        shared.job.idle_timeout,
+        !shared.until_end,
+    )));
     worker.dataflow::<u64, _, _>(|scope| {
-        let raw = source_operator(scope, committer.clone(), probe.clone(), shared.clone());
-        let (measurements, dead) = normalize_operator(&raw, shared.clone());
+        let raw = source_operator(
+            scope,
+            committer.clone(),
+            probe.clone(),
+            clock.clone(),
+            shared.clone(),
+        );
+        let (measurements, dead) = normalize_operator(&raw, clock.clone(), shared.clone());
         let updates = window_operator(&measurements, shared.clone());
         let mut durable = sink_operator(
             &dead,
@@ -142,7 +154,8 @@ pub(super) fn run_worker<A: Allocate>(
             durable = durable.concat(&l);
         }
         if parts.alerts.is_some() || lake.alerts.is_some() {
-            let alerts = super::alerting::build(&measurements, shared.clone(), index);
+            let marks = clock_operator(scope, clock.clone(), shared.clone());
+            let alerts = super::alerting::build(&measurements, &marks, shared.clone());
             if let Some(sink) = parts.alerts {
                 let a = sink_operator(&alerts, "AlertSink", sink, Duration::ZERO, shared.clone());
                 durable = durable.concat(&a);
@@ -176,10 +189,49 @@ pub(super) fn run_worker<A: Allocate>(
     Ok(())
 }
 
+/// Publishes this worker's event-clock mark, stamped with the source's current epoch,
+/// whenever it changes; ends once the source has ended and all it read is normalized.
+fn clock_operator<G: Scope<Timestamp = u64>>(
+    scope: &G,
+    clock: Rc<RefCell<InputClock>>,
+    shared: Arc<Shared>,
+) -> Stream<G, (usize, Mark)> {
+    let index = scope.index();
+    source(scope, "EventClock", move |cap, info| {
+        let activator = scope.activator_for(info.address.clone());
+        clock.borrow_mut().activator = Some(scope.activator_for(info.address));
+        let mut cap = Some(cap);
+        let mut last: Option<Mark> = None;
+        move |output| {
+            let Some(c) = cap.as_mut() else { return };
+            if shared.failed() {
+                cap = None;
+                return;
+            }
+            let clock = clock.borrow();
+            if clock.epoch > *c.time() {
+                c.downgrade(&clock.epoch);
+            }
+            let mark = clock.mark(Instant::now());
+            if last != Some(mark) {
+                output.session(&*c).give((index, mark));
+                last = Some(mark);
+            }
+            if clock.done() {
+                cap = None;
+                return;
+            }
+            // Idle input advances the clock with the wall clock: look again shortly.
+            activator.activate_after(Duration::from_millis(50));
+        }
+    })
+}
+
 fn source_operator<G: Scope<Timestamp = u64>>(
     scope: &G,
     committer: Rc<RefCell<Committer>>,
     probe: ProbeHandle<u64>,
+    clock: Rc<RefCell<InputClock>>,
     shared: Arc<Shared>,
 ) -> Stream<G, RawMessage> {
     let epoch_len = shared.job.epoch;
@@ -215,6 +267,16 @@ fn source_operator<G: Scope<Timestamp = u64>>(
                     }
                 }
             };
+            {
+                let mut clock = clock.borrow_mut();
+                clock.polled(
+                    buf.len(),
+                    c.source.partitions(),
+                    state == Poll::Finished,
+                    Instant::now(),
+                );
+                clock.epoch = *capability.time();
+            }
             if !buf.is_empty() {
                 Metrics::add(&shared.metrics.messages_in, buf.len() as u64);
                 c.stamps
@@ -225,7 +287,6 @@ fn source_operator<G: Scope<Timestamp = u64>>(
                 let epoch = *capability.time();
                 c.close_epoch(epoch, opened);
                 cap = None;
-                shared.sources_done.fetch_add(1, Ordering::AcqRel);
                 // Keep committing as epochs become durable until the dataflow completes.
                 activator.activate_after(Duration::from_millis(10));
                 return;
@@ -235,6 +296,11 @@ fn source_operator<G: Scope<Timestamp = u64>>(
                 c.close_epoch(epoch, opened);
                 capability.downgrade(&now_ms().max(epoch + 1));
                 opened = Instant::now();
+                let mut clock = clock.borrow_mut();
+                clock.epoch = *capability.time();
+                if let Some(a) = &clock.activator {
+                    a.activate();
+                }
             }
             match state {
                 Poll::Ready => activator.activate(),
@@ -250,6 +316,7 @@ type Normalized = Result<Measurement, DeadLetter>;
 #[allow(clippy::result_large_err)]
 fn normalize_operator<G: Scope<Timestamp = u64>>(
     raw: &Stream<G, RawMessage>,
+    clock: Rc<RefCell<InputClock>>,
     shared: Arc<Shared>,
 ) -> (Stream<G, Measurement>, Stream<G, DeadLetter>) {
     let skew =
@@ -271,7 +338,14 @@ fn normalize_operator<G: Scope<Timestamp = u64>>(
                             partition: m.origin.partition,
                             offset: m.origin.offset,
                         };
-                        match normalize(&shared.device, &shared.mapping, skew, now, m, &mut ms) {
+                        let result =
+                            normalize(&shared.device, &shared.mapping, skew, now, m, &mut ms);
+                        clock.borrow_mut().observe(
+                            &(source.topic.clone(), source.partition),
+                            ms.iter().map(|x| x.occurrence_time.timestamp_millis()),
+                            Instant::now(),
+                        );
+                        match result {
                             Ok(()) => {
                                 for x in &mut ms {
                                     x.received_ms = received;

@@ -100,6 +100,10 @@ impl Source for FileSource {
         })
     }
 
+    fn partitions(&self) -> Vec<((Arc<str>, i32), bool)> {
+        vec![((self.topic.clone(), 0), self.done)]
+    }
+
     fn positions(&self) -> Positions {
         Positions::from([((self.topic.clone(), 0), self.line)])
     }

@@ -116,6 +116,15 @@ pub fn wait_for_topics(k: &KafkaConfig, brokers: &str) -> anyhow::Result<BTreeMa
 struct LagContext(Arc<Metrics>);
 
 impl ClientContext for LagContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // The end of a partition is how `--until-end` knows it is done, not a failure.
+        if matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::debug!("kafka: {error}");
+        } else {
+            tracing::error!("kafka: {error}: {reason}");
+        }
+    }
+
     fn stats(&self, stats: Statistics) {
         if let Ok(mut lag) = self.0.lag.lock() {
             for (topic, t) in &stats.topics {
@@ -287,8 +296,9 @@ fn take(
 impl Source for KafkaSource {
     fn poll(&mut self, max: usize, out: &mut Vec<RawMessage>) -> anyhow::Result<Poll> {
         // Serves statistics and commit callbacks; messages arrive on the partition queues.
-        if let Some(Err(e)) = self.consumer.poll(Duration::ZERO) {
-            tracing::warn!("kafka: {e}");
+        match self.consumer.poll(Duration::ZERO) {
+            Some(Err(KafkaError::PartitionEOF(_))) | None | Some(Ok(_)) => {}
+            Some(Err(e)) => tracing::warn!("kafka: {e}"),
         }
         if self.queues.is_empty() || self.at_end() {
             return Ok(if self.at_eof.is_some() {
@@ -339,6 +349,16 @@ impl Source for KafkaSource {
 
     fn positions(&self) -> Positions {
         self.next.clone()
+    }
+
+    fn partitions(&self) -> Vec<((Arc<str>, i32), bool)> {
+        self.queues
+            .iter()
+            .map(|(k, _)| {
+                let ended = self.at_eof.as_ref().is_some_and(|e| e.contains(k));
+                (k.clone(), ended)
+            })
+            .collect()
     }
 
     fn commit(&mut self, positions: &Positions) -> anyhow::Result<()> {

@@ -107,6 +107,11 @@ pub trait Source {
     fn positions(&self) -> Positions;
     /// Records that outputs of everything before `positions` are durable.
     fn commit(&mut self, positions: &Positions) -> anyhow::Result<()>;
+    /// The partitions this source reads, each with whether it has reached its end
+    /// (`--until-end`): the event clock waits for the others. Empty when it does not know.
+    fn partitions(&self) -> Vec<((Arc<str>, i32), bool)> {
+        Vec::new()
+    }
     /// Last commit at shutdown, once every output is durable: may block.
     fn commit_final(&mut self, positions: &Positions) -> anyhow::Result<()> {
         self.commit(positions)

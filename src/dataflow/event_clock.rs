@@ -1,0 +1,296 @@
+//! The job's event clock: how far event time has surely advanced (a watermark).
+//!
+//! Each worker's [`InputClock`] follows the event times its input delivers, per source
+//! partition, and reports a [`Mark`]: the newest event time of its slowest busy partition
+//! less the allowed lateness. A partition that has ended (`--until-end`) holds nothing back;
+//! in a live job neither does one that has delivered nothing for `idle_timeout` of wall
+//! time, and once all of a worker's input is idle its mark advances with the wall clock from
+//! the newest event time it saw, so a silent ward cannot stall alerts. Marks are broadcast
+//! to every worker, and the [`Watermark`] is the least mark of the workers that hold it
+//! back (the greatest of the rest when none does). It never goes back.
+//!
+//! The wall clock enters only through idleness, and only in live jobs: a replay (`--until-end`)
+//! gets the same watermark-ordered processing at any speed, with any number of workers.
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a worker reports of its input's event time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mark {
+    /// Its readings at or before this time (event ms) are in, barring late ones.
+    At(i64),
+    /// It holds nothing back (its input ended or is idle); how far event time has come by
+    /// it, when it saw any.
+    Free(Option<i64>),
+}
+
+/// A source partition: (topic, partition).
+pub type PartitionKey = (Arc<str>, i32);
+
+/// One worker's input, as its event clock sees it.
+pub struct InputClock {
+    lateness_ms: i64,
+    idle: Duration,
+    live: bool,
+    started: Instant,
+    /// The partitions the source reads, with whether each has ended; empty when the source
+    /// does not say (partitions are then known by what they deliver).
+    assigned: Vec<(PartitionKey, bool)>,
+    /// Per partition: newest event time, and when it last delivered (wall).
+    seen: HashMap<PartitionKey, (i64, Instant)>,
+    newest: Option<i64>,
+    last_input: Option<Instant>,
+    sent: u64,
+    processed: u64,
+    finished: bool,
+    /// The source's current epoch: marks are stamped with it.
+    pub epoch: u64,
+    /// Wakes the operator that publishes the marks.
+    pub activator: Option<timely::scheduling::Activator>,
+}
+
+impl InputClock {
+    /// A clock allowing `lateness` behind each partition's newest event; `live` lets idle
+    /// input release the clock after `idle` of wall time.
+    pub fn new(lateness: Duration, idle: Duration, live: bool) -> Self {
+        Self {
+            lateness_ms: lateness.as_millis().min(i64::MAX as u128 / 4) as i64,
+            idle,
+            live,
+            started: Instant::now(),
+            assigned: Vec::new(),
+            seen: HashMap::new(),
+            newest: None,
+            last_input: None,
+            sent: 0,
+            processed: 0,
+            finished: false,
+            epoch: 0,
+            activator: None,
+        }
+    }
+
+    /// The source handed out `n` messages at `now`; `partitions` is what it reads.
+    pub fn polled(
+        &mut self,
+        n: usize,
+        partitions: Vec<(PartitionKey, bool)>,
+        finished: bool,
+        now: Instant,
+    ) {
+        self.sent += n as u64;
+        self.assigned = partitions;
+        self.finished |= finished;
+        if n > 0 {
+            self.last_input = Some(now);
+        }
+    }
+
+    /// A message was normalized (or dead-lettered): `times` are its measurements' event
+    /// times, from `partition`.
+    pub fn observe(
+        &mut self,
+        partition: &PartitionKey,
+        times: impl Iterator<Item = i64>,
+        now: Instant,
+    ) {
+        self.processed += 1;
+        let Some(newest) = times.max() else { return };
+        let e = self.seen.entry(partition.clone()).or_insert((newest, now));
+        e.0 = e.0.max(newest);
+        e.1 = now;
+        self.newest = Some(self.newest.map_or(newest, |n| n.max(newest)));
+    }
+
+    /// Everything the source handed out has been normalized, and it will hand out no more.
+    pub fn done(&self) -> bool {
+        self.finished && self.processed >= self.sent
+    }
+
+    /// This worker's mark as of `now` (wall).
+    pub fn mark(&self, now: Instant) -> Mark {
+        if self.done() {
+            return Mark::Free(self.newest);
+        }
+        let idle_since = |since: Instant| self.live && now.duration_since(since) >= self.idle;
+        let parts: Vec<(&PartitionKey, bool)> = if self.assigned.is_empty() {
+            self.seen.keys().map(|k| (k, false)).collect()
+        } else {
+            self.assigned.iter().map(|(k, e)| (k, *e)).collect()
+        };
+        if parts.is_empty() && !idle_since(self.started) {
+            return Mark::At(i64::MIN);
+        }
+        let mut bound: Option<i64> = None;
+        for (k, ended) in parts {
+            if ended {
+                continue;
+            }
+            match self.seen.get(k) {
+                Some((newest, last)) if !idle_since(*last) => {
+                    let b = newest.saturating_sub(self.lateness_ms);
+                    bound = Some(bound.map_or(b, |x| x.min(b)));
+                }
+                Some(_) => {}
+                None if idle_since(self.started) => {}
+                None => return Mark::At(i64::MIN),
+            }
+        }
+        match bound {
+            Some(b) => Mark::At(b),
+            None => Mark::Free(self.idle_advance(now)),
+        }
+    }
+
+    /// How far event time has come by a worker none of whose input holds the clock back:
+    /// in a live job the newest event time plus the wall time input has been quiet, less the
+    /// lateness; in a replay, the newest event time.
+    fn idle_advance(&self, now: Instant) -> Option<i64> {
+        let n = self.newest?;
+        if !self.live {
+            return Some(n);
+        }
+        let quiet = self
+            .last_input
+            .map_or(Duration::ZERO, |l| now.duration_since(l));
+        Some(
+            n.saturating_add(quiet.as_millis().min(i64::MAX as u128 / 4) as i64)
+                .saturating_sub(self.lateness_ms),
+        )
+    }
+}
+
+/// The job's watermark, from every worker's latest mark.
+pub struct Watermark {
+    marks: Vec<Option<Mark>>,
+    current: Option<i64>,
+}
+
+impl Watermark {
+    /// Waits for marks from `workers` workers.
+    pub fn new(workers: usize) -> Self {
+        Self {
+            marks: vec![None; workers],
+            current: None,
+        }
+    }
+
+    /// Worker `worker` reports `mark`.
+    pub fn update(&mut self, worker: usize, mark: Mark) {
+        if let Some(m) = self.marks.get_mut(worker) {
+            *m = Some(mark);
+        }
+    }
+
+    /// Event time up to which everything is in (None until every worker reported).
+    pub fn current(&mut self) -> Option<i64> {
+        if self.marks.iter().any(Option::is_none) {
+            return self.current;
+        }
+        let held = self
+            .marks
+            .iter()
+            .filter_map(|m| match m {
+                Some(Mark::At(t)) => Some(*t),
+                _ => None,
+            })
+            .min();
+        let free = || {
+            self.marks
+                .iter()
+                .filter_map(|m| match m {
+                    Some(Mark::Free(t)) => *t,
+                    _ => None,
+                })
+                .max()
+        };
+        if let Some(c) = held.or_else(free) {
+            if c > i64::MIN {
+                self.current = Some(self.current.map_or(c, |x| x.max(c)));
+            }
+        }
+        self.current
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(p: i32) -> PartitionKey {
+        ("vitals".into(), p)
+    }
+
+    #[test]
+    fn the_slowest_busy_partition_less_the_lateness_is_the_mark() {
+        let mut c = InputClock::new(Duration::from_secs(5), Duration::from_secs(5), false);
+        let now = Instant::now();
+        c.polled(2, vec![(key(0), false), (key(1), false)], false, now);
+        assert_eq!(c.mark(now), Mark::At(i64::MIN), "nothing yet from either");
+        c.observe(&key(0), [100_000].into_iter(), now);
+        assert_eq!(
+            c.mark(now),
+            Mark::At(i64::MIN),
+            "partition 1 may still bring anything"
+        );
+        c.observe(&key(1), [40_000, 60_000].into_iter(), now);
+        assert_eq!(c.mark(now), Mark::At(55_000));
+        // Partition 1 ends (a replay): partition 0 alone holds the clock.
+        c.polled(0, vec![(key(0), false), (key(1), true)], false, now);
+        assert_eq!(c.mark(now), Mark::At(95_000));
+        c.polled(0, vec![(key(0), true), (key(1), true)], true, now);
+        assert_eq!(
+            c.mark(now),
+            Mark::Free(Some(100_000)),
+            "ended: nothing held"
+        );
+        // A replay never lets the wall clock in, however long it waits.
+        let later = now + Duration::from_secs(3600);
+        let mut r = InputClock::new(Duration::from_secs(5), Duration::from_secs(5), false);
+        r.polled(1, vec![(key(0), false)], false, now);
+        r.observe(&key(0), [100_000].into_iter(), now);
+        assert_eq!(r.mark(later), Mark::At(95_000));
+    }
+
+    #[test]
+    fn in_a_live_job_idle_input_stops_holding_the_clock_and_it_follows_the_wall_clock() {
+        let mut c = InputClock::new(Duration::from_secs(5), Duration::from_secs(2), true);
+        let t0 = Instant::now();
+        let now = t0;
+        c.polled(1, vec![(key(0), false), (key(1), false)], false, now);
+        c.observe(&key(0), [100_000].into_iter(), now);
+        assert_eq!(
+            c.mark(t0),
+            Mark::At(i64::MIN),
+            "partition 1 is new, not idle"
+        );
+        let t1 = t0 + Duration::from_secs(3);
+        // Partition 1 never delivered, partition 0 has been quiet for 3 s: both idle.
+        assert_eq!(c.mark(t1), Mark::Free(Some(98_000)));
+        let t2 = t0 + Duration::from_secs(13);
+        assert_eq!(
+            c.mark(t2),
+            Mark::Free(Some(108_000)),
+            "advances with the wall"
+        );
+    }
+
+    #[test]
+    fn the_watermark_waits_for_every_worker_ignores_free_ones_and_never_goes_back() {
+        let mut w = Watermark::new(3);
+        w.update(0, Mark::At(50));
+        w.update(1, Mark::Free(Some(500)));
+        assert_eq!(w.current(), None, "worker 2 has not reported");
+        w.update(2, Mark::At(70));
+        assert_eq!(w.current(), Some(50));
+        w.update(0, Mark::Free(Some(80)));
+        assert_eq!(w.current(), Some(70), "free workers do not hold it");
+        w.update(2, Mark::Free(Some(90)));
+        assert_eq!(w.current(), Some(500), "all free: as far as any came");
+        w.update(1, Mark::At(10));
+        assert_eq!(w.current(), Some(500), "never back");
+    }
+}
