@@ -265,3 +265,246 @@ fn invalid_rules_stop_start_up_with_file_and_line() {
         "{stderr}"
     );
 }
+
+/// A replay job: `input` (NDJSON) through the bedside-monitor templates and the adult
+/// rules, alerts as NDJSON under `out/alerts`; `extra` is appended (epochs, rate).
+fn replay_job(
+    dir: &Path,
+    name: &str,
+    input: &Path,
+    out: &Path,
+    rate: Option<f64>,
+    extra: &str,
+) -> std::path::PathBuf {
+    let root = root();
+    let job = dir.join(name);
+    std::fs::write(
+        &job,
+        format!(
+            "source = \"file\"\n[file]\npath = \"{}\"\n{}[mapping]\ndevice = \"{}\"\nfhir = \"{}\"\n[sinks.ndjson]\ndir = \"{}\"\nflush_interval = \"1h\"\n[anomaly]\nrules = \"{}\"\n{extra}",
+            input.display(),
+            rate.map(|r| format!("rate = {r}\n")).unwrap_or_default(),
+            root.join("templates/bedside-monitor/devicecontent.json").display(),
+            root.join("templates/bedside-monitor/fhirmapping.json").display(),
+            out.display(),
+            root.join("templates/alerts/adult-vitals.toml").display(),
+        ),
+    )
+    .expect("job");
+    job
+}
+
+/// Every alert record written under `out/alerts`, sorted: runs that raised the same
+/// alerts give equal lists, byte for byte.
+fn alert_lines(out: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = vitalflow::sinks::files::committed_parts(&out.join("alerts"))
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .expect("read")
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Messages of several labelled scenarios, merged in event-time order, written as NDJSON.
+fn scenario_file(
+    path: &Path,
+    names: &[&str],
+    start: &str,
+) -> Vec<vitalflow::sources::scenario::Event> {
+    let start = vitalflow::time::parse_timestamp(start).expect("start");
+    let mut messages = Vec::new();
+    let mut events = Vec::new();
+    for name in names {
+        let text =
+            std::fs::read_to_string(root().join("datasets/scenarios").join(name)).expect("spec");
+        let g = vitalflow::sources::scenario::generate(&text, name, start).expect("scenario");
+        messages.extend(g.messages);
+        events.extend(g.events);
+    }
+    messages.sort_by_key(|m| m.event_time);
+    let text: String = messages
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned() + "\n")
+        .collect();
+    std::fs::write(path, text).expect("write");
+    events
+}
+
+#[test]
+fn the_same_input_raises_the_same_alerts_whatever_the_workers_epochs_and_speed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let input = tmp.path().join("ward.ndjson");
+    let events = scenario_file(
+        &input,
+        &[
+            "hypoxia.toml",
+            "bradycardia.toml",
+            "motion.toml",
+            "probe-off.toml",
+        ],
+        "2026-03-02T08:00:00Z",
+    );
+    let messages = std::fs::read_to_string(&input)
+        .expect("read")
+        .lines()
+        .count();
+    // (workers, epoch, batch, messages per second or full speed)
+    let runs: [(usize, &str, usize, Option<f64>); 4] = [
+        (1, "500ms", 10_000, None),
+        (2, "5ms", 16, None),
+        (4, "5ms", 1_000, None),
+        (2, "50ms", 256, Some(messages as f64 / 4.0)),
+    ];
+    let mut first: Option<Vec<String>> = None;
+    for (i, (workers, epoch, batch, rate)) in runs.iter().enumerate() {
+        let out = tmp.path().join(format!("out-{i}"));
+        let job = replay_job(
+            tmp.path(),
+            &format!("job-{i}.toml"),
+            &input,
+            &out,
+            *rate,
+            &format!("[performance]\nepoch = \"{epoch}\"\nbatch_size = {batch}\n"),
+        );
+        run_ok(
+            vitalflow()
+                .args([
+                    "run",
+                    "--until-end",
+                    "--workers",
+                    &workers.to_string(),
+                    "--job",
+                ])
+                .arg(&job),
+        );
+        let lines = alert_lines(&out);
+        match &first {
+            None => {
+                // Not vacuous: every labelled event alerted, and the episodes resolved.
+                let alerts: Vec<Value> = lines
+                    .iter()
+                    .map(|l| serde_json::from_str(l).expect("json"))
+                    .collect();
+                for e in &events {
+                    assert!(
+                        alerts.iter().any(|a| a["patient"] == e.patient.as_str()
+                            && e.rules.iter().any(|r| a["rule"] == r.as_str())
+                            && a["state"] == "open"),
+                        "{} ({}) alerted: {alerts:#?}",
+                        e.patient,
+                        e.kind
+                    );
+                }
+                assert!(
+                    alerts.iter().any(|a| a["state"] == "resolved"),
+                    "{alerts:#?}"
+                );
+                first = Some(lines);
+            }
+            Some(want) => assert_eq!(
+                &lines, want,
+                "run {i}: {workers} workers, epochs of {epoch}, batches of {batch}, rate {rate:?}"
+            ),
+        }
+    }
+}
+
+/// One bedside-monitor message.
+fn reading(
+    device: &str,
+    patient: &str,
+    at: chrono::DateTime<chrono::Utc>,
+    hr: u32,
+    spo2: u32,
+) -> String {
+    serde_json::json!({
+        "deviceId": device, "patientId": patient, "timestamp": at.to_rfc3339(),
+        "heartRate": hr, "spo2": spo2, "respiratoryRate": 15,
+    })
+    .to_string()
+}
+
+#[test]
+fn a_sustained_condition_alerts_at_onset_plus_sustained_whatever_else_arrives() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let t0 = vitalflow::time::parse_timestamp("2026-03-02T08:00:00Z").expect("t0");
+    let s = chrono::Duration::seconds;
+    let onset = t0 + s(600);
+    let recovery = t0 + s(1500);
+    let mut lines = Vec::new();
+    for i in 0..720 {
+        let at = t0 + s(5 * i);
+        // P-A: a reading every 5 s; SpO2 84 from the onset to the recovery, all else constant.
+        let spo2 = if at >= onset && at < recovery { 84 } else { 97 };
+        lines.push(reading("BM-A", "P-A", at, 76, spo2));
+        // P-S: desaturates at the onset and then sends nothing more (a device that stops);
+        // the other patients' readings carry the event clock past its deadline.
+        if at <= onset {
+            lines.push(reading(
+                "BM-S",
+                "P-S",
+                at,
+                76,
+                if at == onset { 84 } else { 97 },
+            ));
+        }
+        lines.push(reading("BM-B", "P-B", at, 70, 98));
+    }
+    let input = tmp.path().join("in.ndjson");
+    std::fs::write(&input, lines.join("\n") + "\n").expect("write");
+    let out = tmp.path().join("out");
+    let job = replay_job(tmp.path(), "job.toml", &input, &out, None, "");
+    run_ok(
+        vitalflow()
+            .args(["run", "--until-end", "--workers", "2", "--job"])
+            .arg(&job),
+    );
+    let alerts: Vec<Value> = alert_lines(&out)
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let at = |a: &Value, k: &str| {
+        vitalflow::time::parse_timestamp(a[k].as_str().expect(k)).expect("time")
+    };
+    let find = |patient: &str, state: &str| {
+        alerts
+            .iter()
+            .find(|a| a["patient"] == patient && a["rule"] == "hypoxia" && a["state"] == state)
+            .unwrap_or_else(|| panic!("{patient} hypoxia {state}: {alerts:#?}"))
+    };
+    // sustained = 30 s, resolve_after = 2 m, one reading every 5 s.
+    let open = find("P-A", "open");
+    assert_eq!(at(open, "since"), onset);
+    let delay = (at(open, "at") - onset).num_seconds();
+    assert!(
+        (30..=35).contains(&delay),
+        "opened {delay} s after the onset"
+    );
+    assert_eq!(
+        open["severity"], "critical",
+        "84 % is below the critical 85 %"
+    );
+    let resolved = find("P-A", "resolved");
+    assert_eq!(resolved["id"], open["id"]);
+    let delay = (at(resolved, "at") - recovery).num_seconds();
+    assert!(
+        (120..=125).contains(&delay),
+        "resolved {delay} s after the recovery"
+    );
+    let silent = find("P-S", "open");
+    assert_eq!(
+        at(silent, "at"),
+        onset + s(30),
+        "the clock, not the patient, fires it"
+    );
+    assert!(
+        alerts.iter().all(|a| a["patient"] != "P-B"),
+        "a steady patient never alerts: {alerts:#?}"
+    );
+}
