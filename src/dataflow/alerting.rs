@@ -65,7 +65,10 @@ pub struct PatientAlerts {
     judge: Judge,
     lifecycle: Lifecycle,
     rules: Arc<RuleSet>,
-    waiting: BTreeMap<Order, Measurement>,
+    /// Measurements waiting for the watermark, with the epoch each came in.
+    waiting: BTreeMap<Order, (u64, Measurement)>,
+    /// Per epoch, how many of its measurements wait.
+    epochs: BTreeMap<u64, usize>,
     arrivals: u64,
     /// Event time everything up to which has been applied.
     applied: Option<i64>,
@@ -87,6 +90,7 @@ impl PatientAlerts {
             lifecycle: Lifecycle::default(),
             rules,
             waiting: BTreeMap::new(),
+            epochs: BTreeMap::new(),
             arrivals: 0,
             applied: None,
             changes,
@@ -95,9 +99,9 @@ impl PatientAlerts {
         }
     }
 
-    /// Takes a measurement to apply once the watermark passes it; one the watermark has
-    /// passed already is counted as late and dropped.
-    pub fn add(&mut self, m: Measurement) {
+    /// Takes a measurement of ingestion epoch `epoch` to apply once the watermark passes
+    /// it; one the watermark has passed already is counted as late and dropped.
+    pub fn add(&mut self, epoch: u64, m: Measurement) {
         if self
             .applied
             .is_some_and(|w| m.occurrence_time.timestamp_millis() <= w)
@@ -106,7 +110,13 @@ impl PatientAlerts {
             return;
         }
         self.arrivals += 1;
-        self.waiting.insert(order(&m, self.arrivals), m);
+        self.waiting.insert(order(&m, self.arrivals), (epoch, m));
+        *self.epochs.entry(epoch).or_default() += 1;
+    }
+
+    /// Whether measurements of `epoch` still wait: its outputs are not all out yet.
+    pub fn holds(&self, epoch: u64) -> bool {
+        self.epochs.contains_key(&epoch)
     }
 
     /// Measurements waiting for the watermark.
@@ -163,7 +173,13 @@ impl PatientAlerts {
                     self.lifecycle.advance(t, out);
                 }
                 _ => {
-                    let (_, m) = self.waiting.pop_first().expect("a first");
+                    let (_, (epoch, m)) = self.waiting.pop_first().expect("a first");
+                    if let Some(n) = self.epochs.get_mut(&epoch) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.epochs.remove(&epoch);
+                        }
+                    }
                     let at = m.occurrence_time.timestamp_millis();
                     self.vitals
                         .add(&m, &self.names, &self.rules, &mut self.changes);
@@ -235,7 +251,11 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
         type Epoch = (Capability<u64>, Vec<Measurement>, Vec<(usize, Mark)>);
         let mut pending: BTreeMap<u64, Epoch> = BTreeMap::new();
         let mut alerts = Vec::new();
-        let mut held = 0u64;
+        let mut waiting = 0u64;
+        // Epochs whose measurements wait for the watermark: their capabilities are held, so
+        // they are not durable (and their offsets not committed) before the alerts they
+        // cause are out, which are given at the oldest of them.
+        let mut held: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
         move |(input, f1), (marks, f2), output| {
             input.for_each_time(|time, data| {
                 let e = pending
@@ -260,13 +280,14 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                 .collect();
             for t in complete {
                 let (cap, ms, ks) = pending.remove(&t).expect("pending");
+                held.insert(t, cap);
                 let (version, set) = rules.get();
                 if version != seen {
                     seen = version;
                     state.set_rules(set, &mut alerts);
                 }
                 for m in ms {
-                    state.add(m);
+                    state.add(t, m);
                 }
                 for (worker, mark) in ks {
                     clock.update(worker, mark);
@@ -275,15 +296,17 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                     state.advance(w, &mut alerts);
                 }
                 if !alerts.is_empty() {
-                    output.session(&cap).give_iterator(alerts.drain(..));
+                    let (_, oldest) = held.first_key_value().expect("t is held");
+                    output.session(oldest).give_iterator(alerts.drain(..));
                 }
+                held.retain(|e, _| state.holds(*e));
             }
             let now = state.waiting() as u64;
-            shared
-                .metrics
-                .alert_inputs_waiting
-                .fetch_add(now.wrapping_sub(held), std::sync::atomic::Ordering::Relaxed);
-            held = now;
+            shared.metrics.alert_inputs_waiting.fetch_add(
+                now.wrapping_sub(waiting),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            waiting = now;
         }
     })
 }
