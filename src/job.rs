@@ -140,6 +140,7 @@ struct RawSimulator {
     late_burst: Option<Spanned<String>>,
     dropout: Option<Spanned<f64>>,
     artifacts: Option<Spanned<f64>>,
+    acute: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -347,6 +348,9 @@ pub struct SimulatorConfig {
     pub dropout: f64,
     /// Fraction of readings with sensor artifacts (implausible values, missing fields).
     pub artifacts: f64,
+    /// Devices (the first ones) whose patient desaturates acutely 30 s into the simulation:
+    /// an alert to see within the first minutes.
+    pub acute: u32,
 }
 
 impl Default for SimulatorConfig {
@@ -361,6 +365,7 @@ impl Default for SimulatorConfig {
             late_burst: None,
             dropout: 0.0,
             artifacts: 0.0,
+            acute: 0,
         }
     }
 }
@@ -801,6 +806,18 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
             }),
             dropout: fraction(&s.dropout),
             artifacts: fraction(&s.artifacts),
+            acute: match &s.acute {
+                Some(a) if *a.get_ref() < 0 || *a.get_ref() > i64::from(devices) => {
+                    cx.at(
+                        a.span(),
+                        "simulator.acute",
+                        format!("must be between 0 and simulator.devices ({devices})"),
+                    );
+                    0
+                }
+                Some(a) => *a.get_ref() as u32,
+                None => 0,
+            },
         };
         for (field, reason) in cfg.problems() {
             // Defaults are valid: a problem is always in a value the file gives.

@@ -391,6 +391,9 @@ struct SimulateArgs {
     /// Fraction of readings with sensor artifacts.
     #[arg(long, default_value_t = 0.0)]
     artifacts: f64,
+    /// The first N devices' patients desaturate acutely 30 s in (an alert to see).
+    #[arg(long, default_value_t = 0)]
+    acute: u32,
     /// Kafka brokers to produce to (with --topic).
     #[arg(long, requires = "topic")]
     brokers: Option<String>,
@@ -834,6 +837,7 @@ fn simulate(args: SimulateArgs) -> ExitCode {
         late_burst: args.late_burst,
         dropout: args.dropout,
         artifacts: args.artifacts,
+        acute: args.acute.min(args.devices.max(1)),
     };
     if let Some((field, reason)) = cfg.problems().into_iter().next() {
         eprintln!("error: --{}: {reason}", field.replace('_', "-"));

@@ -508,3 +508,37 @@ fn a_sustained_condition_alerts_at_onset_plus_sustained_whatever_else_arrives() 
         "a steady patient never alerts: {alerts:#?}"
     );
 }
+
+#[test]
+fn the_demos_acute_patient_alerts_within_its_first_two_minutes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let start = vitalflow::time::parse_timestamp("2026-03-02T08:00:00Z").expect("start");
+    // The embedded default's simulator: one acute patient among the devices, 1 Hz each.
+    let cfg = vitalflow::job::SimulatorConfig {
+        devices: 4,
+        count: Some(4 * 150),
+        acute: 1,
+        ..Default::default()
+    };
+    let msgs: Vec<SimMessage> =
+        vitalflow::sources::simulator::Simulator::new(&cfg, start, (0, 1)).collect();
+    let input = tmp.path().join("demo.ndjson");
+    let text: String = msgs
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned() + "\n")
+        .collect();
+    std::fs::write(&input, text).expect("write");
+    let out = tmp.path().join("out");
+    let job = replay_job(tmp.path(), "job.toml", &input, &out, None, "");
+    run_ok(vitalflow().args(["run", "--until-end", "--job"]).arg(&job));
+    let alerts: Vec<Value> = alert_lines(&out)
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let open = alerts
+        .iter()
+        .find(|a| a["patient"] == "P-0000" && a["rule"] == "hypoxia" && a["state"] == "open")
+        .unwrap_or_else(|| panic!("the acute patient alerts: {alerts:#?}"));
+    let at = vitalflow::time::parse_timestamp(open["at"].as_str().expect("at")).expect("at");
+    assert!((at - start).num_seconds() <= 120, "{open}");
+}

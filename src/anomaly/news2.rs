@@ -171,6 +171,36 @@ pub fn acvpu(s: &str) -> Option<f64> {
     }
 }
 
+/// How oxygen delivery is usually charted, as NEWS2 reads it: air 0, supplemental oxygen 1.
+pub fn oxygen_words() -> std::collections::BTreeMap<String, f64> {
+    let air = ["ra", "air", "room air", "none", "off"];
+    let oxygen = [
+        "o2",
+        "oxygen",
+        "on oxygen",
+        "nc",
+        "nasal cannula",
+        "nasal cannulae",
+        "mask",
+        "fm",
+        "face mask",
+        "simple mask",
+        "venturi",
+        "vm",
+        "nrb",
+        "nrm",
+        "non-rebreather",
+        "hfnc",
+        "high flow",
+        "cpap",
+        "niv",
+    ];
+    air.iter()
+        .map(|w| (w.to_string(), 0.0))
+        .chain(oxygen.iter().map(|w| (w.to_string(), 1.0)))
+        .collect()
+}
+
 /// A NEWS2 assessment from the parameters at hand.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Assessment {

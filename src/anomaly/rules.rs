@@ -283,6 +283,9 @@ pub struct RuleSet {
     pub news2: Option<News2Config>,
     /// Plausibility limits by vital.
     pub quality: BTreeMap<String, Quality>,
+    /// Per vital, the number a text reading stands for (lower-case text), for devices that
+    /// chart words: oxygen delivery `RA` / `NC`, a consciousness scale.
+    pub text_values: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
 /// One problem in a rules file.
@@ -327,8 +330,9 @@ pub struct Vitals {
     by_property: HashMap<(Arc<str>, Arc<str>), String>,
     /// Any accepted name (codes, type names, `type.value`) → canonical key.
     names: HashMap<String, String>,
-    /// Canonical key → unit, when the mapping states one.
-    units: HashMap<String, Option<String>>,
+    /// Canonical key → the unit's spellings (UCUM code, display), when the mapping
+    /// states one.
+    units: HashMap<String, Vec<String>>,
 }
 
 impl Vitals {
@@ -347,7 +351,14 @@ impl Vitals {
                 for c in codes {
                     v.names.insert(c.to_string(), key.clone());
                 }
-                v.units.insert(key, value.unit().map(str::to_string));
+                v.units.insert(
+                    key,
+                    value
+                        .unit_spellings()
+                        .into_iter()
+                        .map(str::to_string)
+                        .collect(),
+                );
             };
             if let Some(value) = &t.value {
                 let codes = t.codes.iter().filter_map(|c| c.code.as_deref()).collect();
@@ -394,6 +405,8 @@ struct RawFile {
     news2: Option<RawNews2>,
     #[serde(default)]
     quality: BTreeMap<String, Spanned<RawQuality>>,
+    #[serde(default)]
+    text_values: BTreeMap<String, Spanned<BTreeMap<String, Spanned<toml::Value>>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -563,11 +576,17 @@ pub fn parse(text: &str, file: &str, vitals: &Vitals) -> Result<RuleSet, RuleErr
             );
             continue;
         };
-        if let (Some(u), Some(Some(mapped))) = (&r.unit, vitals.units.get(&vital)) {
-            if u.get_ref() != mapped {
+        if let (Some(u), Some(mapped)) = (&r.unit, vitals.units.get(&vital)) {
+            // The UCUM code and the display text name the same unit.
+            if !mapped.is_empty() && !mapped.iter().any(|m| m == u.get_ref()) {
+                let spelled: Vec<String> = mapped.iter().map(|m| format!("\"{m}\"")).collect();
                 cx.at(
                     u.span(),
-                    format!("rule \"{id}\": unit \"{}\" but the FHIR mapping records {vital} in \"{mapped}\"", u.get_ref()),
+                    format!(
+                        "rule \"{id}\": unit \"{}\" but the FHIR mapping records {vital} in {}",
+                        u.get_ref(),
+                        spelled.join(" or ")
+                    ),
                 );
             }
         }
@@ -842,6 +861,47 @@ pub fn parse(text: &str, file: &str, vitals: &Vitals) -> Result<RuleSet, RuleErr
         );
     }
 
+    let mut text_values: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+    for (name, table) in &raw.text_values {
+        let Some(vital) = vitals.resolve(name) else {
+            cx.at(
+                table.span(),
+                format!(
+                    "text_values: unknown vital \"{name}\": the FHIR mapping produces {}",
+                    vitals.known()
+                ),
+            );
+            continue;
+        };
+        let map = text_values.entry(vital.to_string()).or_default();
+        for (text, v) in table.get_ref() {
+            let number = match v.get_ref() {
+                toml::Value::Integer(i) => Some(*i as f64),
+                toml::Value::Float(f) if f.is_finite() => Some(*f),
+                _ => None,
+            };
+            match number {
+                Some(n) => {
+                    map.insert(text.trim().to_lowercase(), n);
+                }
+                None => cx.at(
+                    v.span(),
+                    format!("text_values.{name}.\"{text}\": must be a number (what rules and NEWS2 read \"{text}\" as)"),
+                ),
+            }
+        }
+    }
+    // NEWS2 reads oxygen delivery as air (0) or supplemental oxygen (1): the usual charting
+    // words are understood, beside (and overridden by) what the file says.
+    if let Some(n) = &news2 {
+        if let Some(vital) = n.vitals.get(&Param::Oxygen) {
+            let given = text_values.entry(vital.clone()).or_default();
+            for (word, v) in super::news2::oxygen_words() {
+                given.entry(word).or_insert(v);
+            }
+        }
+    }
+
     if !cx.errors.is_empty() {
         return Err(RuleErrors(cx.errors));
     }
@@ -850,10 +910,28 @@ pub fn parse(text: &str, file: &str, vitals: &Vitals) -> Result<RuleSet, RuleErr
         rules,
         news2,
         quality,
+        text_values,
     })
 }
 
 impl RuleSet {
+    /// The number a reading of `vital` stands for: a number, a text the file maps, or a
+    /// charting word understood everywhere (booleans, ACVPU).
+    pub fn number(&self, vital: &str, raw: &str) -> Option<f64> {
+        let t = raw.trim();
+        if let Ok(f) = t.parse::<f64>() {
+            return f.is_finite().then_some(f);
+        }
+        if let Some(n) = self
+            .text_values
+            .get(vital)
+            .and_then(|m| m.get(&t.to_lowercase()))
+        {
+            return Some(*n);
+        }
+        super::signals::numeric(t)
+    }
+
     /// Level-change points of every rule on a signal, sorted: readings are passed on only
     /// when they cross one.
     pub fn boundaries(&self) -> HashMap<Signal, Vec<f64>> {
@@ -888,6 +966,21 @@ mod tests {
         ))
         .expect("mapping");
         Vitals::new(&fhir)
+    }
+
+    #[test]
+    fn a_rule_unit_matches_the_mappings_ucum_code_or_its_display_text() {
+        let rule = |unit: &str| {
+            format!("[[rule]]\nid = \"bp\"\nvital = \"8480-6\"\nunit = \"{unit}\"\nbelow = {{ warning = 90 }}\n")
+        };
+        parse(&rule("mm[Hg]"), "r.toml", &vitals()).expect("the UCUM code");
+        parse(&rule("mmHg"), "r.toml", &vitals()).expect("the display text");
+        let e = parse(&rule("kPa"), "r.toml", &vitals()).expect_err("another unit");
+        assert!(
+            e.0[0].reason.contains("in \"mm[Hg]\" or \"mmHg\"") && e.0[0].line == 4,
+            "{:?}",
+            e.0
+        );
     }
 
     #[test]

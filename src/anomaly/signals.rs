@@ -264,7 +264,7 @@ impl VitalState {
             let Some(signals) = self.by_vital.get(vital) else {
                 continue;
             };
-            let Some(v) = numeric(raw) else {
+            let Some(v) = rules.number(vital, raw) else {
                 out.push(Change::Rejected {
                     vital: vital.to_string(),
                     reason: "not a number",
@@ -447,6 +447,69 @@ mod tests {
         let mut out = Vec::new();
         s.set_rules(r, &mut out);
         (s, out)
+    }
+
+    fn oxygen(second: i64, v: &str) -> Measurement {
+        Measurement {
+            type_name: Arc::from("supplementalOxygen"),
+            properties: vec![(Arc::from("onOxygen"), v.into())],
+            ..hr(second, "0")
+        }
+    }
+
+    #[test]
+    fn charted_words_become_the_numbers_news2_reads() {
+        let (v, r) = setup(
+            "[news2]\n\n[text_values.supplementalOxygen]\n\"high flow oxygen\" = 1\n\"Air\" = 0\n",
+        );
+        let (mut s, mut out) = state(&r);
+        let mut values = Vec::new();
+        for (i, word) in ["RA", "NC", "room air", "MASK", "High Flow Oxygen", "air"]
+            .iter()
+            .enumerate()
+        {
+            out.clear();
+            s.add(&oxygen(i as i64 * 120, word), &v, &r, &mut out);
+            values.extend(
+                values_of(&out, "smoothed:3150-0")
+                    .into_iter()
+                    .filter(|(_, d)| *d > 0),
+            );
+        }
+        let values: Vec<f64> = values.into_iter().map(|(v, _)| v).collect();
+        assert_eq!(
+            values,
+            vec![0.0, 1.0, 0.0, 1.0, 0.0],
+            "the defaults and the file's words; high flow after a mask is no change"
+        );
+    }
+
+    #[test]
+    fn text_values_name_known_vitals_and_numbers_with_their_line() {
+        let fhir = FhirMapping::from_file(std::path::Path::new(
+            "templates/bedside-monitor/fhirmapping.json",
+        ))
+        .expect("mapping");
+        let v = Vitals::new(&fhir);
+        let e = parse(
+            "[text_values.oxygenFlow]\nNC = 1\n\n[text_values.supplementalOxygen]\nNC = \"yes\"\n",
+            "r.toml",
+            &v,
+        )
+        .expect_err("invalid");
+        let lines: Vec<(usize, String)> = e.0.iter().map(|e| (e.line, e.reason.clone())).collect();
+        assert!(
+            lines
+                .iter()
+                .any(|(l, r)| *l == 1 && r.contains("unknown vital \"oxygenFlow\"")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|(l, r)| *l == 5 && r.contains("must be a number")),
+            "{lines:?}"
+        );
     }
 
     #[test]

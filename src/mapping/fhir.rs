@@ -99,6 +99,18 @@ impl ValueTemplate {
             _ => None,
         }
     }
+
+    /// Every spelling of the unit the template states: the UCUM code first where it gives
+    /// one, then the display text.
+    pub fn unit_spellings(&self) -> Vec<&str> {
+        match &self.kind {
+            ValueKind::SampledData { unit, .. } => unit.as_deref().into_iter().collect(),
+            ValueKind::Quantity { unit, code, .. } => {
+                code.as_deref().into_iter().chain(unit.as_deref()).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// An Observation component template.

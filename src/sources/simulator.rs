@@ -42,6 +42,8 @@ struct Device {
     temp: f64,
     /// Slowly deteriorating patient (rising HR and RR, falling SpO2): what alerts should catch.
     deteriorating: bool,
+    /// Acute desaturation 30 s in (SpO2 to about 84 %, heart rate up): the demo's alert.
+    acute: bool,
     on_oxygen: bool,
     silent_until: u64,
     offline_until: u64,
@@ -50,13 +52,16 @@ struct Device {
     seq: u64,
 }
 
+/// When acute devices start to desaturate (seconds of simulated time).
+const ACUTE_AFTER_S: u64 = 30;
+
 /// Mean-reverting random walk step.
 fn walk(rng: &mut Xoshiro256PlusPlus, v: f64, mean: f64, pull: f64, noise: f64) -> f64 {
     v + (mean - v) * pull + (rng.random::<f64>() - 0.5) * 2.0 * noise
 }
 
 impl Device {
-    fn new(seed: u64, index: u32) -> Self {
+    fn new(seed: u64, index: u32, acute: bool) -> Self {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(
             seed ^ (u64::from(index) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
@@ -70,6 +75,7 @@ impl Device {
             dbp: rng.random_range(62.0..86.0),
             temp: rng.random_range(36.3..37.3),
             deteriorating,
+            acute,
             on_oxygen: rng.random::<f64>() < 0.15,
             silent_until: 0,
             offline_until: 0,
@@ -102,6 +108,13 @@ impl Device {
             0.0
         };
         let r = &mut self.rng;
+        if self.acute && second >= ACUTE_AFTER_S {
+            // Falls a point or two a second: fast, but no probe-off jump to the quality check.
+            self.hr = walk(r, self.hr, 118.0, 0.08, 1.0);
+            self.spo2 = walk(r, self.spo2, 84.0, 0.12, 0.3).min(100.0);
+            self.rr = walk(r, self.rr, 26.0, 0.08, 0.4);
+            return;
+        }
         self.hr = walk(r, self.hr, 75.0 + 40.0 * drift.min(1.0), 0.02, 1.5);
         self.spo2 = walk(r, self.spo2, 97.0 - 8.0 * drift.min(1.0), 0.05, 0.4).min(100.0);
         self.rr = walk(r, self.rr, 15.0 + 10.0 * drift.min(1.0), 0.03, 0.5);
@@ -195,7 +208,7 @@ impl Simulator {
         let (me, of) = share;
         let devices = (0..cfg.devices)
             .filter(|d| *d as usize % of == me)
-            .map(|d| Device::new(cfg.seed, d))
+            .map(|d| Device::new(cfg.seed, d, d < cfg.acute))
             .collect::<Vec<_>>();
         let limit = cfg.count.map(|c| {
             let c = c as usize;
