@@ -233,6 +233,7 @@ struct RawDeadLetter {
 struct RawAnomaly {
     rules: Spanned<String>,
     topic: Option<Spanned<String>>,
+    checkpoint_every: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -577,6 +578,8 @@ pub struct JobConfig {
     pub anomaly_rules: Option<PathBuf>,
     /// Kafka topic alerts go to; None: NDJSON files under the output directory.
     pub alerts_topic: Option<String>,
+    /// How often alerting checkpoints its state (Kafka sources): offsets commit no sooner.
+    pub alert_checkpoint_every: Duration,
     /// Length of an ingestion epoch (timely time).
     pub epoch: Duration,
     /// Messages a worker reads per activation.
@@ -957,6 +960,13 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
             }
             t.get_ref().clone()
         });
+    let alert_checkpoint_every = cx.duration(
+        &raw.anomaly
+            .as_ref()
+            .and_then(|a| a.checkpoint_every.clone()),
+        "anomaly.checkpoint_every",
+        Duration::from_secs(2),
+    );
     let epoch = cx.duration(
         &raw.performance.epoch,
         "performance.epoch",
@@ -1009,6 +1019,7 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
         dead_letter_topic,
         anomaly_rules,
         alerts_topic,
+        alert_checkpoint_every,
         epoch,
         batch_size,
         metrics_address,

@@ -26,13 +26,14 @@ pub struct Measurement {
     pub properties: Vec<(Arc<str>, String)>,
     /// When the message carrying it reached Kafka (ms since the Unix epoch), for latencies.
     pub received_ms: Option<i64>,
-    /// The Kafka record (or file line) it was read from: the lakehouse's exactly-once key.
-    #[serde(skip)]
+    /// The Kafka record (or file line) it was read from: the lakehouse's exactly-once key,
+    /// and alerting's order among readings of the same time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourcePos>,
 }
 
 /// Where a measurement was read: topic (or file), partition and offset (or line).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SourcePos {
     /// Kafka topic, file path or `simulator`.
     pub topic: Arc<str>,

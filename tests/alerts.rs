@@ -542,3 +542,87 @@ fn the_demos_acute_patient_alerts_within_its_first_two_minutes() {
     let at = vitalflow::time::parse_timestamp(open["at"].as_str().expect("at")).expect("at");
     assert!((at - start).num_seconds() <= 120, "{open}");
 }
+
+#[test]
+fn killed_mid_episode_and_restarted_the_alert_continues_under_its_id() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (_c, brokers) = cluster();
+    let job = alert_job(
+        tmp.path(),
+        &brokers,
+        &root().join("templates/alerts/adult-vitals.toml"),
+    );
+    let t0 = chrono::Utc::now() - chrono::Duration::hours(3);
+    let t0 = chrono::DateTime::from_timestamp(t0.timestamp(), 0).expect("whole seconds");
+    let s = chrono::Duration::seconds;
+    let (onset, recovery) = (t0 + s(600), t0 + s(1500));
+    let message = |i: i64, device: &str, patient: &str| {
+        let at = t0 + s(5 * i);
+        let spo2 = if patient == "P-A" && at >= onset && at < recovery {
+            84
+        } else {
+            97
+        };
+        SimMessage {
+            key: device.into(),
+            payload: reading(device, patient, at, 76, spo2).into_bytes(),
+            event_time: at,
+        }
+    };
+    let part = |from: i64, to: i64| -> Vec<SimMessage> {
+        (from..to)
+            .flat_map(|i| [message(i, "BM-A", "P-A"), message(i, "BM-B", "P-B")])
+            .collect()
+    };
+    // Up to 15 minutes in: P-A has been desaturated for five, its alert is open.
+    let first = part(0, 180);
+    produce_sim(&producer(&brokers), "vitals", &first);
+    let mut running = Running::spawn(
+        vitalflow()
+            .args(["run", "--workers", "2", "--job"])
+            .arg(&job),
+    );
+    wait_for(Duration::from_secs(60), "the hypoxia alert", || {
+        alerts(&brokers)
+            .iter()
+            .any(|a| a["patient"] == "P-A" && a["rule"] == "hypoxia" && a["state"] == "open")
+    });
+    // Everything read is committed: a restart replays nothing of the episode's start.
+    wait_for(
+        Duration::from_secs(60),
+        "the offsets to be committed",
+        || committed(&brokers, "g", "vitals", 2).values().sum::<i64>() == first.len() as i64,
+    );
+    running.kill();
+
+    produce_sim(&producer(&brokers), "vitals", &part(180, 420));
+    run_ok(
+        vitalflow()
+            .args(["run", "--until-end", "--workers", "2", "--job"])
+            .arg(&job),
+    );
+    let mine: Vec<Value> = alerts(&brokers)
+        .into_iter()
+        .filter(|a| a["patient"] == "P-A" && a["rule"] == "hypoxia")
+        .collect();
+    let ids: std::collections::BTreeSet<&str> =
+        mine.iter().filter_map(|a| a["id"].as_str()).collect();
+    assert_eq!(ids.len(), 1, "one episode, one id: {mine:#?}");
+    let distinct: std::collections::BTreeSet<(String, String)> = mine
+        .iter()
+        .map(|a| (a["state"].to_string(), a["at"].to_string()))
+        .collect();
+    let opens = distinct.iter().filter(|(s, _)| s == "\"open\"").count();
+    let resolved: Vec<&Value> = mine.iter().filter(|a| a["state"] == "resolved").collect();
+    assert_eq!(opens, 1, "no second open: {mine:#?}");
+    assert!(
+        !resolved.is_empty(),
+        "the episode resolves after the restart: {mine:#?}"
+    );
+    let at = vitalflow::time::parse_timestamp(resolved[0]["at"].as_str().expect("at")).expect("at");
+    assert_eq!(
+        at,
+        recovery + s(120),
+        "resolve_after (2 min) after the recovery"
+    );
+}

@@ -95,7 +95,7 @@ pub fn alert_id(patient: &str, rule: &str, since_ms: i64) -> String {
         .collect()
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Track {
     current: Option<Condition>,
     /// Sustain, resolve and suppression times of the last condition seen (a cleared
@@ -140,7 +140,7 @@ impl Track {
 }
 
 /// Alert state of the patients of one worker, with its timers.
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 pub struct Lifecycle {
     /// Per patient, per rule.
     tracks: HashMap<String, HashMap<String, Track>>,
@@ -156,6 +156,24 @@ impl Lifecycle {
             .flat_map(|r| r.values())
             .filter(|t| t.open.is_some())
             .count()
+    }
+
+    /// The patients with a track.
+    pub fn patients(&self) -> Vec<String> {
+        self.tracks.keys().cloned().collect()
+    }
+
+    /// Takes the tracks of the patients `keep` says from `other`, with their timers.
+    pub fn absorb(&mut self, other: Lifecycle, keep: &dyn Fn(&str) -> bool) {
+        for (p, rules) in other.tracks {
+            if keep(&p) {
+                let rule_ids: Vec<String> = rules.keys().cloned().collect();
+                self.tracks.insert(p.clone(), rules);
+                for r in rule_ids {
+                    self.arm(&p, &r);
+                }
+            }
+        }
     }
 
     /// The earliest pending timer.

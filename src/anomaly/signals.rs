@@ -67,7 +67,7 @@ pub enum Change {
     },
 }
 
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct VitalTrack {
     last: Option<(i64, f64)>,
     /// (time, value) within the longest change window of any rule.
@@ -76,7 +76,7 @@ struct VitalTrack {
     baselines: HashMap<String, (f64, f64, i64, i64)>,
 }
 
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct PatientState {
     vitals: HashMap<String, VitalTrack>,
     /// The current reading per signal key, with its band.
@@ -110,11 +110,14 @@ pub fn numeric(v: &str) -> Option<f64> {
     }
 }
 
-/// The vital state of all patients of one worker.
-#[derive(Default)]
+/// The vital state of all patients of one worker. What it serializes is the patients'
+/// state; the rules' boundaries come back with [`VitalState::set_rules`].
+#[derive(Default, Serialize, Deserialize)]
 pub struct VitalState {
     patients: HashMap<String, PatientState>,
+    #[serde(skip)]
     boundaries: HashMap<Signal, Vec<f64>>,
+    #[serde(skip)]
     by_vital: HashMap<String, Vec<Signal>>,
     /// (event ms, patient): when a patient's NEWS2 parameters may go stale.
     stale_checks: std::collections::BTreeSet<(i64, String)>,
@@ -224,6 +227,18 @@ impl VitalState {
                 let due = at + stale_after;
                 st.stale_check = Some(due);
                 self.stale_checks.insert((due, patient));
+            }
+        }
+    }
+
+    /// Keeps the patients `keep` says, and takes those `other` holds that it says too.
+    pub fn absorb(&mut self, other: VitalState, keep: &dyn Fn(&str) -> bool) {
+        for (p, st) in other.patients {
+            if keep(&p) {
+                if let Some(due) = st.stale_check {
+                    self.stale_checks.insert((due, p.clone()));
+                }
+                self.patients.insert(p, st);
             }
         }
     }

@@ -75,6 +75,11 @@ pub struct PatientAlerts {
     changes: Vec<Change>,
     judged: Vec<(String, Option<crate::anomaly::lifecycle::Condition>)>,
     metrics: Arc<Metrics>,
+    /// Highest offset taken in per source partition (what a checkpoint covers).
+    seen: BTreeMap<(Arc<str>, i32), i64>,
+    /// Per patient resumed from a checkpoint, what that checkpoint had taken in: replayed
+    /// readings up to there are in the state already.
+    resumed: HashMap<String, Arc<BTreeMap<(Arc<str>, i32), i64>>>,
 }
 
 impl PatientAlerts {
@@ -96,12 +101,100 @@ impl PatientAlerts {
             changes,
             judged: Vec::new(),
             metrics,
+            seen: BTreeMap::new(),
+            resumed: HashMap::new(),
         }
+    }
+
+    /// What a checkpoint of this state holds.
+    pub fn checkpoint<'a>(
+        &'a self,
+        source: &'a str,
+        run: u64,
+        peers: usize,
+    ) -> super::alert_state::CheckpointRef<'a> {
+        super::alert_state::CheckpointRef {
+            source,
+            run,
+            peers,
+            seen: self
+                .seen
+                .iter()
+                .map(|((t, p), o)| (t.to_string(), *p, *o))
+                .collect(),
+            applied: self.applied,
+            vitals: &self.vitals,
+            lifecycle: &self.lifecycle,
+            waiting: self.waiting.values().map(|(_, m)| m).collect(),
+        }
+    }
+
+    /// Resumes the patients `owns` says from checkpoints (of any worker count; newest run
+    /// first), as of ingestion epoch `epoch`.
+    pub fn resume(
+        &mut self,
+        checkpoints: Vec<super::alert_state::Checkpoint>,
+        owns: &dyn Fn(&str) -> bool,
+        epoch: u64,
+    ) {
+        let mut taken: std::collections::HashSet<String> = Default::default();
+        for c in checkpoints {
+            let mut mine: std::collections::HashSet<String> = c
+                .vitals
+                .patients()
+                .into_iter()
+                .chain(c.lifecycle.patients())
+                .chain(c.waiting.iter().filter_map(|m| m.patient_id.clone()))
+                .filter(|p| owns(p) && !taken.contains(p))
+                .collect();
+            let seen: Arc<BTreeMap<(Arc<str>, i32), i64>> = Arc::new(
+                c.seen
+                    .into_iter()
+                    .map(|(t, p, o)| ((Arc::from(t.as_str()), p), o))
+                    .collect(),
+            );
+            for p in &mine {
+                self.resumed.insert(p.clone(), seen.clone());
+            }
+            let keep = |p: &str| mine.contains(p);
+            self.vitals.absorb(c.vitals, &keep);
+            self.lifecycle.absorb(c.lifecycle, &keep);
+            for m in c.waiting {
+                if m.patient_id.as_deref().is_some_and(keep) {
+                    self.arrivals += 1;
+                    self.waiting.insert(order(&m, self.arrivals), (epoch, m));
+                    *self.epochs.entry(epoch).or_default() += 1;
+                }
+            }
+            // The least of the applied times: a reading later than one checkpoint's but
+            // not another's is not late for the patients of the second.
+            self.applied = match (self.applied, c.applied) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            taken.extend(mine.drain());
+        }
+        let mut ignored = Vec::new();
+        self.vitals.set_rules(&self.rules, &mut ignored);
     }
 
     /// Takes a measurement of ingestion epoch `epoch` to apply once the watermark passes
     /// it; one the watermark has passed already is counted as late and dropped.
     pub fn add(&mut self, epoch: u64, m: Measurement) {
+        if let Some(s) = &m.source {
+            let key = (s.topic.clone(), s.partition);
+            let resumed = m
+                .patient_id
+                .as_ref()
+                .and_then(|p| self.resumed.get(p))
+                .and_then(|r| r.get(&key));
+            if resumed.is_some_and(|o| s.offset <= *o) {
+                // Replayed after a restart: the checkpoint holds it already.
+                return;
+            }
+            let e = self.seen.entry(key).or_insert(s.offset);
+            *e = (*e).max(s.offset);
+        }
         if self
             .applied
             .is_some_and(|w| m.occurrence_time.timestamp_millis() <= w)
@@ -240,73 +333,129 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
     shared: Arc<Shared>,
 ) -> Stream<G, Alert> {
     let rules = shared.rules.clone().expect("alerting has rules");
-    let peers = measurements.scope().peers();
+    let scope = measurements.scope();
+    let (peers, index) = (scope.peers(), scope.index());
     let exchange = Exchange::new(|m: &Measurement| route(m.patient_id.as_deref().unwrap_or("")));
     let marks = marks.broadcast();
-    measurements.binary_frontier(&marks, exchange, Pipeline, "PatientAlerts", move |_, _| {
-        let (mut seen, set) = rules.get();
-        let mut state = PatientAlerts::new(set, rules.shared_vitals(), shared.metrics.clone());
-        let mut clock = Watermark::new(peers);
-        /// What arrived for one epoch, held until the epoch is complete.
-        type Epoch = (Capability<u64>, Vec<Measurement>, Vec<(usize, Mark)>);
-        let mut pending: BTreeMap<u64, Epoch> = BTreeMap::new();
-        let mut alerts = Vec::new();
-        let mut waiting = 0u64;
-        // Epochs whose measurements wait for the watermark: their capabilities are held, so
-        // they are not durable (and their offsets not committed) before the alerts they
-        // cause are out, which are given at the oldest of them.
-        let mut held: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
-        move |(input, f1), (marks, f2), output| {
-            input.for_each_time(|time, data| {
-                let e = pending
-                    .entry(*time.time())
-                    .or_insert_with(|| (time.retain(), Vec::new(), Vec::new()));
-                for batch in data {
-                    e.1.append(batch);
+    let place = shared
+        .alert_checkpoints
+        .clone()
+        .map(|(dir, source)| super::alert_state::Place {
+            dir,
+            source,
+            run: chrono::Utc::now().timestamp_millis().max(0) as u64,
+            peers,
+        });
+    let every = shared.job.alert_checkpoint_every;
+    measurements.binary_frontier(
+        &marks,
+        exchange,
+        Pipeline,
+        "PatientAlerts",
+        move |_, info| {
+            let activator = scope.activator_for(info.address);
+            let (mut seen, set) = rules.get();
+            let mut state = PatientAlerts::new(set, rules.shared_vitals(), shared.metrics.clone());
+            if let Some(place) = &place {
+                let owns = |p: &str| route(p) % peers as u64 == index as u64;
+                match super::alert_state::read_all(&place.dir, &place.source) {
+                    Ok(found) if !found.is_empty() => {
+                        tracing::info!(
+                            worker = index,
+                            checkpoints = found.len(),
+                            "alerting resumes its checkpointed state"
+                        );
+                        state.resume(found, &owns, 0);
+                    }
+                    Ok(_) => {}
+                    Err(e) => shared.fail(format!("alerting: {e:#}")),
                 }
-            });
-            marks.for_each_time(|time, data| {
-                let e = pending
-                    .entry(*time.time())
-                    .or_insert_with(|| (time.retain(), Vec::new(), Vec::new()));
-                for batch in data {
-                    e.2.append(batch);
-                }
-            });
-            let complete: Vec<u64> = pending
-                .keys()
-                .copied()
-                .take_while(|t| !f1.less_equal(t) && !f2.less_equal(t))
-                .collect();
-            for t in complete {
-                let (cap, ms, ks) = pending.remove(&t).expect("pending");
-                held.insert(t, cap);
-                let (version, set) = rules.get();
-                if version != seen {
-                    seen = version;
-                    state.set_rules(set, &mut alerts);
-                }
-                for m in ms {
-                    state.add(t, m);
-                }
-                for (worker, mark) in ks {
-                    clock.update(worker, mark);
-                }
-                if let Some(w) = clock.current() {
-                    state.advance(w, &mut alerts);
-                }
-                if !alerts.is_empty() {
-                    let (_, oldest) = held.first_key_value().expect("t is held");
-                    output.session(oldest).give_iterator(alerts.drain(..));
-                }
-                held.retain(|e, _| state.holds(*e));
             }
-            let now = state.waiting() as u64;
-            shared.metrics.alert_inputs_waiting.fetch_add(
-                now.wrapping_sub(waiting),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-            waiting = now;
-        }
-    })
+            let mut last_checkpoint = std::time::Instant::now();
+            let mut clock = Watermark::new(peers);
+            /// What arrived for one epoch, held until the epoch is complete.
+            type Epoch = (Capability<u64>, Vec<Measurement>, Vec<(usize, Mark)>);
+            let mut pending: BTreeMap<u64, Epoch> = BTreeMap::new();
+            let mut alerts = Vec::new();
+            let mut waiting = 0u64;
+            // Epochs whose measurements wait for the watermark: their capabilities are held, so
+            // they are not durable (and their offsets not committed) before the alerts they
+            // cause are out, which are given at the oldest of them.
+            let mut held: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
+            move |(input, f1), (marks, f2), output| {
+                input.for_each_time(|time, data| {
+                    let e = pending
+                        .entry(*time.time())
+                        .or_insert_with(|| (time.retain(), Vec::new(), Vec::new()));
+                    for batch in data {
+                        e.1.append(batch);
+                    }
+                });
+                marks.for_each_time(|time, data| {
+                    let e = pending
+                        .entry(*time.time())
+                        .or_insert_with(|| (time.retain(), Vec::new(), Vec::new()));
+                    for batch in data {
+                        e.2.append(batch);
+                    }
+                });
+                let complete: Vec<u64> = pending
+                    .keys()
+                    .copied()
+                    .take_while(|t| !f1.less_equal(t) && !f2.less_equal(t))
+                    .collect();
+                for t in complete {
+                    let (cap, ms, ks) = pending.remove(&t).expect("pending");
+                    held.insert(t, cap);
+                    let (version, set) = rules.get();
+                    if version != seen {
+                        seen = version;
+                        state.set_rules(set, &mut alerts);
+                    }
+                    for m in ms {
+                        state.add(t, m);
+                    }
+                    for (worker, mark) in ks {
+                        clock.update(worker, mark);
+                    }
+                    if let Some(w) = clock.current() {
+                        state.advance(w, &mut alerts);
+                    }
+                    if !alerts.is_empty() {
+                        let (_, oldest) = held.first_key_value().expect("t is held");
+                        output.session(oldest).give_iterator(alerts.drain(..));
+                    }
+                    if place.is_none() {
+                        held.retain(|e, _| state.holds(*e));
+                    }
+                }
+                // With checkpoints, every epoch taken in since the last one is held: its offsets
+                // commit once a checkpoint covers it (waiting readings included).
+                if let (Some(place), false) = (&place, held.is_empty()) {
+                    let finished = f1.frontier().is_empty() && f2.frontier().is_empty();
+                    let due = last_checkpoint.elapsed();
+                    if due >= every || finished {
+                        match super::alert_state::write(place, index, &state) {
+                            Ok(()) => {
+                                held.clear();
+                                last_checkpoint = std::time::Instant::now();
+                            }
+                            Err(e) => {
+                                tracing::warn!("alerting checkpoint failed, retried: {e:#}");
+                                activator.activate_after(every);
+                            }
+                        }
+                    } else {
+                        activator.activate_after(every - due);
+                    }
+                }
+                let now = state.waiting() as u64;
+                shared.metrics.alert_inputs_waiting.fetch_add(
+                    now.wrapping_sub(waiting),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                waiting = now;
+            }
+        },
+    )
 }

@@ -7,6 +7,7 @@
 //! processes, which epochs are durable, and each source commits the positions it recorded at
 //! the end of those epochs.
 
+mod alert_state;
 mod alerting;
 pub mod event_clock;
 pub mod normalize;
@@ -110,6 +111,9 @@ struct Shared {
     fatal: Mutex<Option<String>>,
     /// Prefix of the lakehouse's exactly-once records (Kafka sources only).
     lake_app: Option<String>,
+    /// Where alerting checkpoints its state, and the input it belongs to (Kafka sources
+    /// whose positions outlive the run only).
+    alert_checkpoints: Option<(std::path::PathBuf, String)>,
 }
 
 impl Shared {
@@ -277,6 +281,13 @@ pub fn run(
         (SourceConfig::Kafka, Some(k)) => Some(format!("vitalflow/{}", k.group_id)),
         _ => None,
     };
+    let alert_checkpoints = match (&job.source, &job.kafka, &job.anomaly_rules) {
+        (SourceConfig::Kafka, Some(k), Some(_)) if !k.embedded() => Some((
+            job.output_dir.join("alert-state"),
+            format!("kafka/{}/{}", k.group_id, k.topics.join(",")),
+        )),
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         job: job.clone(),
         device,
@@ -294,6 +305,7 @@ pub fn run(
         rules,
         fatal: Mutex::new(None),
         lake_app,
+        alert_checkpoints,
     });
     let communication = if opts.processes > 1 {
         timely::CommunicationConfig::Cluster {

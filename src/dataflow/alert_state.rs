@@ -1,0 +1,132 @@
+//! Alerting's checkpoints: each worker's patient state, written atomically beside the
+//! outputs (`<output>/alert-state/w{worker}.json`), so that a job killed mid-episode
+//! continues the same alert after a restart instead of opening a second one.
+//!
+//! A checkpoint holds what the worker's alerting holds: vital state, lifecycle tracks and
+//! timers, readings waiting for the event clock, how far event time was applied, and per
+//! source partition the highest offset it took in. Alerting holds the epochs it took in
+//! since its last checkpoint, so no offset is committed past what a checkpoint covers. At
+//! start every worker reads every checkpoint of the same input (any worker count), keeps
+//! the patients it now owns, and skips the replayed readings a checkpoint already holds.
+//! Files carry the run that wrote them: a patient found in several (a run with another
+//! worker count that has not checkpointed every worker yet) is taken from the newest.
+//! Rebuilding the state from the input instead would mean re-reading an unbounded past
+//! (an episode can last hours); the state itself is small.
+
+use super::alerting::PatientAlerts;
+use crate::anomaly::lifecycle::Lifecycle;
+use crate::anomaly::signals::VitalState;
+use crate::model::Measurement;
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// One worker's alerting state, as written.
+#[derive(Serialize)]
+pub struct CheckpointRef<'a> {
+    /// The input it belongs to (a consumer group and its topics).
+    pub source: &'a str,
+    /// The run that wrote it (ms since the Unix epoch at its start).
+    pub run: u64,
+    /// Workers of that run.
+    pub peers: usize,
+    /// Highest offset taken in, per (topic, partition).
+    pub seen: Vec<(String, i32, i64)>,
+    /// Event time applied through.
+    pub applied: Option<i64>,
+    /// Vital state.
+    pub vitals: &'a VitalState,
+    /// Alert tracks and timers.
+    pub lifecycle: &'a Lifecycle,
+    /// Readings waiting for the event clock.
+    pub waiting: Vec<&'a Measurement>,
+}
+
+/// One worker's alerting state, as read back.
+#[derive(Deserialize)]
+pub struct Checkpoint {
+    /// See [`CheckpointRef::source`].
+    pub source: String,
+    /// See [`CheckpointRef::run`].
+    pub run: u64,
+    /// See [`CheckpointRef::seen`].
+    pub seen: Vec<(String, i32, i64)>,
+    /// See [`CheckpointRef::applied`].
+    pub applied: Option<i64>,
+    /// See [`CheckpointRef::vitals`].
+    pub vitals: VitalState,
+    /// See [`CheckpointRef::lifecycle`].
+    pub lifecycle: Lifecycle,
+    /// See [`CheckpointRef::waiting`].
+    pub waiting: Vec<Measurement>,
+}
+
+/// Where a run's worker writes.
+pub struct Place {
+    /// The directory.
+    pub dir: PathBuf,
+    /// The input.
+    pub source: String,
+    /// This run.
+    pub run: u64,
+    /// Its workers.
+    pub peers: usize,
+}
+
+/// Writes `state` as `worker`'s checkpoint: a temporary file, fsynced, then renamed.
+pub fn write(at: &Place, worker: usize, state: &PatientAlerts) -> anyhow::Result<()> {
+    let dir = &at.dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let done = dir.join(format!("w{worker:03}.json"));
+    let tmp = dir.join(format!(".w{worker:03}.json.tmp"));
+    let f =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut w = std::io::BufWriter::new(f);
+    serde_json::to_writer(&mut w, &state.checkpoint(&at.source, at.run, at.peers))
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    w.flush()
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    let f = w
+        .into_inner()
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {}", tmp.display(), e.error()))?;
+    f.sync_all()
+        .with_context(|| format!("cannot sync {}", tmp.display()))?;
+    std::fs::rename(&tmp, &done).with_context(|| format!("cannot commit {}", done.display()))?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).ok();
+    Ok(())
+}
+
+/// Every checkpoint of `source` in `dir`, newest run first (none when the directory is
+/// absent). An unreadable one stops the start, naming it: starting without it would alert
+/// twice for the episodes it holds.
+pub fn read_all(dir: &Path, source: &str) -> anyhow::Result<Vec<Checkpoint>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('w') && n.ends_with(".json"))
+        })
+        .collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for p in paths {
+        let text = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        let c: Checkpoint = serde_json::from_slice(&text).with_context(|| {
+            format!(
+                "{} is not an alerting checkpoint (remove it to start the alert state afresh)",
+                p.display()
+            )
+        })?;
+        if c.source == source {
+            out.push(c);
+        }
+    }
+    out.sort_by(|a, b| b.run.cmp(&a.run));
+    Ok(out)
+}
