@@ -127,6 +127,6 @@ pub fn read_all(dir: &Path, source: &str) -> anyhow::Result<Vec<Checkpoint>> {
             out.push(c);
         }
     }
-    out.sort_by(|a, b| b.run.cmp(&a.run));
+    out.sort_by_key(|c| std::cmp::Reverse(c.run));
     Ok(out)
 }

@@ -39,6 +39,9 @@ use timely::dataflow::{Scope, Stream};
 /// (only measurements of one message can tie that far, and they arrive in message order).
 type Order = (i64, String, String, Arc<str>, Arc<str>, i32, i64, u64);
 
+/// The highest offset taken in, per (topic, partition).
+type Offsets = BTreeMap<(Arc<str>, i32), i64>;
+
 fn order(m: &Measurement, arrival: u64) -> Order {
     let (topic, partition, offset) = m.source.as_ref().map_or_else(
         || (Arc::from(""), 0, 0),
@@ -76,10 +79,10 @@ pub struct PatientAlerts {
     judged: Vec<(String, Option<crate::anomaly::lifecycle::Condition>)>,
     metrics: Arc<Metrics>,
     /// Highest offset taken in per source partition (what a checkpoint covers).
-    seen: BTreeMap<(Arc<str>, i32), i64>,
+    seen: Offsets,
     /// Per patient resumed from a checkpoint, what that checkpoint had taken in: replayed
     /// readings up to there are in the state already.
-    resumed: HashMap<String, Arc<BTreeMap<(Arc<str>, i32), i64>>>,
+    resumed: HashMap<String, Arc<Offsets>>,
 }
 
 impl PatientAlerts {
@@ -147,7 +150,7 @@ impl PatientAlerts {
                 .chain(c.waiting.iter().filter_map(|m| m.patient_id.clone()))
                 .filter(|p| owns(p) && !taken.contains(p))
                 .collect();
-            let seen: Arc<BTreeMap<(Arc<str>, i32), i64>> = Arc::new(
+            let seen: Arc<Offsets> = Arc::new(
                 c.seen
                     .into_iter()
                     .map(|(t, p, o)| ((Arc::from(t.as_str()), p), o))
