@@ -1,8 +1,11 @@
 //! The job's event clock: how far event time has surely advanced (a watermark).
 //!
 //! Each worker's [`InputClock`] follows the event times its input delivers, per source
-//! partition, and reports a [`Mark`]: the newest event time of its slowest busy partition
-//! less the allowed lateness. A partition that has ended (`--until-end`) holds nothing back;
+//! partition and device, and reports a [`Mark`]: the newest event time of its slowest busy
+//! partition less the allowed lateness. A partition's newest time is that of its slowest
+//! device still sending (a device whose clock runs behind the others holds the clock back
+//! rather than having its readings judged late), where a device silent for
+//! [`DEVICE_SILENCE_MS`] of the partition's event time no longer counts. A partition that has ended (`--until-end`) holds nothing back;
 //! in a live job neither does one that has delivered nothing for `idle_timeout` of wall
 //! time, and once all of a worker's input is idle its mark advances with the wall clock from
 //! the newest event time it saw, so a silent ward cannot stall alerts. Marks are broadcast
@@ -30,6 +33,58 @@ pub enum Mark {
 /// A source partition: (topic, partition).
 pub type PartitionKey = (Arc<str>, i32);
 
+/// Event time after which a device that sends nothing stops holding its partition's clock.
+pub const DEVICE_SILENCE_MS: i64 = 60_000;
+
+/// A partition's event times: per device its newest, and when it last delivered (wall).
+struct Partition {
+    newest: i64,
+    devices: HashMap<String, i64>,
+    by_time: std::collections::BTreeSet<(i64, String)>,
+    last: Instant,
+}
+
+impl Partition {
+    fn new(now: Instant) -> Self {
+        Self {
+            newest: i64::MIN,
+            devices: HashMap::new(),
+            by_time: Default::default(),
+            last: now,
+        }
+    }
+
+    fn observe(&mut self, device: &str, at: i64) {
+        self.newest = self.newest.max(at);
+        match self.devices.get_mut(device) {
+            Some(t) if *t >= at => {}
+            Some(t) => {
+                self.by_time.remove(&(*t, device.to_string()));
+                *t = at;
+                self.by_time.insert((at, device.to_string()));
+            }
+            None => {
+                self.devices.insert(device.to_string(), at);
+                self.by_time.insert((at, device.to_string()));
+            }
+        }
+        // Devices silent for long in this partition's event time: forgotten.
+        let silent_before = self.newest.saturating_sub(DEVICE_SILENCE_MS);
+        while let Some((t, d)) = self.by_time.first().cloned() {
+            if t >= silent_before {
+                break;
+            }
+            self.by_time.pop_first();
+            self.devices.remove(&d);
+        }
+    }
+
+    /// The newest event time of the slowest device still sending.
+    fn slowest(&self) -> i64 {
+        self.by_time.first().map_or(self.newest, |(t, _)| *t)
+    }
+}
+
 /// One worker's input, as its event clock sees it.
 pub struct InputClock {
     lateness_ms: i64,
@@ -39,8 +94,8 @@ pub struct InputClock {
     /// The partitions the source reads, with whether each has ended; empty when the source
     /// does not say (partitions are then known by what they deliver).
     assigned: Vec<(PartitionKey, bool)>,
-    /// Per partition: newest event time, and when it last delivered (wall).
-    seen: HashMap<PartitionKey, (i64, Instant)>,
+    /// Per partition: its devices' event times, and when it last delivered (wall).
+    seen: HashMap<PartitionKey, Partition>,
     newest: Option<i64>,
     last_input: Option<Instant>,
     sent: u64,
@@ -89,20 +144,28 @@ impl InputClock {
         }
     }
 
-    /// A message was normalized (or dead-lettered): `times` are its measurements' event
-    /// times, from `partition`.
-    pub fn observe(
+    /// A message was normalized (or dead-lettered): `times` are its measurements'
+    /// (device, event time), from `partition`.
+    pub fn observe<'a>(
         &mut self,
         partition: &PartitionKey,
-        times: impl Iterator<Item = i64>,
+        times: impl Iterator<Item = (&'a str, i64)>,
         now: Instant,
     ) {
         self.processed += 1;
-        let Some(newest) = times.max() else { return };
-        let e = self.seen.entry(partition.clone()).or_insert((newest, now));
-        e.0 = e.0.max(newest);
-        e.1 = now;
-        self.newest = Some(self.newest.map_or(newest, |n| n.max(newest)));
+        let mut times = times.peekable();
+        if times.peek().is_none() {
+            return;
+        }
+        let p = self
+            .seen
+            .entry(partition.clone())
+            .or_insert_with(|| Partition::new(now));
+        for (device, at) in times {
+            p.observe(device, at);
+            self.newest = Some(self.newest.map_or(at, |n| n.max(at)));
+        }
+        p.last = now;
     }
 
     /// Everything the source handed out has been normalized, and it will hand out no more.
@@ -130,8 +193,8 @@ impl InputClock {
                 continue;
             }
             match self.seen.get(k) {
-                Some((newest, last)) if !idle_since(*last) => {
-                    let b = newest.saturating_sub(self.lateness_ms);
+                Some(p) if !idle_since(p.last) => {
+                    let b = p.slowest().saturating_sub(self.lateness_ms);
                     bound = Some(bound.map_or(b, |x| x.min(b)));
                 }
                 Some(_) => {}
@@ -230,13 +293,17 @@ mod tests {
         let now = Instant::now();
         c.polled(2, vec![(key(0), false), (key(1), false)], false, now);
         assert_eq!(c.mark(now), Mark::At(i64::MIN), "nothing yet from either");
-        c.observe(&key(0), [100_000].into_iter(), now);
+        c.observe(&key(0), [100_000].into_iter().map(|t| ("BM-1", t)), now);
         assert_eq!(
             c.mark(now),
             Mark::At(i64::MIN),
             "partition 1 may still bring anything"
         );
-        c.observe(&key(1), [40_000, 60_000].into_iter(), now);
+        c.observe(
+            &key(1),
+            [40_000, 60_000].into_iter().map(|t| ("BM-1", t)),
+            now,
+        );
         assert_eq!(c.mark(now), Mark::At(55_000));
         // Partition 1 ends (a replay): partition 0 alone holds the clock.
         c.polled(0, vec![(key(0), false), (key(1), true)], false, now);
@@ -251,8 +318,31 @@ mod tests {
         let later = now + Duration::from_secs(3600);
         let mut r = InputClock::new(Duration::from_secs(5), Duration::from_secs(5), false);
         r.polled(1, vec![(key(0), false)], false, now);
-        r.observe(&key(0), [100_000].into_iter(), now);
+        r.observe(&key(0), [100_000].into_iter().map(|t| ("BM-1", t)), now);
         assert_eq!(r.mark(later), Mark::At(95_000));
+    }
+
+    #[test]
+    fn a_device_whose_clock_runs_behind_holds_the_clock_until_it_falls_silent() {
+        let mut c = InputClock::new(Duration::from_secs(5), Duration::from_secs(5), false);
+        let now = Instant::now();
+        c.polled(3, vec![(key(0), false)], false, now);
+        c.observe(
+            &key(0),
+            [("BM-1", 100_000), ("BM-2", 90_000)].into_iter(),
+            now,
+        );
+        assert_eq!(
+            c.mark(now),
+            Mark::At(85_000),
+            "BM-2, 10 s behind, is not late"
+        );
+        c.observe(&key(0), [("BM-1", 151_000)].into_iter(), now);
+        assert_eq!(
+            c.mark(now),
+            Mark::At(146_000),
+            "BM-2 silent for over a minute"
+        );
     }
 
     #[test]
@@ -261,7 +351,7 @@ mod tests {
         let t0 = Instant::now();
         let now = t0;
         c.polled(1, vec![(key(0), false), (key(1), false)], false, now);
-        c.observe(&key(0), [100_000].into_iter(), now);
+        c.observe(&key(0), [100_000].into_iter().map(|t| ("BM-1", t)), now);
         assert_eq!(
             c.mark(t0),
             Mark::At(i64::MIN),

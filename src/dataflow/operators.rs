@@ -342,7 +342,9 @@ fn normalize_operator<G: Scope<Timestamp = u64>>(
                             normalize(&shared.device, &shared.mapping, skew, now, m, &mut ms);
                         clock.borrow_mut().observe(
                             &(source.topic.clone(), source.partition),
-                            ms.iter().map(|x| x.occurrence_time.timestamp_millis()),
+                            ms.iter().map(|x| {
+                                (x.device_id.as_str(), x.occurrence_time.timestamp_millis())
+                            }),
                             Instant::now(),
                         );
                         match result {
