@@ -24,9 +24,6 @@ use std::sync::Arc;
 /// deteriorations cross thresholds in the noise before the noise-free trajectory does.
 const EARLY_S: i64 = 600;
 
-/// Replay speed against real time.
-const SPEEDUP: f64 = 300.0;
-
 /// One raised alert, as scored.
 #[derive(Debug, Clone, Serialize)]
 pub struct Raised {
@@ -38,6 +35,8 @@ pub struct Raised {
     pub severity: Severity,
     /// When (event time).
     pub at: DateTime<Utc>,
+    /// Since when its condition held (event time).
+    pub since: DateTime<Utc>,
     /// True for an escalation (counts as detection, not as another alert).
     pub escalation: bool,
     /// When it resolved (None: still open at the end).
@@ -67,6 +66,8 @@ pub struct Score {
     pub ttd_median_s: Option<f64>,
     /// 95th percentile of the same, seconds.
     pub ttd_p95_s: Option<f64>,
+    /// The largest time from a condition's start to its alert (`at - since`), seconds.
+    pub max_open_delay_s: Option<f64>,
     /// Patient-hours replayed.
     pub patient_hours: f64,
     /// Every detection's time to detect, seconds (for totals).
@@ -85,6 +86,8 @@ pub struct ScenarioResult {
     pub naive: Score,
     /// Where vitalflow and the ground truth disagree: missed events and false alerts.
     pub disagreements: Vec<String>,
+    /// Per event: patient, kind, and vitalflow's time to detect it (None: missed), seconds.
+    pub detections: Vec<(String, String, Option<f64>)>,
 }
 
 fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
@@ -154,6 +157,10 @@ pub fn score(events: &[Event], raised: &[Raised], patient_hours: f64) -> (Score,
         }
     }
     ttd.sort_by(f64::total_cmp);
+    let max_open_delay_s = opened
+        .iter()
+        .map(|a| (a.at - a.since).num_milliseconds() as f64 / 1000.0)
+        .max_by(f64::total_cmp);
     let n = opened.len();
     let ph = patient_hours.max(1e-9);
     (
@@ -176,6 +183,7 @@ pub fn score(events: &[Event], raised: &[Raised], patient_hours: f64) -> (Score,
             alerts_per_patient_hour: n as f64 / ph,
             ttd_median_s: percentile(&ttd, 0.5),
             ttd_p95_s: percentile(&ttd, 0.95),
+            max_open_delay_s,
             patient_hours,
             ttd,
         },
@@ -194,6 +202,10 @@ pub fn total(results: &[&Score]) -> Score {
         t.true_alerts += s.true_alerts;
         t.patient_hours += s.patient_hours;
         ttd.extend(&s.ttd);
+        t.max_open_delay_s = match (t.max_open_delay_s, s.max_open_delay_s) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
     }
     let ph = t.patient_hours.max(1e-9);
     t.recall = if t.events == 0 {
@@ -248,6 +260,7 @@ fn naive(
                             rule: r.id.clone(),
                             severity: sev,
                             at: x.occurrence_time,
+                            since: x.occurrence_time,
                             escalation: false,
                             until: Some(x.occurrence_time),
                         });
@@ -288,11 +301,9 @@ pub fn run_scenario(
         lines.push(b'\n');
     }
     std::fs::write(&input, lines)?;
-    // Replayed 300 times faster than real time, in 5 ms epochs: an epoch holds about 1.5 s of
-    // a patient's readings (live, at 1 Hz and 50 ms epochs, it holds one at most).
-    let rate = f64::from(g.patients) * SPEEDUP;
+    // Replayed as fast as it goes: alerts follow the event clock, not the replay speed.
     let job_text = format!(
-        "name = \"scenario\"\nsource = \"file\"\n[performance]\nepoch = \"5ms\"\nbatch_size = 200\n[file]\npath = \"{}\"\nrate = {rate}\n[mapping]\ndevice = \"templates/bedside-monitor/devicecontent.json\"\nfhir = \"templates/bedside-monitor/fhirmapping.json\"\n[anomaly]\nrules = \"{}\"\n[sinks.ndjson]\ndir = \"{}\"\nflush_interval = \"1s\"\n",
+        "name = \"scenario\"\nsource = \"file\"\n[performance]\nepoch = \"5ms\"\nbatch_size = 200\n[file]\npath = \"{}\"\n[mapping]\ndevice = \"templates/bedside-monitor/devicecontent.json\"\nfhir = \"templates/bedside-monitor/fhirmapping.json\"\n[anomaly]\nrules = \"{}\"\n[sinks.ndjson]\ndir = \"{}\"\nflush_interval = \"1s\"\n",
         input.display(),
         rules_file.display(),
         tmp.join("out").display()
@@ -323,6 +334,10 @@ pub fn run_scenario(
                 .and_then(crate::time::parse_timestamp)
                 .unwrap_or(start);
             let id = a["id"].as_str().unwrap_or("").to_string();
+            let since = a["since"]
+                .as_str()
+                .and_then(crate::time::parse_timestamp)
+                .unwrap_or(at);
             if state == "resolved" {
                 for (r, i) in raised.iter_mut().zip(&ids) {
                     if *i == id {
@@ -341,6 +356,7 @@ pub fn run_scenario(
                     Severity::Warning
                 },
                 at,
+                since,
                 escalation: state == "escalated",
                 until: None,
             });
@@ -355,11 +371,28 @@ pub fn run_scenario(
     let naive_alerts = naive(&g, &device, &vitals, &set);
     let (vf, disagreements) = score(&g.events, &raised, g.patient_hours);
     let (nv, _) = score(&g.events, &naive_alerts, g.patient_hours);
+    let detections = g
+        .events
+        .iter()
+        .map(|e| {
+            let first = raised
+                .iter()
+                .filter(|a| detects(e, a))
+                .map(|a| a.at.max(e.onset - chrono::Duration::seconds(EARLY_S)))
+                .min();
+            (
+                e.patient.clone(),
+                e.kind.clone(),
+                first.map(|t| (t - e.onset).num_milliseconds() as f64 / 1000.0),
+            )
+        })
+        .collect();
     Ok(ScenarioResult {
         name: g.name,
         vitalflow: vf,
         naive: nv,
         disagreements,
+        detections,
     })
 }
 

@@ -1193,6 +1193,7 @@ fn bench_alerts(args: BenchAlertsArgs) -> ExitCode {
                     "alerts/pt-h",
                     "TTD median s",
                     "TTD p95 s",
+                    "max at-since s",
                 ]);
             let secs = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
             let mut row = |name: &str, who: &str, s: &vitalflow::bench_alerts::Score| {
@@ -1207,6 +1208,7 @@ fn bench_alerts(args: BenchAlertsArgs) -> ExitCode {
                     format!("{:.2}", s.alerts_per_patient_hour),
                     secs(s.ttd_median_s),
                     secs(s.ttd_p95_s),
+                    secs(s.max_open_delay_s),
                 ]);
             };
             for r in &results {
@@ -1217,6 +1219,15 @@ fn bench_alerts(args: BenchAlertsArgs) -> ExitCode {
             row("", "naive", &nv);
             outln!("{t}");
             for r in &results {
+                for (patient, kind, ttd) in &r.detections {
+                    match ttd {
+                        Some(t) => outln!(
+                            "{}: {patient} {kind}: detected {t:.0} s after onset",
+                            r.name
+                        ),
+                        None => outln!("{}: {patient} {kind}: missed", r.name),
+                    }
+                }
                 for d in &r.disagreements {
                     outln!("{}: {d}", r.name);
                 }
