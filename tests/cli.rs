@@ -365,7 +365,14 @@ fn bench_smoke_run_writes_summary_histograms_and_plot() {
 fn bench_alerts_scores_scenarios_against_their_ground_truth_and_the_naive_baseline() {
     let tmp = tempfile::tempdir().expect("tmp");
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    for s in ["hypoxia.toml", "probe-off.toml"] {
+    for s in [
+        "hypoxia.toml",
+        "probe-off.toml",
+        "slow-cadence-bleed.toml",
+        "ward-gateway.toml",
+        "strings-delirium.toml",
+        "probe-off-missing.toml",
+    ] {
         std::fs::copy(root.join("datasets/scenarios").join(s), tmp.path().join(s)).expect("copy");
     }
     let dir = tmp.path().display().to_string();
@@ -393,6 +400,21 @@ fn bench_alerts_scores_scenarios_against_their_ground_truth_and_the_naive_baseli
         probe["vitalflow"]["alerts"], 0,
         "a probe off is not a patient: {probe}"
     );
+    // Scenarios written from physiology: cuff readings 15 minutes apart, six beds in one
+    // gateway message, oxygen and consciousness charted as words, sensors whose keys go
+    // missing.
+    for n in ["slow-cadence-bleed", "ward-gateway", "strings-delirium"] {
+        let s = by_name(n);
+        assert_eq!(s["vitalflow"]["recall"], 1.0, "{s}");
+        assert_eq!(s["vitalflow"]["precision"], 1.0, "{s}");
+    }
+    let missing = by_name("probe-off-missing");
+    assert_eq!(missing["vitalflow"]["alerts"], 0, "{missing}");
+    // No alert comes later than its condition's start plus the 30 s `sustained`.
+    let max = v["total"]["vitalflow"]["max_open_delay_s"]
+        .as_f64()
+        .expect("max");
+    assert!(max <= 30.0, "{max}");
     assert!(
         probe["naive"]["false_per_patient_hour"]
             .as_f64()

@@ -53,8 +53,19 @@ struct Spec {
     patients: u32,
     #[serde(default)]
     seed: u64,
+    /// `bedside` (a message per monitor and second) or `ward` (a gateway message per
+    /// second carrying every bed's readings of that second).
+    #[serde(default)]
+    format: Option<String>,
     #[serde(default)]
     baseline: BTreeMap<String, f64>,
+    /// How often each vital is measured (default: heart rate, SpO2 and respiratory rate
+    /// every second, the cuff every 5 minutes, temperature, oxygen and ACVPU every minute).
+    #[serde(default)]
+    cadence: BTreeMap<String, String>,
+    /// Words a vital is charted in, by value (0, 1, ...): `onOxygen = ["RA", "NC"]`.
+    #[serde(default)]
+    words: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     change: Vec<SpecChange>,
     #[serde(default)]
@@ -73,6 +84,9 @@ struct SpecChange {
     vital: String,
     /// (offset, value) points, linearly interpolated; the last value holds after.
     points: Vec<(String, f64)>,
+    /// The patients (by index) it applies to; all when absent.
+    #[serde(default)]
+    patients: Option<Vec<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -81,7 +95,11 @@ struct SpecArtifact {
     vital: String,
     from: String,
     to: String,
-    value: toml::Value,
+    /// The value sent instead (probe off as 0); absent with `missing`.
+    value: Option<toml::Value>,
+    /// The key is left out of the message instead (a probe off the gateway drops).
+    #[serde(default)]
+    missing: bool,
     /// Every this many seconds within the span (default: every reading).
     every: Option<u64>,
 }
@@ -95,9 +113,12 @@ struct SpecEvent {
     rules: Vec<String>,
     #[serde(default)]
     severity: Option<String>,
+    /// The patients (by index) it happens to; all when absent.
+    #[serde(default)]
+    patients: Option<Vec<u32>>,
 }
 
-const VITALS: [(&str, f64, f64); 7] = [
+const VITALS: [(&str, f64, f64); 8] = [
     // name, default baseline, noise standard deviation
     ("heartRate", 76.0, 1.5),
     ("spo2", 97.0, 0.6),
@@ -106,6 +127,19 @@ const VITALS: [(&str, f64, f64); 7] = [
     ("diastolic", 76.0, 2.0),
     ("temperature", 36.8, 0.05),
     ("onOxygen", 0.0, 0.0),
+    // ACVPU: 0 alert, 1 new confusion, 2 voice, 3 pain, 4 unresponsive.
+    ("acvpu", 0.0, 0.0),
+];
+
+/// Default measurement cadence, seconds: (vital or `nibp`, every).
+const CADENCE: [(&str, i64); 7] = [
+    ("heartRate", 1),
+    ("spo2", 1),
+    ("respiratoryRate", 1),
+    ("nibp", 300),
+    ("temperature", 60),
+    ("onOxygen", 60),
+    ("acvpu", 60),
 ];
 
 fn offset(s: &str) -> anyhow::Result<i64> {
@@ -144,22 +178,42 @@ pub fn generate(text: &str, file: &str, start: DateTime<Utc>) -> anyhow::Result<
     })?;
     let _ = &spec.description;
     let duration = offset(&spec.duration)?;
-    let mut changes: BTreeMap<String, Vec<(i64, f64)>> = BTreeMap::new();
+    let ward = match spec.format.as_deref() {
+        None | Some("bedside") => false,
+        Some("ward") => true,
+        Some(other) => anyhow::bail!("{file}: format \"{other}\": bedside or ward"),
+    };
+    // Per vital: (patients it applies to, points); the last matching entry wins.
+    let mut changes: Vec<(String, Option<Vec<u32>>, Vec<(i64, f64)>)> = Vec::new();
     for c in &spec.change {
         let pts = c
             .points
             .iter()
             .map(|(t, v)| Ok((offset(t)?, *v)))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        changes.insert(c.vital.clone(), pts);
+        changes.push((c.vital.clone(), c.patients.clone(), pts));
     }
+    let mut cadence: BTreeMap<String, i64> =
+        CADENCE.iter().map(|(v, s)| (v.to_string(), *s)).collect();
+    for (vital, every) in &spec.cadence {
+        let known = CADENCE.iter().any(|(v, _)| v == vital) || vital == "systolic";
+        anyhow::ensure!(known, "{file}: cadence of unknown vital \"{vital}\"");
+        let key = if vital == "systolic" { "nibp" } else { vital };
+        cadence.insert(key.to_string(), offset(every)?.max(1));
+    }
+    let every = |vital: &str| cadence.get(vital).copied().unwrap_or(1);
     let mut artifacts = Vec::new();
     for a in &spec.artifact {
+        anyhow::ensure!(
+            a.missing || a.value.is_some(),
+            "{file}: artifact of {} needs a value or missing = true",
+            a.vital
+        );
         artifacts.push((
             a.vital.clone(),
             offset(&a.from)?,
             offset(&a.to)?,
-            a.value.clone(),
+            if a.missing { None } else { a.value.clone() },
             a.every.unwrap_or(1).max(1) as i64,
         ));
     }
@@ -177,13 +231,29 @@ pub fn generate(text: &str, file: &str, start: DateTime<Utc>) -> anyhow::Result<
             }
         })
         .collect();
+    let word = |vital: &str, v: f64| -> serde_json::Value {
+        match spec.words.get(vital) {
+            Some(w) if !w.is_empty() => {
+                let i = (v.round().max(0.0) as usize).min(w.len() - 1);
+                w[i].clone().into()
+            }
+            _ => match vital {
+                "onOxygen" => (if v >= 0.5 { "True" } else { "False" }).into(),
+                _ => ["A", "C", "V", "P", "U"][(v.round().max(0.0) as usize).min(4)].into(),
+            },
+        }
+    };
     for p in 0..spec.patients {
         let patient = format!("P-{slug}-{p:02}");
         let device = format!("BM-{slug}-{p:02}");
-        // Patients of one scenario start a little apart, so their episodes do too.
-        let shift = rng.random_range(0..120i64);
+        // Patients of one scenario start a little apart, so their episodes do too; on a
+        // ward gateway they share its clock.
+        let shift = if ward { 0 } else { rng.random_range(0..120i64) };
         let t0 = start + chrono::Duration::seconds(shift);
         for e in &spec.event {
+            if e.patients.as_ref().is_some_and(|ps| !ps.contains(&p)) {
+                continue;
+            }
             let severity = match e.severity.as_deref() {
                 Some("critical") => crate::anomaly::rules::Severity::Critical,
                 _ => crate::anomaly::rules::Severity::Warning,
@@ -203,64 +273,87 @@ pub fn generate(text: &str, file: &str, start: DateTime<Utc>) -> anyhow::Result<
             .collect();
         for s in 0..duration {
             let mut v = serde_json::Map::new();
-            let mut value = |i: usize| {
+            let base = |i: usize| {
                 let (name, default, _) = VITALS[i];
-                let base = changes
-                    .get(name)
-                    .and_then(|pts| interpolate(pts, s))
-                    .unwrap_or_else(|| spec.baseline.get(name).copied().unwrap_or(default));
-                base + noise[i].sample(&mut rng)
+                changes
+                    .iter()
+                    .rev()
+                    .find(|(vital, ps, _)| {
+                        vital == name && ps.as_ref().is_none_or(|ps| ps.contains(&p))
+                    })
+                    .and_then(|(_, _, pts)| interpolate(pts, s))
+                    .unwrap_or_else(|| spec.baseline.get(name).copied().unwrap_or(default))
             };
-            let hr = value(0).round();
-            let spo2 = value(1).round().min(100.0);
-            let rr = value(2).round();
+            let mut value = |i: usize| base(i) + noise[i].sample(&mut rng);
             v.insert("deviceId".into(), device.clone().into());
             v.insert("patientId".into(), patient.clone().into());
             v.insert("encounterId".into(), format!("E-{slug}-{p:02}").into());
             let t = t0 + chrono::Duration::seconds(s);
             v.insert("timestamp".into(), crate::time::format_rfc3339(&t).into());
-            v.insert("heartRate".into(), (hr as i64).into());
-            v.insert("spo2".into(), (spo2 as i64).into());
-            v.insert("respiratoryRate".into(), (rr as i64).into());
-            if s % 300 == 0 {
+            // Heart rate, SpO2 and respiration draw their noise every second, measured or
+            // not (a slower cadence changes what is sent, not the patient); the others when
+            // measured, in this order, so that specs keep their messages.
+            let hr = value(0).round();
+            let spo2 = value(1).round().min(100.0);
+            let rr = value(2).round();
+            if s % every("heartRate") == 0 {
+                v.insert("heartRate".into(), (hr as i64).into());
+            }
+            if s % every("spo2") == 0 {
+                v.insert("spo2".into(), (spo2 as i64).into());
+            }
+            if s % every("respiratoryRate") == 0 {
+                v.insert("respiratoryRate".into(), (rr as i64).into());
+            }
+            if s % every("nibp") == 0 {
                 let (sys, dia) = (value(3).round(), value(4).round());
                 v.insert(
                     "nibp".into(),
                     serde_json::json!({"systolic": sys as i64, "diastolic": dia as i64, "mean": ((sys + 2.0 * dia) / 3.0).round() as i64}),
                 );
             }
-            if s % 60 == 0 {
+            if s % every("temperature") == 0 {
                 v.insert(
                     "temperature".into(),
                     ((value(5) * 10.0).round() / 10.0).into(),
                 );
-                let o2 = value(6) >= 0.5;
-                v.insert(
-                    "onOxygen".into(),
-                    (if o2 { "True" } else { "False" }).into(),
-                );
-                v.insert("acvpu".into(), "A".into());
+            }
+            if s % every("onOxygen") == 0 {
+                let o2 = value(6);
+                v.insert("onOxygen".into(), word("onOxygen", o2));
+            }
+            if s % every("acvpu") == 0 {
+                // Charted, not measured: no noise.
+                v.insert("acvpu".into(), word("acvpu", base(7)));
             }
             for (vital, from, to, val, every) in &artifacts {
-                if s >= *from && s < *to && (s - from) % every == 0 {
-                    let j = match val {
-                        toml::Value::Integer(i) => serde_json::Value::from(*i),
-                        toml::Value::Float(f) => serde_json::Value::from(*f),
-                        toml::Value::String(x) => serde_json::Value::from(x.clone()),
-                        toml::Value::Boolean(b) => serde_json::Value::from(*b),
-                        _ => continue,
-                    };
-                    match vital.as_str() {
-                        "systolic" | "diastolic" => {
-                            if let Some(n) = v.get_mut("nibp") {
-                                n[vital.as_str()] = j;
-                            } else {
-                                v.insert("nibp".into(), serde_json::json!({ vital.clone(): j }));
-                            }
+                if s < *from || s >= *to || (s - from) % every != 0 {
+                    continue;
+                }
+                let j = match val {
+                    None => None,
+                    Some(toml::Value::Integer(i)) => Some(serde_json::Value::from(*i)),
+                    Some(toml::Value::Float(f)) => Some(serde_json::Value::from(*f)),
+                    Some(toml::Value::String(x)) => Some(serde_json::Value::from(x.clone())),
+                    Some(toml::Value::Boolean(b)) => Some(serde_json::Value::from(*b)),
+                    _ => continue,
+                };
+                match (vital.as_str(), j) {
+                    ("systolic" | "diastolic", Some(j)) => {
+                        if let Some(n) = v.get_mut("nibp") {
+                            n[vital.as_str()] = j;
+                        } else {
+                            v.insert("nibp".into(), serde_json::json!({ vital.clone(): j }));
                         }
-                        _ => {
-                            v.insert(vital.clone(), j);
-                        }
+                    }
+                    ("systolic" | "diastolic", None) => {
+                        v.remove("nibp");
+                    }
+                    (_, Some(j)) => {
+                        v.insert(vital.clone(), j);
+                    }
+                    (_, None) => {
+                        v.remove(vital.as_str());
                     }
                 }
             }
@@ -272,6 +365,9 @@ pub fn generate(text: &str, file: &str, start: DateTime<Utc>) -> anyhow::Result<
         }
     }
     messages.sort_by_key(|m| m.event_time);
+    if ward {
+        messages = ward_messages(&slug, messages);
+    }
     Ok(Generated {
         name: spec.name,
         messages,
@@ -279,6 +375,37 @@ pub fn generate(text: &str, file: &str, start: DateTime<Utc>) -> anyhow::Result<
         patient_hours: f64::from(spec.patients) * duration as f64 / 3600.0,
         patients: spec.patients,
     })
+}
+
+/// One ward-gateway message per second: every bed's readings of that second, as `beds`.
+fn ward_messages(slug: &str, beds: Vec<SimMessage>) -> Vec<SimMessage> {
+    let mut out: Vec<SimMessage> = Vec::new();
+    let mut batch: Vec<serde_json::Value> = Vec::new();
+    let mut at: Option<DateTime<Utc>> = None;
+    let gateway = format!("GW-{slug}");
+    let mut flush = |at: DateTime<Utc>, batch: &mut Vec<serde_json::Value>| {
+        let body = serde_json::json!({
+            "gateway": gateway,
+            "sent": crate::time::format_rfc3339(&at),
+            "beds": std::mem::take(batch),
+        });
+        out.push(SimMessage {
+            key: gateway.clone(),
+            payload: serde_json::to_vec(&body).expect("JSON"),
+            event_time: at,
+        });
+    };
+    for m in beds {
+        if at.is_some_and(|t| t != m.event_time) {
+            flush(at.expect("set"), &mut batch);
+        }
+        at = Some(m.event_time);
+        batch.push(serde_json::from_slice(&m.payload).expect("JSON"));
+    }
+    if let Some(t) = at {
+        flush(t, &mut batch);
+    }
+    out
 }
 
 /// How long a spec runs (to place its start in the past).
@@ -301,6 +428,63 @@ mod tests {
         assert_eq!(interpolate(&p, 30), Some(91.0));
         assert_eq!(interpolate(&p, 500), Some(85.0));
         assert_eq!(interpolate(&[(10, 1.0)], 5), None);
+    }
+
+    #[test]
+    fn cadences_words_missing_keys_and_ward_messages() {
+        let text = r#"
+name = "w"
+duration = "30m"
+patients = 3
+seed = 2
+format = "ward"
+[cadence]
+systolic = "15m"
+temperature = "30m"
+[words]
+onOxygen = ["RA", "NC"]
+[[change]]
+vital = "onOxygen"
+patients = [1]
+points = [["10m", 1]]
+[[artifact]]
+vital = "spo2"
+from = "5m"
+to = "6m"
+missing = true
+[[event]]
+kind = "x"
+patients = [1]
+onset = "10m"
+end = "20m"
+rules = ["news2"]
+"#;
+        let start = crate::time::parse_timestamp("2026-11-21T10:00:00Z").expect("t");
+        let g = generate(text, "w.toml", start).expect("scenario");
+        assert_eq!(g.messages.len(), 1800, "one gateway message a second");
+        assert_eq!(g.events.len(), 1, "only patient 1's event");
+        let bodies: Vec<serde_json::Value> = g
+            .messages
+            .iter()
+            .map(|m| serde_json::from_slice(&m.payload).expect("json"))
+            .collect();
+        assert!(bodies
+            .iter()
+            .all(|b| b["beds"].as_array().is_some_and(|a| a.len() == 3)));
+        let beds = || {
+            bodies
+                .iter()
+                .flat_map(|b| b["beds"].as_array().expect("beds").iter())
+        };
+        assert_eq!(beds().filter(|b| b.get("nibp").is_some()).count(), 3 * 2);
+        assert_eq!(beds().filter(|b| b.get("temperature").is_some()).count(), 3);
+        assert_eq!(beds().filter(|b| b.get("spo2").is_none()).count(), 3 * 60);
+        let nc = beds()
+            .filter(|b| b["onOxygen"] == "NC")
+            .map(|b| b["patientId"].as_str().expect("id").to_string())
+            .collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(nc.into_iter().collect::<Vec<_>>(), vec!["P-W-01"]);
+        assert!(beds().any(|b| b["onOxygen"] == "RA"));
     }
 
     #[test]
