@@ -96,11 +96,25 @@ fn two_processes_of_two_workers_equal_one_process() {
     let broker = Broker::start();
     broker.create_topic("ward-vitals", 4);
     let brokers = broker.brokers();
-    let msgs = simulated(8, 480, 21, 15);
+    let mut msgs = simulated(8, 480, 21, 15);
+    // And labelled desaturations, for alerts to compare.
+    let text =
+        std::fs::read_to_string(root().join("datasets/scenarios/hypoxia.toml")).expect("spec");
+    let start = chrono::Utc::now() - chrono::Duration::minutes(70);
+    let start = chrono::DateTime::from_timestamp(start.timestamp(), 0).expect("whole seconds");
+    let scenario =
+        vitalflow::sources::scenario::generate(&text, "hypoxia", start).expect("scenario");
+    // As a live ward would send them: in event-time order.
+    msgs.extend(scenario.messages);
+    msgs.sort_by_key(|m| m.event_time);
     produce_sim(&producer(&brokers), "ward-vitals", &msgs);
+    let rules = format!(
+        "[anomaly]\nrules = \"{}\"\n",
+        root().join("templates/alerts/adult-vitals.toml").display()
+    );
 
     let multi = tempfile::tempdir().expect("tmp");
-    let job = kafka_job(multi.path(), &brokers, "ward-vitals", "multi", "");
+    let job = kafka_job(multi.path(), &brokers, "ward-vitals", "multi", &rules);
     let hosts = multi.path().join("hosts.txt");
     std::fs::write(
         &hosts,
@@ -125,7 +139,7 @@ fn two_processes_of_two_workers_equal_one_process() {
     }
 
     let single = tempfile::tempdir().expect("tmp");
-    let job = kafka_job(single.path(), &brokers, "ward-vitals", "single", "");
+    let job = kafka_job(single.path(), &brokers, "ward-vitals", "single", &rules);
     run_ok(
         vitalflow()
             .args(["run", "--until-end", "--workers", "1", "--job"])
@@ -141,6 +155,31 @@ fn two_processes_of_two_workers_equal_one_process() {
         "2 processes × 2 workers write what 1 process writes",
     );
     assert_same(&a, &expected(&msgs), "the Observations of all messages");
+    let alerts = |dir: &std::path::Path| {
+        let mut lines: Vec<String> =
+            vitalflow::sinks::files::committed_parts(&dir.join("out/alerts"))
+                .iter()
+                .flat_map(|p| {
+                    std::fs::read_to_string(p)
+                        .expect("read")
+                        .lines()
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+        lines.sort();
+        lines
+    };
+    let (x, y) = (alerts(multi.path()), alerts(single.path()));
+    assert!(
+        x.iter()
+            .any(|l| l.contains("\"rule\":\"hypoxia\"") && l.contains("\"state\":\"open\"")),
+        "multi: {x:#?}\nsingle: {y:#?}"
+    );
+    assert_eq!(
+        x, y,
+        "2 processes × 2 workers raise the alerts 1 process raises, byte for byte"
+    );
     // Offsets are contiguous from 0: the committed offsets add up to the messages produced.
     // (Tansu 0.6 answers ListOffsets wrongly for batched partitions, so no watermarks here.)
     let committed: i64 = committed(&brokers, "multi", "ward-vitals", 4)

@@ -145,14 +145,18 @@ impl InputClock {
     }
 
     /// A message was normalized (or dead-lettered): `times` are its measurements'
-    /// (device, event time), from `partition`.
+    /// (device, event time), from `partition`. Tells in `late`, per measurement, whether it
+    /// came more than the allowed lateness behind its partition: a verdict that depends on
+    /// the partition's own order alone, so every run of the input gives the same.
     pub fn observe<'a>(
         &mut self,
         partition: &PartitionKey,
         times: impl Iterator<Item = (&'a str, i64)>,
         now: Instant,
+        late: &mut Vec<bool>,
     ) {
         self.processed += 1;
+        late.clear();
         let mut times = times.peekable();
         if times.peek().is_none() {
             return;
@@ -161,7 +165,9 @@ impl InputClock {
             .seen
             .entry(partition.clone())
             .or_insert_with(|| Partition::new(now));
+        let bound = (!p.devices.is_empty()).then(|| p.slowest().saturating_sub(self.lateness_ms));
         for (device, at) in times {
+            late.push(bound.is_some_and(|b| at <= b));
             p.observe(device, at);
             self.newest = Some(self.newest.map_or(at, |n| n.max(at)));
         }
@@ -293,7 +299,12 @@ mod tests {
         let now = Instant::now();
         c.polled(2, vec![(key(0), false), (key(1), false)], false, now);
         assert_eq!(c.mark(now), Mark::At(i64::MIN), "nothing yet from either");
-        c.observe(&key(0), [100_000].into_iter().map(|t| ("BM-1", t)), now);
+        c.observe(
+            &key(0),
+            [100_000].into_iter().map(|t| ("BM-1", t)),
+            now,
+            &mut Vec::new(),
+        );
         assert_eq!(
             c.mark(now),
             Mark::At(i64::MIN),
@@ -303,6 +314,7 @@ mod tests {
             &key(1),
             [40_000, 60_000].into_iter().map(|t| ("BM-1", t)),
             now,
+            &mut Vec::new(),
         );
         assert_eq!(c.mark(now), Mark::At(55_000));
         // Partition 1 ends (a replay): partition 0 alone holds the clock.
@@ -318,7 +330,12 @@ mod tests {
         let later = now + Duration::from_secs(3600);
         let mut r = InputClock::new(Duration::from_secs(5), Duration::from_secs(5), false);
         r.polled(1, vec![(key(0), false)], false, now);
-        r.observe(&key(0), [100_000].into_iter().map(|t| ("BM-1", t)), now);
+        r.observe(
+            &key(0),
+            [100_000].into_iter().map(|t| ("BM-1", t)),
+            now,
+            &mut Vec::new(),
+        );
         assert_eq!(r.mark(later), Mark::At(95_000));
     }
 
@@ -331,13 +348,25 @@ mod tests {
             &key(0),
             [("BM-1", 100_000), ("BM-2", 90_000)].into_iter(),
             now,
+            &mut Vec::new(),
         );
         assert_eq!(
             c.mark(now),
             Mark::At(85_000),
             "BM-2, 10 s behind, is not late"
         );
-        c.observe(&key(0), [("BM-1", 151_000)].into_iter(), now);
+        let mut late = Vec::new();
+        c.observe(
+            &key(0),
+            [("BM-2", 80_000), ("BM-1", 151_000)].into_iter(),
+            now,
+            &mut late,
+        );
+        assert_eq!(
+            late,
+            vec![true, false],
+            "80 s is more than 5 s behind BM-2's 90 s"
+        );
         assert_eq!(
             c.mark(now),
             Mark::At(146_000),
@@ -351,7 +380,12 @@ mod tests {
         let t0 = Instant::now();
         let now = t0;
         c.polled(1, vec![(key(0), false), (key(1), false)], false, now);
-        c.observe(&key(0), [100_000].into_iter().map(|t| ("BM-1", t)), now);
+        c.observe(
+            &key(0),
+            [100_000].into_iter().map(|t| ("BM-1", t)),
+            now,
+            &mut Vec::new(),
+        );
         assert_eq!(
             c.mark(t0),
             Mark::At(i64::MIN),

@@ -20,7 +20,7 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
-use timely::dataflow::operators::{Capability, Concat, OkErr, Probe};
+use timely::dataflow::operators::{Capability, Concat, Map, OkErr, Probe};
 use timely::dataflow::{Scope, Stream};
 use timely::worker::Worker;
 
@@ -118,7 +118,8 @@ pub(super) fn run_worker<A: Allocate>(
             clock.clone(),
             shared.clone(),
         );
-        let (measurements, dead) = normalize_operator(&raw, clock.clone(), shared.clone());
+        let (judged, dead) = normalize_operator(&raw, clock.clone(), shared.clone());
+        let measurements = judged.map(|(m, _)| m);
         let updates = window_operator(&measurements, shared.clone());
         let mut durable = sink_operator(
             &dead,
@@ -155,7 +156,16 @@ pub(super) fn run_worker<A: Allocate>(
         }
         if parts.alerts.is_some() || lake.alerts.is_some() {
             let marks = clock_operator(scope, clock.clone(), shared.clone());
-            let alerts = super::alerting::build(&measurements, &marks, shared.clone());
+            // Readings beyond the allowed lateness behind their partition are recorded,
+            // not judged: judged, they would depend on how fast the other partitions went.
+            let metrics = shared.metrics.clone();
+            let on_time = judged.flat_map(move |(m, late)| {
+                if late {
+                    Metrics::add(&metrics.alert_inputs_late, 1);
+                }
+                (!late).then_some(m)
+            });
+            let alerts = super::alerting::build(&on_time, &marks, shared.clone());
             if let Some(sink) = parts.alerts {
                 let a = sink_operator(&alerts, "AlertSink", sink, Duration::ZERO, shared.clone());
                 durable = durable.concat(&a);
@@ -310,7 +320,8 @@ fn source_operator<G: Scope<Timestamp = u64>>(
     })
 }
 
-type Normalized = Result<Measurement, DeadLetter>;
+/// A measurement, and whether it came beyond the allowed lateness behind its partition.
+type Normalized = Result<(Measurement, bool), DeadLetter>;
 
 // Measurements are as large as dead letters: boxing either would only add allocations.
 #[allow(clippy::result_large_err)]
@@ -318,11 +329,12 @@ fn normalize_operator<G: Scope<Timestamp = u64>>(
     raw: &Stream<G, RawMessage>,
     clock: Rc<RefCell<InputClock>>,
     shared: Arc<Shared>,
-) -> (Stream<G, Measurement>, Stream<G, DeadLetter>) {
+) -> (Stream<G, (Measurement, bool)>, Stream<G, DeadLetter>) {
     let skew =
         chrono::Duration::from_std(shared.job.max_future_skew).unwrap_or(chrono::Duration::MAX);
     let out: Stream<G, Normalized> = raw.unary(Pipeline, "Normalize", move |_, _| {
         let mut ms = Vec::new();
+        let mut late = Vec::new();
         let mut stamps = Vec::new();
         move |input, output| {
             let now = chrono::Utc::now();
@@ -346,6 +358,7 @@ fn normalize_operator<G: Scope<Timestamp = u64>>(
                                 (x.device_id.as_str(), x.occurrence_time.timestamp_millis())
                             }),
                             Instant::now(),
+                            &mut late,
                         );
                         match result {
                             Ok(()) => {
@@ -354,7 +367,7 @@ fn normalize_operator<G: Scope<Timestamp = u64>>(
                                     x.source = Some(source.clone());
                                 }
                                 Metrics::add(&shared.metrics.measurements, ms.len() as u64);
-                                session.give_iterator(ms.drain(..).map(Ok));
+                                session.give_iterator(ms.drain(..).zip(late.drain(..)).map(Ok));
                             }
                             Err(d) => {
                                 Metrics::add(&shared.metrics.dead_letters, 1);

@@ -167,6 +167,9 @@ fn interpolate(points: &[(i64, f64)], t: i64) -> Option<f64> {
     points.last().map(|p| p.1)
 }
 
+/// A vital's trajectory: the vital, the patients it applies to (None: all), its points.
+type Trajectory = (String, Option<Vec<u32>>, Vec<(i64, f64)>);
+
 /// Generates a scenario from its spec text, starting at `start` (event time).
 pub fn generate(text: &str, file: &str, start: DateTime<Utc>) -> anyhow::Result<Generated> {
     let spec: Spec = toml::from_str(text).map_err(|e| {
@@ -184,7 +187,7 @@ pub fn generate(text: &str, file: &str, start: DateTime<Utc>) -> anyhow::Result<
         Some(other) => anyhow::bail!("{file}: format \"{other}\": bedside or ward"),
     };
     // Per vital: (patients it applies to, points); the last matching entry wins.
-    let mut changes: Vec<(String, Option<Vec<u32>>, Vec<(i64, f64)>)> = Vec::new();
+    let mut changes: Vec<Trajectory> = Vec::new();
     for c in &spec.change {
         let pts = c
             .points
