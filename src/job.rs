@@ -965,7 +965,7 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
             .as_ref()
             .and_then(|a| a.checkpoint_every.clone()),
         "anomaly.checkpoint_every",
-        Duration::from_secs(2),
+        Duration::from_secs(5),
     );
     let epoch = cx.duration(
         &raw.performance.epoch,

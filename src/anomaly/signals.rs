@@ -70,7 +70,9 @@ pub enum Change {
 #[derive(Default, Serialize, Deserialize)]
 struct VitalTrack {
     last: Option<(i64, f64)>,
-    /// (time, value) within the longest change window of any rule.
+    /// (time, value) within the longest change window of any rule. Not checkpointed: it is
+    /// most of the state, and after a restart the windows refill within their length.
+    #[serde(skip)]
     history: VecDeque<(i64, f64)>,
     /// Per baseline signal: (mean, variance, first reading ms, last reading ms).
     baselines: HashMap<String, (f64, f64, i64, i64)>,

@@ -80,6 +80,8 @@ pub struct PatientAlerts {
     metrics: Arc<Metrics>,
     /// Highest offset taken in per source partition (what a checkpoint covers).
     seen: Offsets,
+    /// Whether anything changed since the last checkpoint.
+    dirty: bool,
     /// Per patient resumed from a checkpoint, what that checkpoint had taken in: replayed
     /// readings up to there are in the state already.
     resumed: HashMap<String, Arc<Offsets>>,
@@ -105,8 +107,20 @@ impl PatientAlerts {
             judged: Vec::new(),
             metrics,
             seen: BTreeMap::new(),
+            dirty: false,
             resumed: HashMap::new(),
         }
+    }
+
+    /// Whether anything changed since the last call: an unchanged state needs no new
+    /// checkpoint.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// The last checkpoint did not happen: the next must.
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
     }
 
     /// What a checkpoint of this state holds.
@@ -208,6 +222,7 @@ impl PatientAlerts {
         self.arrivals += 1;
         self.waiting.insert(order(&m, self.arrivals), (epoch, m));
         *self.epochs.entry(epoch).or_default() += 1;
+        self.dirty = true;
     }
 
     /// Whether measurements of `epoch` still wait: its outputs are not all out yet.
@@ -223,6 +238,7 @@ impl PatientAlerts {
     /// Uses new rules from event time `applied` on: every held signal is judged again, and
     /// the alerts of removed rules resolve.
     pub fn set_rules(&mut self, rules: Arc<RuleSet>, out: &mut Vec<Alert>) {
+        self.dirty = true;
         let now = self.applied.unwrap_or(i64::MIN);
         self.vitals.set_rules(&rules, &mut self.changes);
         self.changes.clear();
@@ -262,6 +278,7 @@ impl PatientAlerts {
                 (None, None) => break,
                 // Timers due at a measurement's time fire first: the condition held until then.
                 (m, Some(t)) if m.is_none_or(|m| t <= m) => {
+                    self.dirty = true;
                     if let Some(stale) = stale_after {
                         self.vitals.expire(t, stale, &mut self.changes);
                         self.apply_changes(t, out);
@@ -269,6 +286,7 @@ impl PatientAlerts {
                     self.lifecycle.advance(t, out);
                 }
                 _ => {
+                    self.dirty = true;
                     let (_, (epoch, m)) = self.waiting.pop_first().expect("a first");
                     if let Some(n) = self.epochs.get_mut(&epoch) {
                         *n -= 1;
@@ -283,6 +301,7 @@ impl PatientAlerts {
                 }
             }
         }
+        // The clock alone moving (an idle ward) changes nothing worth a checkpoint.
         self.applied = Some(self.applied.map_or(to, |a| a.max(to)));
     }
 
@@ -438,14 +457,20 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                     let finished = f1.frontier().is_empty() && f2.frontier().is_empty();
                     let due = last_checkpoint.elapsed();
                     if due >= every || finished {
-                        match super::alert_state::write(place, index, &state) {
-                            Ok(()) => {
-                                held.clear();
-                                last_checkpoint = std::time::Instant::now();
-                            }
-                            Err(e) => {
-                                tracing::warn!("alerting checkpoint failed, retried: {e:#}");
-                                activator.activate_after(every);
+                        if !state.take_dirty() {
+                            // Nothing changed: the last checkpoint covers these epochs too.
+                            held.clear();
+                        } else {
+                            match super::alert_state::write(place, index, &state) {
+                                Ok(()) => {
+                                    held.clear();
+                                    last_checkpoint = std::time::Instant::now();
+                                }
+                                Err(e) => {
+                                    state.mark_dirty();
+                                    tracing::warn!("alerting checkpoint failed, retried: {e:#}");
+                                    activator.activate_after(every);
+                                }
                             }
                         }
                     } else {
