@@ -139,13 +139,50 @@ impl Track {
     }
 }
 
-/// Alert state of the patients of one worker, with its timers.
+/// Alert state of the patients of one worker, with its timers. It serializes only the
+/// tracks that carry an episode (open, pending, or recently resolved): a normal track is
+/// rebuilt by the next reading exactly as it was; timers come back from the tracks.
 #[derive(Default, Serialize, Deserialize)]
 pub struct Lifecycle {
     /// Per patient, per rule.
+    #[serde(serialize_with = "live_tracks")]
     tracks: HashMap<String, HashMap<String, Track>>,
     /// (deadline, patient, rule): an entry whose track has another deadline is stale.
+    #[serde(skip)]
     timers: BTreeSet<(i64, String, String)>,
+}
+
+impl Track {
+    /// Whether the track holds more than its next reading would rebuild.
+    fn live(&self) -> bool {
+        self.open.is_some()
+            || self.resolved.is_some()
+            || self.abnormal_since.is_some()
+            || self.critical_since.is_some()
+    }
+}
+
+fn live_tracks<S: serde::Serializer>(
+    tracks: &HashMap<String, HashMap<String, Track>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap as _;
+    let live: Vec<(&String, Vec<(&String, &Track)>)> = tracks
+        .iter()
+        .map(|(p, rules)| {
+            (
+                p,
+                rules.iter().filter(|(_, t)| t.live()).collect::<Vec<_>>(),
+            )
+        })
+        .filter(|(_, rules)| !rules.is_empty())
+        .collect();
+    let mut m = s.serialize_map(Some(live.len()))?;
+    for (p, rules) in live {
+        let rules: HashMap<&String, &Track> = rules.into_iter().collect();
+        m.serialize_entry(p, &rules)?;
+    }
+    m.end()
 }
 
 impl Lifecycle {

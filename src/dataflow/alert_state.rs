@@ -1,5 +1,6 @@
 //! Alerting's checkpoints: each worker's patient state, written atomically beside the
-//! outputs (`<output>/alert-state/w{worker}.json`), so that a job killed mid-episode
+//! outputs (`<output>/alert-state/w{worker}.json.zst`, zstd-compressed JSON: a tenth of
+//! the bytes), so that a job killed mid-episode
 //! continues the same alert after a restart instead of opening a second one.
 //!
 //! A checkpoint holds what the worker's alerting holds: vital state, lifecycle tracks and
@@ -78,15 +79,16 @@ pub struct Place {
 pub fn write(at: &Place, worker: usize, state: &PatientAlerts) -> anyhow::Result<()> {
     let dir = &at.dir;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let done = dir.join(format!("w{worker:03}.json"));
-    let tmp = dir.join(format!(".w{worker:03}.json.tmp"));
+    let done = dir.join(format!("w{worker:03}.json.zst"));
+    let tmp = dir.join(format!(".w{worker:03}.json.zst.tmp"));
     let f =
         std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let mut w = std::io::BufWriter::new(f);
-    serde_json::to_writer(&mut w, &state.checkpoint(&at.source, at.run, at.peers))
+    let cannot = |e: std::io::Error| anyhow::anyhow!("cannot write {}: {e}", tmp.display());
+    let mut z = zstd::stream::write::Encoder::new(std::io::BufWriter::new(f), 3).map_err(cannot)?;
+    serde_json::to_writer(&mut z, &state.checkpoint(&at.source, at.run, at.peers))
         .with_context(|| format!("cannot write {}", tmp.display()))?;
-    w.flush()
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    let mut w = z.finish().map_err(cannot)?;
+    w.flush().map_err(cannot)?;
     let f = w
         .into_inner()
         .map_err(|e| anyhow::anyhow!("cannot write {}: {}", tmp.display(), e.error()))?;
@@ -110,13 +112,15 @@ pub fn read_all(dir: &Path, source: &str) -> anyhow::Result<Vec<Checkpoint>> {
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('w') && n.ends_with(".json"))
+                .is_some_and(|n| n.starts_with('w') && n.ends_with(".json.zst"))
         })
         .collect();
     paths.sort();
     let mut out = Vec::new();
     for p in paths {
-        let text = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        let packed = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        let text = zstd::stream::decode_all(packed.as_slice())
+            .with_context(|| format!("{} is not zstd-compressed", p.display()))?;
         let c: Checkpoint = serde_json::from_slice(&text).with_context(|| {
             format!(
                 "{} is not an alerting checkpoint (remove it to start the alert state afresh)",
