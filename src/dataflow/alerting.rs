@@ -68,10 +68,8 @@ pub struct PatientAlerts {
     judge: Judge,
     lifecycle: Lifecycle,
     rules: Arc<RuleSet>,
-    /// Measurements waiting for the watermark, with the epoch each came in.
-    waiting: BTreeMap<Order, (u64, Measurement)>,
-    /// Per epoch, how many of its measurements wait.
-    epochs: BTreeMap<u64, usize>,
+    /// Measurements waiting for the watermark.
+    waiting: BTreeMap<Order, Measurement>,
     arrivals: u64,
     /// Event time everything up to which has been applied.
     applied: Option<i64>,
@@ -100,7 +98,6 @@ impl PatientAlerts {
             lifecycle: Lifecycle::default(),
             rules,
             waiting: BTreeMap::new(),
-            epochs: BTreeMap::new(),
             arrivals: 0,
             applied: None,
             changes,
@@ -142,17 +139,16 @@ impl PatientAlerts {
             applied: self.applied,
             vitals: &self.vitals,
             lifecycle: &self.lifecycle,
-            waiting: self.waiting.values().map(|(_, m)| m).collect(),
+            waiting: self.waiting.values().collect(),
         }
     }
 
     /// Resumes the patients `owns` says from checkpoints (of any worker count; newest run
-    /// first), as of ingestion epoch `epoch`.
+    /// first).
     pub fn resume(
         &mut self,
         checkpoints: Vec<super::alert_state::Checkpoint>,
         owns: &dyn Fn(&str) -> bool,
-        epoch: u64,
     ) {
         let mut taken: std::collections::HashSet<String> = Default::default();
         for c in checkpoints {
@@ -179,8 +175,7 @@ impl PatientAlerts {
             for m in c.waiting {
                 if m.patient_id.as_deref().is_some_and(keep) {
                     self.arrivals += 1;
-                    self.waiting.insert(order(&m, self.arrivals), (epoch, m));
-                    *self.epochs.entry(epoch).or_default() += 1;
+                    self.waiting.insert(order(&m, self.arrivals), m);
                 }
             }
             // The least of the applied times: a reading later than one checkpoint's but
@@ -195,9 +190,9 @@ impl PatientAlerts {
         self.vitals.set_rules(&self.rules, &mut ignored);
     }
 
-    /// Takes a measurement of ingestion epoch `epoch` to apply once the watermark passes
-    /// it; one the watermark has passed already is counted as late and dropped.
-    pub fn add(&mut self, epoch: u64, m: Measurement) {
+    /// Takes a measurement to apply once the watermark passes it; one the watermark has
+    /// passed already is counted as late and dropped.
+    pub fn add(&mut self, m: Measurement) {
         if let Some(s) = &m.source {
             let key = (s.topic.clone(), s.partition);
             let resumed = m
@@ -220,14 +215,8 @@ impl PatientAlerts {
             return;
         }
         self.arrivals += 1;
-        self.waiting.insert(order(&m, self.arrivals), (epoch, m));
-        *self.epochs.entry(epoch).or_default() += 1;
+        self.waiting.insert(order(&m, self.arrivals), m);
         self.dirty = true;
-    }
-
-    /// Whether measurements of `epoch` still wait: its outputs are not all out yet.
-    pub fn holds(&self, epoch: u64) -> bool {
-        self.epochs.contains_key(&epoch)
     }
 
     /// Measurements waiting for the watermark.
@@ -287,13 +276,7 @@ impl PatientAlerts {
                 }
                 _ => {
                     self.dirty = true;
-                    let (_, (epoch, m)) = self.waiting.pop_first().expect("a first");
-                    if let Some(n) = self.epochs.get_mut(&epoch) {
-                        *n -= 1;
-                        if *n == 0 {
-                            self.epochs.remove(&epoch);
-                        }
-                    }
+                    let (_, m) = self.waiting.pop_first().expect("a first");
                     let at = m.occurrence_time.timestamp_millis();
                     self.vitals
                         .add(&m, &self.names, &self.rules, &mut self.changes);
@@ -387,7 +370,7 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                             checkpoints = found.len(),
                             "alerting resumes its checkpointed state"
                         );
-                        state.resume(found, &owns, 0);
+                        state.resume(found, &owns);
                     }
                     Ok(_) => {}
                     Err(e) => shared.fail(format!("alerting: {e:#}")),
@@ -400,9 +383,9 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
             let mut pending: BTreeMap<u64, Epoch> = BTreeMap::new();
             let mut alerts = Vec::new();
             let mut waiting = 0u64;
-            // Epochs whose measurements wait for the watermark: their capabilities are held, so
-            // they are not durable (and their offsets not committed) before the alerts they
-            // cause are out, which are given at the oldest of them.
+            // With checkpoints, the epochs taken in since the last one: their capabilities
+            // are held, so no offset commits past what a checkpoint covers; alerts are given
+            // at the oldest of them.
             let mut held: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
             move |(input, f1), (marks, f2), output| {
                 input.for_each_time(|time, data| {
@@ -435,7 +418,7 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                         state.set_rules(set, &mut alerts);
                     }
                     for m in ms {
-                        state.add(t, m);
+                        state.add(m);
                     }
                     for (worker, mark) in ks {
                         clock.update(worker, mark);
@@ -448,7 +431,9 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                         output.session(oldest).give_iterator(alerts.drain(..));
                     }
                     if place.is_none() {
-                        held.retain(|e, _| state.holds(*e));
+                        // An input that replays from its start (file, simulator, the
+                        // embedded cluster) resumes nothing: no epoch needs holding.
+                        held.clear();
                     }
                 }
                 // With checkpoints, every epoch taken in since the last one is held: its offsets
