@@ -118,7 +118,10 @@ struct LagContext(Arc<Metrics>);
 impl ClientContext for LagContext {
     fn error(&self, error: KafkaError, reason: &str) {
         // The end of a partition is how `--until-end` knows it is done, not a failure.
-        if matches!(error, KafkaError::PartitionEOF(_)) {
+        if matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
             tracing::debug!("kafka: {error}");
         } else {
             tracing::error!("kafka: {error}: {reason}");
