@@ -294,23 +294,6 @@ fn replay_job(
     job
 }
 
-/// Every alert record written under `out/alerts`, sorted: runs that raised the same
-/// alerts give equal lists, byte for byte.
-fn alert_lines(out: &Path) -> Vec<String> {
-    let mut lines: Vec<String> = vitalflow::sinks::files::committed_parts(&out.join("alerts"))
-        .iter()
-        .flat_map(|p| {
-            std::fs::read_to_string(p)
-                .expect("read")
-                .lines()
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    lines.sort();
-    lines
-}
-
 /// Messages of several labelled scenarios, merged in event-time order, written as NDJSON.
 fn scenario_file(
     path: &Path,

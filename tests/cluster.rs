@@ -155,22 +155,10 @@ fn two_processes_of_two_workers_equal_one_process() {
         "2 processes × 2 workers write what 1 process writes",
     );
     assert_same(&a, &expected(&msgs), "the Observations of all messages");
-    let alerts = |dir: &std::path::Path| {
-        let mut lines: Vec<String> =
-            vitalflow::sinks::files::committed_parts(&dir.join("out/alerts"))
-                .iter()
-                .flat_map(|p| {
-                    std::fs::read_to_string(p)
-                        .expect("read")
-                        .lines()
-                        .map(str::to_string)
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-        lines.sort();
-        lines
-    };
-    let (x, y) = (alerts(multi.path()), alerts(single.path()));
+    let (x, y) = (
+        alert_lines(&multi.path().join("out")),
+        alert_lines(&single.path().join("out")),
+    );
     assert!(
         x.iter()
             .any(|l| l.contains("\"rule\":\"hypoxia\"") && l.contains("\"state\":\"open\"")),

@@ -235,15 +235,7 @@ impl PatientAlerts {
         self.rules = rules;
         let signals = self.judge.signals();
         for patient in self.vitals.patients() {
-            self.judged.clear();
-            self.judge
-                .judge(&patient, &signals, &self.vitals, &mut self.judged);
-            for (rule, c) in self.judged.drain(..) {
-                match c {
-                    Some(c) => self.lifecycle.set(&patient, &rule, c, now, out),
-                    None => self.lifecycle.clear(&patient, &rule, now, out),
-                }
-            }
+            self.judge_signals(&patient, &signals, now, out);
         }
         let judge = &self.judge;
         self.lifecycle
@@ -318,14 +310,19 @@ impl PatientAlerts {
             }
         }
         for (patient, keys) in touched {
-            self.judged.clear();
-            self.judge
-                .judge(&patient, &keys, &self.vitals, &mut self.judged);
-            for (rule, c) in self.judged.drain(..) {
-                match c {
-                    Some(c) => self.lifecycle.set(&patient, &rule, c, now, out),
-                    None => self.lifecycle.clear(&patient, &rule, now, out),
-                }
+            self.judge_signals(&patient, &keys, now, out);
+        }
+    }
+
+    /// Judges `signals` of `patient` and hands the conditions to the lifecycle at `now`.
+    fn judge_signals(&mut self, patient: &str, signals: &[String], now: i64, out: &mut Vec<Alert>) {
+        self.judged.clear();
+        self.judge
+            .judge(patient, signals, &self.vitals, &mut self.judged);
+        for (rule, c) in self.judged.drain(..) {
+            match c {
+                Some(c) => self.lifecycle.set(patient, &rule, c, now, out),
+                None => self.lifecycle.clear(patient, &rule, now, out),
             }
         }
     }

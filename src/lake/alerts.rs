@@ -5,7 +5,7 @@
 //! event the sink reads back the events of its event day's partition (once per day it
 //! touches) and does not write those again, however old the day is.
 
-use super::rows::{column, date_of, micros, partition_days, Columns};
+use super::rows::{column, date_of, micros, Columns};
 use super::schema::{alert_value_fields, ALERTS};
 use super::table::Table;
 use super::LakeConfig;
@@ -66,18 +66,7 @@ impl AlertTableSink {
         if days.is_empty() {
             return Ok(());
         }
-        let files: Vec<_> = self
-            .table
-            .files()?
-            .into_iter()
-            .filter(|f| {
-                f.partition
-                    .get("date")
-                    .and_then(|d| d.as_deref())
-                    .and_then(partition_days)
-                    .is_none_or(|d| days.contains(&d))
-            })
-            .collect();
+        let files = self.table.files_on_days(&days)?;
         for b in self.table.read(&files, &["alert_id", "state", "at"])? {
             let (Some(id), Some(state), Some(at)) = (
                 column::<StringArray>(&b, "alert_id"),

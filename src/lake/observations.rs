@@ -7,7 +7,7 @@
 //! was written instead of writing a partial window, and an update that changes nothing
 //! writes no version. `(id, version)` is unique.
 
-use super::rows::{column, micros, partition_days, Columns};
+use super::rows::{column, micros, Columns};
 use super::schema::OBSERVATIONS;
 use super::table::Table;
 use super::LakeConfig;
@@ -238,18 +238,7 @@ impl StoredObservations for TableVersions {
         days: &BTreeSet<i32>,
         keep: &dyn Fn(&str, Option<DateTime<Utc>>) -> bool,
     ) -> anyhow::Result<Vec<(Value, i64)>> {
-        let files: Vec<_> = self
-            .table
-            .files()?
-            .into_iter()
-            .filter(|f| {
-                f.partition
-                    .get("date")
-                    .and_then(|d| d.as_deref())
-                    .and_then(partition_days)
-                    .is_none_or(|d| days.contains(&d))
-            })
-            .collect();
+        let files = self.table.files_on_days(days)?;
         // Every version is in the table (one row per value): only the newest of each wanted
         // Observation is parsed.
         let batches = self.table.read(

@@ -187,8 +187,12 @@ impl Table {
             .collect())
     }
 
-    /// The data files whose `date` partition is on or after `since` (days since 1970).
-    pub fn files_since(&self, since: i32) -> anyhow::Result<Vec<FileEntry>> {
+    /// The data files of the given `date` partitions (days since 1970); files without a
+    /// `date` partition value are included.
+    pub fn files_on_days(
+        &self,
+        days: &std::collections::BTreeSet<i32>,
+    ) -> anyhow::Result<Vec<FileEntry>> {
         Ok(self
             .files()?
             .into_iter()
@@ -197,7 +201,7 @@ impl Table {
                     .get("date")
                     .and_then(|d| d.as_deref())
                     .and_then(super::rows::partition_days)
-                    .is_none_or(|d| d >= since)
+                    .is_none_or(|d| days.contains(&d))
             })
             .collect())
     }

@@ -334,6 +334,23 @@ pub fn consume_all(
     out
 }
 
+/// Every alert record written under `out/alerts`, sorted: runs that raised the same
+/// alerts give equal lists, byte for byte.
+pub fn alert_lines(out: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = vitalflow::sinks::files::committed_parts(&out.join("alerts"))
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .expect("read")
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
 /// Every Observation line of an output directory, in commit order.
 pub fn observation_lines(out: &Path) -> Vec<Value> {
     vitalflow::sinks::files::committed_parts(&out.join("observations"))
