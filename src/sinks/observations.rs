@@ -368,8 +368,14 @@ impl StoredObservations for CommittedParts {
                 .with_context(|| format!("cannot read {}", part.display()))?;
             for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
                 let line = line.with_context(|| format!("cannot read {}", part.display()))?;
-                let head: Head = serde_json::from_str(&line).with_context(|| {
-                    format!("{}:{}: not a JSON Observation", part.display(), i + 1)
+                // A damaged committed part is not something a retry mends: the job stops,
+                // naming the line, rather than write a version that forgets what it held.
+                let head: Head = serde_json::from_str(&line).map_err(|e| {
+                    anyhow::Error::new(super::fhir::Fatal(format!(
+                        "{}:{}: not a JSON Observation ({e})",
+                        part.display(),
+                        i + 1
+                    )))
                 })?;
                 let time =
                     |t: &Option<std::borrow::Cow<str>>| t.as_deref().and_then(parse_timestamp);
@@ -578,6 +584,39 @@ pub(crate) mod tests {
             );
             assert_eq!(data_of(dir.path(), later), "90");
         }
+    }
+
+    #[test]
+    fn a_damaged_part_stops_the_job_naming_its_line() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let fhir = Arc::new(
+            FhirMapping::from_file(Path::new("templates/bedside-monitor/fhirmapping.json"))
+                .expect("fhir"),
+        );
+        let horizon = Duration::from_secs(7200);
+        let t0 = test_dates()[1];
+        let mut sink =
+            ObservationSink::new(dir.path(), 0, |_| true, horizon, Metrics::new()).expect("sink");
+        let mut w = Windows::new(fhir.clone(), horizon);
+        sink.write(1, hr_at(&mut w, t0, "70")).expect("write");
+        sink.flush().expect("flush");
+        let part = committed_parts(&dir.path().join("observations"))
+            .pop()
+            .expect("a part");
+        std::fs::write(&part, "{\"id\": \"x\"}\n{not json\n").expect("damage");
+        let mut sink =
+            ObservationSink::new(dir.path(), 0, |_| true, horizon, Metrics::new()).expect("sink");
+        let mut w = Windows::new(fhir, horizon);
+        sink.write(2, hr_at(&mut w, t0, "71")).expect("write");
+        let e = sink.flush().expect_err("a damaged part");
+        assert!(
+            e.downcast_ref::<super::super::fhir::Fatal>().is_some(),
+            "{e:#}"
+        );
+        assert!(
+            format!("{e:#}").contains(&format!("{}:2:", part.display())),
+            "{e:#}"
+        );
     }
 
     #[test]
