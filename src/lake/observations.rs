@@ -271,7 +271,16 @@ impl StoredObservations for TableVersions {
         }
         newest
             .into_values()
-            .map(|(version, resource)| Ok((serde_json::from_str(resource)?, version)))
+            .map(|(version, resource)| {
+                // Not mended by a retry: the job stops rather than forget what the table held.
+                let parsed = serde_json::from_str(resource).map_err(|e| {
+                    anyhow::Error::new(crate::sinks::fhir::Fatal(format!(
+                        "{}: version {version} of an Observation is not JSON ({e})",
+                        self.table.location
+                    )))
+                })?;
+                Ok((parsed, version))
+            })
             .collect()
     }
 }
