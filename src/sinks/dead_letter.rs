@@ -5,15 +5,16 @@
 //! / `-partition` / `-offset`, so it can be inspected, fixed and replayed. Without a topic
 //! they are NDJSON part files under `<dir>/dead-letters/`.
 
-use super::files::PartWriter;
+use super::files::{committed_parts, PartWriter};
 use super::kafka::AckedProducer;
 use super::Sink;
 use crate::job::KafkaConfig;
 use crate::sources::RawMessage;
-use anyhow::anyhow;
+use anyhow::{anyhow, Context as _};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 use std::path::Path;
 
 /// A message that could not be processed, and why.
@@ -71,26 +72,78 @@ impl DeadLetter {
 }
 
 /// Dead letters as NDJSON part files.
+///
+/// A restart replays messages whose dead letters were committed but whose offsets were
+/// not: the sink reads back, per source partition, the highest offset its directory holds
+/// and does not write those again (a partition is read by one worker, in order, so every
+/// dead letter at or below it is there). Dead letters without a source position of their
+/// own (FHIR measurement groups) are always written.
 pub struct FileDeadLetters {
     writer: PartWriter,
-    /// Lines kept until a flush commits them, so a failed flush loses none.
-    pending: Vec<(u64, Vec<u8>)>,
+    /// Lines kept until a flush commits them, so a failed flush loses none, with their
+    /// source position.
+    pending: Vec<(u64, Vec<u8>, Option<Position>)>,
+    /// Per source (topic, partition), the highest offset committed.
+    written: HashMap<(String, i32), i64>,
 }
 
+/// A source message's (topic, partition, offset).
+type Position = (String, i32, i64);
+
+/// Topics of dead letters that are not source messages (no position to replay from).
+const SYNTHETIC: &str = "vitalflow:";
+
 impl FileDeadLetters {
-    /// Opens `<dir>/dead-letters` for `worker`.
+    /// Opens `<dir>/dead-letters` for `worker`, reading back what it holds.
     pub fn new(dir: &Path, worker: usize) -> anyhow::Result<Self> {
+        let dir = dir.join("dead-letters");
+        let writer = PartWriter::new(&dir, worker)?;
+        let mut written: HashMap<(String, i32), i64> = HashMap::new();
+        for part in committed_parts(&dir) {
+            let text = std::fs::read_to_string(&part)
+                .with_context(|| format!("cannot read {}", part.display()))?;
+            for line in text.lines() {
+                let Ok(v) = serde_json::from_str::<Value>(line) else {
+                    continue;
+                };
+                let s = &v["source"];
+                if let (Some(t), Some(p), Some(o)) = (
+                    s["topic"].as_str(),
+                    s["partition"].as_i64(),
+                    s["offset"].as_i64(),
+                ) {
+                    if !t.starts_with(SYNTHETIC) {
+                        let e = written.entry((t.to_string(), p as i32)).or_insert(o);
+                        *e = (*e).max(o);
+                    }
+                }
+            }
+        }
         Ok(Self {
-            writer: PartWriter::new(&dir.join("dead-letters"), worker)?,
+            writer,
             pending: Vec::new(),
+            written,
         })
     }
 }
 
 impl Sink<DeadLetter> for FileDeadLetters {
     fn write(&mut self, epoch: u64, item: DeadLetter) -> anyhow::Result<()> {
+        let o = &item.message.origin;
+        let position =
+            (!o.topic.starts_with(SYNTHETIC)).then(|| (o.topic.to_string(), o.partition, o.offset));
+        if let Some((t, p, offset)) = &position {
+            if self
+                .written
+                .get(&(t.clone(), *p))
+                .is_some_and(|w| offset <= w)
+            {
+                // Replayed after a restart: already written.
+                return Ok(());
+            }
+        }
         let line = serde_json::to_vec(&item.to_json()).expect("JSON");
-        self.pending.push((epoch, line));
+        self.pending.push((epoch, line, position));
         Ok(())
     }
 
@@ -98,11 +151,16 @@ impl Sink<DeadLetter> for FileDeadLetters {
         let written = self
             .pending
             .iter()
-            .try_for_each(|(epoch, line)| self.writer.write_line(*epoch, line))
+            .try_for_each(|(epoch, line, _)| self.writer.write_line(*epoch, line))
             .and_then(|()| self.writer.commit());
         match written {
             Ok(_) => {
-                self.pending.clear();
+                for (_, _, position) in self.pending.drain(..) {
+                    if let Some((t, p, o)) = position {
+                        let e = self.written.entry((t, p)).or_insert(o);
+                        *e = (*e).max(o);
+                    }
+                }
                 Ok(())
             }
             Err(e) => {
@@ -188,5 +246,90 @@ impl Sink<DeadLetter> for KafkaDeadLetters {
             .acknowledged(&format!("dead letters to {}", self.topic))?;
         self.pending.clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::Origin;
+
+    fn letter(topic: &str, offset: i64) -> DeadLetter {
+        DeadLetter {
+            message: RawMessage {
+                payload: format!("{{bad {offset}").into_bytes(),
+                key: None,
+                headers: Vec::new(),
+                origin: Origin {
+                    topic: topic.into(),
+                    partition: 1,
+                    offset,
+                    timestamp_ms: None,
+                },
+            },
+            stage: "parse",
+            error: "malformed JSON".into(),
+            template: None,
+        }
+    }
+
+    fn offsets(dir: &Path) -> Vec<(String, i64)> {
+        let mut out: Vec<(String, i64)> = committed_parts(&dir.join("dead-letters"))
+            .iter()
+            .flat_map(|p| {
+                std::fs::read_to_string(p)
+                    .expect("read")
+                    .lines()
+                    .map(|l| {
+                        let v: Value = serde_json::from_str(l).expect("json");
+                        let s = &v["source"];
+                        (
+                            s["topic"].as_str().expect("topic").to_string(),
+                            s["offset"].as_i64().expect("offset"),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_replay_after_a_restart_writes_no_dead_letter_twice() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut sink = FileDeadLetters::new(dir.path(), 0).expect("sink");
+        for o in 1..=3 {
+            sink.write(1, letter("vitals", o)).expect("write");
+        }
+        sink.write(1, letter("vitalflow:measurement-group", 0))
+            .expect("write");
+        sink.flush().expect("flush");
+        // Restart (another worker index: partitions may move): the replay from the last
+        // committed offset repeats 2 and 3.
+        let mut sink = FileDeadLetters::new(dir.path(), 1).expect("sink");
+        for o in 2..=5 {
+            sink.write(2, letter("vitals", o)).expect("write");
+        }
+        sink.write(2, letter("vitalflow:measurement-group", 0))
+            .expect("write");
+        sink.flush().expect("flush");
+        let want: Vec<(String, i64)> = [
+            ("vitalflow:measurement-group", 0),
+            ("vitalflow:measurement-group", 0),
+            ("vitals", 1),
+            ("vitals", 2),
+            ("vitals", 3),
+            ("vitals", 4),
+            ("vitals", 5),
+        ]
+        .iter()
+        .map(|(t, o)| (t.to_string(), *o))
+        .collect();
+        assert_eq!(
+            offsets(dir.path()),
+            want,
+            "groups have no position: both kept"
+        );
     }
 }
