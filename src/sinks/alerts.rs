@@ -3,7 +3,7 @@
 //! FHIR server, a `DetectedIssue` per alert (PUT by the alert id, so each event updates the
 //! same resource) and an `Observation` of the NEWS2 score at each NEWS2 alert event.
 
-use super::files::PartWriter;
+use super::files::{days_index, parts_on_days, PartWriter};
 use super::kafka::AckedProducer;
 use super::Sink;
 use crate::anomaly::lifecycle::{Alert, State};
@@ -13,14 +13,111 @@ use crate::fhir::identity::{Identity, IdentityKey, Resolver};
 use crate::job::FhirSinkConfig;
 use crate::job::KafkaConfig;
 use crate::metrics::{Latencies, Metrics};
+use anyhow::Context as _;
 use rdkafka::producer::BaseRecord;
 use serde_json::{json, Value};
+use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
 enum Out {
     Kafka(AckedProducer, String),
-    Files(PartWriter),
+    Files(FileAlerts),
+}
+
+/// Alert events as NDJSON parts, each indexed by the event days it holds. A restart replays
+/// readings and raises the same events again (same id, state and time): before writing, the
+/// sink reads back the events of the days it writes to (once per day) and skips those.
+struct FileAlerts {
+    writer: PartWriter,
+    dir: std::path::PathBuf,
+    /// (id, state, at) of the events on the days in `loaded`.
+    written: HashSet<(String, String, String)>,
+    loaded: BTreeSet<i32>,
+}
+
+/// Events kept in memory before the oldest days are forgotten (read again if touched).
+const KEEP_EVENTS: usize = 100_000;
+
+fn event_day(a: &Alert) -> i32 {
+    crate::time::parse_timestamp(&a.at).map_or(0, |t| crate::time::day_of(&t))
+}
+
+fn event_key(a: &Alert) -> (String, String, String) {
+    let state = serde_json::to_value(a.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    (a.id.clone(), state, a.at.clone())
+}
+
+impl FileAlerts {
+    fn new(dir: &Path, worker: usize) -> anyhow::Result<Self> {
+        let dir = dir.join("alerts");
+        Ok(Self {
+            writer: PartWriter::new(&dir, worker)?,
+            dir,
+            written: HashSet::new(),
+            loaded: BTreeSet::new(),
+        })
+    }
+
+    fn load(&mut self, days: BTreeSet<i32>) -> anyhow::Result<()> {
+        let days: BTreeSet<i32> = days.difference(&self.loaded).copied().collect();
+        if days.is_empty() {
+            return Ok(());
+        }
+        for part in parts_on_days(&self.dir, &days) {
+            let text = std::fs::read_to_string(&part)
+                .with_context(|| format!("cannot read {}", part.display()))?;
+            for line in text.lines() {
+                let Ok(v) = serde_json::from_str::<Value>(line) else {
+                    continue;
+                };
+                let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+                self.written.insert((text("id"), text("state"), text("at")));
+            }
+        }
+        self.loaded.extend(days);
+        Ok(())
+    }
+
+    /// Writes the events not written before; returns how many were new.
+    fn write(&mut self, pending: &[(u64, Alert)]) -> anyhow::Result<usize> {
+        self.load(pending.iter().map(|(_, a)| event_day(a)).collect())?;
+        let mut days = BTreeSet::new();
+        let mut keys = Vec::new();
+        let result = pending.iter().try_for_each(|(epoch, a)| {
+            let key = event_key(a);
+            if self.written.contains(&key) || keys.contains(&key) {
+                return Ok(());
+            }
+            days.insert(event_day(a));
+            keys.push(key);
+            self.writer
+                .write_line(*epoch, &serde_json::to_vec(a).expect("JSON"))
+        });
+        if let Err(e) = result.and_then(|()| {
+            self.writer
+                .commit_with_index(Some(&days_index(&days)))
+                .map(|_| ())
+        }) {
+            self.writer.abort();
+            return Err(e);
+        }
+        let n = keys.len();
+        self.written.extend(keys);
+        if self.written.len() > KEEP_EVENTS {
+            let newest = self.loaded.last().copied().unwrap_or(0);
+            self.loaded.retain(|d| *d >= newest - 1);
+            let loaded = &self.loaded;
+            self.written.retain(|k| {
+                crate::time::parse_timestamp(&k.2)
+                    .is_some_and(|t| loaded.contains(&crate::time::day_of(&t)))
+            });
+        }
+        Ok(n)
+    }
 }
 
 /// One worker's alert output.
@@ -109,7 +206,7 @@ impl AlertSink {
     /// Alerts to `<dir>/alerts/part-*.ndjson`.
     pub fn files(dir: &Path, worker: usize, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         Ok(Self {
-            out: Out::Files(PartWriter::new(&dir.join("alerts"), worker)?),
+            out: Out::Files(FileAlerts::new(dir, worker)?),
             pending: Vec::new(),
             fhir: None,
             metrics,
@@ -208,7 +305,7 @@ impl Sink<Alert> for AlertSink {
         if self.pending.is_empty() {
             return self.flush_fhir();
         }
-        match &mut self.out {
+        let delivered = match &mut self.out {
             Out::Kafka(p, topic) => {
                 p.begin();
                 for (_, a) in &self.pending {
@@ -217,17 +314,10 @@ impl Sink<Alert> for AlertSink {
                         .map_err(|e| anyhow::anyhow!("cannot send an alert to {topic}: {e}"))?;
                 }
                 p.acknowledged(&format!("alerts to {topic}"))?;
+                self.pending.len()
             }
-            Out::Files(w) => {
-                let written = self.pending.iter().try_for_each(|(epoch, a)| {
-                    w.write_line(*epoch, &serde_json::to_vec(a).expect("JSON"))
-                });
-                if let Err(e) = written.and_then(|()| w.commit().map(|_| ())) {
-                    w.abort();
-                    return Err(e);
-                }
-            }
-        }
+            Out::Files(f) => f.write(&self.pending)?,
+        };
         let now_us = chrono::Utc::now().timestamp_micros();
         let stamps: Vec<i64> = self
             .pending
@@ -236,8 +326,57 @@ impl Sink<Alert> for AlertSink {
             .filter(|s| *s > 0)
             .collect();
         Latencies::record(&self.metrics.latency.alert, now_us, &stamps);
-        Metrics::add(&self.metrics.alerts_out, self.pending.len() as u64);
+        Metrics::add(&self.metrics.alerts_out, delivered as u64);
         self.pending.clear();
         self.flush_fhir()
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+    use crate::sinks::observations::tests::test_dates;
+
+    fn event(state: State, at: chrono::DateTime<chrono::Utc>) -> Alert {
+        let t = crate::time::format_rfc3339(&at);
+        Alert {
+            id: "a1".into(),
+            patient: "P-1".into(),
+            device: "BM-1".into(),
+            rule: "hypoxia".into(),
+            title: "SpO2 low".into(),
+            severity: Severity::Critical,
+            state,
+            since: t.clone(),
+            at: t.clone(),
+            values: vec![("59408-5".into(), 84.0, t)],
+            text: "SpO2 84".into(),
+            stamp_ms: 0,
+        }
+    }
+
+    fn lines(dir: &Path) -> usize {
+        crate::sinks::files::committed_parts(&dir.join("alerts"))
+            .iter()
+            .map(|p| std::fs::read_to_string(p).expect("read").lines().count())
+            .sum()
+    }
+
+    #[test]
+    fn a_replayed_alert_event_is_written_once_however_old_its_day() {
+        for t0 in test_dates() {
+            let dir = tempfile::tempdir().expect("tmp");
+            let mut sink = AlertSink::files(dir.path(), 0, Metrics::new()).expect("sink");
+            sink.write(1, event(State::Open, t0)).expect("write");
+            sink.flush().expect("flush");
+            // Restart: the replay raises the open again, twice, and then the resolution.
+            let mut sink = AlertSink::files(dir.path(), 1, Metrics::new()).expect("sink");
+            sink.write(2, event(State::Open, t0)).expect("write");
+            sink.write(2, event(State::Open, t0)).expect("write");
+            let later = t0 + chrono::Duration::minutes(5);
+            sink.write(2, event(State::Resolved, later)).expect("write");
+            sink.flush().expect("flush");
+            assert_eq!(lines(dir.path()), 2, "open once, resolved once at {t0}");
+        }
     }
 }

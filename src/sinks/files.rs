@@ -126,6 +126,41 @@ pub fn part_index(part: &Path) -> Option<String> {
     fs::read_to_string(part.with_file_name(name)).ok()
 }
 
+/// The index of a part that lists event days (`2026-11-21`, one a line).
+pub fn days_index(days: &std::collections::BTreeSet<i32>) -> String {
+    days.iter()
+        .filter_map(|d| chrono::NaiveDate::default().checked_add_days(chrono::Days::new(*d as u64)))
+        .map(|d| format!("{d}\n"))
+        .collect()
+}
+
+/// The days of a days index; None when it is not one, or empty (an empty index cannot be
+/// told from a lost write).
+pub fn parse_days_index(text: &str) -> Option<std::collections::BTreeSet<i32>> {
+    let days: Option<std::collections::BTreeSet<i32>> = text
+        .lines()
+        .map(|l| {
+            chrono::NaiveDate::parse_from_str(l.trim(), "%Y-%m-%d")
+                .ok()
+                .map(|d| crate::time::day_of(&d.and_time(chrono::NaiveTime::MIN).and_utc()))
+        })
+        .collect();
+    days.filter(|d| !d.is_empty())
+}
+
+/// The committed parts of `dir` that may hold any of `days`, oldest first: those whose
+/// index lists one, and those without a (readable) index.
+pub fn parts_on_days(dir: &Path, days: &std::collections::BTreeSet<i32>) -> Vec<PathBuf> {
+    committed_parts(dir)
+        .into_iter()
+        .filter(|p| {
+            part_index(p)
+                .and_then(|t| parse_days_index(&t))
+                .is_none_or(|d| !d.is_disjoint(days))
+        })
+        .collect()
+}
+
 /// Committed part files of a directory, oldest first (names sort by worker then epoch, so
 /// sort by the epoch range instead).
 pub fn committed_parts(dir: &Path) -> Vec<PathBuf> {

@@ -8,7 +8,7 @@
 //! replay or a days-old backlog merges into what was already written: nothing is lost, and
 //! an update that changes nothing is not written again.
 
-use super::files::{committed_parts, part_index, PartWriter};
+use super::files::{days_index, parts_on_days, PartWriter};
 use super::Sink;
 use crate::dataflow::window::WindowUpdate;
 use crate::fhir::observation::{self, period_end, period_start};
@@ -329,27 +329,6 @@ struct HeadIdentifier<'a> {
     value: Option<std::borrow::Cow<'a, str>>,
 }
 
-/// The index of a part: the event days (`2026-11-21`) its Observations start on.
-fn days_index(days: &BTreeSet<i32>) -> String {
-    days.iter()
-        .filter_map(|d| chrono::NaiveDate::default().checked_add_days(chrono::Days::new(*d as u64)))
-        .map(|d| format!("{d}\n"))
-        .collect()
-}
-
-fn parse_days_index(text: &str) -> Option<BTreeSet<i32>> {
-    let days: Option<BTreeSet<i32>> = text
-        .lines()
-        .map(|l| {
-            chrono::NaiveDate::parse_from_str(l.trim(), "%Y-%m-%d")
-                .ok()
-                .map(|d| crate::time::day_of(&d.and_time(chrono::NaiveTime::MIN).and_utc()))
-        })
-        .collect();
-    // An empty index cannot be told from a lost write: read the part.
-    days.filter(|d| !d.is_empty())
-}
-
 impl StoredObservations for CommittedParts {
     fn read_days(
         &mut self,
@@ -359,11 +338,7 @@ impl StoredObservations for CommittedParts {
         // Later lines supersede earlier ones (NDJSON numbers no versions): the newest line
         // of each wanted Observation, parsed whole at the end.
         let mut newest: HashMap<String, String> = HashMap::new();
-        for part in committed_parts(&self.dir) {
-            let indexed = part_index(&part).and_then(|t| parse_days_index(&t));
-            if indexed.is_some_and(|d| d.is_disjoint(days)) {
-                continue;
-            }
+        for part in parts_on_days(&self.dir, days) {
             let f = std::fs::File::open(&part)
                 .with_context(|| format!("cannot read {}", part.display()))?;
             for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
@@ -467,6 +442,7 @@ pub(crate) mod tests {
     use crate::dataflow::window::Windows;
     use crate::mapping::FhirMapping;
     use crate::model::Measurement;
+    use crate::sinks::files::{committed_parts, parse_days_index};
     use chrono::DurationRound as _;
 
     /// A heart-rate reading `at`, and the window update it makes.
