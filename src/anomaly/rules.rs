@@ -157,8 +157,8 @@ impl Rule {
     }
 }
 
-/// A rule as the differential collection holds it: thresholds in thousandths, so that it is
-/// `Ord` and `Hash`, and a changed threshold is a changed row.
+/// A rule as alerting judges with it: thresholds in thousandths, so that it is
+/// `Ord` and `Hash`, and a changed threshold compares unequal.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RuleRow {
     /// Rule id.

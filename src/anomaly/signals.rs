@@ -152,7 +152,7 @@ impl VitalState {
                         if nb != *old_band {
                             *old_band = nb;
                             // Same reading, new band: retract and insert so that the
-                            // differential side re-judges it (its rule changed).
+                            // judge sees it again (its rule changed).
                             out.push(Change::Reading(
                                 (patient.clone(), key.clone()),
                                 r.clone(),
