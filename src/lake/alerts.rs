@@ -11,16 +11,14 @@ use super::table::Table;
 use super::LakeConfig;
 use crate::anomaly::lifecycle::Alert;
 use crate::metrics::Metrics;
+use crate::sinks::alert_events::WrittenEvents;
 use crate::sinks::Sink;
 use deltalake::arrow::array::{
     Date32Builder, Float64Builder, ListBuilder, RecordBatch, StringArray, StringBuilder,
     StructBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
-
-/// (alert id, state, event time µs).
-type EventKey = (String, String, i64);
 
 fn text_of<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v)
@@ -32,15 +30,10 @@ fn text_of<T: serde::Serialize>(v: &T) -> String {
 /// One worker's writer of the `alerts` table.
 pub struct AlertTableSink {
     table: Table,
-    /// Events the table holds, for the days in `loaded`.
-    written: HashSet<EventKey>,
-    loaded: BTreeSet<i32>,
+    written: WrittenEvents,
     pending: Vec<Alert>,
     metrics: Arc<Metrics>,
 }
-
-/// Events kept in memory before the oldest days are forgotten (read again if touched).
-const KEEP_EVENTS: usize = 100_000;
 
 impl AlertTableSink {
     /// Opens (or creates) the table.
@@ -48,8 +41,7 @@ impl AlertTableSink {
         let table = Table::open(&config.location, &ALERTS, &config.storage)?;
         Ok(Self {
             table,
-            written: HashSet::new(),
-            loaded: BTreeSet::new(),
+            written: WrittenEvents::default(),
             pending: Vec::new(),
             metrics,
         })
@@ -57,16 +49,12 @@ impl AlertTableSink {
 
     /// Reads back the events of the days the pending events fall on, once per day.
     fn load_days(&mut self) -> anyhow::Result<()> {
-        let days: BTreeSet<i32> = self
-            .pending
-            .iter()
-            .map(|a| Self::day(&Self::key(a)))
-            .filter(|d| !self.loaded.contains(d))
-            .collect();
+        let days = self.written.days_to_load(self.pending.iter());
         if days.is_empty() {
             return Ok(());
         }
         let files = self.table.files_on_days(&days)?;
+        let mut held = Vec::new();
         for b in self.table.read(&files, &["alert_id", "state", "at"])? {
             let (Some(id), Some(state), Some(at)) = (
                 column::<StringArray>(&b, "alert_id"),
@@ -76,20 +64,11 @@ impl AlertTableSink {
                 continue;
             };
             for i in 0..b.num_rows() {
-                self.written
-                    .insert((id.value(i).into(), state.value(i).into(), at.value(i)));
+                held.push((id.value(i).into(), state.value(i).into(), at.value(i)));
             }
         }
-        self.loaded.extend(days);
+        self.written.loaded(days, held);
         Ok(())
-    }
-
-    fn day(k: &EventKey) -> i32 {
-        k.2.div_euclid(86_400_000_000) as i32
-    }
-
-    fn key(a: &Alert) -> EventKey {
-        (a.id.clone(), text_of(&a.state), micros(&a.at).unwrap_or(0))
     }
 
     fn batch(alerts: &[Alert]) -> RecordBatch {
@@ -175,12 +154,10 @@ impl Sink<Alert> for AlertTableSink {
 
     fn flush(&mut self) -> anyhow::Result<()> {
         self.load_days()?;
-        // One event per key, even when a replay raised it twice within a flush.
-        let mut seen = HashSet::new();
+        let fresh = self.written.fresh(self.pending.iter());
         let before = self.pending.len();
-        let written = &self.written;
-        self.pending
-            .retain(|a| !written.contains(&Self::key(a)) && seen.insert(Self::key(a)));
+        let mut keep = fresh.iter().map(Option::is_some);
+        self.pending.retain(|_| keep.next().unwrap_or(false));
         Metrics::add(
             &self.metrics.lake_rows_skipped,
             (before - self.pending.len()) as u64,
@@ -193,15 +170,8 @@ impl Sink<Alert> for AlertTableSink {
         self.table.append(vec![batch], Vec::new(), HashMap::new())?;
         self.metrics
             .lake_commit(self.pending.len() as u64, started.elapsed());
-        self.written.extend(seen);
+        self.written.written(fresh.into_iter().flatten());
         self.pending.clear();
-        if self.written.len() > KEEP_EVENTS {
-            // Forget the oldest days by event time; a replay that touches one reads it again.
-            let newest = self.written.iter().map(Self::day).max().unwrap_or(0);
-            self.loaded.retain(|d| *d >= newest - 1);
-            let loaded = &self.loaded;
-            self.written.retain(|k| loaded.contains(&Self::day(k)));
-        }
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 //! FHIR server, a `DetectedIssue` per alert (PUT by the alert id, so each event updates the
 //! same resource) and an `Observation` of the NEWS2 score at each NEWS2 alert event.
 
+use super::alert_events::{self, WrittenEvents};
 use super::files::{days_index, parts_on_days, PartWriter};
 use super::kafka::AckedProducer;
 use super::Sink;
@@ -16,7 +17,7 @@ use crate::metrics::{Latencies, Metrics};
 use anyhow::Context as _;
 use rdkafka::producer::BaseRecord;
 use serde_json::{json, Value};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -25,30 +26,12 @@ enum Out {
     Files(FileAlerts),
 }
 
-/// Alert events as NDJSON parts, each indexed by the event days it holds. A restart replays
-/// readings and raises the same events again (same id, state and time): before writing, the
-/// sink reads back the events of the days it writes to (once per day) and skips those.
+/// Alert events as NDJSON parts, each indexed by the event days it holds, so that the
+/// events a restart's replay raises again are read back by day and not written twice.
 struct FileAlerts {
     writer: PartWriter,
     dir: std::path::PathBuf,
-    /// (id, state, at) of the events on the days in `loaded`.
-    written: HashSet<(String, String, String)>,
-    loaded: BTreeSet<i32>,
-}
-
-/// Events kept in memory before the oldest days are forgotten (read again if touched).
-const KEEP_EVENTS: usize = 100_000;
-
-fn event_day(a: &Alert) -> i32 {
-    crate::time::parse_timestamp(&a.at).map_or(0, |t| crate::time::day_of(&t))
-}
-
-fn event_key(a: &Alert) -> (String, String, String) {
-    let state = serde_json::to_value(a.state)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
-    (a.id.clone(), state, a.at.clone())
+    written: WrittenEvents,
 }
 
 impl FileAlerts {
@@ -57,16 +40,16 @@ impl FileAlerts {
         Ok(Self {
             writer: PartWriter::new(&dir, worker)?,
             dir,
-            written: HashSet::new(),
-            loaded: BTreeSet::new(),
+            written: WrittenEvents::default(),
         })
     }
 
-    fn load(&mut self, days: BTreeSet<i32>) -> anyhow::Result<()> {
-        let days: BTreeSet<i32> = days.difference(&self.loaded).copied().collect();
+    fn load<'a>(&mut self, alerts: impl Iterator<Item = &'a Alert>) -> anyhow::Result<()> {
+        let days = self.written.days_to_load(alerts);
         if days.is_empty() {
             return Ok(());
         }
+        let mut held = Vec::new();
         for part in parts_on_days(&self.dir, &days) {
             let text = std::fs::read_to_string(&part)
                 .with_context(|| format!("cannot read {}", part.display()))?;
@@ -75,28 +58,29 @@ impl FileAlerts {
                     continue;
                 };
                 let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
-                self.written.insert((text("id"), text("state"), text("at")));
+                let at =
+                    crate::time::parse_timestamp(&text("at")).map_or(0, |t| t.timestamp_micros());
+                held.push((text("id"), text("state"), at));
             }
         }
-        self.loaded.extend(days);
+        self.written.loaded(days, held);
         Ok(())
     }
 
     /// Writes the events not written before; returns how many were new.
     fn write(&mut self, pending: &[(u64, Alert)]) -> anyhow::Result<usize> {
-        self.load(pending.iter().map(|(_, a)| event_day(a)).collect())?;
+        self.load(pending.iter().map(|(_, a)| a))?;
+        let fresh = self.written.fresh(pending.iter().map(|(_, a)| a));
         let mut days = BTreeSet::new();
-        let mut keys = Vec::new();
-        let result = pending.iter().try_for_each(|(epoch, a)| {
-            let key = event_key(a);
-            if self.written.contains(&key) || keys.contains(&key) {
-                return Ok(());
-            }
-            days.insert(event_day(a));
-            keys.push(key);
-            self.writer
-                .write_line(*epoch, &serde_json::to_vec(a).expect("JSON"))
-        });
+        let result = pending
+            .iter()
+            .zip(&fresh)
+            .filter_map(|((epoch, a), k)| k.as_ref().map(|k| (epoch, a, k)))
+            .try_for_each(|(epoch, a, k)| {
+                days.insert(alert_events::day(k));
+                self.writer
+                    .write_line(*epoch, &serde_json::to_vec(a).expect("JSON"))
+            });
         if let Err(e) = result.and_then(|()| {
             self.writer
                 .commit_with_index(Some(&days_index(&days)))
@@ -105,17 +89,9 @@ impl FileAlerts {
             self.writer.abort();
             return Err(e);
         }
+        let keys: Vec<_> = fresh.into_iter().flatten().collect();
         let n = keys.len();
-        self.written.extend(keys);
-        if self.written.len() > KEEP_EVENTS {
-            let newest = self.loaded.last().copied().unwrap_or(0);
-            self.loaded.retain(|d| *d >= newest - 1);
-            let loaded = &self.loaded;
-            self.written.retain(|k| {
-                crate::time::parse_timestamp(&k.2)
-                    .is_some_and(|t| loaded.contains(&crate::time::day_of(&t)))
-            });
-        }
+        self.written.written(keys);
         Ok(n)
     }
 }

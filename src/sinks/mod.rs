@@ -5,6 +5,7 @@
 //! delivery acknowledged). The dataflow holds an epoch open until each sink has flushed it;
 //! only then are source offsets committed (see `dataflow`).
 
+pub mod alert_events;
 pub mod alerts;
 pub mod dead_letter;
 pub mod fhir;
