@@ -342,11 +342,9 @@ impl Sink<WindowUpdate> for ObservationTableSink {
 mod tests {
     use super::*;
     use crate::dataflow::window::Windows;
-    use crate::mapping::FhirMapping;
-    use crate::sinks::observations::tests::{hr_at, test_dates};
+    use crate::sinks::observations::tests::{bedside_fhir, hr_at, test_dates};
     use deltalake::arrow::array::Float64Array;
     use serde_json::json;
-    use std::path::Path;
 
     /// (version, count, last, resource data) of the newest row of the window starting `start`.
     fn newest(cfg: &LakeConfig, start: DateTime<Utc>) -> (i64, i64, f64, String) {
@@ -379,10 +377,7 @@ mod tests {
 
     #[test]
     fn after_a_restart_versions_merge_into_what_the_table_holds_at_any_date() {
-        let fhir = Arc::new(
-            FhirMapping::from_file(Path::new("templates/bedside-monitor/fhirmapping.json"))
-                .expect("fhir"),
-        );
+        let fhir = bedside_fhir();
         let horizon = Duration::from_secs(7200);
         let s = chrono::Duration::seconds;
         for t0 in test_dates() {

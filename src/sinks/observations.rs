@@ -461,6 +461,14 @@ pub(crate) mod tests {
         w.take_dirty().pop().expect("one window")
     }
 
+    /// The bedside-monitor FHIR mapping the restore tests build Observations with.
+    pub(crate) fn bedside_fhir() -> Arc<FhirMapping> {
+        Arc::new(
+            FhirMapping::from_file(Path::new("templates/bedside-monitor/fhirmapping.json"))
+                .expect("fhir"),
+        )
+    }
+
     /// The dates the restore tests run at: ten days before today, and years either side of
     /// it, so that no test holds only while the calendar is near its data.
     pub(crate) fn test_dates() -> Vec<DateTime<Utc>> {
@@ -497,10 +505,7 @@ pub(crate) mod tests {
 
     #[test]
     fn after_a_restart_every_update_keeps_what_was_written_before_at_any_date() {
-        let fhir = Arc::new(
-            FhirMapping::from_file(Path::new("templates/bedside-monitor/fhirmapping.json"))
-                .expect("fhir"),
-        );
+        let fhir = bedside_fhir();
         let horizon = Duration::from_secs(7200);
         let s = chrono::Duration::seconds;
         for t0 in test_dates() {
@@ -565,10 +570,7 @@ pub(crate) mod tests {
     #[test]
     fn a_damaged_part_stops_the_job_naming_its_line() {
         let dir = tempfile::tempdir().expect("tmp");
-        let fhir = Arc::new(
-            FhirMapping::from_file(Path::new("templates/bedside-monitor/fhirmapping.json"))
-                .expect("fhir"),
-        );
+        let fhir = bedside_fhir();
         let horizon = Duration::from_secs(7200);
         let t0 = test_dates()[1];
         let mut sink =
