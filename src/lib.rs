@@ -7,6 +7,7 @@ pub mod bench_alerts;
 pub mod dataflow;
 pub mod debugger;
 pub mod event;
+pub mod failpoint;
 pub mod fhir;
 pub mod job;
 pub mod lake;

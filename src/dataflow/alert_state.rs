@@ -15,6 +15,7 @@
 //! (an episode can last hours); the state itself is small.
 
 use super::alerting::PatientAlerts;
+use super::event_clock::{PartitionCut, PartitionKey};
 use crate::anomaly::lifecycle::Lifecycle;
 use crate::anomaly::signals::VitalState;
 use crate::model::Measurement;
@@ -94,8 +95,10 @@ pub fn write(at: &Place, worker: usize, state: &PatientAlerts) -> anyhow::Result
         .map_err(|e| anyhow::anyhow!("cannot write {}: {}", tmp.display(), e.error()))?;
     f.sync_all()
         .with_context(|| format!("cannot sync {}", tmp.display()))?;
+    crate::failpoint::hit("alerts.checkpoint_synced");
     std::fs::rename(&tmp, &done).with_context(|| format!("cannot commit {}", done.display()))?;
     std::fs::File::open(dir).and_then(|d| d.sync_all()).ok();
+    crate::failpoint::hit("alerts.checkpoint_written");
     Ok(())
 }
 
@@ -133,4 +136,83 @@ pub fn read_all(dir: &Path, source: &str) -> anyhow::Result<Vec<Checkpoint>> {
     }
     out.sort_by_key(|c| std::cmp::Reverse(c.run));
     Ok(out)
+}
+
+/// Where the event clock's partition cuts live, beside the alerting checkpoints.
+fn cuts_dir(dir: &Path) -> PathBuf {
+    dir.join("clock")
+}
+
+/// Writes each partition's cut at the offsets about to be committed, keeping the one of the
+/// previous commit: a kill between this write and the offset commit restarts from that one.
+/// Lateness is judged per partition from state no offset holds, so a restart must get it
+/// back exactly or judge readings late that the uninterrupted run judged on time.
+pub fn write_cuts(
+    dir: &Path,
+    cuts: &[(PartitionKey, PartitionCut)],
+    previous: &std::collections::HashMap<PartitionKey, PartitionCut>,
+) -> anyhow::Result<()> {
+    let dir = cuts_dir(dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for ((topic, partition), cut) in cuts {
+        let key = (topic.clone(), *partition);
+        let mut kept: Vec<&PartitionCut> = previous.get(&key).into_iter().collect();
+        kept.retain(|p| p.offset != cut.offset);
+        kept.push(cut);
+        let name = format!("{}.{partition}.json", percent_encoding::utf8_percent_encode(topic, percent_encoding::NON_ALPHANUMERIC));
+        let done = dir.join(&name);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let text = serde_json::to_vec(&CutsFile {
+            topic: topic.to_string(),
+            partition: *partition,
+            cuts: kept.into_iter().cloned().collect(),
+        })?;
+        let written = std::fs::File::create(&tmp).and_then(|mut f| {
+            f.write_all(&text)?;
+            f.sync_all()
+        });
+        written
+            .and_then(|()| std::fs::rename(&tmp, &done))
+            .with_context(|| format!("cannot write {}", done.display()))?;
+    }
+    std::fs::File::open(&dir).and_then(|d| d.sync_all()).ok();
+    Ok(())
+}
+
+/// Every partition's cuts a previous run left (none when there are none). An unreadable file
+/// stops the start, naming it.
+pub fn read_cuts(
+    dir: &Path,
+) -> anyhow::Result<std::collections::HashMap<PartitionKey, Vec<PartitionCut>>> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(entries) = std::fs::read_dir(cuts_dir(dir)) else {
+        return Ok(out);
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let is_cut = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| !n.starts_with('.') && n.ends_with(".json"));
+        if !is_cut {
+            continue;
+        }
+        let text = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        let f: CutsFile = serde_json::from_slice(&text).with_context(|| {
+            format!(
+                "{} is not an event-clock cut (remove it to start the clock afresh)",
+                p.display()
+            )
+        })?;
+        out.insert((f.topic.as_str().into(), f.partition), f.cuts);
+    }
+    Ok(out)
+}
+
+/// One partition's cuts, as written.
+#[derive(Serialize, Deserialize)]
+struct CutsFile {
+    topic: String,
+    partition: i32,
+    cuts: Vec<PartitionCut>,
 }

@@ -44,6 +44,19 @@ struct Partition {
     devices: HashMap<String, i64>,
     by_time: std::collections::BTreeSet<(i64, String)>,
     last: Instant,
+    /// The offset after the last message observed.
+    next: Option<i64>,
+}
+
+/// A partition's clock as it stood before the message at `offset`: written beside the
+/// offsets the job commits, so that a restart judges lateness exactly as the run it
+/// resumes would have (see [`InputClock::cut_at`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartitionCut {
+    /// The offset the state stands before.
+    pub offset: i64,
+    newest: i64,
+    devices: Vec<(String, i64)>,
 }
 
 impl Partition {
@@ -53,6 +66,29 @@ impl Partition {
             devices: HashMap::new(),
             by_time: Default::default(),
             last: now,
+            next: None,
+        }
+    }
+
+    fn from_cut(c: &PartitionCut, now: Instant) -> Self {
+        let mut p = Self::new(now);
+        p.newest = c.newest;
+        for (d, t) in &c.devices {
+            p.devices.insert(d.clone(), *t);
+            p.by_time.insert((*t, d.clone()));
+        }
+        p.next = Some(c.offset);
+        p
+    }
+
+    fn cut(&self, offset: i64) -> PartitionCut {
+        let mut devices: Vec<(String, i64)> =
+            self.devices.iter().map(|(d, t)| (d.clone(), *t)).collect();
+        devices.sort();
+        PartitionCut {
+            offset,
+            newest: self.newest,
+            devices,
         }
     }
 
@@ -103,6 +139,13 @@ pub struct InputClock {
     sent: u64,
     processed: u64,
     finished: bool,
+    /// Cuts asked for and not yet taken: per partition, the offsets to cut before.
+    wanted: HashMap<PartitionKey, std::collections::BTreeSet<i64>>,
+    /// Cuts taken and not yet committed, per partition by offset.
+    cuts: HashMap<PartitionKey, std::collections::BTreeMap<i64, PartitionCut>>,
+    /// Cuts a previous run left, per partition: the one at the offset this run starts from
+    /// is its state.
+    restored: HashMap<PartitionKey, Vec<PartitionCut>>,
     /// The source's current epoch: marks are stamped with it.
     pub epoch: u64,
     /// Wakes the operator that publishes the marks.
@@ -125,8 +168,57 @@ impl InputClock {
             sent: 0,
             processed: 0,
             finished: false,
+            wanted: HashMap::new(),
+            cuts: HashMap::new(),
+            restored: HashMap::new(),
             epoch: 0,
             activator: None,
+        }
+    }
+
+    /// Starts from the cuts a previous run committed with its offsets.
+    pub fn restore(&mut self, cuts: HashMap<PartitionKey, Vec<PartitionCut>>) {
+        self.restored = cuts;
+    }
+
+    /// Asks for each partition's state at `positions` (offsets not yet all observed): taken
+    /// before the first message at or past it, or at once when the partition stands there.
+    pub fn want_cuts<'a>(&mut self, positions: impl Iterator<Item = (&'a PartitionKey, i64)>) {
+        for (k, o) in positions {
+            match self.seen.get(k) {
+                Some(p) if p.next == Some(o) => {
+                    self.cuts.entry(k.clone()).or_default().insert(o, p.cut(o));
+                }
+                _ => {
+                    self.wanted.entry(k.clone()).or_default().insert(o);
+                }
+            }
+        }
+    }
+
+    /// Offsets up to `positions` are committed: their cuts are no longer needed.
+    pub fn committed<'a>(&mut self, positions: impl Iterator<Item = (&'a PartitionKey, i64)>) {
+        for (k, o) in positions {
+            if let Some(cs) = self.cuts.get_mut(k) {
+                *cs = cs.split_off(&o);
+            }
+        }
+    }
+
+    /// The partition's state just before `offset`, when known: a cut taken there, the
+    /// state itself when the partition stands there, or the cut a previous run left there.
+    pub fn cut_at(&self, k: &PartitionKey, offset: i64) -> Option<PartitionCut> {
+        if let Some(c) = self.cuts.get(k).and_then(|cs| cs.get(&offset)) {
+            return Some(c.clone());
+        }
+        match self.seen.get(k) {
+            Some(p) if p.next == Some(offset) => Some(p.cut(offset)),
+            Some(_) => None,
+            None => self
+                .restored
+                .get(k)
+                .and_then(|cs| cs.iter().find(|c| c.offset == offset))
+                .cloned(),
         }
     }
 
@@ -153,20 +245,36 @@ impl InputClock {
     pub fn observe<'a>(
         &mut self,
         partition: &PartitionKey,
+        offset: i64,
         times: impl Iterator<Item = (&'a str, i64)>,
         now: Instant,
         late: &mut Vec<bool>,
     ) {
         self.processed += 1;
         late.clear();
+        let restored = &self.restored;
+        let p = self.seen.entry(partition.clone()).or_insert_with(|| {
+            // The first message since the start: the state the last run left at this
+            // offset, when it left one.
+            restored
+                .get(partition)
+                .and_then(|cs| cs.iter().find(|c| c.offset == offset))
+                .map_or_else(|| Partition::new(now), |c| Partition::from_cut(c, now))
+        });
+        if let Some(wanted) = self.wanted.get_mut(partition) {
+            while let Some(at) = wanted.first().copied().filter(|at| *at <= offset) {
+                wanted.pop_first();
+                self.cuts
+                    .entry(partition.clone())
+                    .or_default()
+                    .insert(at, p.cut(at));
+            }
+        }
+        p.next = Some(offset + 1);
         let mut times = times.peekable();
         if times.peek().is_none() {
             return;
         }
-        let p = self
-            .seen
-            .entry(partition.clone())
-            .or_insert_with(|| Partition::new(now));
         let bound = (!p.devices.is_empty()).then(|| p.slowest().saturating_sub(self.lateness_ms));
         for (device, at) in times {
             late.push(bound.is_some_and(|b| at <= b));
@@ -303,6 +411,7 @@ mod tests {
         assert_eq!(c.mark(now), Mark::At(i64::MIN), "nothing yet from either");
         c.observe(
             &key(0),
+            1,
             [100_000].into_iter().map(|t| ("BM-1", t)),
             now,
             &mut Vec::new(),
@@ -314,6 +423,7 @@ mod tests {
         );
         c.observe(
             &key(1),
+            2,
             [40_000, 60_000].into_iter().map(|t| ("BM-1", t)),
             now,
             &mut Vec::new(),
@@ -334,6 +444,7 @@ mod tests {
         r.polled(1, vec![(key(0), false)], false, now);
         r.observe(
             &key(0),
+            3,
             [100_000].into_iter().map(|t| ("BM-1", t)),
             now,
             &mut Vec::new(),
@@ -348,6 +459,7 @@ mod tests {
         c.polled(3, vec![(key(0), false)], false, now);
         c.observe(
             &key(0),
+            4,
             [("BM-1", 100_000), ("BM-2", 90_000)].into_iter(),
             now,
             &mut Vec::new(),
@@ -360,6 +472,7 @@ mod tests {
         let mut late = Vec::new();
         c.observe(
             &key(0),
+            5,
             [("BM-2", 80_000), ("BM-1", 151_000)].into_iter(),
             now,
             &mut late,
@@ -384,6 +497,7 @@ mod tests {
         c.polled(1, vec![(key(0), false), (key(1), false)], false, now);
         c.observe(
             &key(0),
+            6,
             [100_000].into_iter().map(|t| ("BM-1", t)),
             now,
             &mut Vec::new(),

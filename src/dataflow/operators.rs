@@ -1,6 +1,6 @@
 //! The timely operators of a worker and its progress loop.
 
-use super::event_clock::{InputClock, Mark};
+use super::event_clock::{InputClock, Mark, PartitionCut, PartitionKey};
 use super::normalize::normalize;
 use super::sink_thread::sink_operator;
 use super::window::{WindowUpdate, Windows};
@@ -24,6 +24,9 @@ use timely::dataflow::operators::{Capability, Concat, Map, OkErr, Probe};
 use timely::dataflow::{Scope, Stream};
 use timely::worker::Worker;
 
+/// How often the event clock is cut for an offset commit, with alerting checkpoints.
+const CUT_EVERY: Duration = Duration::from_millis(500);
+
 fn now_ms() -> u64 {
     chrono::Utc::now().timestamp_millis().max(0) as u64
 }
@@ -31,59 +34,128 @@ fn now_ms() -> u64 {
 /// Source positions per closed epoch, committed once the epoch is durable.
 struct Committer {
     source: Box<dyn Source>,
-    /// Closed epochs: the positions at their end, when they opened, and the Kafka timestamps
-    /// of their messages (for the append → durable latency).
-    pending: VecDeque<(u64, Positions, Instant, Vec<i64>)>,
+    /// Closed epochs: the positions at their end, when they opened, the Kafka timestamps
+    /// of their messages (for the append → durable latency), and whether the event clock
+    /// was asked for its state at those positions.
+    pending: VecDeque<Pending>,
     stamps: Vec<i64>,
     last: Option<Positions>,
     metrics: Arc<Metrics>,
+    /// With alerting checkpoints: the event clock's state is committed with the offsets.
+    cuts: Option<CutLog>,
+}
+
+/// A closed epoch waiting to be durable.
+struct Pending {
+    epoch: u64,
+    positions: Positions,
+    opened: Instant,
+    stamps: Vec<i64>,
+    cut: bool,
+}
+
+/// The event clock's partition cuts, written beside the alerting checkpoints before each
+/// offset commit.
+struct CutLog {
+    dir: std::path::PathBuf,
+    /// At most this often: each commit waits for a cut, and a cut copies the partition's
+    /// device clocks.
+    every: Duration,
+    last: Option<Instant>,
+    /// The cut of the last commit, per partition.
+    committed: std::collections::HashMap<PartitionKey, PartitionCut>,
 }
 
 impl Committer {
-    fn close_epoch(&mut self, epoch: u64, opened: Instant) {
+    fn close_epoch(&mut self, epoch: u64, opened: Instant, clock: &mut InputClock) {
         let positions = self.source.positions();
-        let changed = self.pending.back().map(|(_, p, _, _)| p) != Some(&positions)
+        let changed = self.pending.back().map(|p| &p.positions) != Some(&positions)
             && self.last.as_ref() != Some(&positions);
         if changed {
+            let cut = self.cuts.as_mut().is_some_and(|c| {
+                let due = c.last.is_none_or(|l| l.elapsed() >= c.every);
+                if due {
+                    c.last = Some(Instant::now());
+                    clock.want_cuts(positions.iter().map(|(k, o)| (k, *o)));
+                }
+                due
+            });
             let stamps = std::mem::take(&mut self.stamps);
-            self.pending.push_back((epoch, positions, opened, stamps));
+            self.pending.push_back(Pending {
+                epoch,
+                positions,
+                opened,
+                stamps,
+                cut,
+            });
         }
     }
 
-    /// Commits the newest epoch the probe reports durable.
-    fn commit_durable(&mut self, probe: &ProbeHandle<u64>) -> anyhow::Result<()> {
+    /// Commits the newest epoch the probe reports durable (with cuts: the newest whose
+    /// clock state is known).
+    fn commit_durable(
+        &mut self,
+        probe: &ProbeHandle<u64>,
+        clock: &mut InputClock,
+    ) -> anyhow::Result<()> {
         let mut newest = None;
         let now_us = chrono::Utc::now().timestamp_micros();
-        while let Some((epoch, _, _, _)) = self.pending.front() {
-            if probe.less_equal(epoch) {
+        while let Some(p) = self.pending.front() {
+            if probe.less_equal(&p.epoch) {
                 break;
             }
-            let (_, p, opened, stamps) = self.pending.pop_front().expect("front");
-            self.metrics.epoch_durable(opened.elapsed());
-            Latencies::record(&self.metrics.latency.durable, now_us, &stamps);
-            newest = Some(p);
+            let p = self.pending.pop_front().expect("front");
+            self.metrics.epoch_durable(p.opened.elapsed());
+            Latencies::record(&self.metrics.latency.durable, now_us, &p.stamps);
+            if self.cuts.is_none() || p.cut {
+                newest = Some(p.positions);
+            }
         }
         if let Some(p) = newest {
-            self.source.commit(&p)?;
-            Metrics::add(&self.metrics.commits, 1);
-            self.last = Some(p);
+            self.commit(&p, clock, false)?;
         }
         Ok(())
     }
 
+    /// Writes the clock's cuts at `p` (when kept), then commits `p`.
+    fn commit(&mut self, p: &Positions, clock: &mut InputClock, last: bool) -> anyhow::Result<()> {
+        if let Some(log) = &mut self.cuts {
+            let mut taken = Vec::with_capacity(p.len());
+            for (k, o) in p {
+                match clock.cut_at(k, *o) {
+                    Some(c) => taken.push((k.clone(), c)),
+                    // Not known at these offsets: the next epoch with a cut commits instead.
+                    None => return Ok(()),
+                }
+            }
+            super::alert_state::write_cuts(&log.dir, &taken, &log.committed)?;
+            log.committed.extend(taken);
+        }
+        crate::failpoint::hit("offsets.before_commit");
+        if last {
+            self.source.commit_final(p)?;
+        } else {
+            self.source.commit(p)?;
+        }
+        crate::failpoint::hit("offsets.committed");
+        clock.committed(p.iter().map(|(k, o)| (k, *o)));
+        Metrics::add(&self.metrics.commits, 1);
+        self.last = Some(p.clone());
+        Ok(())
+    }
+
     /// At shutdown, every output is durable: commit where the source stands.
-    fn commit_final(&mut self) -> anyhow::Result<()> {
+    fn commit_final(&mut self, clock: &mut InputClock) -> anyhow::Result<()> {
         let p = self.source.positions();
         let now_us = chrono::Utc::now().timestamp_micros();
-        for (_, _, opened, stamps) in self.pending.drain(..) {
-            self.metrics.epoch_durable(opened.elapsed());
-            Latencies::record(&self.metrics.latency.durable, now_us, &stamps);
+        for pending in self.pending.drain(..) {
+            self.metrics.epoch_durable(pending.opened.elapsed());
+            Latencies::record(&self.metrics.latency.durable, now_us, &pending.stamps);
         }
         let stamps = std::mem::take(&mut self.stamps);
         Latencies::record(&self.metrics.latency.durable, now_us, &stamps);
         if self.last.as_ref() != Some(&p) && !p.is_empty() {
-            self.source.commit_final(&p)?;
-            Metrics::add(&self.metrics.commits, 1);
+            self.commit(&p, clock, true)?;
         }
         Ok(())
     }
@@ -97,19 +169,33 @@ pub(super) fn run_worker<A: Allocate>(
     let index = worker.index();
     let peers = worker.peers();
     let parts = worker_parts(shared, index, peers)?;
+    let mut input_clock = InputClock::new(
+        shared.job.allowed_lateness,
+        shared.job.idle_timeout,
+        !shared.until_end,
+    );
+    let cuts = match &shared.alert_checkpoints {
+        Some((dir, _)) => {
+            input_clock.restore(super::alert_state::read_cuts(dir)?);
+            Some(CutLog {
+                dir: dir.clone(),
+                every: CUT_EVERY,
+                last: None,
+                committed: Default::default(),
+            })
+        }
+        None => None,
+    };
     let committer = Rc::new(RefCell::new(Committer {
         source: parts.source,
         pending: VecDeque::new(),
         stamps: Vec::new(),
         last: None,
         metrics: shared.metrics.clone(),
+        cuts,
     }));
     let probe = ProbeHandle::new();
-    let clock = Rc::new(RefCell::new(InputClock::new(
-        shared.job.allowed_lateness,
-        shared.job.idle_timeout,
-        !shared.until_end,
-    )));
+    let clock = Rc::new(RefCell::new(input_clock));
     worker.dataflow::<u64, _, _>(|scope| {
         let raw = source_operator(
             scope,
@@ -194,7 +280,9 @@ pub(super) fn run_worker<A: Allocate>(
         worker.step_or_park(Some(Duration::from_millis(100)));
     }
     if !shared.failed() {
-        committer.borrow_mut().commit_final()?;
+        committer
+            .borrow_mut()
+            .commit_final(&mut clock.borrow_mut())?;
     }
     Ok(())
 }
@@ -256,7 +344,7 @@ fn source_operator<G: Scope<Timestamp = u64>>(
             if shared.failed() {
                 return;
             }
-            if let Err(e) = c.commit_durable(&probe) {
+            if let Err(e) = c.commit_durable(&probe, &mut clock.borrow_mut()) {
                 // A failed commit is retried with the next durable epoch; data is safe.
                 tracing::warn!("offset commit failed: {e:#}");
             }
@@ -295,7 +383,7 @@ fn source_operator<G: Scope<Timestamp = u64>>(
             }
             if state == Poll::Finished {
                 let epoch = *capability.time();
-                c.close_epoch(epoch, opened);
+                c.close_epoch(epoch, opened, &mut clock.borrow_mut());
                 cap = None;
                 // Keep committing as epochs become durable until the dataflow completes.
                 activator.activate_after(Duration::from_millis(10));
@@ -303,10 +391,10 @@ fn source_operator<G: Scope<Timestamp = u64>>(
             }
             if opened.elapsed() >= epoch_len {
                 let epoch = *capability.time();
-                c.close_epoch(epoch, opened);
+                let mut clock = clock.borrow_mut();
+                c.close_epoch(epoch, opened, &mut clock);
                 capability.downgrade(&now_ms().max(epoch + 1));
                 opened = Instant::now();
-                let mut clock = clock.borrow_mut();
                 clock.epoch = *capability.time();
                 if let Some(a) = &clock.activator {
                     a.activate();
@@ -354,6 +442,7 @@ fn normalize_operator<G: Scope<Timestamp = u64>>(
                             normalize(&shared.device, &shared.mapping, skew, now, m, &mut ms);
                         clock.borrow_mut().observe(
                             &(source.topic.clone(), source.partition),
+                            source.offset,
                             ms.iter().map(|x| {
                                 (x.device_id.as_str(), x.occurrence_time.timestamp_millis())
                             }),

@@ -69,6 +69,10 @@ where
                             Some(e) => Err(e),
                             None => sink.flush().map_err(failure),
                         };
+                        if r.is_ok() {
+                            // Durable in the sink, its epochs not yet released nor committed.
+                            crate::failpoint::hit("sink.flushed");
+                        }
                         tracing::debug!(
                             seq,
                             ok = r.is_ok(),

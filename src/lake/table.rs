@@ -162,6 +162,9 @@ impl Table {
             })
             .map(|v| v as i64)
             .with_context(|| format!("cannot commit to {location}"));
+        if result.is_ok() {
+            crate::failpoint::hit("lake.committed");
+        }
         if result.is_err() {
             // The retry starts from the log as it is now (another writer's commit, a
             // metadata change), not from the snapshot that conflicted.

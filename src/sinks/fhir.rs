@@ -334,6 +334,7 @@ impl FhirSink {
                     .map(|h| h.join().expect("a FHIR request thread panicked"))
                     .collect()
             });
+            crate::failpoint::hit("fhir.bundles_answered");
             for (chunk, result) in group.iter().zip(results) {
                 let answers = match result {
                     Ok(a) => a,

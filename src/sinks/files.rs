@@ -99,6 +99,7 @@ impl PartWriter {
             self.worker, self.first_epoch, self.last_epoch
         );
         let done = self.dir.join(&name);
+        crate::failpoint::hit("files.part_synced");
         if let Some(index) = index {
             let staged = self.dir.join(format!(".{name}{INDEX_SUFFIX}.tmp"));
             let written = File::create(&staged).and_then(|mut f| {
@@ -109,6 +110,7 @@ impl PartWriter {
                 .and_then(|()| fs::rename(&staged, self.dir.join(format!("{name}{INDEX_SUFFIX}"))))
                 .with_context(|| format!("cannot write the index of {}", done.display()))?;
         }
+        crate::failpoint::hit("files.index_written");
         fs::rename(&tmp, &done).with_context(|| format!("cannot commit {}", done.display()))?;
         // The rename itself is durable only once the directory is synced.
         File::open(&self.dir).and_then(|d| d.sync_all()).ok();

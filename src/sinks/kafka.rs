@@ -86,6 +86,7 @@ impl AckedProducer {
                 .unwrap_or_default();
             return Err(anyhow!("{failed} of the {what} failed: {last}"));
         }
+        crate::failpoint::hit("kafka.acknowledged");
         Ok(())
     }
 }

@@ -421,6 +421,13 @@ impl Running {
         self.0.as_ref().expect("running").id()
     }
 
+    /// Its exit status if it has exited (then reaped), None while it runs.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        let s = self.0.as_mut()?.try_wait().expect("wait")?;
+        self.0 = None;
+        Some(s)
+    }
+
     /// Sends SIGTERM, as an init system stopping the job would.
     pub fn terminate(&self) {
         let status = Command::new("kill")

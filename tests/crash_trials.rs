@@ -1,0 +1,666 @@
+//! Randomized kill -9 trials of the whole pipeline: nothing lost, nothing duplicated.
+//!
+//! One trial: seeded bedside vitals (with acute episodes that alert) and malformed messages
+//! on a Kafka topic (librdkafka's mock cluster); an uncrashed reference run drains them once;
+//! then a job with every output (NDJSON Observations, FHIR Observations and DetectedIssues on
+//! Helios, the three lakehouse tables, alerts and dead letters to Kafka topics) is killed with
+//! SIGKILL several times, at uniformly random moments or at named crash points
+//! (`VITALFLOW_FAILPOINT`, src/failpoint.rs), and finally run to the end of the input. Every
+//! output is then compared with the reference: multisets of lake rows, alert events and dead
+//! letters; the latest version of every Observation in NDJSON, the lake and the server.
+//!
+//! Each kill records whether it hit uncommitted work: lakehouse rows already written for
+//! messages whose offsets the job had not committed. A trial where no kill did proves
+//! little, and the report says how many did.
+//!
+//! CI runs `VITALFLOW_CRASH_TRIALS` trials (default 2); the documented long run is
+//! `VITALFLOW_CRASH_TRIALS=100 cargo test --test crash_trials -- --nocapture`
+//! (`VITALFLOW_CRASH_SEED` picks another series).
+
+mod common;
+
+use common::fhir_server::Helios;
+use common::*;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::ClientConfig;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use vitalflow::job::SimulatorConfig;
+use vitalflow::sources::simulator::{SimMessage, Simulator};
+
+/// The crash points a kill may be armed at.
+const POINTS: &[&str] = &[
+    "sink.flushed",
+    "offsets.before_commit",
+    "offsets.committed",
+    "files.part_synced",
+    "files.index_written",
+    "lake.committed",
+    "alerts.checkpoint_synced",
+    "alerts.checkpoint_written",
+    "kafka.acknowledged",
+    "fhir.bundles_answered",
+];
+
+const PARTITIONS: i32 = 3;
+
+/// A multiset: each item and how many times it was written.
+type Multiset = BTreeMap<String, usize>;
+
+fn multiset(items: impl IntoIterator<Item = String>) -> Multiset {
+    let mut m = Multiset::new();
+    for i in items {
+        *m.entry(i).or_default() += 1;
+    }
+    m
+}
+
+/// What differs between two multisets: items missing from `got`, items written too often.
+fn differences(got: &Multiset, want: &Multiset) -> (Vec<String>, Vec<String>) {
+    let mut lost = Vec::new();
+    let mut extra = Vec::new();
+    for (k, n) in want {
+        let g = got.get(k).copied().unwrap_or(0);
+        if g < *n {
+            lost.push(format!("{k} ×{}", n - g));
+        }
+    }
+    for (k, n) in got {
+        let w = want.get(k).copied().unwrap_or(0);
+        if *n > w {
+            extra.push(format!("{k} ×{}", n - w));
+        }
+    }
+    (lost, extra)
+}
+
+/// The input of a trial: simulated bedside monitors, a few acute, and malformed messages.
+fn input(seed: u64, count: u64) -> Vec<SimMessage> {
+    let cfg = SimulatorConfig {
+        devices: 16,
+        count: Some(count),
+        seed,
+        out_of_order: 0.05,
+        late_burst: Some(Duration::from_secs(20)),
+        acute: 3,
+        ..SimulatorConfig::default()
+    };
+    let start = chrono::Utc::now() - chrono::Duration::minutes(90);
+    let start = vitalflow::time::parse_timestamp(&start.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .expect("time");
+    let mut msgs: Vec<SimMessage> = Simulator::new(&cfg, start, (0, 1)).collect();
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xbad);
+    let malformed: [&[u8]; 4] = [
+        b"{\"deviceId\": \"truncated\", \"heartRate\": ",
+        b"not json at all",
+        b"{\"unknown\": {\"shape\": true}}",
+        b"\xff\xfe invalid utf-8 \xc3\x28",
+    ];
+    for i in 0..(count / 100).max(4) {
+        let at = rng.random_range(0..msgs.len());
+        let mut m = msgs[at].clone();
+        m.payload = malformed[i as usize % malformed.len()].to_vec();
+        msgs.insert(at, m);
+    }
+    msgs
+}
+
+/// A job reading `vitals` as group `tag`, writing every output under `dir` and to topics
+/// named after `tag`; Observations and alerts also to `fhir` when given.
+fn job(dir: &Path, brokers: &str, tag: &str, fhir: Option<(&str, &str)>) -> std::path::PathBuf {
+    let rules = root().join("templates/alerts/adult-vitals.toml");
+    let mut tables = format!(
+        r#"[sinks.ndjson]
+dir = "{out}"
+flush_interval = "300ms"
+
+[sinks.dead_letter]
+topic = "dead-letters-{tag}"
+
+[sinks.lake]
+location = "{lake}"
+flush_interval = "400ms"
+
+[anomaly]
+rules = "{rules}"
+topic = "alerts-{tag}"
+checkpoint_every = "700ms"
+"#,
+        out = dir.join("out").display(),
+        lake = dir.join("lake").display(),
+        rules = rules.display(),
+    );
+    if let Some((url, identity)) = fhir {
+        tables.push_str(&format!(
+            "\n[sinks.fhir]\nurl = \"{url}\"\nidentity = \"{identity}\"\nbatch_size = 20\nflush_interval = \"500ms\"\n"
+        ));
+    }
+    job_file(dir, &format!("{tag}.toml"), brokers, "vitals", tag, &tables)
+}
+
+/// Every record of `topic` up to its end: (partition, offset, key, value, headers).
+fn read_topic(brokers: &str, topic: &str) -> Vec<(Vec<u8>, BTreeMap<String, String>)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "trial-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let meta = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions = meta.topics()[0].partitions().len() as i32;
+    let mut ends = BTreeMap::new();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        let (low, high) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("watermarks");
+        if high > low {
+            ends.insert(p, high);
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(low))
+                .expect("offset");
+        }
+    }
+    if ends.is_empty() {
+        return Vec::new();
+    }
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ends.is_empty() {
+        assert!(Instant::now() < deadline, "reading {topic} took over 60 s");
+        let Some(m) = c.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.expect("message");
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push((m.payload().unwrap_or_default().to_vec(), headers));
+        if ends.get(&m.partition()).is_some_and(|e| m.offset() + 1 >= *e) {
+            ends.remove(&m.partition());
+        }
+    }
+    out
+}
+
+/// The Python with the lake readers (.ci/run's virtualenv, or python3).
+fn python() -> String {
+    std::env::var("VITALFLOW_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// The rows of each query over the lake table `table` (DuckDB over the Delta log's files).
+fn lake(table: &Path, sql: &[&str]) -> Vec<Vec<Value>> {
+    if !table.join("_delta_log").is_dir() {
+        return sql.iter().map(|_| Vec::new()).collect();
+    }
+    let out = Command::new(python())
+        .arg(root().join("tests/readers/lake_query.py"))
+        .arg(table)
+        .args(sql)
+        .output()
+        .expect("lake reader (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "reading {}: {}",
+        table.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("reader JSON");
+    v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r.as_array().expect("rows").clone())
+        .collect()
+}
+
+/// A row's columns joined: one multiset item.
+fn row_key(r: &Value) -> String {
+    r.as_object()
+        .expect("row")
+        .values()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+/// Everything a run wrote, in comparable form.
+struct Outputs {
+    observations: BTreeMap<String, Value>,
+    lake_measurements: Multiset,
+    lake_observations: BTreeMap<String, Value>,
+    lake_observation_versions: Multiset,
+    lake_alerts: Multiset,
+    alerts: Multiset,
+    dead_letters: Multiset,
+}
+
+const MEASUREMENTS: &str = "SELECT source_partition, source_offset, value_name, CAST(value AS VARCHAR) AS value, CAST(event_time AS VARCHAR) AS t FROM t";
+const OBSERVATIONS: &str =
+    "SELECT resource FROM t QUALIFY row_number() OVER (PARTITION BY id ORDER BY version DESC) = 1";
+const OBSERVATION_VERSIONS: &str = "SELECT id, version, value_name FROM t";
+const ALERTS: &str = "SELECT alert_id, state, CAST(\"at\" AS VARCHAR) AS event_at FROM t";
+
+fn outputs(dir: &Path, brokers: &str, tag: &str) -> Outputs {
+    let m = lake(&dir.join("lake/measurements"), &[MEASUREMENTS]);
+    let o = lake(
+        &dir.join("lake/observations"),
+        &[OBSERVATIONS, OBSERVATION_VERSIONS],
+    );
+    let a = lake(&dir.join("lake/alerts"), &[ALERTS]);
+    let lake_observations = latest(
+        &o[0]
+            .iter()
+            .map(|r| serde_json::from_str(r["resource"].as_str().expect("resource")).expect("json"))
+            .collect::<Vec<Value>>(),
+    );
+    let alert_key = |a: &Value| format!("{}|{}|{}", a["id"], a["state"], a["at"]);
+    Outputs {
+        observations: latest(&observation_lines(&dir.join("out"))),
+        lake_measurements: multiset(m[0].iter().map(row_key)),
+        lake_observations,
+        lake_observation_versions: multiset(o[1].iter().map(row_key)),
+        lake_alerts: multiset(a[0].iter().map(row_key)),
+        alerts: multiset(
+            read_topic(brokers, &format!("alerts-{tag}"))
+                .iter()
+                .map(|(v, _)| alert_key(&serde_json::from_slice(v).expect("alert JSON"))),
+        ),
+        dead_letters: multiset(
+            read_topic(brokers, &format!("dead-letters-{tag}"))
+                .iter()
+                .map(|(_, h)| {
+                    format!(
+                        "{}/{}/{}",
+                        h["vitalflow-source-partition"],
+                        h["vitalflow-source-offset"],
+                        h["vitalflow-stage"]
+                    )
+                }),
+        ),
+    }
+}
+
+/// Where two JSON values first differ: the path, and both values there.
+fn first_difference(got: &Value, want: &Value, path: &str) -> Option<String> {
+    match (got, want) {
+        (Value::Object(g), Value::Object(w)) => {
+            for k in g.keys().chain(w.keys()) {
+                let (a, b) = (g.get(k).unwrap_or(&Value::Null), w.get(k).unwrap_or(&Value::Null));
+                if let Some(d) = first_difference(a, b, &format!("{path}/{k}")) {
+                    return Some(d);
+                }
+            }
+            None
+        }
+        (Value::Array(g), Value::Array(w)) if g.len() == w.len() => g
+            .iter()
+            .zip(w)
+            .enumerate()
+            .find_map(|(i, (a, b))| first_difference(a, b, &format!("{path}/{i}"))),
+        (a, b) if a == b => None,
+        (a, b) => Some(format!("at {path}: got {a:.300} want {b:.300}")),
+    }
+}
+
+/// Lake rows written for messages at or past the committed offsets: output the kill left
+/// uncommitted, which a restart must not write again.
+fn uncommitted_rows(dir: &Path, brokers: &str, tag: &str) -> u64 {
+    let committed = committed(brokers, tag, "vitals", PARTITIONS);
+    let cond: Vec<String> = committed
+        .iter()
+        .map(|(p, o)| format!("(source_partition = {p} AND source_offset >= {o})"))
+        .collect();
+    let q = format!("SELECT count(*) AS n FROM t WHERE {}", cond.join(" OR "));
+    lake(&dir.join("lake/measurements"), &[&q])[0]
+        .first()
+        .and_then(|r| r["n"].as_u64())
+        .unwrap_or(0)
+}
+
+/// How a run ends before the final one.
+#[derive(Debug, Clone)]
+enum Kill {
+    /// SIGKILL from outside, this long after the start.
+    After(Duration),
+    /// SIGKILL from inside, the nth time the process passes the point.
+    At(&'static str, u64),
+}
+
+/// One trial's report.
+struct Report {
+    kills: Vec<(Kill, bool, u64)>,
+}
+
+fn trial(seed: u64, kills: usize, identity: &str) -> Report {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let tmp = tempfile::tempdir().expect("tmp");
+    if std::env::var_os("VITALFLOW_TRIAL_KEEP").is_some() {
+        eprintln!("trial seed {seed}: outputs kept in {}", tmp.path().display());
+    }
+    let (_c, brokers) = mock_cluster(&[
+        ("vitals", PARTITIONS),
+        ("alerts-ref", 2),
+        ("alerts-crash", 2),
+        ("dead-letters-ref", 2),
+        ("dead-letters-crash", 2),
+    ]);
+    let msgs = input(seed, 6000);
+    produce_sim(&producer(&brokers), "vitals", &msgs);
+
+    let reference = tmp.path().join("reference");
+    std::fs::create_dir_all(&reference).expect("dir");
+    let ref_job = job(&reference, &brokers, "ref", None);
+    run_ok(
+        vitalflow()
+            .args(["run", "--until-end", "--workers", "2", "--job"])
+            .arg(&ref_job),
+    );
+    let want = outputs(&reference, &brokers, "ref");
+    assert!(!want.alerts.is_empty(), "the input raises alerts");
+    assert!(!want.dead_letters.is_empty(), "the input has dead letters");
+
+    let crashed = tmp.path().join("crashed");
+    std::fs::create_dir_all(&crashed).expect("dir");
+    let h = Helios::start(&tmp.path().join("hfs"));
+    if identity == "Lookup" {
+        let mut seen = std::collections::BTreeSet::new();
+        for m in &msgs {
+            let v: Value = match serde_json::from_slice(&m.payload) {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            if let (Some(d), Some(p)) = (v["deviceId"].as_str(), v["patientId"].as_str()) {
+                if seen.insert(d.to_string()) {
+                    h.register(p, d);
+                }
+            }
+        }
+    }
+    let crash_job = job(&crashed, &brokers, "crash", Some((&h.url(), identity)));
+    let mut report = Report { kills: Vec::new() };
+    for _ in 0..kills {
+        let kill = if rng.random_bool(0.5) {
+            Kill::After(Duration::from_millis(rng.random_range(500..4500)))
+        } else {
+            Kill::At(
+                POINTS[rng.random_range(0..POINTS.len())],
+                rng.random_range(1..6),
+            )
+        };
+        let mut cmd = vitalflow();
+        let log = std::fs::File::create(crashed.join(format!("run-{}.log", report.kills.len())))
+            .expect("log");
+        cmd.args(["run", "--workers", "2", "--job"])
+            .arg(&crash_job)
+            .stderr(log);
+        if let Kill::At(point, n) = &kill {
+            cmd.env("VITALFLOW_FAILPOINT", format!("{point}:{n}"));
+        }
+        let started = Instant::now();
+        let mut running = Running::spawn(&mut cmd);
+        let limit = match &kill {
+            Kill::After(d) => *d,
+            // A point not reached in 8 s: killed from outside then.
+            Kill::At(..) => Duration::from_secs(8),
+        };
+        let mut ended_itself = None;
+        while started.elapsed() < limit && ended_itself.is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+            ended_itself = running.try_wait();
+        }
+        running.kill();
+        if let Some(status) = ended_itself {
+            assert!(
+                status.code().is_none(),
+                "the job exited on its own ({status}) before its kill: {kill:?}"
+            );
+        }
+        let uncommitted = uncommitted_rows(&crashed, &brokers, "crash");
+        report
+            .kills
+            .push((kill, ended_itself.is_some(), uncommitted));
+    }
+    run_ok(
+        vitalflow()
+            .args(["run", "--until-end", "--workers", "2", "--job"])
+            .arg(&crash_job),
+    );
+    let got = outputs(&crashed, &brokers, "crash");
+
+    let mut failures = Vec::new();
+    let mut compare = |what: &str, got: &Multiset, want: &Multiset| {
+        let (lost, extra) = differences(got, want);
+        if !lost.is_empty() || !extra.is_empty() {
+            failures.push(format!(
+                "{what}: {} lost, {} duplicated (e.g. lost {:?}, duplicated {:?})",
+                lost.len(),
+                extra.len(),
+                lost.iter().take(3).collect::<Vec<_>>(),
+                extra.iter().take(3).collect::<Vec<_>>()
+            ));
+        }
+    };
+    compare(
+        "lake measurements",
+        &got.lake_measurements,
+        &want.lake_measurements,
+    );
+    compare("lake alerts", &got.lake_alerts, &want.lake_alerts);
+    compare("alerts topic", &got.alerts, &want.alerts);
+    compare("dead-letter topic", &got.dead_letters, &want.dead_letters);
+    let dup_versions: Vec<&String> = got
+        .lake_observation_versions
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(k, _)| k)
+        .collect();
+    if !dup_versions.is_empty() {
+        failures.push(format!(
+            "lake observations: {} (id, version, value) written twice, e.g. {:?}",
+            dup_versions.len(),
+            &dup_versions[..dup_versions.len().min(3)]
+        ));
+    }
+    let mut same = |what: &str, got: &BTreeMap<String, Value>, want: &BTreeMap<String, Value>| {
+        let differ: Vec<&String> = want
+            .iter()
+            .filter(|(id, w)| got.get(*id) != Some(*w))
+            .map(|(id, _)| id)
+            .chain(got.keys().filter(|id| !want.contains_key(*id)))
+            .collect();
+        if let Some(first) = differ.first() {
+            failures.push(format!(
+                "{what}: {} of {} latest Observations differ, e.g. {:?}: {}",
+                differ.len(),
+                want.len(),
+                &differ[..differ.len().min(3)],
+                first_difference(
+                    got.get(*first).unwrap_or(&Value::Null),
+                    want.get(*first).unwrap_or(&Value::Null),
+                    ""
+                )
+                .unwrap_or_default(),
+            ));
+        }
+    };
+    same("NDJSON Observations", &got.observations, &want.observations);
+    same(
+        "lake observations",
+        &got.lake_observations,
+        &want.lake_observations,
+    );
+    // The server's Observations carry the server's Patient and Device ids (in their
+    // references, identifier and id): compared by device identifier and window, value for value.
+    let body = |o: &Value| {
+        let mut o = o.clone();
+        if let Some(m) = o.as_object_mut() {
+            for k in ["id", "identifier", "subject", "device", "encounter", "meta", "text", "status"] {
+                m.remove(k);
+            }
+        }
+        o
+    };
+    let idents = |kind: &str| -> BTreeMap<String, String> {
+        h.all(kind)
+            .iter()
+            .map(|r| {
+                (
+                    format!("{kind}/{}", r["id"].as_str().expect("id")),
+                    r["identifier"][0]["value"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let devices_on_server = idents("Device");
+    // `{patient}.{device}.{window…}`: the window part, after the two resource ids.
+    let window = |ident: &str, patient: &str, device: &str| {
+        ident
+            .strip_prefix(&format!("{patient}.{device}."))
+            .unwrap_or(ident)
+            .to_string()
+    };
+    let on_server: BTreeMap<String, Value> = h
+        .all("Observation")
+        .iter()
+        .filter(|o| o["code"]["coding"][0]["code"] != "1104051000000101")
+        .map(|o| {
+            let p = o["subject"]["reference"].as_str().unwrap_or_default();
+            let d = o["device"]["reference"].as_str().unwrap_or_default();
+            let ident = o["identifier"][0]["value"].as_str().unwrap_or_default();
+            let key = format!(
+                "{}|{}",
+                devices_on_server.get(d).map_or("?", String::as_str),
+                window(
+                    ident,
+                    p.trim_start_matches("Patient/"),
+                    d.trim_start_matches("Device/")
+                )
+            );
+            (key, body(o))
+        })
+        .collect();
+    let want_server: BTreeMap<String, Value> = want
+        .observations
+        .values()
+        .map(|o| {
+            let p = o["subject"]["identifier"]["value"].as_str().unwrap_or_default();
+            let d = o["device"]["identifier"]["value"].as_str().unwrap_or_default();
+            let ident = o["identifier"][0]["value"].as_str().unwrap_or_default();
+            (format!("{d}|{}", window(ident, p, d)), body(o))
+        })
+        .collect();
+    same("FHIR Observations", &on_server, &want_server);
+    // One Patient and one Device per monitor, however often the job was killed mid-create.
+    let devices = msgs
+        .iter()
+        .filter_map(|m| serde_json::from_slice::<Value>(&m.payload).ok())
+        .filter_map(|v| v["deviceId"].as_str().map(String::from))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    for kind in ["Patient", "Device"] {
+        let n = h.all(kind).len();
+        if n != devices {
+            failures.push(format!("{n} {kind} resources for {devices} monitors"));
+        }
+    }
+    // A DetectedIssue per alert, in the state its last event left it.
+    let mut last_state: BTreeMap<String, String> = BTreeMap::new();
+    for k in want.alerts.keys() {
+        let mut parts = k.split('|');
+        let id = parts.next().expect("id").trim_matches('"').to_string();
+        let state = parts.next().expect("state").trim_matches('"').to_string();
+        let at = parts.next().expect("at").to_string();
+        let e = last_state.entry(id).or_insert_with(|| format!("{at}|{state}"));
+        if at > e.split('|').next().unwrap_or_default().to_string() {
+            *e = format!("{at}|{state}");
+        }
+    }
+    let issues: BTreeMap<String, String> = h
+        .all("DetectedIssue")
+        .iter()
+        .map(|i| {
+            (
+                i["id"].as_str().expect("id").to_string(),
+                i["status"].as_str().expect("status").to_string(),
+            )
+        })
+        .collect();
+    if issues.len() != last_state.len() {
+        failures.push(format!(
+            "{} DetectedIssues for {} alerts",
+            issues.len(),
+            last_state.len()
+        ));
+    }
+    let hit = report.kills.iter().filter(|(_, _, u)| *u > 0).count();
+    let line = report
+        .kills
+        .iter()
+        .map(|(k, itself, u)| {
+            let how = match k {
+                Kill::After(d) => format!("after {} ms", d.as_millis()),
+                Kill::At(p, n) if *itself => format!("at {p} #{n}"),
+                Kill::At(p, n) => format!("at {p} #{n} (not reached; killed after 8 s)"),
+            };
+            format!("{how}: {u} uncommitted rows")
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    eprintln!(
+        "trial seed {seed} ({identity}): {} kills, {hit} hit uncommitted output [{line}]",
+        report.kills.len()
+    );
+    if std::env::var_os("VITALFLOW_TRIAL_KEEP").is_some() {
+        let _ = tmp.keep();
+    }
+    assert!(
+        failures.is_empty(),
+        "trial seed {seed}: outputs differ from the uncrashed run:\n{}",
+        failures.join("\n")
+    );
+    report
+}
+
+#[test]
+fn randomized_kill_9_trials_lose_and_duplicate_nothing() {
+    let trials: u64 = std::env::var("VITALFLOW_CRASH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let base: u64 = std::env::var("VITALFLOW_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20261129);
+    let mut hit = 0;
+    for i in 0..trials {
+        let identity = if i % 2 == 0 { "Create" } else { "Lookup" };
+        let r = trial(base + i, 4, identity);
+        if r.kills.iter().any(|(_, _, u)| *u > 0) {
+            hit += 1;
+        }
+    }
+    eprintln!("{trials} trials, {hit} with a kill that hit uncommitted output");
+    assert!(
+        hit > 0,
+        "no kill hit uncommitted output: the trials proved nothing"
+    );
+}
