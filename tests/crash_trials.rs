@@ -194,7 +194,10 @@ fn read_topic(brokers: &str, topic: &str) -> Vec<(Vec<u8>, BTreeMap<String, Stri
             })
             .unwrap_or_default();
         out.push((m.payload().unwrap_or_default().to_vec(), headers));
-        if ends.get(&m.partition()).is_some_and(|e| m.offset() + 1 >= *e) {
+        if ends
+            .get(&m.partition())
+            .is_some_and(|e| m.offset() + 1 >= *e)
+        {
             ends.remove(&m.partition());
         }
     }
@@ -304,7 +307,10 @@ fn first_difference(got: &Value, want: &Value, path: &str) -> Option<String> {
     match (got, want) {
         (Value::Object(g), Value::Object(w)) => {
             for k in g.keys().chain(w.keys()) {
-                let (a, b) = (g.get(k).unwrap_or(&Value::Null), w.get(k).unwrap_or(&Value::Null));
+                let (a, b) = (
+                    g.get(k).unwrap_or(&Value::Null),
+                    w.get(k).unwrap_or(&Value::Null),
+                );
                 if let Some(d) = first_difference(a, b, &format!("{path}/{k}")) {
                     return Some(d);
                 }
@@ -354,7 +360,10 @@ fn trial(seed: u64, kills: usize, identity: &str) -> Report {
     let mut rng = StdRng::seed_from_u64(seed);
     let tmp = tempfile::tempdir().expect("tmp");
     if std::env::var_os("VITALFLOW_TRIAL_KEEP").is_some() {
-        eprintln!("trial seed {seed}: outputs kept in {}", tmp.path().display());
+        eprintln!(
+            "trial seed {seed}: outputs kept in {}",
+            tmp.path().display()
+        );
     }
     let (_c, brokers) = mock_cluster(&[
         ("vitals", PARTITIONS),
@@ -411,6 +420,7 @@ fn trial(seed: u64, kills: usize, identity: &str) -> Report {
             .expect("log");
         cmd.args(["run", "--workers", "2", "--job"])
             .arg(&crash_job)
+            .env("VITALFLOW_LOG", "warn,vitalflow=debug")
             .stderr(log);
         if let Kill::At(point, n) = &kill {
             cmd.env("VITALFLOW_FAILPOINT", format!("{point}:{n}"));
@@ -513,7 +523,16 @@ fn trial(seed: u64, kills: usize, identity: &str) -> Report {
     let body = |o: &Value| {
         let mut o = o.clone();
         if let Some(m) = o.as_object_mut() {
-            for k in ["id", "identifier", "subject", "device", "encounter", "meta", "text", "status"] {
+            for k in [
+                "id",
+                "identifier",
+                "subject",
+                "device",
+                "encounter",
+                "meta",
+                "text",
+                "status",
+            ] {
                 m.remove(k);
             }
         }
@@ -525,7 +544,10 @@ fn trial(seed: u64, kills: usize, identity: &str) -> Report {
             .map(|r| {
                 (
                     format!("{kind}/{}", r["id"].as_str().expect("id")),
-                    r["identifier"][0]["value"].as_str().unwrap_or_default().to_string(),
+                    r["identifier"][0]["value"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
                 )
             })
             .collect()
@@ -562,8 +584,12 @@ fn trial(seed: u64, kills: usize, identity: &str) -> Report {
         .observations
         .values()
         .map(|o| {
-            let p = o["subject"]["identifier"]["value"].as_str().unwrap_or_default();
-            let d = o["device"]["identifier"]["value"].as_str().unwrap_or_default();
+            let p = o["subject"]["identifier"]["value"]
+                .as_str()
+                .unwrap_or_default();
+            let d = o["device"]["identifier"]["value"]
+                .as_str()
+                .unwrap_or_default();
             let ident = o["identifier"][0]["value"].as_str().unwrap_or_default();
             (format!("{d}|{}", window(ident, p, d)), body(o))
         })
@@ -583,15 +609,15 @@ fn trial(seed: u64, kills: usize, identity: &str) -> Report {
         }
     }
     // A DetectedIssue per alert, in the state its last event left it.
-    let mut last_state: BTreeMap<String, String> = BTreeMap::new();
+    let mut last_state: BTreeMap<String, (String, String)> = BTreeMap::new();
     for k in want.alerts.keys() {
         let mut parts = k.split('|');
         let id = parts.next().expect("id").trim_matches('"').to_string();
         let state = parts.next().expect("state").trim_matches('"').to_string();
         let at = parts.next().expect("at").to_string();
-        let e = last_state.entry(id).or_insert_with(|| format!("{at}|{state}"));
-        if at > e.split('|').next().unwrap_or_default().to_string() {
-            *e = format!("{at}|{state}");
+        let e = last_state.entry(id).or_insert((at.clone(), state.clone()));
+        if at > e.0 {
+            *e = (at, state);
         }
     }
     let issues: BTreeMap<String, String> = h
@@ -604,6 +630,19 @@ fn trial(seed: u64, kills: usize, identity: &str) -> Report {
             )
         })
         .collect();
+    for (id, (_, state)) in &last_state {
+        let want_status = if state == "resolved" {
+            "final"
+        } else {
+            "preliminary"
+        };
+        if issues.get(id).map(String::as_str) != Some(want_status) {
+            failures.push(format!(
+                "DetectedIssue {id}: {:?}, its last alert event is {state}",
+                issues.get(id)
+            ));
+        }
+    }
     if issues.len() != last_state.len() {
         failures.push(format!(
             "{} DetectedIssues for {} alerts",

@@ -70,9 +70,11 @@ pub enum Change {
 #[derive(Default, Serialize, Deserialize)]
 struct VitalTrack {
     last: Option<(i64, f64)>,
-    /// (time, value) within the longest change window of any rule. Not checkpointed: it is
-    /// most of the state, and after a restart the windows refill within their length.
-    #[serde(skip)]
+    /// (time, value) within the longest change window of any rule: every reading within the
+    /// longest median window, and older ones only while they can be a change window's
+    /// highest or lowest (see [`prune`]). Checkpointed, so that a restart judges the same
+    /// medians and changes as the uninterrupted run.
+    #[serde(default)]
     history: VecDeque<(i64, f64)>,
     /// Per baseline signal: (mean, variance, first reading ms, last reading ms).
     baselines: HashMap<String, (f64, f64, i64, i64)>,
@@ -85,6 +87,41 @@ struct PatientState {
     emitted: HashMap<String, (i64, Reading)>,
     /// The staleness check this patient has pending, if any.
     stale_check: Option<i64>,
+}
+
+/// Drops from a vital's history what no signal can read any more: readings older than
+/// `keep` (the longest window), and, older than `smooth` (the longest median window), each
+/// reading that a later one at least as high and a later one at least as low make
+/// redundant: a change window's highest and lowest are then those of the full history.
+/// What is left is the recent readings and two chains (measured in the tests: a random walk
+/// at one reading a second keeps at most 200 of a 30-minute window's 1,800 readings).
+fn prune(history: &mut VecDeque<(i64, f64)>, at: i64, keep: i64, smooth: i64) {
+    while history.front().is_some_and(|(t, _)| *t < at - keep) {
+        history.pop_front();
+    }
+    let cutoff = at - smooth;
+    let old = history.iter().take_while(|(t, _)| *t < cutoff).count();
+    if old == 0 {
+        return;
+    }
+    let (mut hi, mut lo) = (f64::NEG_INFINITY, f64::INFINITY);
+    for (_, x) in history.iter().skip(old) {
+        hi = hi.max(*x);
+        lo = lo.min(*x);
+    }
+    let mut needed = vec![true; old];
+    for i in (0..old).rev() {
+        let x = history[i].1;
+        needed[i] = !(hi >= x && lo <= x);
+        hi = hi.max(x);
+        lo = lo.min(x);
+    }
+    let mut i = 0;
+    history.retain(|_| {
+        let k = i >= old || needed[i];
+        i += 1;
+        k
+    });
 }
 
 fn band(boundaries: &[f64], v: f64) -> i64 {
@@ -392,10 +429,16 @@ impl VitalState {
                 })
                 .max();
             if let Some(keep) = longest {
+                let smooth = signals
+                    .iter()
+                    .filter_map(|s| match s {
+                        Signal::Smoothed { window_s, .. } => Some(*window_s as i64 * 1000),
+                        _ => None,
+                    })
+                    .max()
+                    .unwrap_or(0);
                 track.history.push_back((at, v));
-                while track.history.front().is_some_and(|(t, _)| *t < at - keep) {
-                    track.history.pop_front();
-                }
+                prune(&mut track.history, at, keep, smooth);
             }
         }
         // A NEWS2 parameter read now goes stale `stale_after` later, unless read again.
@@ -416,6 +459,56 @@ impl VitalState {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_pruned_history_gives_every_window_the_extremes_and_medians_of_the_full_one() {
+        use rand::{RngExt as _, SeedableRng as _};
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(7);
+        let (keep, smooth) = (30 * 60_000, 60_000);
+        let mut full: VecDeque<(i64, f64)> = VecDeque::new();
+        let mut pruned: VecDeque<(i64, f64)> = VecDeque::new();
+        let mut v = 120.0;
+        let mut largest = 0;
+        for i in 0..7200i64 {
+            let at = i * 1000;
+            v += rng.random_range(-2.0..2.0);
+            full.push_back((at, v));
+            while full.front().is_some_and(|(t, _)| *t < at - keep) {
+                full.pop_front();
+            }
+            pruned.push_back((at, v));
+            prune(&mut pruned, at, keep, smooth);
+            largest = largest.max(pruned.len());
+            for within in [smooth, 5 * 60_000, keep] {
+                let window = |h: &VecDeque<(i64, f64)>| {
+                    let xs: Vec<f64> = h
+                        .iter()
+                        .filter(|(t, _)| *t >= at - within)
+                        .map(|(_, x)| *x)
+                        .collect();
+                    let hi = xs.iter().copied().fold(f64::MIN, f64::max);
+                    let lo = xs.iter().copied().fold(f64::MAX, f64::min);
+                    (hi, lo)
+                };
+                assert_eq!(window(&pruned), window(&full), "at {at} within {within}");
+            }
+            let median = |h: &VecDeque<(i64, f64)>| {
+                let mut w: Vec<f64> = h
+                    .iter()
+                    .filter(|(t, _)| *t >= at - smooth)
+                    .map(|(_, x)| *x)
+                    .collect();
+                w.sort_by(f64::total_cmp);
+                w[w.len() / 2]
+            };
+            assert_eq!(median(&pruned), median(&full), "at {at}");
+        }
+        assert!(
+            largest < 400,
+            "a 30-minute window of 1,800 readings keeps {largest}"
+        );
+        eprintln!("pruned history: at most {largest} of 1,800 readings");
+    }
     use super::*;
     use crate::anomaly::rules::{parse, Vitals};
     use crate::mapping::FhirMapping;

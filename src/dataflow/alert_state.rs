@@ -15,7 +15,6 @@
 //! (an episode can last hours); the state itself is small.
 
 use super::alerting::PatientAlerts;
-use super::event_clock::{PartitionCut, PartitionKey};
 use crate::anomaly::lifecycle::Lifecycle;
 use crate::anomaly::signals::VitalState;
 use crate::model::Measurement;
@@ -43,6 +42,9 @@ pub struct CheckpointRef<'a> {
     pub lifecycle: &'a Lifecycle,
     /// Readings waiting for the event clock.
     pub waiting: Vec<&'a Measurement>,
+    /// Where the alert topic stood per partition (Kafka alerts): every event raised after
+    /// this checkpoint lies past it.
+    pub alerts_topic: std::collections::BTreeMap<i32, i64>,
 }
 
 /// One worker's alerting state, as read back.
@@ -62,6 +64,34 @@ pub struct Checkpoint {
     pub lifecycle: Lifecycle,
     /// See [`CheckpointRef::waiting`].
     pub waiting: Vec<Measurement>,
+    /// See [`CheckpointRef::alerts_topic`].
+    #[serde(default)]
+    pub alerts_topic: std::collections::BTreeMap<i32, i64>,
+}
+
+/// Where a restart reads the alert topic back from: per partition the least position of
+/// any checkpoint (a partition some checkpoint does not name: from its start).
+pub fn alerts_topic_from(checkpoints: &[Checkpoint]) -> std::collections::BTreeMap<i32, i64> {
+    let mut from = std::collections::BTreeMap::new();
+    let mut unknown = std::collections::BTreeSet::new();
+    for c in checkpoints {
+        for (q, o) in &c.alerts_topic {
+            let e = from.entry(*q).or_insert(*o);
+            *e = (*e).min(*o);
+        }
+    }
+    for c in checkpoints {
+        unknown.extend(
+            from.keys()
+                .copied()
+                .filter(|q| !c.alerts_topic.contains_key(q)),
+        );
+    }
+    if checkpoints.iter().any(|c| c.alerts_topic.is_empty()) {
+        return std::collections::BTreeMap::new();
+    }
+    from.retain(|q, _| !unknown.contains(q));
+    from
 }
 
 /// Where a run's worker writes.
@@ -76,25 +106,33 @@ pub struct Place {
     pub peers: usize,
 }
 
-/// Writes `state` as `worker`'s checkpoint: a temporary file, fsynced, then renamed.
-pub fn write(at: &Place, worker: usize, state: &PatientAlerts) -> anyhow::Result<()> {
+/// `state` as a checkpoint's bytes (zstd-compressed JSON); `alerts_topic`: where the
+/// alert topic stands now.
+pub fn encode(
+    at: &Place,
+    state: &PatientAlerts,
+    alerts_topic: std::collections::BTreeMap<i32, i64>,
+) -> anyhow::Result<Vec<u8>> {
+    let mut z = zstd::stream::write::Encoder::new(Vec::new(), 3)?;
+    serde_json::to_writer(
+        &mut z,
+        &state.checkpoint(&at.source, at.run, at.peers, alerts_topic),
+    )?;
+    Ok(z.finish()?)
+}
+
+/// Writes `bytes` (see [`encode`]) as `worker`'s checkpoint: a temporary file, fsynced,
+/// then renamed.
+pub fn write(at: &Place, worker: usize, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = &at.dir;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let done = dir.join(format!("w{worker:03}.json.zst"));
     let tmp = dir.join(format!(".w{worker:03}.json.zst.tmp"));
-    let f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let cannot = |e: std::io::Error| anyhow::anyhow!("cannot write {}: {e}", tmp.display());
-    let mut z = zstd::stream::write::Encoder::new(std::io::BufWriter::new(f), 3).map_err(cannot)?;
-    serde_json::to_writer(&mut z, &state.checkpoint(&at.source, at.run, at.peers))
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    let mut w = z.finish().map_err(cannot)?;
-    w.flush().map_err(cannot)?;
-    let f = w
-        .into_inner()
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {}", tmp.display(), e.error()))?;
-    f.sync_all()
-        .with_context(|| format!("cannot sync {}", tmp.display()))?;
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    written.with_context(|| format!("cannot write {}", tmp.display()))?;
     crate::failpoint::hit("alerts.checkpoint_synced");
     std::fs::rename(&tmp, &done).with_context(|| format!("cannot commit {}", done.display()))?;
     std::fs::File::open(dir).and_then(|d| d.sync_all()).ok();
@@ -136,83 +174,4 @@ pub fn read_all(dir: &Path, source: &str) -> anyhow::Result<Vec<Checkpoint>> {
     }
     out.sort_by_key(|c| std::cmp::Reverse(c.run));
     Ok(out)
-}
-
-/// Where the event clock's partition cuts live, beside the alerting checkpoints.
-fn cuts_dir(dir: &Path) -> PathBuf {
-    dir.join("clock")
-}
-
-/// Writes each partition's cut at the offsets about to be committed, keeping the one of the
-/// previous commit: a kill between this write and the offset commit restarts from that one.
-/// Lateness is judged per partition from state no offset holds, so a restart must get it
-/// back exactly or judge readings late that the uninterrupted run judged on time.
-pub fn write_cuts(
-    dir: &Path,
-    cuts: &[(PartitionKey, PartitionCut)],
-    previous: &std::collections::HashMap<PartitionKey, PartitionCut>,
-) -> anyhow::Result<()> {
-    let dir = cuts_dir(dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    for ((topic, partition), cut) in cuts {
-        let key = (topic.clone(), *partition);
-        let mut kept: Vec<&PartitionCut> = previous.get(&key).into_iter().collect();
-        kept.retain(|p| p.offset != cut.offset);
-        kept.push(cut);
-        let name = format!("{}.{partition}.json", percent_encoding::utf8_percent_encode(topic, percent_encoding::NON_ALPHANUMERIC));
-        let done = dir.join(&name);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let text = serde_json::to_vec(&CutsFile {
-            topic: topic.to_string(),
-            partition: *partition,
-            cuts: kept.into_iter().cloned().collect(),
-        })?;
-        let written = std::fs::File::create(&tmp).and_then(|mut f| {
-            f.write_all(&text)?;
-            f.sync_all()
-        });
-        written
-            .and_then(|()| std::fs::rename(&tmp, &done))
-            .with_context(|| format!("cannot write {}", done.display()))?;
-    }
-    std::fs::File::open(&dir).and_then(|d| d.sync_all()).ok();
-    Ok(())
-}
-
-/// Every partition's cuts a previous run left (none when there are none). An unreadable file
-/// stops the start, naming it.
-pub fn read_cuts(
-    dir: &Path,
-) -> anyhow::Result<std::collections::HashMap<PartitionKey, Vec<PartitionCut>>> {
-    let mut out = std::collections::HashMap::new();
-    let Ok(entries) = std::fs::read_dir(cuts_dir(dir)) else {
-        return Ok(out);
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        let is_cut = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| !n.starts_with('.') && n.ends_with(".json"));
-        if !is_cut {
-            continue;
-        }
-        let text = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
-        let f: CutsFile = serde_json::from_slice(&text).with_context(|| {
-            format!(
-                "{} is not an event-clock cut (remove it to start the clock afresh)",
-                p.display()
-            )
-        })?;
-        out.insert((f.topic.as_str().into(), f.partition), f.cuts);
-    }
-    Ok(out)
-}
-
-/// One partition's cuts, as written.
-#[derive(Serialize, Deserialize)]
-struct CutsFile {
-    topic: String,
-    partition: i32,
-    cuts: Vec<PartitionCut>,
 }

@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::model::Measurement;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::{Broadcast, Capability};
@@ -115,22 +116,19 @@ impl PatientAlerts {
         std::mem::take(&mut self.dirty)
     }
 
-    /// The last checkpoint did not happen: the next must.
-    pub fn mark_dirty(&mut self) {
-        self.dirty = true;
-    }
-
     /// What a checkpoint of this state holds.
     pub fn checkpoint<'a>(
         &'a self,
         source: &'a str,
         run: u64,
         peers: usize,
+        alerts_topic: BTreeMap<i32, i64>,
     ) -> super::alert_state::CheckpointRef<'a> {
         super::alert_state::CheckpointRef {
             source,
             run,
             peers,
+            alerts_topic,
             seen: self
                 .seen
                 .iter()
@@ -328,33 +326,42 @@ impl PatientAlerts {
     }
 }
 
-/// Builds the alerting branch on a worker's measurements and the workers' clock marks.
+/// What the alerting operator gives: alert events, and (with checkpoints) the state to
+/// checkpoint once every alert event before it is durable: None when it has not changed
+/// since the last.
+#[derive(Clone)]
+// Alert events are the common case: boxing them to shrink the rare snapshot would cost an
+// allocation each.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Out {
+    /// An alert event.
+    Alert(Alert),
+    /// A checkpoint of the state (see [`super::alert_state::encode`]), covering every epoch
+    /// before the time it is given at.
+    Snapshot(Option<Arc<Vec<u8>>>),
+}
+
+/// Builds the alerting branch on a worker's measurements and the workers' clock marks;
+/// `alerts_topic`: where the alert topic stands (Kafka alerts), recorded in checkpoints.
 pub(super) fn build<G: Scope<Timestamp = u64>>(
     measurements: &Stream<G, Measurement>,
     marks: &Stream<G, (usize, Mark)>,
+    alerts_topic: Option<crate::sinks::kafka::Acked>,
     shared: Arc<Shared>,
-) -> Stream<G, Alert> {
+) -> Stream<G, Out> {
     let rules = shared.rules.clone().expect("alerting has rules");
     let scope = measurements.scope();
     let (peers, index) = (scope.peers(), scope.index());
     let exchange = Exchange::new(|m: &Measurement| route(m.patient_id.as_deref().unwrap_or("")));
     let marks = marks.broadcast();
-    let place = shared
-        .alert_checkpoints
-        .clone()
-        .map(|(dir, source)| super::alert_state::Place {
-            dir,
-            source,
-            run: chrono::Utc::now().timestamp_millis().max(0) as u64,
-            peers,
-        });
+    let place = checkpoint_place(&shared, peers);
     let every = shared.job.alert_checkpoint_every;
     measurements.binary_frontier(
         &marks,
         exchange,
         Pipeline,
         "PatientAlerts",
-        move |_, info| {
+        move |capability, info| {
             let activator = scope.activator_for(info.address);
             let (mut seen, set) = rules.get();
             let mut state = PatientAlerts::new(set, rules.shared_vitals(), shared.metrics.clone());
@@ -380,10 +387,9 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
             let mut pending: BTreeMap<u64, Epoch> = BTreeMap::new();
             let mut alerts = Vec::new();
             let mut waiting = 0u64;
-            // With checkpoints, the epochs taken in since the last one: their capabilities
-            // are held, so no offset commits past what a checkpoint covers; alerts are given
-            // at the oldest of them.
-            let mut held: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
+            // With checkpoints: a capability at the input frontier, to give each snapshot
+            // at the first epoch it does not cover (and the last one when the input ends).
+            let mut spare = place.as_ref().map(|_| capability);
             move |(input, f1), (marks, f2), output| {
                 input.for_each_time(|time, data| {
                     let e = pending
@@ -408,7 +414,6 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                     .collect();
                 for t in complete {
                     let (cap, ms, ks) = pending.remove(&t).expect("pending");
-                    held.insert(t, cap);
                     let (version, set) = rules.get();
                     if version != seen {
                         seen = version;
@@ -424,39 +429,9 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                         state.advance(w, &mut alerts);
                     }
                     if !alerts.is_empty() {
-                        let (_, oldest) = held.first_key_value().expect("t is held");
-                        output.session(oldest).give_iterator(alerts.drain(..));
-                    }
-                    if place.is_none() {
-                        // An input that replays from its start (file, simulator, the
-                        // embedded cluster) resumes nothing: no epoch needs holding.
-                        held.clear();
-                    }
-                }
-                // With checkpoints, every epoch taken in since the last one is held: its offsets
-                // commit once a checkpoint covers it (waiting readings included).
-                if let (Some(place), false) = (&place, held.is_empty()) {
-                    let finished = f1.frontier().is_empty() && f2.frontier().is_empty();
-                    let due = last_checkpoint.elapsed();
-                    if due >= every || finished {
-                        if !state.take_dirty() {
-                            // Nothing changed: the last checkpoint covers these epochs too.
-                            held.clear();
-                        } else {
-                            match super::alert_state::write(place, index, &state) {
-                                Ok(()) => {
-                                    held.clear();
-                                    last_checkpoint = std::time::Instant::now();
-                                }
-                                Err(e) => {
-                                    state.mark_dirty();
-                                    tracing::warn!("alerting checkpoint failed, retried: {e:#}");
-                                    activator.activate_after(every);
-                                }
-                            }
-                        }
-                    } else {
-                        activator.activate_after(every - due);
+                        output
+                            .session(&cap)
+                            .give_iterator(alerts.drain(..).map(Out::Alert));
                     }
                 }
                 let now = state.waiting() as u64;
@@ -465,6 +440,125 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                     std::sync::atomic::Ordering::Relaxed,
                 );
                 waiting = now;
+                let Some(cap) = spare.as_mut() else {
+                    return;
+                };
+                // Every epoch before the input frontier is applied: a snapshot now covers
+                // them all, and is given at the frontier.
+                let frontier = f1
+                    .frontier()
+                    .iter()
+                    .chain(f2.frontier().iter())
+                    .min()
+                    .copied();
+                let finished = frontier.is_none();
+                if let Some(f) = frontier {
+                    if *cap.time() < f {
+                        cap.downgrade(&f);
+                    }
+                }
+                let due = last_checkpoint.elapsed();
+                if due >= every || finished {
+                    let snapshot = if state.take_dirty() {
+                        let place = place.as_ref().expect("checkpoints");
+                        let at = alerts_topic
+                            .as_ref()
+                            .map(|a| a.positions())
+                            .unwrap_or_default();
+                        match super::alert_state::encode(place, &state, at) {
+                            Ok(bytes) => Some(Arc::new(bytes)),
+                            Err(e) => {
+                                shared.fail(format!("alerting: cannot encode a checkpoint: {e:#}"));
+                                return;
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    output.session(&*cap).give(Out::Snapshot(snapshot));
+                    last_checkpoint = std::time::Instant::now();
+                } else {
+                    activator.activate_after(every - due);
+                }
+                if finished {
+                    spare = None;
+                }
+            }
+        },
+    )
+}
+
+/// Where this run's alerting checkpoints go (None: an input that replays from its start,
+/// which resumes nothing).
+fn checkpoint_place(shared: &Shared, peers: usize) -> Option<super::alert_state::Place> {
+    shared
+        .alert_checkpoints
+        .clone()
+        .map(|(dir, source)| super::alert_state::Place {
+            dir,
+            source,
+            run: chrono::Utc::now().timestamp_millis().max(0) as u64,
+            peers,
+        })
+}
+
+/// Writes the alerting snapshots as checkpoints once every alert event before each is
+/// durable (`alerts_durable`: the alert outputs' durable frontier), and holds every epoch
+/// no written checkpoint covers yet: offsets commit only past what a checkpoint holds, and
+/// a checkpoint holds only what the outputs have. A kill between the outputs' write and the
+/// checkpoint replays those readings and raises the same events again, which the outputs
+/// recognise; a checkpoint ahead of the outputs would lose them.
+pub(super) fn checkpoint_writer<G: Scope<Timestamp = u64>>(
+    snapshots: &Stream<G, Out>,
+    alerts_durable: &Stream<G, ()>,
+    shared: Arc<Shared>,
+) -> Stream<G, ()> {
+    let scope = snapshots.scope();
+    let (peers, index) = (scope.peers(), scope.index());
+    let place = checkpoint_place(&shared, peers).expect("checkpoints");
+    snapshots.binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
+        alerts_durable,
+        Pipeline,
+        Pipeline,
+        "AlertCheckpoint",
+        move |capability, info| {
+            let activator = scope.activator_for(info.address);
+            let mut hold = Some(capability);
+            let mut staged: BTreeMap<u64, Option<Arc<Vec<u8>>>> = BTreeMap::new();
+            move |(input, f1), (durable, f2), _output| {
+                input.for_each_time(|time, data| {
+                    for batch in data {
+                        for o in batch.drain(..) {
+                            if let Out::Snapshot(s) = o {
+                                let e = staged.entry(*time.time()).or_insert(None);
+                                if s.is_some() {
+                                    *e = s;
+                                }
+                            }
+                        }
+                    }
+                });
+                durable.for_each(|_, _| {});
+                let Some(h) = hold.as_mut() else { return };
+                // The newest snapshot all of whose alert events are durable.
+                let ready = staged.keys().rev().find(|t| !f2.less_equal(t)).copied();
+                if let Some(t) = ready {
+                    let newest = staged.range(..=t).rev().find_map(|(_, s)| s.clone());
+                    if let Some(bytes) = newest {
+                        if let Err(e) = super::alert_state::write(&place, index, &bytes) {
+                            tracing::warn!("alerting checkpoint failed, retried: {e:#}");
+                            activator.activate_after(std::time::Duration::from_secs(1));
+                            return;
+                        }
+                    }
+                    staged = staged.split_off(&(t + 1));
+                    if *h.time() < t {
+                        h.downgrade(&t);
+                    }
+                }
+                if f1.is_empty() && staged.is_empty() {
+                    hold = None;
+                }
             }
         },
     )

@@ -59,6 +59,17 @@ pub struct PartitionCut {
     devices: Vec<(String, i64)>,
 }
 
+impl PartitionCut {
+    /// A partition nothing was observed of, before `offset`.
+    pub fn empty(offset: i64) -> Self {
+        Self {
+            offset,
+            newest: i64::MIN,
+            devices: Vec::new(),
+        }
+    }
+}
+
 impl Partition {
     fn new(now: Instant) -> Self {
         Self {
@@ -214,11 +225,15 @@ impl InputClock {
         match self.seen.get(k) {
             Some(p) if p.next == Some(offset) => Some(p.cut(offset)),
             Some(_) => None,
-            None => self
-                .restored
-                .get(k)
-                .and_then(|cs| cs.iter().find(|c| c.offset == offset))
-                .cloned(),
+            // Nothing observed since the start: what the start found there, which a
+            // restart from here would find again.
+            None => Some(
+                self.restored
+                    .get(k)
+                    .and_then(|cs| cs.iter().find(|c| c.offset == offset))
+                    .cloned()
+                    .unwrap_or_else(|| PartitionCut::empty(offset)),
+            ),
         }
     }
 

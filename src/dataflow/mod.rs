@@ -9,6 +9,7 @@
 
 mod alert_state;
 mod alerting;
+pub mod commit_log;
 pub mod event_clock;
 pub mod normalize;
 pub mod operators;
@@ -114,6 +115,9 @@ struct Shared {
     /// Where alerting checkpoints its state, and the input it belongs to (Kafka sources
     /// whose positions outlive the run only).
     alert_checkpoints: Option<(std::path::PathBuf, String)>,
+    /// Where offset commits record what a restart needs (Kafka sources whose positions
+    /// outlive the run only).
+    commit_log: Option<std::path::PathBuf>,
 }
 
 impl Shared {
@@ -288,6 +292,10 @@ pub fn run(
         )),
         _ => None,
     };
+    let commit_log = match (&job.source, &job.kafka) {
+        (SourceConfig::Kafka, Some(k)) if !k.embedded() => Some(commit_log::dir(&job.output_dir)),
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         job: job.clone(),
         device,
@@ -306,6 +314,7 @@ pub fn run(
         fatal: Mutex::new(None),
         lake_app,
         alert_checkpoints,
+        commit_log,
     });
     let communication = if opts.processes > 1 {
         timely::CommunicationConfig::Cluster {
@@ -361,6 +370,8 @@ struct WorkerParts {
     fhir: Option<(FhirSink, Duration)>,
     alerts: Option<AlertSink>,
     dead_letters: Box<dyn Sink<DeadLetter> + Send>,
+    /// Where the dead-letter topic stands (Kafka dead letters), for the commit log.
+    dead_letter_positions: Option<crate::sinks::kafka::Acked>,
     lake: LakeParts,
 }
 
@@ -414,19 +425,40 @@ fn lake_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<Lak
     })
 }
 
+/// The dead-letter sink, and where its topic stands when it is one.
+type DeadLetterSink = (
+    Box<dyn Sink<DeadLetter> + Send>,
+    Option<crate::sinks::kafka::Acked>,
+);
+
+/// `replayed`: whether its dead letters are of source messages a restart reads again
+/// (the FHIR sink's are of measurement groups, always written).
 fn dead_letter_sink(
     shared: &Shared,
     dir: &Path,
     index: usize,
-) -> anyhow::Result<Box<dyn Sink<DeadLetter> + Send>> {
+    replayed: bool,
+) -> anyhow::Result<DeadLetterSink> {
     let job = &shared.job;
     Ok(match &job.dead_letter_topic {
-        Some(t) => Box::new(KafkaDeadLetters::new(
-            job.kafka.as_ref().expect("validated"),
-            shared.brokers.as_deref().expect("kafka"),
-            t,
-        )?),
-        None => Box::new(FileDeadLetters::new(dir, index)?),
+        Some(t) => {
+            // A restart reads back what it may have sent: from where the commit log says.
+            let resume = match (&shared.commit_log, replayed) {
+                (Some(log), true) => {
+                    Some(commit_log::dead_letters_from(&commit_log::read(log)?).unwrap_or_default())
+                }
+                _ => None,
+            };
+            let sink = KafkaDeadLetters::new(
+                job.kafka.as_ref().expect("validated"),
+                shared.brokers.as_deref().expect("kafka"),
+                t,
+                resume.as_ref(),
+            )?;
+            let positions = sink.positions();
+            (Box::new(sink), Some(positions))
+        }
+        None => (Box::new(FileDeadLetters::new(dir, index)?), None),
     })
 }
 
@@ -465,7 +497,7 @@ fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<W
         (Some(cfg), Some(client)) => {
             // Groups the server refuses get dead letters of their own (in files, a
             // directory of their own: part names are per worker and per writer).
-            let dead = dead_letter_sink(shared, &job.output_dir.join("fhir"), index)?;
+            let (dead, _) = dead_letter_sink(shared, &job.output_dir.join("fhir"), index, false)?;
             let sink = FhirSink::new(
                 client.clone(),
                 cfg,
@@ -479,12 +511,22 @@ fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<W
     };
     let alerts = match (&shared.rules, &job.alerts_topic) {
         (None, _) => None,
-        (Some(_), Some(t)) => Some(AlertSink::kafka(
-            job.kafka.as_ref().expect("validated"),
-            shared.brokers.as_deref().expect("kafka"),
-            t,
-            shared.metrics.clone(),
-        )?),
+        (Some(_), Some(t)) => {
+            // A restart reads back the events sent after the checkpoints it resumes from.
+            let resume = match &shared.alert_checkpoints {
+                Some((dir, source)) => Some(alert_state::alerts_topic_from(
+                    &alert_state::read_all(dir, source)?,
+                )),
+                None => None,
+            };
+            Some(AlertSink::kafka(
+                job.kafka.as_ref().expect("validated"),
+                shared.brokers.as_deref().expect("kafka"),
+                t,
+                resume.as_ref(),
+                shared.metrics.clone(),
+            )?)
+        }
         (Some(_), None) => Some(AlertSink::files(
             &job.output_dir,
             index,
@@ -495,12 +537,15 @@ fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<W
         (Some(a), Some(cfg), Some(client)) => Some(a.with_fhir(client.clone(), cfg)),
         (a, _, _) => a,
     };
+    let (dead_letters, dead_letter_positions) =
+        dead_letter_sink(shared, &job.output_dir, index, true)?;
     Ok(WorkerParts {
         source,
         observations,
         fhir,
         alerts,
-        dead_letters: dead_letter_sink(shared, &job.output_dir, index)?,
+        dead_letters,
+        dead_letter_positions,
         lake: lake_parts(shared, index, peers)?,
     })
 }

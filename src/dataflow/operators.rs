@@ -1,6 +1,7 @@
 //! The timely operators of a worker and its progress loop.
 
-use super::event_clock::{InputClock, Mark, PartitionCut, PartitionKey};
+use super::commit_log;
+use super::event_clock::{InputClock, Mark, PartitionKey};
 use super::normalize::normalize;
 use super::sink_thread::sink_operator;
 use super::window::{WindowUpdate, Windows};
@@ -24,7 +25,7 @@ use timely::dataflow::operators::{Capability, Concat, Map, OkErr, Probe};
 use timely::dataflow::{Scope, Stream};
 use timely::worker::Worker;
 
-/// How often the event clock is cut for an offset commit, with alerting checkpoints.
+/// How often the event clock is cut for an offset commit (Kafka sources).
 const CUT_EVERY: Duration = Duration::from_millis(500);
 
 fn now_ms() -> u64 {
@@ -51,19 +52,22 @@ struct Pending {
     positions: Positions,
     opened: Instant,
     stamps: Vec<i64>,
-    cut: bool,
+    cut: Option<BTreeMap<i32, i64>>,
 }
 
-/// The event clock's partition cuts, written beside the alerting checkpoints before each
-/// offset commit.
+/// The commit log (dataflow::commit_log): written before each offset commit.
 struct CutLog {
     dir: std::path::PathBuf,
     /// At most this often: each commit waits for a cut, and a cut copies the partition's
     /// device clocks.
     every: Duration,
     last: Option<Instant>,
-    /// The cut of the last commit, per partition.
-    committed: std::collections::HashMap<PartitionKey, PartitionCut>,
+    /// Per partition, the records the committed offsets may stand at.
+    committed: std::collections::HashMap<PartitionKey, Vec<commit_log::Record>>,
+    /// Where the dead-letter topic stands (Kafka dead letters).
+    dead_letters: Option<crate::sinks::kafka::Acked>,
+    /// The records written for the commit under way.
+    pending: Vec<(PartitionKey, commit_log::Record)>,
 }
 
 impl Committer {
@@ -72,13 +76,17 @@ impl Committer {
         let changed = self.pending.back().map(|p| &p.positions) != Some(&positions)
             && self.last.as_ref() != Some(&positions);
         if changed {
-            let cut = self.cuts.as_mut().is_some_and(|c| {
+            let cut = self.cuts.as_mut().and_then(|c| {
                 let due = c.last.is_none_or(|l| l.elapsed() >= c.every);
-                if due {
+                due.then(|| {
                     c.last = Some(Instant::now());
                     clock.want_cuts(positions.iter().map(|(k, o)| (k, *o)));
-                }
-                due
+                    // Dead letters of messages past these positions are not sent yet.
+                    c.dead_letters
+                        .as_ref()
+                        .map(|d| d.positions())
+                        .unwrap_or_default()
+                })
             });
             let stamps = std::mem::take(&mut self.stamps);
             self.pending.push_back(Pending {
@@ -107,29 +115,41 @@ impl Committer {
             let p = self.pending.pop_front().expect("front");
             self.metrics.epoch_durable(p.opened.elapsed());
             Latencies::record(&self.metrics.latency.durable, now_us, &p.stamps);
-            if self.cuts.is_none() || p.cut {
-                newest = Some(p.positions);
+            if self.cuts.is_none() || p.cut.is_some() {
+                newest = Some((p.positions, p.cut.unwrap_or_default()));
             }
         }
-        if let Some(p) = newest {
-            self.commit(&p, clock, false)?;
+        if let Some((p, dead_letters)) = newest {
+            self.commit(&p, &dead_letters, clock, false)?;
         }
         Ok(())
     }
 
     /// Writes the clock's cuts at `p` (when kept), then commits `p`.
-    fn commit(&mut self, p: &Positions, clock: &mut InputClock, last: bool) -> anyhow::Result<()> {
+    fn commit(
+        &mut self,
+        p: &Positions,
+        dead_letters: &BTreeMap<i32, i64>,
+        clock: &mut InputClock,
+        last: bool,
+    ) -> anyhow::Result<()> {
         if let Some(log) = &mut self.cuts {
             let mut taken = Vec::with_capacity(p.len());
             for (k, o) in p {
                 match clock.cut_at(k, *o) {
-                    Some(c) => taken.push((k.clone(), c)),
+                    Some(c) => taken.push((
+                        k.clone(),
+                        commit_log::Record {
+                            clock: c,
+                            dead_letters: dead_letters.clone(),
+                        },
+                    )),
                     // Not known at these offsets: the next epoch with a cut commits instead.
                     None => return Ok(()),
                 }
             }
-            super::alert_state::write_cuts(&log.dir, &taken, &log.committed)?;
-            log.committed.extend(taken);
+            commit_log::write(&log.dir, &taken, &log.committed)?;
+            log.pending = taken;
         }
         crate::failpoint::hit("offsets.before_commit");
         if last {
@@ -138,6 +158,12 @@ impl Committer {
             self.source.commit(p)?;
         }
         crate::failpoint::hit("offsets.committed");
+        if let Some(log) = &mut self.cuts {
+            // Committed: only these records can be where the offsets stand now.
+            for (k, r) in log.pending.drain(..) {
+                log.committed.insert(k, vec![r]);
+            }
+        }
         clock.committed(p.iter().map(|(k, o)| (k, *o)));
         Metrics::add(&self.metrics.commits, 1);
         self.last = Some(p.clone());
@@ -155,7 +181,13 @@ impl Committer {
         let stamps = std::mem::take(&mut self.stamps);
         Latencies::record(&self.metrics.latency.durable, now_us, &stamps);
         if self.last.as_ref() != Some(&p) && !p.is_empty() {
-            self.commit(&p, clock, true)?;
+            let dead_letters = self
+                .cuts
+                .as_ref()
+                .and_then(|c| c.dead_letters.as_ref())
+                .map(|d| d.positions())
+                .unwrap_or_default();
+            self.commit(&p, &dead_letters, clock, true)?;
         }
         Ok(())
     }
@@ -174,14 +206,25 @@ pub(super) fn run_worker<A: Allocate>(
         shared.job.idle_timeout,
         !shared.until_end,
     );
-    let cuts = match &shared.alert_checkpoints {
-        Some((dir, _)) => {
-            input_clock.restore(super::alert_state::read_cuts(dir)?);
+    let cuts = match &shared.commit_log {
+        Some(dir) => {
+            let records = commit_log::read(dir)?;
+            // Kept as the previous commit's until this run commits: a kill before then
+            // restarts from them again.
+            let committed = records.clone();
+            input_clock.restore(
+                records
+                    .into_iter()
+                    .map(|(k, rs)| (k, rs.into_iter().map(|r| r.clock).collect()))
+                    .collect(),
+            );
             Some(CutLog {
                 dir: dir.clone(),
                 every: CUT_EVERY,
                 last: None,
-                committed: Default::default(),
+                committed,
+                dead_letters: parts.dead_letter_positions.clone(),
+                pending: Vec::new(),
             })
         }
         None => None,
@@ -251,14 +294,31 @@ pub(super) fn run_worker<A: Allocate>(
                 }
                 (!late).then_some(m)
             });
-            let alerts = super::alerting::build(&on_time, &marks, shared.clone());
+            let alerts_topic = parts.alerts.as_ref().and_then(|a| a.positions());
+            let out = super::alerting::build(&on_time, &marks, alerts_topic, shared.clone());
+            let alerts = out.flat_map(|o| match o {
+                super::alerting::Out::Alert(a) => Some(a),
+                super::alerting::Out::Snapshot(_) => None,
+            });
+            let mut alerts_durable: Option<Stream<_, ()>> = None;
             if let Some(sink) = parts.alerts {
                 let a = sink_operator(&alerts, "AlertSink", sink, Duration::ZERO, shared.clone());
-                durable = durable.concat(&a);
+                alerts_durable = Some(a);
             }
             if let (Some(sink), Some(every)) = (lake.alerts, lake_interval) {
                 let l = sink_operator(&alerts, "LakeAlerts", sink, every, shared.clone());
-                durable = durable.concat(&l);
+                alerts_durable = Some(match alerts_durable {
+                    Some(a) => a.concat(&l),
+                    None => l,
+                });
+            }
+            if let Some(a) = alerts_durable {
+                durable = durable.concat(&a);
+                if shared.alert_checkpoints.is_some() {
+                    // Checkpoints follow the alert outputs, and offsets follow checkpoints.
+                    let c = super::alerting::checkpoint_writer(&out, &a, shared.clone());
+                    durable = durable.concat(&c);
+                }
             }
         }
         if let Some((sink, interval)) = parts.fhir {

@@ -22,6 +22,13 @@ pub fn key(a: &Alert) -> EventKey {
     (a.id.clone(), state, at)
 }
 
+/// The event key of an alert as written in JSON (a file line, a Kafka record).
+pub fn key_of_json(v: &serde_json::Value) -> EventKey {
+    let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    let at = crate::time::parse_timestamp(&text("at")).map_or(0, |t| t.timestamp_micros());
+    (text("id"), text("state"), at)
+}
+
 /// The UTC day (since 1970) of an event.
 pub fn day(k: &EventKey) -> i32 {
     k.2.div_euclid(86_400_000_000) as i32

@@ -15,6 +15,7 @@ use crate::job::FhirSinkConfig;
 use crate::job::KafkaConfig;
 use crate::metrics::{Latencies, Metrics};
 use anyhow::Context as _;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -22,9 +23,87 @@ use std::path::Path;
 use std::sync::Arc;
 
 enum Out {
-    Kafka(AckedProducer, String),
+    Kafka(KafkaAlerts),
     Files(FileAlerts),
 }
+
+/// Alert events to a Kafka topic. A restart does not send again the events an earlier run
+/// of the same consumer group sent after its last alerting checkpoint: it reads the topic
+/// back from where the checkpoints say it stood (every event raised again lies past it) and
+/// skips those events (records carry the group in `vitalflow-group`).
+struct KafkaAlerts {
+    producer: AckedProducer,
+    topic: String,
+    group: String,
+    acked: super::kafka::Acked,
+    /// Events sent before the restart, past the checkpoints.
+    sent: std::collections::HashSet<alert_events::EventKey>,
+}
+
+impl KafkaAlerts {
+    fn new(
+        k: &KafkaConfig,
+        brokers: &str,
+        topic: &str,
+        resume: Option<&std::collections::BTreeMap<i32, i64>>,
+    ) -> anyhow::Result<Self> {
+        let producer = AckedProducer::new(k, brokers, "alerts")?;
+        let acked = producer.track(topic)?;
+        let mut sent = std::collections::HashSet::new();
+        if let Some(from) = resume {
+            let back = super::kafka::read_back(k, brokers, topic, from)?;
+            tracing::info!(
+                records = back.len(),
+                "alert events sent before the restart read back"
+            );
+            for (headers, payload) in back {
+                let ours = headers
+                    .get(GROUP_HEADER)
+                    .is_some_and(|g| g.as_slice() == k.group_id.as_bytes());
+                if let (true, Ok(v)) = (ours, serde_json::from_slice::<Value>(&payload)) {
+                    sent.insert(alert_events::key_of_json(&v));
+                }
+            }
+        }
+        Ok(Self {
+            producer,
+            topic: topic.to_string(),
+            group: k.group_id.clone(),
+            acked,
+            sent,
+        })
+    }
+
+    fn send(&mut self, pending: &[(u64, Alert)]) -> anyhow::Result<usize> {
+        let topic = &self.topic;
+        self.producer.begin();
+        let mut n = 0;
+        for (_, a) in pending {
+            if !self.sent.is_empty() && self.sent.contains(&alert_events::key(a)) {
+                continue;
+            }
+            let payload = serde_json::to_vec(a).expect("JSON");
+            let headers = OwnedHeaders::new().insert(Header {
+                key: GROUP_HEADER,
+                value: Some(self.group.as_bytes()),
+            });
+            self.producer
+                .send(
+                    BaseRecord::to(topic)
+                        .key(&a.patient)
+                        .payload(&payload)
+                        .headers(headers),
+                )
+                .map_err(|e| anyhow::anyhow!("cannot send an alert to {topic}: {e}"))?;
+            n += 1;
+        }
+        self.producer.acknowledged(&format!("alerts to {topic}"))?;
+        Ok(n)
+    }
+}
+
+/// The header naming the consumer group whose job sent an alert event.
+const GROUP_HEADER: &str = "vitalflow-group";
 
 /// Alert events as NDJSON parts, each indexed by the event days it holds, so that the
 /// events a restart's replay raises again are read back by day and not written twice.
@@ -57,10 +136,7 @@ impl FileAlerts {
                 let Ok(v) = serde_json::from_str::<Value>(line) else {
                     continue;
                 };
-                let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
-                let at =
-                    crate::time::parse_timestamp(&text("at")).map_or(0, |t| t.timestamp_micros());
-                held.push((text("id"), text("state"), at));
+                held.push(alert_events::key_of_json(&v));
             }
         }
         self.written.loaded(days, held);
@@ -164,15 +240,17 @@ pub fn news2_observation(a: &Alert, who: &Identity) -> Option<Value> {
 }
 
 impl AlertSink {
-    /// Alerts to `topic`.
+    /// Alerts to `topic`; with `resume`, first reads back from there (per partition; from
+    /// its start where absent) what this group sent after its alerting checkpoints.
     pub fn kafka(
         k: &KafkaConfig,
         brokers: &str,
         topic: &str,
+        resume: Option<&std::collections::BTreeMap<i32, i64>>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         Ok(Self {
-            out: Out::Kafka(AckedProducer::new(k, brokers, "alerts")?, topic.to_string()),
+            out: Out::Kafka(KafkaAlerts::new(k, brokers, topic, resume)?),
             pending: Vec::new(),
             fhir: None,
             metrics,
@@ -187,6 +265,14 @@ impl AlertSink {
             fhir: None,
             metrics,
         })
+    }
+
+    /// Where the alert topic stands (Kafka alerts): recorded in each alerting checkpoint.
+    pub fn positions(&self) -> Option<super::kafka::Acked> {
+        match &self.out {
+            Out::Kafka(k) => Some(k.acked.clone()),
+            Out::Files(_) => None,
+        }
     }
 
     /// Also writes each alert to a FHIR server.
@@ -282,16 +368,7 @@ impl Sink<Alert> for AlertSink {
             return self.flush_fhir();
         }
         let delivered = match &mut self.out {
-            Out::Kafka(p, topic) => {
-                p.begin();
-                for (_, a) in &self.pending {
-                    let payload = serde_json::to_vec(a).expect("JSON");
-                    p.send(BaseRecord::to(topic).key(&a.patient).payload(&payload))
-                        .map_err(|e| anyhow::anyhow!("cannot send an alert to {topic}: {e}"))?;
-                }
-                p.acknowledged(&format!("alerts to {topic}"))?;
-                self.pending.len()
-            }
+            Out::Kafka(k) => k.send(&self.pending)?,
             Out::Files(f) => f.write(&self.pending)?,
         };
         let now_us = chrono::Utc::now().timestamp_micros();

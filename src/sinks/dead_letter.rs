@@ -14,7 +14,7 @@ use anyhow::{anyhow, Context as _};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// A message that could not be processed, and why.
@@ -92,6 +92,9 @@ type Position = (String, i32, i64);
 
 /// Topics of dead letters that are not source messages (no position to replay from).
 const SYNTHETIC: &str = "vitalflow:";
+
+/// The header naming the consumer group whose job sent a dead letter.
+const GROUP_HEADER: &str = "vitalflow-group";
 
 impl FileDeadLetters {
     /// Opens `<dir>/dead-letters` for `worker`, reading back what it holds.
@@ -172,20 +175,73 @@ impl Sink<DeadLetter> for FileDeadLetters {
 }
 
 /// Dead letters to a Kafka topic (idempotent producer, acknowledged by all replicas).
+///
+/// Like the files, a restart does not send again what an earlier run of the same consumer
+/// group sent: it reads the topic back from where the commit log says it stood when the
+/// job had read up to its committed offsets (dataflow::commit_log), and skips, per source
+/// partition, every offset up to the highest found. Records carry the group
+/// (`vitalflow-group`), so several jobs may share a dead-letter topic.
 pub struct KafkaDeadLetters {
     producer: AckedProducer,
     topic: String,
+    group: String,
     pending: Vec<DeadLetter>,
+    /// Per source (topic, partition), the highest offset sent.
+    written: HashMap<(String, i32), i64>,
+    acked: super::kafka::Acked,
 }
 
 impl KafkaDeadLetters {
-    /// A producer for `topic`.
-    pub fn new(k: &KafkaConfig, brokers: &str, topic: &str) -> anyhow::Result<Self> {
+    /// A producer for `topic`; with `resume`, first reads back from there (per partition;
+    /// from its start where absent) what this group sent before.
+    pub fn new(
+        k: &KafkaConfig,
+        brokers: &str,
+        topic: &str,
+        resume: Option<&BTreeMap<i32, i64>>,
+    ) -> anyhow::Result<Self> {
+        let producer = AckedProducer::new(k, brokers, "dead-letter")?;
+        let acked = producer.track(topic)?;
+        let mut written: HashMap<(String, i32), i64> = HashMap::new();
+        if let Some(from) = resume {
+            let text = |h: &BTreeMap<String, Vec<u8>>, k: &str| {
+                h.get(k).map(|v| String::from_utf8_lossy(v).into_owned())
+            };
+            let back = super::kafka::read_back(k, brokers, topic, from)?;
+            tracing::info!(
+                records = back.len(),
+                "dead letters sent before the restart read back"
+            );
+            for (h, _) in back {
+                if text(&h, GROUP_HEADER).as_deref() != Some(k.group_id.as_str()) {
+                    continue;
+                }
+                let (Some(t), Some(p), Some(o)) = (
+                    text(&h, "vitalflow-source-topic"),
+                    text(&h, "vitalflow-source-partition").and_then(|p| p.parse().ok()),
+                    text(&h, "vitalflow-source-offset").and_then(|o| o.parse().ok()),
+                ) else {
+                    continue;
+                };
+                if !t.starts_with(SYNTHETIC) {
+                    let e = written.entry((t, p)).or_insert(o);
+                    *e = (*e).max(o);
+                }
+            }
+        }
         Ok(Self {
-            producer: AckedProducer::new(k, brokers, "dead-letter")?,
+            producer,
             topic: topic.to_string(),
+            group: k.group_id.clone(),
             pending: Vec::new(),
+            written,
+            acked,
         })
+    }
+
+    /// Where the topic stands for this producer (see [`super::kafka::Acked`]).
+    pub fn positions(&self) -> super::kafka::Acked {
+        self.acked.clone()
     }
 
     fn send(&self, d: &DeadLetter) -> anyhow::Result<()> {
@@ -200,7 +256,8 @@ impl KafkaDeadLetters {
         let template = d.template.as_ref().map(Value::to_string);
         let partition = m.origin.partition.to_string();
         let offset = m.origin.offset.to_string();
-        let extra: [(&str, Option<&str>); 6] = [
+        let extra: [(&str, Option<&str>); 7] = [
+            (GROUP_HEADER, Some(&self.group)),
             ("vitalflow-error", Some(&d.error)),
             ("vitalflow-stage", Some(d.stage)),
             ("vitalflow-template", template.as_deref()),
@@ -230,6 +287,16 @@ impl KafkaDeadLetters {
 
 impl Sink<DeadLetter> for KafkaDeadLetters {
     fn write(&mut self, _epoch: u64, item: DeadLetter) -> anyhow::Result<()> {
+        let o = &item.message.origin;
+        if !o.topic.starts_with(SYNTHETIC)
+            && self
+                .written
+                .get(&(o.topic.to_string(), o.partition))
+                .is_some_and(|w| o.offset <= *w)
+        {
+            // Replayed after a restart: sent already.
+            return Ok(());
+        }
         self.pending.push(item);
         Ok(())
     }

@@ -3,11 +3,16 @@
 
 use crate::job::KafkaConfig;
 use anyhow::{anyhow, Context as _};
+use rdkafka::client::Client;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::ToBytes;
+use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -16,6 +21,27 @@ use std::time::Duration;
 struct Deliveries {
     failed: AtomicU64,
     last_error: Mutex<Option<String>>,
+    acked: Acked,
+}
+
+/// Per partition of a producer's topic, an offset every record it sends from now on lands
+/// at or past: the partition's end when the producer started, then after each acknowledged
+/// record.
+#[derive(Clone, Default)]
+pub struct Acked(Arc<Mutex<BTreeMap<i32, i64>>>);
+
+impl Acked {
+    /// The positions now.
+    pub fn positions(&self) -> BTreeMap<i32, i64> {
+        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    fn advance(&self, partition: i32, next: i64) {
+        if let Ok(mut m) = self.0.lock() {
+            let e = m.entry(partition).or_insert(next);
+            *e = (*e).max(next);
+        }
+    }
 }
 
 impl ClientContext for Deliveries {}
@@ -24,6 +50,9 @@ impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Ok(m) = result {
+            self.acked.advance(m.partition(), m.offset() + 1);
+        }
         if let Err((e, _)) = result {
             self.failed.fetch_add(1, Ordering::Relaxed);
             if let Ok(mut l) = self.last_error.lock() {
@@ -47,6 +76,15 @@ impl AckedProducer {
             .create_with_context(Deliveries::default())
             .with_context(|| format!("cannot create the {what} producer for {brokers}"))?;
         Ok(Self { producer })
+    }
+
+    /// Where `topic`'s partitions stand, from now on (see [`Acked`]).
+    pub fn track(&self, topic: &str) -> anyhow::Result<Acked> {
+        let acked = self.producer.context().acked.clone();
+        for (partition, (_, high)) in watermarks(self.producer.client(), topic)? {
+            acked.advance(partition, high);
+        }
+        Ok(acked)
     }
 
     /// Starts a batch: failures are counted from here.
@@ -89,4 +127,89 @@ impl AckedProducer {
         crate::failpoint::hit("kafka.acknowledged");
         Ok(())
     }
+}
+
+/// Low and high watermark of every partition of `topic`.
+fn watermarks<C: rdkafka::ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
+    let timeout = Duration::from_secs(10);
+    let meta = client
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("cannot read the metadata of {topic}"))?;
+    let partitions = meta
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().len() as i32)
+        .unwrap_or(0);
+    (0..partitions)
+        .map(|p| {
+            client
+                .fetch_watermarks(topic, p, timeout)
+                .map(|w| (p, w))
+                .with_context(|| format!("cannot read where {topic} [{p}] stands"))
+        })
+        .collect()
+}
+
+/// A record read back: its headers and value.
+pub type ReadBack = (BTreeMap<String, Vec<u8>>, Vec<u8>);
+
+/// Every record of `topic` from `from` (per partition; the partition's start where absent)
+/// to where each partition ends now: what a restart reads back of its own earlier output.
+pub fn read_back(
+    k: &KafkaConfig,
+    brokers: &str,
+    topic: &str,
+    from: &BTreeMap<i32, i64>,
+) -> anyhow::Result<Vec<ReadBack>> {
+    let c: BaseConsumer = crate::sources::kafka::client_config(k, brokers)
+        .set("group.id", "vitalflow-read-back")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .with_context(|| format!("cannot read {topic} back"))?;
+    let mut ends = BTreeMap::new();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for (p, (low, high)) in watermarks(c.client(), topic)? {
+        let start = from.get(&p).copied().unwrap_or(low).clamp(low, high);
+        if start < high {
+            ends.insert(p, high);
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(start))?;
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return Ok(out);
+    }
+    c.assign(&tpl)
+        .with_context(|| format!("cannot read {topic} back"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !ends.is_empty() {
+        if std::time::Instant::now() >= deadline {
+            return Err(anyhow!("reading {topic} back took over 2 minutes"));
+        }
+        let Some(m) = c.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.with_context(|| format!("cannot read {topic} back"))?;
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push((headers, m.payload().unwrap_or_default().to_vec()));
+        if ends
+            .get(&m.partition())
+            .is_some_and(|e| m.offset() + 1 >= *e)
+        {
+            ends.remove(&m.partition());
+        }
+    }
+    Ok(out)
 }
