@@ -115,8 +115,13 @@ fn input(seed: u64, count: u64) -> Vec<SimMessage> {
 /// named after `tag`; Observations and alerts also to `fhir` when given.
 fn job(dir: &Path, brokers: &str, tag: &str, fhir: Option<(&str, &str)>) -> std::path::PathBuf {
     let rules = root().join("templates/alerts/adult-vitals.toml");
+    // A killed run may drain the input: it must not let the wall clock advance event time
+    // as an idle live job does (the reference is a replay), so idleness waits 10 minutes.
     let mut tables = format!(
-        r#"[sinks.ndjson]
+        r#"[window]
+idle_timeout = "10m"
+
+[sinks.ndjson]
 dir = "{out}"
 flush_interval = "300ms"
 
@@ -193,6 +198,8 @@ fn read_topic(brokers: &str, topic: &str) -> Vec<(Vec<u8>, BTreeMap<String, Stri
                     .collect()
             })
             .unwrap_or_default();
+        let mut headers: BTreeMap<String, String> = headers;
+        headers.insert("at".into(), format!("{}@{}", m.partition(), m.offset()));
         out.push((m.payload().unwrap_or_default().to_vec(), headers));
         if ends
             .get(&m.partition())
@@ -449,11 +456,26 @@ fn trial(seed: u64, kills: usize, identity: &str) -> Report {
             .kills
             .push((kill, ended_itself.is_some(), uncommitted));
     }
+    let log = std::fs::File::create(crashed.join("run-final.log")).expect("log");
     run_ok(
         vitalflow()
             .args(["run", "--until-end", "--workers", "2", "--job"])
-            .arg(&crash_job),
+            .arg(&crash_job)
+            .env("VITALFLOW_LOG", "warn,vitalflow=debug")
+            .stderr(log),
     );
+    if std::env::var_os("VITALFLOW_TRIAL_KEEP").is_some() {
+        let dl: Vec<String> = read_topic(&brokers, "dead-letters-crash")
+            .iter()
+            .map(|(_, h)| {
+                format!(
+                    "{} {}/{}",
+                    h["at"], h["vitalflow-source-partition"], h["vitalflow-source-offset"]
+                )
+            })
+            .collect();
+        std::fs::write(crashed.join("dead-letters.txt"), dl.join("\n")).expect("write");
+    }
     let got = outputs(&crashed, &brokers, "crash");
 
     let mut failures = Vec::new();

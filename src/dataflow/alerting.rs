@@ -116,6 +116,11 @@ impl PatientAlerts {
         std::mem::take(&mut self.dirty)
     }
 
+    /// Event time everything up to which has been applied.
+    pub fn applied(&self) -> Option<i64> {
+        self.applied
+    }
+
     /// What a checkpoint of this state holds.
     pub fn checkpoint<'a>(
         &'a self,
@@ -346,7 +351,7 @@ pub(super) enum Out {
 pub(super) fn build<G: Scope<Timestamp = u64>>(
     measurements: &Stream<G, Measurement>,
     marks: &Stream<G, (usize, Mark)>,
-    alerts_topic: Option<crate::sinks::kafka::Acked>,
+    alerts_topic: Option<crate::sinks::alerts::Positions>,
     shared: Arc<Shared>,
 ) -> Stream<G, Out> {
     let rules = shared.rules.clone().expect("alerting has rules");
@@ -463,7 +468,7 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                         let place = place.as_ref().expect("checkpoints");
                         let at = alerts_topic
                             .as_ref()
-                            .map(|a| a.positions())
+                            .map(|a| a.at(state.applied()))
                             .unwrap_or_default();
                         match super::alert_state::encode(place, &state, at) {
                             Ok(bytes) => Some(Arc::new(bytes)),

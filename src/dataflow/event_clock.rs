@@ -310,26 +310,33 @@ impl InputClock {
             return Mark::Free(self.newest);
         }
         let idle_since = |since: Instant| self.live && now.duration_since(since) >= self.idle;
-        let parts: Vec<(&PartitionKey, bool)> = if self.assigned.is_empty() {
-            self.seen.keys().map(|k| (k, false)).collect()
-        } else {
+        // Per partition, whether it stands at its end. A source that does not say is taken
+        // to, so that its partitions can go idle.
+        let reported = !self.assigned.is_empty();
+        let parts: Vec<(&PartitionKey, bool)> = if reported {
             self.assigned.iter().map(|(k, e)| (k, *e)).collect()
+        } else {
+            self.seen.keys().map(|k| (k, true)).collect()
         };
         if parts.is_empty() && !idle_since(self.started) {
             return Mark::At(i64::MIN);
         }
         let mut bound: Option<i64> = None;
-        for (k, ended) in parts {
-            if ended {
+        for (k, at_end) in parts {
+            if at_end && !self.live {
+                // A replay's partition read to its end: ended.
                 continue;
             }
+            // A live partition goes idle only with nothing left to read: one slow to
+            // deliver its backlog still holds the clock, however long it takes.
+            let idle = |since: Instant| at_end && idle_since(since);
             match self.seen.get(k) {
-                Some(p) if !idle_since(p.last) => {
+                Some(p) if !idle(p.last) => {
                     let b = p.slowest().saturating_sub(self.lateness_ms);
                     bound = Some(bound.map_or(b, |x| x.min(b)));
                 }
                 Some(_) => {}
-                None if idle_since(self.started) => {}
+                None if idle(self.started) => {}
                 None => return Mark::At(i64::MIN),
             }
         }
@@ -523,7 +530,14 @@ mod tests {
             "partition 1 is new, not idle"
         );
         let t1 = t0 + Duration::from_secs(3);
-        // Partition 1 never delivered, partition 0 has been quiet for 3 s: both idle.
+        assert_eq!(
+            c.mark(t1),
+            Mark::At(i64::MIN),
+            "quiet, but not read to their ends: a slow fetch of a backlog is not idleness"
+        );
+        // Both read to their ends: partition 1 never delivered, partition 0 has been quiet
+        // for 3 s: both idle.
+        c.polled(0, vec![(key(0), true), (key(1), true)], false, t1);
         assert_eq!(c.mark(t1), Mark::Free(Some(98_000)));
         let t2 = t0 + Duration::from_secs(13);
         assert_eq!(

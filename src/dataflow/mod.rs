@@ -371,7 +371,7 @@ struct WorkerParts {
     alerts: Option<AlertSink>,
     dead_letters: Box<dyn Sink<DeadLetter> + Send>,
     /// Where the dead-letter topic stands (Kafka dead letters), for the commit log.
-    dead_letter_positions: Option<crate::sinks::kafka::Acked>,
+    dead_letter_positions: Option<crate::sinks::dead_letter::Positions>,
     lake: LakeParts,
 }
 
@@ -428,7 +428,7 @@ fn lake_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<Lak
 /// The dead-letter sink, and where its topic stands when it is one.
 type DeadLetterSink = (
     Box<dyn Sink<DeadLetter> + Send>,
-    Option<crate::sinks::kafka::Acked>,
+    Option<crate::sinks::dead_letter::Positions>,
 );
 
 /// `replayed`: whether its dead letters are of source messages a restart reads again

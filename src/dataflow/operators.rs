@@ -52,8 +52,13 @@ struct Pending {
     positions: Positions,
     opened: Instant,
     stamps: Vec<i64>,
-    cut: Option<BTreeMap<i32, i64>>,
+    /// With the commit log: whether the clock was cut here, and per partition where the
+    /// dead-letter topic stood.
+    cut: Option<DeadLetterAt>,
 }
+
+/// Per source partition, where the dead-letter topic stood (Kafka dead letters).
+type DeadLetterAt = BTreeMap<PartitionKey, BTreeMap<i32, i64>>;
 
 /// The commit log (dataflow::commit_log): written before each offset commit.
 struct CutLog {
@@ -65,7 +70,7 @@ struct CutLog {
     /// Per partition, the records the committed offsets may stand at.
     committed: std::collections::HashMap<PartitionKey, Vec<commit_log::Record>>,
     /// Where the dead-letter topic stands (Kafka dead letters).
-    dead_letters: Option<crate::sinks::kafka::Acked>,
+    dead_letters: Option<crate::sinks::dead_letter::Positions>,
     /// The records written for the commit under way.
     pending: Vec<(PartitionKey, commit_log::Record)>,
 }
@@ -82,10 +87,13 @@ impl Committer {
                     c.last = Some(Instant::now());
                     clock.want_cuts(positions.iter().map(|(k, o)| (k, *o)));
                     // Dead letters of messages past these positions are not sent yet.
-                    c.dead_letters
-                        .as_ref()
-                        .map(|d| d.positions())
-                        .unwrap_or_default()
+                    match &c.dead_letters {
+                        Some(d) => positions
+                            .iter()
+                            .map(|((t, p), o)| ((t.clone(), *p), d.at(t, *p, *o)))
+                            .collect(),
+                        None => BTreeMap::new(),
+                    }
                 })
             });
             let stamps = std::mem::take(&mut self.stamps);
@@ -129,7 +137,7 @@ impl Committer {
     fn commit(
         &mut self,
         p: &Positions,
-        dead_letters: &BTreeMap<i32, i64>,
+        dead_letters: &DeadLetterAt,
         clock: &mut InputClock,
         last: bool,
     ) -> anyhow::Result<()> {
@@ -141,7 +149,7 @@ impl Committer {
                         k.clone(),
                         commit_log::Record {
                             clock: c,
-                            dead_letters: dead_letters.clone(),
+                            dead_letters: dead_letters.get(k).cloned().unwrap_or_default(),
                         },
                     )),
                     // Not known at these offsets: the next epoch with a cut commits instead.
@@ -181,12 +189,13 @@ impl Committer {
         let stamps = std::mem::take(&mut self.stamps);
         Latencies::record(&self.metrics.latency.durable, now_us, &stamps);
         if self.last.as_ref() != Some(&p) && !p.is_empty() {
-            let dead_letters = self
-                .cuts
-                .as_ref()
-                .and_then(|c| c.dead_letters.as_ref())
-                .map(|d| d.positions())
-                .unwrap_or_default();
+            let dead_letters = match self.cuts.as_ref().and_then(|c| c.dead_letters.as_ref()) {
+                Some(d) => p
+                    .iter()
+                    .map(|((t, q), o)| ((t.clone(), *q), d.at(t, *q, *o)))
+                    .collect(),
+                None => BTreeMap::new(),
+            };
             self.commit(&p, &dead_letters, clock, true)?;
         }
         Ok(())

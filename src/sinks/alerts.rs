@@ -35,7 +35,7 @@ struct KafkaAlerts {
     producer: AckedProducer,
     topic: String,
     group: String,
-    acked: super::kafka::Acked,
+    positions: Positions,
     /// Events sent before the restart, past the checkpoints.
     sent: std::collections::HashSet<alert_events::EventKey>,
 }
@@ -50,7 +50,13 @@ impl KafkaAlerts {
         let producer = AckedProducer::new(k, brokers, "alerts")?;
         let acked = producer.track(topic)?;
         let mut sent = std::collections::HashSet::new();
+        let mut read_from = std::collections::BTreeMap::new();
         if let Some(from) = resume {
+            read_from = acked
+                .positions()
+                .keys()
+                .map(|q| (*q, from.get(q).copied().unwrap_or(0)))
+                .collect();
             let back = super::kafka::read_back(k, brokers, topic, from)?;
             tracing::info!(
                 records = back.len(),
@@ -65,11 +71,16 @@ impl KafkaAlerts {
                 }
             }
         }
+        let positions = Positions {
+            acked,
+            from: read_from,
+            sent_until_us: sent.iter().map(|k| k.2).max(),
+        };
         Ok(Self {
             producer,
             topic: topic.to_string(),
             group: k.group_id.clone(),
-            acked,
+            positions,
             sent,
         })
     }
@@ -99,6 +110,38 @@ impl KafkaAlerts {
         }
         self.producer.acknowledged(&format!("alerts to {topic}"))?;
         Ok(n)
+    }
+}
+
+/// Where the alert topic stands, for the alerting checkpoints: per partition, an offset
+/// every event raised after the checkpoint lies at or past, whichever run sent it.
+#[derive(Clone)]
+pub struct Positions {
+    acked: super::kafka::Acked,
+    /// Where this run read back from (0: a partition's start).
+    from: std::collections::BTreeMap<i32, i64>,
+    /// The latest event time (µs) of the events earlier runs sent past their checkpoints.
+    sent_until_us: Option<i64>,
+}
+
+impl Positions {
+    /// The positions for a checkpoint of state applied through `applied` (event ms): this
+    /// producer's own, or, while earlier runs sent events that late or later (a restart
+    /// from this checkpoint could raise them again), no later than where this run read
+    /// them back from.
+    pub fn at(&self, applied: Option<i64>) -> std::collections::BTreeMap<i32, i64> {
+        let mut at = self.acked.positions();
+        let covered = match (self.sent_until_us, applied) {
+            (None, _) => true,
+            (Some(sent), Some(applied)) => sent < applied.saturating_mul(1000),
+            (Some(_), None) => false,
+        };
+        if !covered {
+            for (q, o) in at.iter_mut() {
+                *o = (*o).min(self.from.get(q).copied().unwrap_or(0));
+            }
+        }
+        at
     }
 }
 
@@ -268,9 +311,9 @@ impl AlertSink {
     }
 
     /// Where the alert topic stands (Kafka alerts): recorded in each alerting checkpoint.
-    pub fn positions(&self) -> Option<super::kafka::Acked> {
+    pub fn positions(&self) -> Option<Positions> {
         match &self.out {
-            Out::Kafka(k) => Some(k.acked.clone()),
+            Out::Kafka(k) => Some(k.positions.clone()),
             Out::Files(_) => None,
         }
     }

@@ -16,6 +16,7 @@ use rdkafka::producer::BaseRecord;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 /// A message that could not be processed, and why.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,7 +189,37 @@ pub struct KafkaDeadLetters {
     pending: Vec<DeadLetter>,
     /// Per source (topic, partition), the highest offset sent.
     written: HashMap<(String, i32), i64>,
+    positions: Positions,
+}
+
+/// Where the dead-letter topic stands, for the commit log: per topic partition, an offset
+/// that every dead letter of a later message lies at or past, whichever run sent it.
+#[derive(Clone)]
+pub struct Positions {
     acked: super::kafka::Acked,
+    /// Where this run read back from (0: a partition's start).
+    from: BTreeMap<i32, i64>,
+    /// Per source partition, the highest offset earlier runs sent a dead letter for.
+    sent_before: Arc<HashMap<(String, i32), i64>>,
+}
+
+impl Positions {
+    /// The positions for a commit of `partition` of `topic` at `offset`: this producer's
+    /// own, or, while earlier runs sent dead letters of messages at or past the offset,
+    /// no later than where this run read them back from.
+    pub fn at(&self, topic: &str, partition: i32, offset: i64) -> BTreeMap<i32, i64> {
+        let mut at = self.acked.positions();
+        let earlier = self
+            .sent_before
+            .get(&(topic.to_string(), partition))
+            .is_some_and(|h| *h >= offset);
+        if earlier {
+            for (q, o) in at.iter_mut() {
+                *o = (*o).min(self.from.get(q).copied().unwrap_or(0));
+            }
+        }
+        at
+    }
 }
 
 impl KafkaDeadLetters {
@@ -202,11 +233,17 @@ impl KafkaDeadLetters {
     ) -> anyhow::Result<Self> {
         let producer = AckedProducer::new(k, brokers, "dead-letter")?;
         let acked = producer.track(topic)?;
+        let mut from_partitions = BTreeMap::new();
         let mut written: HashMap<(String, i32), i64> = HashMap::new();
         if let Some(from) = resume {
             let text = |h: &BTreeMap<String, Vec<u8>>, k: &str| {
                 h.get(k).map(|v| String::from_utf8_lossy(v).into_owned())
             };
+            from_partitions = acked
+                .positions()
+                .keys()
+                .map(|q| (*q, from.get(q).copied().unwrap_or(0)))
+                .collect();
             let back = super::kafka::read_back(k, brokers, topic, from)?;
             tracing::info!(
                 records = back.len(),
@@ -229,19 +266,24 @@ impl KafkaDeadLetters {
                 }
             }
         }
+        let positions = Positions {
+            acked,
+            from: from_partitions,
+            sent_before: Arc::new(written.clone()),
+        };
         Ok(Self {
             producer,
             topic: topic.to_string(),
             group: k.group_id.clone(),
             pending: Vec::new(),
             written,
-            acked,
+            positions,
         })
     }
 
-    /// Where the topic stands for this producer (see [`super::kafka::Acked`]).
-    pub fn positions(&self) -> super::kafka::Acked {
-        self.acked.clone()
+    /// Where the topic stands, for the commit log.
+    pub fn positions(&self) -> Positions {
+        self.positions.clone()
     }
 
     fn send(&self, d: &DeadLetter) -> anyhow::Result<()> {

@@ -152,8 +152,10 @@ pub struct KafkaSource {
     /// One queue per partition, so that end-of-partition events name their topic.
     queues: Vec<Queue>,
     topics: HashMap<String, Arc<str>>,
-    /// For `--until-end`: partitions read to their end (and nothing read since).
-    at_eof: Option<HashSet<(Arc<str>, i32)>>,
+    /// Partitions read to their end (and nothing read since).
+    at_eof: HashSet<(Arc<str>, i32)>,
+    /// `--until-end`: a partition at its end has ended.
+    until_end: bool,
     next: BTreeMap<(Arc<str>, i32), i64>,
     turn: usize,
 }
@@ -173,10 +175,9 @@ impl KafkaSource {
         c.set("group.id", &k.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set(
-                "enable.partition.eof",
-                if until_end { "true" } else { "false" },
-            )
+            // Where each partition's end is: `--until-end` stops there, and a live job's
+            // event clock lets only a partition with nothing left to read go idle.
+            .set("enable.partition.eof", "true")
             .set(
                 "auto.offset.reset",
                 match k.start {
@@ -233,16 +234,15 @@ impl KafkaSource {
             consumer,
             queues,
             topics,
-            at_eof: until_end.then(HashSet::new),
+            at_eof: HashSet::new(),
+            until_end,
             next,
             turn: 0,
         })
     }
 
     fn at_end(&self) -> bool {
-        self.at_eof
-            .as_ref()
-            .is_some_and(|eof| self.queues.iter().all(|(k, _)| eof.contains(k)))
+        self.until_end && self.queues.iter().all(|(k, _)| self.at_eof.contains(k))
     }
 
     fn commit_mode(&mut self, positions: &Positions, mode: CommitMode) -> anyhow::Result<()> {
@@ -263,7 +263,7 @@ impl KafkaSource {
 fn take(
     topics: &HashMap<String, Arc<str>>,
     next: &mut BTreeMap<(Arc<str>, i32), i64>,
-    at_eof: &mut Option<HashSet<(Arc<str>, i32)>>,
+    at_eof: &mut HashSet<(Arc<str>, i32)>,
     m: &BorrowedMessage<'_>,
 ) -> anyhow::Result<RawMessage> {
     let topic = topics
@@ -280,9 +280,7 @@ fn take(
         .unwrap_or_default();
     let key = (topic.clone(), m.partition());
     next.insert(key.clone(), m.offset() + 1);
-    if let Some(eof) = at_eof {
-        eof.remove(&key);
-    }
+    at_eof.remove(&key);
     Ok(RawMessage {
         payload: m.payload().unwrap_or_default().to_vec(),
         key: m.key().map(<[u8]>::to_vec),
@@ -304,7 +302,7 @@ impl Source for KafkaSource {
             Some(Err(e)) => tracing::warn!("kafka: {e}"),
         }
         if self.queues.is_empty() || self.at_end() {
-            return Ok(if self.at_eof.is_some() {
+            return Ok(if self.until_end {
                 Poll::Finished
             } else {
                 Poll::Idle
@@ -329,9 +327,7 @@ impl Source for KafkaSource {
                 match polled {
                     None => break,
                     Some(Err(KafkaError::PartitionEOF(_))) => {
-                        if let Some(eof) = at_eof {
-                            eof.insert(queues[at].0.clone());
-                        }
+                        at_eof.insert(queues[at].0.clone());
                         break;
                     }
                     Some(Err(e)) => {
@@ -357,10 +353,7 @@ impl Source for KafkaSource {
     fn partitions(&self) -> Vec<((Arc<str>, i32), bool)> {
         self.queues
             .iter()
-            .map(|(k, _)| {
-                let ended = self.at_eof.as_ref().is_some_and(|e| e.contains(k));
-                (k.clone(), ended)
-            })
+            .map(|(k, _)| (k.clone(), self.at_eof.contains(k)))
             .collect()
     }
 

@@ -107,8 +107,9 @@ pub trait Source {
     fn positions(&self) -> Positions;
     /// Records that outputs of everything before `positions` are durable.
     fn commit(&mut self, positions: &Positions) -> anyhow::Result<()>;
-    /// The partitions this source reads, each with whether it has reached its end
-    /// (`--until-end`): the event clock waits for the others. Empty when it does not know.
+    /// The partitions this source reads, each with whether it stands at its end (nothing
+    /// left to read now): with `--until-end` it has ended and the event clock waits for the
+    /// others; in a live job it may go idle. Empty when the source does not know.
     fn partitions(&self) -> Vec<((Arc<str>, i32), bool)> {
         Vec::new()
     }
