@@ -205,6 +205,7 @@ struct RawFhirAuth {
     token_url: Option<Spanned<String>>,
     client_id: Option<Spanned<String>>,
     scope: Option<Spanned<String>>,
+    allow_http: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -270,8 +271,36 @@ pub enum StartPosition {
     Latest,
 }
 
+/// librdkafka properties vitalflow sets itself: a job file or the environment may not.
+const RESERVED_KAFKA_PROPERTIES: &[&str] = &["group.id", "bootstrap.servers", "enable.auto.commit"];
+
+/// Pass-through settings as `Debug` prints them: the value of any key that names a secret
+/// (password, secret, token, key, credential) shows as `***`, so a logged or panicking
+/// configuration never carries one.
+pub fn redacted<'a>(
+    settings: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> BTreeMap<&'a str, &'a str> {
+    settings
+        .into_iter()
+        .map(|(k, v)| {
+            let lower = k.to_ascii_lowercase();
+            let secret = [
+                "password",
+                "secret",
+                "token",
+                "key",
+                "credential",
+                "oauthbearer",
+            ]
+            .iter()
+            .any(|s| lower.contains(s));
+            (k.as_str(), if secret { "***" } else { v.as_str() })
+        })
+        .collect()
+}
+
 /// Kafka connection and consumption settings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct KafkaConfig {
     /// `host:port,...`, or [`EMBEDDED_BROKERS`].
     pub brokers: String,
@@ -287,6 +316,20 @@ pub struct KafkaConfig {
     pub startup_timeout: Duration,
     /// librdkafka properties passed through verbatim (TLS, SASL, tuning).
     pub properties: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topics", &self.topics)
+            .field("group_id", &self.group_id)
+            .field("start", &self.start)
+            .field("partitions", &self.partitions)
+            .field("startup_timeout", &self.startup_timeout)
+            .field("properties", &redacted(&self.properties))
+            .finish()
+    }
 }
 
 impl JobConfig {
@@ -511,6 +554,9 @@ pub struct FhirSinkConfig {
     pub negative_cache_ttl: Duration,
     /// Most identities cached per worker.
     pub cache_capacity: usize,
+    /// Credentials may go to a plain `http://` URL (`[sinks.fhir.auth] allow_http = true`):
+    /// off by default, since anyone on the path could read the token.
+    pub allow_http_credentials: bool,
 }
 
 impl FhirSinkConfig {
@@ -531,6 +577,7 @@ impl FhirSinkConfig {
             cache_ttl: Duration::from_secs(3600),
             negative_cache_ttl: Duration::from_secs(60),
             cache_capacity: 100_000,
+            allow_http_credentials: false,
         }
     }
 }
@@ -761,7 +808,7 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
                     continue;
                 }
             };
-            if matches!(key.as_str(), "group.id" | "bootstrap.servers" | "enable.auto.commit") {
+            if RESERVED_KAFKA_PROPERTIES.contains(&key.as_str()) {
                 cx.at(v.span(), &format!("kafka.properties.{key}"), "set by vitalflow: use kafka.group_id / kafka.brokers (offsets are committed by the job, never automatically)");
                 continue;
             }
@@ -1160,6 +1207,7 @@ fn fhir_config(cx: &mut Ctx<'_>, base: &Path, f: &RawFhir) -> FhirSinkConfig {
         ) as usize;
     }
     if let Some(a) = &f.auth {
+        c.allow_http_credentials = a.allow_http.as_ref().is_some_and(|b| *b.get_ref());
         c.auth = match a.kind.get_ref().as_str() {
             "none" => FhirAuth::None,
             // The token arrives from the environment (apply_env); empty means "not given".
@@ -1206,28 +1254,53 @@ fn fhir_config(cx: &mut Ctx<'_>, base: &Path, f: &RawFhir) -> FhirSinkConfig {
 /// (`VITALFLOW_KAFKA__SASL_PASSWORD` sets `sasl.password`), and for the FHIR sink
 /// `VITALFLOW_FHIR_URL`, `VITALFLOW_FHIR_IDENTITY`, `VITALFLOW_FHIR_TOKEN`,
 /// `VITALFLOW_FHIR_CLIENT_SECRET`.
-pub fn apply_env(job: &mut JobConfig, vars: impl IntoIterator<Item = (String, String)>) {
+pub fn apply_env(
+    job: &mut JobConfig,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), Vec<String>> {
     let vars: Vec<(String, String)> = vars.into_iter().collect();
+    let mut errors = Vec::new();
     if let Some(k) = &mut job.kafka {
-        apply_env_kafka(k, vars.iter().cloned());
+        if let Err(e) = apply_env_kafka(k, vars.iter().cloned()) {
+            errors.extend(e);
+        }
     }
     // The URL first: it may create the [sinks.fhir] the other FHIR variables refine.
     if let Some((_, url)) = vars.iter().find(|(k, _)| k == "VITALFLOW_FHIR_URL") {
-        set_fhir_url(job, url);
+        match check_fhir_url(url) {
+            Ok(()) => set_fhir_url(job, url),
+            Err(e) => errors.push(format!("VITALFLOW_FHIR_URL: {e}")),
+        }
     }
     for (key, value) in vars {
         match key.as_str() {
+            "VITALFLOW_OUTPUT_DIR" if value.trim().is_empty() => {
+                errors.push("VITALFLOW_OUTPUT_DIR: empty".into())
+            }
             "VITALFLOW_OUTPUT_DIR" => job.set_output_dir(PathBuf::from(value)),
+            "VITALFLOW_LAKE" if value.trim().is_empty() => {
+                errors.push("VITALFLOW_LAKE: empty (a directory or s3://bucket/prefix)".into())
+            }
             "VITALFLOW_LAKE" => match &mut job.lake {
                 Some(l) => l.location = value,
                 None => job.lake = Some(crate::lake::LakeConfig::at(&value)),
             },
-            "VITALFLOW_METRICS_ADDRESS" => job.metrics_address = Some(value),
-            "VITALFLOW_FHIR_IDENTITY" => {
-                if let (Some(f), Some(m)) = (&mut job.fhir, IdentityMode::parse(&value)) {
-                    f.identity = m;
+            "VITALFLOW_METRICS_ADDRESS" => match value.parse::<std::net::SocketAddr>() {
+                Ok(_) => job.metrics_address = Some(value),
+                Err(_) => errors.push(format!(
+                    "VITALFLOW_METRICS_ADDRESS: \"{value}\" is not an ip:port address (e.g. 127.0.0.1:9464)"
+                )),
+            },
+            "VITALFLOW_FHIR_IDENTITY" => match IdentityMode::parse(&value) {
+                Some(m) => {
+                    if let Some(f) = &mut job.fhir {
+                        f.identity = m;
+                    }
                 }
-            }
+                None => errors.push(format!(
+                    "VITALFLOW_FHIR_IDENTITY: expected \"Lookup\", \"LookupWithEncounter\" or \"Create\", found \"{value}\""
+                )),
+            },
             "VITALFLOW_FHIR_TOKEN" => {
                 if let Some(f) = &mut job.fhir {
                     if matches!(f.auth, FhirAuth::None | FhirAuth::Bearer { .. }) {
@@ -1247,10 +1320,25 @@ pub fn apply_env(job: &mut JobConfig, vars: impl IntoIterator<Item = (String, St
             _ => {}
         }
     }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
-/// Points the job at a FHIR server. A job without `[sinks.fhir]` gets one with defaults, and
-/// its Observations go there instead of to NDJSON files.
+/// Whether `url` is an http(s) URL.
+fn check_fhir_url(url: &str) -> Result<(), String> {
+    let url = url.trim();
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(format!(
+            "\"{url}\" is not an http(s) URL (e.g. https://fhir.example.org/r4)"
+        ))
+    }
+}
+
 pub fn set_fhir_url(job: &mut JobConfig, url: &str) {
     match &mut job.fhir {
         Some(f) => f.url = url.trim_end_matches('/').to_string(),
@@ -1262,18 +1350,36 @@ pub fn set_fhir_url(job: &mut JobConfig, url: &str) {
 }
 
 /// The Kafka part of [`apply_env`], also used by `vitalflow simulate`.
-pub fn apply_env_kafka(k: &mut KafkaConfig, vars: impl IntoIterator<Item = (String, String)>) {
+pub fn apply_env_kafka(
+    k: &mut KafkaConfig,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), Vec<String>> {
+    let mut errors = Vec::new();
     for (key, value) in vars {
         match key.as_str() {
+            "VITALFLOW_KAFKA_BROKERS" | "VITALFLOW_KAFKA_GROUP_ID" if value.trim().is_empty() => {
+                errors.push(format!("{key}: empty"))
+            }
             "VITALFLOW_KAFKA_BROKERS" => k.brokers = value,
             "VITALFLOW_KAFKA_GROUP_ID" => k.group_id = value,
             _ => {
                 if let Some(prop) = key.strip_prefix("VITALFLOW_KAFKA__") {
-                    k.properties
-                        .insert(prop.to_ascii_lowercase().replace('_', "."), value);
+                    let prop = prop.to_ascii_lowercase().replace('_', ".");
+                    if RESERVED_KAFKA_PROPERTIES.contains(&prop.as_str()) {
+                        errors.push(format!(
+                            "{key}: {prop} is set by vitalflow (use VITALFLOW_KAFKA_BROKERS / VITALFLOW_KAFKA_GROUP_ID; offsets are committed by the job)"
+                        ));
+                        continue;
+                    }
+                    k.properties.insert(prop, value);
                 }
             }
         }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
     }
 }
 
@@ -1403,12 +1509,67 @@ mod tests {
                 ),
                 ("HOME".to_string(), "/root".to_string()),
             ],
-        );
+        )
+        .expect("valid overrides");
         let k = job.kafka.expect("kafka");
         assert_eq!(k.brokers, "10.0.0.1:9093");
         assert_eq!(
             k.properties.get("sasl.password").map(String::as_str),
             Some("s3cret")
+        );
+    }
+
+    #[test]
+    fn environment_overrides_are_checked_like_the_job_file() {
+        let mut job = embedded_default();
+        let e = apply_env(
+            &mut job,
+            [
+                ("VITALFLOW_METRICS_ADDRESS", "not-an-address"),
+                ("VITALFLOW_FHIR_URL", "ftp://x"),
+                ("VITALFLOW_FHIR_IDENTITY", "Maybe"),
+                ("VITALFLOW_LAKE", " "),
+                ("VITALFLOW_KAFKA__ENABLE_AUTO_COMMIT", "true"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .expect_err("invalid overrides");
+        let all = e.join("\n");
+        for var in [
+            "VITALFLOW_METRICS_ADDRESS",
+            "VITALFLOW_FHIR_URL",
+            "VITALFLOW_FHIR_IDENTITY",
+            "VITALFLOW_LAKE",
+            "VITALFLOW_KAFKA__ENABLE_AUTO_COMMIT",
+        ] {
+            assert!(all.contains(var), "names {var}: {all}");
+        }
+        assert_eq!(job.metrics_address, None, "an invalid value is not applied");
+    }
+
+    #[test]
+    fn secrets_never_print_in_debug() {
+        let mut job = embedded_default();
+        apply_env(
+            &mut job,
+            [(
+                "VITALFLOW_KAFKA__SASL_PASSWORD".to_string(),
+                "hunter2".to_string(),
+            )],
+        )
+        .expect("valid");
+        let mut lake = crate::lake::LakeConfig::at("s3://b/p");
+        lake.storage
+            .insert("aws_secret_access_key".into(), "wJalrXUtnFEMI".into());
+        job.lake = Some(lake);
+        let printed = format!("{job:?}");
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("wJalrXUtnFEMI"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("sasl.password"),
+            "the key is shown: {printed}"
         );
     }
 

@@ -676,7 +676,12 @@ fn load_job(path: Option<&Path>) -> Result<job::JobConfig, ExitCode> {
         })?,
         None => job::embedded_default(),
     };
-    job::apply_env(&mut job, std::env::vars());
+    if let Err(errors) = job::apply_env(&mut job, std::env::vars()) {
+        for e in errors {
+            eprintln!("error: environment: {e}");
+        }
+        return Err(ExitCode::from(2));
+    }
     Ok(job)
 }
 
@@ -869,9 +874,13 @@ fn simulate(args: SimulateArgs) -> ExitCode {
                 properties: Default::default(),
             };
             let mut k = k;
-            job::apply_env_kafka(&mut k, std::env::vars());
-            vitalflow::sources::simulator::produce(&cfg, &k, brokers, topic, start, &stop)
-                .map(|n| tracing::info!(messages = n, %topic, "simulated messages delivered"))
+            match job::apply_env_kafka(&mut k, std::env::vars()) {
+                Ok(()) => vitalflow::sources::simulator::produce(
+                    &cfg, &k, brokers, topic, start, &stop,
+                )
+                .map(|n| tracing::info!(messages = n, %topic, "simulated messages delivered")),
+                Err(errors) => Err(anyhow::anyhow!("environment: {}", errors.join("; "))),
+            }
         }
         _ => write_simulation(&cfg, start, args.output.as_deref().unwrap_or("-"), &stop),
     };

@@ -311,11 +311,34 @@ fn a_refused_bearer_token_stops_the_job_and_commits_nothing() {
                 .then(|| (401, r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"login","diagnostics":"invalid token"}]}"#.to_string(), vec![]))
         }),
     );
-    let job = job(
+    // Credentials over plain http:// are refused unless the job file allows them.
+    let refused = job(
         tmp.path(),
         &brokers,
         &p.url,
         "[sinks.fhir.auth]\ntype = \"bearer\"",
+    );
+    let out = run(
+        tmp.path(),
+        &refused,
+        &[("VITALFLOW_FHIR_TOKEN", "tok-XYZZY")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "refused: {stderr}");
+    assert!(
+        stderr.contains("over plain http://") && stderr.contains("allow_http = true"),
+        "says why and how: {stderr}"
+    );
+    assert!(
+        !stderr.contains("XYZZY"),
+        "never prints the secret: {stderr}"
+    );
+    assert!(p.stored.lock().expect("lock").is_empty(), "nothing sent");
+    let job = job(
+        tmp.path(),
+        &brokers,
+        &p.url,
+        "[sinks.fhir.auth]\ntype = \"bearer\"\nallow_http = true",
     );
     let out = run(tmp.path(), &job, &[("VITALFLOW_FHIR_TOKEN", "tok-XYZZY")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -375,7 +398,7 @@ fn oauth2_tokens_are_refreshed_on_401_and_a_wrong_secret_is_fatal() {
         }),
     );
     let auth = format!(
-        "[sinks.fhir.auth]\ntype = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"vitalflow\"\nscope = \"system/Observation.write\"",
+        "[sinks.fhir.auth]\ntype = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"vitalflow\"\nscope = \"system/Observation.write\"\nallow_http = true",
         p.url
     );
     let job = job(tmp.path(), &brokers, &p.url, &auth);

@@ -183,6 +183,15 @@ impl FhirClient {
             ),
             _ => {}
         }
+        let plain = cfg.url.trim().to_ascii_lowercase().starts_with("http://");
+        if plain && cfg.auth != FhirAuth::None && !cfg.allow_http_credentials {
+            anyhow::bail!(
+                "sinks.fhir: credentials would go to {} over plain http://, readable by anyone on \
+                 the path: use https://, or set allow_http = true under [sinks.fhir.auth] \
+                 (a trusted network only)",
+                cfg.url
+            );
+        }
         let mut b = Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))

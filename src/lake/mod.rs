@@ -25,7 +25,7 @@ pub struct Tables {
 }
 
 /// `[sinks.lake]`: where the tables live and how often they are committed.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct LakeConfig {
     /// Root: a local directory or an object-store URL (`s3://bucket/prefix`).
     pub location: String,
@@ -40,6 +40,19 @@ pub struct LakeConfig {
     pub compact_every: Option<Duration>,
     /// object_store options (endpoint, region, credentials), passed through.
     pub storage: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for LakeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LakeConfig")
+            .field("location", &self.location)
+            .field("tables", &self.tables)
+            .field("flush_interval", &self.flush_interval)
+            .field("target_file_size", &self.target_file_size)
+            .field("compact_every", &self.compact_every)
+            .field("storage", &crate::job::redacted(&self.storage))
+            .finish()
+    }
 }
 
 impl LakeConfig {
