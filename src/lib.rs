@@ -14,6 +14,7 @@ pub mod lake;
 pub mod mapping;
 pub mod metrics;
 pub mod model;
+pub mod privacy;
 pub mod sinks;
 pub mod sources;
 pub mod time;

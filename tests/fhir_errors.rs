@@ -233,6 +233,26 @@ fn run(dir: &Path, job: &Path, env: &[(&str, &str)]) -> std::process::Output {
     child.wait_with_output().expect("output")
 }
 
+/// The job's log at the default filter names no patient, device or Observation of the
+/// input: identifiers stay in the data, never in a log line (src/privacy.rs).
+fn assert_no_identifiers(
+    stderr: &str,
+    patients: &BTreeMap<String, String>,
+    msgs: &[vitalflow::sources::simulator::SimMessage],
+) {
+    let observations: Vec<String> = expected(msgs).keys().cloned().collect();
+    for id in patients
+        .keys()
+        .chain(patients.values())
+        .chain(observations.iter())
+    {
+        assert!(
+            !stderr.contains(id.as_str()),
+            "the log names {id}: {stderr}"
+        );
+    }
+}
+
 fn observations_expected(msgs: &[vitalflow::sources::simulator::SimMessage]) -> usize {
     expected(msgs).len()
 }
@@ -241,6 +261,7 @@ fn observations_expected(msgs: &[vitalflow::sources::simulator::SimMessage]) -> 
 fn a_refused_observation_goes_to_the_dead_letters_with_the_servers_diagnostics() {
     let tmp = tempfile::tempdir().expect("tmp");
     let (_c, brokers, msgs, patients) = setup(3, 21);
+    let ids = patients.clone();
     // The server refuses every heart-rate Observation, as a profile-validating server would.
     let p = refusing_peer(patients, Box::new(|_, _| None), |o| {
         (o["code"]["text"] == "heartRate")
@@ -251,9 +272,11 @@ fn a_refused_observation_goes_to_the_dead_letters_with_the_servers_diagnostics()
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the job goes on: {stderr}");
     assert!(
-        stderr.contains("heart rate is not allowed"),
-        "the diagnostic is logged: {stderr}"
+        stderr.contains("the FHIR server refused an Observation")
+            && !stderr.contains("heart rate is not allowed"),
+        "the refusal is logged, its diagnostics go to the dead letter (they may echo data): {stderr}"
     );
+    assert_no_identifiers(&stderr, &ids, &msgs);
     assert_eq!(
         committed(&brokers, "g", "vitals", 2),
         high_watermarks(&brokers, "vitals", 2),
@@ -303,7 +326,8 @@ fn a_refused_observation_goes_to_the_dead_letters_with_the_servers_diagnostics()
 #[test]
 fn a_refused_bearer_token_stops_the_job_and_commits_nothing() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let (_c, brokers, _msgs, patients) = setup(2, 22);
+    let (_c, brokers, msgs, patients) = setup(2, 22);
+    let ids = patients.clone();
     let p = peer(
         patients,
         Box::new(|req, _| {
@@ -351,6 +375,7 @@ fn a_refused_bearer_token_stops_the_job_and_commits_nothing() {
         !stderr.contains("XYZZY"),
         "never prints the secret: {stderr}"
     );
+    assert_no_identifiers(&stderr, &ids, &msgs);
     let c = committed(&brokers, "g", "vitals", 2);
     assert!(c.values().all(|o| *o == 0), "no offset committed: {c:?}");
 
@@ -451,6 +476,7 @@ fn oauth2_tokens_are_refreshed_on_401_and_a_wrong_secret_is_fatal() {
 fn busy_failing_and_malformed_answers_are_retried_until_everything_is_written() {
     let tmp = tempfile::tempdir().expect("tmp");
     let (_c, brokers, msgs, patients) = setup(3, 24);
+    let ids = patients.clone();
     let p = peer(
         patients,
         Box::new(|req, n| {
@@ -473,13 +499,10 @@ fn busy_failing_and_malformed_answers_are_retried_until_everything_is_written() 
         }),
     );
     let job = job(tmp.path(), &brokers, &p.url, "");
-    let out = run(
-        tmp.path(),
-        &job,
-        &[("VITALFLOW_LOG", "warn,vitalflow=info")],
-    );
+    let out = run(tmp.path(), &job, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
+    assert_no_identifiers(&stderr, &ids, &msgs);
     assert!(
         stderr.contains("malformed FHIR response"),
         "says what was wrong: {stderr}"

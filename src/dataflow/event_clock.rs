@@ -46,6 +46,11 @@ struct Partition {
     last: Instant,
     /// The offset after the last message observed.
     next: Option<i64>,
+    /// The greatest [`Partition::slowest`] so far: the partition's clock never goes back.
+    /// A device joining a little behind the others would otherwise pull it back, and a
+    /// reading between the two would be on time for its partition yet behind a watermark
+    /// already published, judged or dropped depending on the other workers' pace.
+    held: i64,
 }
 
 /// A partition's clock as it stood before the message at `offset`: written beside the
@@ -57,6 +62,12 @@ pub struct PartitionCut {
     pub offset: i64,
     newest: i64,
     devices: Vec<(String, i64)>,
+    #[serde(default = "min_time")]
+    held: i64,
+}
+
+fn min_time() -> i64 {
+    i64::MIN
 }
 
 impl PartitionCut {
@@ -66,6 +77,7 @@ impl PartitionCut {
             offset,
             newest: i64::MIN,
             devices: Vec::new(),
+            held: i64::MIN,
         }
     }
 }
@@ -78,6 +90,7 @@ impl Partition {
             by_time: Default::default(),
             last: now,
             next: None,
+            held: i64::MIN,
         }
     }
 
@@ -89,6 +102,7 @@ impl Partition {
             p.by_time.insert((*t, d.clone()));
         }
         p.next = Some(c.offset);
+        p.held = c.held;
         p
     }
 
@@ -100,6 +114,7 @@ impl Partition {
             offset,
             newest: self.newest,
             devices,
+            held: self.held,
         }
     }
 
@@ -131,6 +146,11 @@ impl Partition {
     /// The newest event time of the slowest device still sending.
     fn slowest(&self) -> i64 {
         self.by_time.first().map_or(self.newest, |(t, _)| *t)
+    }
+
+    /// The partition's clock: the slowest sending device's newest time, never going back.
+    fn clock(&self) -> i64 {
+        self.held.max(self.slowest())
     }
 }
 
@@ -290,12 +310,13 @@ impl InputClock {
         if times.peek().is_none() {
             return;
         }
-        let bound = (!p.devices.is_empty()).then(|| p.slowest().saturating_sub(self.lateness_ms));
+        let bound = (!p.devices.is_empty()).then(|| p.clock().saturating_sub(self.lateness_ms));
         for (device, at) in times {
             late.push(bound.is_some_and(|b| at <= b));
             p.observe(device, at);
             self.newest = Some(self.newest.map_or(at, |n| n.max(at)));
         }
+        p.held = p.clock();
         p.last = now;
     }
 
@@ -332,7 +353,7 @@ impl InputClock {
             let idle = |since: Instant| at_end && idle_since(since);
             match self.seen.get(k) {
                 Some(p) if !idle(p.last) => {
-                    let b = p.slowest().saturating_sub(self.lateness_ms);
+                    let b = p.clock().saturating_sub(self.lateness_ms);
                     bound = Some(bound.map_or(b, |x| x.min(b)));
                 }
                 Some(_) => {}
@@ -509,6 +530,23 @@ mod tests {
             Mark::At(146_000),
             "BM-2 over 30 s behind: no longer waited for"
         );
+    }
+
+    #[test]
+    fn a_device_joining_behind_does_not_pull_the_clock_back() {
+        let mut c = InputClock::new(Duration::from_secs(5), Duration::from_secs(5), false);
+        let now = Instant::now();
+        c.polled(3, vec![(key(0), false)], false, now);
+        let mut late = Vec::new();
+        c.observe(&key(0), 0, [("BM-1", 100_000)].into_iter(), now, &mut late);
+        assert_eq!(c.mark(now), Mark::At(95_000));
+        // BM-2 joins 3 s behind: on time, and the mark stays where it was published.
+        c.observe(&key(0), 1, [("BM-2", 97_000)].into_iter(), now, &mut late);
+        assert_eq!(late, vec![false]);
+        assert_eq!(c.mark(now), Mark::At(95_000), "never back to 92 s");
+        // A reading at 94 s is behind that mark: late, whatever the other workers did.
+        c.observe(&key(0), 2, [("BM-2", 94_000)].into_iter(), now, &mut late);
+        assert_eq!(late, vec![true]);
     }
 
     #[test]

@@ -397,7 +397,12 @@ impl FhirClient {
         body: Option<&Value>,
         headers: &[(&str, String)],
     ) -> Result<Response, FhirError> {
-        let url = format!("{}/{}", self.base, path.trim_start_matches('/'));
+        // As errors and logs show it: identifiers in the path tagged (crate::privacy).
+        let url = format!(
+            "{}/{}",
+            self.base,
+            crate::privacy::path(path.trim_start_matches('/'))
+        );
         let payload = body.map(|b| serde_json::to_vec(b).expect("JSON"));
         let mut attempt = 0;
         let mut refreshed = false;
@@ -446,16 +451,20 @@ impl FhirClient {
                             .and_then(|v| v.to_str().ok())
                             .map(str::to_string);
                         let bytes = r.bytes().map_err(|e| {
-                            FhirError::Unavailable(format!("{method} {url}: {}", error_chain(&e)))
+                            FhirError::Unavailable(format!(
+                                "{method} {url}: {}",
+                                error_chain(&e.without_url())
+                            ))
                         })?;
                         let body = if bytes.iter().all(u8::is_ascii_whitespace) {
                             Value::Null
                         } else {
                             serde_json::from_slice(&bytes).map_err(|e| FhirError::Malformed {
                                 url: url.clone(),
+                                // Not the body itself: it may hold patient data.
                                 reason: format!(
-                                    "{status} with a body that is not JSON ({e}): {}",
-                                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                                    "{status} with a body of {} bytes that is not JSON ({e})",
+                                    bytes.len()
                                 ),
                             })?
                         };
@@ -467,6 +476,8 @@ impl FhirClient {
                     }
                 }
                 Err(e) => {
+                    // reqwest names the URL asked, identifiers and all.
+                    let e = e.without_url();
                     if let Some(reason) = tls_reason(&e) {
                         return Err(FhirError::Tls { url, reason });
                     }

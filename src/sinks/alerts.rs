@@ -373,7 +373,10 @@ impl AlertSink {
                 }
                 // The same reason the Observations of this device are dead-lettered for: the
                 // alert itself is on the topic or in the files already.
-                Err(why) => tracing::warn!(alert = %a.id, "alert not written to FHIR: {why}"),
+                Err(why) => {
+                    tracing::warn!(alert = %crate::privacy::tag(&a.id), "alert not written to FHIR (its patient or device is not resolved)");
+                    tracing::debug!(alert = %a.id, "alert not written to FHIR: {why}");
+                }
             }
         }
         for chunk in entries.chunks(200) {
@@ -387,6 +390,9 @@ impl AlertSink {
                 }
                 tracing::error!(
                     status = bad.status,
+                    "the FHIR server refused an alert resource"
+                );
+                tracing::debug!(
                     "the FHIR server refused an alert resource: {}",
                     bad.diagnostics.clone().unwrap_or_default()
                 );

@@ -176,7 +176,9 @@ impl FhirSink {
 
     fn dead(&mut self, window: &str, stage: &'static str, error: String) -> anyhow::Result<()> {
         if let Some((epoch, u)) = self.pending.remove(window) {
-            tracing::warn!(r#type = %u.type_name, stage, "measurement group to the dead letters: {error}");
+            // The reason names identifiers: it goes with the dead letter, not to the log.
+            tracing::warn!(r#type = %u.type_name, stage, "measurement group to the dead letters (the dead letter says why)");
+            tracing::debug!(r#type = %u.type_name, stage, "measurement group to the dead letters: {error}");
             Metrics::add(&self.metrics.dead_letters, 1);
             self.dead_letters
                 .write(epoch, group_dead_letter(&u, stage, error))?;
@@ -251,7 +253,10 @@ impl FhirSink {
                         None,
                     ),
                     s if s == 429 || s >= 500 => {
-                        unavailable.get_or_insert(format!("reading Observation/{id} answered {s}"));
+                        unavailable.get_or_insert(format!(
+                            "reading Observation/{} answered {s}",
+                            crate::privacy::tag(id)
+                        ));
                         continue;
                     }
                     s => {
@@ -356,8 +361,10 @@ impl FhirSink {
                             conflicts.push(w.window.clone());
                         }
                         s if s == 429 || s >= 500 => {
-                            unavailable
-                                .get_or_insert(format!("PUT Observation/{} answered {s}", w.id));
+                            unavailable.get_or_insert(format!(
+                                "PUT Observation/{} answered {s}",
+                                crate::privacy::tag(&w.id)
+                            ));
                         }
                         s => {
                             let why = format!(
@@ -366,7 +373,8 @@ impl FhirSink {
                                 a.diagnostics
                                     .unwrap_or_else(|| "no OperationOutcome".into())
                             );
-                            tracing::error!(observation = %w.id, "the FHIR server refused an Observation: {why}");
+                            tracing::error!(observation = %crate::privacy::tag(&w.id), status = s, "the FHIR server refused an Observation (the dead letter has its diagnostics)");
+                            tracing::debug!(observation = %w.id, "refused: {why}");
                             Metrics::add(&self.metrics.observation_errors, 1);
                             self.dead(&w.window, "fhir", why)?;
                         }

@@ -358,7 +358,12 @@ impl Source for KafkaSource {
     }
 
     fn commit(&mut self, positions: &Positions) -> anyhow::Result<()> {
-        self.commit_mode(positions, CommitMode::Async)
+        // Synchronous: the commit log (dataflow::commit_log) forgets the previous commit's
+        // record once this returns, so the broker must hold the offsets by then. An
+        // asynchronous commit lost in a kill left offsets whose record was gone (the crash
+        // trials found it: a restart judged lateness from an empty clock). At most one
+        // commit per 500 ms, so the round trip costs little.
+        self.commit_mode(positions, CommitMode::Sync)
     }
 
     fn commit_final(&mut self, positions: &Positions) -> anyhow::Result<()> {
