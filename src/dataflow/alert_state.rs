@@ -45,6 +45,18 @@ pub struct CheckpointRef<'a> {
     /// Where the alert topic stood per partition (Kafka alerts): every event raised after
     /// this checkpoint lies past it.
     pub alerts_topic: std::collections::BTreeMap<i32, i64>,
+    /// Patients whose state holds readings past `seen` (resumed, not yet replayed past).
+    pub resumed: Vec<Resumed>,
+}
+
+/// Patients resumed from an earlier checkpoint whose state holds, per partition, the
+/// readings up to `seen`, further than the run that resumed them has read.
+#[derive(Serialize, Deserialize)]
+pub struct Resumed {
+    /// The patients.
+    pub patients: Vec<String>,
+    /// Highest offset their state holds, per (topic, partition).
+    pub seen: Vec<(String, i32, i64)>,
 }
 
 /// One worker's alerting state, as read back.
@@ -56,8 +68,6 @@ pub struct Checkpoint {
     pub run: u64,
     /// See [`CheckpointRef::seen`].
     pub seen: Vec<(String, i32, i64)>,
-    /// See [`CheckpointRef::applied`].
-    pub applied: Option<i64>,
     /// See [`CheckpointRef::vitals`].
     pub vitals: VitalState,
     /// See [`CheckpointRef::lifecycle`].
@@ -67,6 +77,9 @@ pub struct Checkpoint {
     /// See [`CheckpointRef::alerts_topic`].
     #[serde(default)]
     pub alerts_topic: std::collections::BTreeMap<i32, i64>,
+    /// See [`CheckpointRef::resumed`].
+    #[serde(default)]
+    pub resumed: Vec<Resumed>,
 }
 
 /// Where a restart reads the alert topic back from: per partition the least position of

@@ -143,7 +143,41 @@ impl PatientAlerts {
             vitals: &self.vitals,
             lifecycle: &self.lifecycle,
             waiting: self.waiting.values().collect(),
+            resumed: self.resumed_groups(),
         }
+    }
+
+    /// The patients resumed from a checkpoint whose readings this run has not yet replayed
+    /// past: a later restart must skip those readings for them as this one does.
+    fn resumed_groups(&self) -> Vec<super::alert_state::Resumed> {
+        let mut groups: HashMap<*const Offsets, (&Arc<Offsets>, Vec<String>)> = HashMap::new();
+        for (p, o) in &self.resumed {
+            let ahead = o
+                .iter()
+                .any(|(k, off)| self.seen.get(k).is_none_or(|s| s < off));
+            if ahead {
+                groups
+                    .entry(Arc::as_ptr(o))
+                    .or_insert_with(|| (o, Vec::new()))
+                    .1
+                    .push(p.clone());
+            }
+        }
+        let mut out: Vec<super::alert_state::Resumed> = groups
+            .into_values()
+            .map(|(o, mut patients)| {
+                patients.sort();
+                super::alert_state::Resumed {
+                    patients,
+                    seen: o
+                        .iter()
+                        .map(|((t, p), o)| (t.to_string(), *p, *o))
+                        .collect(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.patients.cmp(&b.patients));
+        out
     }
 
     /// Resumes the patients `owns` says from checkpoints (of any worker count; newest run
@@ -163,14 +197,29 @@ impl PatientAlerts {
                 .chain(c.waiting.iter().filter_map(|m| m.patient_id.clone()))
                 .filter(|p| owns(p) && !taken.contains(p))
                 .collect();
-            let seen: Arc<Offsets> = Arc::new(
-                c.seen
-                    .into_iter()
-                    .map(|(t, p, o)| ((Arc::from(t.as_str()), p), o))
-                    .collect(),
-            );
+            let offsets = |v: &[(String, i32, i64)]| -> Offsets {
+                v.iter()
+                    .map(|(t, p, o)| ((Arc::from(t.as_str()), *p), *o))
+                    .collect()
+            };
+            let seen: Arc<Offsets> = Arc::new(offsets(&c.seen));
+            // Patients that checkpoint had itself resumed and not replayed past yet: what
+            // their state holds reaches further than the checkpoint's own offsets.
+            let mut further: HashMap<&str, Arc<Offsets>> = HashMap::new();
+            for g in &c.resumed {
+                let mut o = (*seen).clone();
+                for (k, v) in offsets(&g.seen) {
+                    let e = o.entry(k).or_insert(v);
+                    *e = (*e).max(v);
+                }
+                let o = Arc::new(o);
+                for p in &g.patients {
+                    further.insert(p.as_str(), o.clone());
+                }
+            }
             for p in &mine {
-                self.resumed.insert(p.clone(), seen.clone());
+                let o = further.get(p.as_str()).unwrap_or(&seen).clone();
+                self.resumed.insert(p.clone(), o);
             }
             let keep = |p: &str| mine.contains(p);
             self.vitals.absorb(c.vitals, &keep);
@@ -181,12 +230,10 @@ impl PatientAlerts {
                     self.waiting.insert(order(&m, self.arrivals), m);
                 }
             }
-            // The least of the applied times: a reading later than one checkpoint's but
-            // not another's is not late for the patients of the second.
-            self.applied = match (self.applied, c.applied) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            // `applied` is not taken: the patients a checkpoint holds get no reading at or
+            // before it again (those after it are after it in event time too, the partition
+            // clocks never going back), and the patients it does not hold (their worker had
+            // not checkpointed) are replayed from the start and must not be judged late.
             taken.extend(mine.drain());
         }
         let mut ignored = Vec::new();

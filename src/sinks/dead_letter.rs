@@ -190,6 +190,9 @@ pub struct KafkaDeadLetters {
     /// Per source (topic, partition), the highest offset sent.
     written: HashMap<(String, i32), i64>,
     positions: Positions,
+    /// The largest record to send (payload, key and headers): the producer's
+    /// `message.max.bytes`, lowered when the broker refuses a record as too large.
+    max_record: usize,
 }
 
 /// Where the dead-letter topic stands, for the commit log: per topic partition, an offset
@@ -271,6 +274,11 @@ impl KafkaDeadLetters {
             from: from_partitions,
             sent_before: Arc::new(written.clone()),
         };
+        let max_record = k
+            .properties
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
         Ok(Self {
             producer,
             topic: topic.to_string(),
@@ -278,6 +286,7 @@ impl KafkaDeadLetters {
             pending: Vec::new(),
             written,
             positions,
+            max_record,
         })
     }
 
@@ -288,7 +297,24 @@ impl KafkaDeadLetters {
 
     fn send(&self, d: &DeadLetter) -> anyhow::Result<()> {
         let m = &d.message;
-        let mut headers = OwnedHeaders::new_with_capacity(m.headers.len() + 6);
+        // A message too large for the topic would fail its delivery on every retry and hold
+        // every later commit: its payload is cut to fit, and the record says so.
+        let headers_len: usize = m
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+            + d.error.len()
+            + d.template.as_ref().map_or(0, |t| t.to_string().len())
+            + m.key.as_ref().map_or(0, Vec::len)
+            + 512;
+        let room = self.max_record.saturating_sub(headers_len);
+        let (payload, cut) = if m.payload.len() > room {
+            (&m.payload[..room], Some(m.payload.len().to_string()))
+        } else {
+            (&m.payload[..], None)
+        };
+        let mut headers = OwnedHeaders::new_with_capacity(m.headers.len() + 8);
         for (k, v) in &m.headers {
             headers = headers.insert(Header {
                 key: k,
@@ -298,8 +324,9 @@ impl KafkaDeadLetters {
         let template = d.template.as_ref().map(Value::to_string);
         let partition = m.origin.partition.to_string();
         let offset = m.origin.offset.to_string();
-        let extra: [(&str, Option<&str>); 7] = [
+        let extra: [(&str, Option<&str>); 8] = [
             (GROUP_HEADER, Some(&self.group)),
+            ("vitalflow-truncated-from", cut.as_deref()),
             ("vitalflow-error", Some(&d.error)),
             ("vitalflow-stage", Some(d.stage)),
             ("vitalflow-template", template.as_deref()),
@@ -316,7 +343,7 @@ impl KafkaDeadLetters {
             }
         }
         let mut record = BaseRecord::to(&self.topic)
-            .payload(&m.payload)
+            .payload(payload)
             .headers(headers);
         if let Some(k) = &m.key {
             record = record.key(k);
@@ -351,8 +378,22 @@ impl Sink<DeadLetter> for KafkaDeadLetters {
         for d in &self.pending {
             self.send(d)?;
         }
-        self.producer
-            .acknowledged(&format!("dead letters to {}", self.topic))?;
+        let acked = self
+            .producer
+            .acknowledged(&format!("dead letters to {}", self.topic));
+        if let Err(e) = &acked {
+            let e = format!("{e:#}");
+            if e.contains("too large") || e.contains("TooLarge") {
+                // The broker's limit for the topic is below the producer's: cut harder on
+                // the retry, down to 1 KiB of payload.
+                self.max_record = (self.max_record / 2).max(4096);
+                tracing::warn!(
+                    max_record = self.max_record,
+                    "a dead letter is larger than the topic accepts: payloads are cut to fit"
+                );
+            }
+        }
+        acked?;
         self.pending.clear();
         Ok(())
     }

@@ -235,7 +235,7 @@ impl ObservationStore {
                 Ok(r) => r,
                 Err(e) => {
                     // A value the FHIR template cannot represent: count it and go on.
-                    tracing::error!(observation = %crate::privacy::tag(&id), r#type = %u.type_name, "cannot build the Observation");
+                    tracing::error!(observation = %crate::privacy::tag(id), r#type = %u.type_name, "cannot build the Observation");
                     tracing::debug!(observation = %id, "cannot build the Observation: {e}");
                     Metrics::add(&self.metrics.observation_errors, 1);
                     continue;
