@@ -242,6 +242,7 @@ struct RawAnomaly {
 struct RawPerformance {
     epoch: Option<Spanned<String>>,
     batch_size: Option<Spanned<i64>>,
+    max_durable_lag: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -631,6 +632,10 @@ pub struct JobConfig {
     pub epoch: Duration,
     /// Messages a worker reads per activation.
     pub batch_size: usize,
+    /// A worker stops reading while input it read this long ago is not yet durable in
+    /// every output (a FHIR server or object store down): memory stays bounded by what
+    /// this much input holds instead of growing with the outage.
+    pub max_durable_lag: Duration,
     /// Prometheus `/metrics` and `/health` address.
     pub metrics_address: Option<String>,
 }
@@ -1021,6 +1026,11 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
     );
     let batch_size =
         cx.positive(&raw.performance.batch_size, "performance.batch_size", 1000) as usize;
+    let max_durable_lag = cx.duration(
+        &raw.performance.max_durable_lag,
+        "performance.max_durable_lag",
+        Duration::from_secs(60),
+    );
     let fhir = raw
         .sinks
         .fhir
@@ -1069,6 +1079,7 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
         alert_checkpoint_every,
         epoch,
         batch_size,
+        max_durable_lag,
         metrics_address,
     })
 }

@@ -68,6 +68,8 @@ pub struct Metrics {
     pub healthy: AtomicBool,
     /// Sinks whose last flush failed (they retry; offsets wait).
     pub failing_sinks: AtomicU64,
+    /// Workers not reading because their outputs are `max_durable_lag` behind.
+    pub reading_paused: AtomicU64,
     /// Epoch latency histogram buckets (seconds), cumulative counts.
     pub epoch_latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     /// Per-message latencies from the Kafka append (message timestamp).
@@ -323,6 +325,11 @@ impl Metrics {
             s,
             "# HELP vitalflow_alert_inputs_waiting Readings waiting in alerting for the event clock.\n# TYPE vitalflow_alert_inputs_waiting gauge\nvitalflow_alert_inputs_waiting {}",
             get(&self.alert_inputs_waiting)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP vitalflow_reading_paused Workers not reading: their outputs are max_durable_lag behind.\n# TYPE vitalflow_reading_paused gauge\nvitalflow_reading_paused {}",
+            get(&self.reading_paused)
         );
         let _ = writeln!(
             s,

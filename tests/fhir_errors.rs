@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 type Cluster = MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
 
@@ -638,5 +639,101 @@ fn tls_needs_a_trusted_certificate_and_a_failure_stops_start_up_naming_the_serve
     assert_eq!(
         p.stored.lock().expect("lock").len(),
         observations_expected(&msgs)
+    );
+}
+
+#[test]
+fn a_fhir_outage_pauses_reading_at_the_durable_lag_bound_and_loses_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let c = MockCluster::new(1).expect("mock cluster");
+    c.create_topic("vitals", 2, 1).expect("topic");
+    let brokers = c.bootstrap_servers();
+    let msgs = simulated(8, 30_000, 31, 600);
+    produce_sim(&producer(&brokers), "vitals", &msgs);
+    let patients: BTreeMap<String, String> = msgs
+        .iter()
+        .map(|m| {
+            let v: Value = serde_json::from_slice(&m.payload).expect("json");
+            (
+                v["deviceId"].as_str().expect("d").to_string(),
+                v["patientId"].as_str().expect("p").to_string(),
+            )
+        })
+        .collect();
+    // The server is down (503) for its first 8 seconds of writes.
+    let down_since: Arc<Mutex<Option<std::time::Instant>>> = Arc::new(Mutex::new(None));
+    let down = down_since.clone();
+    let p = peer(
+        patients,
+        Box::new(move |req, _| {
+            if req.method != "POST" {
+                return None;
+            }
+            let mut d = down.lock().expect("lock");
+            let since = *d.get_or_insert_with(std::time::Instant::now);
+            (since.elapsed() < Duration::from_secs(8))
+                .then(|| (503, "maintenance".to_string(), vec![]))
+        }),
+    );
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let job = job(tmp.path(), &brokers, &p.url, "");
+    let text = std::fs::read_to_string(&job).expect("job").replace(
+        "batch_size = 50\n",
+        "batch_size = 50\nmax_durable_lag = \"2s\"\n",
+    ) + &format!("\n[metrics]\naddress = \"{metrics}\"\n");
+    std::fs::write(&job, text).expect("job");
+    let mut running = Running::spawn(
+        vitalflow()
+            .args(["run", "--workers", "1", "--job"])
+            .arg(&job)
+            .arg("--output")
+            .arg(tmp.path().join("out"))
+            .stderr(std::process::Stdio::null()),
+    );
+    let gauge = |name: &str| -> Option<u64> {
+        let (_, body) = http_get(&metrics, "/metrics")?;
+        body.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while gauge("vitalflow_reading_paused") != Some(1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reading never paused during the outage"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let read = gauge("vitalflow_messages_in_total").expect("metrics");
+    std::thread::sleep(Duration::from_millis(1500));
+    let later = gauge("vitalflow_messages_in_total").expect("metrics");
+    if gauge("vitalflow_reading_paused") == Some(1) {
+        assert_eq!(read, later, "nothing read while paused");
+    }
+    assert!(
+        (read as usize) < msgs.len(),
+        "paused before the input was all read: {read} of {}",
+        msgs.len()
+    );
+    // The server recovers: reading resumes, and everything is written and committed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while committed(&brokers, "g", "vitals", 2) != high_watermarks(&brokers, "vitals", 2) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not everything committed after the outage"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        gauge("vitalflow_reading_paused"),
+        Some(0),
+        "reading resumed"
+    );
+    running.terminate();
+    running.wait();
+    assert_eq!(
+        p.stored.lock().expect("lock").len(),
+        observations_expected(&msgs),
+        "every Observation written after the outage"
     );
 }

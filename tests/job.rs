@@ -498,3 +498,56 @@ fn a_failing_sink_keeps_everything_holds_offsets_and_reports_unhealthy() {
         "every Observation once the sink recovered",
     );
 }
+
+#[test]
+fn a_dead_letter_larger_than_the_topic_accepts_is_cut_to_fit_and_commits_go_on() {
+    let (_c, brokers) = mock_cluster(&[("vitals", 1), ("vitals.dlq", 1)]);
+    let tmp = tempfile::tempdir().expect("tmp");
+    // A 1.5 MB message that is not JSON, produced by a client allowed records that large.
+    let huge = format!(
+        "{{\"deviceId\":\"BM-1\",\"blob\":\"{}",
+        "x".repeat(1_500_000)
+    );
+    let p: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("message.max.bytes", "4000000")
+        .create()
+        .expect("producer");
+    produce(&p, "vitals", &[(Some(b"BM-1"), huge.as_bytes(), vec![])]);
+    let good = simulated(2, 20, 3, 10);
+    produce_sim(&producer(&brokers), "vitals", &good);
+    let job = kafka_job(
+        tmp.path(),
+        &brokers,
+        "vitals",
+        "big",
+        "[sinks.dead_letter]\ntopic = \"vitals.dlq\"\n",
+    );
+    run_ok(
+        vitalflow()
+            .args(["run", "--until-end", "--workers", "1", "--job"])
+            .arg(&job),
+    );
+    let dead = consume_all(&brokers, "vitals.dlq", 1);
+    assert_eq!(dead.len(), 1, "the message is dead-lettered");
+    let (payload, headers) = &dead[0];
+    assert_eq!(
+        headers.get("vitalflow-truncated-from").map(String::as_str),
+        Some(huge.len().to_string().as_str()),
+        "the record says it was cut, and from what size"
+    );
+    assert!(
+        payload.len() < 1_000_000,
+        "cut to fit: {} bytes",
+        payload.len()
+    );
+    assert!(
+        huge.as_bytes().starts_with(payload),
+        "the start of the message is kept"
+    );
+    assert_eq!(
+        committed(&brokers, "big", "vitals", 1),
+        high_watermarks(&brokers, "vitals", 1),
+        "every offset committed: the oversized dead letter did not stall the job"
+    );
+}

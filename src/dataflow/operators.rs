@@ -178,6 +178,11 @@ impl Committer {
         Ok(())
     }
 
+    /// How long ago the oldest epoch not yet durable was read.
+    fn durable_lag(&self) -> Option<Duration> {
+        self.pending.front().map(|p| p.opened.elapsed())
+    }
+
     /// At shutdown, every output is durable: commit where the source stands.
     fn commit_final(&mut self, clock: &mut InputClock) -> anyhow::Result<()> {
         let p = self.source.positions();
@@ -407,6 +412,7 @@ fn source_operator<G: Scope<Timestamp = u64>>(
         let activator = scope.activator_for(info.address);
         let mut cap = Some(cap);
         let mut opened = Instant::now();
+        let mut paused = false;
         let mut buf: Vec<RawMessage> = Vec::with_capacity(batch);
         move |output| {
             let mut c = committer.borrow_mut();
@@ -422,6 +428,29 @@ fn source_operator<G: Scope<Timestamp = u64>>(
             };
             if *capability.time() == 0 {
                 capability.downgrade(&now_ms());
+            }
+            // An output that cannot make input durable (a server down) stops the reading
+            // once it is `max_durable_lag` behind, instead of buffering without bound.
+            let lag = c.durable_lag().unwrap_or_default();
+            let behind = lag > shared.job.max_durable_lag;
+            if behind != paused {
+                paused = behind;
+                shared
+                    .metrics
+                    .reading_paused
+                    .fetch_add(if behind { 1 } else { u64::MAX }, Ordering::Relaxed);
+                if behind {
+                    tracing::warn!(
+                        lag_s = lag.as_secs(),
+                        "outputs are not durable: reading paused until they catch up"
+                    );
+                } else {
+                    tracing::info!("outputs durable again: reading resumed");
+                }
+            }
+            if behind && !shared.stop.load(Ordering::Relaxed) {
+                activator.activate_after(Duration::from_millis(100));
+                return;
             }
             let state = if shared.stop.load(Ordering::Relaxed) {
                 Poll::Finished
