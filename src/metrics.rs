@@ -70,6 +70,8 @@ pub struct Metrics {
     pub failing_sinks: AtomicU64,
     /// Workers not reading because their outputs are `max_durable_lag` behind.
     pub reading_paused: AtomicU64,
+    /// Patients alerting holds state for (forgotten once silent beyond the horizon).
+    pub alert_patients: AtomicU64,
     /// Epoch latency histogram buckets (seconds), cumulative counts.
     pub epoch_latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     /// Per-message latencies from the Kafka append (message timestamp).
@@ -325,6 +327,11 @@ impl Metrics {
             s,
             "# HELP vitalflow_alert_inputs_waiting Readings waiting in alerting for the event clock.\n# TYPE vitalflow_alert_inputs_waiting gauge\nvitalflow_alert_inputs_waiting {}",
             get(&self.alert_inputs_waiting)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP vitalflow_alert_patients Patients alerting holds state for.\n# TYPE vitalflow_alert_patients gauge\nvitalflow_alert_patients {}",
+            get(&self.alert_patients)
         );
         let _ = writeln!(
             s,

@@ -195,6 +195,18 @@ impl Lifecycle {
             .count()
     }
 
+    /// Whether the patient has an alert open.
+    pub fn has_open(&self, patient: &str) -> bool {
+        self.tracks
+            .get(patient)
+            .is_some_and(|r| r.values().any(|t| t.open.is_some()))
+    }
+
+    /// Forgets a patient's tracks (their timers lapse: a timer without its track is skipped).
+    pub fn forget(&mut self, patient: &str) {
+        self.tracks.remove(patient);
+    }
+
     /// The patients with a track.
     pub fn patients(&self) -> Vec<String> {
         self.tracks.keys().cloned().collect()

@@ -282,6 +282,15 @@ impl VitalState {
         }
     }
 
+    /// Forgets a patient (silent beyond the horizon).
+    pub fn forget(&mut self, patient: &str) {
+        if let Some(st) = self.patients.remove(patient) {
+            if let Some(due) = st.stale_check {
+                self.stale_checks.remove(&(due, patient.to_string()));
+            }
+        }
+    }
+
     /// The patients held, in order.
     pub fn patients(&self) -> Vec<String> {
         let mut p: Vec<String> = self.patients.keys().cloned().collect();

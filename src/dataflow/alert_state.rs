@@ -47,6 +47,8 @@ pub struct CheckpointRef<'a> {
     pub alerts_topic: std::collections::BTreeMap<i32, i64>,
     /// Patients whose state holds readings past `seen` (resumed, not yet replayed past).
     pub resumed: Vec<Resumed>,
+    /// Per patient, the event time of their last reading (for forgetting the silent).
+    pub last: Vec<(&'a str, i64)>,
 }
 
 /// Patients resumed from an earlier checkpoint whose state holds, per partition, the
@@ -80,6 +82,9 @@ pub struct Checkpoint {
     /// See [`CheckpointRef::resumed`].
     #[serde(default)]
     pub resumed: Vec<Resumed>,
+    /// See [`CheckpointRef::last`].
+    #[serde(default)]
+    pub last: Vec<(String, i64)>,
 }
 
 /// Where a restart reads the alert topic back from: per partition the least position of

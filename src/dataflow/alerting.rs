@@ -84,6 +84,14 @@ pub struct PatientAlerts {
     /// Per patient resumed from a checkpoint, what that checkpoint had taken in: replayed
     /// readings up to there are in the state already.
     resumed: HashMap<String, Arc<Offsets>>,
+    /// A patient silent this long in event time (the job's horizon) is forgotten, unless an
+    /// alert of theirs is open: state follows the patients monitored, not every patient
+    /// ever seen.
+    idle_after: i64,
+    /// Per patient, the event time of their last reading applied.
+    last: HashMap<String, i64>,
+    /// (last reading + idle_after, patient): when each patient is forgotten.
+    idle: std::collections::BTreeSet<(i64, String)>,
 }
 
 impl PatientAlerts {
@@ -107,7 +115,49 @@ impl PatientAlerts {
             seen: BTreeMap::new(),
             dirty: false,
             resumed: HashMap::new(),
+            idle_after: i64::MAX,
+            last: HashMap::new(),
+            idle: Default::default(),
         }
+    }
+
+    /// Forgets patients silent for `after` of event time (see [`PatientAlerts::idle`]).
+    pub fn forget_idle_after(mut self, after: std::time::Duration) -> Self {
+        self.idle_after = after.as_millis().min(i64::MAX as u128 / 4) as i64;
+        self
+    }
+
+    /// Patients held (vital state or alert tracks).
+    pub fn patients(&self) -> usize {
+        self.last.len().max(self.vitals.len())
+    }
+
+    fn touched(&mut self, patient: &str, at: i64) {
+        if self.idle_after == i64::MAX {
+            return;
+        }
+        let at = self.last.get(patient).map_or(at, |l| (*l).max(at));
+        if let Some(old) = self.last.insert(patient.to_string(), at) {
+            self.idle
+                .remove(&(old.saturating_add(self.idle_after), patient.to_string()));
+        }
+        self.idle
+            .insert((at.saturating_add(self.idle_after), patient.to_string()));
+    }
+
+    /// The patient's deadline passed: forgotten, or, with an alert open, looked at again
+    /// one idle period later.
+    fn forget(&mut self, due: i64, patient: String) {
+        self.idle.remove(&(due, patient.clone()));
+        if self.lifecycle.has_open(&patient) {
+            self.idle
+                .insert((due.saturating_add(self.idle_after), patient));
+            return;
+        }
+        self.last.remove(&patient);
+        self.vitals.forget(&patient);
+        self.lifecycle.forget(&patient);
+        self.resumed.remove(&patient);
     }
 
     /// Whether anything changed since the last call: an unchanged state needs no new
@@ -144,6 +194,7 @@ impl PatientAlerts {
             lifecycle: &self.lifecycle,
             waiting: self.waiting.values().collect(),
             resumed: self.resumed_groups(),
+            last: self.last.iter().map(|(p, t)| (p.as_str(), *t)).collect(),
         }
     }
 
@@ -224,6 +275,11 @@ impl PatientAlerts {
             let keep = |p: &str| mine.contains(p);
             self.vitals.absorb(c.vitals, &keep);
             self.lifecycle.absorb(c.lifecycle, &keep);
+            for (p, t) in c.last {
+                if keep(&p) {
+                    self.touched(&p, t);
+                }
+            }
             for m in c.waiting {
                 if m.patient_id.as_deref().is_some_and(keep) {
                     self.arrivals += 1;
@@ -305,6 +361,15 @@ impl PatientAlerts {
             .into_iter()
             .flatten()
             .min();
+            // Forgetting comes last at its time: everything due then happens first.
+            if let Some((due, patient)) = self.idle.first().cloned() {
+                let first = [next_m, next_t].into_iter().flatten().all(|t| due < t);
+                if due <= to && first {
+                    self.dirty = true;
+                    self.forget(due, patient);
+                    continue;
+                }
+            }
             match (next_m.filter(|t| *t <= to), next_t.filter(|t| *t <= to)) {
                 (None, None) => break,
                 // Timers due at a measurement's time fire first: the condition held until then.
@@ -320,6 +385,9 @@ impl PatientAlerts {
                     self.dirty = true;
                     let (_, m) = self.waiting.pop_first().expect("a first");
                     let at = m.occurrence_time.timestamp_millis();
+                    if let Some(p) = &m.patient_id {
+                        self.touched(p, at);
+                    }
                     self.vitals
                         .add(&m, &self.names, &self.rules, &mut self.changes);
                     self.apply_changes(at, out);
@@ -416,7 +484,8 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
         move |capability, info| {
             let activator = scope.activator_for(info.address);
             let (mut seen, set) = rules.get();
-            let mut state = PatientAlerts::new(set, rules.shared_vitals(), shared.metrics.clone());
+            let mut state = PatientAlerts::new(set, rules.shared_vitals(), shared.metrics.clone())
+                .forget_idle_after(shared.job.horizon);
             if let Some(place) = &place {
                 let owns = |p: &str| route(p) % peers as u64 == index as u64;
                 match super::alert_state::read_all(&place.dir, &place.source) {
@@ -439,6 +508,7 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
             let mut pending: BTreeMap<u64, Epoch> = BTreeMap::new();
             let mut alerts = Vec::new();
             let mut waiting = 0u64;
+            let mut patients = 0u64;
             // With checkpoints: a capability at the input frontier, to give each snapshot
             // at the first epoch it does not cover (and the last one when the input ends).
             let mut spare = place.as_ref().map(|_| capability);
@@ -492,6 +562,12 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                     std::sync::atomic::Ordering::Relaxed,
                 );
                 waiting = now;
+                let now = state.patients() as u64;
+                shared.metrics.alert_patients.fetch_add(
+                    now.wrapping_sub(patients),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                patients = now;
                 let Some(cap) = spare.as_mut() else {
                     return;
                 };
@@ -614,4 +690,81 @@ pub(super) fn checkpoint_writer<G: Scope<Timestamp = u64>>(
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::FhirMapping;
+
+    fn state(horizon: std::time::Duration) -> PatientAlerts {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let fhir = FhirMapping::from_text(
+            &std::fs::read_to_string(root.join("templates/bedside-monitor/fhirmapping.json"))
+                .expect("mapping"),
+            None,
+        )
+        .expect("fhir");
+        let vitals = Arc::new(Vitals::new(&fhir));
+        let rules =
+            crate::anomaly::rules::load(&root.join("templates/alerts/adult-vitals.toml"), &vitals)
+                .expect("rules");
+        PatientAlerts::new(Arc::new(rules), vitals, Arc::new(Metrics::default()))
+            .forget_idle_after(horizon)
+    }
+
+    fn reading(patient: &str, at_ms: i64, spo2: f64) -> Measurement {
+        Measurement {
+            type_name: "spo2".into(),
+            device_id: format!("D-{patient}"),
+            patient_id: Some(patient.to_string()),
+            encounter_id: None,
+            correlation_id: None,
+            occurrence_time: chrono::DateTime::from_timestamp_millis(at_ms).expect("time"),
+            properties: vec![("spo2".into(), spo2.to_string())],
+            received_ms: None,
+            source: None,
+        }
+    }
+
+    #[test]
+    fn patients_silent_beyond_the_horizon_are_forgotten_unless_an_alert_is_open() {
+        let hour = 3_600_000;
+        let mut s = state(std::time::Duration::from_secs(3600));
+        let mut out = Vec::new();
+        let mut most = 0;
+        // 60,000 distinct patients over 48 hours of event time, each sending for a minute.
+        let t0 = 1_800_000_000_000;
+        for i in 0..60_000i64 {
+            let at = t0 + i * (48 * hour / 60_000);
+            let p = format!("P-{i}");
+            s.add(reading(&p, at, 97.0));
+            s.add(reading(&p, at + 60_000, 97.0));
+            if i % 100 == 0 {
+                s.advance(at, &mut out);
+                most = most.max(s.patients());
+            }
+        }
+        // About an hour of patients (1,250) plus the batch between advances: bounded, not
+        // every patient ever seen.
+        assert!(most < 2_000, "at most {most} patients held");
+        // A patient with an open alert is kept past the horizon.
+        let t1 = t0 + 49 * hour;
+        for k in 0..120 {
+            s.add(reading("P-hypoxic", t1 + k * 1000, 84.0));
+        }
+        s.advance(t1 + 120_000, &mut out);
+        assert!(s.lifecycle.has_open("P-hypoxic"), "hypoxia open: {out:?}");
+        s.advance(t1 + 3 * hour, &mut out);
+        assert!(
+            s.lifecycle.has_open("P-hypoxic") || s.last.contains_key("P-hypoxic"),
+            "an open alert keeps its patient"
+        );
+        s.advance(t1 + 60 * hour, &mut out);
+        assert!(
+            s.patients() <= 1,
+            "everyone else forgotten: {}",
+            s.patients()
+        );
+    }
 }
