@@ -68,6 +68,12 @@ pub struct Checkpoint {
     pub source: String,
     /// See [`CheckpointRef::run`].
     pub run: u64,
+    /// See [`CheckpointRef::peers`] (0: not recorded).
+    #[serde(default)]
+    pub peers: usize,
+    /// The worker that wrote it (from the file name).
+    #[serde(skip)]
+    pub worker: usize,
     /// See [`CheckpointRef::seen`].
     pub seen: Vec<(String, i32, i64)>,
     /// See [`CheckpointRef::vitals`].
@@ -88,8 +94,17 @@ pub struct Checkpoint {
 }
 
 /// Where a restart reads the alert topic back from: per partition the least position of
-/// any checkpoint (a partition some checkpoint does not name: from its start).
+/// any checkpoint (a partition some checkpoint does not name: from its start). When a
+/// worker of the newest run left no checkpoint at all, its patients start afresh and raise
+/// again everything an earlier run sent for them, which no checkpoint's position bounds:
+/// then from the start.
 pub fn alerts_topic_from(checkpoints: &[Checkpoint]) -> std::collections::BTreeMap<i32, i64> {
+    let complete = checkpoints.first().is_some_and(|newest| {
+        newest.peers > 0 && (0..newest.peers).all(|w| checkpoints.iter().any(|c| c.worker == w))
+    });
+    if !complete {
+        return std::collections::BTreeMap::new();
+    }
     let mut from = std::collections::BTreeMap::new();
     let mut unknown = std::collections::BTreeSet::new();
     for c in checkpoints {
@@ -180,12 +195,17 @@ pub fn read_all(dir: &Path, source: &str) -> anyhow::Result<Vec<Checkpoint>> {
         let packed = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
         let text = zstd::stream::decode_all(packed.as_slice())
             .with_context(|| format!("{} is not zstd-compressed", p.display()))?;
-        let c: Checkpoint = serde_json::from_slice(&text).with_context(|| {
+        let mut c: Checkpoint = serde_json::from_slice(&text).with_context(|| {
             format!(
                 "{} is not an alerting checkpoint (remove it to start the alert state afresh)",
                 p.display()
             )
         })?;
+        c.worker = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix('w')?.strip_suffix(".json.zst")?.parse().ok())
+            .unwrap_or(usize::MAX);
         if c.source == source {
             out.push(c);
         }

@@ -118,10 +118,23 @@ pub fn read(dir: &Path) -> anyhow::Result<HashMap<PartitionKey, Vec<Record>>> {
 }
 
 /// Where a restart reads the dead-letter topic back from: per partition the least offset
-/// any record names (None when there is no record: read from the start).
+/// any record names. None (read from the start) when some source partition of `sources`
+/// (topic → partition count) has no record: it is replayed from where no record bounds
+/// the dead letters an earlier run sent for it.
 pub fn dead_letters_from(
     records: &HashMap<PartitionKey, Vec<Record>>,
+    sources: &BTreeMap<String, i32>,
 ) -> Option<BTreeMap<i32, i64>> {
+    let every = sources.iter().all(|(t, n)| {
+        (0..*n).all(|p| {
+            records
+                .get(&(t.as_str().into(), p))
+                .is_some_and(|r| !r.is_empty())
+        })
+    });
+    if !every {
+        return None;
+    }
     let mut from: Option<BTreeMap<i32, i64>> = None;
     for r in records.values().flatten() {
         let f = from.get_or_insert_with(BTreeMap::new);
@@ -150,12 +163,22 @@ mod tests {
         write(tmp.path(), &[(key.clone(), rec(25, 9))], &previous).expect("write");
         let back = read(tmp.path()).expect("read");
         assert_eq!(back[&key], vec![rec(10, 4), rec(25, 9)]);
+        let sources = BTreeMap::from([("vitals/ward 3".to_string(), 3)]);
         assert_eq!(
-            dead_letters_from(&back),
-            Some(BTreeMap::from([(0, 4)])),
-            "from the older commit's position: a kill before the newer offset commit"
+            dead_letters_from(&back, &sources),
+            None,
+            "partitions 0 and 1 have no record: from the start"
         );
-        assert_eq!(dead_letters_from(&HashMap::new()), None);
+        let mut all = back.clone();
+        for p in [0, 1] {
+            all.insert(("vitals/ward 3".into(), p), vec![rec(3, 7)]);
+        }
+        assert_eq!(
+            dead_letters_from(&all, &sources),
+            Some(BTreeMap::from([(0, 4)])),
+            "from the least position: the older commit's, a kill before the newer commit"
+        );
+        assert_eq!(dead_letters_from(&HashMap::new(), &sources), None);
         std::fs::write(tmp.path().join("x.0.json"), "{").expect("write");
         let e = read(tmp.path()).expect_err("a damaged record stops the start");
         assert!(format!("{e:#}").contains("x.0.json"), "{e:#}");

@@ -444,9 +444,10 @@ fn dead_letter_sink(
         Some(t) => {
             // A restart reads back what it may have sent: from where the commit log says.
             let resume = match (&shared.commit_log, replayed) {
-                (Some(log), true) => {
-                    Some(commit_log::dead_letters_from(&commit_log::read(log)?).unwrap_or_default())
-                }
+                (Some(log), true) => Some(
+                    commit_log::dead_letters_from(&commit_log::read(log)?, &shared.partitions)
+                        .unwrap_or_default(),
+                ),
                 _ => None,
             };
             let sink = KafkaDeadLetters::new(
