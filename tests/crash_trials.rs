@@ -461,14 +461,13 @@ fn trial(seed: u64, kills: usize, identity: &str) -> Report {
             .kills
             .push((kill, ended_itself.is_some(), uncommitted));
     }
-    let log = std::fs::File::create(crashed.join("run-final.log")).expect("log");
-    run_ok(
+    let last = run_ok(
         vitalflow()
             .args(["run", "--until-end", "--workers", "2", "--job"])
             .arg(&crash_job)
-            .env("VITALFLOW_LOG", "warn,vitalflow=debug")
-            .stderr(log),
+            .env("VITALFLOW_LOG", "warn,vitalflow=debug"),
     );
+    std::fs::write(crashed.join("run-final.log"), &last.stderr).expect("log");
     if std::env::var_os("VITALFLOW_TRIAL_KEEP").is_some() {
         let dl: Vec<String> = read_topic(&brokers, "dead-letters-crash")
             .iter()

@@ -153,7 +153,13 @@ impl Committer {
                         },
                     )),
                     // Not known at these offsets: the next epoch with a cut commits instead.
-                    None => return Ok(()),
+                    None => {
+                        tracing::debug!(
+                            last,
+                            "no event-clock cut at these offsets: commit deferred"
+                        );
+                        return Ok(());
+                    }
                 }
             }
             commit_log::write(&log.dir, &taken, &log.committed)?;
