@@ -5,7 +5,7 @@
 
 use super::alert_events::{self, WrittenEvents};
 use super::files::{days_index, parts_on_days, PartWriter};
-use super::kafka::AckedProducer;
+use super::kafka::{AckedProducer, GROUP_HEADER};
 use super::Sink;
 use crate::anomaly::lifecycle::{Alert, State};
 use crate::anomaly::rules::Severity;
@@ -52,21 +52,11 @@ impl KafkaAlerts {
         let mut sent = std::collections::HashSet::new();
         let mut read_from = std::collections::BTreeMap::new();
         if let Some(from) = resume {
-            read_from = acked
-                .positions()
-                .keys()
-                .map(|q| (*q, from.get(q).copied().unwrap_or(0)))
-                .collect();
-            let back = super::kafka::read_back(k, brokers, topic, from)?;
-            tracing::info!(
-                records = back.len(),
-                "alert events sent before the restart read back"
-            );
-            for (headers, payload) in back {
-                let ours = headers
-                    .get(GROUP_HEADER)
-                    .is_some_and(|g| g.as_slice() == k.group_id.as_bytes());
-                if let (true, Ok(v)) = (ours, serde_json::from_slice::<Value>(&payload)) {
+            let (start, own) =
+                super::kafka::read_back_own(k, brokers, topic, from, &acked, "alert events")?;
+            read_from = start;
+            for (_, payload) in own {
+                if let Ok(v) = serde_json::from_slice::<Value>(&payload) {
                     sent.insert(alert_events::key_of_json(&v));
                 }
             }
@@ -144,9 +134,6 @@ impl Positions {
         at
     }
 }
-
-/// The header naming the consumer group whose job sent an alert event.
-const GROUP_HEADER: &str = "vitalflow-group";
 
 /// Alert events as NDJSON parts, each indexed by the event days it holds, so that the
 /// events a restart's replay raises again are read back by day and not written twice.

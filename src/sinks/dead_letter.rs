@@ -6,7 +6,7 @@
 //! they are NDJSON part files under `<dir>/dead-letters/`.
 
 use super::files::{committed_parts, PartWriter};
-use super::kafka::AckedProducer;
+use super::kafka::{AckedProducer, GROUP_HEADER};
 use super::Sink;
 use crate::job::KafkaConfig;
 use crate::sources::RawMessage;
@@ -93,9 +93,6 @@ type Position = (String, i32, i64);
 
 /// Topics of dead letters that are not source messages (no position to replay from).
 const SYNTHETIC: &str = "vitalflow:";
-
-/// The header naming the consumer group whose job sent a dead letter.
-const GROUP_HEADER: &str = "vitalflow-group";
 
 impl FileDeadLetters {
     /// Opens `<dir>/dead-letters` for `worker`, reading back what it holds.
@@ -242,20 +239,10 @@ impl KafkaDeadLetters {
             let text = |h: &BTreeMap<String, Vec<u8>>, k: &str| {
                 h.get(k).map(|v| String::from_utf8_lossy(v).into_owned())
             };
-            from_partitions = acked
-                .positions()
-                .keys()
-                .map(|q| (*q, from.get(q).copied().unwrap_or(0)))
-                .collect();
-            let back = super::kafka::read_back(k, brokers, topic, from)?;
-            tracing::info!(
-                records = back.len(),
-                "dead letters sent before the restart read back"
-            );
-            for (h, _) in back {
-                if text(&h, GROUP_HEADER).as_deref() != Some(k.group_id.as_str()) {
-                    continue;
-                }
+            let (start, own) =
+                super::kafka::read_back_own(k, brokers, topic, from, &acked, "dead letters")?;
+            from_partitions = start;
+            for (h, _) in own {
                 let (Some(t), Some(p), Some(o)) = (
                     text(&h, "vitalflow-source-topic"),
                     text(&h, "vitalflow-source-partition").and_then(|p| p.parse().ok()),

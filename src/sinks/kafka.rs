@@ -154,6 +154,41 @@ fn watermarks<C: rdkafka::ClientContext>(
         .collect()
 }
 
+/// The header naming the consumer group whose job sent a record (alerts, dead letters):
+/// jobs may share an output topic, and a restart reads back only its own.
+pub const GROUP_HEADER: &str = "vitalflow-group";
+
+/// What an earlier run of the same consumer group sent to `topic` from `from` on (see
+/// [`read_back`]), and where the read started per partition `acked` knows (0: its start).
+pub fn read_back_own(
+    k: &KafkaConfig,
+    brokers: &str,
+    topic: &str,
+    from: &BTreeMap<i32, i64>,
+    acked: &Acked,
+    what: &str,
+) -> anyhow::Result<(BTreeMap<i32, i64>, Vec<ReadBack>)> {
+    let start = acked
+        .positions()
+        .keys()
+        .map(|q| (*q, from.get(q).copied().unwrap_or(0)))
+        .collect();
+    let back = read_back(k, brokers, topic, from)?;
+    tracing::info!(
+        records = back.len(),
+        what,
+        "sent before the restart, read back"
+    );
+    let own = back
+        .into_iter()
+        .filter(|(h, _)| {
+            h.get(GROUP_HEADER)
+                .is_some_and(|g| g.as_slice() == k.group_id.as_bytes())
+        })
+        .collect();
+    Ok((start, own))
+}
+
 /// A record read back: its headers and value.
 pub type ReadBack = (BTreeMap<String, Vec<u8>>, Vec<u8>);
 
