@@ -24,7 +24,7 @@ use common::*;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::ClientConfig;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -185,20 +185,7 @@ fn read_topic(brokers: &str, topic: &str) -> Vec<(Vec<u8>, BTreeMap<String, Stri
             continue;
         };
         let m = m.expect("message");
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_string(),
-                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut headers: BTreeMap<String, String> = headers;
+        let mut headers = text_headers(&m);
         headers.insert("at".into(), format!("{}@{}", m.partition(), m.offset()));
         out.push((m.payload().unwrap_or_default().to_vec(), headers));
         if ends

@@ -6,8 +6,8 @@ use anyhow::{anyhow, Context as _};
 use rdkafka::client::Client;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
 use rdkafka::message::ToBytes;
-use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 use std::collections::BTreeMap;
@@ -230,15 +230,10 @@ pub fn read_back(
             continue;
         };
         let m = m.with_context(|| format!("cannot read {topic} back"))?;
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.push((headers, m.payload().unwrap_or_default().to_vec()));
+        out.push((
+            crate::sources::kafka::headers_of(&m),
+            m.payload().unwrap_or_default().to_vec(),
+        ));
         if ends
             .get(&m.partition())
             .is_some_and(|e| m.offset() + 1 >= *e)

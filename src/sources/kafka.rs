@@ -259,6 +259,17 @@ impl KafkaSource {
     }
 }
 
+/// A record's headers, copied out of librdkafka's buffer (a header without a value: empty).
+pub fn headers_of<C: FromIterator<(String, Vec<u8>)> + Default>(m: &BorrowedMessage<'_>) -> C {
+    m.headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Copies a message out of librdkafka's buffer and records its position.
 fn take(
     topics: &HashMap<String, Arc<str>>,
@@ -270,14 +281,7 @@ fn take(
         .get(m.topic())
         .cloned()
         .ok_or_else(|| anyhow!("message from unassigned topic {}", m.topic()))?;
-    let headers = m
-        .headers()
-        .map(|h| {
-            h.iter()
-                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let headers = headers_of(m);
     let key = (topic.clone(), m.partition());
     next.insert(key.clone(), m.offset() + 1);
     at_eof.remove(&key);

@@ -297,13 +297,30 @@ pub fn high_watermarks(brokers: &str, topic: &str, partitions: i32) -> BTreeMap<
         .collect()
 }
 
+/// A record's headers as text.
+pub fn text_headers(m: &impl rdkafka::message::Message) -> BTreeMap<String, String> {
+    use rdkafka::message::Headers;
+    m.headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    (
+                        h.key.to_string(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Every message of a topic (value, headers), read from the start.
 pub fn consume_all(
     brokers: &str,
     topic: &str,
     expected: usize,
 ) -> Vec<(Vec<u8>, BTreeMap<String, String>)> {
-    use rdkafka::message::{Headers, Message};
+    use rdkafka::message::Message;
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "test-reader")
@@ -315,20 +332,7 @@ pub fn consume_all(
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while out.len() < expected && std::time::Instant::now() < deadline {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-            let headers = m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| {
-                            (
-                                h.key.to_string(),
-                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            out.push((m.payload().unwrap_or_default().to_vec(), headers));
+            out.push((m.payload().unwrap_or_default().to_vec(), text_headers(&m)));
         }
     }
     out
