@@ -55,7 +55,7 @@ fn window_update(c: &mut Criterion) {
                 for m in &ms {
                     w.add(m);
                 }
-                w.take_dirty()
+                w.flush()
             },
             BatchSize::LargeInput,
         )
@@ -68,7 +68,7 @@ fn observation_build_merge(c: &mut Criterion) {
     for m in readings(1, 3600) {
         w.add(&m);
     }
-    let full = w.take_dirty().pop().expect("one window");
+    let full = w.flush().pop().expect("one window");
     let stored = observation::build(
         &full.template,
         &full.type_name,

@@ -157,6 +157,7 @@ struct RawWindow {
     max_future_skew: Option<Spanned<String>>,
     allowed_lateness: Option<Spanned<String>>,
     idle_timeout: Option<Spanned<String>>,
+    update_every: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -330,26 +331,6 @@ impl fmt::Debug for KafkaConfig {
             .field("startup_timeout", &self.startup_timeout)
             .field("properties", &redacted(&self.properties))
             .finish()
-    }
-}
-
-impl JobConfig {
-    /// How often changed windows go to the Observation sinks: the shortest flush interval
-    /// of those enabled.
-    pub fn emit_interval(&self) -> Duration {
-        let ndjson = self.ndjson_observations.then_some(self.flush_interval);
-        let fhir = self.fhir.as_ref().map(|f| f.flush_interval);
-        let lake = self
-            .lake
-            .as_ref()
-            .filter(|l| l.tables.observations)
-            .map(|l| l.flush_interval);
-        ndjson
-            .into_iter()
-            .chain(fhir)
-            .chain(lake)
-            .min()
-            .unwrap_or(self.flush_interval)
     }
 }
 
@@ -610,6 +591,9 @@ pub struct JobConfig {
     /// Wall time after which an input partition that delivers nothing stops holding the
     /// event clock back (live jobs only).
     pub idle_timeout: Duration,
+    /// Event time between two versions of an open Observation window (it also gets one
+    /// when it closes, and one when late data amends it).
+    pub update_every: Duration,
     /// NDJSON output directory.
     pub output_dir: PathBuf,
     /// Observations go to NDJSON files under the output directory.
@@ -963,6 +947,11 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
         "window.idle_timeout",
         Duration::from_secs(5),
     );
+    let update_every = cx.duration(
+        &raw.window.update_every,
+        "window.update_every",
+        Duration::from_secs(300),
+    );
     let (output_dir, flush_interval) = match &raw.sinks.ndjson {
         Some(n) => {
             if n.dir.get_ref().trim().is_empty() {
@@ -1036,8 +1025,15 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
         .fhir
         .as_ref()
         .map(|f| fhir_config(&mut cx, base, f));
-    let ndjson_observations =
-        raw.sinks.ndjson.is_some() || (fhir.is_none() && raw.sinks.lake.is_none());
+    // Only the outputs the job names: a job of alerts alone writes no Observations.
+    let ndjson_observations = raw.sinks.ndjson.is_some();
+    if !ndjson_observations && fhir.is_none() && raw.sinks.lake.is_none() && raw.anomaly.is_none() {
+        cx.at(
+            raw.source.span(),
+            "sinks",
+            "the job names no output: add [sinks.ndjson], [sinks.fhir], [sinks.lake] or [anomaly]",
+        );
+    }
     let lake = raw.sinks.lake.as_ref().map(|l| lake_config(&mut cx, l));
     let metrics_address = raw.metrics.as_ref().map(|m| {
         if m.address.get_ref().parse::<std::net::SocketAddr>().is_err() {
@@ -1068,6 +1064,7 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<JobConfig, JobErrors
         max_future_skew,
         allowed_lateness,
         idle_timeout,
+        update_every,
         output_dir,
         ndjson_observations,
         fhir,
@@ -1408,6 +1405,26 @@ mod tests {
     }
 
     const MAPPING: &str = "[mapping]\ndevice = \"templates/bedside-monitor/devicecontent.json\"\nfhir = \"templates/bedside-monitor/fhirmapping.json\"\n";
+    const OUTPUT: &str = "[sinks.ndjson]\ndir = \"out\"\n";
+
+    #[test]
+    fn a_job_writes_only_the_outputs_it_names() {
+        let base = Path::new(".");
+        let rules = "[anomaly]\nrules = \"templates/alerts/adult-vitals.toml\"\n";
+        let job = parse(
+            &format!("source = \"simulator\"\n{MAPPING}[simulator]\n{rules}"),
+            "job.toml",
+            base,
+        )
+        .expect("valid");
+        assert!(!job.ndjson_observations, "alerts alone write no NDJSON");
+        assert!(job.fhir.is_none() && job.lake.is_none());
+        let e = errors(&format!("source = \"simulator\"\n{MAPPING}[simulator]\n"));
+        assert_eq!(
+            e,
+            ["job.toml:1:10: sinks: the job names no output: add [sinks.ndjson], [sinks.fhir], [sinks.lake] or [anomaly]"]
+        );
+    }
 
     #[test]
     fn embedded_default_is_valid() {
@@ -1419,7 +1436,7 @@ mod tests {
 
     #[test]
     fn errors_name_line_column_and_field() {
-        let text = format!("source = \"kafka\"\n{MAPPING}[kafka]\nbrokers = \"\"\ntopics = []\nstart = \"beginning\"\n[window]\nhorizon = \"a day\"\n");
+        let text = format!("source = \"kafka\"\n{MAPPING}[kafka]\nbrokers = \"\"\ntopics = []\nstart = \"beginning\"\n[window]\nhorizon = \"a day\"\n{OUTPUT}");
         let e = errors(&text);
         assert_eq!(e.len(), 4, "{e:?}");
         assert!(
@@ -1482,7 +1499,7 @@ mod tests {
 
     #[test]
     fn simulator_settings_are_checked_with_their_lines() {
-        let e = errors(&format!("source = \"simulator\"\n{MAPPING}[simulator]\nprofile = \"pager\"\ndropout = 1.0\nartifacts = 2.0\n"));
+        let e = errors(&format!("source = \"simulator\"\n{MAPPING}[simulator]\nprofile = \"pager\"\ndropout = 1.0\nartifacts = 2.0\n{OUTPUT}"));
         assert_eq!(e.len(), 3, "{e:?}");
         assert!(
             e[0].starts_with("job.toml:6:11: simulator.profile: unknown profile \"pager\""),
@@ -1497,7 +1514,7 @@ mod tests {
 
     #[test]
     fn missing_mapping_file_is_reported() {
-        let e = errors("source = \"simulator\"\n[simulator]\n[mapping]\ndevice = \"nope.json\"\nfhir = \"templates/basic/fhirmapping.json\"\n");
+        let e = errors(&format!("source = \"simulator\"\n[simulator]\n[mapping]\ndevice = \"nope.json\"\nfhir = \"templates/basic/fhirmapping.json\"\n{OUTPUT}"));
         assert_eq!(
             e,
             vec!["job.toml:4:10: mapping.device: file not found: nope.json"]

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub windows_evicted: AtomicU64,
     /// Open windows held in memory, all workers.
     pub windows_open: AtomicU64,
+    /// Measurements waiting in their window for the next version, all workers.
+    pub window_values_waiting: AtomicU64,
     /// Offset commits made.
     pub commits: AtomicU64,
     /// Epochs made durable.
@@ -342,6 +344,11 @@ impl Metrics {
             s,
             "# HELP vitalflow_windows_open Open windows in memory.\n# TYPE vitalflow_windows_open gauge\nvitalflow_windows_open {}",
             get(&self.windows_open)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP vitalflow_window_values_waiting Measurements waiting in their window for its next version (update_every).\n# TYPE vitalflow_window_values_waiting gauge\nvitalflow_window_values_waiting {}",
+            get(&self.window_values_waiting)
         );
         let _ = writeln!(s, "# HELP vitalflow_epoch_latency_seconds Epoch start to all outputs durable.\n# TYPE vitalflow_epoch_latency_seconds histogram");
         for (i, le) in LATENCY_BUCKETS.iter().enumerate() {

@@ -120,6 +120,7 @@ fn job(dir: &Path, brokers: &str, tag: &str, fhir: Option<(&str, &str)>) -> std:
     let mut tables = format!(
         r#"[window]
 idle_timeout = "10m"
+update_every = "1m"
 
 [sinks.ndjson]
 dir = "{out}"

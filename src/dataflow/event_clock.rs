@@ -276,7 +276,10 @@ impl InputClock {
     /// A message was normalized (or dead-lettered): `times` are its measurements'
     /// (device, event time), from `partition`. Tells in `late`, per measurement, whether it
     /// came more than the allowed lateness behind its partition: a verdict that depends on
-    /// the partition's own order alone, so every run of the input gives the same.
+    /// the partition's own order alone, so every run of the input gives the same. Returns
+    /// the partition's clock less the lateness before the message (None before its first
+    /// reading): no mark published before the message was beyond it, so a late reading is
+    /// taken to have arrived just after it.
     pub fn observe<'a>(
         &mut self,
         partition: &PartitionKey,
@@ -284,7 +287,7 @@ impl InputClock {
         times: impl Iterator<Item = (&'a str, i64)>,
         now: Instant,
         late: &mut Vec<bool>,
-    ) {
+    ) -> Option<i64> {
         self.processed += 1;
         late.clear();
         let restored = &self.restored;
@@ -308,7 +311,7 @@ impl InputClock {
         p.next = Some(offset + 1);
         let mut times = times.peekable();
         if times.peek().is_none() {
-            return;
+            return None;
         }
         let bound = (!p.devices.is_empty()).then(|| p.clock().saturating_sub(self.lateness_ms));
         for (device, at) in times {
@@ -318,6 +321,7 @@ impl InputClock {
         }
         p.held = p.clock();
         p.last = now;
+        bound
     }
 
     /// Everything the source handed out has been normalized, and it will hand out no more.

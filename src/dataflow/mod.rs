@@ -118,6 +118,8 @@ struct Shared {
     /// Where offset commits record what a restart needs (Kafka sources whose positions
     /// outlive the run only).
     commit_log: Option<std::path::PathBuf>,
+    /// How long the sinks' oldest output has waited to be durable.
+    backlog: sink_thread::Backlog,
 }
 
 impl Shared {
@@ -315,6 +317,7 @@ pub fn run(
         lake_app,
         alert_checkpoints,
         commit_log,
+        backlog: Default::default(),
     });
     let communication = if opts.processes > 1 {
         timely::CommunicationConfig::Cluster {

@@ -1,7 +1,7 @@
 //! The timely operators of a worker and its progress loop.
 
 use super::commit_log;
-use super::event_clock::{InputClock, Mark, PartitionKey};
+use super::event_clock::{InputClock, Mark, PartitionKey, Watermark};
 use super::normalize::normalize;
 use super::sink_thread::sink_operator;
 use super::window::{WindowUpdate, Windows};
@@ -21,7 +21,7 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
-use timely::dataflow::operators::{Capability, Concat, Map, OkErr, Probe};
+use timely::dataflow::operators::{Broadcast, Capability, Concat, Map, OkErr, Probe};
 use timely::dataflow::{Scope, Stream};
 use timely::worker::Worker;
 
@@ -184,11 +184,6 @@ impl Committer {
         Ok(())
     }
 
-    /// How long ago the oldest epoch not yet durable was read.
-    fn durable_lag(&self) -> Option<Duration> {
-        self.pending.front().map(|p| p.opened.elapsed())
-    }
-
     /// At shutdown, every output is durable: commit where the source stands.
     fn commit_final(&mut self, clock: &mut InputClock) -> anyhow::Result<()> {
         let p = self.source.positions();
@@ -268,8 +263,18 @@ pub(super) fn run_worker<A: Allocate>(
             shared.clone(),
         );
         let (judged, dead) = normalize_operator(&raw, clock.clone(), shared.clone());
-        let measurements = judged.map(|(m, _)| m);
-        let updates = window_operator(&measurements, shared.clone());
+        let lake = parts.lake;
+        let observation_outputs =
+            parts.observations.is_some() || parts.fhir.is_some() || lake.observations.is_some();
+        let alerting = parts.alerts.is_some() || lake.alerts.is_some();
+        let marks = (observation_outputs || alerting)
+            .then(|| clock_operator(scope, clock.clone(), shared.clone()));
+        let updates = match &marks {
+            Some(marks) if observation_outputs => {
+                Some(window_operator(&judged, marks, shared.clone()))
+            }
+            _ => None,
+        };
         let mut durable = sink_operator(
             &dead,
             "DeadLetterSink",
@@ -277,9 +282,9 @@ pub(super) fn run_worker<A: Allocate>(
             Duration::ZERO,
             shared.clone(),
         );
-        if let Some(sink) = parts.observations {
+        if let (Some(sink), Some(updates)) = (parts.observations, &updates) {
             let o = sink_operator(
-                &updates,
+                updates,
                 "ObservationSink",
                 sink,
                 shared.job.flush_interval,
@@ -287,9 +292,9 @@ pub(super) fn run_worker<A: Allocate>(
             );
             durable = durable.concat(&o);
         }
-        let lake = parts.lake;
         let lake_interval = shared.job.lake.as_ref().map(|l| l.flush_interval);
         if let (Some(sink), Some(every)) = (lake.measurements, lake_interval) {
+            let measurements = judged.map(|j| j.measurement);
             let l = sink_operator(
                 &measurements,
                 "LakeMeasurements",
@@ -299,23 +304,24 @@ pub(super) fn run_worker<A: Allocate>(
             );
             durable = durable.concat(&l);
         }
-        if let (Some(sink), Some(every)) = (lake.observations, lake_interval) {
-            let l = sink_operator(&updates, "LakeObservations", sink, every, shared.clone());
+        if let (Some(sink), Some(every), Some(updates)) =
+            (lake.observations, lake_interval, &updates)
+        {
+            let l = sink_operator(updates, "LakeObservations", sink, every, shared.clone());
             durable = durable.concat(&l);
         }
-        if parts.alerts.is_some() || lake.alerts.is_some() {
-            let marks = clock_operator(scope, clock.clone(), shared.clone());
+        if let (true, Some(marks)) = (alerting, &marks) {
             // Readings beyond the allowed lateness behind their partition are recorded,
             // not judged: judged, they would depend on how fast the other partitions went.
             let metrics = shared.metrics.clone();
-            let on_time = judged.flat_map(move |(m, late)| {
-                if late {
+            let on_time = judged.flat_map(move |j| {
+                if j.late {
                     Metrics::add(&metrics.alert_inputs_late, 1);
                 }
-                (!late).then_some(m)
+                (!j.late).then_some(j.measurement)
             });
             let alerts_topic = parts.alerts.as_ref().and_then(|a| a.positions());
-            let out = super::alerting::build(&on_time, &marks, alerts_topic, shared.clone());
+            let out = super::alerting::build(&on_time, marks, alerts_topic, shared.clone());
             let alerts = out.flat_map(|o| match o {
                 super::alerting::Out::Alert(a) => Some(a),
                 super::alerting::Out::Snapshot(_) => None,
@@ -341,8 +347,8 @@ pub(super) fn run_worker<A: Allocate>(
                 }
             }
         }
-        if let Some((sink, interval)) = parts.fhir {
-            let f = sink_operator(&updates, "FhirSink", sink, interval, shared.clone());
+        if let (Some((sink, interval)), Some(updates)) = (parts.fhir, &updates) {
+            let f = sink_operator(updates, "FhirSink", sink, interval, shared.clone());
             durable = durable.concat(&f);
         }
         durable.probe_with(&probe);
@@ -437,7 +443,7 @@ fn source_operator<G: Scope<Timestamp = u64>>(
             }
             // An output that cannot make input durable (a server down) stops the reading
             // once it is `max_durable_lag` behind, instead of buffering without bound.
-            let lag = c.durable_lag().unwrap_or_default();
+            let lag = shared.backlog.oldest().unwrap_or_default();
             let behind = lag > shared.job.max_durable_lag;
             if behind != paused {
                 paused = behind;
@@ -512,8 +518,18 @@ fn source_operator<G: Scope<Timestamp = u64>>(
     })
 }
 
-/// A measurement, and whether it came beyond the allowed lateness behind its partition.
-type Normalized = Result<(Measurement, bool), DeadLetter>;
+/// A normalized measurement and its timing.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct Judged {
+    pub measurement: Measurement,
+    /// Whether it came beyond the allowed lateness behind its partition.
+    pub late: bool,
+    /// When it takes effect in event time (ms): its own time, or for a late reading the
+    /// moment just past its partition's clock (less the lateness) as it was read.
+    pub effective: i64,
+}
+
+type Normalized = Result<Judged, DeadLetter>;
 
 // Measurements are as large as dead letters: boxing either would only add allocations.
 #[allow(clippy::result_large_err)]
@@ -521,7 +537,7 @@ fn normalize_operator<G: Scope<Timestamp = u64>>(
     raw: &Stream<G, RawMessage>,
     clock: Rc<RefCell<InputClock>>,
     shared: Arc<Shared>,
-) -> (Stream<G, (Measurement, bool)>, Stream<G, DeadLetter>) {
+) -> (Stream<G, Judged>, Stream<G, DeadLetter>) {
     let skew =
         chrono::Duration::from_std(shared.job.max_future_skew).unwrap_or(chrono::Duration::MAX);
     let out: Stream<G, Normalized> = raw.unary(Pipeline, "Normalize", move |_, _| {
@@ -544,7 +560,7 @@ fn normalize_operator<G: Scope<Timestamp = u64>>(
                         };
                         let result =
                             normalize(&shared.device, &shared.mapping, skew, now, m, &mut ms);
-                        clock.borrow_mut().observe(
+                        let bound = clock.borrow_mut().observe(
                             &(source.topic.clone(), source.partition),
                             source.offset,
                             ms.iter().map(|x| {
@@ -560,7 +576,20 @@ fn normalize_operator<G: Scope<Timestamp = u64>>(
                                     x.source = Some(source.clone());
                                 }
                                 Metrics::add(&shared.metrics.measurements, ms.len() as u64);
-                                session.give_iterator(ms.drain(..).zip(late.drain(..)).map(Ok));
+                                session.give_iterator(ms.drain(..).zip(late.drain(..)).map(
+                                    |(measurement, late)| {
+                                        let at = measurement.occurrence_time.timestamp_millis();
+                                        let effective = match bound {
+                                            Some(b) if late => b.saturating_add(1).max(at),
+                                            _ => at,
+                                        };
+                                        Ok(Judged {
+                                            measurement,
+                                            late,
+                                            effective,
+                                        })
+                                    },
+                                ));
                             }
                             Err(d) => {
                                 Metrics::add(&shared.metrics.dead_letters, 1);
@@ -578,69 +607,97 @@ fn normalize_operator<G: Scope<Timestamp = u64>>(
     out.ok_err(|r| r)
 }
 
+/// Groups measurements into Observation windows and emits their versions as the job's
+/// watermark passes their checkpoints (see `window`), holding the epochs of the values
+/// waiting for one: offsets commit only past what a version holds.
 fn window_operator<G: Scope<Timestamp = u64>>(
-    measurements: &Stream<G, Measurement>,
+    measurements: &Stream<G, Judged>,
+    marks: &Stream<G, (usize, Mark)>,
     shared: Arc<Shared>,
 ) -> Stream<G, WindowUpdate> {
-    let exchange = Exchange::new(|m: &Measurement| route(&m.device_id));
-    let interval = shared.job.emit_interval();
+    let exchange = Exchange::new(|j: &Judged| route(&j.measurement.device_id));
+    let marks = marks.broadcast();
     let scope = measurements.scope();
-    measurements.unary_frontier(exchange, "Window", move |_, info| {
-        let activator = scope.activator_for(info.address);
-        let mut windows = Windows::new(shared.mapping.clone(), shared.job.horizon);
-        let mut held: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
+    let peers = scope.peers();
+    measurements.binary_frontier(&marks, exchange, Pipeline, "Window", move |_, _| {
+        let mut windows = Windows::new(
+            shared.mapping.clone(),
+            shared.job.horizon,
+            shared.job.update_every,
+        );
+        let mut clock = Watermark::new(peers);
+        /// What arrived for one epoch, applied once the epoch is complete.
+        type Epoch = (Vec<Judged>, Vec<(usize, Mark)>);
+        let mut pending: BTreeMap<u64, Epoch> = BTreeMap::new();
+        let mut caps: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
         let mut open = 0u64;
-        let mut last_emit = Instant::now();
+        let mut waiting = 0u64;
         let mut last_evict = Instant::now();
-        move |(input, frontier), output| {
+        move |(input, f1), (marks, f2), output| {
             input.for_each_time(|time, data| {
-                for batch in data {
-                    for m in batch.drain(..) {
-                        windows.add(&m);
-                    }
-                }
                 let t = *time.time();
-                held.entry(t).or_insert_with(|| time.retain());
+                caps.entry(t).or_insert_with(|| time.retain());
+                let e = pending.entry(t).or_default();
+                for batch in data {
+                    e.0.append(batch);
+                }
             });
-            // A window changed by complete epochs is emitted at most once per flush interval:
-            // emitting copies nothing, but the next change to a window a sink still holds
-            // copies its group, so emitting every epoch would copy every window 20 times a
-            // second.
-            let complete: Vec<u64> = held
+            marks.for_each_time(|time, data| {
+                let t = *time.time();
+                caps.entry(t).or_insert_with(|| time.retain());
+                let e = pending.entry(t).or_default();
+                for batch in data {
+                    e.1.append(batch);
+                }
+            });
+            let complete: Vec<u64> = pending
                 .keys()
                 .copied()
-                .take_while(|t| !frontier.less_equal(t))
+                .take_while(|t| !f1.less_equal(t) && !f2.less_equal(t))
                 .collect();
-            let Some(first) = complete.first() else {
-                return;
+            for t in complete {
+                let (ms, ks) = pending.remove(&t).expect("pending");
+                for j in ms {
+                    windows.add(j.measurement, j.effective, t);
+                }
+                for (worker, mark) in ks {
+                    clock.update(worker, mark);
+                }
+                let Some(w) = clock.current() else { continue };
+                let versions = windows.advance(w);
+                if !versions.is_empty() {
+                    output
+                        .session(&caps[&t])
+                        .give_iterator(versions.into_iter());
+                }
+                if last_evict.elapsed() >= Duration::from_secs(1) {
+                    last_evict = Instant::now();
+                    let evicted = windows.evict(w);
+                    Metrics::add(&shared.metrics.windows_evicted, evicted as u64);
+                }
+            }
+            if f1.is_empty() && f2.is_empty() && pending.is_empty() {
+                // The input ended (or the job stops): every waiting value gets its version.
+                let versions = windows.flush();
+                if let Some(cap) = caps.values().next() {
+                    output.session(cap).give_iterator(versions.into_iter());
+                }
+            }
+            caps.retain(|t, _| pending.contains_key(t) || windows.holds(*t));
+            let gauge = |g: &std::sync::atomic::AtomicU64, last: &mut u64, now: u64| {
+                g.fetch_add(now.wrapping_sub(*last), Ordering::Relaxed);
+                *last = now;
             };
-            let since = last_emit.elapsed();
-            if since < interval && !frontier.is_empty() {
-                activator.activate_after(interval - since);
-                return;
-            }
-            let updates = windows.take_dirty();
-            if !updates.is_empty() {
-                output
-                    .session(&held[first])
-                    .give_iterator(updates.into_iter());
-            }
-            for t in &complete {
-                held.remove(t);
-            }
-            last_emit = Instant::now();
-            // Eviction scans every window: once a second is plenty for a horizon of hours.
-            if last_evict.elapsed() >= Duration::from_secs(1) {
-                last_evict = Instant::now();
-                let evicted = windows.evict();
-                Metrics::add(&shared.metrics.windows_evicted, evicted as u64);
-            }
-            let now = windows.len() as u64;
-            shared
-                .metrics
-                .windows_open
-                .fetch_add(now.wrapping_sub(open), Ordering::Relaxed);
-            open = now;
+            gauge(
+                &shared.metrics.windows_open,
+                &mut open,
+                windows.len() as u64,
+            );
+            gauge(
+                &shared.metrics.window_values_waiting,
+                &mut waiting,
+                windows.waiting() as u64,
+            );
         }
     })
 }

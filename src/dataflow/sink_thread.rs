@@ -11,7 +11,7 @@ use crate::sinks::Sink;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
@@ -22,6 +22,36 @@ use timely::dataflow::{Scope, Stream};
 enum Command<D> {
     Write(u64, Vec<D>),
     Flush(u64),
+}
+
+/// Since when each sink of the process has held output not yet durable: what the sources
+/// pause on (`max_durable_lag`). Not the probe: an epoch may wait for reasons that take no
+/// memory (a window holding it for its next version), while output a sink cannot write
+/// piles up.
+#[derive(Default)]
+pub(super) struct Backlog {
+    sinks: Mutex<Vec<Arc<Mutex<Option<Instant>>>>>,
+}
+
+impl Backlog {
+    fn register(&self) -> Arc<Mutex<Option<Instant>>> {
+        let slot = Arc::new(Mutex::new(None));
+        self.sinks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(slot.clone());
+        slot
+    }
+
+    /// How long the oldest output of any sink has waited to be durable.
+    pub(super) fn oldest(&self) -> Option<Duration> {
+        let sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        sinks
+            .iter()
+            .filter_map(|s| *s.lock().unwrap_or_else(|p| p.into_inner()))
+            .min()
+            .map(|since| since.elapsed())
+    }
 }
 
 /// Batches in flight to the sink thread before the worker waits.
@@ -111,8 +141,15 @@ where
         let activator = scope.activator_for(info.address.clone());
         let wake = scope.sync_activator_for(info.address.to_vec());
         let (tx, done) = spawn_sink(&name_owned, sink, wake);
-        // Data handed to the thread but not yet asked to flush: the oldest epoch's capability.
-        let mut held: Option<Capability<u64>> = None;
+        let backlog = shared.backlog.register();
+        let set_backlog = move |since: Option<Instant>| {
+            *backlog.lock().unwrap_or_else(|p| p.into_inner()) = since;
+        };
+        // Data handed to the thread but not yet asked to flush: the oldest epoch's capability,
+        // and since when.
+        let mut held: Option<(Capability<u64>, Instant)> = None;
+        // When the data of each flush in flight (and of `held`) first came.
+        let mut oldest: VecDeque<Instant> = VecDeque::new();
         // Flushes asked for and not yet answered, with the capability each releases.
         let mut in_flight: VecDeque<(u64, Capability<u64>)> = VecDeque::new();
         let mut seq = 0u64;
@@ -127,8 +164,10 @@ where
                     // Blocks when the sink is behind: backpressure on this worker's reads.
                     let _ = tx.send(Command::Write(*time.time(), items));
                 }
-                if held.as_ref().is_none_or(|h| time.time() < h.time()) {
-                    held = Some(time.retain());
+                match &mut held {
+                    Some((h, _)) if time.time() >= h.time() => {}
+                    Some((h, _)) => *h = time.retain(),
+                    None => held = Some((time.retain(), Instant::now())),
                 }
             });
             while let Ok((done_seq, result)) = done.try_recv() {
@@ -137,6 +176,7 @@ where
                         // Releasing the capabilities tells the probe these epochs are durable.
                         while in_flight.front().is_some_and(|(s, _)| *s <= done_seq) {
                             in_flight.pop_front();
+                            oldest.pop_front();
                         }
                         backoff = Duration::from_millis(100);
                         if failing {
@@ -172,21 +212,31 @@ where
                     let _ = tx.send(Command::Flush(*s));
                 }
             }
-            // Flush once every input of the held epochs has arrived (the window operator has
-            // already coalesced Observations to one version per flush interval).
-            let complete = held.as_ref().is_some_and(|h| !frontier.less_equal(h.time()));
+            // Flush at most once per interval: once every input of the held epochs has
+            // arrived, or, for data an upstream operator holds epochs under (a window waiting
+            // for its next version), once the data has waited an interval.
+            let complete = held.as_ref().is_some_and(|(h, _)| !frontier.less_equal(h.time()));
+            let waited = held.as_ref().is_some_and(|(_, since)| since.elapsed() >= interval);
             if complete && !frontier.is_empty() {
                 if let Some(wait) = last_flush.and_then(|l| interval.checked_sub(l.elapsed())) {
                     activator.activate_after(wait);
+                    set_backlog(oldest.front().copied().or(held.as_ref().map(|h| h.1)));
                     return;
                 }
             }
-            if complete && in_flight.len() < 2 {
+            if (complete || waited) && in_flight.len() < 2 {
                 last_flush = Some(Instant::now());
                 seq += 1;
                 let _ = tx.send(Command::Flush(seq));
-                in_flight.push_back((seq, held.take().expect("held")));
+                let (cap, since) = held.take().expect("held");
+                in_flight.push_back((seq, cap));
+                oldest.push_back(since);
+            } else if let Some((_, since)) = &held {
+                if !complete {
+                    activator.activate_after(interval.saturating_sub(since.elapsed()));
+                }
             }
+            set_backlog(oldest.front().copied().or(held.as_ref().map(|h| h.1)));
         }
     })
 }

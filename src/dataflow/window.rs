@@ -1,18 +1,29 @@
 //! Keyed window state: measurements grouped per Observation (patient, device, type and
-//! `periodInterval` window or correlation id), in event time.
+//! `periodInterval` window or correlation id), versioned on event time.
 //!
-//! Windows are never closed for good: a late measurement merges into its window and the
-//! updated group is emitted again. Windows ending further than the horizon behind the newest
-//! event time seen are evicted to bound memory; data arriving for them later starts a new
-//! group, which the sinks merge into the stored Observation.
+//! A window emits a version when the watermark passes one of its checkpoints: every
+//! `update_every` of event time (a grid aligned to the Unix epoch), and its close (the end
+//! of its period). A version holds every value whose effective time is before the
+//! checkpoint: the reading's own time, or, for a reading that came later than the allowed
+//! lateness behind its partition, the moment its partition's clock says it arrived. Both
+//! depend on the input alone, so a replay at any speed, with any number of workers or any
+//! epoch length, emits the same versions with the same values; the wall clock decides only
+//! when they are written. Late data for a closed window amends it at the next checkpoint.
+//!
+//! Values wait in their window until their version is emitted, and the window holds the
+//! ingestion epoch each came in: offsets are committed only past values some durable
+//! version holds, so a restart reads again what no version wrote.
+//!
+//! Windows whose close is further than the horizon behind the watermark and that hold no
+//! waiting value are evicted; data arriving for them later starts a new group, which the
+//! sinks merge into the stored Observation.
 
 use crate::fhir::groups::{boundary, period_segment, ObservationGroup};
 use crate::fhir::observation::{identifier_value, observation_id, Subjects};
 use crate::mapping::fhir::{CodeValueTemplate, PeriodInterval};
 use crate::mapping::FhirMapping;
 use crate::model::Measurement;
-use chrono::{DateTime, Utc};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,9 +61,75 @@ impl WindowUpdate {
     }
 }
 
+/// A value waiting for its version.
+struct Held {
+    /// Effective time (event ms): the version at the first checkpoint after it holds it.
+    effective: i64,
+    /// The ingestion epoch it came in, held until its version is emitted.
+    epoch: u64,
+    measurement: Measurement,
+}
+
 struct Window {
     update: WindowUpdate,
-    dirty: bool,
+    /// Where the period ends (event ms, exclusive); None for correlation-id groups.
+    close: Option<i64>,
+    held: Vec<Held>,
+    /// The checkpoint the window is scheduled at, when it holds values.
+    next: Option<i64>,
+}
+
+impl Window {
+    /// The first checkpoint after `effective`: the `every` grid, and the close while open.
+    fn checkpoint(&self, effective: i64, every: i64) -> i64 {
+        let grid = (effective.div_euclid(every) + 1).saturating_mul(every);
+        match self.close {
+            Some(c) if effective < c => grid.min(c),
+            _ => grid,
+        }
+    }
+
+    /// Moves the values effective before `checkpoint` (all with None) into the group;
+    /// returns how many, and releases their epochs from `holds`.
+    fn take_until(&mut self, checkpoint: Option<i64>, holds: &mut BTreeMap<u64, usize>) -> usize {
+        let mut due: Vec<Held> = Vec::new();
+        let mut i = 0;
+        while i < self.held.len() {
+            if checkpoint.is_none_or(|c| self.held[i].effective < c) {
+                due.push(self.held.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        if due.is_empty() {
+            return 0;
+        }
+        // Readings of the same time keep the first in input order, whatever order the
+        // partitions' records met in.
+        due.sort_by(|a, b| {
+            let (ma, mb) = (&a.measurement, &b.measurement);
+            let pos = |m: &Measurement| {
+                m.source
+                    .as_ref()
+                    .map(|s| (s.topic.clone(), s.partition, s.offset))
+            };
+            ma.occurrence_time
+                .cmp(&mb.occurrence_time)
+                .then_with(|| pos(ma).cmp(&pos(mb)))
+        });
+        // Copies the group only when a sink still holds the previous version.
+        let g = Arc::make_mut(&mut self.update.group);
+        for h in &due {
+            g.add(&h.measurement);
+            if let std::collections::btree_map::Entry::Occupied(mut e) = holds.entry(h.epoch) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+        due.len()
+    }
 }
 
 /// What identifies a window, cheap to build per measurement (the Observation id, a SHA-256,
@@ -77,23 +154,28 @@ enum Slot {
 pub struct Windows {
     fhir: Arc<FhirMapping>,
     windows: HashMap<WindowKey, Window>,
-    /// Windows changed since the last emission: emitting is O(changes), not O(open windows).
-    dirty: Vec<WindowKey>,
-    newest: Option<DateTime<Utc>>,
-    horizon: chrono::Duration,
+    /// Windows by the checkpoint they wait for: emitting is O(versions), not O(windows).
+    schedule: BTreeMap<i64, Vec<WindowKey>>,
+    /// Per ingestion epoch, how many of its values wait for a version.
+    holds: BTreeMap<u64, usize>,
+    every: i64,
+    horizon: i64,
     instances: u64,
 }
 
 impl Windows {
-    /// Empty state; windows ending more than `horizon` behind the newest event are evicted.
-    pub fn new(fhir: Arc<FhirMapping>, horizon: Duration) -> Self {
+    /// Empty state: versions every `every` of event time; windows closed more than
+    /// `horizon` behind the watermark are evicted.
+    pub fn new(fhir: Arc<FhirMapping>, horizon: Duration, every: Duration) -> Self {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1);
         Self {
             fhir,
             windows: HashMap::new(),
-            dirty: Vec::new(),
+            schedule: BTreeMap::new(),
+            holds: BTreeMap::new(),
+            every: ms(every),
+            horizon: ms(horizon),
             instances: 0,
-            newest: None,
-            horizon: chrono::Duration::from_std(horizon).unwrap_or(chrono::Duration::MAX),
         }
     }
 
@@ -107,9 +189,25 @@ impl Windows {
         self.windows.is_empty()
     }
 
-    /// Adds a measurement to its window. Returns false when the FHIR mapping has no template
-    /// for its type or it has no patient (the normalize stage dead-letters those first).
-    pub fn add(&mut self, m: &Measurement) -> bool {
+    /// The oldest ingestion epoch a waiting value came in.
+    pub fn oldest_held_epoch(&self) -> Option<u64> {
+        self.holds.keys().next().copied()
+    }
+
+    /// Whether values read in `epoch` wait for a version.
+    pub fn holds(&self, epoch: u64) -> bool {
+        self.holds.contains_key(&epoch)
+    }
+
+    /// Values waiting for their version.
+    pub fn waiting(&self) -> usize {
+        self.holds.values().sum()
+    }
+
+    /// Adds a measurement effective at `effective` (event ms), read in `epoch`. Returns
+    /// false when the FHIR mapping has no template for its type or it has no patient (the
+    /// normalize stage dead-letters those first).
+    pub fn add(&mut self, m: Measurement, effective: i64, epoch: u64) -> bool {
         let (Some(tpl), Some(patient)) = (self.fhir.get(&m.type_name), m.patient_id.as_deref())
         else {
             return false;
@@ -147,6 +245,11 @@ impl Windows {
             };
             let id = observation_id(&identifier_value(&subjects, &m.type_name, &segment));
             self.instances += 1;
+            let close = match key.slot {
+                Slot::Correlation(_) => None,
+                // The period's end is inclusive to the tick: it closes at the next millisecond.
+                Slot::Period(_) => Some(end.timestamp_millis() + 1),
+            };
             let window = Window {
                 update: WindowUpdate {
                     id,
@@ -163,32 +266,84 @@ impl Windows {
                     }),
                     instance: self.instances,
                 },
-                dirty: false,
+                close,
+                held: Vec::new(),
+                next: None,
             };
             self.windows.insert(key.clone(), window);
         }
         let w = self.windows.get_mut(&key).expect("inserted above");
-        // Copies the group only when a sink still holds the previous emission.
-        let g = Arc::make_mut(&mut w.update.group);
-        g.start = g.start.min(start);
-        g.end = g.end.max(end);
-        g.add(m);
-        let newly_dirty = !w.dirty;
-        w.dirty = true;
-        let end = g.end;
-        self.newest = Some(self.newest.map_or(end, |n| n.max(end)));
-        if newly_dirty {
-            self.dirty.push(key);
+        if matches!(key.slot, Slot::Correlation(_)) {
+            // A correlation group spans the times of its values.
+            let g = &w.update.group;
+            if start < g.start || end > g.end {
+                let g = Arc::make_mut(&mut w.update.group);
+                g.start = g.start.min(start);
+                g.end = g.end.max(end);
+            }
+        }
+        let at = w.checkpoint(effective, self.every);
+        w.held.push(Held {
+            effective,
+            epoch,
+            measurement: m,
+        });
+        *self.holds.entry(epoch).or_default() += 1;
+        if w.next.is_none_or(|n| at < n) {
+            w.next = Some(at);
+            self.schedule.entry(at).or_default().push(key);
         }
         true
     }
 
-    /// The windows changed since the last call.
-    pub fn take_dirty(&mut self) -> Vec<WindowUpdate> {
-        let mut out: Vec<WindowUpdate> = Vec::with_capacity(self.dirty.len());
-        for key in self.dirty.drain(..) {
-            if let Some(w) = self.windows.get_mut(&key) {
-                w.dirty = false;
+    /// The versions of every checkpoint the watermark (event ms: everything at or before
+    /// it is in) has passed, in checkpoint order.
+    pub fn advance(&mut self, watermark: i64) -> Vec<WindowUpdate> {
+        let mut out = Vec::new();
+        while let Some(entry) = self.schedule.first_entry() {
+            let at = *entry.key();
+            if at.saturating_sub(1) > watermark {
+                break;
+            }
+            let mut keys = entry.remove();
+            keys.sort_by(|a, b| {
+                let id = |k: &WindowKey| self.windows.get(k).map(|w| w.update.id.clone());
+                id(a).cmp(&id(b))
+            });
+            for key in keys {
+                let Some(w) = self.windows.get_mut(&key) else {
+                    continue;
+                };
+                if w.next != Some(at) {
+                    continue;
+                }
+                w.next = None;
+                if w.take_until(Some(at), &mut self.holds) > 0 {
+                    out.push(w.update.clone());
+                }
+                let every = self.every;
+                if let Some(n) = w
+                    .held
+                    .iter()
+                    .map(|h| w.checkpoint(h.effective, every))
+                    .min()
+                {
+                    w.next = Some(n);
+                    self.schedule.entry(n).or_default().push(key);
+                }
+            }
+        }
+        out
+    }
+
+    /// A version of every window holding waiting values, with all of them (the input ended,
+    /// or the job stops).
+    pub fn flush(&mut self) -> Vec<WindowUpdate> {
+        self.schedule.clear();
+        let mut out = Vec::new();
+        for w in self.windows.values_mut() {
+            w.next = None;
+            if w.take_until(None, &mut self.holds) > 0 {
                 out.push(w.update.clone());
             }
         }
@@ -196,15 +351,17 @@ impl Windows {
         out
     }
 
-    /// Evicts clean windows ending more than the horizon behind the newest event time;
-    /// returns how many.
-    pub fn evict(&mut self) -> usize {
-        let Some(cutoff) = self.newest.and_then(|n| n.checked_sub_signed(self.horizon)) else {
-            return 0;
-        };
+    /// Evicts windows holding no waiting value whose close is more than the horizon behind
+    /// the watermark; returns how many.
+    pub fn evict(&mut self, watermark: i64) -> usize {
+        let cutoff = watermark.saturating_sub(self.horizon);
         let before = self.windows.len();
-        self.windows
-            .retain(|_, w| w.dirty || w.update.group.end >= cutoff);
+        self.windows.retain(|_, w| {
+            let close = w
+                .close
+                .unwrap_or_else(|| w.update.group.end.timestamp_millis() + 1);
+            !w.held.is_empty() || close >= cutoff
+        });
         before - self.windows.len()
     }
 }
@@ -223,64 +380,181 @@ mod tests {
         )
     }
 
-    fn hr(t: &str, v: &str) -> Measurement {
+    fn ms(t: &str) -> i64 {
+        parse_timestamp(t).expect("time").timestamp_millis()
+    }
+
+    fn reading(device: &str, at: i64, v: &str, offset: i64) -> Measurement {
         Measurement {
             type_name: "heartRate".into(),
-            device_id: "BM-1".into(),
-            patient_id: Some("P-1".into()),
+            device_id: device.into(),
+            patient_id: Some(format!("P-{device}")),
             encounter_id: None,
             correlation_id: None,
-            occurrence_time: parse_timestamp(t).expect("time"),
+            occurrence_time: chrono::DateTime::from_timestamp_millis(at).expect("time"),
             properties: vec![("hr".into(), v.into())],
             received_ms: None,
-            source: None,
+            source: Some(crate::model::SourcePos {
+                topic: "vitals".into(),
+                partition: 0,
+                offset,
+            }),
         }
     }
 
-    #[test]
-    fn late_data_merges_into_its_window_and_is_emitted_again() {
-        let mut w = Windows::new(fhir(), Duration::from_secs(7200));
-        assert!(w.add(&hr("2026-11-21T10:00:05Z", "70")));
-        assert!(w.add(&hr("2026-11-21T10:30:00Z", "72")));
-        assert!(w.add(&hr("2026-11-21T11:00:00Z", "74")));
-        let first = w.take_dirty();
-        assert_eq!(first.len(), 2, "two hourly windows");
-        assert!(w.take_dirty().is_empty(), "nothing changed since");
-        assert!(w.add(&hr("2026-11-21T10:10:00Z", "71")), "late reading");
-        let again = w.take_dirty();
-        assert_eq!(again.len(), 1);
-        let ten = first
+    fn hr(t: &str, v: &str) -> Measurement {
+        reading("BM-1", ms(t), v, 0)
+    }
+
+    fn five_minutes() -> Windows {
+        Windows::new(fhir(), Duration::from_secs(7200), Duration::from_secs(300))
+    }
+
+    fn values(u: &WindowUpdate) -> Vec<String> {
+        u.group
+            .get("hr")
+            .unwrap_or_default()
             .iter()
-            .find(|u| u.id == again[0].id)
-            .expect("same window");
-        assert_eq!(
-            ten.group.get("hr").map(<[_]>::len),
-            Some(2),
-            "the earlier emission is untouched"
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_version_at_each_checkpoint_holds_the_values_before_it() {
+        let mut w = five_minutes();
+        for (t, v) in [("10:00:05", "70"), ("10:03:00", "71"), ("10:07:00", "72")] {
+            let m = hr(&format!("2026-11-21T{t}Z"), v);
+            let at = m.occurrence_time.timestamp_millis();
+            assert!(w.add(m, at, 1));
+        }
+        assert!(
+            w.advance(ms("2026-11-21T10:04:59Z")).is_empty(),
+            "before 10:05"
         );
-        assert_eq!(again[0].group.get("hr").map(<[_]>::len), Some(3));
+        let v = w.advance(ms("2026-11-21T10:06:00Z"));
+        assert_eq!(v.len(), 1);
+        assert_eq!(values(&v[0]), ["70", "71"], "10:07 is after the checkpoint");
+        assert_eq!(
+            w.oldest_held_epoch(),
+            Some(1),
+            "10:07 still holds its epoch"
+        );
+        let v = w.advance(ms("2026-11-21T11:30:00Z"));
+        assert_eq!(v.len(), 1, "no version for checkpoints with nothing new");
+        assert_eq!(values(&v[0]), ["70", "71", "72"]);
+        assert_eq!(w.oldest_held_epoch(), None);
+        assert!(w.advance(ms("2026-11-21T12:00:00Z")).is_empty());
+    }
+
+    #[test]
+    fn late_data_amends_a_closed_window_at_the_next_checkpoint() {
+        let mut w = five_minutes();
+        let m = hr("2026-11-21T10:58:00Z", "70");
+        w.add(m, ms("2026-11-21T10:58:00Z"), 1);
+        let closed = w.advance(ms("2026-11-21T11:00:30Z"));
+        assert_eq!(closed.len(), 1, "closed at 11:00");
+        // Came when its partition's clock, less the lateness, stood at 11:01.
+        w.add(
+            hr("2026-11-21T10:30:00Z", "65"),
+            ms("2026-11-21T11:01:00Z"),
+            2,
+        );
+        assert!(w.advance(ms("2026-11-21T11:04:00Z")).is_empty());
+        let amended = w.advance(ms("2026-11-21T11:05:00Z"));
+        assert_eq!(amended.len(), 1);
+        assert_eq!(amended[0].id, closed[0].id);
+        assert_eq!(values(&amended[0]), ["65", "70"]);
+        assert_eq!(
+            values(&closed[0]),
+            ["70"],
+            "the emitted version is untouched"
+        );
+    }
+
+    /// The versions of a run: (id, values) in emission order per window.
+    fn run(readings: &[(Measurement, i64)], steps: &[usize]) -> BTreeMap<String, Vec<Vec<String>>> {
+        let mut w = five_minutes();
+        let mut out: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
+        let mut record = |us: Vec<WindowUpdate>| {
+            for u in us {
+                out.entry(u.id.clone()).or_default().push(values(&u));
+            }
+        };
+        let mut i = 0;
+        for (n, step) in steps.iter().cycle().enumerate() {
+            if i >= readings.len() {
+                break;
+            }
+            let end = (i + step).min(readings.len());
+            for (m, eff) in &readings[i..end] {
+                w.add(m.clone(), *eff, n as u64);
+            }
+            i = end;
+            // The watermark a replay of this speed would publish: the slowest partition's
+            // newest time read so far, less a lateness of 20 s.
+            let newest = readings[..i]
+                .iter()
+                .map(|(m, _)| m.occurrence_time.timestamp_millis());
+            record(w.advance(newest.max().expect("some") - 20_000));
+        }
+        record(w.flush());
+        out
+    }
+
+    #[test]
+    fn versions_depend_on_the_data_alone_not_on_how_it_was_batched() {
+        // Two devices, two hours, a reading every 7 s, slightly out of order; two readings
+        // of one time with different values; a late reading.
+        let t0 = ms("2026-11-21T09:58:00Z");
+        let mut readings = Vec::new();
+        for i in 0..1100i64 {
+            let jitter = if i % 5 == 0 { -3_000 } else { 0 };
+            let at = t0 + i * 7_000 + jitter;
+            for d in ["BM-1", "BM-2"] {
+                readings.push((reading(d, at, &(60 + i % 40).to_string(), i), at));
+            }
+        }
+        let dup = t0 + 70_000;
+        readings.insert(30, (reading("BM-1", dup, "999", 5000), dup));
+        let late_at = t0 + 600 * 7_000;
+        readings.insert(700, (reading("BM-1", t0 + 1_000, "33", 5001), late_at));
+        let a = run(&readings, &[1]);
+        for steps in [&[3usize, 50, 7][..], &[500], &[10_000]] {
+            assert_eq!(run(&readings, steps), a, "steps {steps:?}");
+        }
+        let versions: usize = a.values().map(Vec::len).sum();
+        assert!(versions > 4 && versions < 60, "{versions} versions");
     }
 
     #[test]
     fn windows_past_the_horizon_are_evicted() {
-        let mut w = Windows::new(fhir(), Duration::from_secs(3600));
-        w.add(&hr("2026-11-21T08:00:00Z", "70"));
-        w.add(&hr("2026-11-21T10:30:00Z", "72"));
-        assert_eq!(w.evict(), 0, "dirty windows are emitted before they go");
-        w.take_dirty();
-        assert_eq!(w.evict(), 1);
+        let mut w = Windows::new(fhir(), Duration::from_secs(3600), Duration::from_secs(300));
+        w.add(
+            hr("2026-11-21T08:00:00Z", "70"),
+            ms("2026-11-21T08:00:00Z"),
+            1,
+        );
+        w.add(
+            hr("2026-11-21T10:30:00Z", "72"),
+            ms("2026-11-21T10:30:00Z"),
+            1,
+        );
+        assert_eq!(w.evict(ms("2026-11-21T10:31:00Z")), 0, "values wait in it");
+        assert_eq!(w.advance(ms("2026-11-21T10:31:00Z")).len(), 1);
+        assert_eq!(w.evict(ms("2026-11-21T10:31:00Z")), 1);
         assert_eq!(w.len(), 1);
     }
 
     #[test]
     fn unmapped_types_and_missing_patients_are_refused() {
-        let mut w = Windows::new(fhir(), Duration::from_secs(3600));
+        let mut w = five_minutes();
         let mut m = hr("2026-11-21T10:00:00Z", "70");
         m.patient_id = None;
-        assert!(!w.add(&m));
+        assert!(!w.add(m, 0, 1));
         let mut m = hr("2026-11-21T10:00:00Z", "70");
         m.type_name = "unknown".into();
-        assert!(!w.add(&m));
+        assert!(!w.add(m, 0, 1));
         assert!(w.is_empty());
+        assert_eq!(w.oldest_held_epoch(), None);
     }
 }

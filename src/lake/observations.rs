@@ -387,7 +387,7 @@ mod tests {
                 ObservationTableSink::new(&cfg, 0, |_| true, horizon, Metrics::new()).expect("sink")
             };
             let mut sink = open();
-            let mut w = Windows::new(fhir.clone(), horizon);
+            let mut w = Windows::new(fhir.clone(), horizon, Duration::from_secs(300));
             hr_at(&mut w, t0, "70");
             sink.write(1, hr_at(&mut w, t0 + s(1), "71"))
                 .expect("write");
@@ -396,7 +396,7 @@ mod tests {
 
             // Restart: the window state is gone; the table gives the store back.
             let mut sink = open();
-            let mut w = Windows::new(fhir.clone(), horizon);
+            let mut w = Windows::new(fhir.clone(), horizon, Duration::from_secs(300));
             sink.write(2, hr_at(&mut w, t0 + s(2), "72"))
                 .expect("write");
             sink.flush().expect("flush");
@@ -404,7 +404,7 @@ mod tests {
 
             // A replay that changes nothing writes no version.
             let mut sink = open();
-            let mut w = Windows::new(fhir.clone(), horizon);
+            let mut w = Windows::new(fhir.clone(), horizon, Duration::from_secs(300));
             sink.write(3, hr_at(&mut w, t0 + s(1), "71"))
                 .expect("write");
             sink.flush().expect("flush");
@@ -415,7 +415,11 @@ mod tests {
             let later = t0 + chrono::Duration::days(3);
             sink.write(4, hr_at(&mut w, later, "90")).expect("write");
             sink.flush().expect("flush");
-            assert_eq!(w.evict(), 1, "the first window is gone from the job");
+            assert_eq!(
+                w.evict(later.timestamp_millis()),
+                1,
+                "the first window is gone from the job"
+            );
             sink.write(5, hr_at(&mut w, t0 + s(3), "73"))
                 .expect("write");
             sink.flush().expect("flush");

@@ -1,7 +1,7 @@
 //! FHIR server Observation sink: identity resolution, then coalesced, idempotent upserts.
 //!
-//! Per flush, each changed Observation is written once, with its latest state, as a PUT by
-//! its deterministic id (the connector's SHA-256 of `{patient}.{device}.{type}.{segment}` with
+//! Per flush, each version the windows emitted is written, in order, as a PUT by its
+//! deterministic id (several versions of one Observation go in successive rounds) (the connector's SHA-256 of `{patient}.{device}.{type}.{segment}` with
 //! resolved resource ids) inside `batch` Bundles. The sink remembers, per Observation it
 //! wrote, the version the server gave and which window instance it was built from:
 //!
@@ -64,6 +64,9 @@ pub struct FhirSink {
     batch_size: usize,
     concurrency: usize,
     pending: HashMap<String, (u64, WindowUpdate)>,
+    /// Later versions of Observations already pending, written in rounds after them: the
+    /// server keeps every version the windows emitted, however often the sink flushes.
+    queued: HashMap<String, std::collections::VecDeque<(u64, WindowUpdate)>>,
     known: HashMap<String, Known>,
     dead_letters: Box<dyn Sink<DeadLetter> + Send>,
     horizon: chrono::Duration,
@@ -166,6 +169,7 @@ impl FhirSink {
             batch_size: cfg.batch_size.max(1),
             concurrency: cfg.concurrency.max(1),
             pending: HashMap::new(),
+            queued: HashMap::new(),
             known: HashMap::new(),
             dead_letters,
             horizon: chrono::Duration::from_std(horizon).unwrap_or(chrono::Duration::MAX),
@@ -464,16 +468,13 @@ impl FhirSink {
 
 impl Sink<WindowUpdate> for FhirSink {
     fn write(&mut self, epoch: u64, item: WindowUpdate) -> anyhow::Result<()> {
-        // Coalesce: a window changed several times before a flush is written once, latest
-        // state, keeping its oldest epoch (the epoch is held until the write is durable).
-        match self.pending.get_mut(&item.id) {
-            Some((e, u)) => {
-                *e = (*e).min(epoch);
-                *u = item;
-            }
-            None => {
-                self.pending.insert(item.id.clone(), (epoch, item));
-            }
+        if self.pending.contains_key(&item.id) {
+            self.queued
+                .entry(item.id.clone())
+                .or_default()
+                .push_back((epoch, item));
+        } else {
+            self.pending.insert(item.id.clone(), (epoch, item));
         }
         Ok(())
     }
@@ -482,6 +483,18 @@ impl Sink<WindowUpdate> for FhirSink {
         if self.pending.is_empty() {
             return self.dead_letters.flush();
         }
-        self.write_pending()
+        loop {
+            self.write_pending()?;
+            // The next version of each Observation, in the order the windows emitted them.
+            self.queued.retain(|id, q| {
+                if let Some(next) = q.pop_front() {
+                    self.pending.insert(id.clone(), next);
+                }
+                !q.is_empty()
+            });
+            if self.pending.is_empty() {
+                return Ok(());
+            }
+        }
     }
 }

@@ -56,7 +56,9 @@ pub trait StoredObservations {
 /// backlog of readings days old all merge into what was written, whatever today's date is.
 pub struct ObservationStore {
     store: HashMap<String, Stored>,
-    pending: HashMap<String, (u64, WindowUpdate)>,
+    /// Per Observation, the versions the windows emitted since the last flush, in order:
+    /// each is written, so what an output holds does not depend on how often it flushes.
+    pending: HashMap<String, Vec<(u64, WindowUpdate)>>,
     /// Days whose stored Observations were read back: from then on every version of them
     /// went through this store, so for windows not evicted it knows all there is.
     loaded: BTreeSet<i32>,
@@ -131,10 +133,11 @@ impl ObservationStore {
     fn days_to_load(&self) -> BTreeSet<i32> {
         let cutoff = self.cutoff();
         let mut days = BTreeSet::new();
-        for (id, (_, u)) in &self.pending {
+        for (id, us) in &self.pending {
             if self.store.contains_key(id) {
                 continue;
             }
+            let Some((_, u)) = us.last() else { continue };
             let evicted = cutoff.is_some_and(|c| u.group.end < c);
             let first = crate::time::day_of(&u.group.start) - 1;
             let last = crate::time::day_of(&u.group.end.max(u.group.start));
@@ -201,64 +204,80 @@ impl ObservationStore {
         }
     }
 
-    /// Queues a window update; only the latest state of each Observation per flush counts.
+    /// Queues a window version.
     pub fn add(&mut self, epoch: u64, item: WindowUpdate) {
         let end = item.group.end;
         self.newest = Some(self.newest.map_or(end, |n| n.max(end)));
-        self.pending.insert(item.id.clone(), (epoch, item));
+        self.pending
+            .entry(item.id.clone())
+            .or_default()
+            .push((epoch, item));
     }
 
-    /// The versions the pending updates make, in id order; unchanged merges are left out.
-    /// Nothing changes until [`Self::committed`]: a failed write computes them again.
+    /// The versions the pending updates make, in id order and each Observation's versions
+    /// in the order emitted; unchanged merges are left out. Nothing changes until
+    /// [`Self::committed`]: a failed write computes them again.
     pub fn changes(&self) -> Vec<Change> {
         let mut ids: Vec<&String> = self.pending.keys().collect();
         ids.sort();
-        let mut out = Vec::new();
+        let mut out: Vec<Change> = Vec::new();
         for id in ids {
-            let (epoch, u) = &self.pending[id];
+            // What the output holds before each pending version: the stored one, then the
+            // version before it.
             let stored = self.store.get(id);
-            // A group of the same window instance holds every value already written: building
-            // it afresh gives what merging would, without re-reading the stored SampledData.
-            let same_window = stored.is_some_and(|s| s.instance == Some(u.instance));
-            let result = match stored {
-                Some(s) if !same_window => observation::merge(&u.template, &u.group, &s.resource),
-                _ => observation::build(&u.template, &u.type_name, &u.group, &u.subjects()).map(
-                    |mut o| {
-                        if same_window {
-                            o["status"] = "amended".into();
-                        }
-                        o
-                    },
-                ),
-            };
-            let resource = match result {
-                Ok(r) => r,
-                Err(e) => {
-                    // A value the FHIR template cannot represent: count it and go on.
-                    tracing::error!(observation = %crate::privacy::tag(id), r#type = %u.type_name, "cannot build the Observation");
-                    tracing::debug!(observation = %id, "cannot build the Observation: {e}");
-                    Metrics::add(&self.metrics.observation_errors, 1);
+            let mut prev_out: Option<usize> = None;
+            for (epoch, u) in &self.pending[id] {
+                let prev: Option<(&Value, Option<u64>, i64)> = match prev_out {
+                    Some(i) => Some((&out[i].resource, out[i].instance, out[i].version)),
+                    None => stored.map(|s| (&s.resource, s.instance, s.version)),
+                };
+                // A group of the same window instance holds every value already written:
+                // building it afresh gives what merging would, without re-reading the
+                // stored SampledData.
+                let same_window = prev.is_some_and(|p| p.1 == Some(u.instance));
+                let result = match prev {
+                    Some((resource, ..)) if !same_window => {
+                        observation::merge(&u.template, &u.group, resource)
+                    }
+                    _ => observation::build(&u.template, &u.type_name, &u.group, &u.subjects())
+                        .map(|mut o| {
+                            if same_window {
+                                o["status"] = "amended".into();
+                            }
+                            o
+                        }),
+                };
+                let resource = match result {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // A value the FHIR template cannot represent: count it and go on.
+                        tracing::error!(observation = %crate::privacy::tag(id), r#type = %u.type_name, "cannot build the Observation");
+                        tracing::debug!(observation = %id, "cannot build the Observation: {e}");
+                        Metrics::add(&self.metrics.observation_errors, 1);
+                        continue;
+                    }
+                };
+                if !same_window && prev.is_some_and(|p| *p.0 == resource) {
+                    Metrics::add(&self.metrics.observations_unchanged, 1);
                     continue;
                 }
-            };
-            if !same_window && stored.is_some_and(|s| s.resource == resource) {
-                Metrics::add(&self.metrics.observations_unchanged, 1);
-                continue;
+                // Only a version built from the group alone is all the group holds: after a
+                // merge (values read back at start, or from an evicted window) the next
+                // update must merge again, or it would drop what only the stored version had.
+                let built_from_group = prev.is_none() || same_window;
+                let end = period_end(&resource).unwrap_or(u.group.end);
+                let version = prev.map_or(1, |p| p.2 + 1);
+                prev_out = Some(out.len());
+                out.push(Change {
+                    epoch: *epoch,
+                    id: id.clone(),
+                    version,
+                    resource,
+                    update: u.clone(),
+                    end,
+                    instance: built_from_group.then_some(u.instance),
+                });
             }
-            // Only a version built from the group alone is all the group holds: after a merge
-            // (values read back at start, or from an evicted window) the next update must
-            // merge again, or it would drop what only the stored version had.
-            let built_from_group = stored.is_none() || same_window;
-            let end = period_end(&resource).unwrap_or(u.group.end);
-            out.push(Change {
-                epoch: *epoch,
-                id: id.clone(),
-                version: stored.map_or(1, |s| s.version + 1),
-                resource,
-                update: u.clone(),
-                end,
-                instance: built_from_group.then_some(u.instance),
-            });
         }
         out
     }
@@ -448,18 +467,22 @@ pub(crate) mod tests {
 
     /// A heart-rate reading `at`, and the window update it makes.
     pub(crate) fn hr_at(w: &mut Windows, at: DateTime<Utc>, v: &str) -> WindowUpdate {
-        w.add(&Measurement {
-            type_name: "heartRate".into(),
-            device_id: "BM-1".into(),
-            patient_id: Some("P-1".into()),
-            encounter_id: None,
-            correlation_id: None,
-            occurrence_time: at,
-            properties: vec![("hr".into(), v.into())],
-            received_ms: None,
-            source: None,
-        });
-        w.take_dirty().pop().expect("one window")
+        w.add(
+            Measurement {
+                type_name: "heartRate".into(),
+                device_id: "BM-1".into(),
+                patient_id: Some("P-1".into()),
+                encounter_id: None,
+                correlation_id: None,
+                occurrence_time: at,
+                properties: vec![("hr".into(), v.into())],
+                received_ms: None,
+                source: None,
+            },
+            at.timestamp_millis(),
+            0,
+        );
+        w.flush().pop().expect("one window")
     }
 
     /// The bedside-monitor FHIR mapping the restore tests build Observations with.
@@ -516,7 +539,7 @@ pub(crate) mod tests {
                     .expect("sink")
             };
             let mut sink = open();
-            let mut w = Windows::new(fhir.clone(), horizon);
+            let mut w = Windows::new(fhir.clone(), horizon, Duration::from_secs(300));
             hr_at(&mut w, t0, "70");
             sink.write(1, hr_at(&mut w, t0 + s(1), "71"))
                 .expect("write");
@@ -532,7 +555,7 @@ pub(crate) mod tests {
                 }
             }
             let mut sink = open();
-            let mut w = Windows::new(fhir.clone(), horizon);
+            let mut w = Windows::new(fhir.clone(), horizon, Duration::from_secs(300));
             sink.write(2, hr_at(&mut w, t0 + s(2), "72"))
                 .expect("write");
             sink.flush().expect("flush");
@@ -555,7 +578,11 @@ pub(crate) mod tests {
             let later = t0 + chrono::Duration::days(3);
             sink.write(4, hr_at(&mut w, later, "90")).expect("write");
             sink.flush().expect("flush");
-            assert_eq!(w.evict(), 1, "the first window is gone from the job");
+            assert_eq!(
+                w.evict(later.timestamp_millis()),
+                1,
+                "the first window is gone from the job"
+            );
             sink.write(5, hr_at(&mut w, t0 + s(4), "74"))
                 .expect("write");
             sink.flush().expect("flush");
@@ -576,7 +603,7 @@ pub(crate) mod tests {
         let t0 = test_dates()[1];
         let mut sink =
             ObservationSink::new(dir.path(), 0, |_| true, horizon, Metrics::new()).expect("sink");
-        let mut w = Windows::new(fhir.clone(), horizon);
+        let mut w = Windows::new(fhir.clone(), horizon, Duration::from_secs(300));
         sink.write(1, hr_at(&mut w, t0, "70")).expect("write");
         sink.flush().expect("flush");
         let part = committed_parts(&dir.path().join("observations"))
@@ -585,7 +612,7 @@ pub(crate) mod tests {
         std::fs::write(&part, "{\"id\": \"x\"}\n{not json\n").expect("damage");
         let mut sink =
             ObservationSink::new(dir.path(), 0, |_| true, horizon, Metrics::new()).expect("sink");
-        let mut w = Windows::new(fhir, horizon);
+        let mut w = Windows::new(fhir, horizon, Duration::from_secs(300));
         sink.write(2, hr_at(&mut w, t0, "71")).expect("write");
         let e = sink.flush().expect_err("a damaged part");
         assert!(

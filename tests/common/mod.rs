@@ -91,6 +91,13 @@ pub fn job_file(
     tables: &str,
 ) -> PathBuf {
     let root = root();
+    // Observation versions every 5 s of event time: a live test whose input has gone idle
+    // sees its last versions within seconds, not the default's minutes.
+    let window = if tables.contains("[window]") {
+        ""
+    } else {
+        "[window]\nupdate_every = \"5s\"\n"
+    };
     let text = format!(
         r#"name = "test"
 source = "kafka"
@@ -109,6 +116,7 @@ fhir = "{fhir}"
 epoch = "20ms"
 batch_size = 50
 
+{window}
 {tables}
 "#,
         device = root
