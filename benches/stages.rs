@@ -50,10 +50,16 @@ fn window_update(c: &mut Criterion) {
     g.throughput(Throughput::Elements(ms.len() as u64));
     g.bench_function("add 6000 measurements, 100 devices", |b| {
         b.iter_batched(
-            || Windows::new(fhir(), Duration::from_secs(7200)),
-            |mut w| {
-                for m in &ms {
-                    w.add(m);
+            || {
+                (
+                    Windows::new(fhir(), Duration::from_secs(7200), Duration::from_secs(300)),
+                    ms.clone(),
+                )
+            },
+            |(mut w, ms)| {
+                for m in ms {
+                    let at = m.occurrence_time.timestamp_millis();
+                    w.add(m, at, 0);
                 }
                 w.flush()
             },
@@ -64,9 +70,10 @@ fn window_update(c: &mut Criterion) {
 }
 
 fn observation_build_merge(c: &mut Criterion) {
-    let mut w = Windows::new(fhir(), Duration::from_secs(7200));
+    let mut w = Windows::new(fhir(), Duration::from_secs(7200), Duration::from_secs(300));
     for m in readings(1, 3600) {
-        w.add(&m);
+        let at = m.occurrence_time.timestamp_millis();
+        w.add(m, at, 0);
     }
     let full = w.flush().pop().expect("one window");
     let stored = observation::build(

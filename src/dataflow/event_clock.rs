@@ -310,9 +310,7 @@ impl InputClock {
         }
         p.next = Some(offset + 1);
         let mut times = times.peekable();
-        if times.peek().is_none() {
-            return None;
-        }
+        times.peek()?;
         let bound = (!p.devices.is_empty()).then(|| p.clock().saturating_sub(self.lateness_ms));
         for (device, at) in times {
             late.push(bound.is_some_and(|b| at <= b));
