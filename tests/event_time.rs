@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -139,5 +138,5 @@ fn the_worker_count_and_epoch_do_not_change_the_versions() {
         "{versions} versions of {windows} Observations: the test must span checkpoints"
     );
     let lines = observation_lines(&one);
-    assert!(lines.iter().any(|o| o["status"] == Value::from("amended")));
+    assert!(lines.iter().any(|o| o["status"] == "amended"));
 }
