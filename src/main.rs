@@ -119,6 +119,9 @@ vitalflow normalize --device d.json --system-property iothub-connection-device-i
     /// Maintain the lakehouse tables: compact small files, vacuum unreferenced ones.
     #[command(subcommand)]
     Lake(LakeWhat),
+    /// The plain-loop baseline `vitalflow bench peer` measures the job against.
+    #[command(hide = true)]
+    BenchLoop(BenchLoopArgs),
 }
 
 const LAKE_HELP: &str = "A running job commits small files every flush (fresh data is visible in seconds); compaction rewrites the small files of each partition older than --older-than into files of about the target size, in one Delta commit per group that keeps the rows the same, so it runs safely beside the job. Vacuum then deletes the files no version within --retention references (compacted files, and files of flushes that never committed). Readers of an older version (time travel) need its files: keep --retention at least as long as they look back.
@@ -215,6 +218,62 @@ enum BenchWhat {
     /// naive fixed-threshold detector.
     #[command(after_help = BENCH_ALERTS_HELP)]
     Alerts(BenchAlertsArgs),
+    /// Drain one seeded Kafka input with the job and with plain-loop baselines, each timed
+    /// as a whole process: msgs/s, CPU seconds, peak RSS, bytes written.
+    #[command(after_help = BENCH_PEER_HELP)]
+    Peer(BenchPeerArgs),
+}
+
+const BENCH_PEER_HELP: &str = "Contenders: loop-alerts (rdkafka + serde_json, hourly \
+count/min/max/mean per device and vital in a HashMap, threshold alerts to a topic), \
+loop-aggregates (the same, writing every aggregate update), vitalflow (hourly SampledData \
+Observations to NDJSON flushed every second, threshold alerts to a topic) and \
+vitalflow-alerts (no NDJSON). Build with --release before measuring.
+
+Example:
+  vitalflow bench peer --messages 1000000 --devices 2000";
+
+#[derive(clap::Args)]
+struct BenchPeerArgs {
+    /// Messages in the input.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// Simulated monitors (one message per monitor per second of event time).
+    #[arg(long, default_value_t = 2_000)]
+    devices: u32,
+    /// Partitions of the input topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// Threads (workers) of every contender.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Run only these contenders (repeatable).
+    #[arg(long)]
+    only: Vec<String>,
+    /// Output directory.
+    #[arg(long, default_value = "bench-out/peer")]
+    out: PathBuf,
+    /// Output format [default: table on a terminal, json otherwise].
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+}
+
+/// The plain-loop baseline of `vitalflow bench peer` (run by it as a child process).
+#[derive(clap::Args)]
+struct BenchLoopArgs {
+    #[arg(long)]
+    brokers: String,
+    #[arg(long)]
+    topic: String,
+    #[arg(long)]
+    alerts_topic: String,
+    /// `alerts` or `aggregates` (also writes every aggregate update).
+    #[arg(long)]
+    mode: String,
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    #[arg(long)]
+    out: PathBuf,
 }
 
 const BENCH_ALERTS_HELP: &str = "Each scenario (datasets/scenarios/*.toml, format in \
@@ -411,6 +470,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run_job(args),
         Command::Simulate(args) => simulate(args),
         Command::Bench(args) => bench(args),
+        Command::BenchLoop(args) => bench_loop(args),
         Command::Alerts(args) => alerts(args),
         Command::Lake(what) => lake(what),
         Command::Validate {
@@ -937,8 +997,10 @@ fn write_simulation(
 }
 
 fn bench(args: BenchArgs) -> ExitCode {
-    if let Some(BenchWhat::Alerts(a)) = args.what {
-        return bench_alerts(a);
+    match args.what {
+        Some(BenchWhat::Alerts(a)) => return bench_alerts(a),
+        Some(BenchWhat::Peer(p)) => return bench_peer(p),
+        None => {}
     }
     init_logs(LogFormat::Text);
     let format = resolve(args.format);
@@ -1142,6 +1204,65 @@ fn alerts(args: AlertsArgs) -> ExitCode {
     }
     match vitalflow::anomaly::tail::tail(&job, args.from_beginning, !args.no_follow, style, stop) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench_peer(args: BenchPeerArgs) -> ExitCode {
+    init_logs(LogFormat::Text);
+    let opts = vitalflow::bench_peer::PeerOptions {
+        messages: args.messages,
+        devices: args.devices,
+        partitions: args.partitions,
+        threads: args.threads,
+        out: args.out,
+        only: args.only,
+    };
+    match vitalflow::bench_peer::run(&opts) {
+        Ok((input, rows)) => {
+            match resolve(args.format) {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::json!({"messages": opts.messages, "input_bytes": input, "contenders": rows})
+                ),
+                Format::Table => print!(
+                    "{}",
+                    vitalflow::bench_peer::table(opts.messages, input, &rows)
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench_loop(args: BenchLoopArgs) -> ExitCode {
+    let every = match args.mode.as_str() {
+        "alerts" => false,
+        "aggregates" => true,
+        m => {
+            eprintln!("error: --mode {m}: expected alerts or aggregates");
+            return ExitCode::from(2);
+        }
+    };
+    match vitalflow::bench_peer::plain_loop(
+        &args.brokers,
+        &args.topic,
+        &args.alerts_topic,
+        every,
+        args.threads,
+        &args.out,
+    ) {
+        Ok(n) => {
+            println!("{n}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
