@@ -48,6 +48,9 @@ pub struct PeerOptions {
     pub out: PathBuf,
     /// Contenders to run (all when empty).
     pub only: Vec<String>,
+    /// External brokers (e.g. Tansu with in-memory storage); None: librdkafka's mock
+    /// cluster, which keeps about 5 MB per partition (some 80 000 of these messages on 4).
+    pub brokers: Option<String>,
 }
 
 /// One contender's figures.
@@ -95,9 +98,8 @@ fn produce_input(brokers: &str, opts: &PeerOptions) -> anyhow::Result<u64> {
     let start = crate::time::parse_timestamp("2026-11-01T08:00:00Z").expect("time");
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
         .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
         .create()?;
     let mut bytes = 0u64;
     for m in crate::sources::simulator::Simulator::new(&cfg, start, (0, 1)) {
@@ -115,17 +117,27 @@ fn produce_input(brokers: &str, opts: &PeerOptions) -> anyhow::Result<u64> {
 
 /// Runs every contender; prints nothing.
 pub fn run(opts: &PeerOptions) -> anyhow::Result<(u64, Vec<Contender>)> {
-    let (cluster, brokers) = mock()?;
-    cluster.create_topic(TOPIC, opts.partitions, 1)?;
     let names = [
         "loop-alerts",
         "loop-aggregates",
         "vitalflow",
         "vitalflow-alerts",
     ];
-    for n in names {
-        cluster.create_topic(&format!("alerts-{n}"), 1, 1)?;
-    }
+    let mut topics = vec![(TOPIC.to_string(), opts.partitions)];
+    topics.extend(names.iter().map(|n| (format!("alerts-{n}"), 1)));
+    let (cluster, brokers) = match &opts.brokers {
+        Some(b) => {
+            create_topics(b, &topics)?;
+            (None, b.clone())
+        }
+        None => {
+            let (c, b) = mock()?;
+            for (t, n) in &topics {
+                c.create_topic(t, *n, 1)?;
+            }
+            (Some(c), b)
+        }
+    };
     let input_bytes = produce_input(&brokers, opts)?;
     let exe = std::env::current_exe().context("cannot find the vitalflow binary")?;
     let mut out = Vec::new();
@@ -144,7 +156,7 @@ pub fn run(opts: &PeerOptions) -> anyhow::Result<(u64, Vec<Contender>)> {
                 .args(["--threads", &opts.threads.to_string(), "--out"])
                 .arg(&dir);
         } else {
-            let job = write_job(&dir, &brokers, &alerts_topic, name == "vitalflow")?;
+            let job = write_job(&dir, &brokers, name, name == "vitalflow")?;
             cmd.args(["run", "--until-end", "--workers", &opts.threads.to_string()])
                 .arg("--job")
                 .arg(&job)
@@ -153,6 +165,13 @@ pub fn run(opts: &PeerOptions) -> anyhow::Result<(u64, Vec<Contender>)> {
         }
         cmd.stdout(std::process::Stdio::null());
         let (seconds, cpu_s, rss_kib) = timed(&mut cmd).with_context(|| name.to_string())?;
+        let read = committed(&brokers, &group_of(name), opts.partitions)?;
+        if read != opts.messages as i64 {
+            return Err(anyhow!(
+                "{name} committed {read} of the {} messages",
+                opts.messages
+            ));
+        }
         let (alerts, topic_bytes) = topic_bytes(&brokers, &alerts_topic)?;
         let bytes = dir_bytes(&dir) + topic_bytes;
         out.push(Contender {
@@ -170,8 +189,57 @@ pub fn run(opts: &PeerOptions) -> anyhow::Result<(u64, Vec<Contender>)> {
     Ok((input_bytes, out))
 }
 
+/// The consumer group of a contender.
+fn group_of(name: &str) -> String {
+    format!("peer-{name}")
+}
+
+/// Creates the topics on external brokers (those already there are kept).
+fn create_topics(brokers: &str, topics: &[(String, i32)]) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(t, n)| NewTopic::new(t, *n, TopicReplication::Fixed(1)))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for r in rt.block_on(admin.create_topics(&new, &AdminOptions::new()))? {
+        match r {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => return Err(anyhow!("cannot create topic {t}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// The sum of a group's committed offsets on the input topic.
+fn committed(brokers: &str, group: &str, partitions: i32) -> anyhow::Result<i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(TOPIC, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(30))?;
+    Ok(got
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum())
+}
+
 /// The job the vitalflow contenders run, and its threshold rules.
-fn write_job(dir: &Path, brokers: &str, alerts: &str, ndjson: bool) -> anyhow::Result<PathBuf> {
+fn write_job(dir: &Path, brokers: &str, name: &str, ndjson: bool) -> anyhow::Result<PathBuf> {
+    let (alerts, group) = (format!("alerts-{name}"), group_of(name));
     let rules = dir.join("thresholds.toml");
     std::fs::write(&rules, THRESHOLDS)?;
     let ndjson = if ndjson {
@@ -183,7 +251,7 @@ fn write_job(dir: &Path, brokers: &str, alerts: &str, ndjson: bool) -> anyhow::R
         String::new()
     };
     let text = format!(
-        "name = \"peer\"\nsource = \"kafka\"\n\n[kafka]\nbrokers = \"{brokers}\"\ntopics = [\"{TOPIC}\"]\ngroup_id = \"peer-{alerts}\"\n\n[mapping]\ndevice = \"templates/bedside-monitor/devicecontent.json\"\nfhir = \"templates/bedside-monitor/fhirmapping.json\"\n\n{ndjson}\n[anomaly]\nrules = \"{rules}\"\ntopic = \"{alerts}\"\n",
+        "name = \"peer\"\nsource = \"kafka\"\n\n[kafka]\nbrokers = \"{brokers}\"\ntopics = [\"{TOPIC}\"]\ngroup_id = \"{group}\"\n\n[mapping]\ndevice = \"templates/bedside-monitor/devicecontent.json\"\nfhir = \"templates/bedside-monitor/fhirmapping.json\"\n\n{ndjson}\n[anomaly]\nrules = \"{rules}\"\ntopic = \"{alerts}\"\n",
         rules = rules.display(),
     );
     let job = dir.join("job.toml");
@@ -332,8 +400,14 @@ pub fn plain_loop(
                 let mine: Vec<i32> = (0..partitions)
                     .filter(|p| *p as usize % threads == i)
                     .collect();
+                let group = group_of(if every_update {
+                    "loop-aggregates"
+                } else {
+                    "loop-alerts"
+                });
                 consume(
                     &brokers,
+                    &group,
                     &topic,
                     &alerts_topic,
                     &mine,
@@ -351,6 +425,7 @@ pub fn plain_loop(
 
 fn consume(
     brokers: &str,
+    group: &str,
     topic: &str,
     alerts_topic: &str,
     partitions: &[i32],
@@ -361,7 +436,7 @@ fn consume(
     }
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", "bench-loop")
+        .set("group.id", group)
         .set("enable.partition.eof", "true")
         .set("enable.auto.commit", "false")
         .create()?;
@@ -459,6 +534,8 @@ fn consume(
         w.get_ref().sync_all()?;
     }
     producer.flush(Duration::from_secs(60))?;
+    // Where it stands, so that the bench can check it read everything.
+    c.commit_consumer_state(rdkafka::consumer::CommitMode::Sync)?;
     Ok(n)
 }
 

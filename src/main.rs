@@ -230,8 +230,10 @@ loop-aggregates (the same, writing every aggregate update), vitalflow (hourly Sa
 Observations to NDJSON flushed every second, threshold alerts to a topic) and \
 vitalflow-alerts (no NDJSON). Build with --release before measuring.
 
-Example:
-  vitalflow bench peer --messages 1000000 --devices 2000";
+Examples:
+  vitalflow bench peer --messages 60000 --devices 200
+  tansu broker --listener-url tcp://127.0.0.1:9092 --storage-engine memory://tansu/ &
+  vitalflow bench peer --brokers 127.0.0.1:9092 --messages 1000000 --devices 2000";
 
 #[derive(clap::Args)]
 struct BenchPeerArgs {
@@ -250,6 +252,10 @@ struct BenchPeerArgs {
     /// Run only these contenders (repeatable).
     #[arg(long)]
     only: Vec<String>,
+    /// Brokers to use instead of librdkafka's mock cluster, which keeps only about 5 MB per
+    /// partition (e.g. `tansu broker --storage-engine memory://tansu/`).
+    #[arg(long)]
+    brokers: Option<String>,
     /// Output directory.
     #[arg(long, default_value = "bench-out/peer")]
     out: PathBuf,
@@ -1220,6 +1226,7 @@ fn bench_peer(args: BenchPeerArgs) -> ExitCode {
         threads: args.threads,
         out: args.out,
         only: args.only,
+        brokers: args.brokers,
     };
     match vitalflow::bench_peer::run(&opts) {
         Ok((input, rows)) => {

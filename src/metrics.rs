@@ -98,6 +98,9 @@ pub struct Latencies {
     pub epoch: Mutex<hdrhistogram::Histogram<u64>>,
     /// Append of the triggering reading → alert delivered (alerts topic or file).
     pub alert: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Watermark past a window's checkpoint (its version emitted) → the version durable,
+    /// per Observation output.
+    pub version: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
 impl Default for Latencies {
@@ -107,15 +110,17 @@ impl Default for Latencies {
             durable: Mutex::new(latency_histogram()),
             epoch: Mutex::new(latency_histogram()),
             alert: Mutex::new(latency_histogram()),
+            version: Mutex::new(latency_histogram()),
         }
     }
 }
 
 impl Latencies {
     /// The paths, by name.
-    pub fn paths(&self) -> [(&'static str, &Mutex<hdrhistogram::Histogram<u64>>); 3] {
+    pub fn paths(&self) -> [(&'static str, &Mutex<hdrhistogram::Histogram<u64>>); 4] {
         [
             ("normalize", &self.normalize),
+            ("version", &self.version),
             ("durable", &self.durable),
             ("alert", &self.alert),
         ]
@@ -153,6 +158,15 @@ impl Metrics {
         let m = Self::default();
         m.healthy.store(true, Ordering::Relaxed);
         Arc::new(m)
+    }
+
+    /// Records one version's latency from its emission (wall ms) to now.
+    pub fn record_version(&self, emitted_ms: i64) {
+        Latencies::record(
+            &self.latency.version,
+            chrono::Utc::now().timestamp_micros(),
+            &[emitted_ms],
+        );
     }
 
     /// Adds to a counter.

@@ -670,9 +670,13 @@ fn window_operator<G: Scope<Timestamp = u64>>(
                 let Some(w) = clock.current() else { continue };
                 let versions = windows.advance(w);
                 if !versions.is_empty() {
+                    let now = chrono::Utc::now().timestamp_millis();
                     output
                         .session(&caps[&t])
-                        .give_iterator(versions.into_iter());
+                        .give_iterator(versions.into_iter().map(|mut v| {
+                            v.emitted_ms = now;
+                            v
+                        }));
                 }
                 if last_evict.elapsed() >= Duration::from_secs(1) {
                     last_evict = Instant::now();
@@ -684,7 +688,13 @@ fn window_operator<G: Scope<Timestamp = u64>>(
                 // The input ended (or the job stops): every waiting value gets its version.
                 let versions = windows.flush();
                 if let Some(cap) = newest.and_then(|t| caps.get(&t)) {
-                    output.session(cap).give_iterator(versions.into_iter());
+                    let now = chrono::Utc::now().timestamp_millis();
+                    output
+                        .session(cap)
+                        .give_iterator(versions.into_iter().map(|mut v| {
+                            v.emitted_ms = now;
+                            v
+                        }));
                 }
             }
             let waiting_any = windows.waiting() > 0;

@@ -47,6 +47,8 @@ pub struct WindowUpdate {
     /// Which life of the window this is (windows evicted and opened again get a new one): a
     /// sink that wrote this same instance knows the group holds every value it wrote.
     pub instance: u64,
+    /// When (wall ms) the window operator emitted this version: the version latency's start.
+    pub emitted_ms: i64,
 }
 
 impl WindowUpdate {
@@ -61,13 +63,17 @@ impl WindowUpdate {
     }
 }
 
-/// A value waiting for its version.
+/// A measurement waiting for its version: only what the group takes (the window key holds
+/// the rest), so a window of minutes of readings stays small.
 struct Held {
     /// Effective time (event ms): the version at the first checkpoint after it holds it.
     effective: i64,
     /// The ingestion epoch it came in, held until its version is emitted.
     epoch: u64,
-    measurement: Measurement,
+    at: chrono::DateTime<chrono::Utc>,
+    /// Where it was read (partition, offset), to order readings of the same time.
+    position: Option<(Arc<str>, i32, i64)>,
+    properties: Vec<(Arc<str>, String)>,
 }
 
 struct Window {
@@ -106,21 +112,11 @@ impl Window {
         }
         // Readings of the same time keep the first in input order, whatever order the
         // partitions' records met in.
-        due.sort_by(|a, b| {
-            let (ma, mb) = (&a.measurement, &b.measurement);
-            let pos = |m: &Measurement| {
-                m.source
-                    .as_ref()
-                    .map(|s| (s.topic.clone(), s.partition, s.offset))
-            };
-            ma.occurrence_time
-                .cmp(&mb.occurrence_time)
-                .then_with(|| pos(ma).cmp(&pos(mb)))
-        });
+        due.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.position.cmp(&b.position)));
         // Copies the group only when a sink still holds the previous version.
         let g = Arc::make_mut(&mut self.update.group);
         for h in &due {
-            g.add(&h.measurement);
+            g.add_values(h.at, &h.properties);
             if let std::collections::btree_map::Entry::Occupied(mut e) = holds.entry(h.epoch) {
                 *e.get_mut() -= 1;
                 if *e.get() == 0 {
@@ -265,6 +261,7 @@ impl Windows {
                         values: Vec::new(),
                     }),
                     instance: self.instances,
+                    emitted_ms: 0,
                 },
                 close,
                 held: Vec::new(),
@@ -286,7 +283,9 @@ impl Windows {
         w.held.push(Held {
             effective,
             epoch,
-            measurement: m,
+            at: m.occurrence_time,
+            position: m.source.map(|s| (s.topic, s.partition, s.offset)),
+            properties: m.properties,
         });
         *self.holds.entry(epoch).or_default() += 1;
         if w.next.is_none_or(|n| at < n) {

@@ -34,7 +34,12 @@ impl ObservationGroup {
 
     /// Adds a measurement's properties.
     pub fn add(&mut self, m: &Measurement) {
-        for (name, value) in &m.properties {
+        self.add_values(m.occurrence_time, &m.properties);
+    }
+
+    /// Adds named values read at `at`.
+    pub fn add_values(&mut self, at: DateTime<Utc>, properties: &[(Arc<str>, String)]) {
+        for (name, value) in properties {
             let list = match self.values.iter_mut().position(|(n, _)| n == name) {
                 Some(i) => &mut self.values[i].1,
                 None => {
@@ -43,8 +48,8 @@ impl ObservationGroup {
                 }
             };
             // A set ordered by time: an equal timestamp keeps the value already there.
-            if let Err(at) = list.binary_search_by_key(&m.occurrence_time, |(t, _)| *t) {
-                list.insert(at, (m.occurrence_time, value.clone()));
+            if let Err(i) = list.binary_search_by_key(&at, |(t, _)| *t) {
+                list.insert(i, (at, value.clone()));
             }
         }
     }

@@ -285,6 +285,16 @@ impl ObservationStore {
     /// Records that `changes` were written and drops the pending updates.
     pub fn committed(&mut self, changes: Vec<Change>) {
         self.pending.clear();
+        let emitted: Vec<i64> = changes
+            .iter()
+            .map(|c| c.update.emitted_ms)
+            .filter(|t| *t > 0)
+            .collect();
+        crate::metrics::Latencies::record(
+            &self.metrics.latency.version,
+            chrono::Utc::now().timestamp_micros(),
+            &emitted,
+        );
         if self.counts_out {
             Metrics::add(&self.metrics.observations_out, changes.len() as u64);
         }
