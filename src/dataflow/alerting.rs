@@ -69,8 +69,12 @@ pub struct PatientAlerts {
     judge: Judge,
     lifecycle: Lifecycle,
     rules: Arc<RuleSet>,
-    /// Measurements waiting for the watermark.
-    waiting: BTreeMap<Order, Measurement>,
+    /// Measurements waiting for the watermark, by (event ms, arrival): a small key, so
+    /// that inserting and taking move little. Those of the earliest time are taken together
+    /// into `bucket` and applied in [`order`].
+    waiting: BTreeMap<(i64, u64), Box<Measurement>>,
+    /// The readings of one event time being applied, in reverse [`order`].
+    bucket: Vec<(Order, Box<Measurement>)>,
     arrivals: u64,
     /// Event time everything up to which has been applied.
     applied: Option<i64>,
@@ -107,6 +111,7 @@ impl PatientAlerts {
             lifecycle: Lifecycle::default(),
             rules,
             waiting: BTreeMap::new(),
+            bucket: Vec::new(),
             arrivals: 0,
             applied: None,
             changes,
@@ -192,7 +197,13 @@ impl PatientAlerts {
             applied: self.applied,
             vitals: &self.vitals,
             lifecycle: &self.lifecycle,
-            waiting: self.waiting.values().collect(),
+            waiting: self
+                .bucket
+                .iter()
+                .rev()
+                .map(|(_, m)| &**m)
+                .chain(self.waiting.values().map(|m| &**m))
+                .collect(),
             resumed: self.resumed_groups(),
             last: self.last.iter().map(|(p, t)| (p.as_str(), *t)).collect(),
         }
@@ -283,7 +294,8 @@ impl PatientAlerts {
             for m in c.waiting {
                 if m.patient_id.as_deref().is_some_and(keep) {
                     self.arrivals += 1;
-                    self.waiting.insert(order(&m, self.arrivals), m);
+                    let at = m.occurrence_time.timestamp_millis();
+                    self.waiting.insert((at, self.arrivals), Box::new(m));
                 }
             }
             // `applied` is not taken: the patients a checkpoint holds get no reading at or
@@ -321,13 +333,14 @@ impl PatientAlerts {
             return;
         }
         self.arrivals += 1;
-        self.waiting.insert(order(&m, self.arrivals), m);
+        let at = m.occurrence_time.timestamp_millis();
+        self.waiting.insert((at, self.arrivals), Box::new(m));
         self.dirty = true;
     }
 
     /// Measurements waiting for the watermark.
     pub fn waiting(&self) -> usize {
-        self.waiting.len()
+        self.waiting.len() + self.bucket.len()
     }
 
     /// Uses new rules from event time `applied` on: every held signal is judged again, and
@@ -348,12 +361,27 @@ impl PatientAlerts {
             .clear_where(|rule| !judge.has_rule(rule), now, out);
     }
 
+    /// Takes the waiting readings of the earliest event time, in reverse [`order`].
+    fn fill_bucket(&mut self) {
+        let Some(t) = self.waiting.first_key_value().map(|(k, _)| k.0) else {
+            return;
+        };
+        while let Some(e) = self.waiting.first_entry().filter(|e| e.key().0 == t) {
+            let ((_, arrival), m) = e.remove_entry();
+            self.bucket.push((order(&m, arrival), m));
+        }
+        self.bucket.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    }
+
     /// Applies everything waiting at or before `to`, firing timers at their deadlines in
     /// between; alerts go to `out`.
     pub fn advance(&mut self, to: i64, out: &mut Vec<Alert>) {
         let stale_after = self.judge.stale_after();
         loop {
-            let next_m = self.waiting.first_key_value().map(|(k, _)| k.0);
+            let next_m = match self.bucket.last() {
+                Some((k, _)) => Some(k.0),
+                None => self.waiting.first_key_value().map(|(k, _)| k.0),
+            };
             let next_t = [
                 self.lifecycle.next_timer(),
                 stale_after.and(self.vitals.next_check()),
@@ -383,7 +411,10 @@ impl PatientAlerts {
                 }
                 _ => {
                     self.dirty = true;
-                    let (_, m) = self.waiting.pop_first().expect("a first");
+                    if self.bucket.is_empty() {
+                        self.fill_bucket();
+                    }
+                    let (_, m) = self.bucket.pop().expect("a reading");
                     let at = m.occurrence_time.timestamp_millis();
                     if let Some(p) = &m.patient_id {
                         self.touched(p, at);
@@ -502,6 +533,9 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                 }
             }
             let mut last_checkpoint = std::time::Instant::now();
+            // Encoding a checkpoint costs in proportion to the state: checkpoints are spaced
+            // so that they take at most 1/20 of the worker's time, whatever the state's size.
+            let mut interval = every;
             let mut clock = Watermark::new(peers);
             /// What arrived for one epoch, held until the epoch is complete.
             type Epoch = (Capability<u64>, Vec<Measurement>, Vec<(usize, Mark)>);
@@ -586,7 +620,8 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                     }
                 }
                 let due = last_checkpoint.elapsed();
-                if due >= every || finished {
+                if due >= interval || finished {
+                    let encoding = std::time::Instant::now();
                     let snapshot = if state.take_dirty() {
                         let place = place.as_ref().expect("checkpoints");
                         let at = alerts_topic
@@ -605,8 +640,9 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                     };
                     output.session(&*cap).give(Out::Snapshot(snapshot));
                     last_checkpoint = std::time::Instant::now();
+                    interval = every.max(encoding.elapsed() * 20);
                 } else {
-                    activator.activate_after(every - due);
+                    activator.activate_after(interval - due);
                 }
                 if finished {
                     spare = None;

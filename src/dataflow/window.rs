@@ -23,7 +23,8 @@ use crate::fhir::observation::{identifier_value, observation_id, Subjects};
 use crate::mapping::fhir::{CodeValueTemplate, PeriodInterval};
 use crate::mapping::FhirMapping;
 use crate::model::Measurement;
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,8 +134,10 @@ impl Window {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct WindowKey {
     type_name: Arc<str>,
-    patient: String,
-    device: String,
+    /// Interned patient and device identifiers ([`Windows::ids`]): a measurement's key
+    /// allocates nothing.
+    patient: u32,
+    device: u32,
     slot: Slot,
 }
 
@@ -146,10 +149,22 @@ enum Slot {
     Correlation(String),
 }
 
+/// The number of an identifier, numbering it when new.
+fn intern(ids: &mut FxHashMap<Arc<str>, u32>, id: &str) -> u32 {
+    if let Some(n) = ids.get(id) {
+        return *n;
+    }
+    let n = ids.len() as u32;
+    ids.insert(Arc::from(id), n);
+    n
+}
+
 /// All open windows of one worker.
 pub struct Windows {
     fhir: Arc<FhirMapping>,
-    windows: HashMap<WindowKey, Window>,
+    windows: FxHashMap<WindowKey, Window>,
+    /// Patient and device identifiers seen, numbered.
+    ids: FxHashMap<Arc<str>, u32>,
     /// Windows by the checkpoint they wait for: emitting is O(versions), not O(windows).
     schedule: BTreeMap<i64, Vec<WindowKey>>,
     /// Per ingestion epoch, how many of its values wait for a version.
@@ -166,7 +181,8 @@ impl Windows {
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1);
         Self {
             fhir,
-            windows: HashMap::new(),
+            windows: FxHashMap::default(),
+            ids: FxHashMap::default(),
             schedule: BTreeMap::new(),
             holds: BTreeMap::new(),
             every: ms(every),
@@ -224,8 +240,8 @@ impl Windows {
         };
         let key = WindowKey {
             type_name: m.type_name.clone(),
-            patient: patient.to_string(),
-            device: m.device_id.clone(),
+            patient: intern(&mut self.ids, patient),
+            device: intern(&mut self.ids, &m.device_id),
             slot,
         };
         if !self.windows.contains_key(&key) {
