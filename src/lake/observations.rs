@@ -311,20 +311,19 @@ impl ObservationTableSink {
 
 impl Sink<WindowUpdate> for ObservationTableSink {
     fn write(&mut self, epoch: u64, item: WindowUpdate) -> anyhow::Result<()> {
-        self.store.add(epoch, item);
-        Ok(())
+        self.store.add(epoch, item, &mut self.table)
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
-        self.store.load(&mut self.table)?;
+        self.store.build(&mut self.table)?;
         let changes = self.store.changes();
         if changes.is_empty() {
-            self.store.committed(changes);
+            self.store.committed();
             return Ok(());
         }
         let now = chrono::Utc::now().timestamp_micros();
         let mut b = Builders::default();
-        for c in &changes {
+        for c in changes {
             b.push(c, now);
         }
         let rows = b.rows;
@@ -333,7 +332,7 @@ impl Sink<WindowUpdate> for ObservationTableSink {
             .table
             .append(vec![b.finish()], Vec::new(), HashMap::new())?;
         self.metrics.lake_commit(rows as u64, started.elapsed());
-        self.store.committed(changes);
+        self.store.committed();
         Ok(())
     }
 }

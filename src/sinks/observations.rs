@@ -11,6 +11,7 @@
 use super::files::{days_index, parts_on_days, PartWriter};
 use super::Sink;
 use crate::dataflow::window::WindowUpdate;
+use crate::fhir::groups::ObservationGroup;
 use crate::fhir::observation::{self, period_end, period_start};
 use crate::metrics::Metrics;
 use crate::time::parse_timestamp;
@@ -47,18 +48,25 @@ pub trait StoredObservations {
     ) -> anyhow::Result<Vec<(Value, i64)>>;
 }
 
-/// The last Observation written per id, and the window updates waiting for the next flush:
-/// what every Observation output (NDJSON, the lakehouse) merges into, as the IoMT
-/// connector merges into a stored Observation.
+/// The last Observation written per id, and the versions built since the last flush: what
+/// every Observation output (NDJSON, the lakehouse) merges into, as the IoMT connector
+/// merges into a stored Observation.
 ///
-/// What it does not hold it reads back from the output by event-time day, when an update
-/// needs it ([`Self::load`]): a restart, late data for a window evicted long ago, or a
-/// backlog of readings days old all merge into what was written, whatever today's date is.
+/// Each window version is built (or merged) into its Observation as it arrives and its
+/// group dropped, so a sink holds built versions, not copies of windows, however many
+/// checkpoints one flush spans. What the store does not hold it reads back from the output
+/// by event-time day when a version needs it ([`Self::add`]): a restart, late data for a
+/// window evicted long ago, or a backlog of readings days old all merge into what was
+/// written, whatever today's date is.
 pub struct ObservationStore {
     store: HashMap<String, Stored>,
-    /// Per Observation, the versions the windows emitted since the last flush, in order:
-    /// each is written, so what an output holds does not depend on how often it flushes.
-    pending: HashMap<String, Vec<(u64, WindowUpdate)>>,
+    /// Versions not built yet (a read-back failed): built, in order, before anything else.
+    queued: std::collections::VecDeque<(u64, WindowUpdate)>,
+    /// Versions built since the last flush, in the order emitted: each is written, so what
+    /// an output holds does not depend on how often it flushes.
+    pending: Vec<Change>,
+    /// Per Observation, its newest version in `pending`.
+    newest_pending: HashMap<String, usize>,
     /// Days whose stored Observations were read back: from then on every version of them
     /// went through this store, so for windows not evicted it knows all there is.
     loaded: BTreeSet<i32>,
@@ -82,7 +90,7 @@ pub struct Change {
     pub resource: Value,
     /// The version number it becomes.
     pub version: i64,
-    /// The window update it was built from.
+    /// The window update it was built from, without its values (in `resource` now).
     pub update: WindowUpdate,
     end: DateTime<Utc>,
     instance: Option<u64>,
@@ -104,7 +112,9 @@ impl ObservationStore {
     ) -> Self {
         Self {
             store: HashMap::new(),
-            pending: HashMap::new(),
+            queued: Default::default(),
+            pending: Vec::new(),
+            newest_pending: HashMap::new(),
             loaded: BTreeSet::new(),
             horizon: chrono::Duration::from_std(horizon).unwrap_or(chrono::Duration::MAX),
             newest: None,
@@ -125,42 +135,37 @@ impl ObservationStore {
         self.newest.and_then(|n| n.checked_sub_signed(self.horizon))
     }
 
-    /// The days to read back before the pending updates can merge: those of every pending
-    /// Observation the store does not hold, unless the day was read already and the window
-    /// is recent enough that it would still be held. A window's stored version starts on
-    /// its group's start day, or the day before where a correlation-id group was widened
-    /// by an earlier value.
-    fn days_to_load(&self) -> BTreeSet<i32> {
-        let cutoff = self.cutoff();
-        let mut days = BTreeSet::new();
-        for (id, us) in &self.pending {
-            if self.store.contains_key(id) {
-                continue;
-            }
-            let Some((_, u)) = us.last() else { continue };
-            let evicted = cutoff.is_some_and(|c| u.group.end < c);
-            let first = crate::time::day_of(&u.group.start) - 1;
-            let last = crate::time::day_of(&u.group.end.max(u.group.start));
-            days.extend((first..=last).filter(|d| evicted || !self.loaded.contains(d)));
+    /// The days to read back before `u` can merge: none when the store or this flush holds
+    /// its Observation, else its days unless read already and the window is recent enough
+    /// that it would still be held. A window's stored version starts on its group's start
+    /// day, or the day before where a correlation-id group was widened by an earlier value.
+    fn days_to_load(&self, u: &WindowUpdate) -> BTreeSet<i32> {
+        if self.store.contains_key(&u.id) || self.newest_pending.contains_key(&u.id) {
+            return BTreeSet::new();
         }
-        days
+        let evicted = self.cutoff().is_some_and(|c| u.group.end < c);
+        let first = crate::time::day_of(&u.group.start) - 1;
+        let last = crate::time::day_of(&u.group.end.max(u.group.start));
+        (first..=last)
+            .filter(|d| evicted || !self.loaded.contains(d))
+            .collect()
     }
 
-    /// Reads back from `stored` what the pending updates must merge into and the store
-    /// does not hold; call before [`Self::changes`]. Only what the store would keep is
-    /// taken: the pending Observations, and those within the horizon.
-    pub fn load(&mut self, stored: &mut dyn StoredObservations) -> anyhow::Result<()> {
-        let days = self.days_to_load();
-        if days.is_empty() {
-            return Ok(());
-        }
+    /// Reads back from `stored` what `wanted` must merge into and the store does not hold.
+    /// Only what the store would keep is taken: `wanted`, and those within the horizon.
+    fn load(
+        &mut self,
+        stored: &mut dyn StoredObservations,
+        days: BTreeSet<i32>,
+        wanted: &str,
+    ) -> anyhow::Result<()> {
         let cutoff = self.cutoff();
         let found = {
-            let (store, pending) = (&self.store, &self.pending);
+            let (store, pending) = (&self.store, &self.newest_pending);
             let keep = |id: &str, end: Option<DateTime<Utc>>| {
                 !store.contains_key(id)
-                    && (pending.contains_key(id)
-                        || cutoff.is_none_or(|c| end.is_none_or(|e| e >= c)))
+                    && !pending.contains_key(id)
+                    && (id == wanted || cutoff.is_none_or(|c| end.is_none_or(|e| e >= c)))
             };
             stored.read_days(&days, &keep)?
         };
@@ -204,87 +209,116 @@ impl ObservationStore {
         }
     }
 
-    /// Queues a window version.
-    pub fn add(&mut self, epoch: u64, item: WindowUpdate) {
+    /// Takes a window version: builds it into its Observation now (reading back from
+    /// `stored` what it merges into, when needed). A version that cannot be built yet (the
+    /// read-back failed) waits, with those after it, for the next call or [`Self::build`].
+    pub fn add(
+        &mut self,
+        epoch: u64,
+        item: WindowUpdate,
+        stored: &mut dyn StoredObservations,
+    ) -> anyhow::Result<()> {
         let end = item.group.end;
         self.newest = Some(self.newest.map_or(end, |n| n.max(end)));
-        self.pending
-            .entry(item.id.clone())
-            .or_default()
-            .push((epoch, item));
+        self.queued.push_back((epoch, item));
+        self.build(stored)
     }
 
-    /// The versions the pending updates make, in id order and each Observation's versions
-    /// in the order emitted; unchanged merges are left out. Nothing changes until
-    /// [`Self::committed`]: a failed write computes them again.
-    pub fn changes(&self) -> Vec<Change> {
-        let mut ids: Vec<&String> = self.pending.keys().collect();
-        ids.sort();
-        let mut out: Vec<Change> = Vec::new();
-        for id in ids {
-            // What the output holds before each pending version: the stored one, then the
-            // version before it.
-            let stored = self.store.get(id);
-            let mut prev_out: Option<usize> = None;
-            for (epoch, u) in &self.pending[id] {
-                let prev: Option<(&Value, Option<u64>, i64)> = match prev_out {
-                    Some(i) => Some((&out[i].resource, out[i].instance, out[i].version)),
-                    None => stored.map(|s| (&s.resource, s.instance, s.version)),
-                };
-                // A group of the same window instance holds every value already written:
-                // building it afresh gives what merging would, without re-reading the
-                // stored SampledData.
-                let same_window = prev.is_some_and(|p| p.1 == Some(u.instance));
-                let result = match prev {
-                    Some((resource, ..)) if !same_window => {
-                        observation::merge(&u.template, &u.group, resource)
-                    }
-                    _ => observation::build(&u.template, &u.type_name, &u.group, &u.subjects())
-                        .map(|mut o| {
-                            if same_window {
-                                o["status"] = "amended".into();
-                            }
-                            o
-                        }),
-                };
-                let resource = match result {
-                    Ok(r) => r,
-                    Err(e) => {
-                        // A value the FHIR template cannot represent: count it and go on.
-                        tracing::error!(observation = %crate::privacy::tag(id), r#type = %u.type_name, "cannot build the Observation");
-                        tracing::debug!(observation = %id, "cannot build the Observation: {e}");
-                        Metrics::add(&self.metrics.observation_errors, 1);
-                        continue;
-                    }
-                };
-                if !same_window && prev.is_some_and(|p| *p.0 == resource) {
-                    Metrics::add(&self.metrics.observations_unchanged, 1);
-                    continue;
-                }
-                // Only a version built from the group alone is all the group holds: after a
-                // merge (values read back at start, or from an evicted window) the next
-                // update must merge again, or it would drop what only the stored version had.
-                let built_from_group = prev.is_none() || same_window;
-                let end = period_end(&resource).unwrap_or(u.group.end);
-                let version = prev.map_or(1, |p| p.2 + 1);
-                prev_out = Some(out.len());
-                out.push(Change {
-                    epoch: *epoch,
-                    id: id.clone(),
-                    version,
-                    resource,
-                    update: u.clone(),
-                    end,
-                    instance: built_from_group.then_some(u.instance),
-                });
+    /// Builds the versions waiting to be.
+    pub fn build(&mut self, stored: &mut dyn StoredObservations) -> anyhow::Result<()> {
+        while let Some((_, u)) = self.queued.front() {
+            let days = self.days_to_load(u);
+            if !days.is_empty() {
+                let id = u.id.clone();
+                self.load(stored, days, &id)?;
             }
+            let (epoch, u) = self.queued.pop_front().expect("front");
+            self.build_one(epoch, u);
         }
-        out
+        Ok(())
     }
 
-    /// Records that `changes` were written and drops the pending updates.
-    pub fn committed(&mut self, changes: Vec<Change>) {
-        self.pending.clear();
+    fn build_one(&mut self, epoch: u64, u: WindowUpdate) {
+        let id = &u.id;
+        // What the output holds before this version: the version before it in this flush,
+        // or the stored one.
+        let prev: Option<(&Value, Option<u64>, i64)> = match self.newest_pending.get(id) {
+            Some(i) => {
+                let c = &self.pending[*i];
+                Some((&c.resource, c.instance, c.version))
+            }
+            None => self
+                .store
+                .get(id)
+                .map(|s| (&s.resource, s.instance, s.version)),
+        };
+        // A group of the same window instance holds every value already written: building
+        // it afresh gives what merging would, without re-reading the stored SampledData.
+        let same_window = prev.is_some_and(|p| p.1 == Some(u.instance));
+        let result = match prev {
+            Some((resource, ..)) if !same_window => {
+                observation::merge(&u.template, &u.group, resource)
+            }
+            _ => observation::build(&u.template, &u.type_name, &u.group, &u.subjects()).map(
+                |mut o| {
+                    if same_window {
+                        o["status"] = "amended".into();
+                    }
+                    o
+                },
+            ),
+        };
+        let resource = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // A value the FHIR template cannot represent: count it and go on.
+                tracing::error!(observation = %crate::privacy::tag(id), r#type = %u.type_name, "cannot build the Observation");
+                tracing::debug!(observation = %id, "cannot build the Observation: {e}");
+                Metrics::add(&self.metrics.observation_errors, 1);
+                return;
+            }
+        };
+        if !same_window && prev.is_some_and(|p| *p.0 == resource) {
+            Metrics::add(&self.metrics.observations_unchanged, 1);
+            return;
+        }
+        // Only a version built from the group alone is all the group holds: after a merge
+        // (values read back at start, or from an evicted window) the next version must merge
+        // again, or it would drop what only the stored version had.
+        let built_from_group = prev.is_none() || same_window;
+        let instance = u.instance;
+        let end = period_end(&resource).unwrap_or(u.group.end);
+        let version = prev.map_or(1, |p| p.2 + 1);
+        // The values are in the resource now: keep the window's description only.
+        let mut update = u;
+        update.group = Arc::new(ObservationGroup {
+            start: update.group.start,
+            end: update.group.end,
+            id_segment: String::new(),
+            values: Vec::new(),
+        });
+        self.newest_pending
+            .insert(update.id.clone(), self.pending.len());
+        self.pending.push(Change {
+            epoch,
+            id: update.id.clone(),
+            version,
+            resource,
+            update,
+            end,
+            instance: built_from_group.then_some(instance),
+        });
+    }
+
+    /// The versions built since the last flush, in the order emitted.
+    pub fn changes(&self) -> &[Change] {
+        &self.pending
+    }
+
+    /// Records that the pending versions were written.
+    pub fn committed(&mut self) {
+        let changes = std::mem::take(&mut self.pending);
+        self.newest_pending.clear();
         let emitted: Vec<i64> = changes
             .iter()
             .map(|c| c.update.emitted_ms)
@@ -436,8 +470,7 @@ impl ObservationSink {
 
 impl Sink<WindowUpdate> for ObservationSink {
     fn write(&mut self, epoch: u64, item: WindowUpdate) -> anyhow::Result<()> {
-        self.store.add(epoch, item);
-        Ok(())
+        self.store.add(epoch, item, &mut self.parts)
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
@@ -452,16 +485,15 @@ impl Sink<WindowUpdate> for ObservationSink {
 
 impl ObservationSink {
     fn write_pending(&mut self) -> anyhow::Result<()> {
-        self.store.load(&mut self.parts)?;
-        let changes = self.store.changes();
+        self.store.build(&mut self.parts)?;
         let mut days = BTreeSet::new();
-        for c in &changes {
+        for c in self.store.changes() {
             let line = serde_json::to_vec(&c.resource).expect("JSON");
             self.writer.write_line(c.epoch, &line)?;
             days.insert(observation_day(&c.resource, &c.update));
         }
         self.writer.commit_with_index(Some(&days_index(&days)))?;
-        self.store.committed(changes);
+        self.store.committed();
         Ok(())
     }
 }
@@ -623,8 +655,11 @@ pub(crate) mod tests {
         let mut sink =
             ObservationSink::new(dir.path(), 0, |_| true, horizon, Metrics::new()).expect("sink");
         let mut w = Windows::new(fhir, horizon, Duration::from_secs(300));
-        sink.write(2, hr_at(&mut w, t0, "71")).expect("write");
-        let e = sink.flush().expect_err("a damaged part");
+        // Read back when the version is built (write), or retried at the flush.
+        let e = sink
+            .write(2, hr_at(&mut w, t0, "71"))
+            .and_then(|()| sink.flush())
+            .expect_err("a damaged part");
         assert!(
             e.downcast_ref::<super::super::fhir::Fatal>().is_some(),
             "{e:#}"
