@@ -18,7 +18,7 @@
 //! waiting value are evicted; data arriving for them later starts a new group, which the
 //! sinks merge into the stored Observation.
 
-use crate::fhir::groups::{boundary, period_segment, ObservationGroup};
+use crate::fhir::groups::{boundary, period_segment, ObservationGroup, TimeValue};
 use crate::fhir::observation::{identifier_value, observation_id, Subjects};
 use crate::mapping::fhir::{CodeValueTemplate, PeriodInterval};
 use crate::mapping::FhirMapping;
@@ -43,7 +43,7 @@ pub struct WindowUpdate {
     pub encounter: Option<String>,
     /// The FHIR template of the type.
     pub template: Arc<CodeValueTemplate>,
-    /// Every value of the window seen so far (shared: emitting does not copy it).
+    /// The values of this version: every value whose checkpoint is at or before its own.
     pub group: Arc<ObservationGroup>,
     /// Which life of the window this is (windows evicted and opened again get a new one): a
     /// sink that wrote this same instance knows the group holds every value it wrote.
@@ -64,25 +64,29 @@ impl WindowUpdate {
     }
 }
 
-/// A measurement waiting for its version: only what the group takes (the window key holds
-/// the rest), so a window of minutes of readings stays small.
-struct Held {
-    /// Effective time (event ms): the version at the first checkpoint after it holds it.
-    effective: i64,
-    /// The ingestion epoch it came in, held until its version is emitted.
-    epoch: u64,
+/// One value of a window, in columns' worth of space: the group of a version is built from
+/// these when the version is emitted.
+struct Value {
     at: chrono::DateTime<chrono::Utc>,
-    /// Where it was read (partition, offset), to order readings of the same time.
-    position: Option<(Arc<str>, i32, i64)>,
-    properties: Vec<(Arc<str>, String)>,
+    /// The checkpoint whose version first holds it (from its effective time).
+    checkpoint: i64,
+    /// Where it was read (interned topic, partition, offset): orders readings of one time.
+    position: (u32, i32, i64),
+    /// The ingestion epoch it came in, held until its first version is emitted.
+    epoch: u64,
+    value: Box<str>,
 }
 
 struct Window {
     update: WindowUpdate,
     /// Where the period ends (event ms, exclusive); None for correlation-id groups.
     close: Option<i64>,
-    held: Vec<Held>,
-    /// The checkpoint the window is scheduled at, when it holds values.
+    /// Per value name, every value, sorted by (time, checkpoint, position): of readings of
+    /// one time, a version keeps the first it holds.
+    values: Vec<(Arc<str>, Vec<Value>)>,
+    /// Values no version holds yet.
+    waiting: usize,
+    /// The checkpoint the window is scheduled at, when values wait.
     next: Option<i64>,
 }
 
@@ -96,36 +100,56 @@ impl Window {
         }
     }
 
-    /// Moves the values effective before `checkpoint` (all with None) into the group;
-    /// returns how many, and releases their epochs from `holds`.
-    fn take_until(&mut self, checkpoint: Option<i64>, holds: &mut BTreeMap<u64, usize>) -> usize {
-        let mut due: Vec<Held> = Vec::new();
-        let mut i = 0;
-        while i < self.held.len() {
-            if checkpoint.is_none_or(|c| self.held[i].effective < c) {
-                due.push(self.held.swap_remove(i));
-            } else {
-                i += 1;
-            }
-        }
-        if due.is_empty() {
-            return 0;
-        }
-        // Readings of the same time keep the first in input order, whatever order the
-        // partitions' records met in.
-        due.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.position.cmp(&b.position)));
-        // Copies the group only when a sink still holds the previous version.
-        let g = Arc::make_mut(&mut self.update.group);
-        for h in &due {
-            g.add_values(h.at, &h.properties);
-            if let std::collections::btree_map::Entry::Occupied(mut e) = holds.entry(h.epoch) {
-                *e.get_mut() -= 1;
-                if *e.get() == 0 {
-                    e.remove();
+    /// The version of `checkpoint` (all values with None), when it holds values no version
+    /// held before: its group holds every value whose checkpoint is at or before it. Their
+    /// epochs are released from `holds`. The window keeps its values only in columns: the
+    /// group is built here, and lives as long as the outputs need it.
+    fn version(
+        &mut self,
+        checkpoint: Option<i64>,
+        holds: &mut BTreeMap<u64, usize>,
+    ) -> Option<WindowUpdate> {
+        let due = |v: &Value| checkpoint.is_none_or(|c| v.checkpoint <= c);
+        let mut group = ObservationGroup {
+            start: self.update.group.start,
+            end: self.update.group.end,
+            id_segment: self.update.group.id_segment.clone(),
+            values: Vec::with_capacity(self.values.len()),
+        };
+        let mut taken = 0;
+        for (name, vs) in &mut self.values {
+            let mut out: Vec<TimeValue> = Vec::with_capacity(vs.len());
+            for v in vs.iter_mut() {
+                if !due(v) {
+                    continue;
                 }
+                if v.epoch != u64::MAX {
+                    taken += 1;
+                    if let std::collections::btree_map::Entry::Occupied(mut e) =
+                        holds.entry(v.epoch)
+                    {
+                        *e.get_mut() -= 1;
+                        if *e.get() == 0 {
+                            e.remove();
+                        }
+                    }
+                    // Held by a version now: no epoch waits on it.
+                    v.epoch = u64::MAX;
+                }
+                if out.last().is_some_and(|(t, _)| *t == v.at) {
+                    continue;
+                }
+                out.push((v.at, v.value.to_string()));
+            }
+            if !out.is_empty() {
+                group.values.push((name.clone(), out));
             }
         }
-        due.len()
+        self.waiting -= taken;
+        (taken > 0).then(|| WindowUpdate {
+            group: Arc::new(group),
+            ..self.update.clone()
+        })
     }
 }
 
@@ -280,7 +304,8 @@ impl Windows {
                     emitted_ms: 0,
                 },
                 close,
-                held: Vec::new(),
+                values: Vec::new(),
+                waiting: 0,
                 next: None,
             };
             self.windows.insert(key.clone(), window);
@@ -296,14 +321,35 @@ impl Windows {
             }
         }
         let at = w.checkpoint(effective, self.every);
-        w.held.push(Held {
-            effective,
-            epoch,
-            at: m.occurrence_time,
-            position: m.source.map(|s| (s.topic, s.partition, s.offset)),
-            properties: m.properties,
-        });
-        *self.holds.entry(epoch).or_default() += 1;
+        let topic = m
+            .source
+            .as_ref()
+            .map_or(u32::MAX, |s| intern(&mut self.ids, &s.topic));
+        let position = m
+            .source
+            .as_ref()
+            .map_or((topic, 0, 0), |s| (topic, s.partition, s.offset));
+        for (name, value) in m.properties {
+            let list = match w.values.iter_mut().position(|(n, _)| *n == name) {
+                Some(i) => &mut w.values[i].1,
+                None => {
+                    w.values.push((name, Vec::new()));
+                    &mut w.values.last_mut().expect("just pushed").1
+                }
+            };
+            let v = Value {
+                at: m.occurrence_time,
+                checkpoint: at,
+                position,
+                epoch,
+                value: value.into_boxed_str(),
+            };
+            let key = |x: &Value| (x.at, x.checkpoint, x.position);
+            let i = list.partition_point(|x| key(x) <= key(&v));
+            list.insert(i, v);
+            *self.holds.entry(epoch).or_default() += 1;
+            w.waiting += 1;
+        }
         if w.next.is_none_or(|n| at < n) {
             w.next = Some(at);
             self.schedule.entry(at).or_default().push(key);
@@ -333,16 +379,15 @@ impl Windows {
                     continue;
                 }
                 w.next = None;
-                if w.take_until(Some(at), &mut self.holds) > 0 {
-                    out.push(w.update.clone());
-                }
-                let every = self.every;
-                if let Some(n) = w
-                    .held
+                out.extend(w.version(Some(at), &mut self.holds));
+                let waiting = w
+                    .values
                     .iter()
-                    .map(|h| w.checkpoint(h.effective, every))
-                    .min()
-                {
+                    .flat_map(|(_, vs)| vs)
+                    .filter(|v| v.epoch != u64::MAX)
+                    .map(|v| v.checkpoint)
+                    .min();
+                if let Some(n) = waiting {
                     w.next = Some(n);
                     self.schedule.entry(n).or_default().push(key);
                 }
@@ -358,8 +403,8 @@ impl Windows {
         let mut out = Vec::new();
         for w in self.windows.values_mut() {
             w.next = None;
-            if w.take_until(None, &mut self.holds) > 0 {
-                out.push(w.update.clone());
+            if w.waiting > 0 {
+                out.extend(w.version(None, &mut self.holds));
             }
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -375,7 +420,7 @@ impl Windows {
             let close = w
                 .close
                 .unwrap_or_else(|| w.update.group.end.timestamp_millis() + 1);
-            !w.held.is_empty() || close >= cutoff
+            w.waiting > 0 || close >= cutoff
         });
         before - self.windows.len()
     }
