@@ -302,6 +302,50 @@ fn simulate_rejects_bad_options() {
         .contains("unknown profile \"pager\"; one of: bedside-monitor, wearable"));
 }
 
+/// The peer bench drains one input with every contender and reports each: it asserts the
+/// report and what each contender wrote, never timings.
+#[test]
+fn bench_peer_runs_every_contender_on_the_same_input() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = Command::new(env!("CARGO_BIN_EXE_vitalflow"))
+        .current_dir(dir.path())
+        .args(["bench", "peer", "--messages", "3000", "--devices", "30"])
+        .args(["--format", "json", "--out", "peer"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let rows = v["contenders"].as_array().expect("contenders");
+    let get = |name: &str| {
+        rows.iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {v}"))
+    };
+    for r in rows {
+        assert!(r["msgs_per_s"].as_f64().is_some_and(|x| x > 0.0), "{r}");
+        assert!(r["cpu_s"].as_f64().is_some_and(|x| x > 0.0), "{r}");
+        assert!(r["peak_rss_mib"].as_f64().is_some_and(|x| x > 1.0), "{r}");
+    }
+    let bytes = |name: &str| get(name)["bytes_written"].as_u64().expect("bytes");
+    assert!(
+        bytes("loop-aggregates") > bytes("loop-alerts"),
+        "every aggregate update is written"
+    );
+    assert!(
+        bytes("vitalflow") > 100 * bytes("vitalflow-alerts").max(1),
+        "only the job with [sinks.ndjson] writes Observations: {v}"
+    );
+    assert!(dir.path().join("peer/vitalflow/out/observations").is_dir());
+    assert!(!dir
+        .path()
+        .join("peer/vitalflow-alerts/out/observations")
+        .exists());
+}
+
 /// A smoke run proving the bench harness works; it asserts the report, never timings.
 #[test]
 fn bench_smoke_run_writes_summary_histograms_and_plot() {
@@ -337,7 +381,7 @@ fn bench_smoke_run_writes_summary_histograms_and_plot() {
         .iter()
         .filter_map(|p| p["path"].as_str())
         .collect();
-    assert_eq!(paths, vec!["normalize", "durable", "alert"]);
+    assert_eq!(paths, vec!["normalize", "version", "durable", "alert"]);
     assert!(run["paths"][0]["p99_ms"].as_f64().is_some());
     assert_eq!(
         v["pass"].as_bool(),
@@ -347,6 +391,7 @@ fn bench_smoke_run_writes_summary_histograms_and_plot() {
     for f in [
         "summary.json",
         "normalize.hlog",
+        "version.hlog",
         "durable.hlog",
         "latency.svg",
     ] {
