@@ -630,9 +630,6 @@ fn window_operator<G: Scope<Timestamp = u64>>(
         type Epoch = (Vec<Judged>, Vec<(usize, Mark)>);
         let mut pending: BTreeMap<u64, Epoch> = BTreeMap::new();
         let mut caps: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
-        // The newest epoch applied: versions go out at it, so that each window's versions
-        // are in epoch order (outputs order versions by epoch), and the last ones with it.
-        let mut newest: Option<u64> = None;
         let mut open = 0u64;
         let mut waiting = 0u64;
         let mut last_evict = Instant::now();
@@ -660,7 +657,6 @@ fn window_operator<G: Scope<Timestamp = u64>>(
                 .collect();
             for t in complete {
                 let (ms, ks) = pending.remove(&t).expect("pending");
-                newest = Some(t);
                 for j in ms {
                     windows.add(j.measurement, j.effective, t);
                 }
@@ -670,9 +666,15 @@ fn window_operator<G: Scope<Timestamp = u64>>(
                 let Some(w) = clock.current() else { continue };
                 let versions = windows.advance(w);
                 if !versions.is_empty() {
+                    // At the oldest epoch held: it is at or before the epoch of every value
+                    // the versions take in, so the outputs hold those epochs until the
+                    // versions are durable (offsets never pass a value no durable version
+                    // holds), and it never goes back, so each window's versions are in
+                    // epoch order, the order outputs read them back in.
+                    let (_, cap) = caps.first_key_value().expect("the epoch being applied");
                     let now = chrono::Utc::now().timestamp_millis();
                     output
-                        .session(&caps[&t])
+                        .session(cap)
                         .give_iterator(versions.into_iter().map(|mut v| {
                             v.emitted_ms = now;
                             v
@@ -687,7 +689,7 @@ fn window_operator<G: Scope<Timestamp = u64>>(
             if f1.is_empty() && f2.is_empty() && pending.is_empty() {
                 // The input ended (or the job stops): every waiting value gets its version.
                 let versions = windows.flush();
-                if let Some(cap) = newest.and_then(|t| caps.get(&t)) {
+                if let Some((_, cap)) = caps.first_key_value() {
                     let now = chrono::Utc::now().timestamp_millis();
                     output
                         .session(cap)
@@ -697,10 +699,7 @@ fn window_operator<G: Scope<Timestamp = u64>>(
                         }));
                 }
             }
-            let waiting_any = windows.waiting() > 0;
-            caps.retain(|t, _| {
-                pending.contains_key(t) || windows.holds(*t) || (waiting_any && Some(*t) == newest)
-            });
+            caps.retain(|t, _| pending.contains_key(t) || windows.holds(*t));
             let gauge = |g: &std::sync::atomic::AtomicU64, last: &mut u64, now: u64| {
                 g.fetch_add(now.wrapping_sub(*last), Ordering::Relaxed);
                 *last = now;

@@ -94,10 +94,19 @@ impl PartWriter {
             .map_err(|e| anyhow::anyhow!("cannot write {}: {}", tmp.display(), e.error()))?;
         f.sync_all()
             .with_context(|| format!("cannot sync {}", tmp.display()))?;
-        let name = format!(
-            "part-w{:03}-{:016}-{:016}.ndjson",
+        // Parts of one epoch range (versions go out at the oldest epoch a window holds, so
+        // several flushes can share one) get a sequence after it: names sort in commit order.
+        let base = format!(
+            "part-w{:03}-{:016}-{:016}",
             self.worker, self.first_epoch, self.last_epoch
         );
+        let name = (0u32..)
+            .map(|n| match n {
+                0 => format!("{base}.ndjson"),
+                n => format!("{base}-{n:06}.ndjson"),
+            })
+            .find(|n| !self.dir.join(n).exists())
+            .expect("a free name");
         let done = self.dir.join(&name);
         crate::failpoint::hit("files.part_synced");
         if let Some(index) = index {
