@@ -146,6 +146,18 @@ impl Window {
             }
         }
         self.waiting -= taken;
+        if self.close.is_none() {
+            // A correlation group spans the times of the values this version holds, not of
+            // values still waiting.
+            let times = group
+                .values
+                .iter()
+                .flat_map(|(_, v)| v.iter().map(|(t, _)| *t));
+            if let (Some(lo), Some(hi)) = (times.clone().min(), times.max()) {
+                group.start = lo;
+                group.end = hi;
+            }
+        }
         (taken > 0).then(|| WindowUpdate {
             group: Arc::new(group),
             ..self.update.clone()
@@ -311,15 +323,6 @@ impl Windows {
             self.windows.insert(key.clone(), window);
         }
         let w = self.windows.get_mut(&key).expect("inserted above");
-        if matches!(key.slot, Slot::Correlation(_)) {
-            // A correlation group spans the times of its values.
-            let g = &w.update.group;
-            if start < g.start || end > g.end {
-                let g = Arc::make_mut(&mut w.update.group);
-                g.start = g.start.min(start);
-                g.end = g.end.max(end);
-            }
-        }
         let at = w.checkpoint(effective, self.every);
         let topic = m
             .source
