@@ -216,7 +216,10 @@ where
             // arrived, or, for data an upstream operator holds epochs under (a window waiting
             // for its next version), once the data has waited an interval.
             let complete = held.as_ref().is_some_and(|(h, _)| !frontier.less_equal(h.time()));
-            let waited = held.as_ref().is_some_and(|(_, since)| since.elapsed() >= interval);
+            // (Sinks without an interval flush per complete epoch: dead letters and alerts come
+            // from operators that hold no epoch for long.)
+            let waited = !interval.is_zero()
+                && held.as_ref().is_some_and(|(_, since)| since.elapsed() >= interval);
             if complete && !frontier.is_empty() {
                 if let Some(wait) = last_flush.and_then(|l| interval.checked_sub(l.elapsed())) {
                     activator.activate_after(wait);
@@ -232,7 +235,8 @@ where
                 in_flight.push_back((seq, cap));
                 oldest.push_back(since);
             } else if let Some((_, since)) = &held {
-                if !complete {
+                // Incomplete data waits for its interval; completion wakes the operator anyway.
+                if !complete && !interval.is_zero() {
                     activator.activate_after(interval.saturating_sub(since.elapsed()));
                 }
             }
