@@ -235,8 +235,9 @@ where
                 in_flight.push_back((seq, cap));
                 oldest.push_back(since);
             } else if let Some((_, since)) = &held {
-                // Incomplete data waits for its interval; completion wakes the operator anyway.
-                if !complete && !interval.is_zero() {
+                // Incomplete data waits for its interval; completion, and the answer to a flush
+                // in flight, wake the operator anyway.
+                if !complete && !waited && !interval.is_zero() {
                     activator.activate_after(interval.saturating_sub(since.elapsed()));
                 }
             }
