@@ -160,12 +160,13 @@ impl Metrics {
         Arc::new(m)
     }
 
-    /// Records one version's latency from its emission (wall ms) to now.
-    pub fn record_version(&self, emitted_ms: i64) {
+    /// Records the latency of versions from their emission (wall ms; 0: not stamped) to now.
+    pub fn record_versions(&self, emitted_ms: impl Iterator<Item = i64>) {
+        let stamped: Vec<i64> = emitted_ms.filter(|t| *t > 0).collect();
         Latencies::record(
             &self.latency.version,
             chrono::Utc::now().timestamp_micros(),
-            &[emitted_ms],
+            &stamped,
         );
     }
 

@@ -148,10 +148,9 @@ where
         // Data handed to the thread but not yet asked to flush: the oldest epoch's capability,
         // and since when.
         let mut held: Option<(Capability<u64>, Instant)> = None;
-        // When the data of each flush in flight (and of `held`) first came.
-        let mut oldest: VecDeque<Instant> = VecDeque::new();
-        // Flushes asked for and not yet answered, with the capability each releases.
-        let mut in_flight: VecDeque<(u64, Capability<u64>)> = VecDeque::new();
+        // Flushes asked for and not yet answered, with the capability each releases and when
+        // its oldest data came.
+        let mut in_flight: VecDeque<(u64, Capability<u64>, Instant)> = VecDeque::new();
         let mut seq = 0u64;
         let mut retry_at: Option<Instant> = None;
         let mut backoff = Duration::from_millis(100);
@@ -174,9 +173,8 @@ where
                 match result {
                     Ok(()) => {
                         // Releasing the capabilities tells the probe these epochs are durable.
-                        while in_flight.front().is_some_and(|(s, _)| *s <= done_seq) {
+                        while in_flight.front().is_some_and(|(s, ..)| *s <= done_seq) {
                             in_flight.pop_front();
-                            oldest.pop_front();
                         }
                         backoff = Duration::from_millis(100);
                         if failing {
@@ -207,7 +205,7 @@ where
                     return;
                 }
                 retry_at = None;
-                if let Some((s, _)) = in_flight.back() {
+                if let Some((s, ..)) = in_flight.back() {
                     // The sink kept everything: flushing again retries it all.
                     let _ = tx.send(Command::Flush(*s));
                 }
@@ -223,7 +221,7 @@ where
             if complete && !frontier.is_empty() {
                 if let Some(wait) = last_flush.and_then(|l| interval.checked_sub(l.elapsed())) {
                     activator.activate_after(wait);
-                    set_backlog(oldest.front().copied().or(held.as_ref().map(|h| h.1)));
+                    set_backlog(in_flight.front().map(|f| f.2).or(held.as_ref().map(|h| h.1)));
                     return;
                 }
             }
@@ -232,8 +230,7 @@ where
                 seq += 1;
                 let _ = tx.send(Command::Flush(seq));
                 let (cap, since) = held.take().expect("held");
-                in_flight.push_back((seq, cap));
-                oldest.push_back(since);
+                in_flight.push_back((seq, cap, since));
             } else if let Some((_, since)) = &held {
                 // Incomplete data waits for its interval; completion, and the answer to a flush
                 // in flight, wake the operator anyway.
@@ -241,7 +238,7 @@ where
                     activator.activate_after(interval.saturating_sub(since.elapsed()));
                 }
             }
-            set_backlog(oldest.front().copied().or(held.as_ref().map(|h| h.1)));
+            set_backlog(in_flight.front().map(|f| f.2).or(held.as_ref().map(|h| h.1)));
         }
     })
 }

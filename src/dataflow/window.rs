@@ -103,12 +103,13 @@ impl Window {
     /// The version of `checkpoint` (all values with None), when it holds values no version
     /// held before: its group holds every value whose checkpoint is at or before it. Their
     /// epochs are released from `holds`. The window keeps its values only in columns: the
-    /// group is built here, and lives as long as the outputs need it.
+    /// group is built here, and lives as long as the outputs need it. Also returns the
+    /// checkpoint the values still waiting wait for (found in the same pass).
     fn version(
         &mut self,
         checkpoint: Option<i64>,
         holds: &mut BTreeMap<u64, usize>,
-    ) -> Option<WindowUpdate> {
+    ) -> (Option<WindowUpdate>, Option<i64>) {
         let due = |v: &Value| checkpoint.is_none_or(|c| v.checkpoint <= c);
         let mut group = ObservationGroup {
             start: self.update.group.start,
@@ -117,10 +118,14 @@ impl Window {
             values: Vec::with_capacity(self.values.len()),
         };
         let mut taken = 0;
+        let mut next: Option<i64> = None;
         for (name, vs) in &mut self.values {
             let mut out: Vec<TimeValue> = Vec::with_capacity(vs.len());
             for v in vs.iter_mut() {
                 if !due(v) {
+                    if v.epoch != u64::MAX {
+                        next = Some(next.map_or(v.checkpoint, |n| n.min(v.checkpoint)));
+                    }
                     continue;
                 }
                 if v.epoch != u64::MAX {
@@ -158,9 +163,27 @@ impl Window {
                 group.end = hi;
             }
         }
-        (taken > 0).then(|| WindowUpdate {
+        let version = (taken > 0).then(|| WindowUpdate {
             group: Arc::new(group),
             ..self.update.clone()
+        });
+        (version, next)
+    }
+
+    /// Where the window ends for eviction: its period's close, or for a correlation-id
+    /// group just after its newest value (each value list is sorted by time).
+    fn evict_after(&self) -> i64 {
+        self.close.unwrap_or_else(|| {
+            let newest = self
+                .values
+                .iter()
+                .filter_map(|(_, vs)| vs.last())
+                .map(|v| v.at);
+            newest
+                .max()
+                .unwrap_or(self.update.group.end)
+                .timestamp_millis()
+                + 1
         })
     }
 }
@@ -238,6 +261,7 @@ impl Windows {
     }
 
     /// The oldest ingestion epoch a waiting value came in.
+    #[cfg(test)]
     pub fn oldest_held_epoch(&self) -> Option<u64> {
         self.holds.keys().next().copied()
     }
@@ -371,7 +395,7 @@ impl Windows {
             }
             let mut keys = entry.remove();
             keys.sort_by(|a, b| {
-                let id = |k: &WindowKey| self.windows.get(k).map(|w| w.update.id.clone());
+                let id = |k: &WindowKey| self.windows.get(k).map(|w| &w.update.id);
                 id(a).cmp(&id(b))
             });
             for key in keys {
@@ -381,17 +405,10 @@ impl Windows {
                 if w.next != Some(at) {
                     continue;
                 }
-                w.next = None;
-                out.extend(w.version(Some(at), &mut self.holds));
-                let waiting = w
-                    .values
-                    .iter()
-                    .flat_map(|(_, vs)| vs)
-                    .filter(|v| v.epoch != u64::MAX)
-                    .map(|v| v.checkpoint)
-                    .min();
+                let (version, waiting) = w.version(Some(at), &mut self.holds);
+                out.extend(version);
+                w.next = waiting;
                 if let Some(n) = waiting {
-                    w.next = Some(n);
                     self.schedule.entry(n).or_default().push(key);
                 }
             }
@@ -407,7 +424,7 @@ impl Windows {
         for w in self.windows.values_mut() {
             w.next = None;
             if w.waiting > 0 {
-                out.extend(w.version(None, &mut self.holds));
+                out.extend(w.version(None, &mut self.holds).0);
             }
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -419,12 +436,8 @@ impl Windows {
     pub fn evict(&mut self, watermark: i64) -> usize {
         let cutoff = watermark.saturating_sub(self.horizon);
         let before = self.windows.len();
-        self.windows.retain(|_, w| {
-            let close = w
-                .close
-                .unwrap_or_else(|| w.update.group.end.timestamp_millis() + 1);
-            w.waiting > 0 || close >= cutoff
-        });
+        self.windows
+            .retain(|_, w| w.waiting > 0 || w.evict_after() >= cutoff);
         before - self.windows.len()
     }
 }

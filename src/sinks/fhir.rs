@@ -1,7 +1,8 @@
-//! FHIR server Observation sink: identity resolution, then coalesced, idempotent upserts.
+//! FHIR server Observation sink: identity resolution, then idempotent upserts of every version.
 //!
-//! Per flush, each version the windows emitted is written, in order, as a PUT by its
-//! deterministic id (several versions of one Observation go in successive rounds) (the connector's SHA-256 of `{patient}.{device}.{type}.{segment}` with
+//! Per flush, each version the windows emitted is written, in order (several versions of
+//! one Observation in successive rounds), as a PUT by its deterministic id (the connector's
+//! SHA-256 of `{patient}.{device}.{type}.{segment}` with
 //! resolved resource ids) inside `batch` Bundles. The sink remembers, per Observation it
 //! wrote, the version the server gave and which window instance it was built from:
 //!
@@ -193,9 +194,7 @@ impl FhirSink {
     /// Records what the server now holds for `w` and drops it from the pending updates.
     fn acknowledged(&mut self, w: &Write, version: Option<String>) {
         let (_, u) = self.pending.remove(&w.window).expect("pending");
-        if u.emitted_ms > 0 {
-            Metrics::record_version(&self.metrics, u.emitted_ms);
-        }
+        self.metrics.record_versions(std::iter::once(u.emitted_ms));
         let end = period_end(&w.resource).unwrap_or(u.group.end);
         self.newest = Some(self.newest.map_or(end, |n| n.max(end)));
         self.known.insert(

@@ -319,16 +319,8 @@ impl ObservationStore {
     pub fn committed(&mut self) {
         let changes = std::mem::take(&mut self.pending);
         self.newest_pending.clear();
-        let emitted: Vec<i64> = changes
-            .iter()
-            .map(|c| c.update.emitted_ms)
-            .filter(|t| *t > 0)
-            .collect();
-        crate::metrics::Latencies::record(
-            &self.metrics.latency.version,
-            chrono::Utc::now().timestamp_micros(),
-            &emitted,
-        );
+        self.metrics
+            .record_versions(changes.iter().map(|c| c.update.emitted_ms));
         if self.counts_out {
             Metrics::add(&self.metrics.observations_out, changes.len() as u64);
         }
