@@ -5,8 +5,8 @@
 //! (open loop), so queueing shows up in the latencies. Latencies are measured from each
 //! message's Kafka timestamp (its creation by the producer) to the stage, in HdrHistograms.
 
+use crate::config::{JobConfig, SimulatorConfig};
 use crate::dataflow::{self, RunOptions};
-use crate::job::{JobConfig, SimulatorConfig};
 use crate::metrics::Metrics;
 use anyhow::{anyhow, Context as _};
 use serde::{Deserialize, Serialize};
@@ -57,14 +57,8 @@ pub struct Targets {
 
 impl Targets {
     /// Parses a targets file; errors name the file and line.
-    pub fn parse(text: &str, file: &str) -> anyhow::Result<Self> {
-        toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start].matches('\n').count() + 1)
-                .map_or(String::new(), |l| format!(":{l}"));
-            anyhow!("{file}{line}: {}", e.message().trim())
-        })
+    pub fn parse(text: &str, file: &str) -> Result<Self, crate::config::ConfigErrors> {
+        crate::config::error::from_toml("bench targets", text, file)
     }
 }
 
@@ -187,13 +181,13 @@ pub fn run_once(
     opts: &BenchOptions,
 ) -> anyhow::Result<(Summary, Histograms)> {
     let mut job = base.clone();
-    let k = job.kafka.clone().ok_or_else(|| {
+    let k = job.kafka().cloned().ok_or_else(|| {
         anyhow!(
             "{}: the bench drives a Kafka source: the job needs [kafka]",
             job.file
         )
     })?;
-    job.source = crate::job::SourceConfig::Kafka;
+    job.source = crate::config::SourceConfig::Kafka(k.clone());
     job.set_output_dir(opts.out.join("job-output"));
 
     job.metrics_address = None;
@@ -206,7 +200,7 @@ pub fn run_once(
         count: None,
         ..SimulatorConfig::default()
     };
-    job.simulator = Some(sim.clone());
+    job.feed = k.embedded().then(|| sim.clone());
     let stop = Arc::new(AtomicBool::new(false));
     let metrics = Metrics::new();
     let feeder = if k.embedded() {
@@ -516,6 +510,6 @@ mod tests {
             "t.toml",
         )
         .expect_err("unknown field");
-        assert!(e.to_string().starts_with("t.toml:6:"), "{e}");
+        assert!(e.to_string().contains("\n  t.toml:6:"), "{e}");
     }
 }

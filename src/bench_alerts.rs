@@ -7,8 +7,8 @@
 //! reading beyond a rule's warning threshold (what re-alarming monitors do).
 
 use crate::anomaly::rules::{self, Severity, Signal, Vitals};
+use crate::config;
 use crate::dataflow::{self, RunOptions};
-use crate::job;
 use crate::mapping::DeviceMapping;
 use crate::metrics::Metrics;
 use crate::sources::scenario::{self, Event};
@@ -308,8 +308,12 @@ pub fn run_scenario(
         rules_file.display(),
         tmp.join("out").display()
     );
-    let job = job::parse(&job_text, "<scenario job>", Path::new("."))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let job = config::parse(
+        &job_text,
+        "<scenario job>",
+        Path::new("."),
+        &config::Overrides::default(),
+    )?;
     let opts = RunOptions {
         workers,
         processes: 1,

@@ -17,7 +17,7 @@
 //! Per contender: messages/s, CPU seconds (user + system, from `wait4`), peak RSS, and bytes
 //! written (files under its output directory plus the records of its alert topic).
 
-use crate::job::SimulatorConfig;
+use crate::config::SimulatorConfig;
 use anyhow::{anyhow, Context as _};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;

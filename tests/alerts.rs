@@ -497,7 +497,7 @@ fn the_demos_acute_patient_alerts_within_its_first_two_minutes() {
     let tmp = tempfile::tempdir().expect("tmp");
     let start = vitalflow::time::parse_timestamp("2026-03-02T08:00:00Z").expect("start");
     // The embedded default's simulator: one acute patient among the devices, 1 Hz each.
-    let cfg = vitalflow::job::SimulatorConfig {
+    let cfg = vitalflow::config::SimulatorConfig {
         devices: 4,
         count: Some(4 * 150),
         acute: 1,

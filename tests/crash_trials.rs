@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use vitalflow::job::SimulatorConfig;
+use vitalflow::config::SimulatorConfig;
 use vitalflow::sources::simulator::{SimMessage, Simulator};
 
 /// The crash points a kill may be armed at.

@@ -26,7 +26,7 @@ impl Rules {
         let set = if path.is_file() {
             rules::load(path, &vitals)?
         } else {
-            let embedded = crate::job::EMBEDDED_TEMPLATES
+            let embedded = crate::config::EMBEDDED_TEMPLATES
                 .iter()
                 .find(|(p, _)| Path::new(p) == path)
                 .map(|(_, t)| *t);

@@ -11,7 +11,6 @@ use crate::mapping::fhir::ValueTemplate;
 use crate::mapping::FhirMapping;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
@@ -288,39 +287,11 @@ pub struct RuleSet {
     pub text_values: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
-/// One problem in a rules file.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RuleError {
-    /// File.
-    pub file: String,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column.
-    pub column: usize,
-    /// What is wrong.
-    pub reason: String,
-}
+/// Every problem found in a rules file, each with file, line and column.
+pub type RuleErrors = crate::config::ConfigErrors;
 
-/// Every problem found in a rules file.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RuleErrors(pub Vec<RuleError>);
-
-impl fmt::Display for RuleErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.0.len();
-        write!(
-            f,
-            "invalid rules file ({n} problem{})",
-            if n == 1 { "" } else { "s" }
-        )?;
-        for e in &self.0 {
-            write!(f, "\n  {}:{}:{}: {}", e.file, e.line, e.column, e.reason)?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for RuleErrors {}
+/// What a rules file is called in messages.
+const WHAT: &str = "rules file";
 
 /// The vitals a FHIR mapping produces: each measurement property that becomes an
 /// Observation value, by every name a rule may use for it.
@@ -483,66 +454,30 @@ struct RawQuality {
     max_step: Option<f64>,
 }
 
-struct Cx<'a> {
-    file: &'a str,
-    text: &'a str,
-    errors: Vec<RuleError>,
-}
+/// The shared checker, with the rules' wording: problems name the rule rather than a field,
+/// and a zero duration is meaningful (`sustained = "0s"`: one reading is a finding).
+struct Cx<'a>(crate::config::error::Checker<'a>);
 
 impl Cx<'_> {
     fn at(&mut self, span: std::ops::Range<usize>, reason: impl Into<String>) {
-        let (line, column) = crate::job::line_col(self.text, span.start);
-        self.errors.push(RuleError {
-            file: self.file.to_string(),
-            line,
-            column,
-            reason: reason.into(),
-        });
+        self.0.at(span, "", reason);
     }
 
     fn duration(&mut self, v: &Option<Spanned<String>>, what: &str, default: Duration) -> Duration {
-        let Some(v) = v else { return default };
-        match humantime::parse_duration(v.get_ref()) {
-            Ok(d) => d,
-            Err(e) => {
-                self.at(
-                    v.span(),
-                    format!("{what}: \"{}\" is not a duration ({e})", v.get_ref()),
-                );
-                default
-            }
-        }
+        self.0.duration_or_zero(v, what, default)
     }
 }
 
 /// Reads and validates a rules file against the vitals of the job's FHIR mapping.
 pub fn load(path: &std::path::Path, vitals: &Vitals) -> Result<RuleSet, RuleErrors> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        RuleErrors(vec![RuleError {
-            file: file.clone(),
-            line: 1,
-            column: 1,
-            reason: format!("cannot read: {e}"),
-        }])
-    })?;
-    parse(&text, &file, vitals)
+    let text = crate::config::error::read(WHAT, path)?;
+    parse(&text, &path.display().to_string(), vitals)
 }
 
 /// Parses and validates rules text.
 pub fn parse(text: &str, file: &str, vitals: &Vitals) -> Result<RuleSet, RuleErrors> {
-    let mut cx = Cx {
-        file,
-        text,
-        errors: Vec::new(),
-    };
-    let raw: RawFile = match toml::from_str(text) {
-        Ok(r) => r,
-        Err(e) => {
-            cx.at(e.span().unwrap_or(0..0), e.message().trim());
-            return Err(RuleErrors(cx.errors));
-        }
-    };
+    let raw: RawFile = crate::config::error::from_toml(WHAT, text, file)?;
+    let mut cx = Cx(crate::config::error::Checker::new(WHAT, file, text));
     let d_sustained = cx.duration(
         &raw.defaults.sustained,
         "defaults.sustained",
@@ -902,10 +837,7 @@ pub fn parse(text: &str, file: &str, vitals: &Vitals) -> Result<RuleSet, RuleErr
         }
     }
 
-    if !cx.errors.is_empty() {
-        return Err(RuleErrors(cx.errors));
-    }
-    Ok(RuleSet {
+    cx.0.finish(RuleSet {
         file: file.to_string(),
         rules,
         news2,
@@ -977,9 +909,9 @@ mod tests {
         parse(&rule("mmHg"), "r.toml", &vitals()).expect("the display text");
         let e = parse(&rule("kPa"), "r.toml", &vitals()).expect_err("another unit");
         assert!(
-            e.0[0].reason.contains("in \"mm[Hg]\" or \"mmHg\"") && e.0[0].line == 4,
+            e.errors[0].reason.contains("in \"mm[Hg]\" or \"mmHg\"") && e.errors[0].line == Some(4),
             "{:?}",
-            e.0
+            e.errors
         );
     }
 
@@ -1028,10 +960,11 @@ below = { warning = 90 }
 above = { warning = 85 }
 "#;
         let e = parse(text, "r.toml", &vitals()).expect_err("invalid");
-        let lines: Vec<String> =
-            e.0.iter()
-                .map(|e| format!("{}:{}", e.line, e.reason))
-                .collect();
+        let lines: Vec<String> = e
+            .errors
+            .iter()
+            .map(|e| format!("{}:{}", e.line.unwrap_or(0), e.reason))
+            .collect();
         assert!(
             lines
                 .iter()

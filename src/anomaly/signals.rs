@@ -616,7 +616,11 @@ mod tests {
             &v,
         )
         .expect_err("invalid");
-        let lines: Vec<(usize, String)> = e.0.iter().map(|e| (e.line, e.reason.clone())).collect();
+        let lines: Vec<(usize, String)> = e
+            .errors
+            .iter()
+            .map(|e| (e.line.unwrap_or(0), e.reason.clone()))
+            .collect();
         assert!(
             lines
                 .iter()

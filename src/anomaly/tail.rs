@@ -1,7 +1,7 @@
 //! `vitalflow alerts`: the alerts a job delivers, as readable lines for people at a
 //! terminal (colour by severity), or as the JSON objects themselves for scripts.
 
-use crate::job::JobConfig;
+use crate::config::JobConfig;
 use anyhow::{anyhow, Context as _};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
@@ -71,8 +71,9 @@ pub fn tail(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    match (&job.alerts_topic, &job.kafka) {
-        (Some(topic), Some(k)) => {
+    let to = job.anomaly.as_ref().map(|a| &a.alerts);
+    match to {
+        Some(crate::config::Output::Topic { kafka: k, topic }) => {
             if k.embedded() {
                 return Err(anyhow!(
                     "{}: the job's Kafka is embedded in its own process; its alerts are on the topic \"{topic}\" there only (give the job real brokers, or drop anomaly.topic to write files)",

@@ -501,12 +501,14 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
     shared: Arc<Shared>,
 ) -> Stream<G, Out> {
     let rules = shared.rules.clone().expect("alerting has rules");
+    let every = (shared.job.anomaly.as_ref())
+        .expect("alerting has rules")
+        .checkpoint_every;
     let scope = measurements.scope();
     let (peers, index) = (scope.peers(), scope.index());
     let exchange = Exchange::new(|m: &Measurement| route(m.patient_id.as_deref().unwrap_or("")));
     let marks = marks.broadcast();
     let place = checkpoint_place(&shared, peers);
-    let every = shared.job.alert_checkpoint_every;
     measurements.binary_frontier(
         &marks,
         exchange,

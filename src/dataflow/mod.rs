@@ -18,8 +18,8 @@ pub mod window;
 
 use crate::anomaly::reload::Rules;
 use crate::anomaly::rules::Vitals;
+use crate::config::{JobConfig, KafkaConfig, Output, SourceConfig, EMBEDDED_BROKERS};
 use crate::fhir::client::FhirClient;
-use crate::job::{JobConfig, SourceConfig, EMBEDDED_BROKERS};
 use crate::lake::alerts::AlertTableSink;
 use crate::lake::measurements::MeasurementTableSink;
 use crate::lake::observations::ObservationTableSink;
@@ -68,7 +68,7 @@ fn mapping_text(path: &Path) -> anyhow::Result<(String, String)> {
     let name = path.display().to_string();
     match std::fs::read_to_string(path) {
         Ok(t) => Ok((t, name)),
-        Err(e) => crate::job::EMBEDDED_TEMPLATES
+        Err(e) => crate::config::EMBEDDED_TEMPLATES
             .iter()
             .find(|(p, _)| Path::new(p) == path)
             .map(|(_, t)| (t.to_string(), format!("{name} (embedded)")))
@@ -101,7 +101,8 @@ struct Shared {
     job: JobConfig,
     device: DeviceMapping,
     mapping: Arc<FhirMapping>,
-    brokers: Option<String>,
+    /// Bootstrap servers of the embedded cluster, when the job started one.
+    embedded_brokers: Option<String>,
     partitions: BTreeMap<String, i32>,
     sim_start: chrono::DateTime<chrono::Utc>,
     until_end: bool,
@@ -127,6 +128,15 @@ impl Shared {
         self.fatal.lock().map_or(true, |f| f.is_some())
     }
 
+    /// The bootstrap servers of a Kafka connection: the embedded cluster's when it runs
+    /// in this process.
+    fn bootstrap<'a>(&'a self, k: &'a KafkaConfig) -> &'a str {
+        match &self.embedded_brokers {
+            Some(b) if k.embedded() => b,
+            _ => &k.brokers,
+        }
+    }
+
     fn fail(&self, e: impl std::fmt::Display) {
         let mut f = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
         if f.is_none() {
@@ -143,22 +153,22 @@ struct Embedded {
     feeder: Option<std::thread::JoinHandle<()>>,
 }
 
-fn start_embedded(job: &JobConfig, stop: &Arc<AtomicBool>) -> anyhow::Result<(Embedded, String)> {
-    let k = job.kafka.as_ref().expect("embedded implies kafka");
+fn start_embedded(
+    job: &JobConfig,
+    k: &KafkaConfig,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<(Embedded, String)> {
     let cluster =
         rdkafka::mocking::MockCluster::new(1).context("cannot start the embedded Kafka cluster")?;
     let brokers = cluster.bootstrap_servers();
     for t in &k.topics {
         cluster.create_topic(t, k.partitions, 1)?;
     }
-    if let Some(t) = &job.dead_letter_topic {
-        cluster.create_topic(t, 1, 1)?;
-    }
-    if let Some(t) = &job.alerts_topic {
+    for t in job.output_topics() {
         cluster.create_topic(t, 1, 1)?;
     }
     tracing::info!(%brokers, "embedded Kafka cluster (librdkafka mock) started");
-    let feeder = match &job.simulator {
+    let feeder = match &job.feed {
         Some(sim) => {
             let sim = sim.clone();
             let topic = k.topics[0].clone();
@@ -205,8 +215,9 @@ pub fn run(
     // Templates and rules first: a bad one is the user's to fix, before any connection.
     let (device, fhir) =
         load_mappings(job).map_err(|e| anyhow::Error::new(InvalidConfig(format!("{e:#}"))))?;
-    let rules = match &job.anomaly_rules {
-        Some(path) => {
+    let rules = match &job.anomaly {
+        Some(a) => {
+            let path = &a.rules;
             let vitals = Arc::new(Vitals::new(&fhir));
             let rules = Rules::load(path, vitals).map_err(|e| InvalidConfig(e.to_string()))?;
             rules.watch(stop.clone(), metrics.clone());
@@ -217,9 +228,9 @@ pub fn run(
         None => None,
     };
     let mut embedded = None;
-    let mut brokers = None;
+    let mut embedded_brokers = None;
     let mut partitions = BTreeMap::new();
-    if let Some(k) = &job.kafka {
+    if let Some(k) = job.kafka() {
         let b = if k.brokers == EMBEDDED_BROKERS {
             if opts.processes > 1 {
                 return Err(anyhow!(
@@ -227,25 +238,25 @@ pub fn run(
                     opts.processes
                 ));
             }
-            let (e, b) = start_embedded(job, &stop)?;
+            let (e, b) = start_embedded(job, k, &stop)?;
             embedded = Some(e);
+            embedded_brokers = Some(b.clone());
             b
         } else {
             k.brokers.clone()
         };
         let mut wanted = k.clone();
-        if job.source != SourceConfig::Kafka {
+        if !matches!(job.source, SourceConfig::Kafka(_)) {
             wanted.topics.clear();
         }
-        wanted.topics.extend(job.dead_letter_topic.iter().cloned());
-        wanted.topics.extend(job.alerts_topic.iter().cloned());
+        let outputs = job.output_topics();
+        wanted.topics.extend(outputs.iter().map(|t| t.to_string()));
         if !wanted.topics.is_empty() {
             partitions = kafka::wait_for_topics(&wanted, &b)?;
         }
-        for t in job.dead_letter_topic.iter().chain(&job.alerts_topic) {
+        for t in outputs {
             partitions.remove(t);
         }
-        brokers = Some(b);
     }
     let fhir_client = match &job.fhir {
         Some(cfg) => {
@@ -278,36 +289,36 @@ pub fn run(
     }
     // Offsets of the embedded cluster start again at 0 every run: its records are a new
     // source each time, not a replay of the last run's.
-    let lake_app = match (&job.source, &job.kafka) {
-        (SourceConfig::Kafka, Some(k)) if k.embedded() => Some(format!(
+    let lake_app = match &job.source {
+        SourceConfig::Kafka(k) if k.embedded() => Some(format!(
             "vitalflow/{}/embedded-{}",
             k.group_id,
             chrono::Utc::now().timestamp_millis()
         )),
-        (SourceConfig::Kafka, Some(k)) => Some(format!("vitalflow/{}", k.group_id)),
+        SourceConfig::Kafka(k) => Some(format!("vitalflow/{}", k.group_id)),
         _ => None,
     };
-    let alert_checkpoints = match (&job.source, &job.kafka, &job.anomaly_rules) {
-        (SourceConfig::Kafka, Some(k), Some(_)) if !k.embedded() => Some((
+    let alert_checkpoints = match (&job.source, &job.anomaly) {
+        (SourceConfig::Kafka(k), Some(_)) if !k.embedded() => Some((
             job.output_dir.join("alert-state"),
             format!("kafka/{}/{}", k.group_id, k.topics.join(",")),
         )),
         _ => None,
     };
-    let commit_log = match (&job.source, &job.kafka) {
-        (SourceConfig::Kafka, Some(k)) if !k.embedded() => Some(commit_log::dir(&job.output_dir)),
+    let commit_log = match &job.source {
+        SourceConfig::Kafka(k) if !k.embedded() => Some(commit_log::dir(&job.output_dir)),
         _ => None,
     };
     let shared = Arc::new(Shared {
         job: job.clone(),
         device,
         mapping: Arc::new(fhir),
-        brokers,
+        embedded_brokers,
         partitions,
-        sim_start: job
-            .simulator
-            .as_ref()
-            .map_or_else(chrono::Utc::now, Simulator::default_start),
+        sim_start: match &job.source {
+            SourceConfig::Simulator(s) => Simulator::default_start(s),
+            _ => chrono::Utc::now(),
+        },
         until_end: opts.until_end,
         stop: stop.clone(),
         metrics,
@@ -443,8 +454,8 @@ fn dead_letter_sink(
     replayed: bool,
 ) -> anyhow::Result<DeadLetterSink> {
     let job = &shared.job;
-    Ok(match &job.dead_letter_topic {
-        Some(t) => {
+    Ok(match &job.dead_letters {
+        Output::Topic { kafka, topic: t } => {
             // A restart reads back what it may have sent: from where the commit log says.
             let resume = match (&shared.commit_log, replayed) {
                 (Some(log), true) => Some(
@@ -453,38 +464,30 @@ fn dead_letter_sink(
                 ),
                 _ => None,
             };
-            let sink = KafkaDeadLetters::new(
-                job.kafka.as_ref().expect("validated"),
-                shared.brokers.as_deref().expect("kafka"),
-                t,
-                resume.as_ref(),
-            )?;
+            let sink = KafkaDeadLetters::new(kafka, shared.bootstrap(kafka), t, resume.as_ref())?;
             let positions = sink.positions();
             (Box::new(sink), Some(positions))
         }
-        None => (Box::new(FileDeadLetters::new(dir, index)?), None),
+        Output::Files => (Box::new(FileDeadLetters::new(dir, index)?), None),
     })
 }
 
 fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<WorkerParts> {
     let job = &shared.job;
     let source: Box<dyn Source> = match &job.source {
-        SourceConfig::Kafka => Box::new(KafkaSource::new(
-            job.kafka.as_ref().expect("validated"),
-            shared.brokers.as_deref().expect("kafka"),
+        SourceConfig::Kafka(k) => Box::new(KafkaSource::new(
+            k,
+            shared.bootstrap(k),
             &shared.partitions,
             index,
             peers,
             shared.until_end,
             shared.metrics.clone(),
         )?),
-        SourceConfig::File(p, rate) => Box::new(FileSource::new(p, index, peers, *rate)?),
-        SourceConfig::Simulator => Box::new(SimulatorSource::new(
-            job.simulator.as_ref().expect("validated"),
-            shared.sim_start,
-            index,
-            peers,
-        )),
+        SourceConfig::File { path, rate } => Box::new(FileSource::new(path, index, peers, *rate)?),
+        SourceConfig::Simulator(sim) => {
+            Box::new(SimulatorSource::new(sim, shared.sim_start, index, peers))
+        }
     };
     let observations = if job.ndjson_observations {
         Some(ObservationSink::new(
@@ -513,9 +516,9 @@ fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<W
         }
         _ => None,
     };
-    let alerts = match (&shared.rules, &job.alerts_topic) {
-        (None, _) => None,
-        (Some(_), Some(t)) => {
+    let alerts = match (&shared.rules, job.anomaly.as_ref().map(|a| &a.alerts)) {
+        (None, _) | (_, None) => None,
+        (Some(_), Some(Output::Topic { kafka, topic: t })) => {
             // A restart reads back the events sent after the checkpoints it resumes from.
             let resume = match &shared.alert_checkpoints {
                 Some((dir, source)) => Some(alert_state::alerts_topic_from(
@@ -524,14 +527,14 @@ fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<W
                 None => None,
             };
             Some(AlertSink::kafka(
-                job.kafka.as_ref().expect("validated"),
-                shared.brokers.as_deref().expect("kafka"),
+                kafka,
+                shared.bootstrap(kafka),
                 t,
                 resume.as_ref(),
                 shared.metrics.clone(),
             )?)
         }
-        (Some(_), None) => Some(AlertSink::files(
+        (Some(_), Some(Output::Files)) => Some(AlertSink::files(
             &job.output_dir,
             index,
             shared.metrics.clone(),

@@ -5,7 +5,7 @@
 //! retried with exponential backoff and full jitter, honouring `Retry-After`; a 401 refreshes
 //! an OAuth2 token once and is otherwise fatal, since retrying cannot fix credentials.
 
-use crate::job::{FhirAuth, FhirSinkConfig};
+use crate::config::{FhirAuth, FhirSinkConfig};
 use crate::metrics::Metrics;
 use rand::RngExt as _;
 use reqwest::blocking::{Client, RequestBuilder};

@@ -10,7 +10,7 @@
 //! Lookups of many devices go to the server as one `batch` Bundle of searches.
 
 use super::client::{FhirClient, FhirError};
-use crate::job::{FhirSinkConfig, IdentityMode};
+use crate::config::{FhirSinkConfig, IdentityMode};
 use lru::LruCache;
 use reqwest::Method;
 use serde_json::{json, Value};

@@ -50,7 +50,7 @@ impl std::fmt::Debug for LakeConfig {
             .field("flush_interval", &self.flush_interval)
             .field("target_file_size", &self.target_file_size)
             .field("compact_every", &self.compact_every)
-            .field("storage", &crate::job::redacted(&self.storage))
+            .field("storage", &crate::config::redacted(&self.storage))
             .finish()
     }
 }

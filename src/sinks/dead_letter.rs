@@ -8,7 +8,7 @@
 use super::files::{committed_parts, PartWriter};
 use super::kafka::{AckedProducer, GROUP_HEADER};
 use super::Sink;
-use crate::job::KafkaConfig;
+use crate::config::KafkaConfig;
 use crate::sources::RawMessage;
 use anyhow::{anyhow, Context as _};
 use rdkafka::message::{Header, OwnedHeaders};

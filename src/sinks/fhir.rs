@@ -19,11 +19,11 @@
 
 use super::dead_letter::DeadLetter;
 use super::Sink;
+use crate::config::FhirSinkConfig;
 use crate::dataflow::window::WindowUpdate;
 use crate::fhir::client::{etag_version, FhirClient, FhirError};
 use crate::fhir::identity::{Identity, IdentityKey, Resolver};
 use crate::fhir::observation::{self, identifier_value, observation_id, period_end, Subjects};
-use crate::job::FhirSinkConfig;
 use crate::metrics::Metrics;
 use crate::sources::{Origin, RawMessage};
 use crate::time::format_dotnet;

@@ -1,7 +1,7 @@
 //! A Kafka producer whose flush tells whether every record was acknowledged: what makes a
 //! Kafka sink durable (dead letters, alerts).
 
-use crate::job::KafkaConfig;
+use crate::config::KafkaConfig;
 use anyhow::{anyhow, Context as _};
 use rdkafka::client::Client;
 use rdkafka::consumer::{BaseConsumer, Consumer};

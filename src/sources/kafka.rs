@@ -3,7 +3,7 @@
 //! them in batches, and commits offsets to the consumer group only when told they are durable.
 
 use super::{Origin, Poll, Positions, RawMessage, Source};
-use crate::job::{KafkaConfig, StartPosition};
+use crate::config::{KafkaConfig, StartPosition};
 use crate::metrics::Metrics;
 use anyhow::{anyhow, bail, Context as _};
 use rdkafka::config::ClientConfig;

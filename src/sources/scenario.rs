@@ -172,13 +172,7 @@ type Trajectory = (String, Option<Vec<u32>>, Vec<(i64, f64)>);
 
 /// Generates a scenario from its spec text, starting at `start` (event time).
 pub fn generate(text: &str, file: &str, start: DateTime<Utc>) -> anyhow::Result<Generated> {
-    let spec: Spec = toml::from_str(text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
-            .unwrap_or(1);
-        anyhow::anyhow!("{file}:{line}: {}", e.message().trim())
-    })?;
+    let spec: Spec = crate::config::error::from_toml("scenario", text, file)?;
     let _ = &spec.description;
     let duration = offset(&spec.duration)?;
     let ward = match spec.format.as_deref() {

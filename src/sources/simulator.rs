@@ -8,7 +8,7 @@
 //! offline and sync a backlog at once (late data), and sensor artifacts.
 
 use super::{Origin, Poll, Positions, RawMessage, Source};
-use crate::job::SimulatorConfig;
+use crate::config::SimulatorConfig;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
@@ -379,7 +379,7 @@ impl Pacer {
 /// until the count is reached or `stop` is set. Returns the number of messages delivered.
 pub fn produce(
     cfg: &SimulatorConfig,
-    k: &crate::job::KafkaConfig,
+    k: &crate::config::KafkaConfig,
     brokers: &str,
     topic: &str,
     start: DateTime<Utc>,

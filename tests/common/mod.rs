@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
-use vitalflow::job::SimulatorConfig;
+use vitalflow::config::SimulatorConfig;
 use vitalflow::sources::simulator::{SimMessage, Simulator};
 
 /// A blocking HTTP client for tests (TLS through rustls' ring provider, as the job).

@@ -1,0 +1,179 @@
+//! `vitalflow normalize`: what one device message becomes, or exactly why it fails.
+
+use super::*;
+use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
+use serde_json::{json, Value};
+use std::io::Read;
+use std::path::PathBuf;
+use vitalflow::debugger::{self, DebugError, Normalized};
+use vitalflow::event;
+use vitalflow::mapping::{DeviceMapping, FhirMapping};
+
+/// Arguments of `vitalflow normalize`.
+#[derive(clap::Args)]
+pub struct NormalizeArgs {
+    /// Device mapping (devicecontent.json).
+    #[arg(long)]
+    device: PathBuf,
+    /// FHIR mapping (fhirmapping.json): also print the Observations.
+    #[arg(long)]
+    fhir: Option<PathBuf>,
+    /// The input is the whole event object (as in the conformance cases), not a payload.
+    #[arg(long)]
+    event: bool,
+    /// Message property (header) key=value, repeatable.
+    #[arg(long = "property", value_name = "KEY=VALUE")]
+    properties: Vec<String>,
+    /// System property (broker metadata) key=value, repeatable.
+    #[arg(long = "system-property", value_name = "KEY=VALUE")]
+    system_properties: Vec<String>,
+    /// Output format [default: table on a terminal, json otherwise].
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// Message file, or - for standard input.
+    message: String,
+}
+
+/// Runs `vitalflow normalize`.
+pub fn run(args: NormalizeArgs) -> ExitCode {
+    let format = resolve(args.format);
+    let outcome = (|| {
+        let event = read_event(
+            &args.message,
+            args.event,
+            &args.properties,
+            &args.system_properties,
+        )?;
+        let device = DeviceMapping::from_file(&args.device).map_err(DebugError::Template)?;
+        let fhir = (args.fhir.as_ref())
+            .map(|p| FhirMapping::from_file(p))
+            .transpose()
+            .map_err(DebugError::Template)?;
+        debugger::normalize(&device, fhir.as_ref(), &event)
+    })();
+    match outcome {
+        Ok(n) => {
+            print_normalized(&n, format);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            print_error(&e, format);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_event(
+    source: &str,
+    verbatim: bool,
+    props: &[String],
+    sys: &[String],
+) -> Result<Value, DebugError> {
+    let message_error = |reason: String| DebugError::Message {
+        reason,
+        template: None,
+    };
+    let text = if source == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| message_error(format!("cannot read standard input: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(source)
+            .map_err(|e| message_error(format!("cannot read {source}: {e}")))?
+    };
+    let body: Value = serde_json::from_str(&text).map_err(|e| {
+        message_error(format!(
+            "{source}: invalid JSON at line {}, column {}: {e}",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    if verbatim {
+        return Ok(body);
+    }
+    let properties =
+        event::parse_pairs(props).map_err(|e| message_error(format!("--property: {e}")))?;
+    let system =
+        event::parse_pairs(sys).map_err(|e| message_error(format!("--system-property: {e}")))?;
+    Ok(event::wrap(body, properties, system))
+}
+
+pub fn print_error(e: &DebugError, format: Format) {
+    match format {
+        Format::Json => outln!("{}", e.to_json()),
+        Format::Table => match e {
+            DebugError::Template(errors) => {
+                eprintln!(
+                    "error: invalid mapping ({} problem{})",
+                    errors.0.len(),
+                    plural(errors.0.len())
+                );
+                for err in &errors.0 {
+                    eprintln!("  {err}");
+                }
+            }
+            DebugError::Message { reason, .. } => {
+                eprintln!("error: message cannot be normalized: {reason}")
+            }
+        },
+    }
+}
+
+fn print_normalized(n: &Normalized, format: Format) {
+    if format == Format::Json {
+        let mut out = json!({ "measurements": n.measurements.iter().map(|m| m.to_json()).collect::<Vec<_>>() });
+        if let Some(obs) = &n.observations {
+            out["observations"] = Value::Array(obs.clone());
+        }
+        outln!("{out}");
+        return;
+    }
+    if n.measurements.is_empty() {
+        outln!("no template matched this message: 0 measurements");
+    } else {
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED)
+            .set_content_arrangement(ContentArrangement::Dynamic);
+        t.set_header([
+            "#",
+            "type",
+            "device",
+            "patient",
+            "encounter",
+            "correlation",
+            "time (UTC)",
+            "values",
+        ]);
+        for (i, m) in n.measurements.iter().enumerate() {
+            let values: Vec<String> = m
+                .properties
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            t.add_row([
+                i.to_string(),
+                m.type_name.to_string(),
+                m.device_id.clone(),
+                m.patient_id.clone().unwrap_or_else(|| "-".into()),
+                m.encounter_id.clone().unwrap_or_else(|| "-".into()),
+                m.correlation_id.clone().unwrap_or_else(|| "-".into()),
+                vitalflow::time::format_rfc3339(&m.occurrence_time),
+                values.join(", "),
+            ]);
+        }
+        outln!(
+            "{} measurement{}",
+            n.measurements.len(),
+            plural(n.measurements.len())
+        );
+        outln!("{t}");
+    }
+    if let Some(obs) = &n.observations {
+        outln!("\n{} observation{}", obs.len(), plural(obs.len()));
+        for o in obs {
+            outln!("{}", serde_json::to_string_pretty(o).unwrap_or_default());
+        }
+    }
+}
