@@ -247,7 +247,7 @@ fn naive(
                 let Some(vital) = vitals.of(&x.type_name, name) else {
                     continue;
                 };
-                let Some(v) = crate::anomaly::signals::numeric(raw) else {
+                let Some(v) = crate::anomaly::rules::numeric(raw) else {
                     continue;
                 };
                 for r in &set.rules {

@@ -104,7 +104,7 @@ fn produce_input(brokers: &str, opts: &PeerOptions) -> anyhow::Result<u64> {
     let mut bytes = 0u64;
     for m in crate::sources::simulator::Simulator::new(&cfg, start, (0, 1)) {
         bytes += m.payload.len() as u64;
-        crate::sources::kafka::send(
+        crate::kafka::send(
             &producer,
             BaseRecord::to(TOPIC).key(&m.key).payload(&m.payload),
         )
@@ -520,7 +520,7 @@ fn consume(
                     crate::time::format_rfc3339(&t),
                     if out { "open" } else { "resolved" }
                 );
-                crate::sources::kafka::send(
+                crate::kafka::send(
                     &producer,
                     BaseRecord::to(alerts_topic).key(device).payload(&alert),
                 )

@@ -148,14 +148,3 @@ pub fn observations(
     }
     Ok(out)
 }
-
-/// Types the device mapping produces that the FHIR mapping has no template for.
-pub fn unmapped_types(device: &DeviceMapping, fhir: &FhirMapping) -> Vec<String> {
-    let mut out: Vec<String> = device
-        .template_names()
-        .filter(|(t, _)| fhir.get(t).is_none())
-        .map(|(t, _)| t.to_string())
-        .collect();
-    out.dedup();
-    out
-}

@@ -1,7 +1,9 @@
-//! The normalized measurement: what a device mapping produces from one device message.
+//! The data every stage passes on: device messages as read, and the normalized measurements
+//! a device mapping makes of them.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde_json::{Map, Value};
 use std::sync::Arc;
 
 /// One normalized reading: a type (the template's `typeName`), ids and named values.
@@ -87,5 +89,76 @@ impl Measurement {
             .iter()
             .find(|(n, _)| &**n == name)
             .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Where a message came from: enough to dead-letter it, commit past it, or find it again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Origin {
+    /// Kafka topic, file path, or `simulator`.
+    pub topic: Arc<str>,
+    /// Kafka partition (0 for files and the simulator).
+    pub partition: i32,
+    /// Kafka offset, line number, or sequence number.
+    pub offset: i64,
+    /// Broker (or producer) timestamp, milliseconds since the Unix epoch.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// One device message as read, before normalization.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawMessage {
+    /// The message value (device JSON), untouched.
+    pub payload: Vec<u8>,
+    /// The message key (often the device id).
+    pub key: Option<Vec<u8>>,
+    /// Message headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Position in the input.
+    pub origin: Origin,
+}
+
+impl RawMessage {
+    /// Headers as the IoMT `Properties` map (values as strings, lossy UTF-8).
+    pub fn properties(&self) -> Map<String, Value> {
+        self.headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    Value::String(String::from_utf8_lossy(v).into_owned()),
+                )
+            })
+            .collect()
+    }
+
+    /// Kafka metadata as the IoMT `SystemProperties` map. Names follow Event Hubs
+    /// (`x-opt-*`); the key doubles as `iothub-connection-device-id` and the broker time as
+    /// `iothub-enqueuedtime`, as IoT Hub's built-in endpoint sets them, so
+    /// `IotJsonPathContent` templates work unchanged.
+    pub fn system_properties(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        let o = &self.origin;
+        m.insert(
+            "x-opt-kafka-topic".into(),
+            Value::String(o.topic.to_string()),
+        );
+        m.insert("x-opt-partition".into(), o.partition.into());
+        m.insert("x-opt-offset".into(), Value::String(o.offset.to_string()));
+        m.insert("x-opt-sequence-number".into(), o.offset.into());
+        if let Some(t) = o
+            .timestamp_ms
+            .and_then(chrono::DateTime::from_timestamp_millis)
+        {
+            let t = crate::time::format_rfc3339(&t);
+            m.insert("x-opt-enqueued-time".into(), Value::String(t.clone()));
+            m.insert("iothub-enqueuedtime".into(), Value::String(t));
+        }
+        if let Some(k) = &self.key {
+            let k = String::from_utf8_lossy(k).into_owned();
+            m.insert("x-opt-partition-key".into(), Value::String(k.clone()));
+            m.insert("iothub-connection-device-id".into(), Value::String(k));
+        }
+        m
     }
 }

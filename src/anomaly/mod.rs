@@ -7,4 +7,3 @@ pub mod news2;
 pub mod reload;
 pub mod rules;
 pub mod signals;
-pub mod tail;

@@ -8,16 +8,10 @@
 //! the event clock passes that age ([`VitalState::expire`]), whether or not the patient
 //! sends anything else. Implausible values are dropped here, with the reason counted.
 
-use super::news2;
-use super::rules::{RuleSet, Signal};
+use super::rules::{milli, RuleSet, Signal};
 use crate::model::Measurement;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
-
-/// Values travel as thousandths: readings and rules compare exactly, and are `Ord` and `Hash`.
-pub fn milli(v: f64) -> i64 {
-    (v * 1000.0).round() as i64
-}
 
 /// A signal's key in a patient's readings.
 pub fn signal_key(s: &Signal) -> String {
@@ -134,19 +128,6 @@ fn band(boundaries: &[f64], v: f64) -> i64 {
             Some(std::cmp::Ordering::Greater) => 2,
         })
         .sum()
-}
-
-/// Parses a measured value: numbers, booleans (supplemental oxygen), ACVPU letters.
-pub fn numeric(v: &str) -> Option<f64> {
-    let t = v.trim();
-    if let Ok(f) = t.parse::<f64>() {
-        return f.is_finite().then_some(f);
-    }
-    match t.to_ascii_lowercase().as_str() {
-        "true" | "yes" | "on" => Some(1.0),
-        "false" | "no" | "off" => Some(0.0),
-        _ => news2::acvpu(t),
-    }
 }
 
 /// The vital state of all patients of one worker. What it serializes is the patients'

@@ -69,7 +69,7 @@ pub fn run(what: LakeWhat) -> ExitCode {
     };
     let specs = match vitalflow::lake::maintain::specs(&args.tables) {
         // By default, the tables the job writes.
-        Ok(_) if args.tables.is_empty() => cfg.specs(),
+        Ok(_) if args.tables.is_empty() => vitalflow::lake::specs(cfg),
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");

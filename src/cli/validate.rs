@@ -4,7 +4,7 @@ use super::normalize::print_error;
 use super::*;
 use serde_json::json;
 use std::path::PathBuf;
-use vitalflow::debugger::{self, DebugError};
+use vitalflow::debugger::DebugError;
 use vitalflow::mapping::{DeviceMapping, FhirMapping, TemplateErrors};
 
 /// Arguments of `vitalflow validate`.
@@ -62,7 +62,7 @@ fn validate(device: Option<&Path>, fhir: Option<&Path>, format: Format) -> ExitC
         }
     }
     let warnings: Vec<String> = match (&dm, &fm) {
-        (Some((_, Ok(d))), Some((_, Ok(f)))) => debugger::unmapped_types(d, f)
+        (Some((_, Ok(d))), Some((_, Ok(f)))) => vitalflow::mapping::unmapped_types(d, f)
             .into_iter()
             .map(|t| format!("measurement type \"{t}\" has no FHIR template: its measurements cannot become Observations"))
             .collect(),

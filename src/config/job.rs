@@ -1,9 +1,12 @@
 //! The validated configuration of a job: types that hold only valid settings.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The simulator's device profiles.
+pub const SIMULATOR_PROFILES: [&str; 2] = ["bedside-monitor", "wearable"];
 
 /// `kafka.brokers` value that starts librdkafka's in-process mock cluster.
 pub const EMBEDDED_BROKERS: &str = "embedded";
@@ -228,7 +231,7 @@ impl SimulatorConfig {
                 ),
             ));
         }
-        let profiles = crate::sources::simulator::PROFILES;
+        let profiles = SIMULATOR_PROFILES;
         if !profiles.contains(&self.profile.as_str()) {
             out.push((
                 "profile",
@@ -420,7 +423,7 @@ pub struct JobConfig {
     /// How often sinks commit what they buffered.
     pub flush_interval: Duration,
     /// Lakehouse tables (Delta Lake).
-    pub lake: Option<crate::lake::LakeConfig>,
+    pub lake: Option<LakeConfig>,
     /// Where messages no mapping accepts go, with their reason.
     pub dead_letters: Output,
     /// Anomaly detection and alerting.
@@ -435,4 +438,64 @@ pub struct JobConfig {
     pub max_durable_lag: Duration,
     /// Prometheus `/metrics` and `/health` address.
     pub metrics_address: Option<String>,
+}
+
+/// Which tables a job writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tables {
+    /// One row per normalized value.
+    pub measurements: bool,
+    /// One row per value of each Observation version.
+    pub observations: bool,
+    /// One row per alert event.
+    pub alerts: bool,
+}
+
+/// `[sinks.lake]`: where the tables live and how often they are committed.
+#[derive(Clone, PartialEq)]
+pub struct LakeConfig {
+    /// Root: a local directory or an object-store URL (`s3://bucket/prefix`).
+    pub location: String,
+    /// The tables written.
+    pub tables: Tables,
+    /// How often each worker commits what it buffered (one Delta commit per table).
+    pub flush_interval: Duration,
+    /// The file size `vitalflow lake compact` aims for.
+    pub target_file_size: u64,
+    /// Compact files older than this, this often, while the job runs (None: only by
+    /// `vitalflow lake compact`).
+    pub compact_every: Option<Duration>,
+    /// object_store options (endpoint, region, credentials), passed through.
+    pub storage: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for LakeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LakeConfig")
+            .field("location", &self.location)
+            .field("tables", &self.tables)
+            .field("flush_interval", &self.flush_interval)
+            .field("target_file_size", &self.target_file_size)
+            .field("compact_every", &self.compact_every)
+            .field("storage", &redacted(&self.storage))
+            .finish()
+    }
+}
+
+impl LakeConfig {
+    /// The default layout under a root: all three tables, committed every 10 s.
+    pub fn at(location: &str) -> Self {
+        Self {
+            location: location.to_string(),
+            tables: Tables {
+                measurements: true,
+                observations: true,
+                alerts: true,
+            },
+            flush_interval: Duration::from_secs(10),
+            target_file_size: 128 << 20,
+            compact_every: None,
+            storage: HashMap::new(),
+        }
+    }
 }

@@ -311,7 +311,7 @@ mod tests {
     #[test]
     fn secrets_never_print_in_debug() {
         let mut job = with_env(&[("VITALFLOW_KAFKA__SASL_PASSWORD", "hunter2")]).expect("valid");
-        let mut lake = crate::lake::LakeConfig::at("s3://b/p");
+        let mut lake = LakeConfig::at("s3://b/p");
         lake.storage
             .insert("aws_secret_access_key".into(), "wJalrXUtnFEMI".into());
         job.lake = Some(lake);

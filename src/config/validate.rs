@@ -362,8 +362,8 @@ pub(super) fn kafka_config(cx: &mut Checker<'_>, k: &RawKafka, name: &str) -> Ka
     }
 }
 
-fn lake_config(cx: &mut Checker<'_>, l: &RawLake) -> crate::lake::LakeConfig {
-    let mut c = crate::lake::LakeConfig::at(l.location.get_ref().trim());
+fn lake_config(cx: &mut Checker<'_>, l: &RawLake) -> LakeConfig {
+    let mut c = LakeConfig::at(l.location.get_ref().trim());
     if c.location.is_empty() {
         cx.at(
             l.location.span(),
@@ -380,7 +380,7 @@ fn lake_config(cx: &mut Checker<'_>, l: &RawLake) -> crate::lake::LakeConfig {
         }
     }
     if let Some(t) = &l.tables {
-        c.tables = crate::lake::Tables {
+        c.tables = Tables {
             measurements: false,
             observations: false,
             alerts: false,

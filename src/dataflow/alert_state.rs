@@ -14,7 +14,6 @@
 //! Rebuilding the state from the input instead would mean re-reading an unbounded past
 //! (an episode can last hours); the state itself is small.
 
-use super::alerting::PatientAlerts;
 use crate::anomaly::lifecycle::Lifecycle;
 use crate::anomaly::signals::VitalState;
 use crate::model::Measurement;
@@ -139,18 +138,10 @@ pub struct Place {
     pub peers: usize,
 }
 
-/// `state` as a checkpoint's bytes (zstd-compressed JSON); `alerts_topic`: where the
-/// alert topic stands now.
-pub fn encode(
-    at: &Place,
-    state: &PatientAlerts,
-    alerts_topic: std::collections::BTreeMap<i32, i64>,
-) -> anyhow::Result<Vec<u8>> {
+/// A checkpoint's bytes (zstd-compressed JSON).
+pub fn encode(checkpoint: &CheckpointRef<'_>) -> anyhow::Result<Vec<u8>> {
     let mut z = zstd::stream::write::Encoder::new(Vec::new(), 3)?;
-    serde_json::to_writer(
-        &mut z,
-        &state.checkpoint(&at.source, at.run, at.peers, alerts_topic),
-    )?;
+    serde_json::to_writer(&mut z, checkpoint)?;
     Ok(z.finish()?)
 }
 

@@ -630,7 +630,12 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                             .as_ref()
                             .map(|a| a.at(state.applied()))
                             .unwrap_or_default();
-                        match super::alert_state::encode(place, &state, at) {
+                        match super::alert_state::encode(&state.checkpoint(
+                            &place.source,
+                            place.run,
+                            place.peers,
+                            at,
+                        )) {
                             Ok(bytes) => Some(Arc::new(bytes)),
                             Err(e) => {
                                 shared.fail(format!("alerting: cannot encode a checkpoint: {e:#}"));

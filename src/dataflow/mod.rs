@@ -31,7 +31,7 @@ use crate::sinks::fhir::FhirSink;
 use crate::sinks::observations::ObservationSink;
 use crate::sinks::Sink;
 use crate::sources::file::FileSource;
-use crate::sources::kafka::{self, KafkaSource};
+use crate::sources::kafka::KafkaSource;
 use crate::sources::simulator::{Simulator, SimulatorSource};
 use crate::sources::Source;
 use anyhow::{anyhow, Context as _};
@@ -82,7 +82,7 @@ pub fn load_mappings(job: &JobConfig) -> anyhow::Result<(DeviceMapping, FhirMapp
     let device = DeviceMapping::from_text(&text, Some(&name)).map_err(|e| anyhow!("{e}"))?;
     let (text, name) = mapping_text(&job.fhir_mapping)?;
     let fhir = FhirMapping::from_text(&text, Some(&name)).map_err(|e| anyhow!("{e}"))?;
-    for t in crate::debugger::unmapped_types(&device, &fhir) {
+    for t in crate::mapping::unmapped_types(&device, &fhir) {
         tracing::warn!(
             r#type = %t,
             "the device mapping produces type \"{t}\" but the FHIR mapping has no template for it: its messages will be dead-lettered"
@@ -252,7 +252,7 @@ pub fn run(
         let outputs = job.output_topics();
         wanted.topics.extend(outputs.iter().map(|t| t.to_string()));
         if !wanted.topics.is_empty() {
-            partitions = kafka::wait_for_topics(&wanted, &b)?;
+            partitions = crate::kafka::wait_for_topics(&wanted, &b)?;
         }
         for t in outputs {
             partitions.remove(t);
@@ -272,7 +272,7 @@ pub fn run(
     if let Some(lake) = &job.lake {
         // Created (or checked) once here: an unwritable location or a table of another
         // schema stops the start with its reason, before any worker reads a message.
-        for spec in lake.specs() {
+        for spec in crate::lake::specs(lake) {
             crate::lake::table::Table::open(&lake.location, spec, &lake.storage)?;
         }
         tracing::info!(location = %lake.location, "lakehouse tables ready");

@@ -8,8 +8,8 @@
 use crate::event;
 use crate::mapping::{DeviceMapping, FhirMapping};
 use crate::model::Measurement;
+use crate::model::RawMessage;
 use crate::sinks::dead_letter::DeadLetter;
-use crate::sources::RawMessage;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
@@ -97,7 +97,7 @@ pub fn normalize(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::Origin;
+    use crate::model::Origin;
     use std::path::Path;
 
     fn mappings() -> (DeviceMapping, FhirMapping) {

@@ -81,7 +81,7 @@ where
         .name(name.to_string())
         .spawn(move || {
             let failure = |e: anyhow::Error| Failure {
-                fatal: e.downcast_ref::<crate::sinks::fhir::Fatal>().is_some(),
+                fatal: e.downcast_ref::<crate::sinks::Fatal>().is_some(),
                 message: format!("{e:#}"),
             };
             let mut write_error: Option<Failure> = None;

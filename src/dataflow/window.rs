@@ -20,49 +20,14 @@
 
 use crate::fhir::groups::{boundary, period_segment, ObservationGroup, TimeValue};
 use crate::fhir::observation::{identifier_value, observation_id, Subjects};
-use crate::mapping::fhir::{CodeValueTemplate, PeriodInterval};
+use crate::fhir::store::WindowUpdate;
+use crate::mapping::fhir::PeriodInterval;
 use crate::mapping::FhirMapping;
 use crate::model::Measurement;
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The current state of one Observation's window, as emitted to the sinks.
-#[derive(Debug, Clone)]
-pub struct WindowUpdate {
-    /// Deterministic Observation id.
-    pub id: String,
-    /// Measurement type, as the device mapping spells it.
-    pub type_name: Arc<str>,
-    /// Patient identifier.
-    pub patient: String,
-    /// Device identifier.
-    pub device: String,
-    /// Encounter identifier.
-    pub encounter: Option<String>,
-    /// The FHIR template of the type.
-    pub template: Arc<CodeValueTemplate>,
-    /// The values of this version: every value whose checkpoint is at or before its own.
-    pub group: Arc<ObservationGroup>,
-    /// Which life of the window this is (windows evicted and opened again get a new one): a
-    /// sink that wrote this same instance knows the group holds every value it wrote.
-    pub instance: u64,
-    /// When (wall ms) the window operator emitted this version: the version latency's start.
-    pub emitted_ms: i64,
-}
-
-impl WindowUpdate {
-    /// Who the Observation is about, as logical references by identifier.
-    pub fn subjects(&self) -> Subjects<'_> {
-        Subjects {
-            patient: &self.patient,
-            device: &self.device,
-            encounter: self.encounter.as_deref(),
-            resolved: false,
-        }
-    }
-}
 
 /// One value of a window, in columns' worth of space: the group of a version is built from
 /// these when the version is emitted.

@@ -5,6 +5,7 @@ pub mod groups;
 pub mod identity;
 pub mod observation;
 pub mod sampled_data;
+pub mod store;
 
 /// The connector's service URI: system of its own codings and of Observation identifiers.
 pub const SERVICE_URI: &str = "https://azure.microsoft.com/en-us/services/iomt-fhir-connector/";

@@ -260,7 +260,7 @@ pub fn spawn_compactor(
                     }
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                for spec in config.specs() {
+                for spec in super::specs(&config) {
                     match compact(&config, spec, every, config.target_file_size) {
                         Ok(c) if c.files_in > 0 => tracing::info!(
                             table = c.table,

@@ -11,10 +11,11 @@ use super::rows::{column, micros, Columns};
 use super::schema::OBSERVATIONS;
 use super::table::Table;
 use super::LakeConfig;
-use crate::dataflow::window::WindowUpdate;
+use crate::fhir::store::{
+    observation_day, Change, ObservationStore, StoredObservations, WindowUpdate,
+};
 use crate::fhir::SERVICE_URI;
 use crate::metrics::Metrics;
-use crate::sinks::observations::{observation_day, Change, ObservationStore, StoredObservations};
 use crate::sinks::Sink;
 use chrono::{DateTime, Utc};
 use deltalake::arrow::array::{
@@ -274,7 +275,7 @@ impl StoredObservations for TableVersions {
             .map(|(version, resource)| {
                 // Not mended by a retry: the job stops rather than forget what the table held.
                 let parsed = serde_json::from_str(resource).map_err(|e| {
-                    anyhow::Error::new(crate::sinks::fhir::Fatal(format!(
+                    anyhow::Error::new(crate::sinks::Fatal(format!(
                         "{}: version {version} of an Observation is not JSON ({e})",
                         self.table.location
                     )))

@@ -1,7 +1,7 @@
 //! Template expressions (JSONPath or JMESPath) and the scopes they are evaluated in.
 
 use super::jmes::{self, JmesPath};
-use super::jsonpath::JsonPath;
+use super::jsonpath::{with_matched_token, JsonPath};
 use jmespath::{Rcvar, Variable};
 use serde_json::Value;
 use std::borrow::Cow;
@@ -268,14 +268,4 @@ impl<'a> Scope<'a> {
                 .clone(),
         }
     }
-}
-
-/// A copy of the event with `matchedToken` added (the connector's calculated-content scope).
-pub fn with_matched_token(event: &Value, matched: Value) -> Value {
-    let mut map = match event {
-        Value::Object(m) => m.clone(),
-        _ => serde_json::Map::new(),
-    };
-    map.insert("matchedToken".to_string(), matched);
-    Value::Object(map)
 }

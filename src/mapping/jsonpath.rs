@@ -174,7 +174,7 @@ impl JsonPath {
                 _ => {}
             }
         }
-        let scoped = super::expr::with_matched_token(event, matched.clone());
+        let scoped = with_matched_token(event, matched.clone());
         self.select_single(&scoped)
             .map(|v| v.map(|v| Cow::Owned(v.clone())))
     }
@@ -775,6 +775,16 @@ fn first_line(s: &str) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// A copy of the event with `matchedToken` added (the connector's calculated-content scope).
+pub fn with_matched_token(event: &Value, matched: Value) -> Value {
+    let mut map = match event {
+        Value::Object(m) => m.clone(),
+        _ => serde_json::Map::new(),
+    };
+    map.insert("matchedToken".to_string(), matched);
+    Value::Object(map)
 }
 
 #[cfg(test)]

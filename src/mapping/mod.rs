@@ -10,3 +10,14 @@ pub mod jsonpath;
 pub use device::{DeviceMapping, NormalizeError};
 pub use error::{TemplateError, TemplateErrors};
 pub use fhir::FhirMapping;
+
+/// Types the device mapping produces that the FHIR mapping has no template for.
+pub fn unmapped_types(device: &DeviceMapping, fhir: &FhirMapping) -> Vec<String> {
+    let mut out: Vec<String> = device
+        .template_names()
+        .filter(|(t, _)| fhir.get(t).is_none())
+        .map(|(t, _)| t.to_string())
+        .collect();
+    out.dedup();
+    out
+}

@@ -9,7 +9,7 @@ use super::files::{committed_parts, PartWriter};
 use super::kafka::{AckedProducer, GROUP_HEADER};
 use super::Sink;
 use crate::config::KafkaConfig;
-use crate::sources::RawMessage;
+use crate::model::RawMessage;
 use anyhow::{anyhow, Context as _};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
@@ -389,7 +389,7 @@ impl Sink<DeadLetter> for KafkaDeadLetters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::Origin;
+    use crate::model::Origin;
 
     fn letter(topic: &str, offset: i64) -> DeadLetter {
         DeadLetter {

@@ -20,23 +20,18 @@
 use super::dead_letter::DeadLetter;
 use super::Sink;
 use crate::config::FhirSinkConfig;
-use crate::dataflow::window::WindowUpdate;
 use crate::fhir::client::{etag_version, FhirClient, FhirError};
 use crate::fhir::identity::{Identity, IdentityKey, Resolver};
 use crate::fhir::observation::{self, identifier_value, observation_id, period_end, Subjects};
+use crate::fhir::store::WindowUpdate;
 use crate::metrics::Metrics;
-use crate::sources::{Origin, RawMessage};
+use crate::model::{Origin, RawMessage};
 use crate::time::format_dotnet;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A failure retrying cannot fix (credentials): the job stops with it.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Fatal(pub String);
 
 /// What the sink knows of an Observation it wrote.
 struct Known {
@@ -130,7 +125,7 @@ fn version_of(resource: &Value, etag: Option<&str>) -> Option<String> {
 /// anything else is retried.
 pub fn sink_error(e: FhirError) -> anyhow::Error {
     if e.is_fatal() {
-        anyhow::Error::new(Fatal(e.to_string()))
+        anyhow::Error::new(super::Fatal(e.to_string()))
     } else {
         anyhow::Error::new(e)
     }

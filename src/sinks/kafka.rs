@@ -70,7 +70,7 @@ pub struct AckedProducer {
 impl AckedProducer {
     /// A producer to `brokers`; `what` names it in errors.
     pub fn new(k: &KafkaConfig, brokers: &str, what: &str) -> anyhow::Result<Self> {
-        let producer = crate::sources::kafka::client_config(k, brokers)
+        let producer = crate::kafka::client_config(k, brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .create_with_context(Deliveries::default())
@@ -98,7 +98,7 @@ impl AckedProducer {
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
     {
-        crate::sources::kafka::send(&self.producer, record)
+        crate::kafka::send(&self.producer, record)
     }
 
     /// Waits until every record since [`AckedProducer::begin`] is delivered; Err when any
@@ -200,7 +200,7 @@ pub fn read_back(
     topic: &str,
     from: &BTreeMap<i32, i64>,
 ) -> anyhow::Result<Vec<ReadBack>> {
-    let c: BaseConsumer = crate::sources::kafka::client_config(k, brokers)
+    let c: BaseConsumer = crate::kafka::client_config(k, brokers)
         .set("group.id", "vitalflow-read-back")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
@@ -231,7 +231,7 @@ pub fn read_back(
         };
         let m = m.with_context(|| format!("cannot read {topic} back"))?;
         out.push((
-            crate::sources::kafka::headers_of(&m),
+            crate::kafka::headers_of(&m),
             m.payload().unwrap_or_default().to_vec(),
         ));
         if ends

@@ -13,6 +13,12 @@ pub mod files;
 pub mod kafka;
 pub mod observations;
 
+/// A sink failure retrying cannot fix (credentials refused, a stored file that cannot be
+/// read back): the job stops with it instead of retrying a flush forever.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Fatal(pub String);
+
 /// An output that buffers items and makes them durable on flush.
 pub trait Sink<D> {
     /// Buffers one item produced at `epoch`.

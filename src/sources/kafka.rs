@@ -4,113 +4,19 @@
 
 use super::{Origin, Poll, Positions, RawMessage, Source};
 use crate::config::{KafkaConfig, StartPosition};
+use crate::kafka::{client_config, headers_of};
 use crate::metrics::Metrics;
-use anyhow::{anyhow, bail, Context as _};
-use rdkafka::config::ClientConfig;
+use anyhow::{anyhow, Context as _};
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::ToBytes;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
-use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// Base librdkafka settings of the job's clients: brokers plus pass-through properties.
-pub fn client_config(k: &KafkaConfig, brokers: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers);
-    for (key, value) in &k.properties {
-        c.set(key, value);
-    }
-    c
-}
-
-/// Enqueues a record for delivery, serving callbacks while librdkafka's local queue is full
-/// (a producer faster than the brokers waits instead of failing).
-pub fn send<C, K, P>(
-    producer: &BaseProducer<C>,
-    mut record: BaseRecord<'_, K, P, ()>,
-) -> Result<(), KafkaError>
-where
-    C: ProducerContext<DeliveryOpaque = ()>,
-    K: ToBytes + ?Sized,
-    P: ToBytes + ?Sized,
-{
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                producer.poll(Duration::from_millis(20));
-                record = r;
-            }
-            Err((e, _)) => return Err(e),
-        }
-    }
-}
-
-/// Waits until the brokers answer and every topic exists, with backoff, up to the startup
-/// timeout. Returns the partition count of each topic.
-pub fn wait_for_topics(k: &KafkaConfig, brokers: &str) -> anyhow::Result<BTreeMap<String, i32>> {
-    let consumer: BaseConsumer = client_config(k, brokers)
-        .create()
-        .with_context(|| format!("cannot create a Kafka client for {brokers}"))?;
-    let deadline = Instant::now() + k.startup_timeout;
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let last_error = match consumer.fetch_metadata(None, remaining.min(Duration::from_secs(5)))
-        {
-            Ok(md) => {
-                let mut found = BTreeMap::new();
-                let mut missing = Vec::new();
-                for t in &k.topics {
-                    match md.topics().iter().find(|mt| mt.name() == t) {
-                        Some(mt) if mt.error().is_none() && !mt.partitions().is_empty() => {
-                            found.insert(t.clone(), mt.partitions().len() as i32);
-                        }
-                        _ => missing.push(t.clone()),
-                    }
-                }
-                if missing.is_empty() {
-                    return Ok(found);
-                }
-                let existing: Vec<&str> = md
-                    .topics()
-                    .iter()
-                    .map(|t| t.name())
-                    .filter(|n| !n.starts_with("__"))
-                    .collect();
-                format!(
-                    "topic(s) {} not found on {brokers} (existing: {})",
-                    missing.join(", "),
-                    if existing.is_empty() {
-                        "none".to_string()
-                    } else {
-                        existing.join(", ")
-                    }
-                )
-            }
-            Err(e) => format!("brokers {brokers} unreachable: {e}"),
-        };
-        if Instant::now() + backoff >= deadline {
-            bail!(
-                "{last_error}; gave up after {} (kafka.startup_timeout)",
-                humantime::format_duration(k.startup_timeout)
-            );
-        }
-        tracing::warn!(
-            retry_in_ms = backoff.as_millis() as u64,
-            "{last_error}; retrying"
-        );
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
-}
+use std::time::Duration;
 
 /// Records per-partition lag from librdkafka's statistics into the job metrics.
 struct LagContext(Arc<Metrics>);
@@ -257,17 +163,6 @@ impl KafkaSource {
         }
         Ok(())
     }
-}
-
-/// A record's headers, copied out of librdkafka's buffer (a header without a value: empty).
-pub fn headers_of<C: FromIterator<(String, Vec<u8>)> + Default>(m: &BorrowedMessage<'_>) -> C {
-    m.headers()
-        .map(|h| {
-            h.iter()
-                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Copies a message out of librdkafka's buffer and records its position.

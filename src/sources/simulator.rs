@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Device profiles the simulator knows.
-pub const PROFILES: [&str; 2] = ["bedside-monitor", "wearable"];
+pub use crate::config::SIMULATOR_PROFILES as PROFILES;
 
 /// One simulated message.
 #[derive(Debug, Clone, PartialEq)]
@@ -387,7 +387,7 @@ pub fn produce(
 ) -> anyhow::Result<u64> {
     use anyhow::Context as _;
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let producer: BaseProducer = super::kafka::client_config(k, brokers)
+    let producer: BaseProducer = crate::kafka::client_config(k, brokers)
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .create()
@@ -405,7 +405,7 @@ pub fn produce(
         for _ in 0..n {
             let Some(m) = sim.next() else { break 'outer };
             let record = BaseRecord::to(topic).key(&m.key).payload(&m.payload);
-            super::kafka::send(&producer, record)
+            crate::kafka::send(&producer, record)
                 .map_err(|e| anyhow::anyhow!("cannot produce to {topic}: {e}"))?;
             sent += 1;
         }

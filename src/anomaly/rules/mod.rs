@@ -1,0 +1,354 @@
+//! Alert rules as data (`templates/alerts/*.toml`): thresholds with severity bands,
+//! rates of change, deviation from the patient's own baseline, and NEWS2.
+//!
+//! A rule names its vital by a code of the FHIR mapping (LOINC `8867-4`, a component's code
+//! such as `8480-6`) or by the measurement type name (`heartRate`, or `bloodPressure.systolic`
+//! for a component), so one rule set works for every device mapping that codes its vitals.
+//! Every problem is reported with the file, line and column.
+
+//!
+//! This module holds the rules as alerting uses them; `parse` reads and checks a rules file,
+//! `vitals` names the vitals a FHIR mapping produces.
+
+mod parse;
+mod vitals;
+
+pub use parse::{load, parse, RuleErrors};
+pub use vitals::Vitals;
+
+use super::news2::Param;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// How bad a condition is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Look soon.
+    Warning,
+    /// Look now.
+    Critical,
+}
+
+/// Where a value stands against a rule: the order matters (higher is worse).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Level {
+    /// Normal, beyond the hysteresis margin.
+    Normal,
+    /// Back inside the threshold but within the hysteresis margin: neither opens nor resolves.
+    Margin,
+    /// Beyond the warning threshold.
+    Warning,
+    /// Beyond the critical threshold.
+    Critical,
+}
+
+impl Level {
+    /// The severity an alert at this level has.
+    pub fn severity(self) -> Option<Severity> {
+        match self {
+            Level::Warning => Some(Severity::Warning),
+            Level::Critical => Some(Severity::Critical),
+            _ => None,
+        }
+    }
+}
+
+/// What a rule watches: a vital as measured, or something derived from it per patient.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Signal {
+    /// The vital's value.
+    Value(String),
+    /// The value minus the highest (`drop`) or lowest (`rise`) value within the window.
+    Change {
+        /// The vital.
+        vital: String,
+        /// Window, seconds.
+        within_s: u64,
+        /// True: against the highest value (falls); false: the lowest (rises).
+        falling: bool,
+    },
+    /// The median of the vital over the last `window_s` seconds: what NEWS2 scores, as a
+    /// charted observation would be, so one noisy second does not change a patient's score.
+    Smoothed {
+        /// The vital.
+        vital: String,
+        /// Window, seconds.
+        window_s: u64,
+    },
+    /// z-score against the patient's exponentially weighted mean and variance.
+    Baseline {
+        /// The vital.
+        vital: String,
+        /// Half-life of the weights, seconds.
+        halflife_s: u64,
+        /// Readings are not judged before this much history, seconds.
+        warmup_s: u64,
+    },
+}
+
+impl Signal {
+    /// The vital the signal derives from.
+    pub fn vital(&self) -> &str {
+        match self {
+            Signal::Value(v) => v,
+            Signal::Change { vital, .. }
+            | Signal::Baseline { vital, .. }
+            | Signal::Smoothed { vital, .. } => vital,
+        }
+    }
+}
+
+/// How a rule judges its signal.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Test {
+    /// Alert when the signal is at or above the thresholds.
+    Above {
+        /// Warning threshold.
+        warning: Option<f64>,
+        /// Critical threshold.
+        critical: Option<f64>,
+    },
+    /// Alert when the signal is at or below the thresholds.
+    Below {
+        /// Warning threshold.
+        warning: Option<f64>,
+        /// Critical threshold.
+        critical: Option<f64>,
+    },
+}
+
+/// One alert rule.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rule {
+    /// Stable id (alert ids derive from it).
+    pub id: String,
+    /// What a clinician reads.
+    pub title: String,
+    /// The signal judged.
+    pub signal: Signal,
+    /// The judgement.
+    pub test: Test,
+    /// How far back inside a threshold a value must come before it counts as normal.
+    pub hysteresis: f64,
+    /// How long (event time) a condition must hold before it alerts.
+    pub sustained: Duration,
+    /// How long values must stay normal before an alert resolves.
+    pub resolve_after: Duration,
+    /// A resolved alert does not reopen at the same or a lower severity within this.
+    pub suppress: Duration,
+    /// Unit of the thresholds, when the rule states one.
+    pub unit: Option<String>,
+}
+
+impl Rule {
+    /// The level of a value.
+    pub fn level(&self, v: f64) -> Level {
+        RuleRow::from(self).level(milli(v))
+    }
+
+    /// Values at which [`Rule::level`] can change.
+    pub fn boundaries(&self) -> Vec<f64> {
+        let (w, c, sign) = match self.test {
+            Test::Above { warning, critical } => (warning, critical, -1.0),
+            Test::Below { warning, critical } => (warning, critical, 1.0),
+        };
+        let mut b: Vec<f64> = [w, c].into_iter().flatten().collect();
+        if let Some(edge) = w.or(c) {
+            b.push(edge + sign * self.hysteresis);
+        }
+        b
+    }
+}
+
+/// A rule as alerting judges with it: thresholds in thousandths, so that it is
+/// `Ord` and `Hash`, and a changed threshold compares unequal.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RuleRow {
+    /// Rule id.
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// The vital its signal derives from.
+    pub vital: String,
+    /// Above (true) or below.
+    pub above: bool,
+    /// Warning threshold, thousandths.
+    pub warning: Option<i64>,
+    /// Critical threshold, thousandths.
+    pub critical: Option<i64>,
+    /// Hysteresis, thousandths.
+    pub hysteresis: i64,
+    /// Sustain, resolve and suppression times, ms.
+    pub timing: (i64, i64, i64),
+    /// Unit, for texts.
+    pub unit: Option<String>,
+}
+
+impl RuleRow {
+    /// The level of a value (thousandths).
+    pub fn level(&self, v: i64) -> Level {
+        let at_or = |t: Option<i64>| t.is_some_and(|t| if self.above { v >= t } else { v <= t });
+        let edge = self.warning.or(self.critical).map(|t| {
+            if self.above {
+                t - self.hysteresis
+            } else {
+                t + self.hysteresis
+            }
+        });
+        if at_or(self.critical) {
+            Level::Critical
+        } else if at_or(self.warning) {
+            Level::Warning
+        } else if at_or(edge) {
+            Level::Margin
+        } else {
+            Level::Normal
+        }
+    }
+}
+
+impl From<&Rule> for RuleRow {
+    fn from(r: &Rule) -> Self {
+        let m = milli;
+        let ms = |d: Duration| d.as_millis().min(i64::MAX as u128) as i64;
+        let (above, warning, critical) = match r.test {
+            Test::Above { warning, critical } => (true, warning, critical),
+            Test::Below { warning, critical } => (false, warning, critical),
+        };
+        Self {
+            id: r.id.clone(),
+            title: r.title.clone(),
+            vital: r.signal.vital().to_string(),
+            above,
+            warning: warning.map(m),
+            critical: critical.map(m),
+            hysteresis: m(r.hysteresis),
+            timing: (ms(r.sustained), ms(r.resolve_after), ms(r.suppress)),
+            unit: r.unit.clone(),
+        }
+    }
+}
+
+/// NEWS2 settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct News2Config {
+    /// Aggregate at which an urgent response (warning) is called.
+    pub urgent: u8,
+    /// Aggregate at which an emergency response (critical) is called.
+    pub emergency: u8,
+    /// Any single parameter scoring 3 alerts (warning).
+    pub single_parameter: bool,
+    /// A value older than this (event time, against the job's event clock) stops counting.
+    pub stale_after: Duration,
+    /// Parameters are scored on their median over this window.
+    pub smoothing: Duration,
+    /// Patients scored on SpO2 scale 2 (hypercapnic respiratory failure), by identifier.
+    pub scale2_patients: Vec<String>,
+    /// The vital each parameter is read from.
+    pub vitals: BTreeMap<Param, String>,
+    /// Sustain, resolve and suppression timings of NEWS2 alerts.
+    pub sustained: Duration,
+    /// See [`Rule::resolve_after`].
+    pub resolve_after: Duration,
+    /// See [`Rule::suppress`].
+    pub suppress: Duration,
+}
+
+impl News2Config {
+    /// The signal a parameter is scored on.
+    pub fn signal(&self, vital: &str) -> Signal {
+        Signal::Smoothed {
+            vital: vital.to_string(),
+            window_s: self.smoothing.as_secs().max(1),
+        }
+    }
+}
+
+/// Signal-quality limits of a vital: values outside are artifacts, not physiology.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Quality {
+    /// Lowest plausible value.
+    pub min: Option<f64>,
+    /// Highest plausible value.
+    pub max: Option<f64>,
+    /// Largest plausible change from the previous accepted reading.
+    pub max_step: Option<f64>,
+}
+
+/// A validated rule set.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuleSet {
+    /// The file it came from.
+    pub file: String,
+    /// Rules, in file order.
+    pub rules: Vec<Rule>,
+    /// NEWS2, when enabled.
+    pub news2: Option<News2Config>,
+    /// Plausibility limits by vital.
+    pub quality: BTreeMap<String, Quality>,
+    /// Per vital, the number a text reading stands for (lower-case text), for devices that
+    /// chart words: oxygen delivery `RA` / `NC`, a consciousness scale.
+    pub text_values: BTreeMap<String, BTreeMap<String, f64>>,
+}
+
+impl RuleSet {
+    /// The number a reading of `vital` stands for: a number, a text the file maps, or a
+    /// charting word understood everywhere (booleans, ACVPU).
+    pub fn number(&self, vital: &str, raw: &str) -> Option<f64> {
+        let t = raw.trim();
+        if let Ok(f) = t.parse::<f64>() {
+            return f.is_finite().then_some(f);
+        }
+        if let Some(n) = self
+            .text_values
+            .get(vital)
+            .and_then(|m| m.get(&t.to_lowercase()))
+        {
+            return Some(*n);
+        }
+        numeric(t)
+    }
+
+    /// Level-change points of every rule on a signal, sorted: readings are passed on only
+    /// when they cross one.
+    pub fn boundaries(&self) -> HashMap<Signal, Vec<f64>> {
+        let mut out: HashMap<Signal, Vec<f64>> = HashMap::new();
+        for r in &self.rules {
+            out.entry(r.signal.clone())
+                .or_default()
+                .extend(r.boundaries());
+        }
+        if let Some(n) = &self.news2 {
+            for (p, vital) in &n.vitals {
+                out.entry(n.signal(vital))
+                    .or_default()
+                    .extend_from_slice(super::news2::boundaries(*p));
+            }
+        }
+        for b in out.values_mut() {
+            b.sort_by(f64::total_cmp);
+            b.dedup();
+        }
+        out
+    }
+}
+
+/// Values travel as thousandths: readings and rules compare exactly, and are `Ord` and `Hash`.
+pub fn milli(v: f64) -> i64 {
+    (v * 1000.0).round() as i64
+}
+
+/// Parses a measured value: numbers, booleans (supplemental oxygen), ACVPU letters.
+pub fn numeric(v: &str) -> Option<f64> {
+    let t = v.trim();
+    if let Ok(f) = t.parse::<f64>() {
+        return f.is_finite().then_some(f);
+    }
+    match t.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" => Some(1.0),
+        "false" | "no" | "off" => Some(0.0),
+        _ => super::news2::acvpu(t),
+    }
+}

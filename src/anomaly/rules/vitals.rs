@@ -1,0 +1,79 @@
+//! The vitals a FHIR mapping produces, by every name a rule may use for them.
+
+use crate::mapping::fhir::ValueTemplate;
+use crate::mapping::FhirMapping;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The vitals a FHIR mapping produces: each measurement property that becomes an
+/// Observation value, by every name a rule may use for it.
+#[derive(Debug, Clone, Default)]
+pub struct Vitals {
+    /// (type name, value name) → canonical vital key.
+    by_property: HashMap<(Arc<str>, Arc<str>), String>,
+    /// Any accepted name (codes, type names, `type.value`) → canonical key.
+    names: HashMap<String, String>,
+    /// Canonical key → the unit's spellings (UCUM code, display), when the mapping
+    /// states one.
+    pub(super) units: HashMap<String, Vec<String>>,
+}
+
+impl Vitals {
+    /// Indexes the values of a FHIR mapping.
+    pub fn new(fhir: &FhirMapping) -> Self {
+        let mut v = Self::default();
+        for t in fhir.templates() {
+            let mut add = |codes: Vec<&str>, value: &ValueTemplate, alias: String| {
+                let key = codes.first().map_or(alias.clone(), |c| c.to_string());
+                let type_name: Arc<str> = Arc::from(t.type_name.as_str());
+                v.by_property.insert(
+                    (type_name, Arc::from(value.value_name.as_str())),
+                    key.clone(),
+                );
+                v.names.insert(alias, key.clone());
+                for c in codes {
+                    v.names.insert(c.to_string(), key.clone());
+                }
+                v.units.insert(
+                    key,
+                    value
+                        .unit_spellings()
+                        .into_iter()
+                        .map(str::to_string)
+                        .collect(),
+                );
+            };
+            if let Some(value) = &t.value {
+                let codes = t.codes.iter().filter_map(|c| c.code.as_deref()).collect();
+                add(codes, value, t.type_name.clone());
+            }
+            for c in &t.components {
+                let codes = c.codes.iter().filter_map(|c| c.code.as_deref()).collect();
+                add(
+                    codes,
+                    &c.value,
+                    format!("{}.{}", t.type_name, c.value.value_name),
+                );
+            }
+        }
+        v
+    }
+
+    /// The canonical vital of a measurement property, if it becomes an Observation value.
+    pub fn of(&self, type_name: &Arc<str>, value_name: &Arc<str>) -> Option<&str> {
+        self.by_property
+            .get(&(type_name.clone(), value_name.clone()))
+            .map(String::as_str)
+    }
+
+    /// The canonical key for a name a rule uses.
+    pub fn resolve(&self, name: &str) -> Option<&str> {
+        self.names.get(name).map(String::as_str)
+    }
+
+    pub(super) fn known(&self) -> String {
+        let mut n: Vec<&String> = self.names.keys().collect();
+        n.sort();
+        n.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+    }
+}

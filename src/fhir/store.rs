@@ -1,0 +1,371 @@
+//! What an Observation output has written: the versions the window operator emits
+//! ([`WindowUpdate`]), and the store that merges each into the Observation last written for
+//! its id, as the IoMT connector merges into a stored Observation.
+//!
+//! Every Observation output (NDJSON, the lakehouse) keeps one store; what the store does not
+//! hold (after a restart, or for a window evicted long ago) it reads back through
+//! [`StoredObservations`] by the event day the window starts on, so a replay or a days-old
+//! backlog merges into what was already written, and an update that changes nothing is not
+//! written again.
+
+use crate::fhir::groups::ObservationGroup;
+use crate::fhir::observation::{self, period_end, period_start, Subjects};
+use crate::mapping::fhir::CodeValueTemplate;
+use crate::metrics::Metrics;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The current state of one Observation's window, as emitted to the sinks.
+#[derive(Debug, Clone)]
+pub struct WindowUpdate {
+    /// Deterministic Observation id.
+    pub id: String,
+    /// Measurement type, as the device mapping spells it.
+    pub type_name: Arc<str>,
+    /// Patient identifier.
+    pub patient: String,
+    /// Device identifier.
+    pub device: String,
+    /// Encounter identifier.
+    pub encounter: Option<String>,
+    /// The FHIR template of the type.
+    pub template: Arc<CodeValueTemplate>,
+    /// The values of this version: every value whose checkpoint is at or before its own.
+    pub group: Arc<ObservationGroup>,
+    /// Which life of the window this is (windows evicted and opened again get a new one): a
+    /// sink that wrote this same instance knows the group holds every value it wrote.
+    pub instance: u64,
+    /// When (wall ms) the window operator emitted this version: the version latency's start.
+    pub emitted_ms: i64,
+}
+
+impl WindowUpdate {
+    /// Who the Observation is about, as logical references by identifier.
+    pub fn subjects(&self) -> Subjects<'_> {
+        Subjects {
+            patient: &self.patient,
+            device: &self.device,
+            encounter: self.encounter.as_deref(),
+            resolved: false,
+        }
+    }
+}
+
+struct Stored {
+    resource: Value,
+    end: DateTime<Utc>,
+    /// The window instance whose group holds every value of it; None when it also holds
+    /// values from elsewhere (read back from committed output, or merged into).
+    instance: Option<u64>,
+    /// How many versions of it were written (1 for the first).
+    version: i64,
+}
+
+/// Where an Observation output reads back what it wrote: the newest stored version of each
+/// Observation, found by the UTC day its period starts on (the lakehouse's `date`
+/// partition, the NDJSON part index).
+pub trait StoredObservations {
+    /// The newest stored version, with its version number (0 where the output numbers none),
+    /// of every Observation this worker owns whose period starts on one of `days` and which
+    /// `keep(id, period end)` wants.
+    fn read_days(
+        &mut self,
+        days: &BTreeSet<i32>,
+        keep: &dyn Fn(&str, Option<DateTime<Utc>>) -> bool,
+    ) -> anyhow::Result<Vec<(Value, i64)>>;
+}
+
+/// The last Observation written per id, and the versions built since the last flush: what
+/// every Observation output (NDJSON, the lakehouse) merges into, as the IoMT connector
+/// merges into a stored Observation.
+///
+/// Each window version is built (or merged) into its Observation as it arrives and its
+/// group dropped, so a sink holds built versions, not copies of windows, however many
+/// checkpoints one flush spans. What the store does not hold it reads back from the output
+/// by event-time day when a version needs it ([`Self::add`]): a restart, late data for a
+/// window evicted long ago, or a backlog of readings days old all merge into what was
+/// written, whatever today's date is.
+pub struct ObservationStore {
+    store: HashMap<String, Stored>,
+    /// Versions not built yet (a read-back failed): built, in order, before anything else.
+    queued: std::collections::VecDeque<(u64, WindowUpdate)>,
+    /// Versions built since the last flush, in the order emitted: each is written, so what
+    /// an output holds does not depend on how often it flushes.
+    pending: Vec<Change>,
+    /// Per Observation, its newest version in `pending`.
+    newest_pending: HashMap<String, usize>,
+    /// Days whose stored Observations were read back: from then on every version of them
+    /// went through this store, so for windows not evicted it knows all there is.
+    loaded: BTreeSet<i32>,
+    horizon: chrono::Duration,
+    newest: Option<DateTime<Utc>>,
+    metrics: Arc<Metrics>,
+    /// Whether committed versions count as `observations_out` (the NDJSON output's metric;
+    /// the lakehouse counts rows of its own).
+    counts_out: bool,
+    output: &'static str,
+    worker: usize,
+}
+
+/// An Observation version to write: the merged resource and where it came from.
+pub struct Change {
+    /// Ingestion epoch of the update.
+    pub epoch: u64,
+    /// Observation id.
+    pub id: String,
+    /// The resource to write.
+    pub resource: Value,
+    /// The version number it becomes.
+    pub version: i64,
+    /// The window update it was built from, without its values (in `resource` now).
+    pub update: WindowUpdate,
+    end: DateTime<Utc>,
+    instance: Option<u64>,
+}
+
+/// The UTC day an Observation's period starts on: where outputs file it.
+pub fn observation_day(resource: &Value, update: &WindowUpdate) -> i32 {
+    crate::time::day_of(&period_start(resource).unwrap_or(update.group.start))
+}
+
+impl ObservationStore {
+    /// An empty store of `output` for `worker`, keeping Observations whose period ends
+    /// within `horizon` of the newest.
+    pub fn new(
+        output: &'static str,
+        worker: usize,
+        horizon: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            store: HashMap::new(),
+            queued: Default::default(),
+            pending: Vec::new(),
+            newest_pending: HashMap::new(),
+            loaded: BTreeSet::new(),
+            horizon: chrono::Duration::from_std(horizon).unwrap_or(chrono::Duration::MAX),
+            newest: None,
+            metrics,
+            counts_out: true,
+            output,
+            worker,
+        }
+    }
+
+    /// The same store, not counting its versions as NDJSON output.
+    pub fn not_counting_output(mut self) -> Self {
+        self.counts_out = false;
+        self
+    }
+
+    fn cutoff(&self) -> Option<DateTime<Utc>> {
+        self.newest.and_then(|n| n.checked_sub_signed(self.horizon))
+    }
+
+    /// The days to read back before `u` can merge: none when the store or this flush holds
+    /// its Observation, else its days unless read already and the window is recent enough
+    /// that it would still be held. A window's stored version starts on its group's start
+    /// day, or the day before where a correlation-id group was widened by an earlier value.
+    fn days_to_load(&self, u: &WindowUpdate) -> BTreeSet<i32> {
+        if self.store.contains_key(&u.id) || self.newest_pending.contains_key(&u.id) {
+            return BTreeSet::new();
+        }
+        let evicted = self.cutoff().is_some_and(|c| u.group.end < c);
+        let first = crate::time::day_of(&u.group.start) - 1;
+        let last = crate::time::day_of(&u.group.end.max(u.group.start));
+        (first..=last)
+            .filter(|d| evicted || !self.loaded.contains(d))
+            .collect()
+    }
+
+    /// Reads back from `stored` what `wanted` must merge into and the store does not hold.
+    /// Only what the store would keep is taken: `wanted`, and those within the horizon.
+    fn load(
+        &mut self,
+        stored: &mut dyn StoredObservations,
+        days: BTreeSet<i32>,
+        wanted: &str,
+    ) -> anyhow::Result<()> {
+        let cutoff = self.cutoff();
+        let found = {
+            let (store, pending) = (&self.store, &self.newest_pending);
+            let keep = |id: &str, end: Option<DateTime<Utc>>| {
+                !store.contains_key(id)
+                    && !pending.contains_key(id)
+                    && (id == wanted || cutoff.is_none_or(|c| end.is_none_or(|e| e >= c)))
+            };
+            stored.read_days(&days, &keep)?
+        };
+        let mut restored = 0;
+        for (resource, version) in found {
+            let (Some(id), Some(end)) = (
+                resource.get("id").and_then(Value::as_str),
+                period_end(&resource),
+            ) else {
+                continue;
+            };
+            if self.store.contains_key(id) {
+                continue;
+            }
+            restored += 1;
+            self.store.insert(
+                id.to_string(),
+                Stored {
+                    resource,
+                    end,
+                    instance: None,
+                    version,
+                },
+            );
+        }
+        self.loaded.extend(&days);
+        Metrics::add(&self.metrics.observations_restored, restored);
+        tracing::debug!(
+            worker = self.worker,
+            output = self.output,
+            days = days.len(),
+            observations = restored,
+            "read back stored Observations"
+        );
+        Ok(())
+    }
+
+    fn evict(&mut self) {
+        if let Some(cutoff) = self.cutoff() {
+            self.store.retain(|_, s| s.end >= cutoff);
+        }
+    }
+
+    /// Takes a window version: builds it into its Observation now (reading back from
+    /// `stored` what it merges into, when needed). A version that cannot be built yet (the
+    /// read-back failed) waits, with those after it, for the next call or [`Self::build`].
+    pub fn add(
+        &mut self,
+        epoch: u64,
+        item: WindowUpdate,
+        stored: &mut dyn StoredObservations,
+    ) -> anyhow::Result<()> {
+        let end = item.group.end;
+        self.newest = Some(self.newest.map_or(end, |n| n.max(end)));
+        self.queued.push_back((epoch, item));
+        self.build(stored)
+    }
+
+    /// Builds the versions waiting to be.
+    pub fn build(&mut self, stored: &mut dyn StoredObservations) -> anyhow::Result<()> {
+        while let Some((_, u)) = self.queued.front() {
+            let days = self.days_to_load(u);
+            if !days.is_empty() {
+                let id = u.id.clone();
+                self.load(stored, days, &id)?;
+            }
+            let (epoch, u) = self.queued.pop_front().expect("front");
+            self.build_one(epoch, u);
+        }
+        Ok(())
+    }
+
+    fn build_one(&mut self, epoch: u64, u: WindowUpdate) {
+        let id = &u.id;
+        // What the output holds before this version: the version before it in this flush,
+        // or the stored one.
+        let prev: Option<(&Value, Option<u64>, i64)> = match self.newest_pending.get(id) {
+            Some(i) => {
+                let c = &self.pending[*i];
+                Some((&c.resource, c.instance, c.version))
+            }
+            None => self
+                .store
+                .get(id)
+                .map(|s| (&s.resource, s.instance, s.version)),
+        };
+        // A group of the same window instance holds every value already written: building
+        // it afresh gives what merging would, without re-reading the stored SampledData.
+        let same_window = prev.is_some_and(|p| p.1 == Some(u.instance));
+        let result = match prev {
+            Some((resource, ..)) if !same_window => {
+                observation::merge(&u.template, &u.group, resource)
+            }
+            _ => observation::build(&u.template, &u.type_name, &u.group, &u.subjects()).map(
+                |mut o| {
+                    if same_window {
+                        o["status"] = "amended".into();
+                    }
+                    o
+                },
+            ),
+        };
+        let resource = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // A value the FHIR template cannot represent: count it and go on.
+                tracing::error!(observation = %crate::privacy::tag(id), r#type = %u.type_name, "cannot build the Observation");
+                tracing::debug!(observation = %id, "cannot build the Observation: {e}");
+                Metrics::add(&self.metrics.observation_errors, 1);
+                return;
+            }
+        };
+        if !same_window && prev.is_some_and(|p| *p.0 == resource) {
+            Metrics::add(&self.metrics.observations_unchanged, 1);
+            return;
+        }
+        // Only a version built from the group alone is all the group holds: after a merge
+        // (values read back at start, or from an evicted window) the next version must merge
+        // again, or it would drop what only the stored version had.
+        let built_from_group = prev.is_none() || same_window;
+        let instance = u.instance;
+        let end = period_end(&resource).unwrap_or(u.group.end);
+        let version = prev.map_or(1, |p| p.2 + 1);
+        // The values are in the resource now: keep the window's description only.
+        let mut update = u;
+        update.group = Arc::new(ObservationGroup {
+            start: update.group.start,
+            end: update.group.end,
+            id_segment: String::new(),
+            values: Vec::new(),
+        });
+        self.newest_pending
+            .insert(update.id.clone(), self.pending.len());
+        self.pending.push(Change {
+            epoch,
+            id: update.id.clone(),
+            version,
+            resource,
+            update,
+            end,
+            instance: built_from_group.then_some(instance),
+        });
+    }
+
+    /// The versions built since the last flush, in the order emitted.
+    pub fn changes(&self) -> &[Change] {
+        &self.pending
+    }
+
+    /// Records that the pending versions were written.
+    pub fn committed(&mut self) {
+        let changes = std::mem::take(&mut self.pending);
+        self.newest_pending.clear();
+        self.metrics
+            .record_versions(changes.iter().map(|c| c.update.emitted_ms));
+        if self.counts_out {
+            Metrics::add(&self.metrics.observations_out, changes.len() as u64);
+        }
+        for c in changes {
+            self.newest = Some(self.newest.map_or(c.end, |n| n.max(c.end)));
+            self.store.insert(
+                c.id,
+                Stored {
+                    resource: c.resource,
+                    end: c.end,
+                    instance: c.instance,
+                    version: c.version,
+                },
+            );
+        }
+        self.evict();
+    }
+}
