@@ -531,7 +531,7 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                         state.resume(found, &owns);
                     }
                     Ok(_) => {}
-                    Err(e) => shared.fail(format!("alerting: {e:#}")),
+                    Err(e) => shared.control.fail(format!("alerting: {e:#}")),
                 }
             }
             let mut last_checkpoint = std::time::Instant::now();
@@ -638,7 +638,9 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                         )) {
                             Ok(bytes) => Some(Arc::new(bytes)),
                             Err(e) => {
-                                shared.fail(format!("alerting: cannot encode a checkpoint: {e:#}"));
+                                shared
+                                    .control
+                                    .fail(format!("alerting: cannot encode a checkpoint: {e:#}"));
                                 return;
                             }
                         }

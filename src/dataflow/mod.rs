@@ -10,21 +10,25 @@
 mod alert_state;
 mod alerting;
 pub mod commit_log;
+mod control;
 pub mod event_clock;
 pub mod normalize;
 pub mod operators;
 mod sink_thread;
 pub mod window;
 
+use crate::anomaly::lifecycle::Alert;
 use crate::anomaly::reload::Rules;
 use crate::anomaly::rules::Vitals;
 use crate::config::{JobConfig, KafkaConfig, Output, SourceConfig, EMBEDDED_BROKERS};
 use crate::fhir::client::FhirClient;
+use crate::fhir::store::WindowUpdate;
 use crate::lake::alerts::AlertTableSink;
 use crate::lake::measurements::MeasurementTableSink;
 use crate::lake::observations::ObservationTableSink;
 use crate::mapping::{DeviceMapping, FhirMapping};
 use crate::metrics::Metrics;
+use crate::model::Measurement;
 use crate::sinks::alerts::AlertSink;
 use crate::sinks::dead_letter::{DeadLetter, FileDeadLetters, KafkaDeadLetters};
 use crate::sinks::fhir::FhirSink;
@@ -35,11 +39,12 @@ use crate::sources::kafka::KafkaSource;
 use crate::sources::simulator::{Simulator, SimulatorSource};
 use crate::sources::Source;
 use anyhow::{anyhow, Context as _};
+use sink_thread::NamedSink;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How to run a job (command-line flags).
@@ -99,18 +104,18 @@ pub struct InvalidConfig(pub String);
 /// Everything a worker needs, shared by all workers of the process.
 struct Shared {
     job: JobConfig,
-    device: DeviceMapping,
+    device: Arc<DeviceMapping>,
     mapping: Arc<FhirMapping>,
     /// Bootstrap servers of the embedded cluster, when the job started one.
     embedded_brokers: Option<String>,
     partitions: BTreeMap<String, i32>,
     sim_start: chrono::DateTime<chrono::Utc>,
     until_end: bool,
-    stop: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     fhir: Option<Arc<FhirClient>>,
     rules: Option<Arc<Rules>>,
-    fatal: Mutex<Option<String>>,
+    /// Stop, failure and sink backlog, as every operator sees them.
+    control: Arc<control::Control>,
     /// Prefix of the lakehouse's exactly-once records (Kafka sources only).
     lake_app: Option<String>,
     /// Where alerting checkpoints its state, and the input it belongs to (Kafka sources
@@ -119,15 +124,9 @@ struct Shared {
     /// Where offset commits record what a restart needs (Kafka sources whose positions
     /// outlive the run only).
     commit_log: Option<std::path::PathBuf>,
-    /// How long the sinks' oldest output has waited to be durable.
-    backlog: sink_thread::Backlog,
 }
 
 impl Shared {
-    fn failed(&self) -> bool {
-        self.fatal.lock().map_or(true, |f| f.is_some())
-    }
-
     /// The bootstrap servers of a Kafka connection: the embedded cluster's when it runs
     /// in this process.
     fn bootstrap<'a>(&'a self, k: &'a KafkaConfig) -> &'a str {
@@ -135,15 +134,6 @@ impl Shared {
             Some(b) if k.embedded() => b,
             _ => &k.brokers,
         }
-    }
-
-    fn fail(&self, e: impl std::fmt::Display) {
-        let mut f = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
-        if f.is_none() {
-            *f = Some(e.to_string());
-        }
-        self.metrics.healthy.store(false, Ordering::Relaxed);
-        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -309,9 +299,10 @@ pub fn run(
         SourceConfig::Kafka(k) if !k.embedded() => Some(commit_log::dir(&job.output_dir)),
         _ => None,
     };
+    let control = control::Control::new(stop.clone(), metrics.clone());
     let shared = Arc::new(Shared {
         job: job.clone(),
-        device,
+        device: Arc::new(device),
         mapping: Arc::new(fhir),
         embedded_brokers,
         partitions,
@@ -320,15 +311,13 @@ pub fn run(
             _ => chrono::Utc::now(),
         },
         until_end: opts.until_end,
-        stop: stop.clone(),
         metrics,
         fhir: fhir_client,
         rules,
-        fatal: Mutex::new(None),
+        control,
         lake_app,
         alert_checkpoints,
         commit_log,
-        backlog: Default::default(),
     });
     let communication = if opts.processes > 1 {
         timely::CommunicationConfig::Cluster {
@@ -349,7 +338,7 @@ pub fn run(
     let s = shared.clone();
     let guards = timely::execute(config, move |worker| {
         if let Err(e) = operators::run_worker(worker, &s) {
-            s.fail(format!("worker {}: {e:#}", worker.index()));
+            s.control.fail(format!("worker {}: {e:#}", worker.index()));
         }
     })
     .map_err(|e| anyhow!("cannot start the timely workers: {e}"))?;
@@ -366,77 +355,27 @@ pub fn run(
     for r in results {
         r.map_err(|e| anyhow!("a worker failed: {e}"))?;
     }
-    if let Some(e) = shared
-        .fatal
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-    {
+    if let Some(e) = shared.control.take_failure() {
         return Err(anyhow!(e));
     }
     Ok(())
 }
 
-/// The sources and sinks of one worker.
+/// The source and the outputs of one worker, grouped by the stream each output reads.
 struct WorkerParts {
     source: Box<dyn Source>,
-    observations: Option<ObservationSink>,
-    fhir: Option<(FhirSink, Duration)>,
-    alerts: Option<AlertSink>,
-    dead_letters: Box<dyn Sink<DeadLetter> + Send>,
+    /// Messages no mapping accepts.
+    dead_letters: NamedSink<DeadLetter>,
     /// Where the dead-letter topic stands (Kafka dead letters), for the commit log.
     dead_letter_positions: Option<crate::sinks::dead_letter::Positions>,
-    lake: LakeParts,
-}
-
-/// The lakehouse tables a worker writes, each with its own sink.
-#[derive(Default)]
-pub(crate) struct LakeParts {
-    /// The `measurements` table's writer.
-    pub measurements: Option<MeasurementTableSink>,
-    /// The `observations` table's writer.
-    pub observations: Option<ObservationTableSink>,
-    /// The `alerts` table's writer (jobs with rules).
-    pub alerts: Option<AlertTableSink>,
-}
-
-fn lake_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<LakeParts> {
-    let job = &shared.job;
-    let Some(cfg) = &job.lake else {
-        return Ok(LakeParts::default());
-    };
-    let m = &shared.metrics;
-    Ok(LakeParts {
-        measurements: cfg
-            .tables
-            .measurements
-            .then(|| {
-                MeasurementTableSink::new(
-                    cfg,
-                    shared.mapping.clone(),
-                    shared.lake_app.clone(),
-                    index,
-                    m.clone(),
-                )
-            })
-            .transpose()?,
-        observations: cfg
-            .tables
-            .observations
-            .then(|| {
-                ObservationTableSink::new(
-                    cfg,
-                    index,
-                    move |d| route(d) % peers as u64 == index as u64,
-                    job.horizon,
-                    m.clone(),
-                )
-            })
-            .transpose()?,
-        alerts: (cfg.tables.alerts && shared.rules.is_some())
-            .then(|| AlertTableSink::new(cfg, m.clone()))
-            .transpose()?,
-    })
+    /// Normalized measurements (the lakehouse's `measurements`).
+    measurements: Vec<NamedSink<Measurement>>,
+    /// Observation versions (NDJSON, the FHIR server, the lakehouse's `observations`).
+    observations: Vec<NamedSink<WindowUpdate>>,
+    /// Alert events (files or a topic, the lakehouse's `alerts`).
+    alerts: Vec<NamedSink<Alert>>,
+    /// Where the alerts topic stands (Kafka alerts), recorded in alerting checkpoints.
+    alerts_topic: Option<crate::sinks::alerts::Positions>,
 }
 
 /// The dead-letter sink, and where its topic stands when it is one.
@@ -489,34 +428,33 @@ fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<W
             Box::new(SimulatorSource::new(sim, shared.sim_start, index, peers))
         }
     };
-    let observations = if job.ndjson_observations {
-        Some(ObservationSink::new(
+    let mut observations = Vec::new();
+    let mut measurements = Vec::new();
+    let mut alerts = Vec::new();
+    if job.ndjson_observations {
+        let sink = ObservationSink::new(
             &job.output_dir,
             index,
             move |d| route(d) % peers as u64 == index as u64,
             job.horizon,
             shared.metrics.clone(),
-        )?)
-    } else {
-        None
-    };
-    let fhir = match (&job.fhir, &shared.fhir) {
-        (Some(cfg), Some(client)) => {
-            // Groups the server refuses get dead letters of their own (in files, a
-            // directory of their own: part names are per worker and per writer).
-            let (dead, _) = dead_letter_sink(shared, &job.output_dir.join("fhir"), index, false)?;
-            let sink = FhirSink::new(
-                client.clone(),
-                cfg,
-                dead,
-                job.horizon,
-                shared.metrics.clone(),
-            );
-            Some((sink, cfg.flush_interval))
-        }
-        _ => None,
-    };
-    let alerts = match (&shared.rules, job.anomaly.as_ref().map(|a| &a.alerts)) {
+        )?;
+        observations.push(NamedSink::new("ObservationSink", sink, job.flush_interval));
+    }
+    if let (Some(cfg), Some(client)) = (&job.fhir, &shared.fhir) {
+        // Groups the server refuses get dead letters of their own (in files, a directory of
+        // their own: part names are per worker and per writer).
+        let (dead, _) = dead_letter_sink(shared, &job.output_dir.join("fhir"), index, false)?;
+        let sink = FhirSink::new(
+            client.clone(),
+            cfg,
+            dead,
+            job.horizon,
+            shared.metrics.clone(),
+        );
+        observations.push(NamedSink::new("FhirSink", sink, cfg.flush_interval));
+    }
+    let alert_sink = match (&shared.rules, job.anomaly.as_ref().map(|a| &a.alerts)) {
         (None, _) | (_, None) => None,
         (Some(_), Some(Output::Topic { kafka, topic: t })) => {
             // A restart reads back the events sent after the checkpoints it resumes from.
@@ -540,20 +478,55 @@ fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<W
             shared.metrics.clone(),
         )?),
     };
-    let alerts = match (alerts, &job.fhir, &shared.fhir) {
+    let alert_sink = match (alert_sink, &job.fhir, &shared.fhir) {
         (Some(a), Some(cfg), Some(client)) => Some(a.with_fhir(client.clone(), cfg)),
         (a, _, _) => a,
     };
+    let alerts_topic = alert_sink.as_ref().and_then(|a| a.positions());
+    if let Some(sink) = alert_sink {
+        alerts.push(NamedSink::new("AlertSink", sink, Duration::ZERO));
+    }
+    if let Some(cfg) = &job.lake {
+        let (m, every) = (&shared.metrics, cfg.flush_interval);
+        if cfg.tables.measurements {
+            let sink = MeasurementTableSink::new(
+                cfg,
+                shared.mapping.clone(),
+                shared.lake_app.clone(),
+                index,
+                m.clone(),
+            )?;
+            measurements.push(NamedSink::new("LakeMeasurements", sink, every));
+        }
+        if cfg.tables.observations {
+            let sink = ObservationTableSink::new(
+                cfg,
+                index,
+                move |d| route(d) % peers as u64 == index as u64,
+                job.horizon,
+                m.clone(),
+            )?;
+            observations.push(NamedSink::new("LakeObservations", sink, every));
+        }
+        if cfg.tables.alerts && shared.rules.is_some() {
+            let sink = AlertTableSink::new(cfg, m.clone())?;
+            alerts.push(NamedSink::new("LakeAlerts", sink, every));
+        }
+    }
     let (dead_letters, dead_letter_positions) =
         dead_letter_sink(shared, &job.output_dir, index, true)?;
     Ok(WorkerParts {
         source,
-        observations,
-        fhir,
-        alerts,
-        dead_letters,
+        dead_letters: NamedSink {
+            name: "DeadLetterSink",
+            sink: dead_letters,
+            interval: Duration::ZERO,
+        },
         dead_letter_positions,
-        lake: lake_parts(shared, index, peers)?,
+        measurements,
+        observations,
+        alerts,
+        alerts_topic,
     })
 }
 

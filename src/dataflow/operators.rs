@@ -1,12 +1,14 @@
 //! The timely operators of a worker and its progress loop.
 
 use super::commit_log;
+use super::control::Control;
 use super::event_clock::{InputClock, Mark, PartitionKey, Watermark};
 use super::normalize::normalize;
-use super::sink_thread::sink_operator;
+use super::sink_thread::attach;
 use super::window::Windows;
 use super::{route, worker_parts, Shared};
 use crate::fhir::store::WindowUpdate;
+use crate::mapping::{DeviceMapping, FhirMapping};
 use crate::metrics::{Latencies, Metrics};
 use crate::model::Measurement;
 use crate::sinks::dead_letter::DeadLetter;
@@ -22,7 +24,7 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
-use timely::dataflow::operators::{Broadcast, Capability, Concat, Map, OkErr, Probe};
+use timely::dataflow::operators::{Broadcast, Capability, Concatenate, Map, OkErr, Probe};
 use timely::dataflow::{Scope, Stream};
 use timely::worker::Worker;
 
@@ -255,61 +257,41 @@ pub(super) fn run_worker<A: Allocate>(
     }));
     let probe = ProbeHandle::new();
     let clock = Rc::new(RefCell::new(input_clock));
+    let control = &shared.control;
+    let job = &shared.job;
+    let reading = Reading {
+        epoch: job.epoch,
+        batch_size: job.batch_size,
+        max_durable_lag: job.max_durable_lag,
+    };
+    let normalizer = Normalizer {
+        device: shared.device.clone(),
+        mapping: shared.mapping.clone(),
+        max_future_skew: job.max_future_skew,
+        metrics: shared.metrics.clone(),
+    };
     worker.dataflow::<u64, _, _>(|scope| {
         let raw = source_operator(
             scope,
             committer.clone(),
             probe.clone(),
             clock.clone(),
-            shared.clone(),
+            reading,
+            control.clone(),
         );
-        let (judged, dead) = normalize_operator(&raw, clock.clone(), shared.clone());
-        let lake = parts.lake;
-        let observation_outputs =
-            parts.observations.is_some() || parts.fhir.is_some() || lake.observations.is_some();
-        let alerting = parts.alerts.is_some() || lake.alerts.is_some();
-        let marks = (observation_outputs || alerting)
-            .then(|| clock_operator(scope, clock.clone(), shared.clone()));
-        let updates = match &marks {
-            Some(marks) if observation_outputs => {
-                Some(window_operator(&judged, marks, shared.clone()))
-            }
-            _ => None,
-        };
-        let mut durable = sink_operator(
-            &dead,
-            "DeadLetterSink",
-            parts.dead_letters,
-            Duration::ZERO,
-            shared.clone(),
-        );
-        if let (Some(sink), Some(updates)) = (parts.observations, &updates) {
-            let o = sink_operator(
-                updates,
-                "ObservationSink",
-                sink,
-                shared.job.flush_interval,
-                shared.clone(),
-            );
-            durable = durable.concat(&o);
+        let (judged, dead) = normalize_operator(&raw, clock.clone(), normalizer);
+        let alerting = !parts.alerts.is_empty();
+        let marks = (!parts.observations.is_empty() || alerting)
+            .then(|| clock_operator(scope, clock.clone(), control.clone()));
+        let mut durable = attach(&dead, vec![parts.dead_letters], control);
+        if let (Some(marks), false) = (&marks, parts.observations.is_empty()) {
+            let windows = Windows::new(shared.mapping.clone(), job.horizon, job.update_every);
+            let updates = window_operator(&judged, marks, windows, shared.metrics.clone());
+            durable.extend(attach(&updates, parts.observations, control));
         }
-        let lake_interval = shared.job.lake.as_ref().map(|l| l.flush_interval);
-        if let (Some(sink), Some(every)) = (lake.measurements, lake_interval) {
+        if !parts.measurements.is_empty() {
             let measurements = judged.map(|j| j.measurement);
-            let l = sink_operator(
-                &measurements,
-                "LakeMeasurements",
-                sink,
-                every,
-                shared.clone(),
-            );
-            durable = durable.concat(&l);
-        }
-        if let (Some(sink), Some(every), Some(updates)) =
-            (lake.observations, lake_interval, &updates)
-        {
-            let l = sink_operator(updates, "LakeObservations", sink, every, shared.clone());
-            durable = durable.concat(&l);
+            durable.extend(attach(&measurements, parts.measurements, control));
         }
         if let (true, Some(marks)) = (alerting, &marks) {
             // Readings beyond the allowed lateness behind their partition are recorded,
@@ -321,41 +303,23 @@ pub(super) fn run_worker<A: Allocate>(
                 }
                 (!j.late).then_some(j.measurement)
             });
-            let alerts_topic = parts.alerts.as_ref().and_then(|a| a.positions());
-            let out = super::alerting::build(&on_time, marks, alerts_topic, shared.clone());
+            let out = super::alerting::build(&on_time, marks, parts.alerts_topic, shared.clone());
             let alerts = out.flat_map(|o| match o {
                 super::alerting::Out::Alert(a) => Some(a),
                 super::alerting::Out::Snapshot(_) => None,
             });
-            let mut alerts_durable: Option<Stream<_, ()>> = None;
-            if let Some(sink) = parts.alerts {
-                let a = sink_operator(&alerts, "AlertSink", sink, Duration::ZERO, shared.clone());
-                alerts_durable = Some(a);
+            let alerts_durable = scope.concatenate(attach(&alerts, parts.alerts, control));
+            if shared.alert_checkpoints.is_some() {
+                // Checkpoints follow the alert outputs, and offsets follow checkpoints.
+                let c = super::alerting::checkpoint_writer(&out, &alerts_durable, shared.clone());
+                durable.push(c);
             }
-            if let (Some(sink), Some(every)) = (lake.alerts, lake_interval) {
-                let l = sink_operator(&alerts, "LakeAlerts", sink, every, shared.clone());
-                alerts_durable = Some(match alerts_durable {
-                    Some(a) => a.concat(&l),
-                    None => l,
-                });
-            }
-            if let Some(a) = alerts_durable {
-                durable = durable.concat(&a);
-                if shared.alert_checkpoints.is_some() {
-                    // Checkpoints follow the alert outputs, and offsets follow checkpoints.
-                    let c = super::alerting::checkpoint_writer(&out, &a, shared.clone());
-                    durable = durable.concat(&c);
-                }
-            }
+            durable.push(alerts_durable);
         }
-        if let (Some((sink, interval)), Some(updates)) = (parts.fhir, &updates) {
-            let f = sink_operator(updates, "FhirSink", sink, interval, shared.clone());
-            durable = durable.concat(&f);
-        }
-        durable.probe_with(&probe);
+        scope.concatenate(durable).probe_with(&probe);
     });
     while !probe.done() {
-        if shared.failed() {
+        if control.failed() {
             // A failed job stops where it is: outputs not yet durable keep their offsets
             // uncommitted, and the next start reads them again. Timely would otherwise keep
             // stepping a dataflow whose sink never releases its epochs.
@@ -366,7 +330,7 @@ pub(super) fn run_worker<A: Allocate>(
         }
         worker.step_or_park(Some(Duration::from_millis(100)));
     }
-    if !shared.failed() {
+    if !control.failed() {
         committer
             .borrow_mut()
             .commit_final(&mut clock.borrow_mut())?;
@@ -379,7 +343,7 @@ pub(super) fn run_worker<A: Allocate>(
 fn clock_operator<G: Scope<Timestamp = u64>>(
     scope: &G,
     clock: Rc<RefCell<InputClock>>,
-    shared: Arc<Shared>,
+    control: Arc<Control>,
 ) -> Stream<G, (usize, Mark)> {
     let index = scope.index();
     source(scope, "EventClock", move |cap, info| {
@@ -389,7 +353,7 @@ fn clock_operator<G: Scope<Timestamp = u64>>(
         let mut last: Option<Mark> = None;
         move |output| {
             let Some(c) = cap.as_mut() else { return };
-            if shared.failed() {
+            if control.failed() {
                 cap = None;
                 return;
             }
@@ -412,15 +376,26 @@ fn clock_operator<G: Scope<Timestamp = u64>>(
     })
 }
 
+/// How a worker reads: epoch length, batch size, and how far behind durability may fall.
+#[derive(Clone, Copy)]
+struct Reading {
+    epoch: Duration,
+    batch_size: usize,
+    max_durable_lag: Duration,
+}
+
+/// Reads the worker's share of the input in epochs, and commits positions as the probe
+/// reports epochs durable.
 fn source_operator<G: Scope<Timestamp = u64>>(
     scope: &G,
     committer: Rc<RefCell<Committer>>,
     probe: ProbeHandle<u64>,
     clock: Rc<RefCell<InputClock>>,
-    shared: Arc<Shared>,
+    reading: Reading,
+    control: Arc<Control>,
 ) -> Stream<G, RawMessage> {
-    let epoch_len = shared.job.epoch;
-    let batch = shared.job.batch_size;
+    let epoch_len = reading.epoch;
+    let batch = reading.batch_size;
     source(scope, "Source", move |cap, info| {
         let activator = scope.activator_for(info.address);
         let mut cap = Some(cap);
@@ -429,7 +404,7 @@ fn source_operator<G: Scope<Timestamp = u64>>(
         let mut buf: Vec<RawMessage> = Vec::with_capacity(batch);
         move |output| {
             let mut c = committer.borrow_mut();
-            if shared.failed() {
+            if control.failed() {
                 return;
             }
             if let Err(e) = c.commit_durable(&probe, &mut clock.borrow_mut()) {
@@ -444,12 +419,12 @@ fn source_operator<G: Scope<Timestamp = u64>>(
             }
             // An output that cannot make input durable (a server down) stops the reading
             // once it is `max_durable_lag` behind, instead of buffering without bound.
-            let lag = shared.backlog.oldest().unwrap_or_default();
-            let behind = lag > shared.job.max_durable_lag;
+            let lag = control.backlog().oldest().unwrap_or_default();
+            let behind = lag > reading.max_durable_lag;
             if behind != paused {
                 paused = behind;
-                shared
-                    .metrics
+                control
+                    .metrics()
                     .reading_paused
                     .fetch_add(if behind { 1 } else { u64::MAX }, Ordering::Relaxed);
                 if behind {
@@ -461,17 +436,17 @@ fn source_operator<G: Scope<Timestamp = u64>>(
                     tracing::info!("outputs durable again: reading resumed");
                 }
             }
-            if behind && !shared.stop.load(Ordering::Relaxed) {
+            if behind && !control.stopping() {
                 activator.activate_after(Duration::from_millis(100));
                 return;
             }
-            let state = if shared.stop.load(Ordering::Relaxed) {
+            let state = if control.stopping() {
                 Poll::Finished
             } else {
                 match c.source.poll(batch, &mut buf) {
                     Ok(s) => s,
                     Err(e) => {
-                        shared.fail(format!("source: {e:#}"));
+                        control.fail(format!("source: {e:#}"));
                         Poll::Finished
                     }
                 }
@@ -487,7 +462,7 @@ fn source_operator<G: Scope<Timestamp = u64>>(
                 clock.epoch = *capability.time();
             }
             if !buf.is_empty() {
-                Metrics::add(&shared.metrics.messages_in, buf.len() as u64);
+                Metrics::add(&control.metrics().messages_in, buf.len() as u64);
                 c.stamps
                     .extend(buf.iter().filter_map(|m| m.origin.timestamp_ms));
                 output.session(&*capability).give_iterator(buf.drain(..));
@@ -532,15 +507,22 @@ pub(super) struct Judged {
 
 type Normalized = Result<Judged, DeadLetter>;
 
+/// What normalization reads: the mappings, how far ahead of the wall clock a reading may be.
+struct Normalizer {
+    device: Arc<DeviceMapping>,
+    mapping: Arc<FhirMapping>,
+    max_future_skew: Duration,
+    metrics: Arc<Metrics>,
+}
+
 // Measurements are as large as dead letters: boxing either would only add allocations.
 #[allow(clippy::result_large_err)]
 fn normalize_operator<G: Scope<Timestamp = u64>>(
     raw: &Stream<G, RawMessage>,
     clock: Rc<RefCell<InputClock>>,
-    shared: Arc<Shared>,
+    n: Normalizer,
 ) -> (Stream<G, Judged>, Stream<G, DeadLetter>) {
-    let skew =
-        chrono::Duration::from_std(shared.job.max_future_skew).unwrap_or(chrono::Duration::MAX);
+    let skew = chrono::Duration::from_std(n.max_future_skew).unwrap_or(chrono::Duration::MAX);
     let out: Stream<G, Normalized> = raw.unary(Pipeline, "Normalize", move |_, _| {
         let mut ms = Vec::new();
         let mut late = Vec::new();
@@ -559,8 +541,7 @@ fn normalize_operator<G: Scope<Timestamp = u64>>(
                             partition: m.origin.partition,
                             offset: m.origin.offset,
                         };
-                        let result =
-                            normalize(&shared.device, &shared.mapping, skew, now, m, &mut ms);
+                        let result = normalize(&n.device, &n.mapping, skew, now, m, &mut ms);
                         let bound = clock.borrow_mut().observe(
                             &(source.topic.clone(), source.partition),
                             source.offset,
@@ -576,7 +557,7 @@ fn normalize_operator<G: Scope<Timestamp = u64>>(
                                     x.received_ms = received;
                                     x.source = Some(source.clone());
                                 }
-                                Metrics::add(&shared.metrics.measurements, ms.len() as u64);
+                                Metrics::add(&n.metrics.measurements, ms.len() as u64);
                                 session.give_iterator(ms.drain(..).zip(late.drain(..)).map(
                                     |(measurement, late)| {
                                         let at = measurement.occurrence_time.timestamp_millis();
@@ -593,7 +574,7 @@ fn normalize_operator<G: Scope<Timestamp = u64>>(
                                 ));
                             }
                             Err(d) => {
-                                Metrics::add(&shared.metrics.dead_letters, 1);
+                                Metrics::add(&n.metrics.dead_letters, 1);
                                 session.give(Err(*d));
                             }
                         }
@@ -601,7 +582,7 @@ fn normalize_operator<G: Scope<Timestamp = u64>>(
                 }
             });
             let now_us = chrono::Utc::now().timestamp_micros();
-            Latencies::record(&shared.metrics.latency.normalize, now_us, &stamps);
+            Latencies::record(&n.metrics.latency.normalize, now_us, &stamps);
             stamps.clear();
         }
     });
@@ -614,18 +595,14 @@ fn normalize_operator<G: Scope<Timestamp = u64>>(
 fn window_operator<G: Scope<Timestamp = u64>>(
     measurements: &Stream<G, Judged>,
     marks: &Stream<G, (usize, Mark)>,
-    shared: Arc<Shared>,
+    mut windows: Windows,
+    metrics: Arc<Metrics>,
 ) -> Stream<G, WindowUpdate> {
     let exchange = Exchange::new(|j: &Judged| route(&j.measurement.device_id));
     let marks = marks.broadcast();
     let scope = measurements.scope();
     let peers = scope.peers();
     measurements.binary_frontier(&marks, exchange, Pipeline, "Window", move |_, _| {
-        let mut windows = Windows::new(
-            shared.mapping.clone(),
-            shared.job.horizon,
-            shared.job.update_every,
-        );
         let mut clock = Watermark::new(peers);
         /// What arrived for one epoch, applied once the epoch is complete.
         type Epoch = (Vec<Judged>, Vec<(usize, Mark)>);
@@ -684,7 +661,7 @@ fn window_operator<G: Scope<Timestamp = u64>>(
                 if last_evict.elapsed() >= Duration::from_secs(1) {
                     last_evict = Instant::now();
                     let evicted = windows.evict(w);
-                    Metrics::add(&shared.metrics.windows_evicted, evicted as u64);
+                    Metrics::add(&metrics.windows_evicted, evicted as u64);
                 }
             }
             if f1.is_empty() && f2.is_empty() && pending.is_empty() {
@@ -705,13 +682,9 @@ fn window_operator<G: Scope<Timestamp = u64>>(
                 g.fetch_add(now.wrapping_sub(*last), Ordering::Relaxed);
                 *last = now;
             };
+            gauge(&metrics.windows_open, &mut open, windows.len() as u64);
             gauge(
-                &shared.metrics.windows_open,
-                &mut open,
-                windows.len() as u64,
-            );
-            gauge(
-                &shared.metrics.window_values_waiting,
+                &metrics.window_values_waiting,
                 &mut waiting,
                 windows.waiting() as u64,
             );

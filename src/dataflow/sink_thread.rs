@@ -6,7 +6,7 @@
 //! is bounded: a sink that falls behind blocks the worker, which slows its reads instead of
 //! buffering without bound.
 
-use super::Shared;
+use super::control::Control;
 use crate::sinks::Sink;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -29,12 +29,12 @@ enum Command<D> {
 /// memory (a window holding it for its next version), while output a sink cannot write
 /// piles up.
 #[derive(Default)]
-pub(super) struct Backlog {
+pub(crate) struct Backlog {
     sinks: Mutex<Vec<Arc<Mutex<Option<Instant>>>>>,
 }
 
 impl Backlog {
-    fn register(&self) -> Arc<Mutex<Option<Instant>>> {
+    pub(super) fn register(&self) -> Arc<Mutex<Option<Instant>>> {
         let slot = Arc::new(Mutex::new(None));
         self.sinks
             .lock()
@@ -121,6 +121,49 @@ where
     (tx, done_rx)
 }
 
+/// One output of a worker: a sink, its name in logs and metrics, and how often it flushes
+/// (zero: once per complete epoch).
+pub(super) struct NamedSink<D> {
+    /// Name in logs.
+    pub name: &'static str,
+    /// The sink.
+    pub sink: Box<dyn Sink<D> + Send>,
+    /// Flush at most this often.
+    pub interval: Duration,
+}
+
+impl<D> NamedSink<D> {
+    /// `sink`, named `name`, flushing at most once per `interval`.
+    pub fn new(
+        name: &'static str,
+        sink: impl Sink<D> + Send + 'static,
+        interval: Duration,
+    ) -> Self {
+        Self {
+            name,
+            sink: Box::new(sink),
+            interval,
+        }
+    }
+}
+
+/// Writes `stream` to each output; the returned streams carry no data, and their frontiers
+/// are the outputs' durable frontiers.
+pub(super) fn attach<G, D>(
+    stream: &Stream<G, D>,
+    outputs: Vec<NamedSink<D>>,
+    control: &Arc<Control>,
+) -> Vec<Stream<G, ()>>
+where
+    G: Scope<Timestamp = u64>,
+    D: Clone + Send + 'static,
+{
+    outputs
+        .into_iter()
+        .map(|o| sink_operator(stream, o.name, o.sink, o.interval, control.clone()))
+        .collect()
+}
+
 /// Writes a stream to `sink`, flushing at most once per `interval`; the returned stream
 /// carries no data, and its frontier is the sink's durable frontier.
 pub(super) fn sink_operator<G, D, S>(
@@ -128,7 +171,7 @@ pub(super) fn sink_operator<G, D, S>(
     name: &str,
     sink: S,
     interval: Duration,
-    shared: Arc<Shared>,
+    control: Arc<Control>,
 ) -> Stream<G, ()>
 where
     G: Scope<Timestamp = u64>,
@@ -141,7 +184,7 @@ where
         let activator = scope.activator_for(info.address.clone());
         let wake = scope.sync_activator_for(info.address.to_vec());
         let (tx, done) = spawn_sink(&name_owned, sink, wake);
-        let backlog = shared.backlog.register();
+        let backlog = control.backlog().register();
         let set_backlog = move |since: Option<Instant>| {
             *backlog.lock().unwrap_or_else(|p| p.into_inner()) = since;
         };
@@ -179,20 +222,20 @@ where
                         backoff = Duration::from_millis(100);
                         if failing {
                             failing = false;
-                            shared.metrics.failing_sinks.fetch_sub(1, Ordering::Relaxed);
+                            control.metrics().failing_sinks.fetch_sub(1, Ordering::Relaxed);
                         }
                     }
                     Err(Failure { message, fatal: true }) => {
                         // Nothing of the held epochs is durable and nothing more will be: the
                         // worker stops without committing past them.
-                        shared.fail(format!("{name_owned}: {message}"));
+                        control.fail(format!("{name_owned}: {message}"));
                         return;
                     }
                     Err(Failure { message: e, .. }) => {
                         tracing::error!(sink = %name_owned, retry_in_ms = backoff.as_millis() as u64, "flush failed, outputs kept and retried: {e}");
                         if !failing {
                             failing = true;
-                            shared.metrics.failing_sinks.fetch_add(1, Ordering::Relaxed);
+                            control.metrics().failing_sinks.fetch_add(1, Ordering::Relaxed);
                         }
                         retry_at = Some(Instant::now() + backoff);
                         backoff = (backoff * 2).min(Duration::from_secs(10));

@@ -1,0 +1,62 @@
+//! What every operator of a job may do to it: notice that it stops or failed, fail it with a
+//! reason, and report how long a sink has held output not yet durable.
+
+use super::sink_thread::Backlog;
+use crate::metrics::Metrics;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The job's stop and failure state, shared by the operators of every worker.
+pub(crate) struct Control {
+    stop: Arc<AtomicBool>,
+    fatal: Mutex<Option<String>>,
+    metrics: Arc<Metrics>,
+    backlog: Backlog,
+}
+
+impl Control {
+    /// Control over a job stopped by `stop` (a signal, `--duration`), reporting to `metrics`.
+    pub(crate) fn new(stop: Arc<AtomicBool>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            stop,
+            fatal: Mutex::new(None),
+            metrics,
+            backlog: Backlog::default(),
+        })
+    }
+
+    /// Whether the job was asked to stop (it then drains what it read).
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Whether the job failed: workers stop where they are, committing nothing more.
+    pub(crate) fn failed(&self) -> bool {
+        self.fatal.lock().map_or(true, |f| f.is_some())
+    }
+
+    /// Fails the job with `e` (the first reason wins) and stops it.
+    pub(crate) fn fail(&self, e: impl std::fmt::Display) {
+        let mut f = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            *f = Some(e.to_string());
+        }
+        self.metrics.healthy.store(false, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Why the job failed, once.
+    pub(crate) fn take_failure(&self) -> Option<String> {
+        self.fatal.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// The job's metrics.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Since when the sinks have held output not yet durable.
+    pub(crate) fn backlog(&self) -> &Backlog {
+        &self.backlog
+    }
+}
