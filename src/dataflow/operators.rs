@@ -691,3 +691,257 @@ fn window_operator<G: Scope<Timestamp = u64>>(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! The operators on their own, in one timely worker: what they emit, and which epochs
+    //! they hold, with nothing of a job around them.
+
+    use super::*;
+    use crate::sinks::observations::tests::bedside_fhir;
+    use crate::sinks::Sink;
+    use chrono::{DateTime, TimeZone, Utc};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Mutex;
+    use timely::dataflow::operators::{Input, Inspect};
+
+    fn hr(at: DateTime<Utc>, v: &str) -> Judged {
+        Judged {
+            measurement: Measurement {
+                type_name: "heartRate".into(),
+                device_id: "BM-1".into(),
+                patient_id: Some("P-1".into()),
+                encounter_id: None,
+                correlation_id: None,
+                occurrence_time: at,
+                properties: vec![("hr".into(), v.into())],
+                received_ms: None,
+                source: None,
+            },
+            late: false,
+            effective: at.timestamp_millis(),
+        }
+    }
+
+    /// Steps `worker` until `done` or 10 s pass; returns whether `done` held.
+    fn step_until<A: Allocate>(worker: &mut Worker<A>, mut done: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            worker.step_or_park(Some(Duration::from_millis(5)));
+        }
+        true
+    }
+
+    #[test]
+    fn a_window_emits_a_version_once_the_watermark_passes_its_checkpoint_and_holds_its_epoch_till_then(
+    ) {
+        timely::execute_directly(|worker| {
+            let emitted = Rc::new(RefCell::new(Vec::<(u64, WindowUpdate)>::new()));
+            let seen = emitted.clone();
+            let metrics = Metrics::new();
+            let gauges = metrics.clone();
+            let (mut readings, mut marks, probe) = worker.dataflow::<u64, _, _>(|scope| {
+                let (readings_in, readings) = scope.new_input::<Judged>();
+                let (marks_in, marks) = scope.new_input::<(usize, Mark)>();
+                let windows = Windows::new(
+                    bedside_fhir(),
+                    Duration::from_secs(7200),
+                    Duration::from_secs(60),
+                );
+                let probe = window_operator(&readings, &marks, windows, gauges)
+                    .inspect_batch(move |t, batch| {
+                        seen.borrow_mut()
+                            .extend(batch.iter().map(|u| (*t, u.clone())))
+                    })
+                    .probe();
+                (readings_in, marks_in, probe)
+            });
+            let at = |s: u32| Utc.with_ymd_and_hms(2026, 11, 2, 10, 0, s).unwrap();
+            let ms = |t: DateTime<Utc>| t.timestamp_millis();
+            // Epoch 1: two readings before the 10:01 checkpoint; the clock is at 10:00:30.
+            readings.advance_to(1);
+            marks.advance_to(1);
+            readings.send(hr(at(10), "70"));
+            readings.send(hr(at(20), "72"));
+            marks.send((0, Mark::At(ms(at(30)))));
+            readings.advance_to(2);
+            marks.advance_to(2);
+            assert!(
+                step_until(worker, || metrics
+                    .window_values_waiting
+                    .load(Ordering::Relaxed)
+                    == 2),
+                "epoch 1 applied: both readings wait in their window"
+            );
+            assert!(
+                emitted.borrow().is_empty(),
+                "no version before its checkpoint"
+            );
+            assert!(
+                probe.less_equal(&1),
+                "epoch 1 stays open while its readings wait for a version"
+            );
+            // Epoch 2: the clock passes 10:01; the version holds both readings and comes out
+            // at epoch 1, the oldest epoch it takes values from.
+            marks.send((0, Mark::At(ms(at(0)) + 65_000)));
+            readings.advance_to(3);
+            marks.advance_to(3);
+            assert!(step_until(worker, || !emitted.borrow().is_empty()));
+            {
+                let e = emitted.borrow();
+                assert_eq!(e.len(), 1, "one window, one version");
+                let (epoch, u) = &e[0];
+                assert_eq!(*epoch, 1);
+                let values = u.group.get("hr").expect("heart rate values");
+                assert_eq!(values.len(), 2);
+            }
+            assert!(
+                step_until(worker, || !probe.less_equal(&2)),
+                "once the version is out, nothing holds the epochs"
+            );
+        });
+    }
+
+    /// A source of ten messages on one partition that records what it is told to commit.
+    struct TenMessages {
+        read: bool,
+        committed: Arc<Mutex<Vec<Positions>>>,
+    }
+
+    impl Source for TenMessages {
+        fn poll(&mut self, _max: usize, out: &mut Vec<RawMessage>) -> anyhow::Result<Poll> {
+            if !self.read {
+                self.read = true;
+                out.extend((0..10).map(|offset| RawMessage {
+                    payload: b"{}".to_vec(),
+                    key: None,
+                    headers: Vec::new(),
+                    origin: crate::model::Origin {
+                        topic: "vitals".into(),
+                        partition: 0,
+                        offset,
+                        timestamp_ms: None,
+                    },
+                }));
+            }
+            Ok(Poll::Idle)
+        }
+
+        fn positions(&self) -> Positions {
+            let next = if self.read { 10 } else { 0 };
+            [(("vitals".into(), 0), next)].into_iter().collect()
+        }
+
+        fn commit(&mut self, positions: &Positions) -> anyhow::Result<()> {
+            self.committed.lock().expect("lock").push(positions.clone());
+            Ok(())
+        }
+    }
+
+    /// A sink whose flush waits until its gate opens.
+    struct Gated {
+        open: Arc<AtomicBool>,
+        written: usize,
+    }
+
+    impl Sink<RawMessage> for Gated {
+        fn write(&mut self, _epoch: u64, _item: RawMessage) -> anyhow::Result<()> {
+            self.written += 1;
+            Ok(())
+        }
+
+        fn flush(&mut self) -> anyhow::Result<()> {
+            while !self.open.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn offsets_are_committed_only_once_every_output_of_them_is_durable() {
+        timely::execute_directly(|worker| {
+            let committed = Arc::new(Mutex::new(Vec::new()));
+            let open = Arc::new(AtomicBool::new(false));
+            let metrics = Metrics::new();
+            let control = Control::new(Arc::new(AtomicBool::new(false)), metrics.clone());
+            let committer = Rc::new(RefCell::new(Committer {
+                source: Box::new(TenMessages {
+                    read: false,
+                    committed: committed.clone(),
+                }),
+                pending: VecDeque::new(),
+                stamps: Vec::new(),
+                last: None,
+                metrics,
+                cuts: None,
+            }));
+            let probe = ProbeHandle::new();
+            let clock = Rc::new(RefCell::new(InputClock::new(
+                Duration::from_secs(5),
+                Duration::from_secs(5),
+                true,
+            )));
+            let reading = Reading {
+                epoch: Duration::from_millis(20),
+                batch_size: 100,
+                max_durable_lag: Duration::from_secs(60),
+            };
+            let gate = open.clone();
+            worker.dataflow::<u64, _, _>(|scope| {
+                let raw = source_operator(
+                    scope,
+                    committer.clone(),
+                    probe.clone(),
+                    clock.clone(),
+                    reading,
+                    control.clone(),
+                );
+                let sink = Gated {
+                    open: gate,
+                    written: 0,
+                };
+                let outputs = vec![super::super::sink_thread::NamedSink::new(
+                    "Gated",
+                    sink,
+                    Duration::ZERO,
+                )];
+                scope
+                    .concatenate(attach(&raw, outputs, &control))
+                    .probe_with(&probe);
+            });
+            // The source has read everything and closed epochs, but the sink cannot flush.
+            let until = Instant::now() + Duration::from_millis(400);
+            while Instant::now() < until {
+                worker.step_or_park(Some(Duration::from_millis(5)));
+            }
+            assert!(
+                !committer.borrow().pending.is_empty(),
+                "epochs were closed with their positions"
+            );
+            assert!(
+                committed.lock().expect("lock").is_empty(),
+                "nothing is committed while the output is not durable"
+            );
+            open.store(true, Ordering::Relaxed);
+            assert!(
+                step_until(worker, || !committed.lock().expect("lock").is_empty()),
+                "durable output lets the offsets commit"
+            );
+            let last = committed
+                .lock()
+                .expect("lock")
+                .last()
+                .cloned()
+                .expect("a commit");
+            assert_eq!(last.get(&("vitals".into(), 0)), Some(&10));
+            // The source reads forever: end the dataflow as a failed job does.
+            for id in worker.installed_dataflows() {
+                worker.drop_dataflow(id);
+            }
+        });
+    }
+}
