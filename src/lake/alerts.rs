@@ -5,8 +5,8 @@
 //! event the sink reads back the events of its event day's partition (once per day it
 //! touches) and does not write those again, however old the day is.
 
-use super::rows::{column, date_of, micros, Columns};
-use super::schema::{alert_value_fields, ALERTS};
+use super::rows::{column, date_of, micros};
+use super::schema::{AlertColumns, ALERTS};
 use super::table::Table;
 use super::LakeConfig;
 use crate::anomaly::lifecycle::Alert;
@@ -14,8 +14,8 @@ use crate::metrics::Metrics;
 use crate::sinks::alert_events::WrittenEvents;
 use crate::sinks::Sink;
 use deltalake::arrow::array::{
-    Date32Builder, Float64Builder, ListBuilder, RecordBatch, StringArray, StringBuilder,
-    StructBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+    Float64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+    TimestampMicrosecondBuilder,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -72,44 +72,19 @@ impl AlertTableSink {
     }
 
     fn batch(alerts: &[Alert]) -> RecordBatch {
-        let mut ids = StringBuilder::new();
-        let mut patients = StringBuilder::new();
-        let mut devices = StringBuilder::new();
-        let mut rules = StringBuilder::new();
-        let mut titles = StringBuilder::new();
-        let mut severities = StringBuilder::new();
-        let mut states = StringBuilder::new();
-        let mut since = TimestampMicrosecondBuilder::new();
-        let mut at = TimestampMicrosecondBuilder::new();
-        let fields = alert_value_fields();
-        let mut values = ListBuilder::new(StructBuilder::new(
-            fields.clone(),
-            vec![
-                Box::new(StringBuilder::new()),
-                Box::new(Float64Builder::new()),
-                Box::new(TimestampMicrosecondBuilder::new().with_timezone("UTC")),
-            ],
-        ))
-        .with_field(Arc::new(deltalake::arrow::datatypes::Field::new(
-            "item",
-            deltalake::arrow::datatypes::DataType::Struct(fields),
-            true,
-        )));
-        let mut texts = StringBuilder::new();
-        let mut dates = Date32Builder::new();
-        let mut types = StringBuilder::new();
+        let mut c = AlertColumns::default();
         for a in alerts {
             let at_us = micros(&a.at).unwrap_or(0);
-            ids.append_value(&a.id);
-            patients.append_value(&a.patient);
-            devices.append_value(&a.device);
-            rules.append_value(&a.rule);
-            titles.append_value(&a.title);
-            severities.append_value(text_of(&a.severity));
-            states.append_value(text_of(&a.state));
-            since.append_value(micros(&a.since).unwrap_or(at_us));
-            at.append_value(at_us);
-            let item = values.values();
+            c.alert_id.append_value(&a.id);
+            c.patient_id.append_value(&a.patient);
+            c.device_id.append_value(&a.device);
+            c.rule.append_value(&a.rule);
+            c.title.append_value(&a.title);
+            c.severity.append_value(text_of(&a.severity));
+            c.state.append_value(text_of(&a.state));
+            c.since.append_value(micros(&a.since).unwrap_or(at_us));
+            c.at.append_value(at_us);
+            let item = c.values.0.values();
             for (vital, value, time) in &a.values {
                 item.field_builder::<StringBuilder>(0)
                     .expect("vital")
@@ -122,27 +97,13 @@ impl AlertTableSink {
                     .append_option(micros(time));
                 item.append(true);
             }
-            values.append(true);
-            texts.append_value(&a.text);
+            c.values.0.append(true);
+            c.text.append_value(&a.text);
             let day = chrono::DateTime::from_timestamp_micros(at_us).unwrap_or_default();
-            dates.append_value(date_of(&day));
-            types.append_value(&a.rule);
+            c.date.append_value(date_of(&day));
+            c.type_name.append_value(&a.rule);
         }
-        Columns::new(ALERTS.arrow_schema())
-            .col(ids.finish())
-            .col(patients.finish())
-            .col(devices.finish())
-            .col(rules.finish())
-            .col(titles.finish())
-            .col(severities.finish())
-            .col(states.finish())
-            .col(since.finish().with_timezone("UTC"))
-            .col(at.finish().with_timezone("UTC"))
-            .col(values.finish())
-            .col(texts.finish())
-            .col(dates.finish())
-            .col(types.finish())
-            .batch()
+        c.finish(ALERTS.arrow_schema())
     }
 }
 

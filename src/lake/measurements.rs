@@ -7,18 +7,15 @@
 //! twice. Offsets of one partition reach a worker in order, so the highest offset of a
 //! flush is also the end of a contiguous run.
 
-use super::rows::{date_of, Columns};
-use super::schema::MEASUREMENTS;
+use super::rows::date_of;
+use super::schema::{MeasurementColumns, MEASUREMENTS};
 use super::table::Table;
 use super::LakeConfig;
 use crate::mapping::FhirMapping;
 use crate::metrics::Metrics;
 use crate::model::Measurement;
 use crate::sinks::Sink;
-use deltalake::arrow::array::{
-    Date32Builder, Float64Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMicrosecondBuilder,
-};
+use deltalake::arrow::array::RecordBatch;
 use deltalake::kernel::Transaction;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -29,21 +26,7 @@ const FLUSH_ROWS: usize = 1 << 20;
 /// Column builders of one flush.
 #[derive(Default)]
 struct Builders {
-    event_time: TimestampMicrosecondBuilder,
-    ingest_time: TimestampMicrosecondBuilder,
-    device_id: StringBuilder,
-    patient_id: StringBuilder,
-    encounter_id: StringBuilder,
-    correlation_id: StringBuilder,
-    value_name: StringBuilder,
-    value: Float64Builder,
-    value_string: StringBuilder,
-    unit: StringBuilder,
-    source_topic: StringBuilder,
-    source_partition: Int32Builder,
-    source_offset: Int64Builder,
-    date: Date32Builder,
-    type_name: StringBuilder,
+    c: MeasurementColumns,
     rows: usize,
 }
 
@@ -52,59 +35,47 @@ impl Builders {
         let template = mapping.get(&m.type_name);
         let event_us = m.occurrence_time.timestamp_micros();
         for (name, raw) in &m.properties {
-            self.event_time.append_value(event_us);
-            self.ingest_time
+            self.c.event_time.append_value(event_us);
+            self.c
+                .ingest_time
                 .append_option(m.received_ms.map(|ms| ms * 1000));
-            self.device_id.append_value(&m.device_id);
-            self.patient_id.append_option(m.patient_id.as_deref());
-            self.encounter_id.append_option(m.encounter_id.as_deref());
-            self.correlation_id
+            self.c.device_id.append_value(&m.device_id);
+            self.c.patient_id.append_option(m.patient_id.as_deref());
+            self.c.encounter_id.append_option(m.encounter_id.as_deref());
+            self.c
+                .correlation_id
                 .append_option(m.correlation_id.as_deref());
-            self.value_name.append_value(name);
+            self.c.value_name.append_value(name);
             // Values are strings in the connector's model; a number goes to `value`, anything
             // else (a string where a number was too) to `value_string`, never lost.
             match raw.trim().parse::<f64>().ok().filter(|v| v.is_finite()) {
                 Some(v) => {
-                    self.value.append_value(v);
-                    self.value_string.append_null();
+                    self.c.value.append_value(v);
+                    self.c.value_string.append_null();
                 }
                 None => {
-                    self.value.append_null();
-                    self.value_string.append_value(raw);
+                    self.c.value.append_null();
+                    self.c.value_string.append_value(raw);
                 }
             }
-            self.unit
+            self.c
+                .unit
                 .append_option(template.and_then(|t| t.unit_of(name)));
             let src = m.source.as_ref();
-            self.source_topic.append_option(src.map(|s| &*s.topic));
-            self.source_partition
+            self.c.source_topic.append_option(src.map(|s| &*s.topic));
+            self.c
+                .source_partition
                 .append_option(src.map(|s| s.partition));
-            self.source_offset.append_option(src.map(|s| s.offset));
-            self.date.append_value(date_of(&m.occurrence_time));
-            self.type_name.append_value(&m.type_name);
+            self.c.source_offset.append_option(src.map(|s| s.offset));
+            self.c.date.append_value(date_of(&m.occurrence_time));
+            self.c.type_name.append_value(&m.type_name);
             self.rows += 1;
         }
     }
 
     fn finish(&mut self) -> RecordBatch {
         self.rows = 0;
-        Columns::new(MEASUREMENTS.arrow_schema())
-            .col(self.event_time.finish().with_timezone("UTC"))
-            .col(self.ingest_time.finish().with_timezone("UTC"))
-            .col(self.device_id.finish())
-            .col(self.patient_id.finish())
-            .col(self.encounter_id.finish())
-            .col(self.correlation_id.finish())
-            .col(self.value_name.finish())
-            .col(self.value.finish())
-            .col(self.value_string.finish())
-            .col(self.unit.finish())
-            .col(self.source_topic.finish())
-            .col(self.source_partition.finish())
-            .col(self.source_offset.finish())
-            .col(self.date.finish())
-            .col(self.type_name.finish())
-            .batch()
+        self.c.finish(MEASUREMENTS.arrow_schema())
     }
 }
 

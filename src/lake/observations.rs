@@ -7,8 +7,8 @@
 //! was written instead of writing a partial window, and an update that changes nothing
 //! writes no version. `(id, version)` is unique.
 
-use super::rows::{column, micros, Columns};
-use super::schema::OBSERVATIONS;
+use super::rows::{column, micros};
+use super::schema::{ObservationColumns, OBSERVATIONS};
 use super::table::Table;
 use super::LakeConfig;
 use crate::fhir::store::{
@@ -18,10 +18,7 @@ use crate::fhir::SERVICE_URI;
 use crate::metrics::Metrics;
 use crate::sinks::Sink;
 use chrono::{DateTime, Utc};
-use deltalake::arrow::array::{
-    Date32Builder, Float64Builder, Int64Array, Int64Builder, RecordBatch, StringArray,
-    StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
-};
+use deltalake::arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -117,29 +114,10 @@ fn component<'a>(o: &'a Value, value_name: &str) -> Option<&'a Value> {
     })
 }
 
+/// Column builders of one flush.
 #[derive(Default)]
 struct Builders {
-    id: StringBuilder,
-    identifier: StringBuilder,
-    patient_id: StringBuilder,
-    device_id: StringBuilder,
-    encounter_id: StringBuilder,
-    window_start: TimestampMicrosecondBuilder,
-    window_end: TimestampMicrosecondBuilder,
-    status: StringBuilder,
-    value_name: StringBuilder,
-    unit: StringBuilder,
-    count: Int64Builder,
-    min: Float64Builder,
-    max: Float64Builder,
-    mean: Float64Builder,
-    last: Float64Builder,
-    value_string: StringBuilder,
-    version: Int64Builder,
-    written_at: TimestampMicrosecondBuilder,
-    resource: StringBuilder,
-    date: Date32Builder,
-    type_name: StringBuilder,
+    c: ObservationColumns,
     rows: usize,
 }
 
@@ -167,56 +145,36 @@ impl Builders {
             if s.count == 0 {
                 continue;
             }
-            self.id.append_value(&c.id);
-            self.identifier.append_option(text("/identifier/0/value"));
-            self.patient_id.append_value(&u.patient);
-            self.device_id.append_value(&u.device);
-            self.encounter_id.append_option(u.encounter.as_deref());
-            self.window_start.append_value(start);
-            self.window_end.append_value(end);
-            self.status.append_value(text("/status").unwrap_or("final"));
-            self.value_name.append_value(&tpl.value_name);
-            self.unit.append_option(tpl.unit());
-            self.count.append_value(s.count);
-            self.min.append_option(s.min);
-            self.max.append_option(s.max);
-            self.mean.append_option(s.mean);
-            self.last.append_option(s.last);
-            self.value_string.append_option(s.text.as_deref());
-            self.version.append_value(c.version);
-            self.written_at.append_value(written_at);
-            self.resource.append_value(&json);
-            self.date.append_value(observation_day(o, u));
-            self.type_name.append_value(&u.type_name);
+            self.c.id.append_value(&c.id);
+            self.c.identifier.append_option(text("/identifier/0/value"));
+            self.c.patient_id.append_value(&u.patient);
+            self.c.device_id.append_value(&u.device);
+            self.c.encounter_id.append_option(u.encounter.as_deref());
+            self.c.window_start.append_value(start);
+            self.c.window_end.append_value(end);
+            self.c
+                .status
+                .append_value(text("/status").unwrap_or("final"));
+            self.c.value_name.append_value(&tpl.value_name);
+            self.c.unit.append_option(tpl.unit());
+            self.c.count.append_value(s.count);
+            self.c.min.append_option(s.min);
+            self.c.max.append_option(s.max);
+            self.c.mean.append_option(s.mean);
+            self.c.last.append_option(s.last);
+            self.c.value_string.append_option(s.text.as_deref());
+            self.c.version.append_value(c.version);
+            self.c.written_at.append_value(written_at);
+            self.c.resource.append_value(&json);
+            self.c.date.append_value(observation_day(o, u));
+            self.c.type_name.append_value(&u.type_name);
             self.rows += 1;
         }
     }
 
     fn finish(&mut self) -> RecordBatch {
         self.rows = 0;
-        Columns::new(OBSERVATIONS.arrow_schema())
-            .col(self.id.finish())
-            .col(self.identifier.finish())
-            .col(self.patient_id.finish())
-            .col(self.device_id.finish())
-            .col(self.encounter_id.finish())
-            .col(self.window_start.finish().with_timezone("UTC"))
-            .col(self.window_end.finish().with_timezone("UTC"))
-            .col(self.status.finish())
-            .col(self.value_name.finish())
-            .col(self.unit.finish())
-            .col(self.count.finish())
-            .col(self.min.finish())
-            .col(self.max.finish())
-            .col(self.mean.finish())
-            .col(self.last.finish())
-            .col(self.value_string.finish())
-            .col(self.version.finish())
-            .col(self.written_at.finish().with_timezone("UTC"))
-            .col(self.resource.finish())
-            .col(self.date.finish())
-            .col(self.type_name.finish())
-            .batch()
+        self.c.finish(OBSERVATIONS.arrow_schema())
     }
 }
 

@@ -1,8 +1,6 @@
 //! Small helpers shared by the tables' row builders.
 
-use deltalake::arrow::array::{Array, ArrayRef, RecordBatch};
-use deltalake::arrow::datatypes::SchemaRef;
-use std::sync::Arc;
+use deltalake::arrow::array::{Array, RecordBatch};
 
 /// Days since the Unix epoch of a UTC time: the `date` partition value.
 pub fn date_of(t: &chrono::DateTime<chrono::Utc>) -> i32 {
@@ -32,34 +30,6 @@ pub fn micros(rfc3339: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(rfc3339)
         .ok()
         .map(|t| t.timestamp_micros())
-}
-
-/// Columns collected in schema order into a batch.
-pub struct Columns {
-    schema: SchemaRef,
-    columns: Vec<ArrayRef>,
-}
-
-impl Columns {
-    /// Starts a batch of `schema`.
-    pub fn new(schema: SchemaRef) -> Self {
-        Self {
-            schema,
-            columns: Vec::new(),
-        }
-    }
-
-    /// The next column.
-    pub fn col(mut self, a: impl Array + 'static) -> Self {
-        self.columns.push(Arc::new(a));
-        self
-    }
-
-    /// The batch; the builders and the schema are written side by side, so a mismatch is a
-    /// bug, caught by the tests.
-    pub fn batch(self) -> RecordBatch {
-        RecordBatch::try_new(self.schema, self.columns).expect("columns match the table schema")
-    }
 }
 
 #[cfg(test)]

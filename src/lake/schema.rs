@@ -1,6 +1,10 @@
 //! The lakehouse tables: their columns (documented in docs/lakehouse.md), partitioning and
 //! Parquet settings.
 
+use deltalake::arrow::array::{
+    ArrayRef, Date32Builder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, RecordBatch,
+    StringBuilder, StructBuilder, TimestampMicrosecondBuilder,
+};
 use deltalake::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -27,8 +31,76 @@ pub fn timestamp() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-fn text(name: &str, nullable: bool) -> Field {
-    Field::new(name, DataType::Utf8, nullable)
+/// A column's builder: how it starts, and the array it finishes into.
+pub trait ColumnBuilder {
+    /// An empty builder.
+    fn start() -> Self;
+    /// The column built so far (the builder starts over).
+    fn finish_column(&mut self) -> ArrayRef;
+}
+
+macro_rules! plain_builders {
+    ($($b:ty),*) => {$(
+        impl ColumnBuilder for $b {
+            fn start() -> Self {
+                <$b>::new()
+            }
+            fn finish_column(&mut self) -> ArrayRef {
+                Arc::new(self.finish())
+            }
+        }
+    )*};
+}
+plain_builders!(
+    StringBuilder,
+    Float64Builder,
+    Int32Builder,
+    Int64Builder,
+    Date32Builder
+);
+
+impl ColumnBuilder for TimestampMicrosecondBuilder {
+    fn start() -> Self {
+        Self::new()
+    }
+    fn finish_column(&mut self) -> ArrayRef {
+        Arc::new(self.finish().with_timezone("UTC"))
+    }
+}
+
+/// Declares a table's columns once, in schema order: the struct of their builders, the
+/// Arrow fields ([`TableSpec`]'s schema) and the batch they finish into all come from it.
+macro_rules! columns {
+    ($(#[$m:meta])* $name:ident {
+        $($field:ident: $builder:ty = $col:literal, $dtype:expr, $nullable:literal;)*
+    }) => {
+        $(#[$m])*
+        pub struct $name {
+            $(
+                #[doc = concat!("Column `", $col, "`.")]
+                pub $field: $builder,
+            )*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self { $($field: <$builder as ColumnBuilder>::start(),)* }
+            }
+        }
+
+        impl $name {
+            /// The columns as Arrow fields, in order.
+            pub fn fields() -> Vec<Field> {
+                vec![$(Field::new($col, $dtype, $nullable)),*]
+            }
+
+            /// Every column built so far, as one batch of `schema` (the builders start over).
+            pub fn finish(&mut self, schema: SchemaRef) -> RecordBatch {
+                RecordBatch::try_new(schema, vec![$(self.$field.finish_column()),*])
+                    .expect("the columns are the schema's")
+            }
+        }
+    };
 }
 
 impl TableSpec {
@@ -53,6 +125,27 @@ impl TableSpec {
     }
 }
 
+columns! {
+    /// The `measurements` table: one row per normalized value.
+    MeasurementColumns {
+        event_time: TimestampMicrosecondBuilder = "event_time", timestamp(), false;
+        ingest_time: TimestampMicrosecondBuilder = "ingest_time", timestamp(), true;
+        device_id: StringBuilder = "device_id", DataType::Utf8, false;
+        patient_id: StringBuilder = "patient_id", DataType::Utf8, true;
+        encounter_id: StringBuilder = "encounter_id", DataType::Utf8, true;
+        correlation_id: StringBuilder = "correlation_id", DataType::Utf8, true;
+        value_name: StringBuilder = "value_name", DataType::Utf8, false;
+        value: Float64Builder = "value", DataType::Float64, true;
+        value_string: StringBuilder = "value_string", DataType::Utf8, true;
+        unit: StringBuilder = "unit", DataType::Utf8, true;
+        source_topic: StringBuilder = "source_topic", DataType::Utf8, true;
+        source_partition: Int32Builder = "source_partition", DataType::Int32, true;
+        source_offset: Int64Builder = "source_offset", DataType::Int64, true;
+        date: Date32Builder = "date", DataType::Date32, false;
+        type_name: StringBuilder = "type", DataType::Utf8, false;
+    }
+}
+
 /// One row per normalized value.
 pub static MEASUREMENTS: TableSpec = TableSpec {
     name: "measurements",
@@ -60,26 +153,35 @@ pub static MEASUREMENTS: TableSpec = TableSpec {
     partition_columns: &["date", "type"],
     bloom_columns: &["device_id", "patient_id"],
     flush_file_size: 256 << 20,
-    columns: || {
-        vec![
-            Field::new("event_time", timestamp(), false),
-            Field::new("ingest_time", timestamp(), true),
-            text("device_id", false),
-            text("patient_id", true),
-            text("encounter_id", true),
-            text("correlation_id", true),
-            text("value_name", false),
-            Field::new("value", DataType::Float64, true),
-            text("value_string", true),
-            text("unit", true),
-            text("source_topic", true),
-            Field::new("source_partition", DataType::Int32, true),
-            Field::new("source_offset", DataType::Int64, true),
-            Field::new("date", DataType::Date32, false),
-            text("type", false),
-        ]
-    },
+    columns: MeasurementColumns::fields,
 };
+
+columns! {
+    /// The `observations` table: one row per value of each Observation version written.
+    ObservationColumns {
+        id: StringBuilder = "id", DataType::Utf8, false;
+        identifier: StringBuilder = "identifier", DataType::Utf8, true;
+        patient_id: StringBuilder = "patient_id", DataType::Utf8, false;
+        device_id: StringBuilder = "device_id", DataType::Utf8, false;
+        encounter_id: StringBuilder = "encounter_id", DataType::Utf8, true;
+        window_start: TimestampMicrosecondBuilder = "window_start", timestamp(), false;
+        window_end: TimestampMicrosecondBuilder = "window_end", timestamp(), false;
+        status: StringBuilder = "status", DataType::Utf8, false;
+        value_name: StringBuilder = "value_name", DataType::Utf8, true;
+        unit: StringBuilder = "unit", DataType::Utf8, true;
+        count: Int64Builder = "count", DataType::Int64, false;
+        min: Float64Builder = "min", DataType::Float64, true;
+        max: Float64Builder = "max", DataType::Float64, true;
+        mean: Float64Builder = "mean", DataType::Float64, true;
+        last: Float64Builder = "last", DataType::Float64, true;
+        value_string: StringBuilder = "value_string", DataType::Utf8, true;
+        version: Int64Builder = "version", DataType::Int64, false;
+        written_at: TimestampMicrosecondBuilder = "written_at", timestamp(), false;
+        resource: StringBuilder = "resource", DataType::Utf8, false;
+        date: Date32Builder = "date", DataType::Date32, false;
+        type_name: StringBuilder = "type", DataType::Utf8, false;
+    }
+}
 
 /// One row per value of each Observation version written.
 pub static OBSERVATIONS: TableSpec = TableSpec {
@@ -88,40 +190,62 @@ pub static OBSERVATIONS: TableSpec = TableSpec {
     partition_columns: &["date", "type"],
     bloom_columns: &["id", "patient_id", "device_id"],
     flush_file_size: 256 << 20,
-    columns: || {
-        vec![
-            text("id", false),
-            text("identifier", true),
-            text("patient_id", false),
-            text("device_id", false),
-            text("encounter_id", true),
-            Field::new("window_start", timestamp(), false),
-            Field::new("window_end", timestamp(), false),
-            text("status", false),
-            text("value_name", true),
-            text("unit", true),
-            Field::new("count", DataType::Int64, false),
-            Field::new("min", DataType::Float64, true),
-            Field::new("max", DataType::Float64, true),
-            Field::new("mean", DataType::Float64, true),
-            Field::new("last", DataType::Float64, true),
-            text("value_string", true),
-            Field::new("version", DataType::Int64, false),
-            Field::new("written_at", timestamp(), false),
-            text("resource", false),
-            Field::new("date", DataType::Date32, false),
-            text("type", false),
-        ]
-    },
+    columns: ObservationColumns::fields,
 };
 
 /// The values an alert event cites: which vital, its value and when it was measured.
 pub fn alert_value_fields() -> Fields {
     Fields::from(vec![
-        text("vital", false),
+        Field::new("vital", DataType::Utf8, false),
         Field::new("value", DataType::Float64, false),
         Field::new("time", timestamp(), true),
     ])
+}
+
+/// The `values` column of an alert: a list of (vital, value, time) structs.
+pub struct AlertValuesBuilder(pub ListBuilder<StructBuilder>);
+
+impl ColumnBuilder for AlertValuesBuilder {
+    fn start() -> Self {
+        let fields = alert_value_fields();
+        Self(
+            ListBuilder::new(StructBuilder::new(
+                fields.clone(),
+                vec![
+                    Box::new(StringBuilder::new()),
+                    Box::new(Float64Builder::new()),
+                    Box::new(TimestampMicrosecondBuilder::new().with_timezone("UTC")),
+                ],
+            ))
+            .with_field(alert_values_item(fields)),
+        )
+    }
+    fn finish_column(&mut self) -> ArrayRef {
+        Arc::new(self.0.finish())
+    }
+}
+
+fn alert_values_item(fields: Fields) -> Arc<Field> {
+    Arc::new(Field::new("item", DataType::Struct(fields), true))
+}
+
+columns! {
+    /// The `alerts` table: one row per alert event (open, escalated, resolved).
+    AlertColumns {
+        alert_id: StringBuilder = "alert_id", DataType::Utf8, false;
+        patient_id: StringBuilder = "patient_id", DataType::Utf8, false;
+        device_id: StringBuilder = "device_id", DataType::Utf8, false;
+        rule: StringBuilder = "rule", DataType::Utf8, false;
+        title: StringBuilder = "title", DataType::Utf8, false;
+        severity: StringBuilder = "severity", DataType::Utf8, false;
+        state: StringBuilder = "state", DataType::Utf8, false;
+        since: TimestampMicrosecondBuilder = "since", timestamp(), false;
+        at: TimestampMicrosecondBuilder = "at", timestamp(), false;
+        values: AlertValuesBuilder = "values", DataType::List(alert_values_item(alert_value_fields())), false;
+        text: StringBuilder = "text", DataType::Utf8, false;
+        date: Date32Builder = "date", DataType::Date32, false;
+        type_name: StringBuilder = "type", DataType::Utf8, false;
+    }
 }
 
 /// One row per alert event (open, escalated, resolved).
@@ -131,31 +255,7 @@ pub static ALERTS: TableSpec = TableSpec {
     partition_columns: &["date", "type"],
     bloom_columns: &["alert_id", "patient_id"],
     flush_file_size: 64 << 20,
-    columns: || {
-        vec![
-            text("alert_id", false),
-            text("patient_id", false),
-            text("device_id", false),
-            text("rule", false),
-            text("title", false),
-            text("severity", false),
-            text("state", false),
-            Field::new("since", timestamp(), false),
-            Field::new("at", timestamp(), false),
-            Field::new(
-                "values",
-                DataType::List(Arc::new(Field::new(
-                    "item",
-                    DataType::Struct(alert_value_fields()),
-                    true,
-                ))),
-                false,
-            ),
-            text("text", false),
-            Field::new("date", DataType::Date32, false),
-            text("type", false),
-        ]
-    },
+    columns: AlertColumns::fields,
 };
 
 /// Every table, by name.
