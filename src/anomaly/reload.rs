@@ -26,11 +26,7 @@ impl Rules {
         let set = if path.is_file() {
             rules::load(path, &vitals)?
         } else {
-            let embedded = crate::config::EMBEDDED_TEMPLATES
-                .iter()
-                .find(|(p, _)| Path::new(p) == path)
-                .map(|(_, t)| *t);
-            match embedded {
+            match crate::config::embedded_template(path) {
                 Some(text) => {
                     rules::parse(text, &format!("{} (embedded)", path.display()), &vitals)?
                 }

@@ -251,10 +251,7 @@ impl<'a> Checker<'a> {
     /// A file that exists (or is embedded in the binary), resolved against `base`.
     pub fn existing_file(&mut self, base: &Path, v: &Spanned<String>, field: &str) -> PathBuf {
         let p = resolve_path(base, v.get_ref());
-        let embedded = super::EMBEDDED_TEMPLATES
-            .iter()
-            .any(|(e, _)| Path::new(e) == p);
-        if !p.is_file() && !embedded {
+        if !p.is_file() && super::embedded_template(&p).is_none() {
             self.at(v.span(), field, format!("file not found: {}", p.display()));
         }
         p

@@ -42,6 +42,15 @@ pub const EMBEDDED_TEMPLATES: [(&str, &str); 3] = [
     ),
 ];
 
+/// The copy built into the binary of a template file, when it is one of
+/// [`EMBEDDED_TEMPLATES`]: the embedded default runs from any directory.
+pub fn embedded_template(path: &Path) -> Option<&'static str> {
+    EMBEDDED_TEMPLATES
+        .iter()
+        .find(|(p, _)| Path::new(p) == path)
+        .map(|(_, t)| *t)
+}
+
 /// What a job file is called in messages.
 const WHAT: &str = "job file";
 

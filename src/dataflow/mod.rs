@@ -73,10 +73,8 @@ fn mapping_text(path: &Path) -> anyhow::Result<(String, String)> {
     let name = path.display().to_string();
     match std::fs::read_to_string(path) {
         Ok(t) => Ok((t, name)),
-        Err(e) => crate::config::EMBEDDED_TEMPLATES
-            .iter()
-            .find(|(p, _)| Path::new(p) == path)
-            .map(|(_, t)| (t.to_string(), format!("{name} (embedded)")))
+        Err(e) => crate::config::embedded_template(path)
+            .map(|t| (t.to_string(), format!("{name} (embedded)")))
             .ok_or_else(|| anyhow!("cannot read {name}: {e}")),
     }
 }
