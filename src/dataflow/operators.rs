@@ -698,7 +698,7 @@ mod tests {
     //! they hold, with nothing of a job around them.
 
     use super::*;
-    use crate::sinks::observations::tests::bedside_fhir;
+    use crate::sinks::observations::tests::{bedside_fhir, heart_rate};
     use crate::sinks::Sink;
     use chrono::{DateTime, TimeZone, Utc};
     use std::sync::atomic::AtomicBool;
@@ -707,17 +707,7 @@ mod tests {
 
     fn hr(at: DateTime<Utc>, v: &str) -> Judged {
         Judged {
-            measurement: Measurement {
-                type_name: "heartRate".into(),
-                device_id: "BM-1".into(),
-                patient_id: Some("P-1".into()),
-                encounter_id: None,
-                correlation_id: None,
-                occurrence_time: at,
-                properties: vec![("hr".into(), v.into())],
-                received_ms: None,
-                source: None,
-            },
+            measurement: heart_rate(at, v),
             late: false,
             effective: at.timestamp_millis(),
         }

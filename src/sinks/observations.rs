@@ -184,22 +184,23 @@ pub(crate) mod tests {
 
     /// A heart-rate reading `at`, and the window update it makes.
     pub(crate) fn hr_at(w: &mut Windows, at: DateTime<Utc>, v: &str) -> WindowUpdate {
-        w.add(
-            Measurement {
-                type_name: "heartRate".into(),
-                device_id: "BM-1".into(),
-                patient_id: Some("P-1".into()),
-                encounter_id: None,
-                correlation_id: None,
-                occurrence_time: at,
-                properties: vec![("hr".into(), v.into())],
-                received_ms: None,
-                source: None,
-            },
-            at.timestamp_millis(),
-            0,
-        );
+        w.add(heart_rate(at, v), at.timestamp_millis(), 0);
         w.flush().pop().expect("one window")
+    }
+
+    /// Heart rate `v` of device BM-1 (patient P-1) at `at`.
+    pub(crate) fn heart_rate(at: DateTime<Utc>, v: &str) -> Measurement {
+        Measurement {
+            type_name: "heartRate".into(),
+            device_id: "BM-1".into(),
+            patient_id: Some("P-1".into()),
+            encounter_id: None,
+            correlation_id: None,
+            occurrence_time: at,
+            properties: vec![("hr".into(), v.into())],
+            received_ms: None,
+            source: None,
+        }
     }
 
     /// The bedside-monitor FHIR mapping the restore tests build Observations with.
