@@ -1,10 +1,10 @@
 //! What every operator of a job may do to it: notice that it stops or failed, fail it with a
 //! reason, and report how long a sink has held output not yet durable.
 
-use super::sink_thread::Backlog;
 use crate::metrics::Metrics;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The job's stop and failure state, shared by the operators of every worker.
 pub(crate) struct Control {
@@ -58,5 +58,35 @@ impl Control {
     /// Since when the sinks have held output not yet durable.
     pub(crate) fn backlog(&self) -> &Backlog {
         &self.backlog
+    }
+}
+
+/// Since when each sink of the process has held output not yet durable: what the sources
+/// pause on (`max_durable_lag`). Not the probe: an epoch may wait for reasons that take no
+/// memory (a window holding it for its next version), while output a sink cannot write
+/// piles up.
+#[derive(Default)]
+pub(crate) struct Backlog {
+    sinks: Mutex<Vec<Arc<Mutex<Option<Instant>>>>>,
+}
+
+impl Backlog {
+    pub(super) fn register(&self) -> Arc<Mutex<Option<Instant>>> {
+        let slot = Arc::new(Mutex::new(None));
+        self.sinks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(slot.clone());
+        slot
+    }
+
+    /// How long the oldest output of any sink has waited to be durable.
+    pub(super) fn oldest(&self) -> Option<Duration> {
+        let sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        sinks
+            .iter()
+            .filter_map(|s| *s.lock().unwrap_or_else(|p| p.into_inner()))
+            .min()
+            .map(|since| since.elapsed())
     }
 }

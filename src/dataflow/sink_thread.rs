@@ -11,7 +11,7 @@ use crate::sinks::Sink;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
@@ -22,36 +22,6 @@ use timely::dataflow::{Scope, Stream};
 enum Command<D> {
     Write(u64, Vec<D>),
     Flush(u64),
-}
-
-/// Since when each sink of the process has held output not yet durable: what the sources
-/// pause on (`max_durable_lag`). Not the probe: an epoch may wait for reasons that take no
-/// memory (a window holding it for its next version), while output a sink cannot write
-/// piles up.
-#[derive(Default)]
-pub(crate) struct Backlog {
-    sinks: Mutex<Vec<Arc<Mutex<Option<Instant>>>>>,
-}
-
-impl Backlog {
-    pub(super) fn register(&self) -> Arc<Mutex<Option<Instant>>> {
-        let slot = Arc::new(Mutex::new(None));
-        self.sinks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(slot.clone());
-        slot
-    }
-
-    /// How long the oldest output of any sink has waited to be durable.
-    pub(super) fn oldest(&self) -> Option<Duration> {
-        let sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
-        sinks
-            .iter()
-            .filter_map(|s| *s.lock().unwrap_or_else(|p| p.into_inner()))
-            .min()
-            .map(|since| since.elapsed())
-    }
 }
 
 /// Batches in flight to the sink thread before the worker waits.
