@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use vitalflow::config::JobConfig;
 
+/// Help shown after `vitalflow alerts --help`.
 pub const ALERTS_HELP: &str = "Lines show time (event time), severity, state (open, escalated, \
 resolved), patient, what and the value, then rule, device, since when and the alert id. \
 Colours on a terminal: red critical, yellow warning, green resolved.
@@ -23,6 +24,7 @@ Examples:
   vitalflow alerts --job dataflows/icu.toml --from-beginning --no-follow
   vitalflow alerts --job dataflows/icu.toml --format json | jq .text";
 
+/// Arguments of `vitalflow alerts`.
 #[derive(clap::Args)]
 pub struct AlertsArgs {
     /// Job file whose alerts to show [default: the embedded default].
@@ -39,6 +41,7 @@ pub struct AlertsArgs {
     format: Option<Format>,
 }
 
+/// Runs `vitalflow alerts`.
 pub fn run(args: AlertsArgs) -> ExitCode {
     init_logs(LogFormat::Text);
     let job = match load_job(args.job.as_deref()) {
@@ -71,7 +74,7 @@ pub fn run(args: AlertsArgs) -> ExitCode {
 
 /// How to show alerts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Style {
+enum Style {
     /// One line per alert; ANSI colours when `true`.
     Lines(bool),
     /// The JSON objects, one per line.
@@ -79,7 +82,7 @@ pub enum Style {
 }
 
 /// One alert as a line: time, severity, state, patient, what, since.
-pub fn line(a: &Value, colour: bool) -> String {
+fn line(a: &Value, colour: bool) -> String {
     let s = |k: &str| a[k].as_str().unwrap_or("");
     let severity = s("severity").to_uppercase();
     let state = s("state");
@@ -121,7 +124,7 @@ fn show(out: &mut impl Write, payload: &[u8], style: Style) -> anyhow::Result<()
 
 /// Prints the job's alerts: from its alerts topic, or from its alert files. With `follow`,
 /// waits for more until `stop`.
-pub fn tail(
+fn tail(
     job: &JobConfig,
     from_beginning: bool,
     follow: bool,

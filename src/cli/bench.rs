@@ -5,6 +5,7 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
 use serde_json::json;
 use std::path::PathBuf;
 
+/// Help shown after `vitalflow bench --help`.
 pub const BENCH_HELP: &str =
     "The simulator produces 1 Hz bedside-monitor messages into Kafka at a steady rate \
 (open loop: latencies include queueing) while the job runs; per-message latencies from the \
@@ -19,6 +20,7 @@ Examples:
   vitalflow bench --rate 5000 --find-max --duration 10s --format json
   vitalflow bench --job dataflows/icu.toml --workers 4 --rate 50000";
 
+/// The benches besides the default load bench.
 #[derive(clap::Subcommand)]
 pub enum BenchWhat {
     /// Replay labelled scenarios and score the alerts against their ground truth, next to a
@@ -31,6 +33,7 @@ pub enum BenchWhat {
     Peer(BenchPeerArgs),
 }
 
+/// Help shown after `vitalflow bench peer --help`.
 pub const BENCH_PEER_HELP: &str = "Contenders: loop-alerts (rdkafka + serde_json, hourly \
 count/min/max/mean per device and vital in a HashMap, threshold alerts to a topic), \
 loop-aggregates (the same, writing every aggregate update), vitalflow (hourly SampledData \
@@ -42,6 +45,7 @@ Examples:
   tansu broker --listener-url tcp://127.0.0.1:9092 --storage-engine memory://tansu/ &
   vitalflow bench peer --brokers 127.0.0.1:9092 --messages 1000000 --devices 2000";
 
+/// Arguments of `vitalflow bench peer`.
 #[derive(clap::Args)]
 pub struct BenchPeerArgs {
     /// Messages in the input.
@@ -89,6 +93,7 @@ pub struct BenchLoopArgs {
     out: PathBuf,
 }
 
+/// Help shown after `vitalflow bench alerts --help`.
 pub const BENCH_ALERTS_HELP: &str = "Each scenario (datasets/scenarios/*.toml, format in \
 datasets/scenarios/README.md) is generated, replayed through the job from a file, and its \
 alerts scored: recall (events detected), episode precision (alerts that belong to an event), \
@@ -99,6 +104,7 @@ Examples:
   vitalflow bench alerts --scenarios datasets/scenarios
   vitalflow bench alerts --scenarios datasets/scenarios --format json | jq .total";
 
+/// Arguments of `vitalflow bench alerts`.
 #[derive(clap::Args)]
 pub struct BenchAlertsArgs {
     /// Directory of scenario specs.
@@ -115,6 +121,7 @@ pub struct BenchAlertsArgs {
     format: Option<Format>,
 }
 
+/// Arguments of `vitalflow bench`.
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
@@ -153,6 +160,7 @@ pub struct BenchArgs {
     format: Option<Format>,
 }
 
+/// Runs `vitalflow bench` (or one of its subcommands).
 pub fn run(args: BenchArgs) -> ExitCode {
     match args.what {
         Some(BenchWhat::Alerts(a)) => return bench_alerts(a),
@@ -258,7 +266,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
     }
 }
 
-pub fn bench_peer(args: BenchPeerArgs) -> ExitCode {
+fn bench_peer(args: BenchPeerArgs) -> ExitCode {
     init_logs(LogFormat::Text);
     let opts = vitalflow::bench_peer::PeerOptions {
         messages: args.messages,
@@ -290,6 +298,7 @@ pub fn bench_peer(args: BenchPeerArgs) -> ExitCode {
     }
 }
 
+/// Runs one plain-loop contender of `vitalflow bench peer`.
 pub fn bench_loop(args: BenchLoopArgs) -> ExitCode {
     let every = match args.mode.as_str() {
         "alerts" => false,
@@ -318,7 +327,7 @@ pub fn bench_loop(args: BenchLoopArgs) -> ExitCode {
     }
 }
 
-pub fn bench_alerts(args: BenchAlertsArgs) -> ExitCode {
+fn bench_alerts(args: BenchAlertsArgs) -> ExitCode {
     init_logs(LogFormat::Text);
     let format = resolve(args.format);
     let specs = match vitalflow::bench_alerts::specs(&args.scenarios) {
@@ -415,7 +424,7 @@ pub fn bench_alerts(args: BenchAlertsArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-pub fn print_bench(runs: &[vitalflow::bench::Summary], max_rate: Option<f64>, out: &Path) {
+fn print_bench(runs: &[vitalflow::bench::Summary], max_rate: Option<f64>, out: &Path) {
     let verdict = |ok: bool| if ok { "pass" } else { "FAIL" };
     for r in runs {
         let mut t = Table::new();

@@ -3,6 +3,7 @@
 use super::*;
 use std::path::PathBuf;
 
+/// Help shown after the `vitalflow lake` commands.
 pub const LAKE_HELP: &str = "A running job commits small files every flush (fresh data is visible in seconds); compaction rewrites the small files of each partition older than --older-than into files of about the target size, in one Delta commit per group that keeps the rows the same, so it runs safely beside the job. Vacuum then deletes the files no version within --retention references (compacted files, and files of flushes that never committed). Readers of an older version (time travel) need its files: keep --retention at least as long as they look back.
 
 Examples:
@@ -10,6 +11,7 @@ Examples:
   vitalflow lake compact --job dataflows/icu.toml --table measurements --older-than 2h
   vitalflow lake vacuum --job dataflows/icu.toml --retention 7d --dry-run";
 
+/// The lakehouse maintenance commands.
 #[derive(clap::Subcommand)]
 pub enum LakeWhat {
     /// Rewrite each partition's small files into files of about the target size.
@@ -38,6 +40,7 @@ pub enum LakeWhat {
     },
 }
 
+/// Arguments of `vitalflow lake compact` and `vacuum`.
 #[derive(clap::Args)]
 pub struct LakeArgs {
     /// Job file whose lakehouse to maintain [default: the embedded default].
@@ -51,6 +54,7 @@ pub struct LakeArgs {
     format: Option<Format>,
 }
 
+/// Runs a `vitalflow lake` command.
 pub fn run(what: LakeWhat) -> ExitCode {
     init_logs(LogFormat::Text);
     let args = match &what {

@@ -23,6 +23,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use vitalflow::config::{self, JobConfig, Overrides};
 
+/// How a command prints its result.
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
 pub enum Format {
     /// Human-readable tables (default on a terminal).
@@ -31,6 +32,7 @@ pub enum Format {
     Json,
 }
 
+/// How logs are printed.
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -39,6 +41,7 @@ pub enum LogFormat {
     Json,
 }
 
+/// The format asked for, else a table on a terminal and JSON otherwise.
 pub fn resolve(format: Option<Format>) -> Format {
     format.unwrap_or(if std::io::stdout().is_terminal() {
         Format::Table
@@ -47,6 +50,7 @@ pub fn resolve(format: Option<Format>) -> Format {
     })
 }
 
+/// "s" unless `n` is one.
 pub fn plural(n: usize) -> &'static str {
     if n == 1 {
         ""
@@ -55,6 +59,7 @@ pub fn plural(n: usize) -> &'static str {
     }
 }
 
+/// Logs to standard error, filtered by `VITALFLOW_LOG`.
 pub fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VITALFLOW_LOG")
         // The Delta kernel narrates every snapshot at info, and logs a table not created yet as an

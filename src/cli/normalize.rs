@@ -100,6 +100,7 @@ fn read_event(
     Ok(event::wrap(body, properties, system))
 }
 
+/// Prints why a message or mapping failed, as a table or JSON.
 pub fn print_error(e: &DebugError, format: Format) {
     match format {
         Format::Json => outln!("{}", e.to_json()),

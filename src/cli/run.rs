@@ -7,6 +7,7 @@ use std::sync::Arc;
 use vitalflow::dataflow::{self, RunOptions};
 use vitalflow::metrics::Metrics;
 
+/// Help shown after `vitalflow run --help`.
 pub const RUN_HELP: &str =
     "Without --job, runs the embedded default: an in-process Kafka (librdkafka's mock \
 cluster) fed by the simulator with 200 bedside monitors, the bedside-monitor mappings, and \
@@ -28,6 +29,7 @@ VITALFLOW_KAFKA__SASL_PASSWORD), VITALFLOW_LOG (log filter, e.g. debug or vitalf
 Exit codes: 0 clean stop, 1 the job failed (broker unreachable, sink failing, ...),
 2 usage error or invalid job file / mapping.";
 
+/// Arguments of `vitalflow run`.
 #[derive(clap::Args)]
 pub struct RunArgs {
     /// Job file (dataflows/*.toml); without it, the embedded default job.
@@ -69,6 +71,7 @@ pub struct RunArgs {
     no_status: bool,
 }
 
+/// Runs `vitalflow run`.
 pub fn run(args: RunArgs) -> ExitCode {
     init_logs(args.log_format);
     let mut overrides = config::Overrides::from_env();

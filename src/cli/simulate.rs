@@ -6,6 +6,7 @@ use std::sync::Arc;
 use vitalflow::config::SimulatorConfig;
 use vitalflow::sources::simulator::Simulator;
 
+/// Help shown after `vitalflow simulate --help`.
 pub const SIMULATE_HELP: &str = "Examples:
   vitalflow simulate --devices 50 --count 3000 --output vitals.ndjson
   vitalflow simulate --brokers 127.0.0.1:9092 --topic icu-vitals --devices 200 --rate 200
@@ -13,6 +14,7 @@ pub const SIMULATE_HELP: &str = "Examples:
 
 The same seed, devices, count and start give the same messages.";
 
+/// Arguments of `vitalflow simulate`.
 #[derive(clap::Args)]
 pub struct SimulateArgs {
     /// Device profile: bedside-monitor (templates/bedside-monitor) or wearable (templates/basic).
@@ -60,6 +62,7 @@ pub struct SimulateArgs {
     output: Option<String>,
 }
 
+/// Runs `vitalflow simulate`.
 pub fn run(args: SimulateArgs) -> ExitCode {
     init_logs(LogFormat::Text);
     let cfg = SimulatorConfig {
@@ -121,7 +124,7 @@ pub fn run(args: SimulateArgs) -> ExitCode {
     }
 }
 
-pub fn write_simulation(
+fn write_simulation(
     cfg: &SimulatorConfig,
     start: chrono::DateTime<chrono::Utc>,
     output: &str,

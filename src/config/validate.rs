@@ -499,7 +499,7 @@ fn fhir_config(cx: &mut Checker<'_>, base: &Path, f: &RawFhir) -> FhirSinkConfig
         c.allow_http_credentials = a.allow_http.as_ref().is_some_and(|b| *b.get_ref());
         c.auth = match a.kind.get_ref().as_str() {
             "none" => FhirAuth::None,
-            // The token arrives from the environment (apply_env); empty means "not given".
+            // The token arrives from the environment (`VITALFLOW_FHIR_TOKEN`, see `env.rs`); empty means "not given".
             "bearer" => FhirAuth::Bearer {
                 token: f.token.clone().unwrap_or_default(),
             },

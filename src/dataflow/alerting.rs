@@ -19,16 +19,20 @@
 //! one epoch never reach a rule, and alerts depend on the epoch length. Per patient, the
 //! readings, rules and lifecycle are small keyed state; a patient is one worker's.
 
+use super::control::Control;
 use super::event_clock::{Mark, Watermark};
-use super::{route, Shared};
+use super::route;
 use crate::anomaly::judge::Judge;
 use crate::anomaly::lifecycle::{Alert, Lifecycle};
+use crate::anomaly::reload::Rules;
 use crate::anomaly::rules::{RuleSet, Vitals};
 use crate::anomaly::signals::{Change, VitalState};
 use crate::metrics::Metrics;
 use crate::model::Measurement;
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
@@ -492,23 +496,40 @@ pub(super) enum Out {
     Snapshot(Option<Arc<Vec<u8>>>),
 }
 
+/// What the alerting branch reads: its rules, where and how often it checkpoints, when it
+/// forgets a silent patient.
+pub(super) struct Settings {
+    /// The rules in force (reloaded while the job runs).
+    pub rules: Arc<Rules>,
+    /// Where checkpoints go and the input they belong to (None: an input that replays from
+    /// its start, which resumes nothing).
+    pub checkpoints: Option<(PathBuf, String)>,
+    /// Checkpoint at most this often.
+    pub checkpoint_every: Duration,
+    /// A patient silent this long in event time is forgotten (unless an alert is open).
+    pub forget_after: Duration,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// To fail the job on an unreadable checkpoint.
+    pub control: Arc<Control>,
+}
+
 /// Builds the alerting branch on a worker's measurements and the workers' clock marks;
 /// `alerts_topic`: where the alert topic stands (Kafka alerts), recorded in checkpoints.
 pub(super) fn build<G: Scope<Timestamp = u64>>(
     measurements: &Stream<G, Measurement>,
     marks: &Stream<G, (usize, Mark)>,
     alerts_topic: Option<crate::sinks::alerts::Positions>,
-    shared: Arc<Shared>,
+    s: Settings,
 ) -> Stream<G, Out> {
-    let rules = shared.rules.clone().expect("alerting has rules");
-    let every = (shared.job.anomaly.as_ref())
-        .expect("alerting has rules")
-        .checkpoint_every;
+    let (rules, every) = (s.rules, s.checkpoint_every);
     let scope = measurements.scope();
     let (peers, index) = (scope.peers(), scope.index());
     let exchange = Exchange::new(|m: &Measurement| route(m.patient_id.as_deref().unwrap_or("")));
     let marks = marks.broadcast();
-    let place = checkpoint_place(&shared, peers);
+    let place = s.checkpoints.map(|c| checkpoint_place(c, peers));
+    let metrics = s.metrics;
+    let control = s.control;
     measurements.binary_frontier(
         &marks,
         exchange,
@@ -517,8 +538,8 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
         move |capability, info| {
             let activator = scope.activator_for(info.address);
             let (mut seen, set) = rules.get();
-            let mut state = PatientAlerts::new(set, rules.shared_vitals(), shared.metrics.clone())
-                .forget_idle_after(shared.job.horizon);
+            let mut state = PatientAlerts::new(set, rules.shared_vitals(), metrics.clone())
+                .forget_idle_after(s.forget_after);
             if let Some(place) = &place {
                 let owns = |p: &str| route(p) % peers as u64 == index as u64;
                 match super::alert_state::read_all(&place.dir, &place.source) {
@@ -531,7 +552,7 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                         state.resume(found, &owns);
                     }
                     Ok(_) => {}
-                    Err(e) => shared.control.fail(format!("alerting: {e:#}")),
+                    Err(e) => control.fail(format!("alerting: {e:#}")),
                 }
             }
             let mut last_checkpoint = std::time::Instant::now();
@@ -593,13 +614,13 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                     }
                 }
                 let now = state.waiting() as u64;
-                shared.metrics.alert_inputs_waiting.fetch_add(
+                metrics.alert_inputs_waiting.fetch_add(
                     now.wrapping_sub(waiting),
                     std::sync::atomic::Ordering::Relaxed,
                 );
                 waiting = now;
                 let now = state.patients() as u64;
-                shared.metrics.alert_patients.fetch_add(
+                metrics.alert_patients.fetch_add(
                     now.wrapping_sub(patients),
                     std::sync::atomic::Ordering::Relaxed,
                 );
@@ -638,8 +659,7 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                         )) {
                             Ok(bytes) => Some(Arc::new(bytes)),
                             Err(e) => {
-                                shared
-                                    .control
+                                control
                                     .fail(format!("alerting: cannot encode a checkpoint: {e:#}"));
                                 return;
                             }
@@ -661,18 +681,14 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
     )
 }
 
-/// Where this run's alerting checkpoints go (None: an input that replays from its start,
-/// which resumes nothing).
-fn checkpoint_place(shared: &Shared, peers: usize) -> Option<super::alert_state::Place> {
-    shared
-        .alert_checkpoints
-        .clone()
-        .map(|(dir, source)| super::alert_state::Place {
-            dir,
-            source,
-            run: chrono::Utc::now().timestamp_millis().max(0) as u64,
-            peers,
-        })
+/// Where this run's alerting checkpoints go: (directory, the input they belong to).
+fn checkpoint_place((dir, source): (PathBuf, String), peers: usize) -> super::alert_state::Place {
+    super::alert_state::Place {
+        dir,
+        source,
+        run: chrono::Utc::now().timestamp_millis().max(0) as u64,
+        peers,
+    }
 }
 
 /// Writes the alerting snapshots as checkpoints once every alert event before each is
@@ -684,11 +700,11 @@ fn checkpoint_place(shared: &Shared, peers: usize) -> Option<super::alert_state:
 pub(super) fn checkpoint_writer<G: Scope<Timestamp = u64>>(
     snapshots: &Stream<G, Out>,
     alerts_durable: &Stream<G, ()>,
-    shared: Arc<Shared>,
+    checkpoints: (PathBuf, String),
 ) -> Stream<G, ()> {
     let scope = snapshots.scope();
     let (peers, index) = (scope.peers(), scope.index());
-    let place = checkpoint_place(&shared, peers).expect("checkpoints");
+    let place = checkpoint_place(checkpoints, peers);
     snapshots.binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
         alerts_durable,
         Pipeline,

@@ -293,7 +293,18 @@ pub(super) fn run_worker<A: Allocate>(
             let measurements = judged.map(|j| j.measurement);
             durable.extend(attach(&measurements, parts.measurements, control));
         }
-        if let (true, Some(marks)) = (alerting, &marks) {
+        let settings = match (&shared.rules, &job.anomaly, alerting) {
+            (Some(rules), Some(a), true) => Some(super::alerting::Settings {
+                rules: rules.clone(),
+                checkpoints: shared.alert_checkpoints.clone(),
+                checkpoint_every: a.checkpoint_every,
+                forget_after: job.horizon,
+                metrics: shared.metrics.clone(),
+                control: control.clone(),
+            }),
+            _ => None,
+        };
+        if let (Some(settings), Some(marks)) = (settings, &marks) {
             // Readings beyond the allowed lateness behind their partition are recorded,
             // not judged: judged, they would depend on how fast the other partitions went.
             let metrics = shared.metrics.clone();
@@ -303,15 +314,16 @@ pub(super) fn run_worker<A: Allocate>(
                 }
                 (!j.late).then_some(j.measurement)
             });
-            let out = super::alerting::build(&on_time, marks, parts.alerts_topic, shared.clone());
+            let checkpoints = settings.checkpoints.clone();
+            let out = super::alerting::build(&on_time, marks, parts.alerts_topic, settings);
             let alerts = out.flat_map(|o| match o {
                 super::alerting::Out::Alert(a) => Some(a),
                 super::alerting::Out::Snapshot(_) => None,
             });
             let alerts_durable = scope.concatenate(attach(&alerts, parts.alerts, control));
-            if shared.alert_checkpoints.is_some() {
+            if let Some(place) = checkpoints {
                 // Checkpoints follow the alert outputs, and offsets follow checkpoints.
-                let c = super::alerting::checkpoint_writer(&out, &alerts_durable, shared.clone());
+                let c = super::alerting::checkpoint_writer(&out, &alerts_durable, place);
                 durable.push(c);
             }
             durable.push(alerts_durable);

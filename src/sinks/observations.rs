@@ -1,12 +1,10 @@
 //! NDJSON Observation sink, FHIR bulk-data style: `<dir>/observations/part-*.ndjson`, one
 //! Observation per line; a later line for the same id supersedes an earlier one.
 //!
-//! The sink keeps the last Observation it wrote per id (its "store", as a FHIR server would)
-//! and merges each window update into it exactly as the IoMT connector merges into a stored
-//! Observation. What the store does not hold (after a restart, or for a window evicted long
-//! ago) it reads back from the committed files by the event day the window starts on, so a
-//! replay or a days-old backlog merges into what was already written: nothing is lost, and
-//! an update that changes nothing is not written again.
+//! The sink keeps an Observation store (`fhir::store`): the last Observation it wrote per id,
+//! into which each version merges as the IoMT connector merges into a stored Observation.
+//! What the store does not hold it reads back from the committed part files (through their
+//! day index), so a replay or a days-old backlog merges into what was already written.
 
 use super::files::{days_index, parts_on_days, PartWriter};
 use super::Sink;
