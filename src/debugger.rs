@@ -98,6 +98,37 @@ pub fn normalize(
     })
 }
 
+/// As [`normalize`], for an HL7 v2 message (IHE PCD-01 `ORU^R01`) and the device mapping's
+/// `Hl7v2Content` templates.
+pub fn normalize_hl7(
+    device: &DeviceMapping,
+    fhir: Option<&FhirMapping>,
+    text: &str,
+) -> Result<Normalized, DebugError> {
+    let message = |reason: String| DebugError::Message {
+        reason,
+        template: None,
+    };
+    if !device.reads_hl7() {
+        return Err(message(
+            "an HL7 v2 message, but the device mapping has no Hl7v2Content template".into(),
+        ));
+    }
+    let parsed = crate::mapping::hl7::parse(text).map_err(message)?;
+    let mut measurements = Vec::new();
+    device.normalize_hl7_into(&parsed, &mut measurements)?;
+    if measurements.is_empty() {
+        return Err(message(
+            "no Hl7v2Content template matches an OBX of the message (OBX-3 identifier and coding system), or every matching OBX is empty or has result status X".into(),
+        ));
+    }
+    let observations = fhir.map(|f| observations(f, &measurements)).transpose()?;
+    Ok(Normalized {
+        measurements,
+        observations,
+    })
+}
+
 /// Groups measurements by (type, patient, device, encounter) as the job does, then builds one
 /// Observation per observation group.
 pub fn observations(

@@ -170,6 +170,48 @@ fn normalize_takes_properties_and_stdin() {
 }
 
 #[test]
+fn normalize_reads_hl7_v2_pcd01_messages_framed_or_not() {
+    let pcd01 = [
+        "normalize",
+        "--device",
+        "templates/ihe-pcd01/devicecontent.json",
+        "--fhir",
+        "templates/ihe-pcd01/fhirmapping.json",
+        "--format",
+        "json",
+    ];
+    let (code, json, all) = vitalflow(
+        &[&pcd01[..], &["datasets/ihe-pcd01/oru-r01.hl7"]].concat(),
+        None,
+    );
+    assert_eq!(code, 0, "{all}");
+    assert_eq!(
+        json["measurements"].as_array().map(Vec::len),
+        Some(6),
+        "{all}"
+    );
+    assert_eq!(
+        json["observations"][4]["code"]["coding"][0]["code"],
+        "85354-9"
+    );
+    // As a gateway sends it: MLLP framing, CR between segments.
+    let text = std::fs::read_to_string("datasets/ihe-pcd01/oru-r01.hl7").expect("example");
+    let framed = format!("\x0b{}\x1c\r", text.trim_end().replace('\n', "\r"));
+    let (code, framed_json, all) = vitalflow(&[&pcd01[..], &["-"]].concat(), Some(&framed));
+    assert_eq!(code, 0, "{all}");
+    assert_eq!(framed_json, json);
+    let (code, json, all) = vitalflow(
+        &[&pcd01[..], &["-"]].concat(),
+        Some("MSH|^~\\&|GW\rOBX|1|NM|150456^^MDC||97|||||R|||2026-11-21"),
+    );
+    assert_eq!(code, 1, "{all}");
+    assert_eq!(
+        json["error"]["template"]["field"],
+        "OBX #1 (segment 2), OBX-14"
+    );
+}
+
+#[test]
 fn normalize_failure_names_template_and_reason() {
     let (code, json, all) = vitalflow(
         &[

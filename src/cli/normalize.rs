@@ -38,17 +38,24 @@ pub struct NormalizeArgs {
 pub fn run(args: NormalizeArgs) -> ExitCode {
     let format = resolve(args.format);
     let outcome = (|| {
-        let event = read_event(
-            &args.message,
-            args.event,
-            &args.properties,
-            &args.system_properties,
-        )?;
+        let input = read_input(&args.message)?;
         let device = DeviceMapping::from_file(&args.device).map_err(DebugError::Template)?;
         let fhir = (args.fhir.as_ref())
             .map(|p| FhirMapping::from_file(p))
             .transpose()
             .map_err(DebugError::Template)?;
+        // An HL7 v2 message (with or without MLLP framing, segments ended by CR or LF) goes
+        // to the Hl7v2Content templates, as in the job.
+        if let Some(text) = vitalflow::mapping::hl7::text(&input) {
+            return debugger::normalize_hl7(&device, fhir.as_ref(), &text);
+        }
+        let event = read_event(
+            &args.message,
+            &input,
+            args.event,
+            &args.properties,
+            &args.system_properties,
+        )?;
         debugger::normalize(&device, fhir.as_ref(), &event)
     })();
     match outcome {
@@ -63,26 +70,35 @@ pub fn run(args: NormalizeArgs) -> ExitCode {
     }
 }
 
+fn message_error(reason: String) -> DebugError {
+    DebugError::Message {
+        reason,
+        template: None,
+    }
+}
+
+/// The message file, or standard input for `-`.
+fn read_input(source: &str) -> Result<Vec<u8>, DebugError> {
+    if source == "-" {
+        let mut s = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut s)
+            .map_err(|e| message_error(format!("cannot read standard input: {e}")))?;
+        Ok(s)
+    } else {
+        std::fs::read(source).map_err(|e| message_error(format!("cannot read {source}: {e}")))
+    }
+}
+
+/// The event object templates see, from a JSON message.
 fn read_event(
     source: &str,
+    input: &[u8],
     verbatim: bool,
     props: &[String],
     sys: &[String],
 ) -> Result<Value, DebugError> {
-    let message_error = |reason: String| DebugError::Message {
-        reason,
-        template: None,
-    };
-    let text = if source == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .map_err(|e| message_error(format!("cannot read standard input: {e}")))?;
-        s
-    } else {
-        std::fs::read_to_string(source)
-            .map_err(|e| message_error(format!("cannot read {source}: {e}")))?
-    };
+    let text = String::from_utf8_lossy(input);
     let body: Value = serde_json::from_str(&text).map_err(|e| {
         message_error(format!(
             "{source}: invalid JSON at line {}, column {}: {e}",

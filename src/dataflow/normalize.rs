@@ -30,36 +30,57 @@ pub fn normalize(
             template,
         })
     };
-    let body: Value = match serde_json::from_slice(&message.payload) {
-        Ok(v) => v,
-        Err(e) => {
-            let error = format!(
-                "malformed JSON at line {} column {}: {e}",
-                e.line(),
-                e.column()
-            );
-            return Err(dead(message, "parse", error, None));
-        }
-    };
-    let ev = event::wrap(body, message.properties(), message.system_properties());
     let start = out.len();
-    if let Err(e) = device.normalize_into(&ev, out) {
-        out.truncate(start);
-        let template = json!({
+    let template_of = |e: &crate::mapping::NormalizeError| {
+        Some(json!({
             "index": e.template_index,
             "templateType": e.template_type,
             "typeName": e.type_name,
             "field": e.field,
-        });
-        return Err(dead(message, "normalize", e.to_string(), Some(template)));
+        }))
+    };
+    // HL7 v2 (a gateway's PCD-01 message) or JSON: each has templates of its own.
+    let hl7 = crate::mapping::hl7::text(&message.payload);
+    let is_hl7 = hl7.is_some();
+    let mapped = match hl7 {
+        Some(_) if !device.reads_hl7() => Err((
+            "normalize",
+            "an HL7 v2 message, but the device mapping has no Hl7v2Content template".to_string(),
+            None,
+        )),
+        Some(text) => match crate::mapping::hl7::parse(&text) {
+            Ok(m) => (device.normalize_hl7_into(&m, out))
+                .map_err(|e| ("normalize", e.to_string(), template_of(&e))),
+            Err(e) => Err(("parse", e, None)),
+        },
+        None => match serde_json::from_slice::<Value>(&message.payload) {
+            Ok(body) => {
+                let ev = event::wrap(body, message.properties(), message.system_properties());
+                (device.normalize_into(&ev, out))
+                    .map_err(|e| ("normalize", e.to_string(), template_of(&e)))
+            }
+            Err(e) => Err((
+                "parse",
+                format!(
+                    "malformed JSON at line {} column {}: {e}",
+                    e.line(),
+                    e.column()
+                ),
+                None,
+            )),
+        },
+    };
+    if let Err((stage, error, template)) = mapped {
+        out.truncate(start);
+        return Err(dead(message, stage, error, template));
     }
     if out.len() == start {
-        return Err(dead(
-            message,
-            "normalize",
-            "no template of the device mapping matches the message (typeMatchExpression)".into(),
-            None,
-        ));
+        let error = if is_hl7 {
+            "no Hl7v2Content template matches an OBX of the message (OBX-3 identifier and coding system), or every matching OBX is empty or has result status X"
+        } else {
+            "no template of the device mapping matches the message (typeMatchExpression)"
+        };
+        return Err(dead(message, "normalize", error.into(), None));
     }
     let limit = now + max_future;
     let problem = out[start..].iter().find_map(|m| {
@@ -69,7 +90,7 @@ pub fn normalize(
         }
         if m.patient_id.is_none() {
             return Some((
-                format!("measurement of type \"{}\" has no patient id (patientIdExpression): the Observation needs a subject", m.type_name),
+                format!("measurement of type \"{}\" has no patient id (patientIdExpression, or PID-3 for HL7 v2): the Observation needs a subject", m.type_name),
                 tpl(),
             ));
         }
@@ -185,6 +206,32 @@ mod tests {
         assert!(
             e.error
                 .contains("no template of the device mapping matches"),
+            "{}",
+            e.error
+        );
+    }
+
+    #[test]
+    fn an_hl7_v2_message_goes_through_its_own_templates_and_is_dead_lettered_without_them() {
+        let pcd01 = |f: &str| Path::new("templates/ihe-pcd01").join(f);
+        let d = DeviceMapping::from_file(&pcd01("devicecontent.json")).expect("device");
+        let f = FhirMapping::from_file(&pcd01("fhirmapping.json")).expect("fhir");
+        let text = std::fs::read_to_string("datasets/ihe-pcd01/oru-r01.hl7").expect("example");
+        // As a monitor gateway sends it: MLLP framing, segments ended by CR.
+        let framed = format!("\x0b{}\x1c\r", text.trim_end().replace('\n', "\r"));
+        let now = crate::time::parse_timestamp("2026-11-21T10:00:00Z").expect("now");
+        let mut out = Vec::new();
+        let skew = chrono::Duration::minutes(5);
+        normalize(&d, &f, skew, now, msg(&framed), &mut out).expect("normalizes");
+        assert_eq!(out.len(), 6, "every vital of the ORU^R01");
+        let e = run(&framed).expect_err("a JSON-only mapping");
+        assert_eq!(e.stage, "normalize");
+        assert!(e.error.contains("no Hl7v2Content template"), "{}", e.error);
+        let garbled = "MSH|^~\\&|GW|||||||\rOBX|1|NM|150456^^MDC||97";
+        let mut out = Vec::new();
+        let e = normalize(&d, &f, skew, now, msg(garbled), &mut out).expect_err("no time");
+        assert!(
+            e.error.contains("OBX-14") && e.error.contains("no observation time"),
             "{}",
             e.error
         );

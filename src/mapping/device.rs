@@ -71,6 +71,8 @@ impl TemplateKind {
 #[derive(Debug)]
 pub struct DeviceMapping {
     templates: Vec<DeviceTemplate>,
+    /// `Hl7v2Content` templates: they apply to HL7 v2 messages, the others to JSON.
+    hl7: Vec<super::hl7::Template>,
 }
 
 /// An optional expression slot: absent, present but empty (fails at run time, as in the
@@ -156,14 +158,24 @@ impl DeviceMapping {
         let mut c = Collector::default();
         let entries = collection_entries(root, "CollectionContent", &mut c);
         let mut templates = Vec::new();
+        let mut hl7 = Vec::new();
         for (i, entry) in entries.iter().enumerate() {
             let ptr = child("/template", i);
+            let ty = entry.get("templateType").and_then(Value::as_str);
+            if ty.is_some_and(|t| t.eq_ignore_ascii_case(super::hl7::TEMPLATE_TYPE)) {
+                c.enter(i, ty.map(str::to_string));
+                if let Some((_, body)) = entry_parts(entry, &ptr, &mut c) {
+                    let body_ptr = child(&ptr, "template");
+                    hl7.extend(super::hl7::compile(i, body, &body_ptr, &mut c));
+                }
+                continue;
+            }
             if let Some(t) = compile_entry(i, entry, &ptr, reference, &mut c) {
                 templates.push(t);
             }
         }
         if c.errors.is_empty() {
-            Ok(Self { templates })
+            Ok(Self { templates, hl7 })
         } else {
             Err(TemplateErrors(c.errors))
         }
@@ -171,19 +183,40 @@ impl DeviceMapping {
 
     /// Number of templates.
     pub fn len(&self) -> usize {
-        self.templates.len()
+        self.templates.len() + self.hl7.len()
     }
 
     /// True when the collection is empty.
     pub fn is_empty(&self) -> bool {
-        self.templates.is_empty()
+        self.len() == 0
     }
 
-    /// `(typeName, templateType)` of each template, in order.
+    /// `(typeName, templateType)` of each template (JSON ones, then HL7 v2 ones).
     pub fn template_names(&self) -> impl Iterator<Item = (&str, &'static str)> {
-        self.templates
-            .iter()
-            .map(|t| (&*t.type_name, t.kind.name()))
+        let json = (self.templates.iter()).map(|t| (&*t.type_name, t.kind.name()));
+        json.chain((self.hl7.iter()).map(|t| (t.type_name(), super::hl7::TEMPLATE_TYPE)))
+    }
+
+    /// Whether the mapping reads HL7 v2 messages (it has `Hl7v2Content` templates).
+    pub fn reads_hl7(&self) -> bool {
+        !self.hl7.is_empty()
+    }
+
+    /// Normalizes one HL7 v2 message with the `Hl7v2Content` templates, appending to `out`
+    /// (left as it was on error).
+    pub fn normalize_hl7_into(
+        &self,
+        message: &hl7_parser::Message<'_>,
+        out: &mut Vec<Measurement>,
+    ) -> Result<(), NormalizeError> {
+        let start = out.len();
+        for t in &self.hl7 {
+            if let Err(e) = t.apply(message, out) {
+                out.truncate(start);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Normalizes one event (the object templates see: `Body`, `Properties`,
@@ -312,7 +345,7 @@ fn compile_entry(
     let Some(kind) = TemplateKind::from_name(ty) else {
         c.push(
             child(ptr, "templateType"),
-            format!("no match found for template type \"{ty}\" (expected JsonPathContent, IotJsonPathContent, IotCentralJsonPathContent or CalculatedContent)"),
+            format!("no match found for template type \"{ty}\" (expected JsonPathContent, IotJsonPathContent, IotCentralJsonPathContent, CalculatedContent, or the vitalflow extension Hl7v2Content)"),
         );
         return None;
     };

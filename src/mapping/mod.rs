@@ -4,6 +4,7 @@ pub mod device;
 pub mod error;
 pub mod expr;
 pub mod fhir;
+pub mod hl7;
 pub mod jmes;
 pub mod jsonpath;
 
