@@ -84,6 +84,41 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.finish();
+    per_measurement(c);
+}
+
+/// HL7 v2 against JSON per measurement made: a 12-OBX IHE PCD-01 `ORU^R01` (6 measurements,
+/// framing stripped and parsed here as in the job) and the bedside-monitor reading with
+/// every vital.
+fn per_measurement(c: &mut Criterion) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut g = c.benchmark_group("per-measurement");
+    let pcd01 = load("ihe-pcd01", false);
+    let text = std::fs::read_to_string(root.join("datasets/ihe-pcd01/oru-r01.hl7")).unwrap();
+    let framed = format!("\x0b{}\x1c\r", text.trim_end().replace('\n', "\r")).into_bytes();
+    let mut out = Vec::new();
+    let hl7 = |out: &mut Vec<vitalflow::model::Measurement>, bytes: &[u8]| {
+        let text = vitalflow::mapping::hl7::text(bytes).unwrap();
+        let message = vitalflow::mapping::hl7::parse(&text).unwrap();
+        out.clear();
+        pcd01.normalize_hl7_into(&message, out).unwrap();
+    };
+    hl7(&mut out, &framed);
+    g.throughput(Throughput::Elements(out.len() as u64));
+    g.bench_function(format!("hl7 pcd01 oru-r01 ({} B)", framed.len()), |b| {
+        b.iter(|| hl7(&mut out, black_box(&framed)))
+    });
+    let bedside = load("bedside-monitor", false);
+    let (_, bytes, verbatim) = messages("bedside-monitor")
+        .into_iter()
+        .find(|(n, ..)| n == "reading")
+        .unwrap();
+    run(&bedside, &bytes, verbatim, &mut out);
+    g.throughput(Throughput::Elements(out.len() as u64));
+    g.bench_function(format!("json bedside reading ({} B)", bytes.len()), |b| {
+        b.iter(|| run(&bedside, black_box(&bytes), verbatim, &mut out))
+    });
+    g.finish();
 }
 
 criterion_group! {

@@ -11,6 +11,7 @@ pub mod debugger;
 pub mod event;
 pub mod failpoint;
 pub mod fhir;
+pub mod gateway;
 pub mod kafka;
 pub mod lake;
 pub mod mapping;

@@ -62,6 +62,9 @@ vitalflow normalize --device d.json --system-property iothub-connection-device-i
     /// Maintain the lakehouse tables: compact small files, vacuum unreferenced ones.
     #[command(subcommand)]
     Lake(cli::lake::LakeWhat),
+    /// Hospital device protocols into Kafka: HL7 v2 over MLLP.
+    #[command(subcommand)]
+    Gateway(cli::gateway::GatewayWhat),
     /// The plain-loop baseline `vitalflow bench peer` measures the job against.
     #[command(hide = true)]
     BenchLoop(cli::bench::BenchLoopArgs),
@@ -77,5 +80,6 @@ fn main() -> ExitCode {
         Command::BenchLoop(args) => cli::bench::bench_loop(args),
         Command::Alerts(args) => cli::alerts::run(args),
         Command::Lake(what) => cli::lake::run(what),
+        Command::Gateway(what) => cli::gateway::run(what),
     }
 }

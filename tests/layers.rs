@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["fhir", "anomaly"],
     &["kafka"],
     &["sources", "sinks"],
-    &["lake"],
+    &["lake", "gateway"],
     &["dataflow"],
     &["debugger", "bench", "bench_alerts", "bench_peer"],
 ];

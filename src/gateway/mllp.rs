@@ -1,0 +1,472 @@
+//! `vitalflow gateway mllp`: HL7 v2 over MLLP (bedside-monitor gateways sending IHE PCD-01
+//! `ORU^R01`) into a Kafka topic the job reads.
+//!
+//! Each connection has a thread of its own. A framed message is checked (HL7 v2, an MSH with
+//! a message control id), produced with the idempotent producer (`acks=all`), and answered
+//! `MSA|AA` only once Kafka has acknowledged it: a message the sender saw accepted is in
+//! Kafka, and one it did not see accepted it sends again. A repeated control id from the
+//! same sending application within the dedup window is answered `AA` without being produced
+//! twice. A message that is not HL7 v2, or too large, is answered `AR` (`AE` when Kafka
+//! failed) with the reason in ERR, and goes to the dead-letter topic when there is one; the
+//! connection goes on serving.
+
+use crate::config::KafkaConfig;
+use crate::mapping::hl7;
+use crate::model::{Origin, RawMessage};
+use crate::sinks::dead_letter::DeadLetter;
+use anyhow::Context as _;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// MLLP start block (VT), end block (FS), and the carriage return after it.
+const START: u8 = 0x0b;
+const END: u8 = 0x1c;
+const CR: u8 = 0x0d;
+
+/// What the Kafka key of a message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyBy {
+    /// The patient identifier (PID-3, first repetition's ID number).
+    Patient,
+    /// The device identifier (the first OBX-18).
+    Device,
+    /// No key (partitions round-robin).
+    None,
+}
+
+/// Settings of the MLLP gateway.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Kafka connection (brokers, pass-through properties such as TLS and SASL).
+    pub kafka: KafkaConfig,
+    /// Topic the messages go to.
+    pub topic: String,
+    /// Topic refused messages go to, with their reason (None: refused and logged only).
+    pub dead_letter_topic: Option<String>,
+    /// The Kafka key.
+    pub key: KeyBy,
+    /// A control id seen again from the same sender within this is not produced again.
+    pub dedup_window: Duration,
+    /// Frames larger than this are refused.
+    pub max_frame: usize,
+    /// How long to wait for Kafka's acknowledgement before answering `AE`.
+    pub ack_timeout: Duration,
+}
+
+/// Counters of a running gateway.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Messages acknowledged `AA` after Kafka acknowledged them.
+    pub accepted: AtomicU64,
+    /// Messages answered `AA` as repeats of one already in Kafka.
+    pub duplicates: AtomicU64,
+    /// Messages refused (`AR`) or failed (`AE`).
+    pub refused: AtomicU64,
+}
+
+/// Delivery reports go back to the connection thread waiting for them.
+struct Acks;
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = Box<SyncSender<Result<(), String>>>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, tx: Self::DeliveryOpaque) {
+        let _ = tx.send(result.as_ref().map(|_| ()).map_err(|(e, _)| e.to_string()));
+    }
+}
+
+/// A running gateway: its address, counters, and the flag that stops it.
+pub struct Gateway {
+    /// The address it listens on (the port the OS chose for port 0).
+    pub addr: SocketAddr,
+    /// What it has done so far.
+    pub counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Stops accepting connections and waits for the listener to end.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the blocking accept.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Shared {
+    settings: Settings,
+    producer: ThreadedProducer<Acks>,
+    /// (sending application, control id) → when it was accepted.
+    seen: Mutex<HashMap<(String, String), Instant>>,
+    counters: Arc<Counters>,
+    sequence: AtomicU64,
+}
+
+/// Starts the gateway; it serves until [`Gateway::stop`] (or `stop` is set).
+pub fn start(settings: Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Gateway> {
+    let producer: ThreadedProducer<Acks> =
+        crate::kafka::client_config(&settings.kafka, &settings.kafka.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .create_with_context(Acks)
+            .with_context(|| {
+                format!(
+                    "cannot create a Kafka producer for {}",
+                    settings.kafka.brokers
+                )
+            })?;
+    let listener = TcpListener::bind(settings.listen)
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let counters = Arc::new(Counters::default());
+    let shared = Arc::new(Shared {
+        settings,
+        producer,
+        seen: Mutex::new(HashMap::new()),
+        counters: counters.clone(),
+        sequence: AtomicU64::new(0),
+    });
+    let flag = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("mllp-listener".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let shared = shared.clone();
+                let stop = flag.clone();
+                let _ = std::thread::Builder::new()
+                    .name("mllp-connection".into())
+                    .spawn(move || {
+                        if let Err(e) = serve(conn, &shared, &stop) {
+                            tracing::debug!("mllp connection ended: {e}");
+                        }
+                    });
+            }
+        })?;
+    tracing::info!(%addr, "MLLP gateway listening");
+    Ok(Gateway {
+        addr,
+        counters,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// Reads frames from one connection and answers each.
+fn serve(mut conn: TcpStream, shared: &Shared, stop: &AtomicBool) -> std::io::Result<()> {
+    let peer = conn
+        .peer_addr()
+        .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
+    conn.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    // Inside a frame; and whether this frame grew past the limit (its bytes are dropped).
+    let (mut inside, mut oversized) = (false, false);
+    while !stop.load(Ordering::Relaxed) {
+        let n = match conn.read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
+        for &b in &chunk[..n] {
+            if !inside {
+                // Bytes outside a frame (garbage, keep-alives) are skipped.
+                if b == START {
+                    inside = true;
+                    oversized = false;
+                    buf.clear();
+                }
+                continue;
+            }
+            if b == CR && buf.last() == Some(&END) {
+                buf.pop();
+                inside = false;
+                let reply = if oversized {
+                    shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    nak(
+                        None,
+                        "AR",
+                        &format!(
+                            "message larger than {} bytes: refused",
+                            shared.settings.max_frame
+                        ),
+                    )
+                } else {
+                    handle(&buf, shared, &peer)
+                };
+                conn.write_all(&frame(&reply))?;
+                buf.clear();
+                continue;
+            }
+            if buf.len() >= shared.settings.max_frame {
+                oversized = true;
+                // Keep the last byte: the end block may follow.
+                buf.clear();
+            }
+            buf.push(b);
+        }
+    }
+    Ok(())
+}
+
+/// An MLLP frame around `message`.
+pub fn frame(message: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 3);
+    out.push(START);
+    out.extend_from_slice(message.as_bytes());
+    out.extend_from_slice(&[END, CR]);
+    out
+}
+
+/// What the sender's MSH says, for the acknowledgement and the dedup key.
+struct Msh {
+    sending_app: String,
+    sending_facility: String,
+    receiving_app: String,
+    receiving_facility: String,
+    control_id: String,
+    version: String,
+    message_type: String,
+}
+
+fn header(m: &hl7_parser::Message<'_>) -> Option<Msh> {
+    let msh = m.segment("MSH")?;
+    let f = |n: usize| {
+        msh.field(n)
+            .map(|f| f.raw_value().to_string())
+            .unwrap_or_default()
+    };
+    Some(Msh {
+        sending_app: f(3),
+        sending_facility: f(4),
+        receiving_app: f(5),
+        receiving_facility: f(6),
+        control_id: f(10),
+        version: f(12),
+        message_type: f(9),
+    })
+}
+
+/// Checks, produces and acknowledges one message; returns the reply.
+fn handle(bytes: &[u8], shared: &Shared, peer: &str) -> String {
+    let refuse = |code: &str, reason: String, h: Option<&Msh>| {
+        shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+        dead_letter(bytes, &reason, shared, peer);
+        nak(h, code, &reason)
+    };
+    let Some(text) = hl7::text(bytes) else {
+        return refuse(
+            "AR",
+            "not an HL7 v2 message: no MSH segment at its start".into(),
+            None,
+        );
+    };
+    let parsed = match hl7::parse(&text) {
+        Ok(p) => p,
+        Err(e) => return refuse("AR", e, None),
+    };
+    let Some(h) = header(&parsed) else {
+        return refuse("AR", "no MSH segment".into(), None);
+    };
+    if h.control_id.is_empty() {
+        return refuse(
+            "AR",
+            "MSH-10 (message control id) is empty".into(),
+            Some(&h),
+        );
+    }
+    let key = (h.sending_app.clone(), h.control_id.clone());
+    {
+        let mut seen = shared.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let window = shared.settings.dedup_window;
+        seen.retain(|_, at| at.elapsed() < window);
+        if seen.contains_key(&key) {
+            shared.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            return ack(&h, "AA", None);
+        }
+    }
+    let kafka_key = match shared.settings.key {
+        KeyBy::Patient => parsed
+            .segment("PID")
+            .and_then(|s| s.field(3))
+            .and_then(|f| f.component(1))
+            .map(|c| c.display(&parsed.separators).to_string()),
+        KeyBy::Device => parsed
+            .segments()
+            .filter(|s| s.name == "OBX")
+            .filter_map(|s| s.field(18).and_then(|f| f.component(1)))
+            .map(|c| c.display(&parsed.separators).to_string())
+            .find(|d| !d.is_empty()),
+        KeyBy::None => None,
+    }
+    .filter(|k| !k.is_empty());
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "hl7-sending-application",
+            value: Some(h.sending_app.as_bytes()),
+        })
+        .insert(Header {
+            key: "hl7-message-control-id",
+            value: Some(h.control_id.as_bytes()),
+        })
+        .insert(Header {
+            key: "hl7-message-type",
+            value: Some(h.message_type.as_bytes()),
+        });
+    let payload = text.as_bytes();
+    let (tx, rx) = sync_channel(1);
+    let mut record = BaseRecord::with_opaque_to(&shared.settings.topic, Box::new(tx))
+        .payload(payload)
+        .headers(headers);
+    if let Some(k) = &kafka_key {
+        record = record.key(k.as_bytes());
+    }
+    if let Err((e, _)) = shared.producer.send(record) {
+        return refuse("AE", format!("Kafka refused the message: {e}"), Some(&h));
+    }
+    match rx.recv_timeout(shared.settings.ack_timeout) {
+        Ok(Ok(())) => {
+            shared
+                .seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, Instant::now());
+            shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
+            ack(&h, "AA", None)
+        }
+        // Not acknowledged: the sender sends it again (the idempotent producer and the
+        // dedup keep a late success from becoming a duplicate within the window).
+        Ok(Err(e)) => {
+            shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+            nak(
+                Some(&h),
+                "AE",
+                &format!("Kafka did not accept the message: {e}"),
+            )
+        }
+        Err(_) => {
+            shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+            nak(
+                Some(&h),
+                "AE",
+                &format!(
+                    "Kafka did not acknowledge the message within {:?}",
+                    shared.settings.ack_timeout
+                ),
+            )
+        }
+    }
+}
+
+/// Sends a refused message to the dead-letter topic (fire and forget: the sender was told).
+fn dead_letter(bytes: &[u8], reason: &str, shared: &Shared, peer: &str) {
+    tracing::warn!("mllp: message refused: {reason}");
+    let Some(topic) = &shared.settings.dead_letter_topic else {
+        return;
+    };
+    let dl = DeadLetter {
+        message: RawMessage {
+            payload: bytes.to_vec(),
+            key: None,
+            headers: Vec::new(),
+            origin: Origin {
+                topic: format!("mllp://{peer}").into(),
+                partition: 0,
+                offset: shared.sequence.fetch_add(1, Ordering::Relaxed) as i64,
+                timestamp_ms: Some(chrono::Utc::now().timestamp_millis()),
+            },
+        },
+        stage: "gateway",
+        error: reason.to_string(),
+        template: None,
+    };
+    let json = dl.to_json().to_string();
+    let (tx, _rx) = sync_channel(1);
+    let record: BaseRecord<'_, (), String, _> =
+        BaseRecord::with_opaque_to(topic, Box::new(tx)).payload(&json);
+    if let Err((e, _)) = shared.producer.send(record) {
+        tracing::error!("mllp: cannot send a dead letter: {e}");
+    }
+}
+
+/// An acknowledgement (`ACK`) of `h` with `code` (`AA`, `AE`, `AR`) and, for errors, an ERR
+/// segment with the reason.
+fn ack(h: &Msh, code: &str, reason: Option<&str>) -> String {
+    let now = chrono::Utc::now().format("%Y%m%d%H%M%S%.3f+0000");
+    let escape = |s: &str| {
+        s.replace('\\', "\\E\\")
+            .replace('|', "\\F\\")
+            .replace('^', "\\S\\")
+            .replace('~', "\\R\\")
+            .replace('&', "\\T\\")
+            .replace(['\r', '\n'], " ")
+    };
+    let mut out = format!(
+        "MSH|^~\\&|{}|{}|{}|{}|{now}||ACK^{}^ACK|ACK-{}|P|{}\rMSA|{code}|{}\r",
+        h.receiving_app,
+        h.receiving_facility,
+        h.sending_app,
+        h.sending_facility,
+        h.message_type.split('^').nth(1).unwrap_or(""),
+        h.control_id,
+        if h.version.is_empty() {
+            "2.6"
+        } else {
+            &h.version
+        },
+        h.control_id,
+    );
+    if let Some(r) = reason {
+        // ERR-3 HL70357 code (100 segment sequence error / 207 application internal error),
+        // ERR-4 severity, ERR-8 the reason for people.
+        let (c, text) = if code == "AR" {
+            ("100", "Segment sequence error")
+        } else {
+            ("207", "Application internal error")
+        };
+        out.push_str(&format!("ERR|||{c}^{text}^HL70357|E||||{}\r", escape(r)));
+    }
+    out
+}
+
+/// A negative acknowledgement; without a readable MSH, the reply's header is empty.
+fn nak(h: Option<&Msh>, code: &str, reason: &str) -> String {
+    let empty = Msh {
+        sending_app: String::new(),
+        sending_facility: String::new(),
+        receiving_app: String::new(),
+        receiving_facility: String::new(),
+        control_id: String::new(),
+        version: String::new(),
+        message_type: String::new(),
+    };
+    ack(h.unwrap_or(&empty), code, Some(reason))
+}

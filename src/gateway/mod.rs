@@ -1,0 +1,5 @@
+//! Gateways: hospital device protocols landed durably in Kafka, where the job reads them.
+//! The job stays Kafka-first (sharding, offsets, replay and exactly-once rest on it); a
+//! gateway acknowledges a message to its sender only once Kafka has it.
+
+pub mod mllp;

@@ -1,0 +1,239 @@
+//! The MLLP gateway against librdkafka's mock cluster: every message a client saw accepted
+//! (`MSA|AA`) is in Kafka exactly once, repeats are not produced again, bad input is refused
+//! with its reason and dead-lettered while the connection goes on serving; and a client no
+//! one here wrote (`mllp_send` of the PyPI package `hl7`) gets its messages through.
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vitalflow::config::{KafkaConfig, StartPosition};
+use vitalflow::gateway::mllp::{self, Gateway, KeyBy};
+
+struct Setup {
+    _cluster: MockCluster<'static, DefaultProducerContext>,
+    brokers: String,
+    gateway: Gateway,
+}
+
+fn setup() -> Setup {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("hl7", 3, 1).expect("topic");
+    cluster.create_topic("hl7-refused", 1, 1).expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    let settings = mllp::Settings {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        kafka: KafkaConfig {
+            brokers: brokers.clone(),
+            topics: vec!["hl7".into()],
+            group_id: "gateway-test".into(),
+            start: StartPosition::Earliest,
+            partitions: 3,
+            startup_timeout: Duration::from_secs(10),
+            properties: Default::default(),
+        },
+        topic: "hl7".into(),
+        dead_letter_topic: Some("hl7-refused".into()),
+        key: KeyBy::Patient,
+        dedup_window: Duration::from_secs(600),
+        max_frame: 1 << 20,
+        ack_timeout: Duration::from_secs(10),
+    };
+    let gateway = mllp::start(settings, Arc::new(AtomicBool::new(false))).expect("gateway");
+    Setup {
+        _cluster: cluster,
+        brokers,
+        gateway,
+    }
+}
+
+/// A PCD-01 message of `patient` with control id `id`.
+fn message(patient: &str, id: &str) -> String {
+    format!(
+        "MSH|^~\\&|CARESCAPE|ICU|VITALFLOW|HOSP|20261121100005+0000||ORU^R01^ORU_R01|{id}|P|2.6\r\
+         PID|||{patient}^^^HOSP^MR\r\
+         OBR|1|||182777000^monitoring of patient^SCT|||20261121100000+0000\r\
+         OBX|1|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.1.1.1|97|262688^MDC_DIM_PERCENT^MDC|||||R|||20261121100000+0000||||0012A3FFFE4B5C6D^EUI-64"
+    )
+}
+
+/// Sends raw bytes and reads one framed reply.
+fn exchange(conn: &mut TcpStream, bytes: &[u8]) -> String {
+    conn.write_all(bytes).expect("send");
+    let mut reply = Vec::new();
+    let mut b = [0u8; 1];
+    while !reply.ends_with(&[0x1c, 0x0d]) {
+        let n = conn.read(&mut b).expect("reply");
+        assert!(n > 0, "the gateway closed the connection");
+        reply.push(b[0]);
+    }
+    String::from_utf8_lossy(&reply[1..reply.len() - 2]).into_owned()
+}
+
+fn msa(reply: &str) -> (String, String) {
+    let msa = reply
+        .split('\r')
+        .find(|s| s.starts_with("MSA|"))
+        .unwrap_or_else(|| panic!("no MSA in {reply:?}"));
+    let f: Vec<&str> = msa.split('|').collect();
+    (f[1].to_string(), f.get(2).unwrap_or(&"").to_string())
+}
+
+/// Every record of `topic`: (key, control id header, payload).
+fn records(brokers: &str, topic: &str, expect: usize) -> Vec<(String, String, String)> {
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("check-{topic}"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    c.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let id = m
+                    .headers()
+                    .and_then(|h| {
+                        h.iter()
+                            .find(|h| h.key == "hl7-message-control-id")
+                            .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+                    })
+                    .unwrap_or_default();
+                out.push((
+                    String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    id,
+                    String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                ));
+                quiet_since = Instant::now();
+            }
+            _ if out.len() >= expect && quiet_since.elapsed() > Duration::from_secs(2) => break,
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn every_accepted_message_is_in_kafka_once_and_repeats_are_not_produced_again() {
+    let s = setup();
+    let addr = s.gateway.addr;
+    let clients: Vec<_> = (0..10)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut conn = TcpStream::connect(addr).expect("connect");
+                for i in 0..20 {
+                    let id = format!("C{c}-M{i}");
+                    let reply = exchange(&mut conn, &mllp::frame(&message(&format!("P-{c}"), &id)));
+                    assert_eq!(msa(&reply), ("AA".to_string(), id.clone()), "{reply:?}");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client");
+    }
+    // A sender that did not see its acknowledgement sends again: accepted, not produced.
+    let mut conn = TcpStream::connect(addr).expect("connect");
+    for i in 0..5 {
+        let id = format!("C3-M{i}");
+        let reply = exchange(&mut conn, &mllp::frame(&message("P-3", &id)));
+        assert_eq!(msa(&reply).0, "AA");
+    }
+    assert_eq!(s.gateway.counters.accepted.load(Ordering::Relaxed), 200);
+    assert_eq!(s.gateway.counters.duplicates.load(Ordering::Relaxed), 5);
+    let got = records(&s.brokers, "hl7", 200);
+    let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
+    for (key, id, payload) in &got {
+        *ids.entry(id).or_default() += 1;
+        let c = id
+            .trim_start_matches('C')
+            .split('-')
+            .next()
+            .expect("client");
+        assert_eq!(key, &format!("P-{c}"), "keyed by the patient (PID-3)");
+        assert!(payload.starts_with("MSH|") && payload.contains(id.as_str()));
+    }
+    assert_eq!(ids.len(), 200, "every accepted message is in Kafka");
+    assert!(ids.values().all(|n| *n == 1), "and only once");
+    s.gateway.stop();
+}
+
+#[test]
+fn bad_input_is_refused_with_its_reason_and_the_connection_goes_on() {
+    let s = setup();
+    let mut conn = TcpStream::connect(s.gateway.addr).expect("connect");
+    // Bytes outside a frame are not a message; binary garbage inside one is refused.
+    let mut garbage = b"noise".to_vec();
+    garbage.extend([0x0b, 0xff, 0x00, 0x13, 0x37, 0xfe, 0x1c, 0x0d]);
+    let reply = exchange(&mut conn, &garbage);
+    assert_eq!(msa(&reply).0, "AR", "{reply:?}");
+    assert!(
+        reply.contains("ERR|") && reply.contains("no MSH segment"),
+        "{reply:?}"
+    );
+    let reply = exchange(&mut conn, &mllp::frame("PID|||P-1\rOBX|1|NM|150456||97"));
+    assert!(reply.contains("no MSH segment"), "missing MSH: {reply:?}");
+    let reply = exchange(&mut conn, &mllp::frame("MSH|^~"));
+    assert_eq!(msa(&reply).0, "AR", "truncated MSH: {reply:?}");
+    let no_id = message("P-1", "");
+    let reply = exchange(&mut conn, &mllp::frame(&no_id));
+    assert!(reply.contains("MSH-10"), "{reply:?}");
+    let huge = message("P-1", "BIG") + &"X".repeat(10 << 20);
+    let reply = exchange(&mut conn, &mllp::frame(&huge));
+    assert!(reply.contains("larger than 1048576 bytes"), "{reply:?}");
+    let reply = exchange(&mut conn, &mllp::frame(&message("P-1", "GOOD-1")));
+    assert_eq!(msa(&reply), ("AA".to_string(), "GOOD-1".to_string()));
+    let dead = records(&s.brokers, "hl7-refused", 4);
+    assert_eq!(
+        dead.len(),
+        4,
+        "refused messages are dead-lettered (the oversized one is not kept)"
+    );
+    for (_, _, payload) in &dead {
+        let v: serde_json::Value = serde_json::from_str(payload).expect("a dead letter");
+        assert_eq!(v["stage"], "gateway", "{v}");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    }
+    assert_eq!(records(&s.brokers, "hl7", 1).len(), 1);
+    s.gateway.stop();
+}
+
+#[test]
+fn a_client_no_one_here_wrote_gets_its_messages_through() {
+    let s = setup();
+    let python = std::env::var("VITALFLOW_PYTHON").unwrap_or_else(|_| "python3".into());
+    let bin = std::path::Path::new(&python).with_file_name("mllp_send");
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("messages.hl7");
+    let text: String = (0..3)
+        .map(|i| message("P-7", &format!("PY-{i}")).replace('\r', "\n") + "\n")
+        .collect();
+    std::fs::write(&file, text).expect("write");
+    let out = std::process::Command::new(&bin)
+        .args(["--loose", "-p", &s.gateway.addr.port().to_string(), "-f"])
+        .arg(&file)
+        .arg("127.0.0.1")
+        .output()
+        .unwrap_or_else(|e| panic!("{} (pip install hl7; .ci/run does): {e}", bin.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("MSA|AA|PY-").count(), 3, "{stdout}");
+    let got = records(&s.brokers, "hl7", 3);
+    let ids: Vec<&str> = got.iter().map(|(_, id, _)| id.as_str()).collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    s.gateway.stop();
+}
