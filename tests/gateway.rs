@@ -3,6 +3,8 @@
 //! with its reason and dead-lettered while the connection goes on serving; and a client no
 //! one here wrote (`mllp_send` of the PyPI package `hl7`) gets its messages through.
 
+mod common;
+
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
@@ -235,5 +237,66 @@ fn a_client_no_one_here_wrote_gets_its_messages_through() {
     let got = records(&s.brokers, "hl7", 3);
     let ids: Vec<&str> = got.iter().map(|(_, id, _)| id.as_str()).collect();
     assert_eq!(ids.len(), 3, "{ids:?}");
+    s.gateway.stop();
+}
+
+#[test]
+fn a_pcd01_message_sent_over_mllp_becomes_observations_through_the_job() {
+    let s = setup();
+    let example = std::fs::read_to_string(common::root().join("datasets/ihe-pcd01/oru-r01.hl7"))
+        .expect("example")
+        .trim_end()
+        .replace('\n', "\r");
+    let mut conn = TcpStream::connect(s.gateway.addr).expect("connect");
+    for (id, patient) in [("MSG-000001", "PAT-1001"), ("MSG-000002", "PAT-1002")] {
+        let m = example
+            .replace("MSG-000001", id)
+            .replace("PAT-1001", patient);
+        let reply = exchange(&mut conn, &mllp::frame(&m));
+        assert_eq!(msa(&reply).0, "AA", "{reply:?}");
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let root = common::root();
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"pcd01\"\nsource = \"kafka\"\n[kafka]\nbrokers = \"{}\"\ntopics = [\"hl7\"]\n\
+             group_id = \"pcd01-job\"\n[mapping]\ndevice = \"{}\"\nfhir = \"{}\"\n\
+             [window]\nupdate_every = \"5s\"\n[sinks.ndjson]\ndir = \"{}\"\nflush_interval = \"200ms\"\n",
+            s.brokers,
+            root.join("templates/ihe-pcd01/devicecontent.json").display(),
+            root.join("templates/ihe-pcd01/fhirmapping.json").display(),
+            dir.path().join("out").display()
+        ),
+    )
+    .expect("job");
+    common::run_ok(
+        common::vitalflow()
+            .args(["run", "--until-end", "--workers", "2", "--job"])
+            .arg(&job),
+    );
+    let latest = common::latest(&common::observation_lines(&dir.path().join("out")));
+    assert_eq!(
+        latest.len(),
+        12,
+        "6 vitals of 2 patients: {:?}",
+        latest.keys()
+    );
+    let subjects: std::collections::BTreeSet<String> = latest
+        .values()
+        .map(|o| {
+            o["subject"]["identifier"]["value"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(subjects.len(), 2, "{subjects:?}");
+    let bp = latest
+        .values()
+        .find(|o| o["code"]["coding"][0]["code"] == "85354-9")
+        .expect("a blood pressure Observation");
+    assert_eq!(bp["component"].as_array().map(Vec::len), Some(3), "{bp}");
     s.gateway.stop();
 }
