@@ -4,6 +4,7 @@
 pub mod anomaly;
 pub mod bench;
 pub mod bench_alerts;
+pub mod bench_gateway;
 pub mod bench_peer;
 pub mod config;
 pub mod dataflow;

@@ -31,6 +31,34 @@ pub enum BenchWhat {
     /// as a whole process: msgs/s, CPU seconds, peak RSS, bytes written.
     #[command(after_help = BENCH_PEER_HELP)]
     Peer(BenchPeerArgs),
+    /// The MLLP gateway on loopback: messages/s with every ACK after Kafka, and the
+    /// send-to-ACK latency (mock Kafka cluster in process).
+    Mllp(BenchMllpArgs),
+}
+
+/// Arguments of `vitalflow bench mllp`.
+#[derive(clap::Args)]
+pub struct BenchMllpArgs {
+    /// Concurrent connections, each waiting for its ACK before the next message.
+    #[arg(long, default_value_t = 10)]
+    connections: usize,
+    /// Messages in all (12-OBX PCD-01 ORU^R01 each).
+    #[arg(long, default_value_t = 20_000)]
+    messages: u64,
+}
+
+fn bench_mllp(args: BenchMllpArgs) -> ExitCode {
+    init_logs(LogFormat::Text);
+    match vitalflow::bench_gateway::run(args.connections.max(1), args.messages) {
+        Ok(r) => {
+            outln!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Help shown after `vitalflow bench peer --help`.
@@ -165,6 +193,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
     match args.what {
         Some(BenchWhat::Alerts(a)) => return bench_alerts(a),
         Some(BenchWhat::Peer(p)) => return bench_peer(p),
+        Some(BenchWhat::Mllp(m)) => return bench_mllp(m),
         None => {}
     }
     init_logs(LogFormat::Text);

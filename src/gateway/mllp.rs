@@ -124,7 +124,9 @@ pub fn start(settings: Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Gatewa
         crate::kafka::client_config(&settings.kafka, &settings.kafka.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "2")
+            // Every ACK waits on this write: send at once, without Nagle's delay.
+            .set("linger.ms", "0")
+            .set("socket.nagle.disable", "true")
             .create_with_context(Acks)
             .with_context(|| {
                 format!(
@@ -178,6 +180,7 @@ fn serve(mut conn: TcpStream, shared: &Shared, stop: &AtomicBool) -> std::io::Re
         .peer_addr()
         .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
     conn.set_read_timeout(Some(Duration::from_millis(500)))?;
+    conn.set_nodelay(true)?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 64 * 1024];
     // Inside a frame; and whether this frame grew past the limit (its bytes are dropped).
