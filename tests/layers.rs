@@ -15,7 +15,13 @@ const LAYERS: &[&[&str]] = &[
     &["sources", "sinks"],
     &["lake", "gateway"],
     &["dataflow"],
-    &["debugger", "bench", "bench_alerts", "bench_peer", "bench_gateway"],
+    &[
+        "debugger",
+        "bench",
+        "bench_alerts",
+        "bench_peer",
+        "bench_gateway",
+    ],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

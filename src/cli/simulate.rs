@@ -17,7 +17,8 @@ The same seed, devices, count and start give the same messages.";
 /// Arguments of `vitalflow simulate`.
 #[derive(clap::Args)]
 pub struct SimulateArgs {
-    /// Device profile: bedside-monitor (templates/bedside-monitor) or wearable (templates/basic).
+    /// Device profile: bedside-monitor (templates/bedside-monitor), wearable (templates/basic), or
+    /// ihe-pcd01 (HL7 v2 ORU^R01 messages, templates/ihe-pcd01).
     #[arg(long, default_value = "bedside-monitor")]
     profile: String,
     /// Number of devices (one patient each).

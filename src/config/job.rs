@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The simulator's device profiles.
-pub const SIMULATOR_PROFILES: [&str; 2] = ["bedside-monitor", "wearable"];
+pub const SIMULATOR_PROFILES: [&str; 3] = ["bedside-monitor", "wearable", "ihe-pcd01"];
 
 /// `kafka.brokers` value that starts librdkafka's in-process mock cluster.
 pub const EMBEDDED_BROKERS: &str = "embedded";

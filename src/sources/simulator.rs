@@ -93,6 +93,12 @@ impl Device {
                 format!("patient-{:04}", self.index),
                 String::new(),
             ),
+            // An EUI-64 in a vendor's range, as PCD-01 gateways put in OBX-18.
+            "ihe-pcd01" => (
+                format!("0012A3FFFE{:06X}", self.index),
+                format!("P-{:04}", self.index),
+                format!("E-{:04}", self.index),
+            ),
             _ => (
                 format!("BM-{:04}", self.index),
                 format!("P-{:04}", self.index),
@@ -133,6 +139,14 @@ impl Device {
         self.seq += 1;
         let (device, patient, encounter) = self.id(profile);
         let ts = crate::time::format_rfc3339(&t);
+        if profile == "ihe-pcd01" {
+            let payload = self.pcd01(&device, &patient, &encounter, t, second, artifacts);
+            return SimMessage {
+                key: device,
+                payload: payload.into_bytes(),
+                event_time: t,
+            };
+        }
         let value = if profile == "wearable" {
             let steps = if self.rng.random::<f64>() < 0.3 {
                 self.rng.random_range(0..25)
@@ -187,6 +201,92 @@ impl Device {
             payload: serde_json::to_vec(&value).expect("JSON"),
             event_time: t,
         }
+    }
+}
+
+impl Device {
+    /// This second's reading as an IHE PCD-01 `ORU^R01` (segments ended by CR): the same
+    /// vitals, cadence and artifacts as the bedside monitor's JSON.
+    fn pcd01(
+        &mut self,
+        device: &str,
+        patient: &str,
+        encounter: &str,
+        t: DateTime<Utc>,
+        second: u64,
+        artifacts: f64,
+    ) -> String {
+        let ts = t.format("%Y%m%d%H%M%S%.3f+0000").to_string();
+        let spo2 = if self.rng.random::<f64>() < artifacts {
+            self.rng.random_range(0..45) as f64
+        } else {
+            self.spo2.round()
+        };
+        let mut obx: Vec<(&str, &str, String, &str)> = vec![
+            (
+                "150456^MDC_PULS_OXIM_SAT_O2^MDC",
+                "1.1.1.1",
+                format!("{spo2}"),
+                "262688^MDC_DIM_PERCENT^MDC",
+            ),
+            (
+                "147842^MDC_ECG_HEART_RATE^MDC",
+                "1.2.1.1",
+                format!("{}", self.hr.round()),
+                "264864^MDC_DIM_BEAT_PER_MIN^MDC",
+            ),
+            (
+                "151562^MDC_RESP_RATE^MDC",
+                "1.3.1.1",
+                format!("{}", self.rr.round()),
+                "264928^MDC_DIM_RESP_PER_MIN^MDC",
+            ),
+        ];
+        if second % 300 == 0 {
+            let mean = ((self.sbp + 2.0 * self.dbp) / 3.0).round();
+            obx.push((
+                "150021^MDC_PRESS_BLD_NONINV_SYS^MDC",
+                "1.4.1.1",
+                format!("{}", self.sbp.round()),
+                "266016^MDC_DIM_MMHG^MDC",
+            ));
+            obx.push((
+                "150022^MDC_PRESS_BLD_NONINV_DIA^MDC",
+                "1.4.1.2",
+                format!("{}", self.dbp.round()),
+                "266016^MDC_DIM_MMHG^MDC",
+            ));
+            obx.push((
+                "150023^MDC_PRESS_BLD_NONINV_MEAN^MDC",
+                "1.4.1.3",
+                format!("{mean}"),
+                "266016^MDC_DIM_MMHG^MDC",
+            ));
+        }
+        if second % 60 == 0 {
+            let temp = (self.temp * 10.0).round() / 10.0;
+            obx.push((
+                "150364^MDC_TEMP_BODY^MDC",
+                "1.5.1.1",
+                format!("{temp}"),
+                "268192^MDC_DIM_DEGC^MDC",
+            ));
+        }
+        let mut m = format!(
+            "MSH|^~\\&|VITALVIEW^{device}^EUI-64|SIM|VITALFLOW|HOSP|{ts}||ORU^R01^ORU_R01|SIM-{}-{}|P|2.6|||NE|AL\r\
+             PID|||{patient}^^^HOSP^MR\r\
+             PV1||I|||||||||||||||||{encounter}^^^HOSP^VN\r\
+             OBR|1|||182777000^monitoring of patient^SCT|||{ts}\r\
+             OBX|1||69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|1.0.0.0|||||||X|||||||{device}^EUI-64\r",
+            self.index, self.seq
+        );
+        for (i, (code, sub, value, unit)) in obx.iter().enumerate() {
+            m.push_str(&format!(
+                "OBX|{}|NM|{code}|{sub}|{value}|{unit}|||||R|||{ts}\r",
+                i + 2
+            ));
+        }
+        m
     }
 }
 
@@ -528,6 +628,42 @@ mod tests {
             let ms = device.normalize(&event).expect("normalizes");
             assert!(ms.iter().any(|x| &*x.type_name == "heartRate"));
             assert!(ms.iter().all(|x| x.occurrence_time == m.event_time));
+        }
+    }
+
+    #[test]
+    fn pcd01_messages_map_with_the_pcd01_templates_like_the_json_ones() {
+        let load = |set: &str| {
+            let p = format!("templates/{set}/devicecontent.json");
+            crate::mapping::DeviceMapping::from_file(std::path::Path::new(&p)).expect("templates")
+        };
+        let (hl7, json) = (load("ihe-pcd01"), load("bedside-monitor"));
+        let pcd01 = SimulatorConfig {
+            profile: "ihe-pcd01".into(),
+            ..cfg()
+        };
+        let as_json = Simulator::new(&cfg(), start(), (0, 1));
+        for (m, j) in Simulator::new(&pcd01, start(), (0, 1)).zip(as_json) {
+            let text = crate::mapping::hl7::text(&m.payload).expect("an HL7 v2 message");
+            let msg = crate::mapping::hl7::parse(&text).expect("parses");
+            let mut ms = Vec::new();
+            hl7.normalize_hl7_into(&msg, &mut ms).expect("normalizes");
+            assert!(ms.iter().all(|x| x.occurrence_time == m.event_time));
+            let body: serde_json::Value = serde_json::from_slice(&j.payload).expect("json");
+            let event = crate::event::wrap(body, Default::default(), Default::default());
+            let js = json.normalize(&event).expect("normalizes");
+            let value = |ms: &[crate::model::Measurement], t: &str| {
+                ms.iter()
+                    .find(|x| &*x.type_name == t)
+                    .map(|x| x.properties[0].1.parse::<f64>().expect("number"))
+            };
+            for t in ["heartRate", "spo2", "respiratoryRate"] {
+                assert_eq!(
+                    value(&ms, t),
+                    value(&js, t),
+                    "{t}: the same reading either way"
+                );
+            }
         }
     }
 
