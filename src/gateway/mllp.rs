@@ -260,13 +260,9 @@ struct Msh {
     message_type: String,
 }
 
-fn header(m: &hl7_parser::Message<'_>) -> Option<Msh> {
+fn header(m: &hl7::Hl7<'_>) -> Option<Msh> {
     let msh = m.segment("MSH")?;
-    let f = |n: usize| {
-        msh.field(n)
-            .map(|f| f.raw_value().to_string())
-            .unwrap_or_default()
-    };
+    let f = |n: usize| m.field(msh, n).to_string();
     Some(Msh {
         sending_app: f(3),
         sending_facility: f(4),
@@ -317,17 +313,16 @@ fn handle(bytes: &[u8], shared: &Shared, peer: &str) -> String {
         }
     }
     let kafka_key = match shared.settings.key {
-        KeyBy::Patient => parsed
-            .segment("PID")
-            .and_then(|s| s.field(3))
-            .and_then(|f| f.component(1))
-            .map(|c| c.display(&parsed.separators).to_string()),
-        KeyBy::Device => parsed
-            .segments()
-            .filter(|s| s.name == "OBX")
-            .filter_map(|s| s.field(18).and_then(|f| f.component(1)))
-            .map(|c| c.display(&parsed.separators).to_string())
-            .find(|d| !d.is_empty()),
+        KeyBy::Patient => (parsed.segment("PID")).map(|s| {
+            parsed
+                .decode(parsed.component(parsed.field(s, 3), 1))
+                .into_owned()
+        }),
+        KeyBy::Device => (parsed.segments())
+            .filter(|(name, _)| *name == "OBX")
+            .map(|(_, s)| parsed.component(parsed.field(s, 18), 1))
+            .find(|d| !d.is_empty())
+            .map(|d| parsed.decode(d).into_owned()),
         KeyBy::None => None,
     }
     .filter(|k| !k.is_empty());

@@ -206,12 +206,13 @@ impl DeviceMapping {
     /// (left as it was on error).
     pub fn normalize_hl7_into(
         &self,
-        message: &hl7_parser::Message<'_>,
+        message: &super::hl7::Hl7<'_>,
         out: &mut Vec<Measurement>,
     ) -> Result<(), NormalizeError> {
         let start = out.len();
+        let obs = super::hl7::Observations::of(message);
         for t in &self.hl7 {
-            if let Err(e) = t.apply(message, out) {
+            if let Err(e) = t.apply(&obs, out) {
                 out.truncate(start);
                 return Err(e);
             }

@@ -20,16 +20,17 @@
 //! of one type, device and time in a message make one measurement; one `ORU^R01` becomes all
 //! of its measurements.
 //!
-//! Parsing (delimiters from MSH-1/2, repetitions, components, escape sequences, segments
-//! ended by CR or LF) is `hl7-parser`'s; timestamps are read here, because its conversion
-//! drops the sign of a negative offset under one hour (`-0030`).
+//! Messages are read in place ([`Hl7`]): delimiters from MSH-1/2, segments ended by CR or LF,
+//! fields, repetitions and components as slices of the text, escape sequences decoded only
+//! where a value has one. Hand-written rather than the `hl7-parser` crate because that crate
+//! allocates a vector per field, repetition, component and subcomponent: it took 50 of the
+//! 56 µs a 12-OBX PCD-01 message cost (9× the JSON bedside reading per measurement,
+//! `cargo bench --bench normalize -- per-measurement`); figures in docs/hl7.md.
 
 use super::device::NormalizeError;
 use super::error::{child, Collector};
 use crate::model::Measurement;
 use chrono::{DateTime, FixedOffset, NaiveDate, TimeZone, Utc};
-use hl7_parser::message::{Field, Segment, Separators};
-use hl7_parser::Message;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -58,18 +59,167 @@ pub fn text(payload: &[u8]) -> Option<Cow<'_, str>> {
     Some(String::from_utf8_lossy(p))
 }
 
-/// Parses HL7 v2 text; an error names the segment and where in it parsing stopped.
-pub fn parse(text: &str) -> Result<Message<'_>, String> {
-    Message::parse_with_lenient_newlines(text, true).map_err(|e| match e {
-        hl7_parser::parser::ParseError::FailedToParse { position, .. } => {
-            let before = &text[..position.min(text.len())];
-            let segment = before.split(['\r', '\n']).filter(|s| !s.is_empty()).count().max(1);
-            let line = text.split(['\r', '\n']).filter(|s| !s.is_empty()).nth(segment - 1);
-            let name = line.and_then(|l| l.get(..3)).unwrap_or("?");
-            format!("not an HL7 v2 message: segment {segment} ({name}) cannot be parsed near character {position}")
+/// The delimiters of a message (MSH-1 and MSH-2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Separators {
+    /// Between fields (`|`).
+    pub field: char,
+    /// Between components (`^`).
+    pub component: char,
+    /// Between repetitions (`~`).
+    pub repetition: char,
+    /// Starts and ends an escape sequence (`\`).
+    pub escape: char,
+    /// Between subcomponents (`&`).
+    pub subcomponent: char,
+}
+
+/// An HL7 v2 message read in place: its delimiters and its segments as slices of the text.
+#[derive(Debug, Clone)]
+pub struct Hl7<'m> {
+    /// The delimiters.
+    pub separators: Separators,
+    segments: Vec<&'m str>,
+}
+
+/// Parses HL7 v2 text; an error names the segment and what is wrong with it.
+pub fn parse(text: &str) -> Result<Hl7<'_>, String> {
+    let bad = |n: usize, what: String| format!("not an HL7 v2 message: segment {n}: {what}");
+    let mut chars = text.chars();
+    if text.get(..3) != Some("MSH") {
+        return Err(bad(1, "the message must start with an MSH segment".into()));
+    }
+    chars.nth(2);
+    let field = chars
+        .next()
+        .ok_or_else(|| bad(1, "MSH ends before MSH-1 (the field separator)".into()))?;
+    let encoding: Vec<char> = chars
+        .take_while(|c| *c != field && *c != '\r' && *c != '\n')
+        .collect();
+    if field.is_alphanumeric() || field.is_whitespace() {
+        return Err(bad(
+            1,
+            format!("MSH-1 \"{field}\" cannot be a field separator"),
+        ));
+    }
+    let distinct = |cs: &[char]| cs.iter().enumerate().all(|(i, c)| !cs[..i].contains(c));
+    if encoding.len() < 4
+        || encoding.len() > 5
+        || !distinct(&encoding)
+        || encoding.contains(&field)
+        || encoding
+            .iter()
+            .any(|c| c.is_alphanumeric() || c.is_whitespace())
+    {
+        return Err(bad(
+            1,
+            format!(
+                "MSH-2 \"{}\" must be four distinct encoding characters (component, repetition, escape, subcomponent), e.g. ^~\\&",
+                encoding.iter().collect::<String>()
+            ),
+        ));
+    }
+    let separators = Separators {
+        field,
+        component: encoding[0],
+        repetition: encoding[1],
+        escape: encoding[2],
+        subcomponent: encoding[3],
+    };
+    let segments: Vec<&str> = text.split(['\r', '\n']).filter(|s| !s.is_empty()).collect();
+    for (i, s) in segments.iter().enumerate() {
+        let name = s.get(..3).unwrap_or(s);
+        let named = name.len() == 3
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+            && s[name.len()..].chars().next().is_none_or(|c| c == field);
+        if !named {
+            let shown: String = s.chars().take(12).collect();
+            return Err(bad(
+                i + 1,
+                format!("\"{shown}\" does not start with a segment name (three capitals) and a field separator"),
+            ));
         }
-        e => format!("not an HL7 v2 message: {e}"),
+    }
+    Ok(Hl7 {
+        separators,
+        segments,
     })
+}
+
+impl<'m> Hl7<'m> {
+    /// The segments, in order, as (name, text).
+    pub fn segments(&self) -> impl Iterator<Item = (&'m str, &'m str)> + '_ {
+        self.segments.iter().map(|s| (&s[..3], *s))
+    }
+
+    /// The first segment named `name`.
+    pub fn segment(&self, name: &str) -> Option<&'m str> {
+        self.segments.iter().copied().find(|s| s.starts_with(name))
+    }
+
+    /// Field `n` of a segment (HL7 numbering: MSH-1 is the field separator itself), as
+    /// written; empty when absent.
+    pub fn field(&self, segment: &'m str, n: usize) -> &'m str {
+        let sep = self.separators.field;
+        let msh = segment.starts_with("MSH");
+        match (msh, n) {
+            (_, 0) => "",
+            (true, 1) => segment.get(3..3 + sep.len_utf8()).unwrap_or(""),
+            (true, n) => segment.split(sep).nth(n - 1).unwrap_or(""),
+            (false, n) => segment.split(sep).nth(n).unwrap_or(""),
+        }
+    }
+
+    /// Component `n` (from 1) of a field's first repetition, as written.
+    pub fn component(&self, field: &'m str, n: usize) -> &'m str {
+        let first = field.split(self.separators.repetition).next().unwrap_or("");
+        first
+            .split(self.separators.component)
+            .nth(n.saturating_sub(1))
+            .unwrap_or("")
+    }
+
+    /// `raw` with escape sequences decoded; borrowed when it has none.
+    pub fn decode(&self, raw: &'m str) -> Cow<'m, str> {
+        let s = self.separators;
+        if !raw.contains(s.escape) {
+            return Cow::Borrowed(raw);
+        }
+        let mut out = String::with_capacity(raw.len());
+        let mut rest = raw;
+        while let Some(i) = rest.find(s.escape) {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + s.escape.len_utf8()..];
+            let Some(j) = after.find(s.escape) else {
+                // An unmatched escape character stands for itself.
+                out.push_str(&rest[i..]);
+                return Cow::Owned(out);
+            };
+            let seq = &after[..j];
+            match seq {
+                "F" => out.push(s.field),
+                "S" => out.push(s.component),
+                "T" => out.push(s.subcomponent),
+                "R" => out.push(s.repetition),
+                "E" => out.push(s.escape),
+                x if x.starts_with('X') => {
+                    let bytes: Vec<u8> = (1..x.len())
+                        .step_by(2)
+                        .filter_map(|k| x.get(k..k + 2))
+                        .filter_map(|h| u8::from_str_radix(h, 16).ok())
+                        .collect();
+                    out.push_str(&String::from_utf8_lossy(&bytes));
+                }
+                // Highlighting and formatting commands (\H\, \N\, .br) carry no value.
+                _ => {}
+            }
+            rest = &after[j + s.escape.len_utf8()..];
+        }
+        out.push_str(rest);
+        Cow::Owned(out)
+    }
 }
 
 /// One value of a template: the OBX it comes from, by observation identifier.
@@ -154,16 +304,104 @@ pub(super) fn compile(
     })
 }
 
-/// A field's first repetition, component `n`, escape sequences decoded.
-fn component(f: Option<&Field<'_>>, n: usize, seps: &Separators) -> String {
-    f.and_then(|f| f.component(n))
-        .map(|c| c.display(seps).to_string())
-        .unwrap_or_default()
+/// One OBX as every template sees it, read once per message.
+struct Obx<'m> {
+    /// Where it is, for messages: `OBX #n (segment i), OBX-`.
+    at: String,
+    /// (identifier, coding system) of OBX-3 and its alternate.
+    ids: [(&'m str, &'m str); 2],
+    /// Its value, or None when it has none (empty, or result status X).
+    value: Option<Cow<'m, str>>,
+    /// Its time (OBX-14, OBR-7, MSH-7), or the field at fault and why not.
+    time: Result<DateTime<Utc>, (String, String)>,
+    /// Its device (OBX-18 here or before), or None.
+    device: Option<Cow<'m, str>>,
 }
 
-/// Field `n` of a segment, when present and not empty.
-fn field<'a, 'm>(s: &'a Segment<'m>, n: usize) -> Option<&'a Field<'m>> {
-    s.field(n).filter(|f| !f.raw_value().is_empty())
+/// What a message says for every template: its subjects and its OBX segments.
+pub(super) struct Observations<'m> {
+    patient: Option<String>,
+    encounter: Option<String>,
+    obx: Vec<Obx<'m>>,
+}
+
+impl<'m> Observations<'m> {
+    /// Reads the message's subjects and OBX segments.
+    pub(super) fn of(msg: &Hl7<'m>) -> Self {
+        let f = |seg: &'m str, n: usize| msg.field(seg, n);
+        let c = |field: &'m str, n: usize| msg.component(field, n);
+        let first = |name: &str, n: usize| {
+            msg.segment(name)
+                .map(|s| msg.decode(c(f(s, n), 1)).into_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let msh_time = msg
+            .segment("MSH")
+            .map(|s| f(s, 7))
+            .filter(|t| !t.is_empty());
+        let mut obr_time = None;
+        let mut device: Option<Cow<'m, str>> = None;
+        let mut obx = Vec::new();
+        for (i, (name, seg)) in msg.segments().enumerate() {
+            if name == "OBR" {
+                obr_time = Some(f(seg, 7)).filter(|t| !t.is_empty());
+                continue;
+            }
+            if name != "OBX" {
+                continue;
+            }
+            let at = format!("OBX #{} (segment {}), OBX-", obx.len() + 1, i + 1);
+            let own = c(f(seg, 18), 1);
+            if !own.is_empty() {
+                device = Some(msg.decode(own));
+            }
+            let id = f(seg, 3);
+            let ids = [(c(id, 1), c(id, 3)), (c(id, 4), c(id, 6))];
+            let value = if c(f(seg, 11), 1).eq_ignore_ascii_case("X") {
+                None
+            } else {
+                let v = f(seg, 5);
+                match c(f(seg, 2), 1) {
+                    "NM" | "SN" => Some(Cow::Borrowed(v.trim())),
+                    "CWE" | "CE" | "CNE" | "CF" => Some(msg.decode(c(v, 1))),
+                    _ => Some(msg.decode(v.split(msg.separators.repetition).next().unwrap_or(""))),
+                }
+                .filter(|v| !v.is_empty())
+            };
+            let own_time = f(seg, 14);
+            let (when, field_at) = if !own_time.is_empty() {
+                (Some(own_time), format!("{at}14"))
+            } else if obr_time.is_some() {
+                (obr_time, "OBR-7".to_string())
+            } else {
+                (msh_time, "MSH-7".to_string())
+            };
+            let time = match when {
+                None => Err((
+                    format!("{at}14"),
+                    "no observation time: OBX-14, OBR-7 and MSH-7 are all empty".to_string(),
+                )),
+                Some(w) => timestamp(w).ok_or_else(|| {
+                    (
+                        field_at,
+                        format!("\"{w}\" is not an HL7 timestamp (YYYYMMDDHHMMSS[.SSSS][+/-ZZZZ])"),
+                    )
+                }),
+            };
+            obx.push(Obx {
+                at,
+                ids,
+                value,
+                time,
+                device: device.clone(),
+            });
+        }
+        Self {
+            patient: first("PID", 3),
+            encounter: first("PV1", 19),
+            obx,
+        }
+    }
 }
 
 /// An HL7 DTM (`YYYY[MM[DD[HH[MM[SS[.S...]]]]]][+/-ZZZZ]`); without an offset it is UTC.
@@ -233,125 +471,51 @@ impl Template {
         }
     }
 
-    /// The values of `obx` this template takes, by value name.
-    fn matches<'t>(&'t self, obx: &Segment<'_>, seps: &Separators) -> Vec<&'t ValueDef> {
-        let id = field(obx, 3);
-        let pairs = [
-            (component(id, 1, seps), component(id, 3, seps)),
-            (component(id, 4, seps), component(id, 6, seps)),
-        ];
-        self.values
-            .iter()
-            .filter(|v| {
-                pairs.iter().any(|(code, system)| {
-                    !code.is_empty()
-                        && *code == v.code
-                        && v.system
-                            .as_deref()
-                            .is_none_or(|s| s.eq_ignore_ascii_case(system))
-                })
+    /// The values of `obx` this template takes.
+    fn matches<'t, 'm: 't>(&'t self, obx: &Obx<'m>) -> impl Iterator<Item = &'t ValueDef> + 't {
+        let ids = obx.ids;
+        self.values.iter().filter(move |v| {
+            ids.iter().any(|(code, system)| {
+                !code.is_empty()
+                    && *code == v.code
+                    && v.system
+                        .as_deref()
+                        .is_none_or(|s| s.eq_ignore_ascii_case(system))
             })
-            .collect()
+        })
     }
 
-    /// Appends this template's measurements of `msg` to `out`.
+    /// Appends this template's measurements of a message to `out`.
     pub(super) fn apply(
         &self,
-        msg: &Message<'_>,
+        obs: &Observations<'_>,
         out: &mut Vec<Measurement>,
     ) -> Result<(), NormalizeError> {
-        let seps = &msg.separators;
-        let first = |name: &str, n: usize| {
-            msg.segment(name)
-                .and_then(|s| field(s, n))
-                .map(|f| component(Some(f), 1, seps))
-                .filter(|v| !v.is_empty())
-        };
-        let patient = first("PID", 3);
-        let encounter = first("PV1", 19);
-        let msh_time = msg
-            .segment("MSH")
-            .and_then(|s| field(s, 7))
-            .map(|f| f.raw_value());
-        let mut obr_time = None;
-        let mut device: Option<String> = None;
         let mut groups: Vec<Group> = Vec::new();
-        let mut nth_obx = 0;
-        for (i, seg) in msg.segments().enumerate() {
-            match seg.name {
-                "OBR" => obr_time = field(seg, 7).map(|f| f.raw_value()),
-                "OBX" => nth_obx += 1,
-                _ => continue,
-            }
-            if seg.name != "OBX" {
+        for obx in &obs.obx {
+            let Some(value) = &obx.value else { continue };
+            let mut defs = self.matches(obx).peekable();
+            if defs.peek().is_none() {
                 continue;
             }
-            let at = |n: usize| format!("OBX #{nth_obx} (segment {}), OBX-{n}", i + 1);
-            let own = component(field(seg, 18), 1, seps);
-            if !own.is_empty() {
-                device = Some(own);
-            }
-            if component(field(seg, 11), 1, seps).eq_ignore_ascii_case("X") {
-                continue;
-            }
-            let defs = self.matches(seg, seps);
-            if defs.is_empty() {
-                continue;
-            }
-            let value = match component(field(seg, 2), 1, seps)
-                .to_ascii_uppercase()
-                .as_str()
-            {
-                "NM" | "SN" => field(seg, 5).map(|f| f.raw_value().trim().to_string()),
-                "CWE" | "CE" | "CNE" | "CF" => Some(component(field(seg, 5), 1, seps)),
-                _ => field(seg, 5)
-                    .and_then(|f| f.repeat(1))
-                    .map(|r| r.display(seps).to_string()),
-            }
-            .unwrap_or_default();
-            if value.is_empty() {
-                continue;
-            }
-            let (raw_time, n) = match field(seg, 14) {
-                Some(f) => (Some(f.raw_value()), 14),
-                None => match obr_time {
-                    Some(t) => (Some(t), 0),
-                    None => (msh_time, 7),
-                },
+            let time = match &obx.time {
+                Ok(t) => *t,
+                Err((field, reason)) => return Err(self.error(field.clone(), reason.clone())),
             };
-            let where_time = match n {
-                14 => at(14),
-                0 => "OBR-7".to_string(),
-                _ => "MSH-7".to_string(),
-            };
-            let Some(raw_time) = raw_time else {
+            let Some(dev) = &obx.device else {
                 return Err(self.error(
-                    at(14),
-                    "no observation time: OBX-14, OBR-7 and MSH-7 are all empty".into(),
-                ));
-            };
-            let Some(time) = timestamp(raw_time) else {
-                return Err(self.error(
-                    where_time,
-                    format!(
-                        "\"{raw_time}\" is not an HL7 timestamp (YYYYMMDDHHMMSS[.SSSS][+/-ZZZZ])"
-                    ),
-                ));
-            };
-            let Some(dev) = device.clone() else {
-                return Err(self.error(
-                    at(18),
+                    format!("{}18", obx.at),
                     "no device identifier: neither this OBX nor one before it has OBX-18".into(),
                 ));
             };
             let g = match groups
-                .iter_mut()
-                .position(|g| g.device == dev && g.time == time)
+                .iter()
+                .position(|g| g.device == *dev && g.time == time)
             {
                 Some(p) => &mut groups[p],
                 None => {
                     groups.push(Group {
-                        device: dev,
+                        device: dev.to_string(),
                         time,
                         values: Vec::new(),
                     });
@@ -360,7 +524,7 @@ impl Template {
             };
             for d in defs {
                 if !g.values.iter().any(|(n, _)| *n == d.name) {
-                    g.values.push((d.name.clone(), value.clone()));
+                    g.values.push((d.name.clone(), value.to_string()));
                 }
             }
         }
@@ -383,8 +547,8 @@ impl Template {
             out.push(Measurement {
                 type_name: self.type_name.clone(),
                 device_id: g.device,
-                patient_id: patient.clone(),
-                encounter_id: encounter.clone(),
+                patient_id: obs.patient.clone(),
+                encounter_id: obs.encounter.clone(),
                 correlation_id: None,
                 occurrence_time: g.time,
                 properties: g.values,
@@ -481,6 +645,15 @@ mod tests {
                     OBX#2#NM#147842$MDC_ECG_HEART_RATE$MDC$8867-4$Heart rate$LN##61";
         let ms = run(&mapping, text).expect("normalizes");
         assert_eq!(values(&ms[0]), vec![("text", "a#b$c")], "escapes decoded");
+        let msg = parse("MSH|^~\\&|A\\X4F4B\\ \\H\\bold\\N\\ \\E\\").expect("parses");
+        let msh = msg.segment("MSH").expect("MSH");
+        assert_eq!(
+            msg.decode(msg.field(msh, 3)),
+            "AOK bold \\",
+            "hex, formatting, escape"
+        );
+        assert_eq!(msg.field(msh, 1), "|");
+        assert_eq!(msg.field(msh, 2), "^~\\&");
         assert_eq!(ms[0].patient_id.as_deref(), Some("P-9"), "first repetition");
         let t = |s: &str| crate::time::parse_timestamp(s).expect("time");
         assert_eq!(
@@ -527,10 +700,14 @@ mod tests {
             ("bloodPressure", "values[systolic]")
         );
         let e = parse("MSH|^~").expect_err("truncated MSH");
+        assert!(e.contains("segment 1: MSH-2 \"^~\""), "{e}");
+        let e = parse("MSH|^~\\&|A\r\u{1}\u{2}binary\rOBX|1").expect_err("garbage segment");
         assert!(
-            e.contains("segment 1 (MSH)") || e.contains("incomplete"),
+            e.contains("segment 2:") && e.contains("segment name"),
             "{e}"
         );
+        let e = parse("MSH1^~\\&").expect_err("alphanumeric separator");
+        assert!(e.contains("MSH-1"), "{e}");
     }
 
     #[test]
