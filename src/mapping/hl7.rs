@@ -306,8 +306,8 @@ pub(super) fn compile(
 
 /// One OBX as every template sees it, read once per message.
 struct Obx<'m> {
-    /// Where it is, for messages: `OBX #n (segment i), OBX-`.
-    at: String,
+    /// Where it is: (its number among the OBX, its segment number).
+    at: (usize, usize),
     /// (identifier, coding system) of OBX-3 and its alternate.
     ids: [(&'m str, &'m str); 2],
     /// Its value, or None when it has none (empty, or result status X).
@@ -341,6 +341,7 @@ impl<'m> Observations<'m> {
             .filter(|t| !t.is_empty());
         let mut obr_time = None;
         let mut device: Option<Cow<'m, str>> = None;
+        let mut last_time: Option<(&str, DateTime<Utc>)> = None;
         let mut obx = Vec::new();
         for (i, (name, seg)) in msg.segments().enumerate() {
             if name == "OBR" {
@@ -350,7 +351,8 @@ impl<'m> Observations<'m> {
             if name != "OBX" {
                 continue;
             }
-            let at = format!("OBX #{} (segment {}), OBX-", obx.len() + 1, i + 1);
+            let at = (obx.len() + 1, i + 1);
+            let place = |n: usize| format!("OBX #{} (segment {}), OBX-{n}", at.0, at.1);
             let own = c(f(seg, 18), 1);
             if !own.is_empty() {
                 device = Some(msg.decode(own));
@@ -370,23 +372,35 @@ impl<'m> Observations<'m> {
             };
             let own_time = f(seg, 14);
             let (when, field_at) = if !own_time.is_empty() {
-                (Some(own_time), format!("{at}14"))
+                (Some(own_time), 14)
             } else if obr_time.is_some() {
-                (obr_time, "OBR-7".to_string())
+                (obr_time, 0)
             } else {
-                (msh_time, "MSH-7".to_string())
+                (msh_time, 7)
             };
-            let time = match when {
-                None => Err((
-                    format!("{at}14"),
+            // The OBX of one message mostly share a time: parse each distinct one once.
+            let parsed = match (when, last_time) {
+                (Some(w), Some((raw, t))) if raw == w => Some(t),
+                (Some(w), _) => timestamp(w),
+                (None, _) => None,
+            };
+            if let (Some(w), Some(t)) = (when, parsed) {
+                last_time = Some((w, t));
+            }
+            let time = match (when, parsed) {
+                (_, Some(t)) => Ok(t),
+                (None, _) => Err((
+                    place(14),
                     "no observation time: OBX-14, OBR-7 and MSH-7 are all empty".to_string(),
                 )),
-                Some(w) => timestamp(w).ok_or_else(|| {
-                    (
-                        field_at,
-                        format!("\"{w}\" is not an HL7 timestamp (YYYYMMDDHHMMSS[.SSSS][+/-ZZZZ])"),
-                    )
-                }),
+                (Some(w), None) => Err((
+                    match field_at {
+                        14 => place(14),
+                        0 => "OBR-7".to_string(),
+                        _ => "MSH-7".to_string(),
+                    },
+                    format!("\"{w}\" is not an HL7 timestamp (YYYYMMDDHHMMSS[.SSSS][+/-ZZZZ])"),
+                )),
             };
             obx.push(Obx {
                 at,
@@ -504,7 +518,7 @@ impl Template {
             };
             let Some(dev) = &obx.device else {
                 return Err(self.error(
-                    format!("{}18", obx.at),
+                    format!("OBX #{} (segment {}), OBX-18", obx.at.0, obx.at.1),
                     "no device identifier: neither this OBX nor one before it has OBX-18".into(),
                 ));
             };
