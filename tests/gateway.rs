@@ -241,7 +241,7 @@ fn a_client_no_one_here_wrote_gets_its_messages_through() {
 }
 
 #[test]
-fn a_pcd01_message_sent_over_mllp_becomes_observations_through_the_job() {
+fn a_pcd01_message_sent_over_mllp_becomes_observations_alerts_and_lake_rows_through_the_job() {
     let s = setup();
     let example = std::fs::read_to_string(common::root().join("datasets/ihe-pcd01/oru-r01.hl7"))
         .expect("example")
@@ -255,6 +255,18 @@ fn a_pcd01_message_sent_over_mllp_becomes_observations_through_the_job() {
         let reply = exchange(&mut conn, &mllp::frame(&m));
         assert_eq!(msa(&reply).0, "AA", "{reply:?}");
     }
+    // Then PAT-1001 desaturates: SpO2 84 every 10 s for 80 s of event time (the hypoxia
+    // rule is critical below 85, sustained 30 s).
+    for i in 1..=8 {
+        let secs = i * 10;
+        let at = format!("2026112110{:02}{:02}+0000", secs / 60, secs % 60);
+        let m = example
+            .replace("MSG-000001", &format!("DESAT-{i}"))
+            .replace("|97|", "|84|")
+            .replace("20261121100000+0000", &at);
+        let reply = exchange(&mut conn, &mllp::frame(&m));
+        assert_eq!(msa(&reply).0, "AA", "{reply:?}");
+    }
     let dir = tempfile::tempdir().expect("dir");
     let root = common::root();
     let job = dir.path().join("job.toml");
@@ -263,11 +275,14 @@ fn a_pcd01_message_sent_over_mllp_becomes_observations_through_the_job() {
         format!(
             "name = \"pcd01\"\nsource = \"kafka\"\n[kafka]\nbrokers = \"{}\"\ntopics = [\"hl7\"]\n\
              group_id = \"pcd01-job\"\n[mapping]\ndevice = \"{}\"\nfhir = \"{}\"\n\
-             [window]\nupdate_every = \"5s\"\n[sinks.ndjson]\ndir = \"{}\"\nflush_interval = \"200ms\"\n",
+             [window]\nupdate_every = \"5s\"\n[sinks.ndjson]\ndir = \"{}\"\nflush_interval = \"200ms\"\n\
+             [anomaly]\nrules = \"{}\"\n[sinks.lake]\nlocation = \"{}\"\nflush_interval = \"1s\"\n",
             s.brokers,
             root.join("templates/ihe-pcd01/devicecontent.json").display(),
             root.join("templates/ihe-pcd01/fhirmapping.json").display(),
-            dir.path().join("out").display()
+            dir.path().join("out").display(),
+            root.join("templates/alerts/adult-vitals.toml").display(),
+            dir.path().join("lake").display(),
         ),
     )
     .expect("job");
@@ -298,5 +313,30 @@ fn a_pcd01_message_sent_over_mllp_becomes_observations_through_the_job() {
         .find(|o| o["code"]["coding"][0]["code"] == "85354-9")
         .expect("a blood pressure Observation");
     assert_eq!(bp["component"].as_array().map(Vec::len), Some(3), "{bp}");
+    let alerts = common::alert_lines(&dir.path().join("out"));
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a.contains("\"hypoxia\"") && a.contains("PAT-1001") && a.contains("critical")),
+        "the desaturation raised a critical hypoxia alert: {alerts:#?}"
+    );
+    // The lakehouse's measurements table, as DuckDB reads it.
+    let python = std::env::var("VITALFLOW_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(&python)
+        .arg(root.join("tests/readers/lake_query.py"))
+        .arg(dir.path().join("lake/measurements"))
+        .arg("select count(*) as n from t where patient_id = 'PAT-1001' and value_name = 'spo2'")
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e} (.ci/run installs the readers)"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("reader JSON");
+    assert_eq!(
+        v["results"][0][0]["n"], 9,
+        "1 + 8 SpO2 rows of PAT-1001: {v}"
+    );
     s.gateway.stop();
 }
