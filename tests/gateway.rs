@@ -340,3 +340,130 @@ fn a_pcd01_message_sent_over_mllp_becomes_observations_alerts_and_lake_rows_thro
     );
     s.gateway.stop();
 }
+
+/// A free loopback port (bound, then released for the gateway process to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+#[test]
+fn kill_9_of_the_gateway_loses_no_acknowledged_message() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("hl7", 3, 1).expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let spawn = || {
+        common::vitalflow()
+            .args(["gateway", "mllp", "--listen", &addr, "--brokers", &brokers])
+            .args(["--topic", "hl7"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("gateway process")
+    };
+    let mut gateway = spawn();
+    let done = Arc::new(AtomicBool::new(false));
+    // The client sends 2,000 messages one by one, as an MLLP sender does: a message whose ACK
+    // it did not see (the gateway died) it sends again, on a new connection.
+    let client = {
+        let (addr, done) = (addr.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut resent = std::collections::BTreeSet::new();
+            let mut conn: Option<TcpStream> = None;
+            for i in 0..2000 {
+                let id = format!("K-{i}");
+                let frame = mllp::frame(&message(&format!("P-{}", i % 7), &id));
+                loop {
+                    let c = match conn.as_mut() {
+                        Some(c) => c,
+                        None => match TcpStream::connect(&addr) {
+                            Ok(c) => conn.insert(c),
+                            Err(_) => {
+                                std::thread::sleep(Duration::from_millis(20));
+                                continue;
+                            }
+                        },
+                    };
+                    c.set_read_timeout(Some(Duration::from_secs(5)))
+                        .expect("timeout");
+                    let mut reply = Vec::new();
+                    let mut b = [0u8; 256];
+                    let sent = c.write_all(&frame).is_ok();
+                    while sent && !reply.ends_with(&[0x1c, 0x0d]) {
+                        match c.read(&mut b) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => reply.extend_from_slice(&b[..n]),
+                        }
+                    }
+                    if reply.ends_with(&[0x1c, 0x0d]) {
+                        let text = String::from_utf8_lossy(&reply).into_owned();
+                        assert!(text.contains(&format!("MSA|AA|{id}")), "{text:?}");
+                        acked.push(id);
+                        break;
+                    }
+                    resent.insert(id.clone());
+                    conn = None;
+                }
+            }
+            done.store(true, Ordering::Relaxed);
+            (acked, resent)
+        })
+    };
+    // Three kill -9 at random moments while the client sends, each followed by a restart.
+    let mut rng_state = std::process::id() as u64;
+    let mut kills = 0;
+    while !done.load(Ordering::Relaxed) && kills < 3 {
+        rng_state = rng_state.wrapping_mul(6364136223846793005).wrapping_add(1);
+        std::thread::sleep(Duration::from_millis(100 + (rng_state >> 33) % 300));
+        if done.load(Ordering::Relaxed) {
+            break;
+        }
+        gateway.kill().expect("kill -9");
+        let _ = gateway.wait();
+        kills += 1;
+        std::thread::sleep(Duration::from_millis(100));
+        gateway = spawn();
+    }
+    let (acked, resent) = client.join().expect("client");
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+    assert_eq!(
+        acked.len(),
+        2000,
+        "every message was acknowledged in the end"
+    );
+    assert!(kills >= 1, "the gateway was killed while the client sent");
+    assert!(
+        !resent.is_empty(),
+        "a kill hit a message in flight (the client had to send again)"
+    );
+    let got = records(&brokers, "hl7", 2000);
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, id, _) in &got {
+        *count.entry(id.clone()).or_default() += 1;
+    }
+    for id in &acked {
+        assert!(
+            count.contains_key(id),
+            "{id} was acknowledged but is not in Kafka"
+        );
+    }
+    // A message Kafka had when the gateway died before answering is sent again by the client
+    // and may be in Kafka twice (the job's Observations take the same reading once); nothing
+    // the client did not have to resend is.
+    for (id, n) in &count {
+        assert!(
+            *n == 1 || resent.contains(id),
+            "{id} is in Kafka {n} times and was sent once"
+        );
+    }
+    eprintln!(
+        "{kills} kills, {} messages resent, {} in Kafka twice",
+        resent.len(),
+        count.values().filter(|n| **n > 1).count()
+    );
+}
