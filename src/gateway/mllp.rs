@@ -109,11 +109,42 @@ impl Gateway {
     }
 }
 
+/// The (sending application, control id) of accepted messages within the dedup window.
+#[derive(Default)]
+struct Seen {
+    /// Key → when it was accepted last.
+    keys: HashMap<(String, String), Instant>,
+    /// Keys in acceptance order: expiry takes only what is due from the front, so its cost
+    /// follows the messages, not the size of the window.
+    order: std::collections::VecDeque<(Instant, (String, String))>,
+}
+
+impl Seen {
+    fn insert(&mut self, key: (String, String)) {
+        let now = Instant::now();
+        self.keys.insert(key.clone(), now);
+        self.order.push_back((now, key));
+    }
+
+    fn expire(&mut self, window: Duration) {
+        while let Some((at, _)) = self.order.front() {
+            if at.elapsed() < window {
+                break;
+            }
+            let (at, key) = self.order.pop_front().expect("front");
+            // A key accepted again later stays until its newest acceptance expires.
+            if self.keys.get(&key) == Some(&at) {
+                self.keys.remove(&key);
+            }
+        }
+    }
+}
+
 struct Shared {
     settings: Settings,
     producer: ThreadedProducer<Acks>,
     /// (sending application, control id) → when it was accepted.
-    seen: Mutex<HashMap<(String, String), Instant>>,
+    seen: Mutex<Seen>,
     counters: Arc<Counters>,
     sequence: AtomicU64,
 }
@@ -141,7 +172,7 @@ pub fn start(settings: Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Gatewa
     let shared = Arc::new(Shared {
         settings,
         producer,
-        seen: Mutex::new(HashMap::new()),
+        seen: Mutex::new(Seen::default()),
         counters: counters.clone(),
         sequence: AtomicU64::new(0),
     });
@@ -305,9 +336,8 @@ fn handle(bytes: &[u8], shared: &Shared, peer: &str) -> String {
     let key = (h.sending_app.clone(), h.control_id.clone());
     {
         let mut seen = shared.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let window = shared.settings.dedup_window;
-        seen.retain(|_, at| at.elapsed() < window);
-        if seen.contains_key(&key) {
+        seen.expire(shared.settings.dedup_window);
+        if seen.keys.contains_key(&key) {
             shared.counters.duplicates.fetch_add(1, Ordering::Relaxed);
             return ack(&h, "AA", None);
         }
@@ -356,7 +386,7 @@ fn handle(bytes: &[u8], shared: &Shared, peer: &str) -> String {
                 .seen
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(key, Instant::now());
+                .insert(key);
             shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
             ack(&h, "AA", None)
         }
