@@ -105,23 +105,15 @@ pub fn normalize_hl7(
     fhir: Option<&FhirMapping>,
     text: &str,
 ) -> Result<Normalized, DebugError> {
-    let message = |reason: String| DebugError::Message {
-        reason,
-        template: None,
-    };
-    if !device.reads_hl7() {
-        return Err(message(
-            "an HL7 v2 message, but the device mapping has no Hl7v2Content template".into(),
-        ));
-    }
-    let parsed = crate::mapping::hl7::parse(text).map_err(message)?;
+    use crate::mapping::hl7::{self, Hl7Error};
     let mut measurements = Vec::new();
-    device.normalize_hl7_into(&parsed, &mut measurements)?;
-    if measurements.is_empty() {
-        return Err(message(
-            "no Hl7v2Content template matches an OBX of the message (OBX-3 identifier and coding system), or every matching OBX is empty or has result status X".into(),
-        ));
-    }
+    hl7::normalize(device, text, &mut measurements).map_err(|e| match e {
+        Hl7Error::Template(e) => DebugError::from(e),
+        e => DebugError::Message {
+            reason: e.to_string(),
+            template: None,
+        },
+    })?;
     let observations = fhir.map(|f| observations(f, &measurements)).transpose()?;
     Ok(Normalized {
         measurements,

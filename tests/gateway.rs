@@ -6,7 +6,7 @@
 mod common;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use std::collections::BTreeMap;
@@ -103,13 +103,8 @@ fn records(brokers: &str, topic: &str, expect: usize) -> Vec<(String, String, St
     while Instant::now() < deadline {
         match c.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                let id = m
-                    .headers()
-                    .and_then(|h| {
-                        h.iter()
-                            .find(|h| h.key == "hl7-message-control-id")
-                            .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
-                    })
+                let id = common::text_headers(&m)
+                    .remove("hl7-message-control-id")
                     .unwrap_or_default();
                 out.push((
                     String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),

@@ -41,11 +41,6 @@ impl Overrides {
             .push((format!("option {flag}"), var.to_string(), value.to_string()));
         self
     }
-
-    /// Whether any entry sets `var`.
-    pub fn sets(&self, var: &str) -> bool {
-        self.entries.iter().any(|(_, k, _)| k == var)
-    }
 }
 
 fn spanned(cx: &mut Checker<'_>, origin: &str, value: &str) -> Spanned<String> {

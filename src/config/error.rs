@@ -172,17 +172,6 @@ impl<'a> Checker<'a> {
         });
     }
 
-    /// A problem with the file as a whole.
-    pub fn file_problem(&mut self, field: &str, reason: impl Into<String>) {
-        self.errors.push(ConfigError {
-            file: self.file.to_string(),
-            line: None,
-            column: None,
-            field: field.to_string(),
-            reason: reason.into(),
-        });
-    }
-
     /// A duration greater than zero (`"500ms"`, `"30s"`), or `default` when absent.
     pub fn duration(
         &mut self,

@@ -6,6 +6,7 @@
 //! part that went through.
 
 use crate::event;
+use crate::mapping::hl7::Hl7Error;
 use crate::mapping::{DeviceMapping, FhirMapping};
 use crate::model::Measurement;
 use crate::model::RawMessage;
@@ -40,19 +41,12 @@ pub fn normalize(
         }))
     };
     // HL7 v2 (a gateway's PCD-01 message) or JSON: each has templates of its own.
-    let hl7 = crate::mapping::hl7::text(&message.payload);
-    let is_hl7 = hl7.is_some();
-    let mapped = match hl7 {
-        Some(_) if !device.reads_hl7() => Err((
-            "normalize",
-            "an HL7 v2 message, but the device mapping has no Hl7v2Content template".to_string(),
-            None,
-        )),
-        Some(text) => match crate::mapping::hl7::parse(&text) {
-            Ok(m) => (device.normalize_hl7_into(&m, out))
-                .map_err(|e| ("normalize", e.to_string(), template_of(&e))),
-            Err(e) => Err(("parse", e, None)),
-        },
+    let mapped = match crate::mapping::hl7::text(&message.payload) {
+        Some(text) => crate::mapping::hl7::normalize(device, &text, out).map_err(|e| match e {
+            Hl7Error::Parse(e) => ("parse", e, None),
+            Hl7Error::Template(e) => ("normalize", e.to_string(), template_of(&e)),
+            Hl7Error::Unmatched(e) => ("normalize", e.to_string(), None),
+        }),
         None => match serde_json::from_slice::<Value>(&message.payload) {
             Ok(body) => {
                 let ev = event::wrap(body, message.properties(), message.system_properties());
@@ -75,12 +69,12 @@ pub fn normalize(
         return Err(dead(message, stage, error, template));
     }
     if out.len() == start {
-        let error = if is_hl7 {
-            "no Hl7v2Content template matches an OBX of the message (OBX-3 identifier and coding system), or every matching OBX is empty or has result status X"
-        } else {
-            "no template of the device mapping matches the message (typeMatchExpression)"
-        };
-        return Err(dead(message, "normalize", error.into(), None));
+        return Err(dead(
+            message,
+            "normalize",
+            "no template of the device mapping matches the message (typeMatchExpression)".into(),
+            None,
+        ));
     }
     let limit = now + max_future;
     let problem = out[start..].iter().find_map(|m| {

@@ -222,6 +222,52 @@ impl<'m> Hl7<'m> {
     }
 }
 
+/// Why an HL7 v2 message made no measurements.
+#[derive(Debug)]
+pub enum Hl7Error {
+    /// It is not a readable HL7 v2 message (which segment, what is wrong).
+    Parse(String),
+    /// A template could not take it (which template, OBX and field).
+    Template(NormalizeError),
+    /// The mapping has no template for HL7 v2, or none matched an OBX.
+    Unmatched(&'static str),
+}
+
+impl std::fmt::Display for Hl7Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hl7Error::Parse(e) => write!(f, "{e}"),
+            Hl7Error::Template(e) => write!(f, "{e}"),
+            Hl7Error::Unmatched(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Normalizes one HL7 v2 message with the mapping's `Hl7v2Content` templates into `out`
+/// (left as it was on error): what the job and `vitalflow normalize` both do.
+pub fn normalize(
+    device: &super::DeviceMapping,
+    text: &str,
+    out: &mut Vec<Measurement>,
+) -> Result<(), Hl7Error> {
+    if !device.reads_hl7() {
+        return Err(Hl7Error::Unmatched(
+            "an HL7 v2 message, but the device mapping has no Hl7v2Content template",
+        ));
+    }
+    let message = parse(text).map_err(Hl7Error::Parse)?;
+    let start = out.len();
+    device
+        .normalize_hl7_into(&message, out)
+        .map_err(Hl7Error::Template)?;
+    if out.len() == start {
+        return Err(Hl7Error::Unmatched(
+            "no Hl7v2Content template matches an OBX of the message (OBX-3 identifier and coding system), or every matching OBX is empty or has result status X",
+        ));
+    }
+    Ok(())
+}
+
 /// One value of a template: the OBX it comes from, by observation identifier.
 #[derive(Debug)]
 struct ValueDef {
