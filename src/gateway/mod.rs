@@ -3,3 +3,5 @@
 //! gateway acknowledges a message to its sender only once Kafka has it.
 
 pub mod mllp;
+pub mod mqtt;
+pub mod topic;

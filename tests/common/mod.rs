@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fhir_server;
+pub mod mosquitto;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};

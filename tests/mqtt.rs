@@ -1,0 +1,450 @@
+//! The MQTT gateway against a real Mosquitto (started here on 127.0.0.1) and librdkafka's mock
+//! cluster, published to with `mosquitto_pub`: every message is in Kafka with its topic levels
+//! as headers and key, a payload that is not JSON is dead-lettered with its topic and reason,
+//! a shared subscription splits the messages between gateways without losing any, TLS and
+//! passwords work (and a wrong password stops start-up with the reason), a kill -9 of the
+//! gateway loses nothing and duplicates nothing downstream, and readings published over MQTT
+//! become Observations, an alert and lake rows through the job.
+
+mod common;
+
+use common::mosquitto::Mosquitto;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+use vitalflow::config::{KafkaConfig, StartPosition};
+use vitalflow::gateway::mqtt::{self, BrokerSettings, Content};
+use vitalflow::gateway::topic::TopicTemplate;
+
+/// A record as the tests look at it.
+#[derive(Debug, Clone)]
+struct Record {
+    key: String,
+    headers: BTreeMap<String, String>,
+    payload: String,
+}
+
+/// Every record of `topic`, once at least `expect` came and 2 s passed without another.
+fn records(brokers: &str, topic: &str, expect: usize) -> Vec<Record> {
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("check-{topic}-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    c.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                out.push(Record {
+                    key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    headers: common::text_headers(&m),
+                    payload: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                });
+                quiet_since = Instant::now();
+            }
+            _ if out.len() >= expect && quiet_since.elapsed() > Duration::from_secs(2) => break,
+            _ => {}
+        }
+    }
+    out
+}
+
+fn kafka(brokers: &str) -> KafkaConfig {
+    KafkaConfig {
+        brokers: brokers.to_string(),
+        topics: vec!["vitals".into()],
+        group_id: "mqtt-test".into(),
+        start: StartPosition::Earliest,
+        partitions: 3,
+        startup_timeout: Duration::from_secs(10),
+        properties: Default::default(),
+    }
+}
+
+fn settings(broker: &Mosquitto, brokers: &str, client_id: &str) -> mqtt::Settings {
+    mqtt::Settings {
+        broker: BrokerSettings::from_url(&format!("mqtt://127.0.0.1:{}", broker.port))
+            .expect("url"),
+        client_id: client_id.into(),
+        subscriptions: vec![TopicTemplate::parse("devices/{device}/vitals").expect("template")],
+        share_group: None,
+        kafka: kafka(brokers),
+        topic: "vitals".into(),
+        dead_letter_topic: "vitals-refused".into(),
+        key: Some("device".into()),
+        content: Content::Json,
+        receive_maximum: 100,
+        session_expiry: Duration::from_secs(600),
+        max_payload: 1 << 20,
+    }
+}
+
+/// A JSON reading of `device`, number `i`.
+fn reading(device: &str, i: usize) -> String {
+    format!(
+        r#"{{"deviceId":"{device}","patientId":"P-{device}","timestamp":"2026-11-21T10:{:02}:{:02}Z","heartRate":{}}}"#,
+        (i / 60) % 60,
+        i % 60,
+        60 + i % 40
+    )
+}
+
+/// Waits until the gateway has accepted `n` messages (or fails after 30 s).
+fn wait_accepted(g: &mqtt::Gateway, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while g
+        .counters
+        .accepted
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < n
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} accepted",
+            g.counters
+                .accepted
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn readings_are_in_kafka_with_their_topic_levels_and_bad_payloads_are_dead_lettered() {
+    let broker = Mosquitto::start();
+    let (_cluster, brokers) = common::mock_cluster(&[("vitals", 3), ("vitals-refused", 1)]);
+    let gateway = mqtt::start(settings(&broker, &brokers, "levels")).expect("gateway");
+    for d in ["dev-1", "dev-2", "dev-3"] {
+        let lines: Vec<String> = (0..50).map(|i| reading(d, i)).collect();
+        broker.publish_lines(&format!("devices/{d}/vitals"), &lines, None);
+    }
+    // An MQTT 5 user property travels as a header.
+    let status = broker
+        .publisher(None)
+        .args(["-t", "devices/dev-4/vitals", "-m", &reading("dev-4", 0)])
+        .args(["-D", "publish", "user-property", "ward", "icu-3"])
+        .status()
+        .expect("mosquitto_pub");
+    assert!(status.success());
+    let status = broker
+        .publisher(None)
+        .args(["-t", "devices/dev-9/vitals", "-m", "HR=72;SPO2=97"])
+        .status()
+        .expect("mosquitto_pub");
+    assert!(status.success());
+    wait_accepted(&gateway, 151);
+    let got = records(&brokers, "vitals", 151);
+    assert_eq!(got.len(), 151, "every reading once");
+    for r in &got {
+        let body: serde_json::Value = serde_json::from_str(&r.payload).expect("JSON as sent");
+        assert_eq!(r.key, body["deviceId"], "keyed by the {{device}} level");
+        assert_eq!(r.headers["device"], r.key);
+        assert_eq!(r.headers["mqtt-topic"], format!("devices/{}/vitals", r.key));
+    }
+    let dev4 = got.iter().find(|r| r.key == "dev-4").expect("dev-4");
+    assert_eq!(dev4.headers.get("ward").map(String::as_str), Some("icu-3"));
+    let refused = records(&brokers, "vitals-refused", 1);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let dl: serde_json::Value = serde_json::from_str(&refused[0].payload).expect("dead letter");
+    assert_eq!(dl["stage"], "gateway");
+    assert_eq!(dl["source"]["topic"], "mqtt://devices/dev-9/vitals");
+    assert!(
+        dl["error"].as_str().unwrap_or("").contains("not JSON"),
+        "{dl}"
+    );
+    assert_eq!(dl["payload"], "HR=72;SPO2=97", "{dl}");
+    assert_eq!(gateway.stop(Duration::from_secs(5)), None);
+}
+
+#[test]
+fn a_shared_subscription_splits_the_messages_between_gateways_and_loses_none() {
+    let broker = Mosquitto::start();
+    let (_cluster, brokers) = common::mock_cluster(&[("vitals", 3), ("vitals-refused", 1)]);
+    let shared = |id: &str| {
+        let mut s = settings(&broker, &brokers, id);
+        s.share_group = Some("vitalflow".into());
+        mqtt::start(s).expect("gateway")
+    };
+    let (a, b) = (shared("gw-a"), shared("gw-b"));
+    let lines: Vec<String> = (0..400).map(|i| reading("dev-1", i)).collect();
+    broker.publish_lines("devices/dev-1/vitals", &lines, None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let count = |g: &mqtt::Gateway| {
+        g.counters
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    while count(&a) + count(&b) < 400 {
+        assert!(Instant::now() < deadline, "{} + {}", count(&a), count(&b));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        count(&a) > 0 && count(&b) > 0,
+        "both gateways took a share: {} and {}",
+        count(&a),
+        count(&b)
+    );
+    let got = records(&brokers, "vitals", 400);
+    let distinct: std::collections::BTreeSet<&str> =
+        got.iter().map(|r| r.payload.as_str()).collect();
+    assert_eq!((got.len(), distinct.len()), (400, 400), "each message once");
+    assert_eq!(a.stop(Duration::from_secs(5)), None);
+    assert_eq!(b.stop(Duration::from_secs(5)), None);
+}
+
+#[test]
+fn tls_and_a_password_are_used_and_a_wrong_password_stops_start_up_with_the_reason() {
+    let broker = Mosquitto::tls_with_password("vitalflow", "s3cret");
+    let (_cluster, brokers) = common::mock_cluster(&[("vitals", 3), ("vitals-refused", 1)]);
+    let tls = |password: &str| {
+        let mut s = settings(&broker, &brokers, "tls");
+        s.broker =
+            BrokerSettings::from_url(&format!("mqtts://127.0.0.1:{}", broker.port)).expect("url");
+        s.broker.ca_file = broker.ca.clone();
+        s.broker.credentials = Some(("vitalflow".into(), password.into()));
+        s
+    };
+    let e = mqtt::start(tls("wrong"))
+        .err()
+        .expect("a wrong password is refused");
+    let text = format!("{e:#}");
+    assert!(
+        text.contains("refused")
+            && (text.contains("BadUserNamePassword") || text.contains("NotAuthorized")),
+        "{text}"
+    );
+    // Without the CA, the broker's certificate is not trusted.
+    let mut untrusted = tls("s3cret");
+    untrusted.broker.ca_file = None;
+    let e = mqtt::start(untrusted)
+        .err()
+        .expect("an untrusted certificate is refused");
+    assert!(
+        format!("{e:#}").to_lowercase().contains("certificate"),
+        "{e:#}"
+    );
+    let gateway = mqtt::start(tls("s3cret")).expect("gateway");
+    let lines: Vec<String> = (0..20).map(|i| reading("dev-1", i)).collect();
+    broker.publish_lines(
+        "devices/dev-1/vitals",
+        &lines,
+        Some(("vitalflow", "s3cret")),
+    );
+    wait_accepted(&gateway, 20);
+    assert_eq!(records(&brokers, "vitals", 20).len(), 20);
+    assert_eq!(gateway.stop(Duration::from_secs(5)), None);
+}
+
+/// `vitalflow gateway mqtt` as a process, its stderr read until it has subscribed.
+fn spawn_gateway(broker: &Mosquitto, brokers: &str) -> common::Running {
+    let mut child = common::Running::spawn(
+        common::vitalflow()
+            .args(["gateway", "mqtt", "--broker"])
+            .arg(format!("mqtt://127.0.0.1:{}", broker.port))
+            .args(["--subscribe", "devices/{device}/vitals", "--key", "device"])
+            .args(["--client-id", "kill-trial", "--receive-maximum", "200"])
+            .args(["--brokers", brokers, "--topic", "vitals"])
+            .args(["--dead-letter-topic", "vitals-refused"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped()),
+    );
+    let stderr = child
+        .0
+        .as_mut()
+        .expect("child")
+        .stderr
+        .take()
+        .expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains("subscribed") => break,
+            Some(Ok(_)) => {}
+            other => panic!("the gateway ended before subscribing: {other:?}"),
+        }
+    }
+    // Keep draining so the gateway never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            eprintln!("gateway: {l}");
+        }
+    });
+    child
+}
+
+#[test]
+fn kill_9_of_the_gateway_loses_nothing_and_duplicates_nothing_downstream() {
+    let broker = Mosquitto::start();
+    let (cluster, brokers) = common::mock_cluster(&[("vitals", 3), ("vitals-refused", 1)]);
+    // Kafka answers after 20 ms: at any moment some messages are in Kafka and not yet
+    // acknowledged to the broker, which is what a kill must hit.
+    cluster
+        .broker_round_trip_time(1, Duration::from_millis(20))
+        .expect("rtt");
+    let msgs = common::simulated(4, 2400, 77, 30);
+    let mut gateway = spawn_gateway(&broker, &brokers);
+    // One publisher per device, paced so the kills land while messages flow.
+    let publishers: Vec<_> = {
+        let mut by_device: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for m in &msgs {
+            by_device
+                .entry(m.key.clone())
+                .or_default()
+                .push(String::from_utf8(m.payload.clone()).expect("utf-8"));
+        }
+        by_device
+            .into_iter()
+            .map(|(device, lines)| {
+                let mut child = broker
+                    .publisher(None)
+                    .args(["-t", &format!("devices/{device}/vitals"), "-l"])
+                    .stdin(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("mosquitto_pub");
+                let mut stdin = child.stdin.take().expect("stdin");
+                std::thread::spawn(move || {
+                    use std::io::Write;
+                    for (i, l) in lines.iter().enumerate() {
+                        writeln!(stdin, "{l}").expect("publish");
+                        if i % 20 == 0 {
+                            std::thread::sleep(Duration::from_millis(25));
+                        }
+                    }
+                    drop(stdin);
+                    assert!(child.wait().expect("mosquitto_pub").success());
+                })
+            })
+            .collect()
+    };
+    let mut rng = std::process::id() as u64;
+    let mut kills = 0;
+    while kills < 3 {
+        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1);
+        std::thread::sleep(Duration::from_millis(300 + (rng >> 33) % 500));
+        gateway.kill();
+        kills += 1;
+        std::thread::sleep(Duration::from_millis(200));
+        gateway = spawn_gateway(&broker, &brokers);
+    }
+    for p in publishers {
+        p.join().expect("publisher");
+    }
+    let got = records(&brokers, "vitals", msgs.len());
+    gateway.terminate();
+    assert!(
+        gateway.wait().success(),
+        "the gateway stops cleanly on SIGTERM"
+    );
+    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &got {
+        *count.entry(r.payload.as_str()).or_default() += 1;
+    }
+    for m in &msgs {
+        let p = std::str::from_utf8(&m.payload).expect("utf-8");
+        assert!(count.contains_key(p), "a published message is not in Kafka");
+    }
+    let twice = count.values().filter(|n| **n > 1).count();
+    eprintln!(
+        "{kills} kills; {} messages, {} records in Kafka, {twice} redelivered after a kill",
+        msgs.len(),
+        got.len()
+    );
+    assert!(
+        twice > 0,
+        "a kill hit messages Kafka had and the broker had not seen acknowledged"
+    );
+    // Downstream, the job takes each reading once: its Observations are those of the
+    // messages as published.
+    let dir = tempfile::tempdir().expect("dir");
+    let job = common::kafka_job(dir.path(), &brokers, "vitals", "after-kills", "");
+    common::run_ok(
+        common::vitalflow()
+            .args(["run", "--until-end", "--workers", "2", "--job"])
+            .arg(&job),
+    );
+    let got = common::latest(&common::observation_lines(&dir.path().join("out")));
+    common::assert_same(
+        &got,
+        &common::expected(&msgs),
+        "after kill -9 of the gateway",
+    );
+}
+
+#[test]
+fn a_json_reading_published_over_mqtt_becomes_observations_an_alert_and_lake_rows() {
+    let broker = Mosquitto::start();
+    let (_cluster, brokers) = common::mock_cluster(&[("vitals", 3), ("vitals-refused", 1)]);
+    let gateway = mqtt::start(settings(&broker, &brokers, "e2e")).expect("gateway");
+    let example =
+        std::fs::read_to_string(common::root().join("datasets/bedside-monitor/reading.json"))
+            .expect("example");
+    let mut example: serde_json::Value = serde_json::from_str(&example).expect("json");
+    // One reading a patient; then P-0001 desaturates: SpO2 84 every 10 s for 80 s of event
+    // time (the hypoxia rule is critical below 85, sustained 30 s).
+    let mut lines = Vec::new();
+    for i in 0..=8 {
+        example["timestamp"] =
+            format!("2026-11-21T10:{:02}:{:02}.000Z", i * 10 / 60, i * 10 % 60).into();
+        example["spo2"] = if i == 0 { 97 } else { 84 }.into();
+        lines.push(example.to_string());
+    }
+    broker.publish_lines("devices/BM-0001/vitals", &lines, None);
+    wait_accepted(&gateway, 9);
+    let dir = tempfile::tempdir().expect("dir");
+    let root = common::root();
+    let job = common::kafka_job(
+        dir.path(),
+        &brokers,
+        "vitals",
+        "mqtt-e2e",
+        &format!(
+            "[anomaly]\nrules = \"{}\"\n[sinks.lake]\nlocation = \"{}\"\nflush_interval = \"1s\"\n",
+            root.join("templates/alerts/adult-vitals.toml").display(),
+            dir.path().join("lake").display(),
+        ),
+    );
+    common::run_ok(
+        common::vitalflow()
+            .args(["run", "--until-end", "--workers", "2", "--job"])
+            .arg(&job),
+    );
+    let latest = common::latest(&common::observation_lines(&dir.path().join("out")));
+    let spo2 = latest
+        .values()
+        .find(|o| {
+            o["code"]["coding"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["code"] == "59408-5"))
+        })
+        .unwrap_or_else(|| panic!("an SpO2 Observation among {:?}", latest.keys()));
+    assert_eq!(spo2["subject"]["identifier"]["value"], "P-0001", "{spo2}");
+    let alerts = common::alert_lines(&dir.path().join("out"));
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a.contains("\"hypoxia\"") && a.contains("P-0001") && a.contains("critical")),
+        "the desaturation raised a critical hypoxia alert: {alerts:#?}"
+    );
+    let python = std::env::var("VITALFLOW_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(&python)
+        .arg(root.join("tests/readers/lake_query.py"))
+        .arg(dir.path().join("lake/measurements"))
+        .arg("select count(*) as n from t where patient_id = 'P-0001' and value_name = 'spo2'")
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e} (.ci/run installs the readers)"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("reader JSON");
+    assert_eq!(v["results"][0][0]["n"], 9, "9 SpO2 rows of P-0001: {v}");
+    assert_eq!(gateway.stop(Duration::from_secs(5)), None);
+}
