@@ -25,6 +25,10 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(None)
+}
+
+fn setup_with(tls: Option<Arc<rustls::ServerConfig>>) -> Setup {
     let cluster = MockCluster::new(1).expect("mock cluster");
     cluster.create_topic("hl7", 3, 1).expect("topic");
     cluster.create_topic("hl7-refused", 1, 1).expect("topic");
@@ -46,6 +50,7 @@ fn setup() -> Setup {
         dedup_window: Duration::from_secs(600),
         max_frame: 1 << 20,
         ack_timeout: Duration::from_secs(10),
+        tls,
     };
     let gateway = mllp::start(settings, Arc::new(AtomicBool::new(false))).expect("gateway");
     Setup {
@@ -66,7 +71,7 @@ fn message(patient: &str, id: &str) -> String {
 }
 
 /// Sends raw bytes and reads one framed reply.
-fn exchange(conn: &mut TcpStream, bytes: &[u8]) -> String {
+fn exchange<S: Read + Write>(conn: &mut S, bytes: &[u8]) -> String {
     conn.write_all(bytes).expect("send");
     let mut reply = Vec::new();
     let mut b = [0u8; 1];
@@ -202,6 +207,53 @@ fn bad_input_is_refused_with_its_reason_and_the_connection_goes_on() {
         assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
     }
     assert_eq!(records(&s.brokers, "hl7", 1).len(), 1);
+    s.gateway.stop();
+}
+
+#[test]
+fn the_listener_speaks_tls_when_given_a_certificate() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
+    let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_pem, cert.cert.pem()).expect("cert");
+    std::fs::write(&key_pem, cert.signing_key.serialize_pem()).expect("key");
+    let e = mllp::server_tls(&key_pem, &key_pem)
+        .err()
+        .expect("a key is not a certificate");
+    assert!(e.to_string().contains("key.pem"), "names the file: {e}");
+    let s = setup_with(Some(mllp::server_tls(&cert_pem, &key_pem).expect("tls")));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).expect("root");
+    let client = Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let tcp = TcpStream::connect(s.gateway.addr).expect("connect");
+    let session = rustls::ClientConnection::new(client, "127.0.0.1".try_into().expect("name"))
+        .expect("session");
+    let mut conn = rustls::StreamOwned::new(session, tcp);
+    for i in 0..3 {
+        let id = format!("TLS-{i}");
+        let reply = exchange(&mut conn, &mllp::frame(&message("P-5", &id)));
+        assert_eq!(msa(&reply), ("AA".to_string(), id), "{reply:?}");
+    }
+    assert_eq!(records(&s.brokers, "hl7", 3).len(), 3);
+    // A plain-TCP sender gets no acknowledgement from a TLS listener, and nothing is produced.
+    let mut plain = TcpStream::connect(s.gateway.addr).expect("connect");
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    plain
+        .write_all(&mllp::frame(&message("P-5", "PLAIN")))
+        .expect("send");
+    let mut reply = Vec::new();
+    let _ = plain.read_to_end(&mut reply);
+    assert!(
+        !String::from_utf8_lossy(&reply).contains("MSA|"),
+        "{reply:?}"
+    );
+    assert_eq!(s.gateway.counters.accepted.load(Ordering::Relaxed), 3);
     s.gateway.stop();
 }
 

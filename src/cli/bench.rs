@@ -34,6 +34,41 @@ pub enum BenchWhat {
     /// The MLLP gateway on loopback: messages/s with every ACK after Kafka, and the
     /// send-to-ACK latency (mock Kafka cluster in process).
     Mllp(BenchMllpArgs),
+    /// The MQTT gateway: messages/s at QoS 1 with every PUBACK after Kafka, next to a plain
+    /// subscriber on the same broker (Mosquitto started here unless --broker).
+    Mqtt(BenchMqttArgs),
+}
+
+/// Arguments of `vitalflow bench mqtt`.
+#[derive(clap::Args)]
+pub struct BenchMqttArgs {
+    /// An MQTT broker to use (mqtt://host:port); a Mosquitto of its own otherwise.
+    #[arg(long)]
+    broker: Option<String>,
+    /// Publishing connections.
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// Messages in all (bedside readings, ~400 bytes of JSON each).
+    #[arg(long, default_value_t = 100_000)]
+    messages: u64,
+}
+
+fn bench_mqtt(args: BenchMqttArgs) -> ExitCode {
+    init_logs(LogFormat::Text);
+    match vitalflow::bench_gateway::mqtt(
+        args.broker.as_deref(),
+        args.publishers.max(1),
+        args.messages,
+    ) {
+        Ok(r) => {
+            outln!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Arguments of `vitalflow bench mllp`.
@@ -45,11 +80,18 @@ pub struct BenchMllpArgs {
     /// Messages in all (12-OBX PCD-01 ORU^R01 each).
     #[arg(long, default_value_t = 20_000)]
     messages: u64,
+    /// Kafka brokers with a topic "hl7" (the in-process mock cluster otherwise).
+    #[arg(long)]
+    brokers: Option<String>,
 }
 
 fn bench_mllp(args: BenchMllpArgs) -> ExitCode {
     init_logs(LogFormat::Text);
-    match vitalflow::bench_gateway::run(args.connections.max(1), args.messages) {
+    match vitalflow::bench_gateway::run(
+        args.connections.max(1),
+        args.messages,
+        args.brokers.as_deref(),
+    ) {
         Ok(r) => {
             outln!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
             ExitCode::SUCCESS
@@ -194,6 +236,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
         Some(BenchWhat::Alerts(a)) => return bench_alerts(a),
         Some(BenchWhat::Peer(p)) => return bench_peer(p),
         Some(BenchWhat::Mllp(m)) => return bench_mllp(m),
+        Some(BenchWhat::Mqtt(m)) => return bench_mqtt(m),
         None => {}
     }
     init_logs(LogFormat::Text);

@@ -14,7 +14,7 @@ sending IHE PCD-01 ORU^R01), produces each to a Kafka topic with the idempotent 
 (or is larger than --max-frame) is answered AR with the reason in ERR and goes to \
 --dead-letter-topic; a Kafka failure is answered AE, and the sender sends again. A control id \
 repeated by the same sending application within --dedup-window is acknowledged without being \
-produced twice. Kafka properties (TLS, SASL) come from VITALFLOW_KAFKA__<PROPERTY>.
+produced twice. With --tls-cert and --tls-key every connection is TLS. Kafka properties (TLS, SASL) come from VITALFLOW_KAFKA__<PROPERTY>.
 
 Example:
   vitalflow gateway mllp --listen 0.0.0.0:2575 --brokers kafka:9092 --topic vitals-hl7 \\
@@ -133,6 +133,12 @@ pub struct MllpArgs {
     /// Largest message accepted, bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_frame: usize,
+    /// Certificate chain (PEM): the listener speaks TLS (MLLP over TLS) with it.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 /// What the Kafka key of a message is.
@@ -266,6 +272,16 @@ fn run_mllp(args: MllpArgs) -> ExitCode {
         dedup_window: args.dedup_window,
         max_frame: args.max_frame,
         ack_timeout: Duration::from_secs(30),
+        tls: match args.tls_cert.zip(args.tls_key) {
+            Some((cert, key)) => match mllp::server_tls(&cert, &key) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(2);
+                }
+            },
+            None => None,
+        },
     };
     let stop = stop_on_signals();
     let gateway = match mllp::start(settings, stop.clone()) {

@@ -61,6 +61,34 @@ pub struct Settings {
     pub max_frame: usize,
     /// How long to wait for Kafka's acknowledgement before answering `AE`.
     pub ack_timeout: Duration,
+    /// TLS for the listener (every connection), from [`server_tls`]; plain TCP when None.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// The listener's TLS settings from a certificate chain and its private key (PEM files); the
+/// error names the file and what is wrong with it.
+pub fn server_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    crate::fhir::client::install_crypto();
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("{}: not a PEM certificate chain: {e}", cert.display()))?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "{}: no certificate in it",
+        cert.display()
+    );
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| anyhow::anyhow!("{}: not a PEM private key: {e}", key.display()))?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
+    Ok(Arc::new(config))
 }
 
 /// Counters of a running gateway.
@@ -190,7 +218,7 @@ pub fn start(settings: Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Gatewa
                 let _ = std::thread::Builder::new()
                     .name("mllp-connection".into())
                     .spawn(move || {
-                        if let Err(e) = serve(conn, &shared, &stop) {
+                        if let Err(e) = connection(conn, &shared, &stop) {
                             tracing::debug!("mllp connection ended: {e}");
                         }
                     });
@@ -205,13 +233,31 @@ pub fn start(settings: Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Gatewa
     })
 }
 
-/// Reads frames from one connection and answers each.
-fn serve(mut conn: TcpStream, shared: &Shared, stop: &AtomicBool) -> std::io::Result<()> {
+/// Serves one accepted connection, in TLS when the listener has it.
+fn connection(conn: TcpStream, shared: &Shared, stop: &AtomicBool) -> std::io::Result<()> {
     let peer = conn
         .peer_addr()
         .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
+    // Reads wake up to see the stop flag; a TLS read that timed out resumes where it was.
     conn.set_read_timeout(Some(Duration::from_millis(500)))?;
     conn.set_nodelay(true)?;
+    match &shared.settings.tls {
+        Some(tls) => {
+            let session =
+                rustls::ServerConnection::new(tls.clone()).map_err(std::io::Error::other)?;
+            serve(rustls::StreamOwned::new(session, conn), shared, stop, &peer)
+        }
+        None => serve(conn, shared, stop, &peer),
+    }
+}
+
+/// Reads frames from one connection and answers each.
+fn serve(
+    mut conn: impl Read + Write,
+    shared: &Shared,
+    stop: &AtomicBool,
+    peer: &str,
+) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 64 * 1024];
     // Inside a frame; and whether this frame grew past the limit (its bytes are dropped).
@@ -254,9 +300,10 @@ fn serve(mut conn: TcpStream, shared: &Shared, stop: &AtomicBool) -> std::io::Re
                         ),
                     )
                 } else {
-                    handle(&buf, shared, &peer)
+                    handle(&buf, shared, peer)
                 };
                 conn.write_all(&frame(&reply))?;
+                conn.flush()?;
                 buf.clear();
                 continue;
             }
