@@ -217,9 +217,7 @@ fn the_listener_speaks_tls_when_given_a_certificate() {
     let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_pem, cert.cert.pem()).expect("cert");
     std::fs::write(&key_pem, cert.signing_key.serialize_pem()).expect("key");
-    let e = mllp::server_tls(&key_pem, &key_pem)
-        .err()
-        .expect("a key is not a certificate");
+    let e = mllp::server_tls(&key_pem, &key_pem).expect_err("a key is not a certificate");
     assert!(e.to_string().contains("key.pem"), "names the file: {e}");
     let s = setup_with(Some(mllp::server_tls(&cert_pem, &key_pem).expect("tls")));
     let mut roots = rustls::RootCertStore::empty();

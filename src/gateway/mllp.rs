@@ -193,6 +193,20 @@ pub fn start(settings: Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Gatewa
                     settings.kafka.brokers
                 )
             })?;
+    // Kafka reachable and the topic known before the first sender waits on them (a cold
+    // producer would make the first messages wait for metadata).
+    use rdkafka::producer::Producer as _;
+    let metadata = producer
+        .client()
+        .fetch_metadata(Some(&settings.topic), settings.kafka.startup_timeout)
+        .with_context(|| format!("Kafka at {} did not answer", settings.kafka.brokers))?;
+    if let Some(e) = metadata.topics().first().and_then(|t| t.error()) {
+        anyhow::bail!(
+            "Kafka topic \"{}\": {:?}",
+            settings.topic,
+            rdkafka::types::RDKafkaRespErr::from(e)
+        );
+    }
     let listener = TcpListener::bind(settings.listen)
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
