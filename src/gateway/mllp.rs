@@ -202,9 +202,9 @@ pub fn start(settings: Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Gatewa
         .with_context(|| format!("Kafka at {} did not answer", settings.kafka.brokers))?;
     if let Some(e) = metadata.topics().first().and_then(|t| t.error()) {
         anyhow::bail!(
-            "Kafka topic \"{}\": {:?}",
+            "Kafka topic \"{}\": {}",
             settings.topic,
-            rdkafka::types::RDKafkaRespErr::from(e)
+            rdkafka::error::RDKafkaErrorCode::from(e)
         );
     }
     let listener = TcpListener::bind(settings.listen)
