@@ -290,7 +290,8 @@ fn kill_9_of_the_gateway_loses_nothing_and_duplicates_nothing_downstream() {
         .expect("rtt");
     let msgs = common::simulated(4, 2400, 77, 30);
     let mut gateway = spawn_gateway(&broker, &brokers);
-    // One publisher per device, paced so the kills land while messages flow.
+    let finished = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // One publisher per device, paced (about 6 s) so the kills land while messages flow.
     let publishers: Vec<_> = {
         let mut by_device: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for m in &msgs {
@@ -309,30 +310,48 @@ fn kill_9_of_the_gateway_loses_nothing_and_duplicates_nothing_downstream() {
                     .spawn()
                     .expect("mosquitto_pub");
                 let mut stdin = child.stdin.take().expect("stdin");
+                let finished = finished.clone();
                 std::thread::spawn(move || {
                     use std::io::Write;
                     for (i, l) in lines.iter().enumerate() {
                         writeln!(stdin, "{l}").expect("publish");
-                        if i % 20 == 0 {
-                            std::thread::sleep(Duration::from_millis(25));
+                        if i % 5 == 0 {
+                            std::thread::sleep(Duration::from_millis(50));
                         }
                     }
                     drop(stdin);
                     assert!(child.wait().expect("mosquitto_pub").success());
+                    finished.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 })
             })
             .collect()
     };
+    // Three kill -9 at random moments while the gateway serves (once Kafka got 30 more
+    // records from it since its start), each followed by a restart.
+    let in_kafka = || -> i64 {
+        common::high_watermarks(&brokers, "vitals", 3)
+            .values()
+            .sum()
+    };
+    let publishing = || finished.load(std::sync::atomic::Ordering::Relaxed) < 4;
     let mut rng = std::process::id() as u64;
     let mut kills = 0;
-    while kills < 3 {
+    while kills < 3 && publishing() {
+        let from = in_kafka();
+        while in_kafka() < from + 30 && publishing() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1);
-        std::thread::sleep(Duration::from_millis(300 + (rng >> 33) % 500));
+        std::thread::sleep(Duration::from_millis((rng >> 33) % 100));
+        if !publishing() {
+            break;
+        }
         gateway.kill();
         kills += 1;
         std::thread::sleep(Duration::from_millis(200));
         gateway = spawn_gateway(&broker, &brokers);
     }
+    assert_eq!(kills, 3, "three kills while the publishers sent");
     for p in publishers {
         p.join().expect("publisher");
     }
