@@ -14,7 +14,8 @@ sending IHE PCD-01 ORU^R01), produces each to a Kafka topic with the idempotent 
 (or is larger than --max-frame) is answered AR with the reason in ERR and goes to \
 --dead-letter-topic; a Kafka failure is answered AE, and the sender sends again. A control id \
 repeated by the same sending application within --dedup-window is acknowledged without being \
-produced twice. With --tls-cert and --tls-key every connection is TLS. Kafka properties (TLS, SASL) come from VITALFLOW_KAFKA__<PROPERTY>.
+produced twice; the window's control ids are read back from the topic at start-up, so a \
+message a killed gateway wrote but did not acknowledge is not written again when resent. With --tls-cert and --tls-key every connection is TLS. Kafka properties (TLS, SASL) come from VITALFLOW_KAFKA__<PROPERTY>.
 
 Example:
   vitalflow gateway mllp --listen 0.0.0.0:2575 --brokers kafka:9092 --topic vitals-hl7 \\
@@ -127,7 +128,7 @@ pub struct MllpArgs {
     /// Kafka key of a message: patient (PID-3), device (OBX-18) or none.
     #[arg(long, value_enum, default_value_t = Key::Patient)]
     key: Key,
-    /// A control id repeated by the same sender within this is not produced again.
+    /// A control id repeated by the same sender within this is not produced again (0: off).
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     dedup_window: Duration,
     /// Largest message accepted, bytes.

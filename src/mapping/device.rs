@@ -72,7 +72,7 @@ impl TemplateKind {
 pub struct DeviceMapping {
     templates: Vec<DeviceTemplate>,
     /// `Hl7v2Content` templates: they apply to HL7 v2 messages, the others to JSON.
-    hl7: Vec<super::hl7::Template>,
+    hl7: super::hl7::Templates,
 }
 
 /// An optional expression slot: absent, present but empty (fails at run time, as in the
@@ -175,7 +175,10 @@ impl DeviceMapping {
             }
         }
         if c.errors.is_empty() {
-            Ok(Self { templates, hl7 })
+            Ok(Self {
+                templates,
+                hl7: super::hl7::Templates::new(hl7),
+            })
         } else {
             Err(TemplateErrors(c.errors))
         }
@@ -209,15 +212,7 @@ impl DeviceMapping {
         message: &super::hl7::Hl7<'_>,
         out: &mut Vec<Measurement>,
     ) -> Result<(), NormalizeError> {
-        let start = out.len();
-        let obs = super::hl7::Observations::of(message);
-        for t in &self.hl7 {
-            if let Err(e) = t.apply(&obs, out) {
-                out.truncate(start);
-                return Err(e);
-            }
-        }
-        Ok(())
+        self.hl7.normalize_into(message, out)
     }
 
     /// Normalizes one event (the object templates see: `Body`, `Properties`,

@@ -126,7 +126,12 @@ pub fn parse(text: &str) -> Result<Hl7<'_>, String> {
         escape: encoding[2],
         subcomponent: encoding[3],
     };
-    let segments: Vec<&str> = text.split(['\r', '\n']).filter(|s| !s.is_empty()).collect();
+    // Segments end with CR (the standard) or LF; splitting on one byte is a memchr scan.
+    let segments: Vec<&str> = if text.contains('\n') {
+        text.split(['\r', '\n']).filter(|s| !s.is_empty()).collect()
+    } else {
+        text.split('\r').filter(|s| !s.is_empty()).collect()
+    };
     for (i, s) in segments.iter().enumerate() {
         let name = s.get(..3).unwrap_or(s);
         let named = name.len() == 3
@@ -170,6 +175,16 @@ impl<'m> Hl7<'m> {
             (true, n) => segment.split(sep).nth(n - 1).unwrap_or(""),
             (false, n) => segment.split(sep).nth(n).unwrap_or(""),
         }
+    }
+
+    /// The first `N` fields of a (non-MSH) segment, split once: `fields[n]` is field n, the
+    /// segment name field 0, absent ones empty.
+    fn fields<const N: usize>(&self, segment: &'m str) -> [&'m str; N] {
+        let mut out = [""; N];
+        for (slot, f) in out.iter_mut().zip(segment.split(self.separators.field)) {
+            *slot = f;
+        }
+        out
     }
 
     /// Component `n` (from 1) of a field's first repetition, as written.
@@ -266,6 +281,83 @@ pub fn normalize(
         ));
     }
     Ok(())
+}
+
+/// The `Hl7v2Content` templates of a mapping, with an index from observation identifier to
+/// the template values that take it: each OBX is looked up once, instead of every template
+/// comparing itself with every OBX.
+#[derive(Debug, Default)]
+pub(super) struct Templates {
+    templates: Vec<Template>,
+    /// OBX-3 identifier -> (template, value) of every value naming it.
+    by_code: rustc_hash::FxHashMap<Box<str>, Vec<(usize, usize)>>,
+}
+
+impl Templates {
+    pub(super) fn new(templates: Vec<Template>) -> Self {
+        let mut by_code: rustc_hash::FxHashMap<Box<str>, Vec<(usize, usize)>> = Default::default();
+        for (t, template) in templates.iter().enumerate() {
+            for (v, value) in template.values.iter().enumerate() {
+                by_code
+                    .entry(value.code.as_str().into())
+                    .or_default()
+                    .push((t, v));
+            }
+        }
+        Self { templates, by_code }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.templates.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.templates.is_empty()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Template> {
+        self.templates.iter()
+    }
+
+    /// Normalizes one message, appending to `out` (left as it was on error). Measurements come
+    /// in template order, then in the order of their first OBX.
+    pub(super) fn normalize_into(
+        &self,
+        message: &Hl7<'_>,
+        out: &mut Vec<Measurement>,
+    ) -> Result<(), NormalizeError> {
+        let obs = Observations::of(message);
+        // (template, OBX, value) of every match, then in template order, OBX order kept.
+        let mut matches: Vec<(usize, usize, usize)> = Vec::new();
+        for (o, obx) in obs.obx.iter().enumerate() {
+            for (code, system) in obx.ids {
+                if code.is_empty() {
+                    continue;
+                }
+                for &(t, v) in self.by_code.get(code).into_iter().flatten() {
+                    let def = &self.templates[t].values[v];
+                    if def
+                        .system
+                        .as_deref()
+                        .is_none_or(|s| s.eq_ignore_ascii_case(system))
+                    {
+                        matches.push((t, o, v));
+                    }
+                }
+            }
+        }
+        matches.sort_by_key(|&(t, o, _)| (t, o));
+        let start = out.len();
+        for (t, template) in self.templates.iter().enumerate() {
+            let from = matches.partition_point(|m| m.0 < t);
+            let to = matches.partition_point(|m| m.0 <= t);
+            if let Err(e) = template.apply(&obs, &matches[from..to], out) {
+                out.truncate(start);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One value of a template: the OBX it comes from, by observation identifier.
@@ -399,24 +491,26 @@ impl<'m> Observations<'m> {
             }
             let at = (obx.len() + 1, i + 1);
             let place = |n: usize| format!("OBX #{} (segment {}), OBX-{n}", at.0, at.1);
-            let own = c(f(seg, 18), 1);
+            // Every field an OBX is read for, split once (OBX-18 is the last).
+            let fs: [&'m str; 19] = msg.fields(seg);
+            let own = c(fs[18], 1);
             if !own.is_empty() {
                 device = Some(msg.decode(own));
             }
-            let id = f(seg, 3);
+            let id = fs[3];
             let ids = [(c(id, 1), c(id, 3)), (c(id, 4), c(id, 6))];
-            let value = if c(f(seg, 11), 1).eq_ignore_ascii_case("X") {
+            let value = if c(fs[11], 1).eq_ignore_ascii_case("X") {
                 None
             } else {
-                let v = f(seg, 5);
-                match c(f(seg, 2), 1) {
+                let v = fs[5];
+                match c(fs[2], 1) {
                     "NM" | "SN" => Some(Cow::Borrowed(v.trim())),
                     "CWE" | "CE" | "CNE" | "CF" => Some(msg.decode(c(v, 1))),
                     _ => Some(msg.decode(v.split(msg.separators.repetition).next().unwrap_or(""))),
                 }
                 .filter(|v| !v.is_empty())
             };
-            let own_time = f(seg, 14);
+            let own_time = fs[14];
             let (when, field_at) = if !own_time.is_empty() {
                 (Some(own_time), 14)
             } else if obr_time.is_some() {
@@ -531,33 +625,26 @@ impl Template {
         }
     }
 
-    /// The values of `obx` this template takes.
-    fn matches<'t, 'm: 't>(&'t self, obx: &Obx<'m>) -> impl Iterator<Item = &'t ValueDef> + 't {
-        let ids = obx.ids;
-        self.values.iter().filter(move |v| {
-            ids.iter().any(|(code, system)| {
-                !code.is_empty()
-                    && *code == v.code
-                    && v.system
-                        .as_deref()
-                        .is_none_or(|s| s.eq_ignore_ascii_case(system))
-            })
-        })
-    }
-
-    /// Appends this template's measurements of a message to `out`.
-    pub(super) fn apply(
+    /// Appends this template's measurements of a message to `out`, from `matches`: (this
+    /// template, OBX, value) in OBX order.
+    fn apply(
         &self,
         obs: &Observations<'_>,
+        matches: &[(usize, usize, usize)],
         out: &mut Vec<Measurement>,
     ) -> Result<(), NormalizeError> {
         let mut groups: Vec<Group> = Vec::new();
-        for obx in &obs.obx {
-            let Some(value) = &obx.value else { continue };
-            let mut defs = self.matches(obx).peekable();
-            if defs.peek().is_none() {
+        for (i, &(_, o, _)) in matches.iter().enumerate() {
+            // Each OBX once, with every value of this template it gives.
+            if i > 0 && matches[i - 1].1 == o {
                 continue;
             }
+            let obx = &obs.obx[o];
+            let Some(value) = &obx.value else { continue };
+            let defs = matches[i..]
+                .iter()
+                .take_while(|m| m.1 == o)
+                .map(|m| &self.values[m.2]);
             let time = match &obx.time {
                 Ok(t) => *t,
                 Err((field, reason)) => return Err(self.error(field.clone(), reason.clone())),
