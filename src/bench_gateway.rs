@@ -45,7 +45,7 @@ pub struct Side {
 
 /// Sends `messages` PCD-01 messages over `connections` connections to the baseline loop and
 /// then to the gateway writing to `brokers` (the in-process mock cluster when None).
-pub fn run(connections: usize, messages: u64, brokers: Option<&str>) -> anyhow::Result<Report> {
+pub fn mllp(connections: usize, messages: u64, brokers: Option<&str>) -> anyhow::Result<Report> {
     let cluster = match brokers {
         Some(_) => None,
         None => {

@@ -29,7 +29,6 @@ use rdkafka::ClientConfig;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use vitalflow::config::SimulatorConfig;
 use vitalflow::sources::simulator::{SimMessage, Simulator};
@@ -199,29 +198,12 @@ fn read_topic(brokers: &str, topic: &str) -> Vec<(Vec<u8>, BTreeMap<String, Stri
     out
 }
 
-/// The Python with the lake readers (.ci/run's virtualenv, or python3).
-fn python() -> String {
-    std::env::var("VITALFLOW_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
 /// The rows of each query over the lake table `table` (DuckDB over the Delta log's files).
 fn lake(table: &Path, sql: &[&str]) -> Vec<Vec<Value>> {
     if !table.join("_delta_log").is_dir() {
         return sql.iter().map(|_| Vec::new()).collect();
     }
-    let out = Command::new(python())
-        .arg(root().join("tests/readers/lake_query.py"))
-        .arg(table)
-        .args(sql)
-        .output()
-        .expect("lake reader (.ci/run installs it)");
-    assert!(
-        out.status.success(),
-        "reading {}: {}",
-        table.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("reader JSON");
+    let v = lake_query(table.as_os_str(), None, sql);
     v["results"]
         .as_array()
         .expect("results")

@@ -381,19 +381,11 @@ fn a_pcd01_message_sent_over_mllp_becomes_observations_alerts_and_lake_rows_thro
         "the desaturation raised a critical hypoxia alert: {alerts:#?}"
     );
     // The lakehouse's measurements table, as DuckDB reads it.
-    let python = std::env::var("VITALFLOW_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = std::process::Command::new(&python)
-        .arg(root.join("tests/readers/lake_query.py"))
-        .arg(dir.path().join("lake/measurements"))
-        .arg("select count(*) as n from t where patient_id = 'PAT-1001' and value_name = 'spo2'")
-        .output()
-        .unwrap_or_else(|e| panic!("{python}: {e} (.ci/run installs the readers)"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let v = common::lake_query(
+        dir.path().join("lake/measurements").as_os_str(),
+        None,
+        &["select count(*) as n from t where patient_id = 'PAT-1001' and value_name = 'spo2'"],
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("reader JSON");
     assert_eq!(
         v["results"][0][0]["n"], 9,
         "1 + 8 SpO2 rows of PAT-1001: {v}"

@@ -33,24 +33,7 @@ fn query(table: &Path, sql: &[&str]) -> Value {
 }
 
 fn query_at(table: &std::ffi::OsStr, s3: Option<&str>, sql: &[&str]) -> Value {
-    let python = python();
-    let mut cmd = Command::new(&python);
-    if let Some(endpoint) = s3 {
-        cmd.env("VITALFLOW_S3_ENDPOINT", endpoint);
-    }
-    let out = cmd
-        .arg(root().join("tests/readers/lake_query.py"))
-        .arg(table)
-        .args(sql)
-        .output()
-        .unwrap_or_else(|e| panic!("{python}: {e} (.ci/run installs the readers)"));
-    assert!(
-        out.status.success(),
-        "reading {} failed (.ci/run installs the readers: duckdb deltalake pyarrow pytz):\n{}",
-        table.to_string_lossy(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("reader JSON")
+    lake_query(table, s3, sql)
 }
 
 /// The first row of the `i`th query's result.

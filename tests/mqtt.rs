@@ -451,19 +451,11 @@ fn a_json_reading_published_over_mqtt_becomes_observations_an_alert_and_lake_row
             .any(|a| a.contains("\"hypoxia\"") && a.contains("P-0001") && a.contains("critical")),
         "the desaturation raised a critical hypoxia alert: {alerts:#?}"
     );
-    let python = std::env::var("VITALFLOW_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = std::process::Command::new(&python)
-        .arg(root.join("tests/readers/lake_query.py"))
-        .arg(dir.path().join("lake/measurements"))
-        .arg("select count(*) as n from t where patient_id = 'P-0001' and value_name = 'spo2'")
-        .output()
-        .unwrap_or_else(|e| panic!("{python}: {e} (.ci/run installs the readers)"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let v = common::lake_query(
+        dir.path().join("lake/measurements").as_os_str(),
+        None,
+        &["select count(*) as n from t where patient_id = 'P-0001' and value_name = 'spo2'"],
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("reader JSON");
     assert_eq!(v["results"][0][0]["n"], 9, "9 SpO2 rows of P-0001: {v}");
     assert_eq!(gateway.stop(Duration::from_secs(5)), None);
 }

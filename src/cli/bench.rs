@@ -55,11 +55,16 @@ pub struct BenchMqttArgs {
 
 fn bench_mqtt(args: BenchMqttArgs) -> ExitCode {
     init_logs(LogFormat::Text);
-    match vitalflow::bench_gateway::mqtt(
+    print_report(vitalflow::bench_gateway::mqtt(
         args.broker.as_deref(),
         args.publishers.max(1),
         args.messages,
-    ) {
+    ))
+}
+
+/// Prints a gateway bench's report as JSON, or its error.
+fn print_report(report: anyhow::Result<impl serde::Serialize>) -> ExitCode {
+    match report {
         Ok(r) => {
             outln!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
             ExitCode::SUCCESS
@@ -87,20 +92,11 @@ pub struct BenchMllpArgs {
 
 fn bench_mllp(args: BenchMllpArgs) -> ExitCode {
     init_logs(LogFormat::Text);
-    match vitalflow::bench_gateway::run(
+    print_report(vitalflow::bench_gateway::mllp(
         args.connections.max(1),
         args.messages,
         args.brokers.as_deref(),
-    ) {
-        Ok(r) => {
-            outln!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    ))
 }
 
 /// Help shown after `vitalflow bench peer --help`.

@@ -347,6 +347,30 @@ pub fn consume_all(
     out
 }
 
+/// The results of each query over the lake table `table` (`t` in the SQL), as the analysts'
+/// readers see it: DuckDB over the Delta log (tests/readers/lake_query.py, in the Python
+/// `VITALFLOW_PYTHON` names; .ci/run installs them). `s3` is an S3 endpoint for s3:// tables.
+pub fn lake_query(table: &std::ffi::OsStr, s3: Option<&str>, sql: &[&str]) -> Value {
+    let python = std::env::var("VITALFLOW_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = Command::new(&python);
+    if let Some(endpoint) = s3 {
+        cmd.env("VITALFLOW_S3_ENDPOINT", endpoint);
+    }
+    let out = cmd
+        .arg(root().join("tests/readers/lake_query.py"))
+        .arg(table)
+        .args(sql)
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e} (.ci/run installs the readers)"));
+    assert!(
+        out.status.success(),
+        "reading {} failed (.ci/run installs the readers: duckdb deltalake pyarrow pytz):\n{}",
+        table.to_string_lossy(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("reader JSON")
+}
+
 /// Every alert record written under `out/alerts`, sorted: runs that raised the same
 /// alerts give equal lists, byte for byte.
 pub fn alert_lines(out: &Path) -> Vec<String> {
