@@ -202,6 +202,12 @@ fn bad_input_is_refused_with_its_reason_and_the_connection_goes_on() {
     assert!(reply.contains("no MSH segment"), "missing MSH: {reply:?}");
     let reply = exchange(&mut conn, &mllp::frame("MSH|^~"));
     assert_eq!(msa(&reply).0, "AR", "truncated MSH: {reply:?}");
+    let wrong_encoding = message("P-1", "ENC").replacen("MSH|^~\\&|", "MSH|^^\\&|", 1);
+    let reply = exchange(&mut conn, &mllp::frame(&wrong_encoding));
+    assert!(
+        msa(&reply).0 == "AR" && reply.contains("MSH-2"),
+        "wrong encoding characters: {reply:?}"
+    );
     let no_id = message("P-1", "");
     let reply = exchange(&mut conn, &mllp::frame(&no_id));
     assert!(reply.contains("MSH-10"), "{reply:?}");
@@ -210,10 +216,10 @@ fn bad_input_is_refused_with_its_reason_and_the_connection_goes_on() {
     assert!(reply.contains("larger than 1048576 bytes"), "{reply:?}");
     let reply = exchange(&mut conn, &mllp::frame(&message("P-1", "GOOD-1")));
     assert_eq!(msa(&reply), ("AA".to_string(), "GOOD-1".to_string()));
-    let dead = records(&s.brokers, "hl7-refused", 4);
+    let dead = records(&s.brokers, "hl7-refused", 5);
     assert_eq!(
         dead.len(),
-        4,
+        5,
         "refused messages are dead-lettered (the oversized one is not kept)"
     );
     for Rec { payload, .. } in &dead {

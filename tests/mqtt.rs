@@ -164,6 +164,57 @@ fn readings_are_in_kafka_with_their_topic_levels_and_bad_payloads_are_dead_lette
 }
 
 #[test]
+fn with_content_hl7_pcd01_messages_pass_and_json_is_dead_lettered() {
+    let broker = Mosquitto::start();
+    let (_cluster, brokers) = common::mock_cluster(&[("vitals", 3), ("vitals-refused", 1)]);
+    let mut s = settings(&broker, &brokers, "hl7");
+    s.subscriptions = vec![TopicTemplate::parse("gateways/{gateway}/oru").expect("template")];
+    s.key = Some("gateway".into());
+    s.content = Content::Hl7;
+    let gateway = mqtt::start(s).expect("gateway");
+    // A file with CR-ended segments, as a device bridge would publish it.
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("oru.hl7");
+    let example = std::fs::read_to_string(common::root().join("datasets/ihe-pcd01/oru-r01.hl7"))
+        .expect("example");
+    std::fs::write(&file, example.trim_end().replace('\n', "\r")).expect("write");
+    let status = broker
+        .publisher(None)
+        .args(["-t", "gateways/icu-7/oru", "-f"])
+        .arg(&file)
+        .status()
+        .expect("mosquitto_pub");
+    assert!(status.success());
+    broker.publish_lines("gateways/icu-7/oru", &[reading("dev-1", 0)], None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gateway
+        .counters
+        .accepted
+        .load(std::sync::atomic::Ordering::Relaxed)
+        + gateway
+            .counters
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+        < 2
+    {
+        assert!(Instant::now() < deadline, "both messages handled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let got = records(&brokers, "vitals", 1);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].payload.starts_with("MSH|"), "{:?}", got[0].payload);
+    assert_eq!(got[0].key, "icu-7");
+    let dead = records(&brokers, "vitals-refused", 1);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0].payload.contains("not an HL7 v2 message"),
+        "{}",
+        dead[0].payload
+    );
+    assert_eq!(gateway.stop(Duration::from_secs(5)), None);
+}
+
+#[test]
 fn a_shared_subscription_splits_the_messages_between_gateways_and_loses_none() {
     let broker = Mosquitto::start();
     let (_cluster, brokers) = common::mock_cluster(&[("vitals", 3), ("vitals-refused", 1)]);
