@@ -187,6 +187,17 @@ impl<'m> Hl7<'m> {
         out
     }
 
+    /// The first `N` components of a field's first repetition, split once: `components[k]`
+    /// is component k + 1.
+    fn components<const N: usize>(&self, field: &'m str) -> [&'m str; N] {
+        let first = field.split(self.separators.repetition).next().unwrap_or("");
+        let mut out = [""; N];
+        for (slot, c) in out.iter_mut().zip(first.split(self.separators.component)) {
+            *slot = c;
+        }
+        out
+    }
+
     /// Component `n` (from 1) of a field's first repetition, as written.
     pub fn component(&self, field: &'m str, n: usize) -> &'m str {
         let first = field.split(self.separators.repetition).next().unwrap_or("");
@@ -497,8 +508,8 @@ impl<'m> Observations<'m> {
             if !own.is_empty() {
                 device = Some(msg.decode(own));
             }
-            let id = fs[3];
-            let ids = [(c(id, 1), c(id, 3)), (c(id, 4), c(id, 6))];
+            let id: [&'m str; 6] = msg.components(fs[3]);
+            let ids = [(id[0], id[2]), (id[3], id[5])];
             let value = if c(fs[11], 1).eq_ignore_ascii_case("X") {
                 None
             } else {
