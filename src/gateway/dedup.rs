@@ -1,0 +1,213 @@
+//! The MLLP gateway's dedup window: (sending application, control id) of the messages
+//! accepted within it, kept in acceptance order so expiry costs what expires, and read back
+//! from the topic's headers at start-up so the window survives a restart.
+
+use crate::config::KafkaConfig;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// The (sending application, control id) of accepted messages within the dedup window.
+#[derive(Default)]
+pub(super) struct Seen {
+    /// Key → when it was accepted last.
+    keys: HashMap<(String, String), Instant>,
+    /// Keys in acceptance order: expiry takes only what is due from the front, so its cost
+    /// follows the messages, not the size of the window.
+    order: VecDeque<(Instant, (String, String))>,
+}
+
+impl Seen {
+    /// Whether `key` was accepted within the window.
+    pub(super) fn contains(&self, key: &(String, String)) -> bool {
+        self.keys.contains_key(key)
+    }
+
+    /// How many keys the window holds.
+    pub(super) fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Records `key` as accepted now.
+    pub(super) fn insert(&mut self, key: (String, String)) {
+        self.insert_at(key, Instant::now());
+    }
+
+    /// Records `key` as accepted at `at` (not before the newest entry: the queue stays in
+    /// acceptance order).
+    fn insert_at(&mut self, key: (String, String), at: Instant) {
+        let at = self.order.back().map_or(at, |(last, _)| at.max(*last));
+        self.keys.insert(key.clone(), at);
+        self.order.push_back((at, key));
+    }
+
+    /// The control ids Kafka already holds from the last `window`, read back from the
+    /// topic's headers: a sender resending what a previous gateway wrote to Kafka but did not
+    /// acknowledge (it was killed) is acknowledged without a second copy. Reads the window's
+    /// records once at start-up: from the offset Kafka gives for the window's start, or, where
+    /// it gives none (brokers without time indexes), backwards from the end in growing steps
+    /// until a step reaches records older than the window.
+    pub(super) fn from_kafka(
+        kafka: &KafkaConfig,
+        topic: &str,
+        window: Duration,
+    ) -> anyhow::Result<Self> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::{Offset, TopicPartitionList};
+        let timeout = kafka.startup_timeout;
+        let consumer: BaseConsumer = crate::kafka::client_config(kafka, &kafka.brokers)
+            .set("group.id", "vitalflow-mllp-gateway-dedup")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let since = now_ms - window.as_millis() as i64;
+        let mut query = TopicPartitionList::new();
+        for p in &partitions {
+            query.add_partition_offset(topic, *p, Offset::Offset(since))?;
+        }
+        let starts = consumer.offsets_for_times(query, timeout)?;
+        let deadline = Instant::now() + timeout.max(Duration::from_secs(60));
+        let mut found = Vec::new();
+        for e in starts.elements() {
+            let p = e.partition();
+            let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+            match e.offset() {
+                Offset::Offset(start) if start >= low => {
+                    read_back(&consumer, topic, p, (start, high), deadline, &mut found)?;
+                }
+                _ => {
+                    let (mut end, mut step) = (high, 1000);
+                    while end > low {
+                        let from = (end - step).max(low);
+                        let oldest =
+                            read_back(&consumer, topic, p, (from, end), deadline, &mut found)?;
+                        if oldest.is_some_and(|t| t < since) {
+                            break;
+                        }
+                        (end, step) = (from, step * 2);
+                    }
+                }
+            }
+        }
+        found.retain(|(at, _)| *at >= since);
+        found.sort_by_key(|(at, _)| *at);
+        let (now, mut seen) = (Instant::now(), Self::default());
+        for (at, key) in found {
+            let age = Duration::from_millis(now_ms.saturating_sub(at).max(0) as u64);
+            seen.insert_at(key, now.checked_sub(age).unwrap_or(now));
+        }
+        Ok(seen)
+    }
+
+    /// Forgets what was accepted longer than `window` ago.
+    pub(super) fn expire(&mut self, window: Duration) {
+        while let Some((at, _)) = self.order.front() {
+            if at.elapsed() < window {
+                break;
+            }
+            let (at, key) = self.order.pop_front().expect("front");
+            // A key accepted again later stays until its newest acceptance expires.
+            if self.keys.get(&key) == Some(&at) {
+                self.keys.remove(&key);
+            }
+        }
+    }
+}
+
+/// Reads offsets `range` of one partition into `found` as (timestamp, (sending application,
+/// control id)); returns the oldest timestamp read.
+fn read_back(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    partition: i32,
+    (from, to): (i64, i64),
+    deadline: Instant,
+    found: &mut Vec<(i64, (String, String))>,
+) -> anyhow::Result<Option<i64>> {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    if from >= to {
+        return Ok(None);
+    }
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
+    consumer.assign(&assignment)?;
+    let mut oldest: Option<i64> = None;
+    loop {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "reading the dedup window back from \"{topic}\" took too long"
+        );
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                if m.offset() >= to {
+                    break;
+                }
+                let at = m.timestamp().to_millis().unwrap_or(i64::MAX);
+                oldest = Some(oldest.map_or(at, |o| o.min(at)));
+                let headers: HashMap<String, Vec<u8>> = crate::kafka::headers_of(&m);
+                let text = |k: &str| {
+                    headers
+                        .get(k)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                };
+                if let (Some(app), Some(id)) = (
+                    text("hl7-sending-application"),
+                    text("hl7-message-control-id"),
+                ) {
+                    found.push((at, (app, id)));
+                }
+                if m.offset() + 1 >= to {
+                    break;
+                }
+            }
+            Some(Err(e)) => return Err(e.into()),
+            // Offsets without a record (transaction markers) end the range too.
+            None => {
+                let position = consumer.position()?;
+                let done = position.elements().iter().any(|e| {
+                    e.partition() == partition && matches!(e.offset(), Offset::Offset(o) if o >= to)
+                });
+                if done {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(oldest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str) -> (String, String) {
+        ("MONITOR".into(), id.into())
+    }
+
+    #[test]
+    fn keys_expire_by_their_newest_acceptance_and_read_back_ages_count() {
+        let now = Instant::now();
+        let mut seen = Seen::default();
+        // Read back from Kafka: one 90 s old, one 10 s old.
+        seen.insert_at(key("old"), now - Duration::from_secs(90));
+        seen.insert_at(key("recent"), now - Duration::from_secs(10));
+        seen.insert(key("again"));
+        seen.insert(key("old"));
+        seen.expire(Duration::from_secs(60));
+        // "old" was accepted again now: its first acceptance expiring does not forget it.
+        assert!(seen.contains(&key("old")));
+        assert!(seen.contains(&key("recent")));
+        seen.expire(Duration::from_secs(5));
+        assert!(!seen.contains(&key("recent")), "10 s old, window 5 s");
+        assert!(seen.contains(&key("again")) && seen.contains(&key("old")));
+        assert_eq!(seen.len(), 2);
+    }
+}
