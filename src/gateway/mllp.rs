@@ -17,7 +17,9 @@ use crate::model::{Origin, RawMessage};
 use crate::sinks::dead_letter::DeadLetter;
 use anyhow::Context as _;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
 use rdkafka::ClientContext;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -164,7 +166,6 @@ pub fn start(settings: Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Gatewa
             })?;
     // Kafka reachable and the topic known before the first sender waits on them (a cold
     // producer would make the first messages wait for metadata).
-    use rdkafka::producer::Producer as _;
     let metadata = producer
         .client()
         .fetch_metadata(Some(&settings.topic), settings.kafka.startup_timeout)
