@@ -164,19 +164,14 @@ pub fn start(settings: Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Gatewa
                     settings.kafka.brokers
                 )
             })?;
-    // Kafka reachable and the topic known before the first sender waits on them (a cold
-    // producer would make the first messages wait for metadata).
-    let metadata = producer
-        .client()
-        .fetch_metadata(Some(&settings.topic), settings.kafka.startup_timeout)
-        .with_context(|| format!("Kafka at {} did not answer", settings.kafka.brokers))?;
-    if let Some(e) = metadata.topics().first().and_then(|t| t.error()) {
-        anyhow::bail!(
-            "Kafka topic \"{}\": {}",
-            settings.topic,
-            rdkafka::error::RDKafkaErrorCode::from(e)
-        );
-    }
+    let mut topics = vec![settings.topic.as_str()];
+    topics.extend(settings.dead_letter_topic.as_deref());
+    super::check_topics(
+        producer.client(),
+        &settings.kafka.brokers,
+        &topics,
+        settings.kafka.startup_timeout,
+    )?;
     let seen = if settings.dedup_window.is_zero() {
         Seen::default()
     } else {

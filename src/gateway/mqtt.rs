@@ -349,6 +349,12 @@ pub fn start(settings: Settings) -> anyhow::Result<Gateway> {
                 )
             })?,
     );
+    super::check_topics(
+        producer.client(),
+        &settings.kafka.brokers,
+        &[&settings.topic, &settings.dead_letter_topic],
+        settings.kafka.startup_timeout,
+    )?;
     let filters: Vec<Filter> = settings
         .subscriptions
         .iter()
