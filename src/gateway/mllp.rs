@@ -449,7 +449,9 @@ fn handle(bytes: &[u8], shared: &Shared, peer: &str) -> String {
 
 /// Sends a refused message to the dead-letter topic (fire and forget: the sender was told).
 fn dead_letter(bytes: &[u8], reason: &str, shared: &Shared, peer: &str) {
-    tracing::warn!("mllp: message refused: {reason}");
+    // The reason may quote the message (a segment's start): it goes to the sender and the
+    // dead letter, not to the log.
+    tracing::warn!("mllp: message refused (the reason is in the dead letter and the ACK)");
     let Some(topic) = &shared.settings.dead_letter_topic else {
         return;
     };

@@ -510,7 +510,8 @@ fn handle(p: Publish, s: &Settings, state: &State, producer: &ThreadedProducer<D
     let topic = String::from_utf8_lossy(&p.topic).into_owned();
     let out = match problem(&p, s) {
         Some(reason) => {
-            tracing::warn!("mqtt: message refused: {reason}");
+            // The reason may quote the payload: it goes to the dead letter, not to the log.
+            tracing::warn!("mqtt: message refused (the reason is in the dead letter)");
             dead_letter(&s.dead_letter_topic, &p, &topic, reason, received)
         }
         None => record(&p, s, &topic),
