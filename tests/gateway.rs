@@ -6,8 +6,7 @@
 
 mod common;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use common::Record;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use std::collections::BTreeMap;
@@ -15,7 +14,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use vitalflow::config::{KafkaConfig, StartPosition};
 use vitalflow::gateway::mllp::{self, Gateway, KeyBy};
 
@@ -93,48 +92,16 @@ fn msa(reply: &str) -> (String, String) {
     (f[1].to_string(), f.get(2).unwrap_or(&"").to_string())
 }
 
-/// A record of a topic as the tests look at it.
-struct Rec {
-    key: String,
-    /// The control id header.
-    id: String,
-    payload: String,
-    /// Its Kafka timestamp (when the gateway produced it), Unix ms.
-    at_ms: i64,
+/// Every record of `topic` (see [`common::records`]).
+fn records(brokers: &str, topic: &str, expect: usize) -> Vec<Record> {
+    common::records(brokers, topic, expect, Duration::from_secs(20))
 }
 
-/// Every record of `topic`.
-fn records(brokers: &str, topic: &str, expect: usize) -> Vec<Rec> {
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("check-{topic}"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    c.subscribe(&[topic]).expect("subscribe");
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut quiet_since = Instant::now();
-    while Instant::now() < deadline {
-        match c.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                let id = common::text_headers(&m)
-                    .remove("hl7-message-control-id")
-                    .unwrap_or_default();
-                out.push(Rec {
-                    key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                    id,
-                    payload: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
-                    at_ms: m.timestamp().to_millis().unwrap_or(0),
-                });
-                quiet_since = Instant::now();
-            }
-            _ if out.len() >= expect && quiet_since.elapsed() > Duration::from_secs(2) => break,
-            _ => {}
-        }
-    }
-    out
+/// A record's control id header.
+fn id(r: &Record) -> &str {
+    r.headers
+        .get("hl7-message-control-id")
+        .map_or("", String::as_str)
 }
 
 #[test]
@@ -167,10 +134,8 @@ fn every_accepted_message_is_in_kafka_once_and_repeats_are_not_produced_again() 
     assert_eq!(s.gateway.counters.duplicates.load(Ordering::Relaxed), 5);
     let got = records(&s.brokers, "hl7", 200);
     let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
-    for Rec {
-        key, id, payload, ..
-    } in &got
-    {
+    for r in &got {
+        let (key, id, payload) = (&r.key, id(r), &r.payload);
         *ids.entry(id).or_default() += 1;
         let c = id
             .trim_start_matches('C')
@@ -178,7 +143,7 @@ fn every_accepted_message_is_in_kafka_once_and_repeats_are_not_produced_again() 
             .next()
             .expect("client");
         assert_eq!(key, &format!("P-{c}"), "keyed by the patient (PID-3)");
-        assert!(payload.starts_with("MSH|") && payload.contains(id.as_str()));
+        assert!(payload.starts_with("MSH|") && payload.contains(id));
     }
     assert_eq!(ids.len(), 200, "every accepted message is in Kafka");
     assert!(ids.values().all(|n| *n == 1), "and only once");
@@ -222,7 +187,7 @@ fn bad_input_is_refused_with_its_reason_and_the_connection_goes_on() {
         5,
         "refused messages are dead-lettered (the oversized one is not kept)"
     );
-    for Rec { payload, .. } in &dead {
+    for Record { payload, .. } in &dead {
         let v: serde_json::Value = serde_json::from_str(payload).expect("a dead letter");
         assert_eq!(v["stage"], "gateway", "{v}");
         assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
@@ -301,7 +266,7 @@ fn a_client_no_one_here_wrote_gets_its_messages_through() {
     );
     assert_eq!(stdout.matches("MSA|AA|PY-").count(), 3, "{stdout}");
     let got = records(&s.brokers, "hl7", 3);
-    let ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
+    let ids: Vec<&str> = got.iter().map(id).collect();
     assert_eq!(ids.len(), 3, "{ids:?}");
     s.gateway.stop();
 }
@@ -379,23 +344,8 @@ fn a_pcd01_message_sent_over_mllp_becomes_observations_alerts_and_lake_rows_thro
         .find(|o| o["code"]["coding"][0]["code"] == "85354-9")
         .expect("a blood pressure Observation");
     assert_eq!(bp["component"].as_array().map(Vec::len), Some(3), "{bp}");
-    let alerts = common::alert_lines(&dir.path().join("out"));
-    assert!(
-        alerts
-            .iter()
-            .any(|a| a.contains("\"hypoxia\"") && a.contains("PAT-1001") && a.contains("critical")),
-        "the desaturation raised a critical hypoxia alert: {alerts:#?}"
-    );
-    // The lakehouse's measurements table, as DuckDB reads it.
-    let v = common::lake_query(
-        dir.path().join("lake/measurements").as_os_str(),
-        None,
-        &["select count(*) as n from t where patient_id = 'PAT-1001' and value_name = 'spo2'"],
-    );
-    assert_eq!(
-        v["results"][0][0]["n"], 9,
-        "1 + 8 SpO2 rows of PAT-1001: {v}"
-    );
+    // 1 + 8 SpO2 rows of PAT-1001 in the lakehouse's measurements table.
+    common::assert_hypoxia_alert_and_spo2_rows(dir.path(), "PAT-1001", 9);
     s.gateway.stop();
 }
 
@@ -509,7 +459,7 @@ fn kill_9_of_the_gateway_loses_no_acknowledged_message_and_duplicates_none() {
     let got = records(&brokers, "hl7", 1000);
     let mut count: BTreeMap<String, usize> = BTreeMap::new();
     for r in &got {
-        *count.entry(r.id.clone()).or_default() += 1;
+        *count.entry(id(r).to_string()).or_default() += 1;
     }
     for id in &acked {
         assert!(
@@ -527,7 +477,7 @@ fn kill_9_of_the_gateway_loses_no_acknowledged_message_and_duplicates_none() {
     // killed gateway wrote them, and the restarted one answered their resend from the window.
     let from_window = got
         .iter()
-        .filter(|r| resent.get(&r.id).is_some_and(|gave_up| r.at_ms < *gave_up))
+        .filter(|r| resent.get(id(r)).is_some_and(|gave_up| r.at_ms < *gave_up))
         .count();
     eprintln!(
         "{kills} kills, {} messages resent, {from_window} of them already in Kafka; each once",

@@ -9,8 +9,7 @@
 mod common;
 
 use common::mosquitto::Mosquitto;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use common::Record;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
@@ -18,42 +17,9 @@ use vitalflow::config::{KafkaConfig, StartPosition};
 use vitalflow::gateway::mqtt::{self, BrokerSettings, Content};
 use vitalflow::gateway::topic::TopicTemplate;
 
-/// A record as the tests look at it.
-#[derive(Debug, Clone)]
-struct Record {
-    key: String,
-    headers: BTreeMap<String, String>,
-    payload: String,
-}
-
-/// Every record of `topic`, once at least `expect` came and 2 s passed without another.
+/// Every record of `topic` (see [`common::records`]).
 fn records(brokers: &str, topic: &str, expect: usize) -> Vec<Record> {
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("check-{topic}-{}", std::process::id()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    c.subscribe(&[topic]).expect("subscribe");
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut quiet_since = Instant::now();
-    while Instant::now() < deadline {
-        match c.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                out.push(Record {
-                    key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                    headers: common::text_headers(&m),
-                    payload: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
-                });
-                quiet_since = Instant::now();
-            }
-            _ if out.len() >= expect && quiet_since.elapsed() > Duration::from_secs(2) => break,
-            _ => {}
-        }
-    }
-    out
+    common::records(brokers, topic, expect, Duration::from_secs(60))
 }
 
 fn kafka(brokers: &str) -> KafkaConfig {
@@ -495,18 +461,6 @@ fn a_json_reading_published_over_mqtt_becomes_observations_an_alert_and_lake_row
         })
         .unwrap_or_else(|| panic!("an SpO2 Observation among {:?}", latest.keys()));
     assert_eq!(spo2["subject"]["identifier"]["value"], "P-0001", "{spo2}");
-    let alerts = common::alert_lines(&dir.path().join("out"));
-    assert!(
-        alerts
-            .iter()
-            .any(|a| a.contains("\"hypoxia\"") && a.contains("P-0001") && a.contains("critical")),
-        "the desaturation raised a critical hypoxia alert: {alerts:#?}"
-    );
-    let v = common::lake_query(
-        dir.path().join("lake/measurements").as_os_str(),
-        None,
-        &["select count(*) as n from t where patient_id = 'P-0001' and value_name = 'spo2'"],
-    );
-    assert_eq!(v["results"][0][0]["n"], 9, "9 SpO2 rows of P-0001: {v}");
+    common::assert_hypoxia_alert_and_spo2_rows(dir.path(), "P-0001", 9);
     assert_eq!(gateway.stop(Duration::from_secs(5)), None);
 }

@@ -13,8 +13,6 @@
 use super::dedup::Seen;
 use crate::config::KafkaConfig;
 use crate::mapping::hl7;
-use crate::model::{Origin, RawMessage};
-use crate::sinks::dead_letter::DeadLetter;
 use anyhow::Context as _;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{
@@ -455,23 +453,13 @@ fn dead_letter(bytes: &[u8], reason: &str, shared: &Shared, peer: &str) {
     let Some(topic) = &shared.settings.dead_letter_topic else {
         return;
     };
-    let dl = DeadLetter {
-        message: RawMessage {
-            payload: bytes.to_vec(),
-            key: None,
-            headers: Vec::new(),
-            origin: Origin {
-                topic: format!("mllp://{peer}").into(),
-                partition: 0,
-                offset: shared.sequence.fetch_add(1, Ordering::Relaxed) as i64,
-                timestamp_ms: Some(chrono::Utc::now().timestamp_millis()),
-            },
-        },
-        stage: "gateway",
-        error: reason.to_string(),
-        template: None,
-    };
-    let json = dl.to_json().to_string();
+    let json = super::dead_letter_json(
+        bytes,
+        format!("mllp://{peer}"),
+        shared.sequence.fetch_add(1, Ordering::Relaxed),
+        Vec::new(),
+        reason.to_string(),
+    );
     let (tx, _rx) = sync_channel(1);
     let record: BaseRecord<'_, (), String, _> =
         BaseRecord::with_opaque_to(topic, Box::new(tx)).payload(&json);

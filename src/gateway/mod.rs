@@ -29,3 +29,34 @@ fn check_topics<C: rdkafka::ClientContext>(
     }
     Ok(())
 }
+
+/// The dead letter of a message a gateway refused, as the job writes its own: stage
+/// `gateway`, the reason, where it came from (`source`, e.g. `mqtt://<topic>`, and the
+/// gateway's running count of refused or received messages as its offset), the payload.
+fn dead_letter_json(
+    payload: &[u8],
+    source: String,
+    sequence: u64,
+    headers: Vec<(String, Vec<u8>)>,
+    reason: String,
+) -> String {
+    use crate::model::{Origin, RawMessage};
+    crate::sinks::dead_letter::DeadLetter {
+        message: RawMessage {
+            payload: payload.to_vec(),
+            key: None,
+            headers,
+            origin: Origin {
+                topic: source.into(),
+                partition: 0,
+                offset: sequence as i64,
+                timestamp_ms: Some(chrono::Utc::now().timestamp_millis()),
+            },
+        },
+        stage: "gateway",
+        error: reason,
+        template: None,
+    }
+    .to_json()
+    .to_string()
+}

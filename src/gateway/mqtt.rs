@@ -19,8 +19,6 @@
 use super::topic::TopicTemplate;
 use crate::config::KafkaConfig;
 use crate::mapping::hl7;
-use crate::model::{Origin, RawMessage};
-use crate::sinks::dead_letter::DeadLetter;
 use anyhow::Context as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -157,7 +155,7 @@ struct State {
     acking: Mutex<()>,
     counters: Arc<Counters>,
     failure: Mutex<Option<String>>,
-    stop: Arc<AtomicBool>,
+    stop: AtomicBool,
 }
 
 impl State {
@@ -333,7 +331,7 @@ pub fn start(settings: Settings) -> anyhow::Result<Gateway> {
         acking: Mutex::new(()),
         counters: counters.clone(),
         failure: Mutex::new(None),
-        stop: Arc::new(AtomicBool::new(false)),
+        stop: AtomicBool::new(false),
     });
     let producer: Arc<ThreadedProducer<Deliveries>> = Arc::new(
         crate::kafka::client_config(&settings.kafka, &settings.kafka.brokers)
@@ -586,26 +584,17 @@ fn dead_letter<'a>(
     reason: String,
     received: u64,
 ) -> Outgoing<'a> {
-    let dl = DeadLetter {
-        message: RawMessage {
-            payload: p.payload.to_vec(),
-            key: None,
-            headers: vec![("mqtt-topic".into(), topic.as_bytes().to_vec())],
-            origin: Origin {
-                topic: format!("mqtt://{topic}").into(),
-                partition: 0,
-                offset: received as i64,
-                timestamp_ms: Some(chrono::Utc::now().timestamp_millis()),
-            },
-        },
-        stage: "gateway",
-        error: reason,
-        template: None,
-    };
+    let json = super::dead_letter_json(
+        &p.payload,
+        format!("mqtt://{topic}"),
+        received,
+        vec![("mqtt-topic".into(), topic.as_bytes().to_vec())],
+        reason,
+    );
     Outgoing {
         topic: dl_topic,
         key: None,
-        payload: dl.to_json().to_string().into_bytes(),
+        payload: json.into_bytes(),
         headers: OwnedHeaders::new(),
         dead_letter: true,
     }

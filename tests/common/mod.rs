@@ -323,6 +323,70 @@ pub fn text_headers(m: &impl rdkafka::message::Message) -> BTreeMap<String, Stri
         .unwrap_or_default()
 }
 
+/// A record of a topic as the gateway tests look at it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The key, as text.
+    pub key: String,
+    /// The headers, as text.
+    pub headers: BTreeMap<String, String>,
+    /// The payload, as text.
+    pub payload: String,
+    /// Its Kafka timestamp (when it was produced), Unix ms.
+    pub at_ms: i64,
+}
+
+/// Every record of `topic` from the start, once at least `expect` came and 2 s passed without
+/// another (so a duplicate that comes late is seen), or at `wait`.
+pub fn records(brokers: &str, topic: &str, expect: usize, wait: Duration) -> Vec<Record> {
+    use rdkafka::message::Message;
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("check-{topic}-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    c.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + wait;
+    let mut quiet_since = std::time::Instant::now();
+    while std::time::Instant::now() < deadline {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                out.push(Record {
+                    key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    headers: text_headers(&m),
+                    payload: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                    at_ms: m.timestamp().to_millis().unwrap_or(0),
+                });
+                quiet_since = std::time::Instant::now();
+            }
+            _ if out.len() >= expect && quiet_since.elapsed() > Duration::from_secs(2) => break,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// What a device desaturating (SpO2 84 for 80 s of event time) must leave after a job run
+/// with `templates/alerts/adult-vitals.toml` and a lake: a critical hypoxia alert of `patient`
+/// under `<dir>/out`, and `rows` SpO2 rows of it in `<dir>/lake/measurements` as DuckDB reads it.
+pub fn assert_hypoxia_alert_and_spo2_rows(dir: &Path, patient: &str, rows: u64) {
+    let alerts = alert_lines(&dir.join("out"));
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a.contains("\"hypoxia\"") && a.contains(patient) && a.contains("critical")),
+        "the desaturation raised a critical hypoxia alert: {alerts:#?}"
+    );
+    let sql = format!(
+        "select count(*) as n from t where patient_id = '{patient}' and value_name = 'spo2'"
+    );
+    let v = lake_query(dir.join("lake/measurements").as_os_str(), None, &[&sql]);
+    assert_eq!(v["results"][0][0]["n"], rows, "SpO2 rows of {patient}: {v}");
+}
+
 /// Every message of a topic (value, headers), read from the start.
 pub fn consume_all(
     brokers: &str,
