@@ -5,7 +5,12 @@
 //! above its severity, raised between `EARLY` before its onset and its end. Every opened
 //! alert that detects no event is a false alert. The naive detector raises one alert per
 //! reading beyond a rule's warning threshold (what re-alarming monitors do).
+//!
+//! Physiological and technical alerts are scored apart, each against the events of its
+//! category: a lost signal that raises "signal lost" is right, one that raises "SpO2 low"
+//! is a false alarm.
 
+use crate::anomaly::lifecycle::Category;
 use crate::anomaly::rules::{self, Severity, Signal, Vitals};
 use crate::config;
 use crate::dataflow::{self, RunOptions};
@@ -41,6 +46,8 @@ pub struct Raised {
     pub escalation: bool,
     /// When it resolved (None: still open at the end).
     pub until: Option<DateTime<Utc>>,
+    /// Physiological or technical.
+    pub category: Category,
 }
 
 /// Scores of one detector on one scenario (or all).
@@ -80,8 +87,10 @@ pub struct Score {
 pub struct ScenarioResult {
     /// Name.
     pub name: String,
-    /// vitalflow.
+    /// vitalflow's physiological alerts.
     pub vitalflow: Score,
+    /// vitalflow's technical alerts, against the technical events.
+    pub technical: Score,
     /// The naive fixed-threshold detector.
     pub naive: Score,
     /// Where vitalflow and the ground truth disagree: missed events and false alerts.
@@ -104,6 +113,7 @@ fn explains(e: &Event, a: &Raised) -> bool {
     // Open during the event's window: raised within it, or raised just before and still
     // open when it starts (noise crosses a threshold before the trajectory does).
     a.patient == e.patient
+        && a.category == e.category
         && e.rules
             .iter()
             .any(|r| a.rule == *r || a.rule.starts_with(&format!("{r}/")))
@@ -263,6 +273,7 @@ fn naive(
                             since: x.occurrence_time,
                             escalation: false,
                             until: Some(x.occurrence_time),
+                            category: Category::Physiological,
                         });
                     }
                 }
@@ -363,6 +374,11 @@ pub fn run_scenario(
                 since,
                 escalation: state == "escalated",
                 until: None,
+                category: if a["category"] == "technical" {
+                    Category::Technical
+                } else {
+                    Category::Physiological
+                },
             });
         }
     }
@@ -373,8 +389,43 @@ pub fn run_scenario(
     let vitals = Vitals::new(&fhir);
     let set = rules::load(rules_file, &vitals).map_err(|e| anyhow::anyhow!("{e}"))?;
     let naive_alerts = naive(&g, &device, &vitals, &set);
-    let (vf, disagreements) = score(&g.events, &raised, g.patient_hours);
-    let (nv, _) = score(&g.events, &naive_alerts, g.patient_hours);
+    // A recording ends: its monitors fall silent while other patients' readings carry the
+    // clock on. That is the end of the labels, not a lost signal, and is not scored.
+    let mut ends: std::collections::HashMap<String, DateTime<Utc>> = Default::default();
+    for m in &g.messages {
+        if let Ok(v) = serde_json::from_slice::<Value>(&m.payload) {
+            let beds = v["beds"].as_array().cloned().unwrap_or_else(|| vec![v]);
+            for b in beds {
+                if let Some(p) = b["patientId"].as_str() {
+                    let e = ends.entry(p.to_string()).or_insert(m.event_time);
+                    *e = (*e).max(m.event_time);
+                }
+            }
+        }
+    }
+    let ended = |a: &Raised| {
+        a.category == Category::Technical && ends.get(&a.patient).is_some_and(|e| a.since >= *e)
+    };
+    let of = |c: Category| -> (Vec<Event>, Vec<Raised>) {
+        (
+            g.events
+                .iter()
+                .filter(|e| e.category == c)
+                .cloned()
+                .collect(),
+            raised
+                .iter()
+                .filter(|a| a.category == c && !ended(a))
+                .cloned()
+                .collect(),
+        )
+    };
+    let (phys_events, phys) = of(Category::Physiological);
+    let (tech_events, tech) = of(Category::Technical);
+    let (vf, mut disagreements) = score(&phys_events, &phys, g.patient_hours);
+    let (tc, tech_notes) = score(&tech_events, &tech, g.patient_hours);
+    disagreements.extend(tech_notes.into_iter().map(|n| format!("technical {n}")));
+    let (nv, _) = score(&phys_events, &naive_alerts, g.patient_hours);
     let detections = g
         .events
         .iter()
@@ -394,6 +445,7 @@ pub fn run_scenario(
     Ok(ScenarioResult {
         name: g.name,
         vitalflow: vf,
+        technical: tc,
         naive: nv,
         disagreements,
         detections,

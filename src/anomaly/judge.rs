@@ -33,6 +33,18 @@ fn unit_suffix(u: &Option<String>) -> String {
 /// The rule id NEWS2 alerts carry.
 pub const NEWS2_RULE: &str = "news2";
 
+/// What a rule says of a patient after a change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// The condition its current readings show.
+    Holds(Condition),
+    /// Its vital's evidence stopped (a gap, a rejected or suspect reading): nothing is
+    /// known, so nothing opens, escalates or resolves until valid readings resume.
+    Suspended,
+    /// No reading any more (gone stale, or no rule watches the signal).
+    Gone,
+}
+
 impl Judge {
     /// The rules of `set`.
     pub fn new(set: &RuleSet) -> Self {
@@ -72,15 +84,15 @@ impl Judge {
         self.news2.as_ref().map(|n| ms(n.cfg.stale_after))
     }
 
-    /// The conditions of `patient` after its signals `touched` changed: per rule, the new
-    /// condition, or None where the rule's signal has no current reading any more. In rule
-    /// order, NEWS2 last.
+    /// The verdicts on `patient` after its signals `touched` changed, per rule: the new
+    /// condition, suspended where the rule's vital has no evidence now, gone where its
+    /// signal has no current reading any more. In rule order, NEWS2 last.
     pub fn judge(
         &self,
         patient: &str,
         touched: &[String],
         state: &VitalState,
-        out: &mut Vec<(String, Option<Condition>)>,
+        out: &mut Vec<(String, Verdict)>,
     ) {
         for key in touched {
             let Some(rules) = self.by_signal.get(key) else {
@@ -88,7 +100,12 @@ impl Judge {
             };
             let reading = state.reading(patient, key);
             for rule in rules {
-                out.push((rule.id.clone(), reading.map(|r| condition(rule, key, r))));
+                let v = match reading {
+                    Some(r) => Verdict::Holds(condition(rule, key, r)),
+                    None if state.suspended(patient, &rule.vital) => Verdict::Suspended,
+                    None => Verdict::Gone,
+                };
+                out.push((rule.id.clone(), v));
             }
         }
         if let Some(n) = &self.news2 {
@@ -148,12 +165,25 @@ fn condition(rule: &RuleRow, signal: &str, r: &Reading) -> Condition {
         device: r.device.clone(),
         timing: rule.timing,
         detail,
+        category: Default::default(),
+        since_ms: None,
     }
 }
 
 impl News2Judge {
-    /// NEWS2 from the patient's current parameter readings; None when it has none.
-    fn assess(&self, patient: &str, state: &VitalState) -> Option<Condition> {
+    /// NEWS2 from the patient's current parameter readings: gone when it has none,
+    /// suspended while a parameter that scores has no evidence now (a lost probe's last
+    /// median is not the patient's).
+    fn assess(&self, patient: &str, state: &VitalState) -> Verdict {
+        match self.score(patient, state) {
+            None => Verdict::Gone,
+            Some((_, suspect)) if suspect => Verdict::Suspended,
+            Some((c, _)) => Verdict::Holds(c),
+        }
+    }
+
+    /// The NEWS2 condition, and whether a scoring parameter is suspended.
+    fn score(&self, patient: &str, state: &VitalState) -> Option<(Condition, bool)> {
         let readings: Vec<(Param, Option<&Reading>)> = Param::ALL
             .iter()
             .map(|p| {
@@ -176,6 +206,13 @@ impl News2Judge {
         let cfg = &self.cfg;
         let scale2 = cfg.scale2_patients.iter().any(|p| p == patient);
         let a = news2::assess(&values, scale2);
+        let suspect = a.scores.iter().any(|(p, s)| {
+            *s > 0
+                && cfg
+                    .vitals
+                    .get(p)
+                    .is_some_and(|v| state.suspended(patient, v))
+        });
         let level = if a.score >= cfg.emergency {
             Level::Critical
         } else if a.score >= cfg.urgent
@@ -204,7 +241,7 @@ impl News2Judge {
                 format!("; missing or stale: {}", missing.join(", "))
             }
         );
-        Some(Condition {
+        let c = Condition {
             level: level as u8,
             title: "NEWS2".into(),
             vital: NEWS2_RULE.into(),
@@ -214,6 +251,9 @@ impl News2Judge {
             device: newest.device.clone(),
             timing: self.timing,
             detail,
-        })
+            category: Default::default(),
+            since_ms: None,
+        };
+        Some((c, suspect))
     }
 }

@@ -35,6 +35,37 @@ pub struct Condition {
     pub timing: (i64, i64, i64),
     /// A one-line account for people ("HR 152 /min, at or above 150").
     pub detail: String,
+    /// Physiological (about the patient) or technical (about the signal).
+    #[serde(default)]
+    pub category: Category,
+    /// When the condition began, where that is before the event time it is reported at
+    /// (a signal lost since its last valid reading); None: when reported.
+    #[serde(default)]
+    pub since_ms: Option<i64>,
+}
+
+/// IEC 60601-1-8's two kinds of alarm condition: about the patient, or about the
+/// equipment and its signal. A technical alert never counts toward a physiological one.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    /// The patient's condition (a threshold, a change, NEWS2).
+    #[default]
+    Physiological,
+    /// The signal's: lost, a silent monitor, a probe off.
+    Technical,
+}
+
+impl Category {
+    /// As written in every output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Physiological => "physiological",
+            Category::Technical => "technical",
+        }
+    }
 }
 
 /// Lifecycle states an alert goes through.
@@ -64,6 +95,8 @@ pub struct Alert {
     pub title: String,
     /// Severity.
     pub severity: Severity,
+    /// Physiological or technical.
+    pub category: Category,
     /// This event.
     pub state: State,
     /// Event time the condition started, RFC 3339.
@@ -109,6 +142,9 @@ struct Track {
     resolved: Option<(i64, Severity)>,
     /// The last event time the track was evaluated at.
     checked: i64,
+    /// The category of its conditions.
+    #[serde(default)]
+    category: Category,
 }
 
 impl Track {
@@ -252,11 +288,13 @@ impl Lifecycle {
     pub fn set(&mut self, patient: &str, rule: &str, c: Condition, now: i64, out: &mut Vec<Alert>) {
         let t = self.track(patient, rule);
         let level = c.level;
+        let since = c.since_ms.map_or(now, |s| s.min(now));
         t.timing = c.timing;
+        t.category = c.category;
         t.current = Some(c);
         // Level history, in event time.
         if level >= Level::Warning as u8 {
-            t.abnormal_since.get_or_insert(now);
+            t.abnormal_since.get_or_insert(since);
             t.normal_since = None;
         } else {
             t.abnormal_since = None;
@@ -267,7 +305,7 @@ impl Lifecycle {
             }
         }
         if level >= Level::Critical as u8 {
-            t.critical_since.get_or_insert(now);
+            t.critical_since.get_or_insert(since);
         } else {
             t.critical_since = None;
         }
@@ -291,6 +329,42 @@ impl Lifecycle {
         }
         Self::step(patient, rule, t, now, out);
         self.arm(patient, rule);
+    }
+
+    /// The evidence for (patient, rule) stopped at `now` (a gap, a rejected or suspect
+    /// reading): a pending condition is dropped, so its `sustained` restarts when valid
+    /// readings resume, and an open alert neither escalates nor resolves on absent data.
+    pub fn suspend(&mut self, patient: &str, rule: &str, now: i64, out: &mut Vec<Alert>) {
+        let Some(t) = self.tracks.get_mut(patient).and_then(|r| r.get_mut(rule)) else {
+            return;
+        };
+        t.current = None;
+        t.abnormal_since = None;
+        t.critical_since = None;
+        t.normal_since = None;
+        Self::step(patient, rule, t, now, out);
+        self.arm(patient, rule);
+    }
+
+    /// Resolves the patient's open technical alerts at `now` (monitoring ended: the patient
+    /// has been silent beyond the horizon); true when a physiological alert stays open.
+    pub fn end_monitoring(&mut self, patient: &str, now: i64, out: &mut Vec<Alert>) -> bool {
+        let Some(rules) = self.tracks.get_mut(patient) else {
+            return false;
+        };
+        let mut ids: Vec<&String> = rules.keys().collect();
+        ids.sort();
+        let ids: Vec<String> = ids.into_iter().cloned().collect();
+        for rule in ids {
+            let t = rules.get_mut(&rule).expect("track");
+            if t.category == Category::Technical && t.open.is_some() {
+                t.abnormal_since = None;
+                t.critical_since = None;
+                t.normal_since = Some(now.saturating_sub(t.timing.1));
+                Self::step(patient, &rule, t, now, out);
+            }
+        }
+        rules.values().any(|t| t.open.is_some())
     }
 
     /// Clears every (patient, rule) whose rule `gone(rule)` says no longer exists.
@@ -356,15 +430,17 @@ impl Lifecycle {
                 rule: rule.to_string(),
                 title: title.clone(),
                 severity,
+                category: t.category,
                 state,
                 since: rfc3339(since),
                 at: rfc3339(now),
                 values: vec![(vital, value, rfc3339(at))],
                 text: format!(
                     "{} {verb}: patient {patient}: {title}{}{}",
-                    match severity {
-                        Severity::Critical => "CRITICAL",
-                        Severity::Warning => "WARNING",
+                    match (t.category, severity) {
+                        (Category::Technical, _) => "TECHNICAL",
+                        (_, Severity::Critical) => "CRITICAL",
+                        (_, Severity::Warning) => "WARNING",
                     },
                     if detail.is_empty() {
                         String::new()
@@ -433,6 +509,8 @@ mod tests {
             device: "BM-1".into(),
             timing: (30_000, 120_000, 600_000),
             detail: String::new(),
+            category: Category::Physiological,
+            since_ms: None,
         }
     }
 

@@ -7,6 +7,12 @@
 //! A NEWS2 parameter whose last reading is older than the staleness age is retracted when
 //! the event clock passes that age ([`VitalState::expire`]), whether or not the patient
 //! sends anything else. Implausible values are dropped here, with the reason counted.
+//!
+//! Missing is not a value: a vital's rules hold only while valid readings keep coming. A
+//! rejected or suspect reading, or a gap longer than the vital's `max_gap`, suspends the
+//! vital ([`Change::Touch`] and retractions; the judge reports its rules as suspended), and
+//! a continuous vital with no valid reading for `signal_lost_after` raises a technical
+//! condition ([`Change::Technical`]): its signal is lost, or its monitor is silent.
 
 use super::rules::{milli, RuleSet, Signal};
 use crate::model::Measurement;
@@ -59,6 +65,85 @@ pub enum Change {
         /// Why.
         reason: &'static str,
     },
+    /// `(patient, signal key)` must be judged again: its vital's evidence stopped or
+    /// resumed, though the signal's reading is unchanged.
+    Touch((String, String)),
+    /// A technical condition of a patient turns on or off.
+    Technical(TechnicalChange),
+}
+
+/// A technical condition (about the signal, not the patient) turning on or off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TechnicalChange {
+    /// Patient.
+    pub patient: String,
+    /// `signal-lost/<vital>` or `device-silent/<device>`.
+    pub rule: String,
+    /// What a clinician reads ("SpO2 signal lost").
+    pub title: String,
+    /// The vital whose signal stopped.
+    pub vital: String,
+    /// The device.
+    pub device: String,
+    /// On (lost) or off (valid readings back).
+    pub on: bool,
+    /// Since when the signal has been lost: its last valid reading (on).
+    pub since: i64,
+    /// The last valid reading: (event ms, value).
+    pub last: (i64, f64),
+    /// A one-line account.
+    pub detail: String,
+}
+
+/// The rule id of a vital's "signal lost" technical alert.
+pub const SIGNAL_LOST: &str = "signal-lost";
+/// The rule id of a silent device's technical alert.
+pub const DEVICE_SILENT: &str = "device-silent";
+
+/// The last few intervals between a patient's readings of a vital, ms: its usual cadence.
+#[derive(Default, Clone, Serialize, Deserialize)]
+struct Cadence {
+    recent: [u32; 8],
+    n: u8,
+}
+
+impl Cadence {
+    fn push(&mut self, ms: i64) {
+        let i = usize::from(self.n) % self.recent.len();
+        self.recent[i] = ms.clamp(0, i64::from(u32::MAX)) as u32;
+        // Counts past the ring's size (to 255) so that "seen flowing" needs no other field.
+        self.n = self.n.saturating_add(1).max(1);
+    }
+
+    fn count(&self) -> usize {
+        usize::from(self.n)
+    }
+
+    /// The median of the recent intervals: a probe off for a minute is one long interval
+    /// among eight and does not change it.
+    fn usual(&self) -> Option<i64> {
+        let k = self.count().min(self.recent.len());
+        if k == 0 {
+            return None;
+        }
+        let mut v = self.recent;
+        let v = &mut v[..k];
+        v.sort_unstable();
+        Some(i64::from(v[k / 2]))
+    }
+}
+
+/// How a lost signal was reported.
+const LOST_NO: u8 = 0;
+const LOST_SIGNAL: u8 = 1;
+const LOST_DEVICE: u8 = 2;
+
+/// A device of a patient: when it last sent anything, and whether it is reported silent.
+#[derive(Default, Clone, Serialize, Deserialize)]
+struct DeviceSeen {
+    device: String,
+    last: i64,
+    silent: bool,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -72,6 +157,33 @@ struct VitalTrack {
     history: VecDeque<(i64, f64)>,
     /// Per baseline signal: (mean, variance, first reading ms, last reading ms).
     baselines: HashMap<String, (f64, f64, i64, i64)>,
+    /// The time of the last reading of any validity (for the cadence).
+    #[serde(default)]
+    seen: Option<i64>,
+    #[serde(default)]
+    cadence: Cadence,
+    /// Accepted readings within the suspect window (vitals with a `max_step`).
+    #[serde(default)]
+    recent: VecDeque<(i64, f64)>,
+    /// The vital's evidence stopped: its signals are retracted until a valid reading.
+    #[serde(default)]
+    suspended: bool,
+    /// Its loss was reported ([`LOST_SIGNAL`], [`LOST_DEVICE`]) or not.
+    #[serde(default)]
+    lost: u8,
+    /// Readings were rejected since the last valid one.
+    #[serde(default)]
+    rejected: bool,
+    /// The device of the last valid reading.
+    #[serde(default)]
+    device: String,
+}
+
+impl VitalTrack {
+    /// Seen flowing at least every `within` ms: a loss of it is worth a technical alert.
+    fn continuous(&self, within: i64) -> bool {
+        self.cadence.count() >= 3 && self.cadence.usual().is_some_and(|u| u <= within)
+    }
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -79,8 +191,57 @@ struct PatientState {
     vitals: HashMap<String, VitalTrack>,
     /// The current reading per signal key, with its band.
     emitted: HashMap<String, (i64, Reading)>,
-    /// The staleness check this patient has pending, if any.
-    stale_check: Option<i64>,
+    /// The check (staleness, gaps, lost signals) this patient has pending, if any.
+    #[serde(alias = "stale_check")]
+    check: Option<i64>,
+    /// The devices that send this patient's readings.
+    #[serde(default)]
+    devices: Vec<DeviceSeen>,
+}
+
+/// Retracts the signals of `vital` a rule judges as they are (its evidence stopped) and
+/// has the smoothed ones (NEWS2's) judged again; marks the vital suspended.
+fn suspend(
+    patient: &str,
+    track: &mut VitalTrack,
+    signals: &[Signal],
+    emitted: &mut HashMap<String, (i64, Reading)>,
+    out: &mut Vec<Change>,
+) {
+    if track.suspended {
+        return;
+    }
+    track.suspended = true;
+    for s in signals {
+        let key = signal_key(s);
+        if matches!(s, Signal::Smoothed { .. }) {
+            out.push(Change::Touch((patient.to_string(), key)));
+        } else if let Some((_, r)) = emitted.remove(&key) {
+            out.push(Change::Reading((patient.to_string(), key), r, -1));
+        }
+    }
+}
+
+/// A short name clinicians use for a vital: the usual LOINC codes, else the mapping's name.
+pub fn vital_label(vital: &str, names: &super::rules::Vitals) -> String {
+    let known = match vital {
+        "8867-4" => "Heart rate",
+        "59408-5" | "2708-6" | "20564-1" => "SpO2",
+        "9279-1" => "Respiratory rate",
+        "8480-6" => "Systolic BP",
+        "8462-4" => "Diastolic BP",
+        "8478-0" => "Mean BP",
+        "8310-5" => "Temperature",
+        "8889-8" => "Pulse rate",
+        _ => return names.label(vital).unwrap_or(vital).to_string(),
+    };
+    known.to_string()
+}
+
+fn clock(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%H:%M:%S").to_string())
+        .unwrap_or_default()
 }
 
 /// Drops from a vital's history what no signal can read any more: readings older than
@@ -139,8 +300,10 @@ pub struct VitalState {
     boundaries: HashMap<Signal, Vec<f64>>,
     #[serde(skip)]
     by_vital: HashMap<String, Vec<Signal>>,
-    /// (event ms, patient): when a patient's NEWS2 parameters may go stale.
-    stale_checks: std::collections::BTreeSet<(i64, String)>,
+    /// (event ms, patient): when a patient's next check is due (NEWS2 parameters going
+    /// stale, a vital's evidence gap, a lost signal).
+    #[serde(alias = "stale_checks")]
+    checks: std::collections::BTreeSet<(i64, String)>,
 }
 
 impl VitalState {
@@ -198,55 +361,155 @@ impl VitalState {
         self.patients.get(patient)?.emitted.get(key).map(|(_, r)| r)
     }
 
-    /// The earliest pending staleness check.
-    pub fn next_check(&self) -> Option<i64> {
-        self.stale_checks.first().map(|(t, _)| *t)
+    /// Whether the patient's `vital` is suspended: its evidence stopped (a gap, a rejected
+    /// or suspect reading) and no valid reading has come since.
+    pub fn suspended(&self, patient: &str, vital: &str) -> bool {
+        self.patients
+            .get(patient)
+            .and_then(|p| p.vitals.get(vital))
+            .is_some_and(|t| t.suspended)
     }
 
-    /// Retracts, as of event time `now`, every NEWS2 parameter whose last reading is older
-    /// than `stale_after`: a parameter that stopped coming stops counting (by its last
-    /// reading, not its last band change). Changes are tagged with the patient.
-    pub fn expire(&mut self, now: i64, stale_after: i64, out: &mut Vec<Change>) {
-        while let Some((t, patient)) = self.stale_checks.first().cloned() {
+    /// The earliest pending check.
+    pub fn next_check(&self) -> Option<i64> {
+        self.checks.first().map(|(t, _)| *t)
+    }
+
+    /// Runs the checks due at or before event time `now`, each at its own time: NEWS2
+    /// parameters older than `stale_after` stop counting (by their last reading, not their
+    /// last band change); a vital with no valid reading for longer than its `max_gap` is
+    /// suspended; a continuous one with none for `signal_lost_after` raises a technical
+    /// condition. Changes are tagged with the patient.
+    pub fn check(
+        &mut self,
+        now: i64,
+        stale_after: Option<i64>,
+        rules: &RuleSet,
+        names: &super::rules::Vitals,
+        out: &mut Vec<Change>,
+    ) {
+        let tech = &rules.technical;
+        let lost_after = tech.signal_lost_after_ms;
+        let continuous = tech.continuous_within_ms();
+        while let Some((t, patient)) = self.checks.first().cloned() {
             if t > now {
                 break;
             }
-            self.stale_checks.pop_first();
+            self.checks.pop_first();
             let Some(st) = self.patients.get_mut(&patient) else {
                 continue;
             };
-            st.stale_check = None;
-            let stale_before = t - stale_after;
-            let vitals = &st.vitals;
-            let last_of = |k: &str| {
-                k.strip_prefix("smoothed:")
-                    .and_then(|rest| rest.rsplit_once(':'))
-                    .and_then(|(vital, _)| vitals.get(vital))
-                    .and_then(|t| t.last)
-                    .map(|(at, _)| at)
-            };
-            let mut stale: Vec<String> = st
-                .emitted
-                .keys()
-                .filter(|k| last_of(k).is_some_and(|at| at <= stale_before))
-                .cloned()
-                .collect();
-            stale.sort();
-            let next = st
-                .emitted
-                .keys()
-                .filter_map(|k| last_of(k))
-                .filter(|at| *at > stale_before)
-                .min();
-            for k in stale {
-                if let Some((_, r)) = st.emitted.remove(&k) {
-                    out.push(Change::Reading((patient.clone(), k), r, -1));
+            st.check = None;
+            let mut next: Option<i64> = None;
+            let mut due = |d: i64| next = Some(next.map_or(d, |n: i64| n.min(d)));
+            if let Some(stale_after) = stale_after {
+                let stale_before = t - stale_after;
+                let vitals = &st.vitals;
+                let last_of = |k: &str| {
+                    k.strip_prefix("smoothed:")
+                        .and_then(|rest| rest.rsplit_once(':'))
+                        .and_then(|(vital, _)| vitals.get(vital))
+                        .and_then(|t| t.last)
+                        .map(|(at, _)| at)
+                };
+                let mut stale: Vec<String> = st
+                    .emitted
+                    .keys()
+                    .filter(|k| last_of(k).is_some_and(|at| at <= stale_before))
+                    .cloned()
+                    .collect();
+                stale.sort();
+                if let Some(at) = st
+                    .emitted
+                    .keys()
+                    .filter_map(|k| last_of(k))
+                    .filter(|at| *at > stale_before)
+                    .min()
+                {
+                    due(at + stale_after);
+                }
+                for k in stale {
+                    if let Some((_, r)) = st.emitted.remove(&k) {
+                        out.push(Change::Reading((patient.clone(), k), r, -1));
+                    }
                 }
             }
-            if let Some(at) = next {
-                let due = at + stale_after;
-                st.stale_check = Some(due);
-                self.stale_checks.insert((due, patient));
+            let mut vitals: Vec<&String> = st.vitals.keys().collect();
+            vitals.sort();
+            let vitals: Vec<String> = vitals.into_iter().cloned().collect();
+            for vital in vitals {
+                let track = st.vitals.get_mut(&vital).expect("track");
+                let Some((last_at, last_v)) = track.last else {
+                    continue;
+                };
+                let gap = rules.evidence.max_gap(&vital, track.cadence.usual());
+                if !track.suspended {
+                    if t - last_at > gap {
+                        let signals = self.by_vital.get(&vital).map_or(&[][..], |v| v);
+                        suspend(&patient, track, signals, &mut st.emitted, out);
+                    } else {
+                        due(last_at.saturating_add(gap).saturating_add(1));
+                    }
+                }
+                if !tech.enabled || track.lost != LOST_NO || !track.continuous(continuous) {
+                    continue;
+                }
+                if t - last_at < lost_after {
+                    due(last_at.saturating_add(lost_after));
+                    continue;
+                }
+                let device = track.device.clone();
+                let seen = st.devices.iter_mut().find(|d| d.device == device);
+                // Nothing at all from its device since: the monitor, not the probe.
+                let silent = seen.as_ref().is_some_and(|d| d.last <= last_at);
+                let label = vital_label(&vital, names);
+                let change = |rule: String, title: String, since: i64, detail: String| {
+                    Change::Technical(TechnicalChange {
+                        patient: patient.clone(),
+                        rule,
+                        title,
+                        vital: vital.clone(),
+                        device: device.clone(),
+                        on: true,
+                        since,
+                        last: (last_at, last_v),
+                        detail,
+                    })
+                };
+                if silent {
+                    track.lost = LOST_DEVICE;
+                    let d = seen.expect("seen");
+                    if !d.silent {
+                        d.silent = true;
+                        out.push(change(
+                            format!("{DEVICE_SILENT}/{device}"),
+                            "Monitor silent".into(),
+                            d.last,
+                            format!("no message from the device since {}", clock(d.last)),
+                        ));
+                    }
+                } else {
+                    track.lost = LOST_SIGNAL;
+                    let why = if track.rejected {
+                        "only implausible readings"
+                    } else {
+                        "no reading"
+                    };
+                    out.push(change(
+                        format!("{SIGNAL_LOST}/{vital}"),
+                        format!("{label} signal lost"),
+                        last_at,
+                        format!(
+                            "{why} since {} (last valid {last_v} at {})",
+                            clock(last_at),
+                            clock(last_at)
+                        ),
+                    ));
+                }
+            }
+            if let Some(d) = next {
+                st.check = Some(d);
+                self.checks.insert((d, patient));
             }
         }
     }
@@ -255,8 +518,8 @@ impl VitalState {
     pub fn absorb(&mut self, other: VitalState, keep: &dyn Fn(&str) -> bool) {
         for (p, st) in other.patients {
             if keep(&p) {
-                if let Some(due) = st.stale_check {
-                    self.stale_checks.insert((due, p.clone()));
+                if let Some(due) = st.check {
+                    self.checks.insert((due, p.clone()));
                 }
                 self.patients.insert(p, st);
             }
@@ -266,8 +529,8 @@ impl VitalState {
     /// Forgets a patient (silent beyond the horizon).
     pub fn forget(&mut self, patient: &str) {
         if let Some(st) = self.patients.remove(patient) {
-            if let Some(due) = st.stale_check {
-                self.stale_checks.remove(&(due, patient.to_string()));
+            if let Some(due) = st.check {
+                self.checks.remove(&(due, patient.to_string()));
             }
         }
     }
@@ -301,6 +564,31 @@ impl VitalState {
         let at = m.occurrence_time.timestamp_millis();
         let stamp = m.received_ms.unwrap_or(0);
         let st = self.patients.entry(patient.clone()).or_default();
+        // Anything from a device shows it is not silent.
+        match st.devices.iter_mut().find(|d| d.device == m.device_id) {
+            Some(d) => {
+                d.last = d.last.max(at);
+                if std::mem::take(&mut d.silent) {
+                    out.push(Change::Technical(TechnicalChange {
+                        patient: patient.clone(),
+                        rule: format!("{DEVICE_SILENT}/{}", m.device_id),
+                        title: "Monitor silent".into(),
+                        vital: String::new(),
+                        device: m.device_id.clone(),
+                        on: false,
+                        since: at,
+                        last: (at, 0.0),
+                        detail: "the device sends again".into(),
+                    }));
+                }
+            }
+            None => st.devices.push(DeviceSeen {
+                device: m.device_id.clone(),
+                last: at,
+                silent: false,
+            }),
+        }
+        let mut arm: Option<i64> = None;
         for (name, raw) in &m.properties {
             let Some(vital) = vitals.of(&m.type_name, name) else {
                 continue;
@@ -308,39 +596,97 @@ impl VitalState {
             let Some(signals) = self.by_vital.get(vital) else {
                 continue;
             };
-            let Some(v) = rules.number(vital, raw) else {
-                out.push(Change::Rejected {
-                    vital: vital.to_string(),
-                    reason: "not a number",
-                });
-                continue;
-            };
             let track = st.vitals.entry(vital.to_string()).or_default();
-            if let Some(q) = rules.quality.get(vital) {
-                let reason = if q.min.is_some_and(|lo| v < lo) {
-                    Some("below the plausible minimum")
-                } else if q.max.is_some_and(|hi| v > hi) {
-                    Some("above the plausible maximum")
-                } else if let (Some(step), Some((t0, last))) = (q.max_step, track.last) {
-                    // A jump no physiology makes between close readings: probe off, motion.
-                    ((v - last).abs() > step && at - t0 < 60_000).then_some("implausible jump")
-                } else {
-                    None
-                };
-                if let Some(reason) = reason {
-                    out.push(Change::Rejected {
-                        vital: vital.to_string(),
-                        reason,
-                    });
-                    continue;
-                }
-            }
             if track.last.is_some_and(|(t0, _)| at < t0) {
                 // Late data (a device syncing its backlog): it belongs to the record, not to
                 // the alerting picture of now.
                 continue;
             }
+            if let Some(prev) = track.seen {
+                if at > prev {
+                    track.cadence.push(at - prev);
+                }
+            }
+            track.seen = Some(track.seen.map_or(at, |p| p.max(at)));
+            let q = rules.quality.get(vital);
+            let reason = match rules.number(vital, raw) {
+                None => Some("not a number"),
+                Some(v) => q.and_then(|q| {
+                    if q.min.is_some_and(|lo| v < lo) {
+                        Some("below the plausible minimum")
+                    } else if q.max.is_some_and(|hi| v > hi) {
+                        Some("above the plausible maximum")
+                    } else if let (Some(step), Some((t0, last))) = (q.max_step, track.last) {
+                        // A jump no physiology makes between close readings: probe off,
+                        // motion; or a fall (rise) that fast within a few seconds, as a
+                        // slipping probe reads before it reads nothing.
+                        let within = rules.evidence.suspect_within_ms;
+                        if (v - last).abs() > step && at - t0 < 60_000 {
+                            Some("implausible jump")
+                        } else if track
+                            .recent
+                            .iter()
+                            .any(|(t, x)| at - t <= within && (v - x).abs() > step)
+                        {
+                            Some("implausible change")
+                        } else {
+                            None
+                        }
+                    } else {
+                        None
+                    }
+                }),
+            };
+            if let Some(reason) = reason {
+                out.push(Change::Rejected {
+                    vital: vital.to_string(),
+                    reason,
+                });
+                track.rejected = true;
+                suspend(patient, track, signals, &mut st.emitted, out);
+                continue;
+            }
+            let v = rules.number(vital, raw).expect("a number");
+            if std::mem::take(&mut track.suspended) {
+                for s in signals {
+                    if matches!(s, Signal::Smoothed { .. }) {
+                        out.push(Change::Touch((patient.clone(), signal_key(s))));
+                    }
+                }
+            }
+            if track.device != m.device_id {
+                track.device = m.device_id.clone();
+            }
+            let was_lost = std::mem::replace(&mut track.lost, LOST_NO);
+            if was_lost == LOST_SIGNAL {
+                out.push(Change::Technical(TechnicalChange {
+                    patient: patient.clone(),
+                    rule: format!("{SIGNAL_LOST}/{vital}"),
+                    title: format!("{} signal lost", vital_label(vital, vitals)),
+                    vital: vital.to_string(),
+                    device: m.device_id.clone(),
+                    on: false,
+                    since: at,
+                    last: (at, v),
+                    detail: format!("valid readings again ({v} at {})", clock(at)),
+                }));
+            }
+            track.rejected = false;
+            if q.is_some_and(|q| q.max_step.is_some()) {
+                let within = rules.evidence.suspect_within_ms;
+                while track.recent.front().is_some_and(|(t, _)| at - t > within) {
+                    track.recent.pop_front();
+                }
+                track.recent.push_back((at, v));
+            }
             track.last = Some((at, v));
+            let gap = rules.evidence.max_gap(vital, track.cadence.usual());
+            let mut d = at.saturating_add(gap).saturating_add(1);
+            let tech = &rules.technical;
+            if tech.enabled && track.continuous(tech.continuous_within_ms()) {
+                d = d.min(at.saturating_add(tech.signal_lost_after_ms));
+            }
+            arm = Some(arm.map_or(d, |a| a.min(d)));
             for s in signals {
                 let value = match s {
                     Signal::Value(_) => Some(v),
@@ -438,10 +784,19 @@ impl VitalState {
                 .keys()
                 .filter(|k| k.starts_with("smoothed:"))
                 .count();
-            if newest > 0 && st.stale_check.is_none() {
+            if newest > 0 {
                 let due = at + n.stale_after.as_millis().min(i64::MAX as u128 / 2) as i64;
-                st.stale_check = Some(due);
-                self.stale_checks.insert((due, patient.clone()));
+                arm = Some(arm.map_or(due, |a| a.min(due)));
+            }
+        }
+        // One pending check per patient, at the earliest of its deadlines: a check that
+        // finds nothing due re-arms itself at the next one.
+        if let Some(due) = arm {
+            if st.check.is_none_or(|c| due < c) {
+                if let Some(c) = st.check.replace(due) {
+                    self.checks.remove(&(c, patient.clone()));
+                }
+                self.checks.insert((due, patient.clone()));
             }
         }
     }
@@ -668,9 +1023,109 @@ mod tests {
         );
         assert_eq!(
             values_of(&out, "value:"),
-            vec![(80.0, 1)],
-            "85 is in the same band as 80"
+            vec![(80.0, 1), (80.0, -1), (85.0, 1), (85.0, -1)],
+            "a rejected reading suspends the vital (its reading is retracted) and the next \
+             valid one is judged afresh"
         );
+        assert!(s.suspended("P-1", "8867-4"), "\"abc\" left it suspended");
+    }
+
+    #[test]
+    fn a_gap_longer_than_max_gap_suspends_a_vital_and_a_reading_resumes_it() {
+        let (v, r) =
+            setup("[[rule]]\nid = \"hr\"\nvital = \"heartRate\"\nabove = { warning = 130 }\n");
+        let (mut s, mut out) = state(&r);
+        for t in 0..10 {
+            s.add(&hr(t, "140"), &v, &r, &mut out);
+        }
+        let t0 = 1_800_000_000_000i64;
+        // 1 Hz: max_gap is 5 s (4 s, at least 5). Nothing due until 9 s + 5 s.
+        s.check(t0 + 14_000, None, &r, &v, &mut out);
+        assert!(!s.suspended("P-1", "8867-4"));
+        s.check(t0 + 14_001, None, &r, &v, &mut out);
+        assert!(s.suspended("P-1", "8867-4"), "a gap of more than 5 s");
+        assert_eq!(values_of(&out, "value:"), vec![(140.0, 1), (140.0, -1)]);
+        // The signal was flowing: 30 s without a valid reading is a technical condition.
+        out.clear();
+        s.check(t0 + 39_000, None, &r, &v, &mut out);
+        let lost: Vec<(String, bool, i64)> = out
+            .iter()
+            .filter_map(|c| match c {
+                Change::Technical(t) => Some((t.rule.clone(), t.on, t.since)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            lost,
+            vec![("device-silent/BM-1".to_string(), true, t0 + 9_000)],
+            "nothing at all came from the device: the monitor, not the probe"
+        );
+        out.clear();
+        s.add(&hr(60, "141"), &v, &r, &mut out);
+        assert!(!s.suspended("P-1", "8867-4"));
+        assert_eq!(values_of(&out, "value:"), vec![(141.0, 1)], "judged afresh");
+        assert!(
+            out.iter()
+                .any(|c| matches!(c, Change::Technical(t) if !t.on)),
+            "the device sends again: {out:?}"
+        );
+    }
+
+    #[test]
+    fn rejected_readings_from_a_sending_device_are_a_lost_signal_not_a_silent_monitor() {
+        let (v, r) = setup(
+            "[[rule]]\nid = \"hr\"\nvital = \"heartRate\"\nabove = { warning = 130 }\n[quality]\nheartRate = { min = 20 }\n",
+        );
+        let (mut s, mut out) = state(&r);
+        for t in 0..10 {
+            s.add(&hr(t, "80"), &v, &r, &mut out);
+        }
+        for t in 10..60 {
+            s.add(&hr(t, "0"), &v, &r, &mut out);
+        }
+        out.clear();
+        s.check(1_800_000_000_000 + 60_000, None, &r, &v, &mut out);
+        let lost: Vec<(String, String)> = out
+            .iter()
+            .filter_map(|c| match c {
+                Change::Technical(t) if t.on => Some((t.rule.clone(), t.detail.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(lost.len(), 1, "{out:?}");
+        assert_eq!(lost[0].0, "signal-lost/8867-4");
+        assert!(
+            lost[0].1.starts_with("only implausible readings"),
+            "{lost:?}"
+        );
+    }
+
+    #[test]
+    fn a_fall_faster_than_max_step_within_seconds_is_suspect() {
+        let (v, r) = setup(
+            "[[rule]]\nid = \"hr\"\nvital = \"heartRate\"\nbelow = { warning = 50 }\n[quality]\nheartRate = { min = 20, max_step = 30 }\n",
+        );
+        let (mut s, mut out) = state(&r);
+        // Each step is under 30, but 80 -> 45 within 3 s is not physiology (80 -> 50 is
+        // the most there is).
+        for (t, x) in [(0, "80"), (1, "80"), (2, "62"), (3, "50"), (4, "45")] {
+            s.add(&hr(t, x), &v, &r, &mut out);
+        }
+        let reasons: Vec<&str> = out
+            .iter()
+            .filter_map(|c| match c {
+                Change::Rejected { reason, .. } => Some(*reason),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reasons, vec!["implausible change"]);
+        // A slow fall of the same size is physiology.
+        let (mut s, mut out) = state(&r);
+        for (i, x) in ["80", "70", "60", "50", "45"].iter().enumerate() {
+            s.add(&hr(i as i64 * 20, x), &v, &r, &mut out);
+        }
+        assert!(!out.iter().any(|c| matches!(c, Change::Rejected { .. })));
+        assert!(values_of(&out, "value:").contains(&(50.0, 1)));
     }
 
     #[test]

@@ -16,12 +16,15 @@ use vitalflow::config::JobConfig;
 /// Help shown after `vitalflow alerts --help`.
 pub const ALERTS_HELP: &str = "Lines show time (event time), severity, state (open, escalated, \
 resolved), patient, what and the value, then rule, device, since when and the alert id. \
-Colours on a terminal: red critical, yellow warning, green resolved.
+Technical alerts (signal lost, monitor silent: about the equipment, not the patient) show \
+TECHNICAL where physiological ones show their severity. Colours on a terminal: red \
+critical, yellow warning, cyan technical, green resolved.
 
 Examples:
   vitalflow alerts                                           # the embedded default's, from ./vitalflow-out
   vitalflow alerts --job dataflows/icu.toml                  # new alerts, until Ctrl-C
   vitalflow alerts --job dataflows/icu.toml --from-beginning --no-follow
+  vitalflow alerts --job dataflows/icu.toml --category technical   # lost signals only
   vitalflow alerts --job dataflows/icu.toml --format json | jq .text";
 
 /// Arguments of `vitalflow alerts`.
@@ -39,6 +42,18 @@ pub struct AlertsArgs {
     /// Output format [default: lines on a terminal, json otherwise].
     #[arg(long, value_enum)]
     format: Option<Format>,
+    /// Only alerts of this category [default: both].
+    #[arg(long, value_enum)]
+    category: Option<AlertCategory>,
+}
+
+/// The two kinds of alert (IEC 60601-1-8).
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AlertCategory {
+    /// About the patient.
+    Physiological,
+    /// About the signal or the device.
+    Technical,
 }
 
 /// Runs `vitalflow alerts`.
@@ -55,9 +70,16 @@ pub fn run(args: AlertsArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let style = match resolve(args.format) {
+    let format = match resolve(args.format) {
         Format::Json => Style::Json,
         Format::Table => Style::Lines(std::io::stdout().is_terminal()),
+    };
+    let style = Shown {
+        format,
+        category: args.category.map(|c| match c {
+            AlertCategory::Physiological => "physiological",
+            AlertCategory::Technical => "technical",
+        }),
     };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -81,14 +103,34 @@ enum Style {
     Json,
 }
 
-/// One alert as a line: time, severity, state, patient, what, since.
+/// How to show alerts, and which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shown {
+    format: Style,
+    /// Only this category (as written in the records).
+    category: Option<&'static str>,
+}
+
+/// The category of an alert record (records from before categories are physiological).
+fn category_of(a: &Value) -> &str {
+    a["category"].as_str().unwrap_or("physiological")
+}
+
+/// One alert as a line: time, severity (TECHNICAL for technical alerts), state, patient,
+/// what, since.
 fn line(a: &Value, colour: bool) -> String {
     let s = |k: &str| a[k].as_str().unwrap_or("");
-    let severity = s("severity").to_uppercase();
+    let technical = category_of(a) == "technical";
+    let severity = if technical {
+        "TECHNICAL".to_string()
+    } else {
+        s("severity").to_uppercase()
+    };
     let state = s("state");
     let (on, off) = match (colour, state, s("severity")) {
         (false, _, _) => ("", ""),
         (true, "resolved", _) => ("\x1b[32m", "\x1b[0m"),
+        (true, _, _) if technical => ("\x1b[36m", "\x1b[0m"),
         (true, _, "critical") => ("\x1b[1;31m", "\x1b[0m"),
         (true, _, _) => ("\x1b[33m", "\x1b[0m"),
     };
@@ -100,7 +142,7 @@ fn line(a: &Value, colour: bool) -> String {
         .map(|v| format!(" {v}"))
         .unwrap_or_default();
     format!(
-        "{at} {on}{severity:<8} {state:<9}{off} {patient:<16} {title}{value}  [{rule}, device {device}, since {since}, id {id}]",
+        "{at} {on}{severity:<9} {state:<9}{off} {patient:<16} {title}{value}  [{rule}, device {device}, since {since}, id {id}]",
         patient = s("patient"),
         title = s("title"),
         rule = s("rule"),
@@ -110,13 +152,14 @@ fn line(a: &Value, colour: bool) -> String {
     )
 }
 
-fn show(out: &mut impl Write, payload: &[u8], style: Style) -> anyhow::Result<()> {
-    match style {
+fn show(out: &mut impl Write, payload: &[u8], shown: Shown) -> anyhow::Result<()> {
+    let v: Value = serde_json::from_slice(payload).context("an alert that is not JSON")?;
+    if shown.category.is_some_and(|c| c != category_of(&v)) {
+        return Ok(());
+    }
+    match shown.format {
         Style::Json => out.write_all(payload).and_then(|()| out.write_all(b"\n"))?,
-        Style::Lines(colour) => {
-            let v: Value = serde_json::from_slice(payload).context("an alert that is not JSON")?;
-            writeln!(out, "{}", line(&v, colour))?;
-        }
+        Style::Lines(colour) => writeln!(out, "{}", line(&v, colour))?,
     }
     out.flush()?;
     Ok(())
@@ -128,7 +171,7 @@ fn tail(
     job: &JobConfig,
     from_beginning: bool,
     follow: bool,
-    style: Style,
+    style: Shown,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();

@@ -428,10 +428,12 @@ fn bench_alerts(args: BenchAlertsArgs) -> ExitCode {
     let vf =
         vitalflow::bench_alerts::total(&results.iter().map(|r| &r.vitalflow).collect::<Vec<_>>());
     let nv = vitalflow::bench_alerts::total(&results.iter().map(|r| &r.naive).collect::<Vec<_>>());
+    let tc =
+        vitalflow::bench_alerts::total(&results.iter().map(|r| &r.technical).collect::<Vec<_>>());
     match format {
         Format::Json => outln!(
             "{}",
-            json!({"scenarios": results, "total": {"vitalflow": vf, "naive": nv}})
+            json!({"scenarios": results, "total": {"vitalflow": vf, "technical": tc, "naive": nv}})
         ),
         Format::Table => {
             let mut t = Table::new();
@@ -468,9 +470,13 @@ fn bench_alerts(args: BenchAlertsArgs) -> ExitCode {
             };
             for r in &results {
                 row(&r.name, "vitalflow", &r.vitalflow);
+                if r.technical.events + r.technical.alerts > 0 {
+                    row("", "technical", &r.technical);
+                }
                 row("", "naive", &r.naive);
             }
             row("TOTAL", "vitalflow", &vf);
+            row("", "technical", &tc);
             row("", "naive", &nv);
             outln!("{t}");
             for r in &results {

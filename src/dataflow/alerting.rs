@@ -22,11 +22,11 @@
 use super::control::Control;
 use super::event_clock::{Mark, Watermark};
 use super::route;
-use crate::anomaly::judge::Judge;
-use crate::anomaly::lifecycle::{Alert, Lifecycle};
+use crate::anomaly::judge::{Judge, Verdict};
+use crate::anomaly::lifecycle::{Alert, Category, Condition, Lifecycle};
 use crate::anomaly::reload::Rules;
 use crate::anomaly::rules::{RuleSet, Vitals};
-use crate::anomaly::signals::{Change, VitalState};
+use crate::anomaly::signals::{Change, TechnicalChange, VitalState};
 use crate::metrics::Metrics;
 use crate::model::Measurement;
 use std::collections::{BTreeMap, HashMap};
@@ -83,7 +83,7 @@ pub struct PatientAlerts {
     /// Event time everything up to which has been applied.
     applied: Option<i64>,
     changes: Vec<Change>,
-    judged: Vec<(String, Option<crate::anomaly::lifecycle::Condition>)>,
+    judged: Vec<(String, Verdict)>,
     metrics: Arc<Metrics>,
     /// Highest offset taken in per source partition (what a checkpoint covers).
     seen: Offsets,
@@ -154,11 +154,12 @@ impl PatientAlerts {
             .insert((at.saturating_add(self.idle_after), patient.to_string()));
     }
 
-    /// The patient's deadline passed: forgotten, or, with an alert open, looked at again
-    /// one idle period later.
-    fn forget(&mut self, due: i64, patient: String) {
+    /// The patient's deadline passed: their technical alerts resolve (monitoring ended),
+    /// and they are forgotten, or, with a physiological alert open, looked at again one
+    /// idle period later.
+    fn forget(&mut self, due: i64, patient: String, out: &mut Vec<Alert>) {
         self.idle.remove(&(due, patient.clone()));
-        if self.lifecycle.has_open(&patient) {
+        if self.lifecycle.end_monitoring(&patient, due, out) {
             self.idle
                 .insert((due.saturating_add(self.idle_after), patient));
             return;
@@ -386,19 +387,16 @@ impl PatientAlerts {
                 Some((k, _)) => Some(k.0),
                 None => self.waiting.first_key_value().map(|(k, _)| k.0),
             };
-            let next_t = [
-                self.lifecycle.next_timer(),
-                stale_after.and(self.vitals.next_check()),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
+            let next_t = [self.lifecycle.next_timer(), self.vitals.next_check()]
+                .into_iter()
+                .flatten()
+                .min();
             // Forgetting comes last at its time: everything due then happens first.
             if let Some((due, patient)) = self.idle.first().cloned() {
                 let first = [next_m, next_t].into_iter().flatten().all(|t| due < t);
                 if due <= to && first {
                     self.dirty = true;
-                    self.forget(due, patient);
+                    self.forget(due, patient, out);
                     continue;
                 }
             }
@@ -407,10 +405,9 @@ impl PatientAlerts {
                 // Timers due at a measurement's time fire first: the condition held until then.
                 (m, Some(t)) if m.is_none_or(|m| t <= m) => {
                     self.dirty = true;
-                    if let Some(stale) = stale_after {
-                        self.vitals.expire(t, stale, &mut self.changes);
-                        self.apply_changes(t, out);
-                    }
+                    self.vitals
+                        .check(t, stale_after, &self.rules, &self.names, &mut self.changes);
+                    self.apply_changes(t, out);
                     self.lifecycle.advance(t, out);
                 }
                 _ => {
@@ -440,14 +437,16 @@ impl PatientAlerts {
         }
         let mut touched: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut rejected: HashMap<(String, &'static str), u64> = HashMap::new();
+        let mut technical: Vec<TechnicalChange> = Vec::new();
         for c in self.changes.drain(..) {
             match c {
-                Change::Reading((patient, key), _, _) => {
+                Change::Reading((patient, key), _, _) | Change::Touch((patient, key)) => {
                     let keys = touched.entry(patient).or_default();
                     if !keys.contains(&key) {
                         keys.push(key);
                     }
                 }
+                Change::Technical(t) => technical.push(t),
                 Change::Rejected { vital, reason } => {
                     *rejected.entry((vital, reason)).or_default() += 1;
                 }
@@ -465,6 +464,24 @@ impl PatientAlerts {
         for (patient, keys) in touched {
             self.judge_signals(&patient, &keys, now, out);
         }
+        // In the order the vital state found them (patients and vitals in order).
+        let timing = self.rules.technical.timing();
+        for t in technical {
+            let c = Condition {
+                level: if t.on { 2 } else { 0 },
+                title: t.title,
+                vital: t.vital,
+                value: crate::anomaly::rules::milli(t.last.1),
+                at_ms: t.last.0,
+                stamp_ms: 0,
+                device: t.device,
+                timing,
+                detail: t.detail,
+                category: Category::Technical,
+                since_ms: t.on.then_some(t.since),
+            };
+            self.lifecycle.set(&t.patient, &t.rule, c, now, out);
+        }
     }
 
     /// Judges `signals` of `patient` and hands the conditions to the lifecycle at `now`.
@@ -472,10 +489,11 @@ impl PatientAlerts {
         self.judged.clear();
         self.judge
             .judge(patient, signals, &self.vitals, &mut self.judged);
-        for (rule, c) in self.judged.drain(..) {
-            match c {
-                Some(c) => self.lifecycle.set(patient, &rule, c, now, out),
-                None => self.lifecycle.clear(patient, &rule, now, out),
+        for (rule, v) in self.judged.drain(..) {
+            match v {
+                Verdict::Holds(c) => self.lifecycle.set(patient, &rule, c, now, out),
+                Verdict::Suspended => self.lifecycle.suspend(patient, &rule, now, out),
+                Verdict::Gone => self.lifecycle.clear(patient, &rule, now, out),
             }
         }
     }

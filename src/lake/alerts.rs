@@ -102,6 +102,7 @@ impl AlertTableSink {
             let day = chrono::DateTime::from_timestamp_micros(at_us).unwrap_or_default();
             c.date.append_value(date_of(&day));
             c.type_name.append_value(&a.rule);
+            c.category.append_value(a.category.as_str());
         }
         c.finish(ALERTS.arrow_schema())
     }
@@ -152,6 +153,7 @@ mod tests {
             rule: "hypoxia".into(),
             title: "Hypoxia".into(),
             severity: Severity::Critical,
+            category: crate::anomaly::lifecycle::Category::Physiological,
             state,
             since: crate::time::format_rfc3339(&at),
             at: crate::time::format_rfc3339(&at),

@@ -245,6 +245,9 @@ columns! {
         text: StringBuilder = "text", DataType::Utf8, false;
         date: Date32Builder = "date", DataType::Date32, false;
         type_name: StringBuilder = "type", DataType::Utf8, false;
+        // Added after the table's first release: nullable, so that older tables take it
+        // as a new column (their rows read as null: physiological, the only kind then).
+        category: StringBuilder = "category", DataType::Utf8, true;
     }
 }
 

@@ -266,10 +266,15 @@ async fn open_or_create(
             .with_storage_options(storage.clone())
             .build()?;
         match table.load().await {
-            Ok(()) => {
-                check_schema(&table, &kernel)?;
-                return Ok(table);
-            }
+            Ok(()) => match add_new_columns(table, &kernel).await {
+                Ok(table) => {
+                    check_schema(&table, &kernel)?;
+                    return Ok(table);
+                }
+                // Another worker added them first: load theirs.
+                Err(_) if attempt < 2 => continue,
+                Err(e) => return Err(e),
+            },
             Err(deltalake::DeltaTableError::NotATable(_)) if create => {}
             Err(deltalake::DeltaTableError::NotATable(_)) => {
                 return Err(anyhow!(
@@ -298,6 +303,23 @@ async fn open_or_create(
         }
     }
     unreachable!("the loop returns")
+}
+
+/// A table written by an earlier version lacks the nullable columns added since: they are
+/// added (one metadata commit; older rows read as null), so an upgrade needs no rewrite.
+async fn add_new_columns(table: DeltaTable, want: &StructType) -> anyhow::Result<DeltaTable> {
+    let have = table.snapshot()?.schema();
+    let new: Vec<_> = want
+        .fields()
+        .filter(|f| f.is_nullable() && have.field(f.name()).is_none())
+        .cloned()
+        .collect();
+    if new.is_empty() {
+        return Ok(table);
+    }
+    let names: Vec<String> = new.iter().map(|f| f.name().to_string()).collect();
+    tracing::info!(columns = %names.join(", "), "adding new columns to an existing table");
+    Ok(table.add_columns().with_fields(new).await?)
 }
 
 fn check_schema(table: &DeltaTable, want: &StructType) -> anyhow::Result<()> {

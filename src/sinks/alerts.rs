@@ -229,10 +229,18 @@ pub fn detected_issue(a: &Alert, who: &Identity) -> Value {
         "identifier": [{"system": "urn:vitalflow:alert", "value": a.id}],
         "status": if a.state == State::Resolved { "final" } else { "preliminary" },
         "code": {
-            "coding": [{"system": "urn:vitalflow:alert-rule", "code": a.rule, "display": a.title}],
+            "coding": [
+                {"system": "urn:vitalflow:alert-rule", "code": a.rule, "display": a.title},
+                {"system": "urn:vitalflow:alert-category", "code": a.category.as_str()},
+            ],
             "text": a.title,
         },
-        "severity": match a.severity { Severity::Critical => "high", Severity::Warning => "moderate" },
+        // A technical alert is about the equipment: low, whatever its priority on the ward.
+        "severity": match (a.category, a.severity) {
+            (crate::anomaly::lifecycle::Category::Technical, _) => "low",
+            (_, Severity::Critical) => "high",
+            (_, Severity::Warning) => "moderate",
+        },
         "patient": {"reference": format!("Patient/{}", who.patient)},
         "identifiedDateTime": a.since,
         "author": {"reference": format!("Device/{}", who.device)},
@@ -435,6 +443,7 @@ mod file_tests {
             rule: "hypoxia".into(),
             title: "SpO2 low".into(),
             severity: Severity::Critical,
+            category: crate::anomaly::lifecycle::Category::Physiological,
             state,
             since: t.clone(),
             at: t.clone(),

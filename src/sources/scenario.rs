@@ -25,6 +25,8 @@ pub struct Event {
     pub rules: Vec<String>,
     /// Least severity that counts (`critical` for an emergency escalation).
     pub severity: crate::anomaly::rules::Severity,
+    /// What kind of alert detects it.
+    pub category: crate::anomaly::lifecycle::Category,
 }
 
 /// A generated scenario.
@@ -92,16 +94,23 @@ struct SpecChange {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SpecArtifact {
+    /// The vital, or `*`: the whole message (with `missing`: the monitor sends nothing).
     vital: String,
     from: String,
     to: String,
-    /// The value sent instead (probe off as 0); absent with `missing`.
+    /// The value sent instead (probe off as 0); absent with `missing` or `points`.
     value: Option<toml::Value>,
+    /// Values sent instead, as (offset, value) points interpolated like a change's: a
+    /// slipping probe's falsely low readings.
+    points: Option<Vec<(String, f64)>>,
     /// The key is left out of the message instead (a probe off the gateway drops).
     #[serde(default)]
     missing: bool,
     /// Every this many seconds within the span (default: every reading).
     every: Option<u64>,
+    /// The patients (by index) it happens to; all when absent.
+    #[serde(default)]
+    patients: Option<Vec<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -116,6 +125,9 @@ struct SpecEvent {
     /// The patients (by index) it happens to; all when absent.
     #[serde(default)]
     patients: Option<Vec<u32>>,
+    /// `physiological` (default) or `technical` (a lost signal, a silent monitor).
+    #[serde(default)]
+    category: Option<String>,
 }
 
 const VITALS: [(&str, f64, f64); 8] = [
@@ -167,6 +179,14 @@ fn interpolate(points: &[(i64, f64)], t: i64) -> Option<f64> {
     points.last().map(|p| p.1)
 }
 
+/// What an artifact sends instead of the true value.
+enum ArtifactValue {
+    /// One value throughout.
+    Fixed(toml::Value),
+    /// (offset s, value) points, interpolated.
+    Points(Vec<(i64, f64)>),
+}
+
 /// A vital's trajectory: the vital, the patients it applies to (None: all), its points.
 type Trajectory = (String, Option<Vec<u32>>, Vec<(i64, f64)>);
 
@@ -201,17 +221,34 @@ pub fn generate(text: &str, file: &str, start: DateTime<Utc>) -> anyhow::Result<
     let every = |vital: &str| cadence.get(vital).copied().unwrap_or(1);
     let mut artifacts = Vec::new();
     for a in &spec.artifact {
+        let given = usize::from(a.missing)
+            + usize::from(a.value.is_some())
+            + usize::from(a.points.is_some());
         anyhow::ensure!(
-            a.missing || a.value.is_some(),
-            "{file}: artifact of {} needs a value or missing = true",
+            given == 1,
+            "{file}: artifact of {} needs one of value, points or missing = true",
             a.vital
         );
+        anyhow::ensure!(
+            a.vital != "*" || a.missing,
+            "{file}: an artifact of every vital (\"*\") is a silent monitor: missing = true"
+        );
+        let value = match (&a.value, &a.points) {
+            (Some(v), _) => Some(ArtifactValue::Fixed(v.clone())),
+            (_, Some(pts)) => Some(ArtifactValue::Points(
+                pts.iter()
+                    .map(|(t, v)| Ok((offset(t)?, *v)))
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+            )),
+            _ => None,
+        };
         artifacts.push((
             a.vital.clone(),
             offset(&a.from)?,
             offset(&a.to)?,
-            if a.missing { None } else { a.value.clone() },
+            value,
             a.every.unwrap_or(1).max(1) as i64,
+            a.patients.clone(),
         ));
     }
     let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(spec.seed);
@@ -255,6 +292,13 @@ pub fn generate(text: &str, file: &str, start: DateTime<Utc>) -> anyhow::Result<
                 Some("critical") => crate::anomaly::rules::Severity::Critical,
                 _ => crate::anomaly::rules::Severity::Warning,
             };
+            let category = match e.category.as_deref() {
+                None | Some("physiological") => crate::anomaly::lifecycle::Category::Physiological,
+                Some("technical") => crate::anomaly::lifecycle::Category::Technical,
+                Some(other) => {
+                    anyhow::bail!("{file}: event category \"{other}\": physiological or technical")
+                }
+            };
             events.push(Event {
                 patient: patient.clone(),
                 kind: e.kind.clone(),
@@ -262,6 +306,7 @@ pub fn generate(text: &str, file: &str, start: DateTime<Utc>) -> anyhow::Result<
                 end: t0 + chrono::Duration::seconds(offset(&e.end)?),
                 rules: e.rules.clone(),
                 severity,
+                category,
             });
         }
         let noise: Vec<Normal<f64>> = VITALS
@@ -323,16 +368,36 @@ pub fn generate(text: &str, file: &str, start: DateTime<Utc>) -> anyhow::Result<
                 // Charted, not measured: no noise.
                 v.insert("acvpu".into(), word("acvpu", base(7)));
             }
-            for (vital, from, to, val, every) in &artifacts {
-                if s < *from || s >= *to || (s - from) % every != 0 {
+            let mut silent = false;
+            for (vital, from, to, val, every, only) in &artifacts {
+                if s < *from
+                    || s >= *to
+                    || (s - from) % every != 0
+                    || only.as_ref().is_some_and(|ps| !ps.contains(&p))
+                {
+                    continue;
+                }
+                if vital == "*" {
+                    silent = true;
                     continue;
                 }
                 let j = match val {
                     None => None,
-                    Some(toml::Value::Integer(i)) => Some(serde_json::Value::from(*i)),
-                    Some(toml::Value::Float(f)) => Some(serde_json::Value::from(*f)),
-                    Some(toml::Value::String(x)) => Some(serde_json::Value::from(x.clone())),
-                    Some(toml::Value::Boolean(b)) => Some(serde_json::Value::from(*b)),
+                    Some(ArtifactValue::Fixed(toml::Value::Integer(i))) => {
+                        Some(serde_json::Value::from(*i))
+                    }
+                    Some(ArtifactValue::Fixed(toml::Value::Float(f))) => {
+                        Some(serde_json::Value::from(*f))
+                    }
+                    Some(ArtifactValue::Fixed(toml::Value::String(x))) => {
+                        Some(serde_json::Value::from(x.clone()))
+                    }
+                    Some(ArtifactValue::Fixed(toml::Value::Boolean(b))) => {
+                        Some(serde_json::Value::from(*b))
+                    }
+                    Some(ArtifactValue::Points(pts)) => {
+                        interpolate(pts, s).map(|v| serde_json::Value::from(v.round() as i64))
+                    }
                     _ => continue,
                 };
                 match (vital.as_str(), j) {
@@ -353,6 +418,9 @@ pub fn generate(text: &str, file: &str, start: DateTime<Utc>) -> anyhow::Result<
                         v.remove(vital.as_str());
                     }
                 }
+            }
+            if silent {
+                continue;
             }
             messages.push(SimMessage {
                 key: device.clone(),

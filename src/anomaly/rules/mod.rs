@@ -140,6 +140,9 @@ pub struct Rule {
     pub suppress: Duration,
     /// Unit of the thresholds, when the rule states one.
     pub unit: Option<String>,
+    /// The longest gap between two readings that still sustains a condition (None: the
+    /// vital's own, or what the job observes).
+    pub max_gap: Option<Duration>,
 }
 
 impl Rule {
@@ -273,8 +276,97 @@ pub struct Quality {
     pub min: Option<f64>,
     /// Highest plausible value.
     pub max: Option<f64>,
-    /// Largest plausible change from the previous accepted reading.
+    /// Largest plausible change from the previous accepted reading, and from any accepted
+    /// reading within [`Evidence::suspect_within`] before it.
     pub max_step: Option<f64>,
+    /// The longest gap between two readings that still sustains a condition.
+    pub max_gap: Option<Duration>,
+}
+
+/// What counts as evidence that a condition holds: a condition is sustained only by valid
+/// readings, with no gap between two of them longer than the vital's `max_gap`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Evidence {
+    /// Per vital, the `max_gap` the file sets (on the vital in `[quality]`, or the
+    /// smallest of the rules on it, or `[defaults] max_gap`), ms; other vitals use what
+    /// the job observes.
+    pub max_gap_ms: BTreeMap<String, i64>,
+    /// `[defaults] max_gap`, ms, when the file sets one.
+    pub default_max_gap_ms: Option<i64>,
+    /// A reading further than `max_step` from any accepted reading this recent is suspect.
+    pub suspect_within_ms: i64,
+}
+
+/// Observed `max_gap`: this many times the patient's usual interval for the vital...
+pub const GAP_INTERVALS: i64 = 4;
+/// ...at least this (ms)...
+pub const GAP_MIN_MS: i64 = 5_000;
+/// ...at most this (ms), which is also the gap allowed before an interval is known.
+pub const GAP_MAX_MS: i64 = 3_600_000;
+
+impl Evidence {
+    /// The `max_gap` of `vital`, ms, for a patient whose usual interval for it is `usual`.
+    pub fn max_gap(&self, vital: &str, usual: Option<i64>) -> i64 {
+        if let Some(g) = self
+            .max_gap_ms
+            .get(vital)
+            .or(self.default_max_gap_ms.as_ref())
+        {
+            return *g;
+        }
+        usual.map_or(GAP_MAX_MS, |u| {
+            u.saturating_mul(GAP_INTERVALS)
+                .clamp(GAP_MIN_MS, GAP_MAX_MS)
+        })
+    }
+}
+
+impl Default for Evidence {
+    fn default() -> Self {
+        Self {
+            max_gap_ms: BTreeMap::new(),
+            default_max_gap_ms: None,
+            suspect_within_ms: 10_000,
+        }
+    }
+}
+
+/// Technical alerts (IEC 60601-1-8): about the signal, not the patient.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Technical {
+    /// False: none are raised (readings are still judged as evidence).
+    pub enabled: bool,
+    /// A continuous vital with no valid reading this long raises "signal lost" (or
+    /// "monitor silent" when its device sent nothing at all), ms.
+    pub signal_lost_after_ms: i64,
+    /// Valid readings back this long resolve it, ms.
+    pub resolve_after_ms: i64,
+    /// A resolved technical alert does not reopen within this, ms.
+    pub suppress_ms: i64,
+}
+
+impl Technical {
+    /// Sustain, resolve and suppression times, as the lifecycle takes them (ms): the
+    /// condition is raised once it has held `signal_lost_after` already.
+    pub fn timing(&self) -> (i64, i64, i64) {
+        (0, self.resolve_after_ms, self.suppress_ms)
+    }
+
+    /// A vital read at least this often (ms) is continuous: its loss is a technical alert.
+    pub fn continuous_within_ms(&self) -> i64 {
+        self.signal_lost_after_ms / 3
+    }
+}
+
+impl Default for Technical {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            signal_lost_after_ms: 30_000,
+            resolve_after_ms: 10_000,
+            suppress_ms: 0,
+        }
+    }
 }
 
 /// A validated rule set.
@@ -291,6 +383,10 @@ pub struct RuleSet {
     /// Per vital, the number a text reading stands for (lower-case text), for devices that
     /// chart words: oxygen delivery `RA` / `NC`, a consciousness scale.
     pub text_values: BTreeMap<String, BTreeMap<String, f64>>,
+    /// What sustains a condition.
+    pub evidence: Evidence,
+    /// Technical alerts.
+    pub technical: Technical,
 }
 
 impl RuleSet {

@@ -24,6 +24,16 @@ struct RawFile {
     quality: BTreeMap<String, Spanned<RawQuality>>,
     #[serde(default)]
     text_values: BTreeMap<String, Spanned<BTreeMap<String, Spanned<toml::Value>>>>,
+    technical: Option<RawTechnical>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTechnical {
+    enabled: Option<bool>,
+    signal_lost_after: Option<Spanned<String>>,
+    resolve_after: Option<Spanned<String>>,
+    suppress: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -32,6 +42,8 @@ struct RawDefaults {
     sustained: Option<Spanned<String>>,
     resolve_after: Option<Spanned<String>>,
     suppress: Option<Spanned<String>>,
+    max_gap: Option<Spanned<String>>,
+    suspect_within: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -73,6 +85,7 @@ struct RawRule {
     sustained: Option<Spanned<String>>,
     resolve_after: Option<Spanned<String>>,
     suppress: Option<Spanned<String>>,
+    max_gap: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -98,6 +111,7 @@ struct RawQuality {
     min: Option<f64>,
     max: Option<f64>,
     max_step: Option<f64>,
+    max_gap: Option<Spanned<String>>,
 }
 
 /// The shared checker, with the rules' wording: problems name the rule rather than a field,
@@ -139,6 +153,20 @@ pub fn parse(text: &str, file: &str, vitals: &Vitals) -> Result<RuleSet, RuleErr
         "defaults.suppress",
         Duration::from_secs(600),
     );
+    let positive = |cx: &mut Cx<'_>, v: &Option<Spanned<String>>, what: &str| {
+        let d = cx.duration(v, what, Duration::ZERO);
+        if let (Some(span), true) = (v.as_ref().map(Spanned::span), d.is_zero()) {
+            cx.at(span, format!("{what} must be longer than 0s"));
+        }
+        v.as_ref().map(|_| ms_of(d))
+    };
+    let d_max_gap = positive(&mut cx, &raw.defaults.max_gap, "defaults.max_gap");
+    let suspect_within = cx.duration(
+        &raw.defaults.suspect_within,
+        "defaults.suspect_within",
+        Duration::from_secs(10),
+    );
+    let mut max_gap_ms: BTreeMap<String, i64> = BTreeMap::new();
     let mut rules = Vec::new();
     let mut ids: HashMap<String, std::ops::Range<usize>> = HashMap::new();
     for r in &raw.rule {
@@ -200,6 +228,12 @@ pub fn parse(text: &str, file: &str, vitals: &Vitals) -> Result<RuleSet, RuleErr
                 Severity::Warning
             }
         };
+        // A rule's max_gap bounds its vital's: where rules on one vital differ, the
+        // smallest holds for all of them (a vital's evidence stops for every rule at once).
+        if let Some(g) = positive(&mut cx, &r.max_gap, "max_gap") {
+            let e = max_gap_ms.entry(vital.clone()).or_insert(g);
+            *e = (*e).min(g);
+        }
         let hysteresis = r.hysteresis.as_ref().map_or(0.0, |h| *h.get_ref());
         if hysteresis < 0.0 {
             cx.at(
@@ -248,6 +282,10 @@ pub fn parse(text: &str, file: &str, vitals: &Vitals) -> Result<RuleSet, RuleErr
                     resolve_after: cx.duration(&r.resolve_after, "resolve_after", d_resolve),
                     suppress: cx.duration(&r.suppress, "suppress", d_suppress),
                     unit: r.unit.as_ref().map(|u| u.get_ref().clone()),
+                    max_gap: r
+                        .max_gap
+                        .as_ref()
+                        .and_then(|g| humantime::parse_duration(g.get_ref().trim()).ok()),
                 });
             };
         if r.above.is_some() || r.below.is_some() {
@@ -432,12 +470,18 @@ pub fn parse(text: &str, file: &str, vitals: &Vitals) -> Result<RuleSet, RuleErr
                 );
             }
         }
+        let gap = positive(&mut cx, &r.max_gap, &format!("quality.{name}.max_gap"));
+        if let Some(g) = gap {
+            // Set on the vital itself: it wins over the rules'.
+            max_gap_ms.insert(vital.to_string(), g);
+        }
         quality.insert(
             vital.to_string(),
             Quality {
                 min: r.min,
                 max: r.max,
                 max_step: r.max_step,
+                max_gap: gap.map(|g| Duration::from_millis(g as u64)),
             },
         );
     }
@@ -483,13 +527,51 @@ pub fn parse(text: &str, file: &str, vitals: &Vitals) -> Result<RuleSet, RuleErr
         }
     }
 
+    let t = raw.technical.as_ref();
+    let defaults = Technical::default();
+    let timed = |cx: &mut Cx<'_>, v: Option<&Option<Spanned<String>>>, what: &str, d: i64| {
+        ms_of(cx.duration(v.unwrap_or(&None), what, Duration::from_millis(d as u64)))
+    };
+    let technical = Technical {
+        enabled: t.and_then(|t| t.enabled).unwrap_or(true),
+        signal_lost_after_ms: timed(
+            &mut cx,
+            t.map(|t| &t.signal_lost_after),
+            "technical.signal_lost_after",
+            defaults.signal_lost_after_ms,
+        )
+        .max(1),
+        resolve_after_ms: timed(
+            &mut cx,
+            t.map(|t| &t.resolve_after),
+            "technical.resolve_after",
+            defaults.resolve_after_ms,
+        ),
+        suppress_ms: timed(
+            &mut cx,
+            t.map(|t| &t.suppress),
+            "technical.suppress",
+            defaults.suppress_ms,
+        ),
+    };
+
     cx.0.finish(RuleSet {
         file: file.to_string(),
         rules,
         news2,
         quality,
         text_values,
+        evidence: Evidence {
+            max_gap_ms,
+            default_max_gap_ms: d_max_gap,
+            suspect_within_ms: ms_of(suspect_within),
+        },
+        technical,
     })
+}
+
+fn ms_of(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128 / 4) as i64
 }
 
 #[cfg(test)]

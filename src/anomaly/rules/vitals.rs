@@ -16,6 +16,8 @@ pub struct Vitals {
     /// Canonical key → the unit's spellings (UCUM code, display), when the mapping
     /// states one.
     pub(super) units: HashMap<String, Vec<String>>,
+    /// Canonical key → the mapping's name for it (type, or `type.value`).
+    labels: HashMap<String, String>,
 }
 
 impl Vitals {
@@ -30,6 +32,7 @@ impl Vitals {
                     (type_name, Arc::from(value.value_name.as_str())),
                     key.clone(),
                 );
+                v.labels.insert(key.clone(), alias.clone());
                 v.names.insert(alias, key.clone());
                 for c in codes {
                     v.names.insert(c.to_string(), key.clone());
@@ -69,6 +72,11 @@ impl Vitals {
     /// The canonical key for a name a rule uses.
     pub fn resolve(&self, name: &str) -> Option<&str> {
         self.names.get(name).map(String::as_str)
+    }
+
+    /// The mapping's name for a canonical key (`spo2`, `bloodPressure.systolic`).
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
     }
 
     pub(super) fn known(&self) -> String {
