@@ -27,6 +27,36 @@ fn key() -> &'static [u8] {
     })
 }
 
+/// An error whose full text may carry patient data (a server's diagnostics can echo the
+/// resource it refused): it shows only its summary, which the default log level may print;
+/// the full text goes to the `debug` level when the error is made (and to dead letters,
+/// where the data belongs).
+pub struct Redacted {
+    summary: String,
+}
+
+impl Redacted {
+    /// An error shown as `summary`, whose `detail` is logged at debug level only.
+    pub fn new(summary: String, detail: &str) -> Self {
+        tracing::debug!("{summary}: {detail}");
+        Self { summary }
+    }
+}
+
+impl std::fmt::Display for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.summary)
+    }
+}
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Redacted({:?})", self.summary)
+    }
+}
+
+impl std::error::Error for Redacted {}
+
 /// A keyed tag for an identifier: `#` and 12 hex digits.
 pub fn tag(value: &str) -> String {
     let mut h = Sha256::new();

@@ -737,3 +737,66 @@ fn a_fhir_outage_pauses_reading_at_the_durable_lag_bound_and_loses_nothing() {
         "every Observation written after the outage"
     );
 }
+
+#[test]
+fn a_whole_batch_refused_with_diagnostics_that_echo_the_patient_logs_no_patient_data() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (_c, brokers, msgs, patients) = setup(2, 23);
+    let ids = patients.clone();
+    // Every Observation batch is refused as a whole, the diagnostics quoting the batch (as
+    // servers that echo the offending resource do).
+    let p = peer(
+        patients,
+        Box::new(|req, _| {
+            let puts = req.body["entry"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|x| x["request"]["method"] == "PUT"));
+            puts.then(|| {
+                let outcome = json!({"resourceType": "OperationOutcome", "issue": [{
+                    "severity": "error", "code": "invalid",
+                    "diagnostics": format!("batch refused: {}", req.body)}]});
+                (400, outcome.to_string(), Vec::new())
+            })
+        }),
+    );
+    let job = job(tmp.path(), &brokers, &p.url, "");
+    let mut child = vitalflow()
+        .args(["run", "--workers", "1", "--job"])
+        .arg(&job)
+        .arg("--output")
+        .arg(tmp.path().join("out"))
+        // The default filter, as an operator runs it.
+        .env_remove("VITALFLOW_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline
+        && p.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|s| {
+                s.body["entry"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|x| x["request"]["method"] == "PUT"))
+            })
+            .count()
+            < 3
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("flush failed") && stderr.contains("FHIR server answered 400"),
+        "the refusal is logged by its status: {stderr}"
+    );
+    assert!(
+        !stderr.contains("batch refused"),
+        "not the server's text: {stderr}"
+    );
+    assert_no_identifiers(&stderr, &ids, &msgs);
+}

@@ -99,6 +99,8 @@ pub struct TechnicalChange {
 pub const SIGNAL_LOST: &str = "signal-lost";
 /// The rule id of a silent device's technical alert.
 pub const DEVICE_SILENT: &str = "device-silent";
+/// The rule id of a device's own "sensor off" flag's technical alert.
+pub const SENSOR_OFF: &str = "sensor-off";
 
 /// The last few intervals between a patient's readings of a vital, ms: its usual cadence.
 #[derive(Default, Clone, Serialize, Deserialize)]
@@ -137,6 +139,8 @@ impl Cadence {
 const LOST_NO: u8 = 0;
 const LOST_SIGNAL: u8 = 1;
 const LOST_DEVICE: u8 = 2;
+/// Its device says the sensor is off: the flag's alert stands for it.
+const LOST_FLAG: u8 = 3;
 
 /// A device of a patient: when it last sent anything, and whether it is reported silent.
 #[derive(Default, Clone, Serialize, Deserialize)]
@@ -197,6 +201,9 @@ struct PatientState {
     /// The devices that send this patient's readings.
     #[serde(default)]
     devices: Vec<DeviceSeen>,
+    /// The devices' "sensor off" flags that are on: (type, value, since).
+    #[serde(default)]
+    flags: Vec<(String, String, i64)>,
 }
 
 /// Retracts the signals of `vital` a rule judges as they are (its evidence stopped) and
@@ -589,6 +596,62 @@ impl VitalState {
             }),
         }
         let mut arm: Option<i64> = None;
+        // The device's own flags first: a value in the same message as a flag turning on
+        // is already one the device disowns.
+        if !rules.technical.flags.is_empty() {
+            for (name, raw) in &m.properties {
+                let flag = rules
+                    .technical
+                    .flags
+                    .iter()
+                    .find(|((t, v), _)| **t == *m.type_name && **v == **name);
+                if let Some(((type_name, value), flag)) = flag {
+                    let at_flag = st
+                        .flags
+                        .iter()
+                        .position(|(t, v, _)| t == type_name && v == value);
+                    let on = flag.is_on(raw);
+                    if on == at_flag.is_some() {
+                        continue;
+                    }
+                    if let Some(i) = at_flag {
+                        st.flags.remove(i);
+                    } else {
+                        st.flags.push((type_name.clone(), value.clone(), at));
+                    }
+                    for v in &flag.suspends {
+                        let Some(track) = st.vitals.get_mut(v) else {
+                            continue;
+                        };
+                        if on {
+                            track.lost = LOST_FLAG;
+                            let signals = self.by_vital.get(v).map_or(&[][..], |s| s);
+                            suspend(patient, track, signals, &mut st.emitted, out);
+                        } else if track.lost == LOST_FLAG {
+                            track.lost = LOST_NO;
+                        }
+                    }
+                    if rules.technical.enabled {
+                        out.push(Change::Technical(TechnicalChange {
+                            patient: patient.clone(),
+                            rule: format!("{SENSOR_OFF}/{type_name}.{value}"),
+                            title: flag.title.clone(),
+                            vital: flag.suspends.first().cloned().unwrap_or_default(),
+                            device: m.device_id.clone(),
+                            on,
+                            since: at,
+                            last: (at, if on { 1.0 } else { 0.0 }),
+                            detail: if on {
+                                format!("the device reports it at {}", clock(at))
+                            } else {
+                                "the device reports the sensor back".into()
+                            },
+                        }));
+                    }
+                    continue;
+                }
+            }
+        }
         for (name, raw) in &m.properties {
             let Some(vital) = vitals.of(&m.type_name, name) else {
                 continue;
@@ -609,7 +672,16 @@ impl VitalState {
             }
             track.seen = Some(track.seen.map_or(at, |p| p.max(at)));
             let q = rules.quality.get(vital);
+            let flagged = !st.flags.is_empty()
+                && st.flags.iter().any(|(t, v, _)| {
+                    rules
+                        .technical
+                        .flags
+                        .get(&(t.clone(), v.clone()))
+                        .is_some_and(|f| f.suspends.iter().any(|s| s == vital))
+                });
             let reason = match rules.number(vital, raw) {
+                _ if flagged => Some("the device reports the sensor off"),
                 None => Some("not a number"),
                 Some(v) => q.and_then(|q| {
                     if q.min.is_some_and(|lo| v < lo) {
@@ -1098,6 +1170,78 @@ mod tests {
             lost[0].1.starts_with("only implausible readings"),
             "{lost:?}"
         );
+    }
+
+    fn spo2(second: i64, v: &str, probe_off: Option<&str>) -> Measurement {
+        let mut properties = vec![(Arc::from("spo2"), v.to_string())];
+        if let Some(f) = probe_off {
+            properties.push((Arc::from("probeOff"), f.to_string()));
+        }
+        Measurement {
+            type_name: Arc::from("spo2"),
+            properties,
+            ..hr(second, "0")
+        }
+    }
+
+    fn technical(out: &[Change]) -> Vec<(String, bool)> {
+        out.iter()
+            .filter_map(|c| match c {
+                Change::Technical(t) => Some((t.rule.clone(), t.on)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_devices_own_probe_off_flag_is_a_technical_condition_and_suspends_its_vital() {
+        let text = "[[rule]]\nid = \"hypoxia\"\nvital = \"spo2\"\nbelow = { warning = 90 }\n\
+            [technical.flags.\"spo2.probeOff\"]\ntitle = \"SpO2 probe off\"\n\
+            suspends = [\"59408-5\"]\non = [\"sensor off\"]\n";
+        let (v, r) = setup(text);
+        let (mut s, mut out) = state(&r);
+        for t in 0..10 {
+            s.add(&spo2(t, "97", Some("false")), &v, &r, &mut out);
+        }
+        out.clear();
+        for t in 10..50 {
+            s.add(&spo2(t, "84", Some("SENSOR OFF")), &v, &r, &mut out);
+        }
+        assert_eq!(
+            technical(&out),
+            vec![("sensor-off/spo2.probeOff".to_string(), true)]
+        );
+        assert!(
+            values_of(&out, "value:").iter().all(|(_, d)| *d < 0),
+            "{out:?}"
+        );
+        assert!(s.suspended("P-1", "59408-5"));
+        out.clear();
+        s.check(1_800_000_000_000 + 50_000, None, &r, &v, &mut out);
+        assert!(
+            technical(&out).is_empty(),
+            "no second alert for the same loss"
+        );
+        s.add(&spo2(50, "97", Some("0")), &v, &r, &mut out);
+        assert_eq!(
+            technical(&out),
+            vec![("sensor-off/spo2.probeOff".to_string(), false)]
+        );
+        assert!(!s.suspended("P-1", "59408-5"), "valid again");
+    }
+
+    #[test]
+    fn technical_alerts_can_be_switched_off() {
+        let (v, r) = setup(
+            "[[rule]]\nid = \"hr\"\nvital = \"heartRate\"\nabove = { warning = 130 }\n[technical]\nenabled = false\n",
+        );
+        let (mut s, mut out) = state(&r);
+        for t in 0..10 {
+            s.add(&hr(t, "80"), &v, &r, &mut out);
+        }
+        s.check(1_800_000_000_000 + 120_000, None, &r, &v, &mut out);
+        assert!(s.suspended("P-1", "8867-4"), "evidence is still judged");
+        assert!(technical(&out).is_empty(), "{out:?}");
     }
 
     #[test]

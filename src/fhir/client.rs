@@ -57,6 +57,18 @@ impl FhirError {
     pub fn is_fatal(&self) -> bool {
         matches!(self, Self::Unauthorized(_))
     }
+
+    /// What the error is, without a server's answer to a request for data (its
+    /// diagnostics or body may quote the resources refused): fit for the default log level.
+    /// Credential and TLS failures keep their reasons: they come before any data is sent.
+    pub fn summary(&self) -> String {
+        match self {
+            Self::Unauthorized(_) | Self::Tls { .. } => self.to_string(),
+            Self::Unavailable(_) => "FHIR server unavailable".into(),
+            Self::Rejected { status, .. } => format!("FHIR server answered {status}"),
+            Self::Malformed { .. } => "malformed FHIR response".into(),
+        }
+    }
 }
 
 /// A response: status, ETag and JSON body (Null when empty).

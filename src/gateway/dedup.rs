@@ -59,17 +59,11 @@ impl Seen {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
             .create()?;
-        let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
+        let partitions = crate::kafka::read_back::partitions(&consumer, topic, timeout)?;
         let now_ms = chrono::Utc::now().timestamp_millis();
         let since = now_ms - window.as_millis() as i64;
         let mut query = TopicPartitionList::new();
-        for p in &partitions {
+        for p in partitions.keys() {
             query.add_partition_offset(topic, *p, Offset::Offset(since))?;
         }
         let starts = consumer.offsets_for_times(query, timeout)?;
@@ -77,17 +71,30 @@ impl Seen {
         let mut found = Vec::new();
         for e in starts.elements() {
             let p = e.partition();
-            let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+            let low = partitions.get(&p).copied().unwrap_or(0);
             match e.offset() {
                 Offset::Offset(start) if start >= low => {
-                    read_back(&consumer, topic, p, (start, high), deadline, &mut found)?;
+                    read_back(&consumer, topic, p, (start, None), deadline, &mut found)?;
                 }
                 _ => {
-                    let (mut end, mut step) = (high, 1000);
-                    while end > low {
+                    // No time index: backwards from the end in growing steps. ListOffsets'
+                    // end may lie before the real one (see crate::kafka::read_back): what
+                    // follows it is read first, to the real end.
+                    let (_, listed) = consumer.fetch_watermarks(topic, p, timeout)?;
+                    let listed = listed.max(low);
+                    let newest =
+                        read_back(&consumer, topic, p, (listed, None), deadline, &mut found)?;
+                    let (mut end, mut step) = (listed, 1000);
+                    while end > low && newest.is_none_or(|t| t >= since) {
                         let from = (end - step).max(low);
-                        let oldest =
-                            read_back(&consumer, topic, p, (from, end), deadline, &mut found)?;
+                        let oldest = read_back(
+                            &consumer,
+                            topic,
+                            p,
+                            (from, Some(end)),
+                            deadline,
+                            &mut found,
+                        )?;
                         if oldest.is_some_and(|t| t < since) {
                             break;
                         }
@@ -121,66 +128,41 @@ impl Seen {
     }
 }
 
-/// Reads offsets `range` of one partition into `found` as (timestamp, (sending application,
-/// control id)); returns the oldest timestamp read.
+/// Reads offsets `range` of one partition (to its real end where the range gives none)
+/// into `found` as (timestamp, (sending application, control id)); returns the oldest
+/// timestamp read.
 fn read_back(
     consumer: &rdkafka::consumer::BaseConsumer,
     topic: &str,
     partition: i32,
-    (from, to): (i64, i64),
+    (from, to): (i64, Option<i64>),
     deadline: Instant,
     found: &mut Vec<(i64, (String, String))>,
 ) -> anyhow::Result<Option<i64>> {
-    use rdkafka::consumer::Consumer;
-    use rdkafka::{Message, Offset, TopicPartitionList};
-    if from >= to {
-        return Ok(None);
-    }
-    let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
-    consumer.assign(&assignment)?;
+    use rdkafka::Message;
     let mut oldest: Option<i64> = None;
-    loop {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "reading the dedup window back from \"{topic}\" took too long"
-        );
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                if m.offset() >= to {
-                    break;
-                }
-                let at = m.timestamp().to_millis().unwrap_or(i64::MAX);
-                oldest = Some(oldest.map_or(at, |o| o.min(at)));
-                let headers: HashMap<String, Vec<u8>> = crate::kafka::headers_of(&m);
-                let text = |k: &str| {
-                    headers
-                        .get(k)
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                };
-                if let (Some(app), Some(id)) = (
-                    text("hl7-sending-application"),
-                    text("hl7-message-control-id"),
-                ) {
-                    found.push((at, (app, id)));
-                }
-                if m.offset() + 1 >= to {
-                    break;
-                }
-            }
-            Some(Err(e)) => return Err(e.into()),
-            // Offsets without a record (transaction markers) end the range too.
-            None => {
-                let position = consumer.position()?;
-                let done = position.elements().iter().any(|e| {
-                    e.partition() == partition && matches!(e.offset(), Offset::Offset(o) if o >= to)
-                });
-                if done {
-                    break;
-                }
-            }
+    let range = crate::kafka::read_back::Range {
+        partition,
+        from: Some(from),
+        to,
+    };
+    crate::kafka::read_back::read(consumer, topic, &[range], deadline, |m| {
+        let at = m.timestamp().to_millis().unwrap_or(i64::MAX);
+        oldest = Some(oldest.map_or(at, |o| o.min(at)));
+        let headers: HashMap<String, Vec<u8>> = crate::kafka::headers_of(m);
+        let text = |k: &str| {
+            headers
+                .get(k)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        if let (Some(app), Some(id)) = (
+            text("hl7-sending-application"),
+            text("hl7-message-control-id"),
+        ) {
+            found.push((at, (app, id)));
         }
-    }
+    })
+    .map_err(|e| e.context("reading the dedup window back"))?;
     Ok(oldest)
 }
 

@@ -353,6 +353,49 @@ mod tests {
     use crate::lake::schema::{ALERTS, MEASUREMENTS};
 
     #[test]
+    fn a_table_written_before_a_nullable_column_existed_gains_it_on_open() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let base = dir.path().display().to_string();
+        Table::open(&base, &ALERTS, &HashMap::new()).expect("created");
+        // Make it the table an earlier release wrote: no category column.
+        let log = dir
+            .path()
+            .join("alerts/_delta_log/00000000000000000000.json");
+        let text = std::fs::read_to_string(&log).expect("log");
+        let lines: Vec<String> = text
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).expect("json");
+                if let Some(schema) = v["metaData"]["schemaString"].as_str() {
+                    let mut s: serde_json::Value = serde_json::from_str(schema).expect("schema");
+                    s["fields"]
+                        .as_array_mut()
+                        .expect("fields")
+                        .retain(|f| f["name"] != "category");
+                    v["metaData"]["schemaString"] = s.to_string().into();
+                }
+                v.to_string()
+            })
+            .collect();
+        std::fs::write(&log, lines.join("\n") + "\n").expect("write");
+        let t = Table::open(&base, &ALERTS, &HashMap::new()).expect("opened and evolved");
+        let schema = t.table.snapshot().expect("snapshot").schema();
+        assert!(schema.field("category").is_some(), "{schema:?}");
+        assert!(
+            dir.path()
+                .join("alerts/_delta_log/00000000000000000001.json")
+                .exists(),
+            "one metadata commit"
+        );
+        // Opening again changes nothing.
+        Table::open(&base, &ALERTS, &HashMap::new()).expect("reopened");
+        assert!(!dir
+            .path()
+            .join("alerts/_delta_log/00000000000000000002.json")
+            .exists());
+    }
+
+    #[test]
     fn a_table_of_another_schema_is_refused_naming_the_columns() {
         let dir = tempfile::tempdir().expect("tmp");
         let base = dir.path().display().to_string();

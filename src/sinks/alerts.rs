@@ -75,11 +75,41 @@ impl KafkaAlerts {
         })
     }
 
-    fn send(&mut self, pending: &[(u64, Alert)]) -> anyhow::Result<usize> {
-        let topic = &self.topic;
+    /// Sends the pending events; on failure, the ones the broker acknowledged are taken
+    /// out of `pending`, so the retry sends only the others.
+    fn send(&mut self, pending: &mut Vec<(u64, Alert)>) -> anyhow::Result<usize> {
+        let result = self.send_all(pending);
+        if result.is_err() {
+            let delivered = self.producer.delivered();
+            if !delivered.is_empty() {
+                let mut i = 0;
+                pending.retain(|_| {
+                    let keep = delivered.binary_search(&i).is_err();
+                    i += 1;
+                    keep
+                });
+            }
+        }
+        result
+    }
+
+    fn send_all(&mut self, pending: &[(u64, Alert)]) -> anyhow::Result<usize> {
         self.producer.begin();
+        let queued = self.queue(pending);
+        // Waits for what was queued even when queueing failed part-way: the records in
+        // flight must be known delivered or not before the retry.
+        let flushed = self
+            .producer
+            .acknowledged(&format!("alerts to {}", self.topic));
+        let n = queued?;
+        flushed?;
+        Ok(n)
+    }
+
+    fn queue(&mut self, pending: &[(u64, Alert)]) -> anyhow::Result<usize> {
+        let topic = &self.topic;
         let mut n = 0;
-        for (_, a) in pending {
+        for (i, (_, a)) in pending.iter().enumerate() {
             if !self.sent.is_empty() && self.sent.contains(&alert_events::key(a)) {
                 continue;
             }
@@ -90,6 +120,7 @@ impl KafkaAlerts {
             });
             self.producer
                 .send(
+                    i,
                     BaseRecord::to(topic)
                         .key(&a.patient)
                         .payload(&payload)
@@ -98,7 +129,6 @@ impl KafkaAlerts {
                 .map_err(|e| anyhow::anyhow!("cannot send an alert to {topic}: {e}"))?;
             n += 1;
         }
-        self.producer.acknowledged(&format!("alerts to {topic}"))?;
         Ok(n)
     }
 }
@@ -412,7 +442,7 @@ impl Sink<Alert> for AlertSink {
             return self.flush_fhir();
         }
         let delivered = match &mut self.out {
-            Out::Kafka(k) => k.send(&self.pending)?,
+            Out::Kafka(k) => k.send(&mut self.pending)?,
             Out::Files(f) => f.write(&self.pending)?,
         };
         let now_us = chrono::Utc::now().timestamp_micros();
@@ -476,5 +506,109 @@ mod file_tests {
             sink.flush().expect("flush");
             assert_eq!(lines(dir.path()), 2, "open once, resolved once at {t0}");
         }
+    }
+}
+
+#[cfg(test)]
+mod kafka_tests {
+    use super::*;
+    use crate::anomaly::lifecycle::Category;
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::Message;
+    use std::time::Duration;
+
+    fn event(patient: usize) -> Alert {
+        Alert {
+            id: format!("a{patient}"),
+            patient: format!("P-{patient}"),
+            device: "BM-1".into(),
+            rule: "hypoxia".into(),
+            title: "SpO2 low".into(),
+            severity: Severity::Critical,
+            category: Category::Physiological,
+            state: State::Open,
+            since: "2026-03-02T08:00:00Z".into(),
+            at: "2026-03-02T08:00:30Z".into(),
+            values: Vec::new(),
+            text: String::new(),
+            stamp_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_flush_that_times_out_is_retried_with_only_the_records_not_acknowledged() {
+        let cluster = rdkafka::mocking::MockCluster::new(2).expect("mock");
+        cluster.create_topic("alerts", 2, 1).expect("topic");
+        cluster
+            .partition_leader("alerts", 0, Some(1))
+            .expect("leader");
+        cluster
+            .partition_leader("alerts", 1, Some(2))
+            .expect("leader");
+        let brokers = cluster.bootstrap_servers();
+        let k = KafkaConfig {
+            brokers: brokers.clone(),
+            topics: vec!["vitals".into()],
+            group_id: "g".into(),
+            start: crate::config::StartPosition::Earliest,
+            partitions: 1,
+            startup_timeout: Duration::from_secs(10),
+            // Short, so that the flush gives up on partition 1 within the test.
+            properties: [("message.timeout.ms".to_string(), "3000".to_string())]
+                .into_iter()
+                .collect(),
+        };
+        let mut sink = AlertSink::kafka(&k, &brokers, "alerts", None, Arc::new(Metrics::default()))
+            .expect("sink");
+        // Partition 1's leader is down: its records time out, partition 0's are acknowledged.
+        cluster.broker_down(2).expect("down");
+        for p in 0..20 {
+            sink.write(0, event(p)).expect("write");
+        }
+        let first = sink.flush();
+        assert!(first.is_err(), "partition 1 cannot be written");
+        let left = sink.pending.len();
+        assert!(
+            left > 0 && left < 20,
+            "the acknowledged records left the batch: {left} of 20 remain"
+        );
+        cluster.broker_up(2).expect("up");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while sink.flush().is_err() {
+            assert!(std::time::Instant::now() < deadline, "never delivered");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "check")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let ranges: Vec<crate::kafka::read_back::Range> = (0..2)
+            .map(|p| crate::kafka::read_back::Range {
+                partition: p,
+                from: None,
+                to: None,
+            })
+            .collect();
+        let mut ids = Vec::new();
+        crate::kafka::read_back::read(
+            &c,
+            "alerts",
+            &ranges,
+            std::time::Instant::now() + Duration::from_secs(30),
+            |m| {
+                let v: Value =
+                    serde_json::from_slice(m.payload().unwrap_or_default()).expect("json");
+                ids.push(v["id"].as_str().unwrap_or("").to_string());
+            },
+        )
+        .expect("read");
+        ids.sort();
+        let n = ids.len();
+        ids.dedup();
+        assert_eq!(n, 20, "each record once: {} distinct", ids.len());
+        assert_eq!(ids.len(), 20);
+        drop(c);
     }
 }

@@ -14,7 +14,7 @@ use anyhow::{anyhow, Context as _};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -32,11 +32,40 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// For a dead letter without a source position of its own (a measurement group the
+    /// FHIR server refused), a stable id: the hash of its stage, template and payload, the
+    /// same when a restart's replay refuses the same group again, so that it is written once.
+    pub fn id(&self) -> Option<String> {
+        use sha2::{Digest, Sha256};
+        if !self.message.origin.topic.starts_with(SYNTHETIC) {
+            return None;
+        }
+        let mut h = Sha256::new();
+        h.update(self.message.origin.topic.as_bytes());
+        h.update([0]);
+        h.update(self.stage.as_bytes());
+        h.update([0]);
+        if let Some(t) = &self.template {
+            h.update(t.to_string().as_bytes());
+        }
+        h.update([0]);
+        h.update(&self.message.payload);
+        Some(
+            h.finalize()[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        )
+    }
+
     /// The NDJSON form: reason, source position, headers and the payload (as text when it is
     /// UTF-8, else hex).
     pub fn to_json(&self) -> Value {
         let m = &self.message;
         let mut o = Map::new();
+        if let Some(id) = self.id() {
+            o.insert("id".into(), id.into());
+        }
         o.insert("error".into(), self.error.clone().into());
         o.insert("stage".into(), self.stage.into());
         if let Some(t) = &self.template {
@@ -78,14 +107,22 @@ impl DeadLetter {
 /// not: the sink reads back, per source partition, the highest offset its directory holds
 /// and does not write those again (a partition is read by one worker, in order, so every
 /// dead letter at or below it is there). Dead letters without a source position of their
-/// own (FHIR measurement groups) are always written.
+/// own (FHIR measurement groups) are recognised by their [`DeadLetter::id`].
 pub struct FileDeadLetters {
     writer: PartWriter,
     /// Lines kept until a flush commits them, so a failed flush loses none, with their
-    /// source position.
-    pending: Vec<(u64, Vec<u8>, Option<Position>)>,
+    /// source position or id.
+    pending: Vec<(u64, Vec<u8>, Written)>,
     /// Per source (topic, partition), the highest offset committed.
     written: HashMap<(String, i32), i64>,
+    /// Ids of the dead letters without a position committed.
+    written_ids: HashSet<String>,
+}
+
+/// What identifies a written dead letter: its source position, or its id.
+enum Written {
+    Position(Position),
+    Id(String),
 }
 
 /// A source message's (topic, partition, offset).
@@ -94,12 +131,16 @@ type Position = (String, i32, i64);
 /// Topics of dead letters that are not source messages (no position to replay from).
 const SYNTHETIC: &str = "vitalflow:";
 
+/// The header carrying [`DeadLetter::id`].
+const ID_HEADER: &str = "vitalflow-dead-letter-id";
+
 impl FileDeadLetters {
     /// Opens `<dir>/dead-letters` for `worker`, reading back what it holds.
     pub fn new(dir: &Path, worker: usize) -> anyhow::Result<Self> {
         let dir = dir.join("dead-letters");
         let writer = PartWriter::new(&dir, worker)?;
         let mut written: HashMap<(String, i32), i64> = HashMap::new();
+        let mut written_ids = HashSet::new();
         for part in committed_parts(&dir) {
             let text = std::fs::read_to_string(&part)
                 .with_context(|| format!("cannot read {}", part.display()))?;
@@ -107,6 +148,9 @@ impl FileDeadLetters {
                 let Ok(v) = serde_json::from_str::<Value>(line) else {
                     continue;
                 };
+                if let Some(id) = v["id"].as_str() {
+                    written_ids.insert(id.to_string());
+                }
                 let s = &v["source"];
                 if let (Some(t), Some(p), Some(o)) = (
                     s["topic"].as_str(),
@@ -124,6 +168,7 @@ impl FileDeadLetters {
             writer,
             pending: Vec::new(),
             written,
+            written_ids,
         })
     }
 }
@@ -131,20 +176,23 @@ impl FileDeadLetters {
 impl Sink<DeadLetter> for FileDeadLetters {
     fn write(&mut self, epoch: u64, item: DeadLetter) -> anyhow::Result<()> {
         let o = &item.message.origin;
-        let position =
-            (!o.topic.starts_with(SYNTHETIC)).then(|| (o.topic.to_string(), o.partition, o.offset));
-        if let Some((t, p, offset)) = &position {
-            if self
-                .written
-                .get(&(t.clone(), *p))
-                .is_some_and(|w| offset <= w)
-            {
-                // Replayed after a restart: already written.
-                return Ok(());
+        let written = match item.id() {
+            Some(id) if self.written_ids.contains(&id) => return Ok(()),
+            Some(id) => Written::Id(id),
+            None => {
+                if self
+                    .written
+                    .get(&(o.topic.to_string(), o.partition))
+                    .is_some_and(|w| o.offset <= *w)
+                {
+                    // Replayed after a restart: already written.
+                    return Ok(());
+                }
+                Written::Position((o.topic.to_string(), o.partition, o.offset))
             }
-        }
+        };
         let line = serde_json::to_vec(&item.to_json()).expect("JSON");
-        self.pending.push((epoch, line, position));
+        self.pending.push((epoch, line, written));
         Ok(())
     }
 
@@ -156,10 +204,15 @@ impl Sink<DeadLetter> for FileDeadLetters {
             .and_then(|()| self.writer.commit());
         match written {
             Ok(_) => {
-                for (_, _, position) in self.pending.drain(..) {
-                    if let Some((t, p, o)) = position {
-                        let e = self.written.entry((t, p)).or_insert(o);
-                        *e = (*e).max(o);
+                for (_, _, written) in self.pending.drain(..) {
+                    match written {
+                        Written::Position((t, p, o)) => {
+                            let e = self.written.entry((t, p)).or_insert(o);
+                            *e = (*e).max(o);
+                        }
+                        Written::Id(id) => {
+                            self.written_ids.insert(id);
+                        }
                     }
                 }
                 Ok(())
@@ -186,6 +239,8 @@ pub struct KafkaDeadLetters {
     pending: Vec<DeadLetter>,
     /// Per source (topic, partition), the highest offset sent.
     written: HashMap<(String, i32), i64>,
+    /// Ids of the dead letters without a position sent (see [`DeadLetter::id`]).
+    written_ids: HashSet<String>,
     positions: Positions,
     /// The largest record to send (payload, key and headers): the producer's
     /// `message.max.bytes`, lowered when the broker refuses a record as too large.
@@ -235,6 +290,7 @@ impl KafkaDeadLetters {
         let acked = producer.track(topic)?;
         let mut from_partitions = BTreeMap::new();
         let mut written: HashMap<(String, i32), i64> = HashMap::new();
+        let mut written_ids = HashSet::new();
         if let Some(from) = resume {
             let text = |h: &BTreeMap<String, Vec<u8>>, k: &str| {
                 h.get(k).map(|v| String::from_utf8_lossy(v).into_owned())
@@ -243,6 +299,10 @@ impl KafkaDeadLetters {
                 super::kafka::read_back_own(k, brokers, topic, from, &acked, "dead letters")?;
             from_partitions = start;
             for (h, _) in own {
+                if let Some(id) = text(&h, ID_HEADER) {
+                    written_ids.insert(id);
+                    continue;
+                }
                 let (Some(t), Some(p), Some(o)) = (
                     text(&h, "vitalflow-source-topic"),
                     text(&h, "vitalflow-source-partition").and_then(|p| p.parse().ok()),
@@ -272,6 +332,7 @@ impl KafkaDeadLetters {
             group: k.group_id.clone(),
             pending: Vec::new(),
             written,
+            written_ids,
             positions,
             max_record,
         })
@@ -282,7 +343,7 @@ impl KafkaDeadLetters {
         self.positions.clone()
     }
 
-    fn send(&self, d: &DeadLetter) -> anyhow::Result<()> {
+    fn send(&self, index: usize, d: &DeadLetter) -> anyhow::Result<()> {
         let m = &d.message;
         // A message too large for the topic would fail its delivery on every retry and hold
         // every later commit: its payload is cut to fit, and the record says so.
@@ -311,8 +372,10 @@ impl KafkaDeadLetters {
         let template = d.template.as_ref().map(Value::to_string);
         let partition = m.origin.partition.to_string();
         let offset = m.origin.offset.to_string();
-        let extra: [(&str, Option<&str>); 8] = [
+        let id = d.id();
+        let extra: [(&str, Option<&str>); 9] = [
             (GROUP_HEADER, Some(&self.group)),
+            (ID_HEADER, id.as_deref()),
             ("vitalflow-truncated-from", cut.as_deref()),
             ("vitalflow-error", Some(&d.error)),
             ("vitalflow-stage", Some(d.stage)),
@@ -336,7 +399,7 @@ impl KafkaDeadLetters {
             record = record.key(k);
         }
         self.producer
-            .send(record)
+            .send(index, record)
             .map_err(|e| anyhow!("cannot send a dead letter to {}: {e}", self.topic))
     }
 }
@@ -344,6 +407,10 @@ impl KafkaDeadLetters {
 impl Sink<DeadLetter> for KafkaDeadLetters {
     fn write(&mut self, _epoch: u64, item: DeadLetter) -> anyhow::Result<()> {
         let o = &item.message.origin;
+        if item.id().is_some_and(|id| self.written_ids.contains(&id)) {
+            // Refused again by the replay after a restart: sent already.
+            return Ok(());
+        }
         if !o.topic.starts_with(SYNTHETIC)
             && self
                 .written
@@ -362,12 +429,27 @@ impl Sink<DeadLetter> for KafkaDeadLetters {
             return Ok(());
         }
         self.producer.begin();
-        for d in &self.pending {
-            self.send(d)?;
-        }
-        let acked = self
+        let sent = self
+            .pending
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, d)| self.send(i, d));
+        // Waits for what was queued even when queueing failed part-way: the records in
+        // flight must be known delivered or not before the retry.
+        let flushed = self
             .producer
             .acknowledged(&format!("dead letters to {}", self.topic));
+        let acked = sent.and(flushed);
+        if acked.is_err() {
+            // What the broker acknowledged is not sent again by the retry.
+            let delivered = self.producer.delivered();
+            let mut i = 0;
+            self.pending.retain(|_| {
+                let keep = delivered.binary_search(&i).is_err();
+                i += 1;
+                keep
+            });
+        }
         if let Err(e) = &acked {
             let e = format!("{e:#}");
             if e.contains("too large") || e.contains("TooLarge") {
@@ -381,7 +463,11 @@ impl Sink<DeadLetter> for KafkaDeadLetters {
             }
         }
         acked?;
-        self.pending.clear();
+        for d in self.pending.drain(..) {
+            if let Some(id) = d.id() {
+                self.written_ids.insert(id);
+            }
+        }
         Ok(())
     }
 }
@@ -450,10 +536,13 @@ mod tests {
         }
         sink.write(2, letter("vitalflow:measurement-group", 0))
             .expect("write");
+        // A group the server refuses for the first time after the restart.
+        sink.write(2, letter("vitalflow:measurement-group", 1))
+            .expect("write");
         sink.flush().expect("flush");
         let want: Vec<(String, i64)> = [
             ("vitalflow:measurement-group", 0),
-            ("vitalflow:measurement-group", 0),
+            ("vitalflow:measurement-group", 1),
             ("vitals", 1),
             ("vitals", 2),
             ("vitals", 3),
@@ -466,7 +555,7 @@ mod tests {
         assert_eq!(
             offsets(dir.path()),
             want,
-            "groups have no position: both kept"
+            "a group refused again by the replay is recognised by its id, a new one is kept"
         );
     }
 }

@@ -124,10 +124,18 @@ fn version_of(resource: &Value, etag: Option<&str>) -> Option<String> {
 /// A FHIR failure as a sink error: credentials refused become [`Fatal`] (the job stops),
 /// anything else is retried.
 pub fn sink_error(e: FhirError) -> anyhow::Error {
+    // The error's text may echo the batch (a server's diagnostics quote what it refused):
+    // what a flush error shows, and what the log prints at its default level, is its
+    // summary; the whole text is logged at debug level.
+    let shown = format!(
+        "{} (details at debug level: VITALFLOW_LOG=vitalflow=debug)",
+        e.summary()
+    );
+    let redacted = crate::privacy::Redacted::new(shown, &e.to_string());
     if e.is_fatal() {
-        anyhow::Error::new(super::Fatal(e.to_string()))
+        anyhow::Error::new(super::Fatal(redacted.to_string()))
     } else {
-        anyhow::Error::new(e)
+        anyhow::Error::new(redacted)
     }
 }
 

@@ -4,7 +4,7 @@
 use crate::config::KafkaConfig;
 use anyhow::{anyhow, Context as _};
 use rdkafka::client::Client;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::message::ToBytes;
@@ -16,12 +16,15 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Counts failed deliveries: a flush with failures is not durable and is retried.
+/// Counts failed deliveries: a flush with failures is not durable and is retried; and
+/// which records of the batch were acknowledged, so that the retry sends only the others.
 #[derive(Default)]
 struct Deliveries {
     failed: AtomicU64,
     last_error: Mutex<Option<String>>,
     acked: Acked,
+    /// Indexes (as given to [`AckedProducer::send`]) of the batch's acknowledged records.
+    delivered: Mutex<Vec<usize>>,
 }
 
 /// Per partition of a producer's topic, an offset every record it sends from now on lands
@@ -47,11 +50,14 @@ impl Acked {
 impl ClientContext for Deliveries {}
 
 impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, index: usize) {
         if let Ok(m) = result {
             self.acked.advance(m.partition(), m.offset() + 1);
+            if let Ok(mut d) = self.delivered.lock() {
+                d.push(index);
+            }
         }
         if let Err((e, _)) = result {
             self.failed.fetch_add(1, Ordering::Relaxed);
@@ -87,18 +93,46 @@ impl AckedProducer {
         Ok(acked)
     }
 
-    /// Starts a batch: failures are counted from here.
+    /// Starts a batch: failures and acknowledgements are counted from here.
     pub fn begin(&self) {
-        self.producer.context().failed.store(0, Ordering::Relaxed);
+        let ctx = self.producer.context();
+        ctx.failed.store(0, Ordering::Relaxed);
+        if let Ok(mut d) = ctx.delivered.lock() {
+            d.clear();
+        }
     }
 
-    /// Queues a record, waiting while the local queue is full.
-    pub fn send<K, P>(&self, record: BaseRecord<'_, K, P, ()>) -> Result<(), KafkaError>
+    /// Queues a record, waiting while the local queue is full; `index` names it among the
+    /// batch's records in [`AckedProducer::delivered`].
+    pub fn send<K, P>(&self, index: usize, r: BaseRecord<'_, K, P, ()>) -> Result<(), KafkaError>
     where
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
     {
+        let record = BaseRecord {
+            topic: r.topic,
+            partition: r.partition,
+            payload: r.payload,
+            key: r.key,
+            timestamp: r.timestamp,
+            headers: r.headers,
+            delivery_opaque: index,
+        };
         crate::kafka::send(&self.producer, record)
+    }
+
+    /// The indexes of the batch's records the broker acknowledged so far: after a failed
+    /// [`AckedProducer::acknowledged`], these are not to be sent again.
+    pub fn delivered(&self) -> Vec<usize> {
+        let mut d = self
+            .producer
+            .context()
+            .delivered
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default();
+        d.sort_unstable();
+        d
     }
 
     /// Waits until every record since [`AckedProducer::begin`] is delivered; Err when any
@@ -193,7 +227,9 @@ pub fn read_back_own(
 pub type ReadBack = (BTreeMap<String, Vec<u8>>, Vec<u8>);
 
 /// Every record of `topic` from `from` (per partition; the partition's start where absent)
-/// to where each partition ends now: what a restart reads back of its own earlier output.
+/// to where each partition really ends ([`crate::kafka::read_back`]): what a restart reads
+/// back of its own earlier output. Records retention or compaction removed cannot be read
+/// back; a warning says so (their events may be sent again).
 pub fn read_back(
     k: &KafkaConfig,
     brokers: &str,
@@ -206,40 +242,31 @@ pub fn read_back(
         .set("enable.partition.eof", "false")
         .create()
         .with_context(|| format!("cannot read {topic} back"))?;
-    let mut ends = BTreeMap::new();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for (p, (low, high)) in watermarks(c.client(), topic)? {
-        let start = from.get(&p).copied().unwrap_or(low).clamp(low, high);
-        if start < high {
-            ends.insert(p, high);
-            tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(start))?;
+    let timeout = Duration::from_secs(10);
+    let mut ranges = Vec::new();
+    for (p, low) in crate::kafka::read_back::partitions(&c, topic, timeout)? {
+        let start = from.get(&p).copied();
+        if start.is_some_and(|s| s < low) {
+            tracing::warn!(
+                topic,
+                partition = p,
+                removed_before = low,
+                "records to read back were removed by retention or compaction: events among them may be sent again (keep the topic's retention longer than a restart takes)"
+            );
         }
+        ranges.push(crate::kafka::read_back::Range {
+            partition: p,
+            from: start.map(|s| s.max(low)),
+            to: None,
+        });
     }
     let mut out = Vec::new();
-    if ends.is_empty() {
-        return Ok(out);
-    }
-    c.assign(&tpl)
-        .with_context(|| format!("cannot read {topic} back"))?;
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !ends.is_empty() {
-        if std::time::Instant::now() >= deadline {
-            return Err(anyhow!("reading {topic} back took over 2 minutes"));
-        }
-        let Some(m) = c.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let m = m.with_context(|| format!("cannot read {topic} back"))?;
+    crate::kafka::read_back::read(&c, topic, &ranges, deadline, |m| {
         out.push((
-            crate::kafka::headers_of(&m),
+            crate::kafka::headers_of(m),
             m.payload().unwrap_or_default().to_vec(),
-        ));
-        if ends
-            .get(&m.partition())
-            .is_some_and(|e| m.offset() + 1 >= *e)
-        {
-            ends.remove(&m.partition());
-        }
-    }
+        ))
+    })?;
     Ok(out)
 }

@@ -343,6 +343,27 @@ pub struct Technical {
     pub resolve_after_ms: i64,
     /// A resolved technical alert does not reopen within this, ms.
     pub suppress_ms: i64,
+    /// Devices' own flags that a sensor is off, by (measurement type, value name).
+    pub flags: BTreeMap<(String, String), Flag>,
+}
+
+/// A value a device sends to say a sensor is off (a pulse oximeter's "probe off").
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Flag {
+    /// What a clinician reads while it is on ("SpO2 probe off").
+    pub title: String,
+    /// Vitals whose readings mean nothing while it is on.
+    pub suspends: Vec<String>,
+    /// Texts that mean on (lower case), beside true / yes / on and non-zero numbers.
+    pub on_words: Vec<String>,
+}
+
+impl Flag {
+    /// Whether a value of the flag says the sensor is off.
+    pub fn is_on(&self, raw: &str) -> bool {
+        let t = raw.trim().to_lowercase();
+        self.on_words.contains(&t) || numeric(&t).is_some_and(|v| v != 0.0)
+    }
 }
 
 impl Technical {
@@ -365,6 +386,7 @@ impl Default for Technical {
             signal_lost_after_ms: 30_000,
             resolve_after_ms: 10_000,
             suppress_ms: 0,
+            flags: BTreeMap::new(),
         }
     }
 }

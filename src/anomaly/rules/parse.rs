@@ -34,6 +34,18 @@ struct RawTechnical {
     signal_lost_after: Option<Spanned<String>>,
     resolve_after: Option<Spanned<String>>,
     suppress: Option<Spanned<String>>,
+    #[serde(default)]
+    flags: BTreeMap<Spanned<String>, RawFlag>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlag {
+    title: String,
+    #[serde(default)]
+    suspends: Vec<Spanned<String>>,
+    #[serde(default)]
+    on: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -532,7 +544,44 @@ pub fn parse(text: &str, file: &str, vitals: &Vitals) -> Result<RuleSet, RuleErr
     let timed = |cx: &mut Cx<'_>, v: Option<&Option<Spanned<String>>>, what: &str, d: i64| {
         ms_of(cx.duration(v.unwrap_or(&None), what, Duration::from_millis(d as u64)))
     };
+    let mut flags = BTreeMap::new();
+    for (key, f) in t.map(|t| &t.flags).into_iter().flatten() {
+        let Some((type_name, value)) = key.get_ref().split_once('.') else {
+            cx.at(
+                key.span(),
+                format!(
+                    "technical.flags.\"{}\": name the device value as type.value (\"spo2.probeOff\")",
+                    key.get_ref()
+                ),
+            );
+            continue;
+        };
+        let mut suspends = Vec::new();
+        for v in &f.suspends {
+            match vitals.resolve(v.get_ref()) {
+                Some(k) => suspends.push(k.to_string()),
+                None => cx.at(
+                    v.span(),
+                    format!(
+                        "technical.flags.{}: unknown vital \"{}\": the FHIR mapping produces {}",
+                        key.get_ref(),
+                        v.get_ref(),
+                        vitals.known()
+                    ),
+                ),
+            }
+        }
+        flags.insert(
+            (type_name.to_string(), value.to_string()),
+            Flag {
+                title: f.title.clone(),
+                suspends,
+                on_words: f.on.iter().map(|w| w.trim().to_lowercase()).collect(),
+            },
+        );
+    }
     let technical = Technical {
+        flags,
         enabled: t.and_then(|t| t.enabled).unwrap_or(true),
         signal_lost_after_ms: timed(
             &mut cx,

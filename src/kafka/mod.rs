@@ -1,5 +1,8 @@
 //! Kafka client code the sources, sinks and tools share: client settings from a job's
-//! `[kafka]`, a producer send that waits out a full queue, topic discovery, headers.
+//! `[kafka]`, a producer send that waits out a full queue, topic discovery, headers, and
+//! reading a topic's partitions back to their real end ([`read_back`]).
+
+pub mod read_back;
 
 use crate::config::KafkaConfig;
 use anyhow::{bail, Context as _};
@@ -24,14 +27,15 @@ pub fn client_config(k: &KafkaConfig, brokers: &str) -> ClientConfig {
 
 /// Enqueues a record for delivery, serving callbacks while librdkafka's local queue is full
 /// (a producer faster than the brokers waits instead of failing).
-pub fn send<C, K, P>(
+pub fn send<C, K, P, D>(
     producer: &BaseProducer<C>,
-    mut record: BaseRecord<'_, K, P, ()>,
+    mut record: BaseRecord<'_, K, P, D>,
 ) -> Result<(), KafkaError>
 where
-    C: ProducerContext<DeliveryOpaque = ()>,
+    C: ProducerContext<DeliveryOpaque = D>,
     K: ToBytes + ?Sized,
     P: ToBytes + ?Sized,
+    D: rdkafka::util::IntoOpaque,
 {
     loop {
         match producer.send(record) {
