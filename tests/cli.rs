@@ -524,3 +524,34 @@ fn a_scenario_with_a_syntax_error_is_named_with_its_line() {
     assert_ne!(code, 0);
     assert!(err.contains("bad.toml:2"), "{err}");
 }
+
+#[test]
+fn an_mqtt_password_is_refused_over_plain_mqtt_unless_allowed() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vitalflow"))
+        .args([
+            "gateway",
+            "mqtt",
+            "--broker",
+            "mqtt://127.0.0.1:1",
+            "--subscribe",
+            "devices/{device}/vitals",
+            "--brokers",
+            "127.0.0.1:1",
+            "--topic",
+            "vitals",
+            "--dead-letter-topic",
+            "refused",
+            "--username",
+            "gw",
+        ])
+        .env("VITALFLOW_MQTT_PASSWORD", "hunter2")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("over plain mqtt://") && stderr.contains("--allow-plain-password"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}

@@ -29,6 +29,10 @@ fn setup() -> Setup {
 }
 
 fn setup_with(tls: Option<Arc<rustls::ServerConfig>>) -> Setup {
+    setup_full(tls, Duration::from_secs(10))
+}
+
+fn setup_full(tls: Option<Arc<rustls::ServerConfig>>, ack_timeout: Duration) -> Setup {
     let cluster = MockCluster::new(1).expect("mock cluster");
     cluster.create_topic("hl7", 3, 1).expect("topic");
     cluster.create_topic("hl7-refused", 1, 1).expect("topic");
@@ -49,7 +53,7 @@ fn setup_with(tls: Option<Arc<rustls::ServerConfig>>) -> Setup {
         key: KeyBy::Patient,
         dedup_window: Duration::from_secs(600),
         max_frame: 1 << 20,
-        ack_timeout: Duration::from_secs(10),
+        ack_timeout,
         tls,
     };
     let gateway = mllp::start(settings, Arc::new(AtomicBool::new(false))).expect("gateway");
@@ -147,6 +151,57 @@ fn every_accepted_message_is_in_kafka_once_and_repeats_are_not_produced_again() 
     }
     assert_eq!(ids.len(), 200, "every accepted message is in Kafka");
     assert!(ids.values().all(|n| *n == 1), "and only once");
+    s.gateway.stop();
+}
+
+#[test]
+fn one_message_on_two_connections_at_once_or_after_a_late_acknowledgement_is_produced_once() {
+    // Kafka takes 1.5 s to answer; the gateway gives up waiting after 0.5 s.
+    let s = setup_full(None, Duration::from_millis(500));
+    s._cluster
+        .broker_round_trip_time(1, Duration::from_millis(1500))
+        .expect("rtt");
+    let addr = s.gateway.addr;
+    // The sender sees `AE` (no acknowledgement in time), though Kafka gets the message.
+    let mut conn = TcpStream::connect(addr).expect("connect");
+    let reply = exchange(&mut conn, &mllp::frame(&message("P-1", "LATE-1")));
+    assert_eq!(msa(&reply).0, "AE", "{reply:?}");
+    // It resends at once, on another connection, while the first is still in flight: the
+    // resend waits for the first delivery and is answered without a second copy.
+    let mut other = TcpStream::connect(addr).expect("connect");
+    let reply = exchange(&mut other, &mllp::frame(&message("P-1", "LATE-1")));
+    let first = msa(&reply).0;
+    // And once more after Kafka's late success: a duplicate, accepted.
+    std::thread::sleep(Duration::from_millis(2000));
+    let reply = exchange(&mut conn, &mllp::frame(&message("P-1", "LATE-1")));
+    assert_eq!(msa(&reply).0, "AA", "{reply:?}");
+    // Two connections sending one new message at the same moment.
+    let both: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = TcpStream::connect(addr).expect("connect");
+                msa(&exchange(&mut c, &mllp::frame(&message("P-2", "TWICE-1")))).0
+            })
+        })
+        .collect();
+    let answers: Vec<String> = both
+        .into_iter()
+        .map(|t| t.join().expect("client"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(2000));
+    s._cluster
+        .broker_round_trip_time(1, Duration::ZERO)
+        .expect("rtt");
+    let got = records(&s.brokers, "hl7", 2);
+    let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &got {
+        *ids.entry(id(r)).or_default() += 1;
+    }
+    assert_eq!(
+        ids,
+        [("LATE-1", 1), ("TWICE-1", 1)].into_iter().collect(),
+        "each message once (resend answered {first}, simultaneous sends {answers:?})"
+    );
     s.gateway.stop();
 }
 

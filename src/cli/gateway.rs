@@ -67,6 +67,9 @@ pub struct MqttArgs {
     /// MQTT user name (the password comes from VITALFLOW_MQTT_PASSWORD).
     #[arg(long, env = "VITALFLOW_MQTT_USERNAME")]
     username: Option<String>,
+    /// Send the password over plain mqtt:// (a trusted network only; mqtts:// otherwise).
+    #[arg(long)]
+    allow_plain_password: bool,
     /// CA certificates (PEM) for mqtts://; the system's otherwise.
     #[arg(long)]
     ca_file: Option<std::path::PathBuf>,
@@ -187,6 +190,16 @@ fn run_mqtt(args: MqttArgs) -> ExitCode {
     broker.ca_file = args.ca_file;
     broker.client_auth = args.client_cert.zip(args.client_key);
     let password = std::env::var("VITALFLOW_MQTT_PASSWORD").ok();
+    if password.as_deref().is_some_and(|p| !p.is_empty())
+        && !broker.tls
+        && !args.allow_plain_password
+    {
+        return usage(format!(
+            "VITALFLOW_MQTT_PASSWORD would go to {} over plain mqtt://, readable by anyone on \
+             the path: use mqtts://, or --allow-plain-password (a trusted network only)",
+            args.broker
+        ));
+    }
     broker.credentials = match (args.username, password) {
         (Some(u), p) => Some((u, p.unwrap_or_default())),
         (None, Some(_)) => {

@@ -52,6 +52,21 @@ pub enum FhirError {
     },
 }
 
+/// The longest an OAuth2 token is used before it is fetched again, seconds.
+const MAX_TOKEN_LIFETIME_S: u64 = 86_400;
+
+/// How long a token response's token lives: its `expires_in` (a number or a numeric
+/// string; 5 minutes when absent), bounded so that a server's huge value cannot overflow
+/// the clock, and a token is fetched again at least daily.
+fn token_lifetime(body: &Value) -> Duration {
+    Duration::from_secs(
+        body.get("expires_in")
+            .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
+            .unwrap_or(300)
+            .min(MAX_TOKEN_LIFETIME_S),
+    )
+}
+
 impl FhirError {
     /// True when no retry can succeed without an operator (credentials).
     pub fn is_fatal(&self) -> bool {
@@ -195,14 +210,20 @@ impl FhirClient {
             ),
             _ => {}
         }
-        let plain = cfg.url.trim().to_ascii_lowercase().starts_with("http://");
-        if plain && cfg.auth != FhirAuth::None && !cfg.allow_http_credentials {
-            anyhow::bail!(
-                "sinks.fhir: credentials would go to {} over plain http://, readable by anyone on \
-                 the path: use https://, or set allow_http = true under [sinks.fhir.auth] \
-                 (a trusted network only)",
-                cfg.url
-            );
+        let plain = |u: &str| u.trim().to_ascii_lowercase().starts_with("http://");
+        // The server gets the token; a token endpoint gets the client secret itself.
+        let mut receivers = vec![cfg.url.as_str()];
+        if let FhirAuth::OAuth2 { token_url, .. } = &cfg.auth {
+            receivers.push(token_url.as_str());
+        }
+        if cfg.auth != FhirAuth::None && !cfg.allow_http_credentials {
+            if let Some(url) = receivers.into_iter().find(|u| plain(u)) {
+                anyhow::bail!(
+                    "sinks.fhir: credentials would go to {url} over plain http://, readable by \
+                     anyone on the path: use https://, or set allow_http = true under \
+                     [sinks.fhir.auth] (a trusted network only)"
+                );
+            }
         }
         let mut b = Client::builder()
             .timeout(cfg.timeout)
@@ -360,11 +381,7 @@ impl FhirClient {
                 reason: "the token response has no access_token".into(),
             });
         };
-        let lifetime = Duration::from_secs(
-            body.get("expires_in")
-                .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
-                .unwrap_or(300),
-        );
+        let lifetime = token_lifetime(&body);
         // Refresh a minute early, or at 90% of a short lifetime: never send an expired token.
         let margin = Duration::from_secs(60).min(lifetime / 10);
         tracing::info!(%token_url, expires_in_s = lifetime.as_secs(), "OAuth2 token obtained");
@@ -586,6 +603,43 @@ mod tests {
             Some("invalid: Observation.status: unknown code; required: subject missing")
         );
         assert_eq!(outcome_diagnostics(&json!({"issue": []})), None);
+    }
+
+    #[test]
+    fn a_client_secret_never_goes_to_a_plain_http_token_endpoint() {
+        let mut cfg = FhirSinkConfig::new("https://fhir.example.org");
+        cfg.auth = FhirAuth::OAuth2 {
+            token_url: "http://auth.example.org/token".into(),
+            client_id: "vitalflow".into(),
+            client_secret: "s3cret".into(),
+            scope: None,
+        };
+        let e = FhirClient::new(&cfg, Arc::new(Metrics::default()))
+            .err()
+            .expect("refused");
+        let text = format!("{e:#}");
+        assert!(
+            text.contains("http://auth.example.org/token") && text.contains("allow_http"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret"), "{text}");
+        cfg.allow_http_credentials = true;
+        assert!(FhirClient::new(&cfg, Arc::new(Metrics::default())).is_ok());
+    }
+
+    #[test]
+    fn a_token_lifetime_is_bounded_whatever_the_server_says() {
+        assert_eq!(
+            token_lifetime(&json!({"expires_in": u64::MAX})),
+            Duration::from_secs(86_400)
+        );
+        assert_eq!(
+            token_lifetime(&json!({"expires_in": "3600"})),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(token_lifetime(&json!({})), Duration::from_secs(300));
+        // What the refresh does with it: no overflow.
+        let _ = Instant::now() + token_lifetime(&json!({"expires_in": u64::MAX}));
     }
 
     #[test]

@@ -102,16 +102,95 @@ pub struct Counters {
     pub refused: AtomicU64,
 }
 
-/// Delivery reports go back to the connection thread waiting for them.
-struct Acks;
+/// Delivery reports record a message as accepted (in the dedup window) themselves, so a
+/// success that comes after the sender was told `AE` still counts; and they go back to the
+/// connection thread, if it still waits.
+struct Acks {
+    dedup: Arc<Dedup>,
+}
+
+/// What a delivery report answers: the connection waiting, and the dedup key (None for
+/// dead letters).
+type Delivery = (SyncSender<Result<(), String>>, Option<(String, String)>);
 
 impl ClientContext for Acks {}
 
 impl ProducerContext for Acks {
-    type DeliveryOpaque = Box<SyncSender<Result<(), String>>>;
+    type DeliveryOpaque = Box<Delivery>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, tx: Self::DeliveryOpaque) {
+    fn delivery(&self, result: &DeliveryResult<'_>, d: Self::DeliveryOpaque) {
+        let (tx, key) = *d;
+        if let Some(key) = key {
+            self.dedup.settle(key, result.is_ok());
+        }
         let _ = tx.send(result.as_ref().map(|_| ()).map_err(|(e, _)| e.to_string()));
+    }
+}
+
+/// The dedup window and the messages being delivered, shared by every connection: checking
+/// a message and claiming it is one step, so the same message sent on two connections at
+/// once is produced once.
+struct Dedup {
+    state: Mutex<(Seen, std::collections::HashSet<(String, String)>)>,
+    settled: std::sync::Condvar,
+    window: Duration,
+}
+
+/// What the dedup says of a message.
+enum Claim {
+    /// Accepted within the window: a duplicate.
+    Seen,
+    /// This connection delivers it.
+    Mine,
+    /// Another connection is still delivering it after the wait.
+    Busy,
+}
+
+impl Dedup {
+    /// Claims `key` for delivery, or says it was accepted; waits up to `wait` while another
+    /// connection delivers the same message.
+    fn claim(&self, key: &(String, String), wait: Duration) -> Claim {
+        let deadline = std::time::Instant::now() + wait;
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            st.0.expire(self.window);
+            if st.0.contains(key) {
+                return Claim::Seen;
+            }
+            if !st.1.contains(key) {
+                st.1.insert(key.clone());
+                return Claim::Mine;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Claim::Busy;
+            }
+            st = self
+                .settled
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// A delivery of `key` ended: accepted into the window on success; either way no longer
+    /// in flight.
+    fn settle(&self, key: (String, String), delivered: bool) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.1.remove(&key);
+        if delivered && !self.window.is_zero() {
+            st.0.insert(key);
+        }
+        drop(st);
+        self.settled.notify_all();
+    }
+
+    /// Gives a claim back without delivering (the message could not even be queued).
+    fn release(&self, key: &(String, String)) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.1.remove(key);
+        drop(st);
+        self.settled.notify_all();
     }
 }
 
@@ -140,14 +219,19 @@ impl Gateway {
 struct Shared {
     settings: Settings,
     producer: ThreadedProducer<Acks>,
-    /// (sending application, control id) → when it was accepted.
-    seen: Mutex<Seen>,
+    /// (sending application, control id) accepted, and in flight.
+    dedup: Arc<Dedup>,
     counters: Arc<Counters>,
     sequence: AtomicU64,
 }
 
 /// Starts the gateway; it serves until [`Gateway::stop`] (or `stop` is set).
 pub fn start(settings: Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Gateway> {
+    let dedup = Arc::new(Dedup {
+        state: Mutex::new(Default::default()),
+        settled: std::sync::Condvar::new(),
+        window: settings.dedup_window,
+    });
     let producer: ThreadedProducer<Acks> =
         crate::kafka::client_config(&settings.kafka, &settings.kafka.brokers)
             .set("enable.idempotence", "true")
@@ -155,7 +239,9 @@ pub fn start(settings: Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Gatewa
             // Every ACK waits on this write: send at once, without Nagle's delay.
             .set("linger.ms", "0")
             .set("socket.nagle.disable", "true")
-            .create_with_context(Acks)
+            .create_with_context(Acks {
+                dedup: dedup.clone(),
+            })
             .with_context(|| {
                 format!(
                     "cannot create a Kafka producer for {}",
@@ -177,6 +263,7 @@ pub fn start(settings: Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Gatewa
             .context("cannot read the dedup window back from Kafka")?
     };
     tracing::info!(messages = seen.len(), "dedup window read back from Kafka");
+    dedup.state.lock().unwrap_or_else(|p| p.into_inner()).0 = seen;
     let listener = TcpListener::bind(settings.listen)
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
@@ -184,7 +271,7 @@ pub fn start(settings: Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Gatewa
     let shared = Arc::new(Shared {
         settings,
         producer,
-        seen: Mutex::new(seen),
+        dedup,
         counters: counters.clone(),
         sequence: AtomicU64::new(0),
     });
@@ -365,13 +452,20 @@ fn handle(bytes: &[u8], shared: &Shared, peer: &str) -> String {
         );
     }
     let key = (h.sending_app.clone(), h.control_id.clone());
-    {
-        let mut seen = shared.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.expire(shared.settings.dedup_window);
-        if seen.contains(&key) {
+    match shared.dedup.claim(&key, shared.settings.ack_timeout) {
+        Claim::Seen => {
             shared.counters.duplicates.fetch_add(1, Ordering::Relaxed);
             return ack(&h, "AA", None);
         }
+        Claim::Busy => {
+            shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+            return nak(
+                Some(&h),
+                "AE",
+                "the same message is being delivered on another connection: send it again later",
+            );
+        }
+        Claim::Mine => {}
     }
     let kafka_key = match shared.settings.key {
         KeyBy::Patient => (parsed.segment("PID")).map(|s| {
@@ -402,27 +496,26 @@ fn handle(bytes: &[u8], shared: &Shared, peer: &str) -> String {
         });
     let payload = text.as_bytes();
     let (tx, rx) = sync_channel(1);
-    let mut record = BaseRecord::with_opaque_to(&shared.settings.topic, Box::new(tx))
-        .payload(payload)
-        .headers(headers);
+    let mut record =
+        BaseRecord::with_opaque_to(&shared.settings.topic, Box::new((tx, Some(key.clone()))))
+            .payload(payload)
+            .headers(headers);
     if let Some(k) = &kafka_key {
         record = record.key(k.as_bytes());
     }
     if let Err((e, _)) = shared.producer.send(record) {
+        shared.dedup.release(&key);
         return refuse("AE", format!("Kafka refused the message: {e}"), Some(&h));
     }
     match rx.recv_timeout(shared.settings.ack_timeout) {
+        // The delivery report put it in the dedup window.
         Ok(Ok(())) => {
-            shared
-                .seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key);
             shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
             ack(&h, "AA", None)
         }
-        // Not acknowledged: the sender sends it again (the idempotent producer and the
-        // dedup keep a late success from becoming a duplicate within the window).
+        // Not acknowledged: the sender sends it again. The claim stays until the delivery
+        // report comes: a resend waits for it, and a late success answers it `AA` without
+        // a second copy.
         Ok(Err(e)) => {
             shared.counters.refused.fetch_add(1, Ordering::Relaxed);
             nak(
@@ -462,7 +555,7 @@ fn dead_letter(bytes: &[u8], reason: &str, shared: &Shared, peer: &str) {
     );
     let (tx, _rx) = sync_channel(1);
     let record: BaseRecord<'_, (), String, _> =
-        BaseRecord::with_opaque_to(topic, Box::new(tx)).payload(&json);
+        BaseRecord::with_opaque_to(topic, Box::new((tx, None))).payload(&json);
     if let Err((e, _)) = shared.producer.send(record) {
         tracing::error!("mllp: cannot send a dead letter: {e}");
     }

@@ -45,8 +45,8 @@ pub enum Content {
     Any,
 }
 
-/// Where the MQTT broker is and how to log in.
-#[derive(Debug, Clone)]
+/// Where the MQTT broker is and how to log in. Its `Debug` shows no password.
+#[derive(Clone)]
 pub struct BrokerSettings {
     /// Host name or address.
     pub host: String,
@@ -60,6 +60,22 @@ pub struct BrokerSettings {
     pub client_auth: Option<(PathBuf, PathBuf)>,
     /// User name and password.
     pub credentials: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for BrokerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("ca_file", &self.ca_file)
+            .field("client_auth", &self.client_auth)
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|(user, _)| (user, "***")),
+            )
+            .finish()
+    }
 }
 
 impl BrokerSettings {
@@ -629,5 +645,22 @@ fn produce(producer: &ThreadedProducer<Deliveries>, state: &State, seq: u64, out
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_settings_never_show_the_password() {
+        let mut b = BrokerSettings::from_url("mqtts://broker.example.org").expect("url");
+        b.credentials = Some(("gateway".into(), "hunter2".into()));
+        let shown = format!("{b:?}");
+        assert!(
+            shown.contains("gateway") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert_eq!(b.port, 8883);
     }
 }
