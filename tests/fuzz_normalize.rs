@@ -1,10 +1,12 @@
 //! Byte-level fuzzing of parse + normalize, the path every Kafka message takes: whatever the
 //! bytes, no panic, and every failure is a dead letter that says why.
 //!
-//! Mutations of real messages of every template set (bit flips, truncation, splices, byte
-//! runs), plus hostile shapes: invalid UTF-8, 200-deep nesting, a 10 MB array, huge and
-//! odd numbers, odd timestamps. `VITALFLOW_FUZZ_CASES` sets the number of random cases
-//! (default 100,000).
+//! Mutations of real messages of every template set, JSON and HL7 v2 (IHE PCD-01) alike (bit
+//! flips, truncation, splices, byte runs, JSON tokens, HL7 delimiters, escapes, segment
+//! separators and MLLP framing bytes), plus hostile shapes: invalid UTF-8, 200-deep nesting,
+//! a 10 MB array, huge and odd numbers, odd timestamps, MSH headers with odd encoding
+//! characters. `VITALFLOW_FUZZ_CASES` sets the number of random cases (default 100,000),
+//! spread evenly over the template sets.
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -14,7 +16,13 @@ use vitalflow::dataflow::normalize::normalize;
 use vitalflow::mapping::{DeviceMapping, FhirMapping};
 use vitalflow::sources::{Origin, RawMessage};
 
-const SETS: [&str; 4] = ["basic", "iot-hub", "calculated", "bedside-monitor"];
+const SETS: [&str; 5] = [
+    "basic",
+    "iot-hub",
+    "calculated",
+    "bedside-monitor",
+    "ihe-pcd01",
+];
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -117,6 +125,27 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         Just(b"null".to_vec()),
         Just(b"\"9999-99-99T99:99:99Z\"".to_vec()),
         Just(b"\"2026-02-30T10:00:00+25:00\"".to_vec()),
+        // HL7 v2: delimiters, escapes, segment separators, headers, MLLP framing bytes.
+        Just(b"|".to_vec()),
+        Just(b"^".to_vec()),
+        Just(b"~".to_vec()),
+        Just(b"&".to_vec()),
+        Just(b"\\".to_vec()),
+        Just(b"\r".to_vec()),
+        Just(b"\n".to_vec()),
+        Just(b"\r\n".to_vec()),
+        Just(b"\\F\\".to_vec()),
+        Just(b"\\X0D0A\\".to_vec()),
+        Just(b"\\E\\".to_vec()),
+        Just(b"\\H\\".to_vec()),
+        Just(b"MSH|^~\\&|".to_vec()),
+        Just(b"MSH|".to_vec()),
+        Just(b"\rOBX|1|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.1.1.1|".to_vec()),
+        Just(b"\rPID|||".to_vec()),
+        Just(b"20261121100000+0000".to_vec()),
+        Just(b"99999999999999+9999".to_vec()),
+        Just(vec![0x0b]),
+        Just(vec![0x1c, 0x0d]),
         prop::collection::vec(any::<u8>(), 0..16),
     ];
     prop_oneof![
@@ -135,26 +164,23 @@ fn random_bytes_never_panic_and_every_failure_is_a_dead_letter_with_a_reason() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
     let sets = sets();
-    let seeds: Vec<(usize, usize)> = sets
-        .iter()
-        .enumerate()
-        .flat_map(|(s, (_, _, ms))| (0..ms.len()).map(move |m| (s, m)))
-        .collect();
     let mut runner = TestRunner::new(Config {
         cases,
         failure_persistence: None,
         ..Config::default()
     });
+    // A set, then one of its messages: each set gets its share, whatever its seed count.
     let strategy = (
-        0..seeds.len(),
+        0..sets.len(),
+        any::<usize>(),
         prop::collection::vec(mutation(), 1..6),
         prop::bool::weighted(0.05),
         prop::collection::vec(any::<u8>(), 0..256),
     );
     runner
-        .run(&strategy, |(seed, ms, raw, bytes)| {
-            let (s, m) = seeds[seed];
+        .run(&strategy, |(s, m, ms, raw, bytes)| {
             let (device, fhir, messages) = &sets[s];
+            let m = m % messages.len();
             let payload = if raw {
                 bytes
             } else {
@@ -197,6 +223,17 @@ fn hostile_shapes_are_dead_letters_not_crashes() {
         br#"{"deviceId":"\u0000","patientId":"\ud800","heartRate":"60","endDate":1764000000}"#.to_vec(),
         Vec::new(),
         b"null".to_vec(),
+        // HL7 v2 headers with odd or missing encoding characters and segment separators.
+        b"MSH".to_vec(),
+        b"MSH|".to_vec(),
+        b"MSH|^~\\&".to_vec(),
+        b"MSH||||||||||||".to_vec(),
+        b"MSH|\r\r\rOBX|||||||".to_vec(),
+        b"MSH|||\rPID|\rOBX|1|NM|||\x00\xff".to_vec(),
+        b"MSH^~\\&|".to_vec(),
+        format!("MSH|^~\\&|A|B|C|D|20261121100005+0000||ORU^R01|1|P|2.6\r{}", "OBX|1|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.1.1.1|97|\r".repeat(50_000)).into_bytes(),
+        format!("MSH|^~\\&|A|B|C|D|20261121100005+0000||ORU^R01|1|P|2.6\rOBX|1|NM|{}|", "^".repeat(100_000)).into_bytes(),
+        b"MSH|^~\\&|A|B|C|D|20261121100005+0000||ORU^R01|1|P|2.6\rOBX|1|NM|150456^X^MDC|1|\\X\\\\XZZ\\\\".to_vec(),
     ];
     for (device, fhir, _) in &sets {
         for s in &shapes {

@@ -206,6 +206,88 @@ fn one_message_on_two_connections_at_once_or_after_a_late_acknowledgement_is_pro
 }
 
 #[test]
+fn fuzzed_frames_are_each_answered_with_an_ack_and_the_gateway_keeps_serving() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let s = setup();
+    let good = message("P-F", "FUZZ-SEED");
+    let conn = std::cell::RefCell::new(TcpStream::connect(s.gateway.addr).expect("connect"));
+    let cases: u32 = std::env::var("VITALFLOW_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .map_or(3_000, |c| (c / 30).max(100));
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let token = prop_oneof![
+        Just(b"|".to_vec()),
+        Just(b"^".to_vec()),
+        Just(b"~".to_vec()),
+        Just(b"\\".to_vec()),
+        Just(b"&".to_vec()),
+        Just(b"\r".to_vec()),
+        Just(b"\\X0B1C\\".to_vec()),
+        Just(b"MSH|".to_vec()),
+        Just(vec![0x0b]),
+        Just(vec![0x1c]),
+        Just(vec![0xff, 0xfe]),
+        prop::collection::vec(any::<u8>(), 0..12),
+    ];
+    let edits = prop::collection::vec((any::<usize>(), token, any::<bool>()), 1..5);
+    let n = std::cell::Cell::new(0u32);
+    runner
+        .run(&edits, |edits| {
+            n.set(n.get() + 1);
+            let n = n.get();
+            let mut b = good.clone().into_bytes();
+            for (i, t, cut) in edits {
+                let i = i % (b.len() + 1);
+                if cut {
+                    b.truncate(i);
+                } else {
+                    b.splice(i..i, t);
+                }
+            }
+            // A frame's end bytes inside the body would end it early: the rest is garbage
+            // outside a frame, which the gateway skips; one answer per frame either way.
+            let body: Vec<u8> = b
+                .windows(1)
+                .enumerate()
+                .filter(|(j, w)| !(w[0] == 0x1c && b.get(j + 1) == Some(&0x0d)) && w[0] != 0x0b)
+                .map(|(_, w)| w[0])
+                .collect();
+            let mut framed = vec![0x0b];
+            framed.extend_from_slice(&body);
+            framed.extend_from_slice(&[0x1c, 0x0d]);
+            let reply = exchange(&mut *conn.borrow_mut(), &framed);
+            let (code, _) = msa(&reply);
+            prop_assert!(
+                ["AA", "AR", "AE"].contains(&code.as_str()),
+                "case {n}: {reply:?}"
+            );
+            if code != "AA" {
+                prop_assert!(
+                    reply
+                        .split('\r')
+                        .any(|seg| seg.starts_with("ERR|") && seg.len() > 8),
+                    "case {n}: a refusal says why: {reply:?}"
+                );
+            }
+            Ok(())
+        })
+        .expect("every frame answered");
+    // Still serving, on the same connection.
+    let reply = exchange(
+        &mut *conn.borrow_mut(),
+        &mllp::frame(&message("P-F", "AFTER-FUZZ")),
+    );
+    assert_eq!(msa(&reply), ("AA".to_string(), "AFTER-FUZZ".to_string()));
+    s.gateway.stop();
+}
+
+#[test]
 fn bad_input_is_refused_with_its_reason_and_the_connection_goes_on() {
     let s = setup();
     let mut conn = TcpStream::connect(s.gateway.addr).expect("connect");
