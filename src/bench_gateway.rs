@@ -389,6 +389,7 @@ pub fn mqtt(broker: Option<&str>, publishers: usize, messages: u64) -> anyhow::R
         receive_maximum: 1000,
         session_expiry: Duration::from_secs(60),
         max_payload: 1 << 20,
+        dedup_window: Duration::from_secs(600),
     })?;
     let started = Instant::now();
     publish(&settings_broker, publishers, messages)?;

@@ -28,15 +28,84 @@ fn layer_of(module: &str) -> Option<usize> {
     LAYERS.iter().position(|l| l.contains(&module))
 }
 
-/// The code of a file without comments and without its test module (which may reach up to
-/// build what it checks).
+/// The code of a file without comments and without the items under `#[cfg(test)]` (test
+/// modules may reach up to build what they check): each such item is cut to its matching
+/// brace, so production code after a test module is still checked.
 fn code(text: &str) -> String {
-    let end = text.find("#[cfg(test)]").unwrap_or(text.len());
-    text[..end]
+    let text: String = text
         .lines()
         .map(|l| l.split("//").next().unwrap_or(""))
         .collect::<Vec<_>>()
-        .join("\n")
+        .join("\n");
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find("#[cfg(test)]") {
+        out.push_str(&rest[..i]);
+        let item = &rest[i..];
+        // The item ends at the `;` before any brace, or at the brace matching its first.
+        let end = match (item.find('{'), item.find(';')) {
+            (Some(b), Some(semi)) if semi < b => semi + 1,
+            (Some(b), _) => {
+                let mut depth = 0usize;
+                let mut end = item.len();
+                for (j, c) in item[b..].char_indices() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                end = b + j + 1;
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                end
+            }
+            (None, Some(semi)) => semi + 1,
+            (None, None) => item.len(),
+        };
+        rest = &item[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The top modules a `crate::` path names: `crate::a::b` names `a`; `crate::{a::x, b}`
+/// names `a` and `b`.
+fn used_after(text: &str) -> Vec<String> {
+    let ident = |t: &str| -> String {
+        t.trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    if let Some(group) = text.strip_prefix('{') {
+        let mut depth = 1usize;
+        let mut names = Vec::new();
+        let mut start = 0;
+        for (j, c) in group.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        names.push(ident(&group[start..j]));
+                        break;
+                    }
+                }
+                ',' if depth == 1 => {
+                    names.push(ident(&group[start..j]));
+                    start = j + 1;
+                }
+                _ => {}
+            }
+        }
+        names.into_iter().filter(|n| !n.is_empty()).collect()
+    } else {
+        vec![ident(text)]
+    }
 }
 
 fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
@@ -77,19 +146,17 @@ fn every_module_imports_only_from_lower_layers() {
         });
         let text = code(&std::fs::read_to_string(&path).expect("read"));
         for (i, _) in text.match_indices("crate::") {
-            let used: String = text[i + 7..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            if used == top || used.is_empty() {
-                continue;
-            }
-            match layer_of(&used) {
-                Some(l) if l < own => {}
-                _ => wrong
-                    .entry(format!("src/{}", rel.display()))
-                    .or_default()
-                    .push(used),
+            for used in used_after(&text[i + 7..]) {
+                if used == top || used.is_empty() {
+                    continue;
+                }
+                match layer_of(&used) {
+                    Some(l) if l < own => {}
+                    _ => wrong
+                        .entry(format!("src/{}", rel.display()))
+                        .or_default()
+                        .push(used),
+                }
             }
         }
         checked += 1;
@@ -98,5 +165,19 @@ fn every_module_imports_only_from_lower_layers() {
     assert!(
         wrong.is_empty(),
         "imports from the same or a higher layer (docs/ARCHITECTURE.md, \"Layers\"): {wrong:#?}"
+    );
+}
+
+#[test]
+fn the_check_sees_production_code_after_a_test_module_and_grouped_imports() {
+    let text = "use crate::time;\n#[cfg(test)]\nmod tests {\n    use crate::dataflow;\n    fn f() { if x { } }\n}\nfn later() { crate::sinks::x(); }\n";
+    let c = code(text);
+    assert!(
+        c.contains("crate::sinks") && !c.contains("crate::dataflow"),
+        "{c}"
+    );
+    assert_eq!(
+        used_after("{model::Measurement, anomaly::{rules, judge}, time};"),
+        vec!["model", "anomaly", "time"]
     );
 }

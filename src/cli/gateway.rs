@@ -103,6 +103,10 @@ pub struct MqttArgs {
     /// Largest payload accepted, bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_payload: usize,
+    /// A message (same topic, same bytes) already in Kafka within this is acknowledged
+    /// without being produced again: the broker's redeliveries after a restart (0: off).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    dedup_window: Duration,
 }
 
 /// What a payload must be.
@@ -243,6 +247,7 @@ fn run_mqtt(args: MqttArgs) -> ExitCode {
         receive_maximum: args.receive_maximum,
         session_expiry: args.session_expiry,
         max_payload: args.max_payload,
+        dedup_window: args.dedup_window,
     };
     let stop = stop_on_signals();
     let gateway = match mqtt::start(settings) {

@@ -1,6 +1,7 @@
-//! The MLLP gateway's dedup window: (sending application, control id) of the messages
-//! accepted within it, kept in acceptance order so expiry costs what expires, and read back
-//! from the topic's headers at start-up so the window survives a restart.
+//! The gateways' dedup window: the keys of the messages accepted within it (MLLP: sending
+//! application and control id; MQTT: topic and payload digest), kept in acceptance order so
+//! expiry costs what expires, and read back from the topic's headers at start-up so the
+//! window survives a restart.
 
 use crate::config::KafkaConfig;
 use std::collections::{HashMap, VecDeque};
@@ -40,24 +41,27 @@ impl Seen {
         self.order.push_back((at, key));
     }
 
-    /// The control ids Kafka already holds from the last `window`, read back from the
-    /// topic's headers: a sender resending what a previous gateway wrote to Kafka but did not
-    /// acknowledge (it was killed) is acknowledged without a second copy. Reads the window's
-    /// records once at start-up: from the offset Kafka gives for the window's start, or, where
-    /// it gives none (brokers without time indexes), backwards from the end in growing steps
-    /// until a step reaches records older than the window.
+    /// The keys Kafka already holds from the last `window`, read back from the records'
+    /// `headers` (the two making a key): a sender resending what a previous gateway wrote to
+    /// Kafka but did not acknowledge (it was killed) is acknowledged without a second copy.
+    /// Reads the window's records once at start-up: from the offset Kafka gives for the
+    /// window's start, or, where it gives none (brokers without time indexes), backwards from
+    /// the end in growing steps until a step reaches records older than the window.
     pub(super) fn from_kafka(
         kafka: &KafkaConfig,
         topic: &str,
         window: Duration,
+        headers: (&str, &str),
     ) -> anyhow::Result<Self> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         use rdkafka::{Offset, TopicPartitionList};
         let timeout = kafka.startup_timeout;
         let consumer: BaseConsumer = crate::kafka::client_config(kafka, &kafka.brokers)
-            .set("group.id", "vitalflow-mllp-gateway-dedup")
+            .set("group.id", "vitalflow-gateway-dedup")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
+            // A read-back ends on a Fetch answer at the end: the broker must not hold it.
+            .set("fetch.wait.max.ms", "10")
             .create()?;
         let partitions = crate::kafka::read_back::partitions(&consumer, topic, timeout)?;
         let now_ms = chrono::Utc::now().timestamp_millis();
@@ -69,38 +73,52 @@ impl Seen {
         let starts = consumer.offsets_for_times(query, timeout)?;
         let deadline = Instant::now() + timeout.max(Duration::from_secs(60));
         let mut found = Vec::new();
+        let range = |partition, from, to| crate::kafka::read_back::Range {
+            partition,
+            from: Some(from),
+            to,
+        };
+        // Partitions with a time index: the window's records, all partitions in one read.
+        let mut direct = Vec::new();
+        let mut stepping = Vec::new();
         for e in starts.elements() {
             let p = e.partition();
             let low = partitions.get(&p).copied().unwrap_or(0);
             match e.offset() {
-                Offset::Offset(start) if start >= low => {
-                    read_back(&consumer, topic, p, (start, None), deadline, &mut found)?;
+                Offset::Offset(start) if start >= low => direct.push(range(p, start, None)),
+                _ => stepping.push((p, low)),
+            }
+        }
+        read_back(&consumer, headers, topic, &direct, deadline, &mut found)?;
+        for (p, low) in stepping {
+            // No time index: backwards from the end in growing steps. ListOffsets' end may
+            // lie before the real one (see crate::kafka::read_back): what follows it is read
+            // first, to the real end.
+            let (_, listed) = consumer.fetch_watermarks(topic, p, timeout)?;
+            let listed = listed.max(low);
+            let newest = read_back(
+                &consumer,
+                headers,
+                topic,
+                &[range(p, listed, None)],
+                deadline,
+                &mut found,
+            )?;
+            let (mut end, mut step) = (listed, 1000);
+            while end > low && newest.is_none_or(|t| t >= since) {
+                let from = (end - step).max(low);
+                let oldest = read_back(
+                    &consumer,
+                    headers,
+                    topic,
+                    &[range(p, from, Some(end))],
+                    deadline,
+                    &mut found,
+                )?;
+                if oldest.is_some_and(|t| t < since) {
+                    break;
                 }
-                _ => {
-                    // No time index: backwards from the end in growing steps. ListOffsets'
-                    // end may lie before the real one (see crate::kafka::read_back): what
-                    // follows it is read first, to the real end.
-                    let (_, listed) = consumer.fetch_watermarks(topic, p, timeout)?;
-                    let listed = listed.max(low);
-                    let newest =
-                        read_back(&consumer, topic, p, (listed, None), deadline, &mut found)?;
-                    let (mut end, mut step) = (listed, 1000);
-                    while end > low && newest.is_none_or(|t| t >= since) {
-                        let from = (end - step).max(low);
-                        let oldest = read_back(
-                            &consumer,
-                            topic,
-                            p,
-                            (from, Some(end)),
-                            deadline,
-                            &mut found,
-                        )?;
-                        if oldest.is_some_and(|t| t < since) {
-                            break;
-                        }
-                        (end, step) = (from, step * 2);
-                    }
-                }
+                (end, step) = (from, step * 2);
             }
         }
         found.retain(|(at, _)| *at >= since);
@@ -128,25 +146,22 @@ impl Seen {
     }
 }
 
-/// Reads offsets `range` of one partition (to its real end where the range gives none)
-/// into `found` as (timestamp, (sending application, control id)); returns the oldest
-/// timestamp read.
+/// Reads `ranges` (to a partition's real end where a range gives none) into `found` as
+/// (timestamp, (first, second) header values); returns the oldest timestamp read.
 fn read_back(
     consumer: &rdkafka::consumer::BaseConsumer,
+    (first, second): (&str, &str),
     topic: &str,
-    partition: i32,
-    (from, to): (i64, Option<i64>),
+    ranges: &[crate::kafka::read_back::Range],
     deadline: Instant,
     found: &mut Vec<(i64, (String, String))>,
 ) -> anyhow::Result<Option<i64>> {
     use rdkafka::Message;
     let mut oldest: Option<i64> = None;
-    let range = crate::kafka::read_back::Range {
-        partition,
-        from: Some(from),
-        to,
-    };
-    crate::kafka::read_back::read(consumer, topic, &[range], deadline, |m| {
+    if ranges.is_empty() {
+        return Ok(None);
+    }
+    crate::kafka::read_back::read(consumer, topic, ranges, deadline, |m| {
         let at = m.timestamp().to_millis().unwrap_or(i64::MAX);
         oldest = Some(oldest.map_or(at, |o| o.min(at)));
         let headers: HashMap<String, Vec<u8>> = crate::kafka::headers_of(m);
@@ -155,11 +170,8 @@ fn read_back(
                 .get(k)
                 .map(|v| String::from_utf8_lossy(v).into_owned())
         };
-        if let (Some(app), Some(id)) = (
-            text("hl7-sending-application"),
-            text("hl7-message-control-id"),
-        ) {
-            found.push((at, (app, id)));
+        if let (Some(a), Some(b)) = (text(first), text(second)) {
+            found.push((at, (a, b)));
         }
     })
     .map_err(|e| e.context("reading the dedup window back"))?;

@@ -259,8 +259,13 @@ pub fn start(settings: Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Gatewa
     let seen = if settings.dedup_window.is_zero() {
         Seen::default()
     } else {
-        Seen::from_kafka(&settings.kafka, &settings.topic, settings.dedup_window)
-            .context("cannot read the dedup window back from Kafka")?
+        Seen::from_kafka(
+            &settings.kafka,
+            &settings.topic,
+            settings.dedup_window,
+            ("hl7-sending-application", "hl7-message-control-id"),
+        )
+        .context("cannot read the dedup window back from Kafka")?
     };
     tracing::info!(messages = seen.len(), "dedup window read back from Kafka");
     dedup.state.lock().unwrap_or_else(|p| p.into_inner()).0 = seen;

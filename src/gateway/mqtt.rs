@@ -140,6 +140,9 @@ pub struct Settings {
     pub session_expiry: Duration,
     /// Largest message accepted from the broker, bytes.
     pub max_payload: usize,
+    /// A message (topic and payload) already in Kafka within this is acknowledged without
+    /// being produced again: what the broker redelivers after a gateway restart (0: off).
+    pub dedup_window: Duration,
 }
 
 /// Counters of a running gateway.
@@ -153,6 +156,34 @@ pub struct Counters {
     pub connects: AtomicU64,
     /// Messages received (redeliveries included).
     pub received: AtomicU64,
+    /// Redelivered messages Kafka already had: acknowledged, not produced again.
+    pub duplicates: AtomicU64,
+}
+
+/// The digests of messages in Kafka within the dedup window, and of those on their way:
+/// a redelivery of one on its way is acknowledged with it.
+#[derive(Default)]
+struct Digests {
+    seen: super::dedup::Seen,
+    /// Digest → the sequence numbers of its redeliveries waiting for its delivery.
+    in_flight: std::collections::HashMap<(String, String), Vec<u64>>,
+}
+
+/// The dedup key of a message: its topic and a digest of its payload (MQTT 5 gives a
+/// message no id of its own; a redelivery is the same bytes on the same topic).
+fn digest(topic: &str, payload: &[u8]) -> (String, String) {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    h.update(topic.as_bytes());
+    h.update([0]);
+    h.update(payload);
+    (
+        topic.to_string(),
+        h.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
 }
 
 /// Messages received and not yet acknowledged, in the order they came.
@@ -172,6 +203,8 @@ struct State {
     counters: Arc<Counters>,
     failure: Mutex<Option<String>>,
     stop: AtomicBool,
+    digests: Mutex<Digests>,
+    window: Duration,
 }
 
 impl State {
@@ -180,6 +213,28 @@ impl State {
     /// acknowledgement waits when the request channel is full, and the MQTT loop drains it
     /// (a slower acknowledgement holds the broker back).
     fn delivered(&self, seq: u64, refused: bool) {
+        let counter = if refused {
+            &self.counters.refused
+        } else {
+            &self.counters.accepted
+        };
+        self.delivered_as(seq, counter);
+    }
+
+    /// Acknowledges (in order) a redelivered message Kafka already has: counted as a
+    /// duplicate, not as accepted.
+    fn delivered_again(&self, seq: u64) {
+        self.delivered_as(seq, &self.counters.duplicates);
+        let n = self.counters.duplicates.load(Ordering::Relaxed);
+        if n == 1 || n % 100 == 0 {
+            tracing::info!(
+                duplicates = n,
+                "redelivered messages Kafka already had: acknowledged without a second copy"
+            );
+        }
+    }
+
+    fn delivered_as(&self, seq: u64, counter: &AtomicU64) {
         // Held while popping and sending, so acknowledgements leave in the order messages came
         // even when a flush serves delivery reports on a second thread.
         let _order = self.acking.lock().unwrap_or_else(|e| e.into_inner());
@@ -197,11 +252,6 @@ impl State {
                 p.front += 1;
             }
             ready
-        };
-        let counter = if refused {
-            &self.counters.refused
-        } else {
-            &self.counters.accepted
         };
         counter.fetch_add(1, Ordering::Relaxed);
         for publish in ready {
@@ -226,13 +276,33 @@ struct Deliveries(Arc<State>);
 
 impl ClientContext for Deliveries {}
 
+/// What a delivery report carries: the sequence number, whether the record is a dead
+/// letter, and the message's dedup key.
+type Opaque = (u64, bool, Option<(String, String)>);
+
 impl ProducerContext for Deliveries {
-    type DeliveryOpaque = Box<(u64, bool)>;
+    type DeliveryOpaque = Box<Opaque>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
-        let (seq, dead_letter) = *opaque;
+        let (seq, dead_letter, key) = *opaque;
         match result {
-            Ok(_) => self.0.delivered(seq, dead_letter),
+            Ok(_) => {
+                // In the window from now on, and its redeliveries waiting for it go with it.
+                let waiting = key
+                    .map(|k| {
+                        let mut d = self.0.digests.lock().unwrap_or_else(|e| e.into_inner());
+                        let waiting = d.in_flight.remove(&k).unwrap_or_default();
+                        if !self.0.window.is_zero() {
+                            d.seen.insert(k);
+                        }
+                        waiting
+                    })
+                    .unwrap_or_default();
+                self.0.delivered(seq, dead_letter);
+                for w in waiting {
+                    self.0.delivered_again(w);
+                }
+            }
             // librdkafka retried until message.timeout.ms: stop without acknowledging, so the
             // broker delivers this message (and every later one) again when the gateway is
             // back; acknowledging later ones would not be in order.
@@ -348,6 +418,8 @@ pub fn start(settings: Settings) -> anyhow::Result<Gateway> {
         counters: counters.clone(),
         failure: Mutex::new(None),
         stop: AtomicBool::new(false),
+        digests: Mutex::new(Digests::default()),
+        window: settings.dedup_window,
     });
     let producer: Arc<ThreadedProducer<Deliveries>> = Arc::new(
         crate::kafka::client_config(&settings.kafka, &settings.kafka.brokers)
@@ -369,6 +441,17 @@ pub fn start(settings: Settings) -> anyhow::Result<Gateway> {
         &[&settings.topic, &settings.dead_letter_topic],
         settings.kafka.startup_timeout,
     )?;
+    if !settings.dedup_window.is_zero() {
+        let seen = super::dedup::Seen::from_kafka(
+            &settings.kafka,
+            &settings.topic,
+            settings.dedup_window,
+            ("mqtt-topic", DIGEST_HEADER),
+        )
+        .context("cannot read the dedup window back from Kafka")?;
+        tracing::info!(messages = seen.len(), "dedup window read back from Kafka");
+        state.digests.lock().unwrap_or_else(|e| e.into_inner()).seen = seen;
+    }
     let filters: Vec<Filter> = settings
         .subscriptions
         .iter()
@@ -468,7 +551,7 @@ fn serve(
     mut connection: rumqttc::v5::Connection,
     settings: &Settings,
     filters: &[Filter],
-    state: &State,
+    state: &Arc<State>,
     producer: &ThreadedProducer<Deliveries>,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -518,24 +601,52 @@ fn serve(
     }
 }
 
+/// The header carrying a message's payload digest (its dedup key with `mqtt-topic`).
+const DIGEST_HEADER: &str = "mqtt-digest";
+
 /// Checks one message and produces it (or its dead letter); the delivery report acknowledges.
-fn handle(p: Publish, s: &Settings, state: &State, producer: &ThreadedProducer<Deliveries>) {
+/// A redelivery of a message Kafka already has (within the dedup window) is acknowledged
+/// without a second copy; one of a message still on its way, with it.
+fn handle(p: Publish, s: &Settings, state: &Arc<State>, producer: &ThreadedProducer<Deliveries>) {
     let received = state.counters.received.fetch_add(1, Ordering::Relaxed);
     let topic = String::from_utf8_lossy(&p.topic).into_owned();
-    let out = match problem(&p, s) {
+    let problem = problem(&p, s);
+    let key = problem.is_none().then(|| digest(&topic, &p.payload));
+    let out = match problem {
         Some(reason) => {
             // The reason may quote the payload: it goes to the dead letter, not to the log.
             tracing::warn!("mqtt: message refused (the reason is in the dead letter)");
             dead_letter(&s.dead_letter_topic, &p, &topic, reason, received)
         }
-        None => record(&p, s, &topic),
+        None => record(&p, s, &topic, key.as_ref().map(|k| k.1.as_str())),
     };
+    // Under the digests' lock: a delivery report cannot settle the original between the
+    // check and the queueing of its redelivery.
+    let mut digests = state.digests.lock().unwrap_or_else(|e| e.into_inner());
+    if key.is_some() {
+        digests.seen.expire(s.dedup_window);
+    }
     let seq = {
         let mut pending = state.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.queue.push_back((p, false));
         pending.front + pending.queue.len() as u64 - 1
     };
-    produce(producer, state, seq, out);
+    if let Some(k) = &key {
+        if digests.seen.contains(k) {
+            drop(digests);
+            // Acknowledgements are sent off the MQTT loop's thread (see State::delivered).
+            let state = state.clone();
+            std::thread::spawn(move || state.delivered_again(seq));
+            return;
+        }
+        if let Some(waiting) = digests.in_flight.get_mut(k) {
+            waiting.push(seq);
+            return;
+        }
+        digests.in_flight.insert(k.clone(), Vec::new());
+    }
+    drop(digests);
+    produce(producer, state, seq, out, key);
 }
 
 /// What is wrong with a message, if anything.
@@ -561,11 +672,17 @@ fn problem(p: &Publish, s: &Settings) -> Option<String> {
 
 /// The Kafka record of an accepted message: the template's levels and the MQTT 5 user
 /// properties as headers, the key level as key.
-fn record<'a>(p: &Publish, s: &'a Settings, topic: &str) -> Outgoing<'a> {
+fn record<'a>(p: &Publish, s: &'a Settings, topic: &str, digest: Option<&str>) -> Outgoing<'a> {
     let mut headers = OwnedHeaders::new().insert(Header {
         key: "mqtt-topic",
         value: Some(topic.as_bytes()),
     });
+    if let Some(d) = digest {
+        headers = headers.insert(Header {
+            key: DIGEST_HEADER,
+            value: Some(d.as_bytes()),
+        });
+    }
     let mut key = None;
     let captures = s.subscriptions.iter().find_map(|t| t.captures(topic));
     for (name, value) in captures.iter().flatten() {
@@ -625,8 +742,14 @@ struct Outgoing<'a> {
     dead_letter: bool,
 }
 
-fn produce(producer: &ThreadedProducer<Deliveries>, state: &State, seq: u64, out: Outgoing<'_>) {
-    let mut record = BaseRecord::with_opaque_to(out.topic, Box::new((seq, out.dead_letter)))
+fn produce(
+    producer: &ThreadedProducer<Deliveries>,
+    state: &State,
+    seq: u64,
+    out: Outgoing<'_>,
+    key: Option<(String, String)>,
+) {
+    let mut record = BaseRecord::with_opaque_to(out.topic, Box::new((seq, out.dead_letter, key)))
         .payload(&out.payload)
         .headers(out.headers);
     if let Some(k) = &out.key {

@@ -240,6 +240,8 @@ pub fn read_back(
         .set("group.id", "vitalflow-read-back")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        // A read-back ends on a Fetch answer at the end: the broker must not hold it.
+        .set("fetch.wait.max.ms", "10")
         .create()
         .with_context(|| format!("cannot read {topic} back"))?;
     let timeout = Duration::from_secs(10);

@@ -3,6 +3,7 @@
 
 pub mod fhir_server;
 pub mod mosquitto;
+pub mod tansu;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
