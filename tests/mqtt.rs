@@ -261,12 +261,8 @@ fn tls_and_a_password_are_used_and_a_wrong_password_stops_start_up_with_the_reas
 }
 
 /// `vitalflow gateway mqtt` as a process, its stderr read until it has subscribed.
-fn spawn_gateway(broker: &Mosquitto, brokers: &str) -> common::Running {
-    spawn_counting(broker, brokers, None)
-}
-
-/// As [`spawn_gateway`], counting in `duplicates` the redeliveries the gateway reports having
-/// recognised (messages Kafka already had).
+/// Counting in `duplicates` the redeliveries the gateway reports having recognised
+/// (messages Kafka already had).
 fn spawn_counting(
     broker: &Mosquitto,
     brokers: &str,
