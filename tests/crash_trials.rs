@@ -461,9 +461,12 @@ fn trial(seed: u64, kills: usize, identity: &str, kind: Broker) -> Report {
         let kill = if rng.random_bool(0.5) {
             Kill::After(Duration::from_millis(rng.random_range(500..4500)))
         } else {
+            // The first or second pass: every point is reached within the 8 s while input
+            // is left (a fifth alerting checkpoint may not be: their spacing grows with
+            // the time encoding them takes).
             Kill::At(
                 POINTS[rng.random_range(0..POINTS.len())],
-                rng.random_range(1..6),
+                rng.random_range(1..3),
             )
         };
         let drained = committed(&brokers, "crash", "vitals", PARTITIONS) == input_ends;
