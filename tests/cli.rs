@@ -501,7 +501,12 @@ fn bench_alerts_scores_scenarios_against_their_ground_truth_and_the_naive_baseli
     assert_eq!(missing["vitalflow"]["alerts"], 0, "{missing}");
     // Lost signals are technical alerts, each labelled loss found, nothing else raised; a
     // slipping probe's falsely low readings open nothing physiological.
-    for n in ["probe-off", "probe-off-missing", "probe-slip", "ward-probe-off"] {
+    for n in [
+        "probe-off",
+        "probe-off-missing",
+        "probe-slip",
+        "ward-probe-off",
+    ] {
         let s = by_name(n);
         assert_eq!(s["technical"]["recall"], 1.0, "{s}");
         assert_eq!(s["technical"]["precision"], 1.0, "{s}");
