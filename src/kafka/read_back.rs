@@ -32,6 +32,9 @@ pub struct Range {
 /// Per partition, the offset the read reached (everything before it was read).
 pub type Reached = BTreeMap<i32, i64>;
 
+/// How many records before its start a read begins (librdkafka's largest batch).
+pub const LOOKBACK: i64 = 10_000;
+
 /// Reads `ranges` of `topic` with `consumer` (assigned to them here), handing every record
 /// to `each`, until every range is read or `deadline` passes (an error).
 pub fn read(
@@ -45,6 +48,8 @@ pub fn read(
     // (partition) -> (next offset to read, stop before)
     let mut pending: BTreeMap<i32, (Option<i64>, Option<i64>)> = BTreeMap::new();
     let mut reached = Reached::new();
+    // Where each range starts: records before it (read for the look-back) are not handed on.
+    let mut start: BTreeMap<i32, i64> = BTreeMap::new();
     for r in ranges {
         if let (Some(f), Some(t)) = (r.from, r.to) {
             if f >= t {
@@ -55,9 +60,13 @@ pub fn read(
         tpl.add_partition_offset(
             topic,
             r.partition,
-            r.from.map_or(Offset::Beginning, Offset::Offset),
+            r.from
+                .map_or(Offset::Beginning, |f| Offset::Offset((f - LOOKBACK).max(0))),
         )?;
         pending.insert(r.partition, (r.from, r.to));
+        if let Some(f) = r.from {
+            start.insert(r.partition, f);
+        }
     }
     if pending.is_empty() {
         return Ok(reached);
@@ -77,7 +86,8 @@ pub fn read(
             Some(Ok(m)) => {
                 let p = m.partition();
                 if let Some((next, to)) = pending.get_mut(&p) {
-                    if to.is_none_or(|t| m.offset() < t) {
+                    let from = start.get(&p).copied().unwrap_or(i64::MIN);
+                    if m.offset() >= from && to.is_none_or(|t| m.offset() < t) {
                         each(&m);
                     }
                     *next = Some(next.map_or(m.offset() + 1, |n| n.max(m.offset() + 1)));
@@ -138,8 +148,8 @@ pub fn read(
 /// The (low, high) watermarks of a partition as the last Fetch response gave them (no
 /// request): `rd_kafka_get_watermark_offsets`, which rust-rdkafka does not wrap. Err until a
 /// Fetch response for the partition arrived.
-fn fetched_watermarks(
-    consumer: &BaseConsumer,
+pub fn fetched_watermarks<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
     topic: &str,
     partition: i32,
 ) -> Result<(i64, i64), ()> {

@@ -213,6 +213,7 @@ impl Source for KafkaSource {
             topics,
             next,
             at_eof,
+            consumer,
             ..
         } = self;
         let share = max.div_ceil(n);
@@ -224,7 +225,27 @@ impl Source for KafkaSource {
             for _ in 0..share {
                 let polled = queues[at].1.poll(Duration::ZERO);
                 match polled {
-                    None => break,
+                    None => {
+                        // The end of a partition may come as a client-level error instead of
+                        // on its queue (librdkafka does so; a Tansu broker showed it): where
+                        // the last Fetch's high-water mark says nothing is left, it is at
+                        // its end all the same.
+                        let key = &queues[at].0;
+                        if !at_eof.contains(key) {
+                            let fetched = crate::kafka::read_back::fetched_watermarks(
+                                consumer, &key.0, key.1,
+                            );
+                            let ended = match (fetched, next.get(key)) {
+                                (Ok((_, high)), Some(n)) => *n >= high,
+                                (Ok((low, high)), None) => low >= high,
+                                (Err(()), _) => false,
+                            };
+                            if ended {
+                                at_eof.insert(key.clone());
+                            }
+                        }
+                        break;
+                    }
                     Some(Err(KafkaError::PartitionEOF(_))) => {
                         at_eof.insert(queues[at].0.clone());
                         break;

@@ -63,7 +63,9 @@ pub fn run_ok(cmd: &mut Command) -> Output {
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("vitalflow ran over 3 minutes and was killed");
+            let err = err.join().unwrap_or_default();
+            let tail = String::from_utf8_lossy(&err[err.len().saturating_sub(4000)..]).into_owned();
+            panic!("vitalflow ran over 3 minutes and was killed; the end of its log:\n{tail}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
