@@ -115,7 +115,7 @@ pub fn read(
                     Some(t) => *t,
                     // The Fetch response's high-water mark; negative until one arrived.
                     None => match fetched_watermarks(consumer, topic, *p) {
-                        Ok((_, high)) if high >= 0 => high,
+                        Some((_, high)) if high >= 0 => high,
                         _ => return None,
                     },
                 };
@@ -133,7 +133,7 @@ pub fn read(
             .filter(|(_, (next, to))| next.is_none() && to.is_none())
             .map(|(p, _)| *p)
             .filter(|p| {
-                matches!(fetched_watermarks(consumer, topic, *p), Ok((low, high)) if high >= 0 && low >= high)
+                matches!(fetched_watermarks(consumer, topic, *p), Some((low, high)) if high >= 0 && low >= high)
             })
             .collect();
         for p in empty {
@@ -146,14 +146,14 @@ pub fn read(
 }
 
 /// The (low, high) watermarks of a partition as the last Fetch response gave them (no
-/// request): `rd_kafka_get_watermark_offsets`, which rust-rdkafka does not wrap. Err until a
+/// request): `rd_kafka_get_watermark_offsets`, which rust-rdkafka does not wrap. None until a
 /// Fetch response for the partition arrived.
 pub fn fetched_watermarks<C: rdkafka::consumer::ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     partition: i32,
-) -> Result<(i64, i64), ()> {
-    let topic = std::ffi::CString::new(topic).map_err(|_| ())?;
+) -> Option<(i64, i64)> {
+    let topic = std::ffi::CString::new(topic).ok()?;
     let (mut low, mut high) = (-1i64, -1i64);
     // SAFETY: the client pointer is valid while `consumer` lives; the topic is a valid C
     // string for the call; librdkafka writes only the two offsets and reads nothing else.
@@ -167,9 +167,9 @@ pub fn fetched_watermarks<C: rdkafka::consumer::ConsumerContext>(
         )
     };
     if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || high < 0 {
-        return Err(());
+        return None;
     }
-    Ok((low, high))
+    Some((low, high))
 }
 
 /// The partitions of `topic` and the first offset the broker still holds in each (records

@@ -63,6 +63,12 @@ pub struct KafkaSource {
     /// `--until-end`: a partition at its end has ended.
     until_end: bool,
     next: BTreeMap<(Arc<str>, i32), i64>,
+    /// Per partition, the committed offset the read resumes at: it starts up to
+    /// `read_back::LOOKBACK` records earlier, and what comes before this is skipped. A broker
+    /// may answer a Fetch in the middle of a record batch with the batches after it, or, in
+    /// the last batch, with nothing (Tansu 0.6): a read resumed there lost the rest of the
+    /// batch or never reached the end.
+    resume_at: HashMap<(Arc<str>, i32), i64>,
     turn: usize,
 }
 
@@ -115,19 +121,33 @@ impl KafkaSource {
             }
         }
         let mut next = BTreeMap::new();
+        let mut resume_at = HashMap::new();
         let mut queues = Vec::new();
         if !mine.is_empty() {
             let committed = consumer
                 .committed_offsets(tpl.clone(), k.startup_timeout)
                 .context("cannot read the consumer group's committed offsets")?;
+            let mut from = TopicPartitionList::new();
             for (topic, p) in &mine {
-                if let Some(Offset::Offset(o)) =
-                    committed.find_partition(topic, *p).map(|e| e.offset())
-                {
-                    next.insert((topic.clone(), *p), o);
+                match committed.find_partition(topic, *p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => {
+                        next.insert((topic.clone(), *p), o);
+                        resume_at.insert((topic.clone(), *p), o);
+                        // Never before the first offset the broker holds: an offset out of
+                        // range would reset to `start` (latest: past everything unread).
+                        let low = consumer
+                            .fetch_watermarks(topic, *p, k.startup_timeout)
+                            .with_context(|| format!("cannot read where {topic}/{p} starts"))?
+                            .0;
+                        let early = (o - crate::kafka::read_back::LOOKBACK).max(low).min(o);
+                        from.add_partition_offset(topic, *p, Offset::Offset(early))?;
+                    }
+                    _ => {
+                        from.add_partition_offset(topic, *p, Offset::Stored)?;
+                    }
                 }
             }
-            consumer.assign(&tpl).context("cannot assign partitions")?;
+            consumer.assign(&from).context("cannot assign partitions")?;
             for (topic, p) in &mine {
                 let q = consumer
                     .split_partition_queue(topic, *p)
@@ -143,6 +163,7 @@ impl KafkaSource {
             at_eof: HashSet::new(),
             until_end,
             next,
+            resume_at,
             turn: 0,
         })
     }
@@ -214,6 +235,7 @@ impl Source for KafkaSource {
             next,
             at_eof,
             consumer,
+            resume_at,
             ..
         } = self;
         let share = max.div_ceil(n);
@@ -236,9 +258,9 @@ impl Source for KafkaSource {
                                 consumer, &key.0, key.1,
                             );
                             let ended = match (fetched, next.get(key)) {
-                                (Ok((_, high)), Some(n)) => *n >= high,
-                                (Ok((low, high)), None) => low >= high,
-                                (Err(()), _) => false,
+                                (Some((_, high)), Some(n)) => *n >= high,
+                                (Some((low, high)), None) => low >= high,
+                                (None, _) => false,
                             };
                             if ended {
                                 at_eof.insert(key.clone());
@@ -256,6 +278,12 @@ impl Source for KafkaSource {
                         break;
                     }
                     Some(Ok(m)) => {
+                        let key = &queues[at].0;
+                        if resume_at.get(key).is_some_and(|o| m.offset() < *o) {
+                            // Read for the look-back only: processed before the restart.
+                            continue;
+                        }
+                        resume_at.remove(key);
                         out.push(take(topics, next, at_eof, &m)?);
                         read += 1;
                     }
