@@ -166,22 +166,10 @@ fn consumer(brokers: &str) -> BaseConsumer {
 /// Every record of `topic` to its real end (the Fetch high-water mark: brokers differ in
 /// what ListOffsets answers): (value, headers with "at" = partition@offset).
 fn read_topic(brokers: &str, topic: &str) -> Vec<(Vec<u8>, BTreeMap<String, String>)> {
-    use vitalflow::kafka::read_back::{partitions, read, Range};
-    let c = consumer(brokers);
-    let ranges: Vec<Range> = partitions(&c, topic, Duration::from_secs(10))
-        .expect("partitions")
-        .keys()
-        .map(|p| Range {
-            partition: *p,
-            from: None,
-            to: None,
-        })
-        .collect();
     let mut out = Vec::new();
-    read(
-        &c,
+    vitalflow::kafka::read_back::read_all(
+        &consumer(brokers),
         topic,
-        &ranges,
         Instant::now() + Duration::from_secs(60),
         |m| {
             let mut headers = text_headers(m);
@@ -195,21 +183,9 @@ fn read_topic(brokers: &str, topic: &str) -> Vec<(Vec<u8>, BTreeMap<String, Stri
 
 /// Where each partition of `topic` really ends.
 fn ends(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
-    use vitalflow::kafka::read_back::{partitions, read, Range};
-    let c = consumer(brokers);
-    let ranges: Vec<Range> = partitions(&c, topic, Duration::from_secs(10))
-        .expect("partitions")
-        .keys()
-        .map(|p| Range {
-            partition: *p,
-            from: None,
-            to: None,
-        })
-        .collect();
-    read(
-        &c,
+    vitalflow::kafka::read_back::read_all(
+        &consumer(brokers),
         topic,
-        &ranges,
         Instant::now() + Duration::from_secs(60),
         |_| {},
     )
@@ -763,21 +739,27 @@ fn trial(seed: u64, kills: usize, identity: &str, kind: Broker) -> Report {
     report
 }
 
-#[test]
-fn randomized_kill_9_trials_lose_and_duplicate_nothing() {
-    let trials: u64 = std::env::var("VITALFLOW_CRASH_TRIALS")
+/// Runs `count` trials (default `default`) against `kind` from seed `base` (both from the
+/// environment when set) and fails on any difference or when no kill hit uncommitted output.
+fn trials(kind: Broker, count_var: &str, default: u64, base: u64) {
+    let trials: u64 = std::env::var(count_var)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
+        .unwrap_or(default);
     let base: u64 = std::env::var("VITALFLOW_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20261129);
+        .unwrap_or(base);
     let mut hit = 0;
     let mut failed = Vec::new();
     for i in 0..trials {
-        let identity = if i % 2 == 0 { "Create" } else { "Lookup" };
-        let r = trial(base + i, 4, identity, Broker::Mock);
+        // The mock trials alternate identity modes; the broker process trial creates.
+        let identity = if kind == Broker::Tansu || i % 2 == 0 {
+            "Create"
+        } else {
+            "Lookup"
+        };
+        let r = trial(base + i, 4, identity, kind);
         if r.kills.iter().any(|(_, _, u)| *u > 0) {
             hit += 1;
         }
@@ -786,12 +768,12 @@ fn randomized_kill_9_trials_lose_and_duplicate_nothing() {
         }
     }
     eprintln!(
-        "{trials} trials, {hit} with a kill that hit uncommitted output, {} with outputs that differ",
+        "{trials} trials ({kind:?}), {hit} with a kill that hit uncommitted output, {} with outputs that differ",
         failed.len()
     );
     assert!(
         failed.is_empty(),
-        "outputs differ from the uncrashed run:\n{}",
+        "outputs differ from the uncrashed run ({kind:?}):\n{}",
         failed.join("\n")
     );
     assert!(
@@ -800,37 +782,15 @@ fn randomized_kill_9_trials_lose_and_duplicate_nothing() {
     );
 }
 
+#[test]
+fn randomized_kill_9_trials_lose_and_duplicate_nothing() {
+    trials(Broker::Mock, "VITALFLOW_CRASH_TRIALS", 2, 20261129);
+}
+
 /// The same trial against a Tansu broker process: what a real broker answers (its
 /// ListOffsets, its Fetch, its produce acknowledgements) is what the read-backs and the
 /// commit protocol must work with. `VITALFLOW_TANSU_TRIALS` trials (default 1).
 #[test]
 fn kill_9_trials_against_a_tansu_broker_process_lose_and_duplicate_nothing() {
-    let trials: u64 = std::env::var("VITALFLOW_TANSU_TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    let base: u64 = std::env::var("VITALFLOW_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20261205);
-    let mut hit = 0;
-    let mut failed = Vec::new();
-    for i in 0..trials {
-        let r = trial(base + i, 4, "Create", Broker::Tansu);
-        if r.kills.iter().any(|(_, _, u)| *u > 0) {
-            hit += 1;
-        }
-        if !r.failures.is_empty() {
-            failed.push(format!("seed {}: {}", base + i, r.failures.join("; ")));
-        }
-    }
-    assert!(
-        failed.is_empty(),
-        "outputs differ from the uncrashed run (Tansu):\n{}",
-        failed.join("\n")
-    );
-    assert!(
-        hit > 0,
-        "no kill hit uncommitted output: the trials proved nothing"
-    );
+    trials(Broker::Tansu, "VITALFLOW_TANSU_TRIALS", 1, 20261205);
 }

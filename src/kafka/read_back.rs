@@ -172,6 +172,27 @@ pub fn fetched_watermarks<C: rdkafka::consumer::ConsumerContext>(
     Some((low, high))
 }
 
+/// Reads every partition of `topic` from its first record to its real end (see [`read`]).
+pub fn read_all(
+    consumer: &BaseConsumer,
+    topic: &str,
+    deadline: Instant,
+    each: impl FnMut(&BorrowedMessage<'_>),
+) -> anyhow::Result<Reached> {
+    let timeout = deadline
+        .saturating_duration_since(Instant::now())
+        .min(Duration::from_secs(10));
+    let ranges: Vec<Range> = partitions(consumer, topic, timeout)?
+        .keys()
+        .map(|p| Range {
+            partition: *p,
+            from: None,
+            to: None,
+        })
+        .collect();
+    read(consumer, topic, &ranges, deadline, each)
+}
+
 /// The partitions of `topic` and the first offset the broker still holds in each (records
 /// before it were removed by retention or compaction), from the metadata and ListOffsets
 /// (whose earliest offset brokers agree on).

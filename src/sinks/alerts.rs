@@ -584,18 +584,10 @@ mod kafka_tests {
             .set("enable.auto.commit", "false")
             .create()
             .expect("consumer");
-        let ranges: Vec<crate::kafka::read_back::Range> = (0..2)
-            .map(|p| crate::kafka::read_back::Range {
-                partition: p,
-                from: None,
-                to: None,
-            })
-            .collect();
         let mut ids = Vec::new();
-        crate::kafka::read_back::read(
+        crate::kafka::read_back::read_all(
             &c,
             "alerts",
-            &ranges,
             std::time::Instant::now() + Duration::from_secs(30),
             |m| {
                 let v: Value =
