@@ -574,6 +574,7 @@ impl VitalState {
             }
             track.seen = Some(track.seen.map_or(at, |p| p.max(at)));
             let q = rules.quality.get(vital);
+            let number = rules.number(vital, raw);
             let flagged = !st.flags.is_empty()
                 && st.flags.iter().any(|(t, v, _)| {
                     rules
@@ -582,7 +583,7 @@ impl VitalState {
                         .get(&(t.clone(), v.clone()))
                         .is_some_and(|f| f.suspends.iter().any(|s| s == vital))
                 });
-            let reason = match rules.number(vital, raw) {
+            let reason = match number {
                 _ if flagged => Some("the device reports the sensor off"),
                 None => Some("not a number"),
                 Some(v) => q.and_then(|q| {
@@ -620,7 +621,9 @@ impl VitalState {
                 suspend(patient, track, signals, &mut st.emitted, out);
                 continue;
             }
-            let v = rules.number(vital, raw).expect("a number");
+            let Some(v) = number else {
+                continue;
+            };
             if std::mem::take(&mut track.suspended) {
                 for s in signals {
                     if matches!(s, Signal::Smoothed { .. }) {
@@ -1022,12 +1025,8 @@ mod tests {
         // The signal was flowing: 30 s without a valid reading is a technical condition.
         out.clear();
         s.check(t0 + 39_000, None, &r, &v, &mut out);
-        let lost: Vec<(String, bool, i64)> = out
-            .iter()
-            .filter_map(|c| match c {
-                Change::Technical(t) => Some((t.rule.clone(), t.on, t.since)),
-                _ => None,
-            })
+        let lost: Vec<(String, bool, i64)> = technical_changes(&out)
+            .map(|t| (t.rule.clone(), t.on, t.since))
             .collect();
         assert_eq!(
             lost,
@@ -1059,12 +1058,9 @@ mod tests {
         }
         out.clear();
         s.check(1_800_000_000_000 + 60_000, None, &r, &v, &mut out);
-        let lost: Vec<(String, String)> = out
-            .iter()
-            .filter_map(|c| match c {
-                Change::Technical(t) if t.on => Some((t.rule.clone(), t.detail.clone())),
-                _ => None,
-            })
+        let lost: Vec<(String, String)> = technical_changes(&out)
+            .filter(|t| t.on)
+            .map(|t| (t.rule.clone(), t.detail.clone()))
             .collect();
         assert_eq!(lost.len(), 1, "{out:?}");
         assert_eq!(lost[0].0, "signal-lost/8867-4");
@@ -1086,12 +1082,17 @@ mod tests {
         }
     }
 
+    /// The technical conditions among the changes.
+    fn technical_changes(out: &[Change]) -> impl Iterator<Item = &TechnicalChange> {
+        out.iter().filter_map(|c| match c {
+            Change::Technical(t) => Some(t),
+            _ => None,
+        })
+    }
+
     fn technical(out: &[Change]) -> Vec<(String, bool)> {
-        out.iter()
-            .filter_map(|c| match c {
-                Change::Technical(t) => Some((t.rule.clone(), t.on)),
-                _ => None,
-            })
+        technical_changes(out)
+            .map(|t| (t.rule.clone(), t.on))
             .collect()
     }
 

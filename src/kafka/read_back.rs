@@ -110,36 +110,18 @@ pub fn read(
         let done: Vec<(i32, i64)> = pending
             .iter()
             .filter_map(|(p, (next, to))| {
-                let next = (*next)?;
-                let end = match to {
-                    Some(t) => *t,
-                    // The Fetch response's high-water mark; negative until one arrived.
-                    None => match fetched_watermarks(consumer, topic, *p) {
-                        Some((_, high)) if high >= 0 => high,
-                        _ => return None,
-                    },
-                };
+                // The last Fetch response's watermarks (none before one arrived): a range
+                // read from its start with nothing consumed yet stands at the first offset
+                // the broker holds, and one without an end ends at the high-water mark.
+                let fetched = fetched_watermarks(consumer, topic, *p);
+                let next = next.or(fetched.map(|(low, _)| low))?;
+                let end = to.or(fetched.map(|(_, high)| high))?;
                 (next >= end).then_some((*p, next))
             })
             .collect();
         for (p, next) in done {
             pending.remove(&p);
             reached.insert(p, next);
-        }
-        // A partition read from its start with nothing in it: no message and no position,
-        // only the Fetch high-water mark (0) says it is empty.
-        let empty: Vec<i32> = pending
-            .iter()
-            .filter(|(_, (next, to))| next.is_none() && to.is_none())
-            .map(|(p, _)| *p)
-            .filter(|p| {
-                matches!(fetched_watermarks(consumer, topic, *p), Some((low, high)) if high >= 0 && low >= high)
-            })
-            .collect();
-        for p in empty {
-            pending.remove(&p);
-            let high = fetched_watermarks(consumer, topic, p).map_or(0, |(_, h)| h);
-            reached.insert(p, high);
         }
     }
     Ok(reached)
@@ -266,16 +248,8 @@ mod tests {
         let c = consumer(&b);
         let parts = partitions(&c, "t", Duration::from_secs(10)).expect("partitions");
         assert_eq!(parts.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2]);
-        let all: Vec<Range> = parts
-            .keys()
-            .map(|p| Range {
-                partition: *p,
-                from: None,
-                to: None,
-            })
-            .collect();
         let mut n = 0;
-        let reached = read(&c, "t", &all, deadline(), |_| n += 1).expect("read");
+        let reached = read_all(&c, "t", deadline(), |_| n += 1).expect("read");
         assert_eq!(n, 10);
         assert_eq!(
             reached,
