@@ -221,6 +221,7 @@ pub fn run_once(
             process: 0,
             hosts: Vec::new(),
             until_end: false,
+            board: None,
         };
         std::thread::spawn(move || dataflow::run(&job, &run, stop, metrics))
     };

@@ -331,6 +331,7 @@ pub fn run_scenario(
         process: 0,
         hosts: Vec::new(),
         until_end: true,
+        board: None,
     };
     dataflow::run(
         &job,

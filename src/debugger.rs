@@ -171,3 +171,47 @@ pub fn observations(
     }
     Ok(out)
 }
+
+/// What the browser debugger shows for pasted templates and a message: the JSON of
+/// `vitalflow normalize --format json` (`measurements` and `observations`, or `error`).
+/// `fhir_text` may be empty (no FHIR mapping). The message is HL7 v2 when it reads as one,
+/// otherwise a JSON device message wrapped as the job wraps Kafka records.
+pub fn debug_texts(device_text: &str, fhir_text: &str, message: &[u8]) -> Value {
+    let outcome = (|| {
+        let device = DeviceMapping::from_text(device_text, Some("device template"))
+            .map_err(DebugError::Template)?;
+        let fhir = (!fhir_text.trim().is_empty())
+            .then(|| FhirMapping::from_text(fhir_text, Some("FHIR template")))
+            .transpose()
+            .map_err(DebugError::Template)?;
+        if let Some(text) = crate::mapping::hl7::text(message) {
+            return normalize_hl7(&device, fhir.as_ref(), &text);
+        }
+        let text = String::from_utf8_lossy(message);
+        let body: Value = serde_json::from_str(&text).map_err(|e| DebugError::Message {
+            reason: format!(
+                "message: invalid JSON at line {}, column {}: {e}",
+                e.line(),
+                e.column()
+            ),
+            template: None,
+        })?;
+        let event = crate::event::wrap(body, Default::default(), Default::default());
+        normalize(&device, fhir.as_ref(), &event)
+    })();
+    match outcome {
+        Ok(n) => report_json(&n),
+        Err(e) => e.to_json(),
+    }
+}
+
+/// The `--format json` report of a normalized message.
+pub fn report_json(n: &Normalized) -> Value {
+    let mut out = json!({
+        "measurements": n.measurements.iter().map(|m| m.to_json()).collect::<Vec<_>>()
+    });
+    if let Some(obs) = &n.observations {
+        out["observations"] = Value::Array(obs.clone());
+    }
+    out
+}

@@ -47,6 +47,13 @@ vitalflow normalize --device templates/iot-hub/devicecontent.json --event datase
 vitalflow normalize --device d.json --system-property iothub-connection-device-id=dev-1 --property iothub-creation-time-utc=2026-11-21T10:00:00Z msg.json"
     )]
     Normalize(cli::normalize::NormalizeArgs),
+    /// The mapping debugger in a browser: edit templates, paste a message, see the result.
+    #[command(
+        after_help = "Example:\n  vitalflow debugger --device templates/bedside-monitor/devicecontent.json --fhir templates/bedside-monitor/fhirmapping.json\n  then open http://127.0.0.1:8081/debugger"
+    )]
+    Debugger(cli::board::DebuggerArgs),
+    /// Print a users-file line (name:argon2 hash) for the board; the password is read on stdin.
+    BoardPassword(cli::board::PasswordArgs),
     /// Run a streaming job: Kafka (or a file, or the simulator) in, FHIR Observations out.
     #[command(after_help = cli::run::RUN_HELP)]
     Run(cli::run::RunArgs),
@@ -74,6 +81,8 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Validate(args) => cli::validate::run(args),
         Command::Normalize(args) => cli::normalize::run(args),
+        Command::Debugger(args) => cli::board::debugger(args),
+        Command::BoardPassword(args) => cli::board::password(args),
         Command::Run(args) => cli::run::run(args),
         Command::Simulate(args) => cli::simulate::run(args),
         Command::Bench(args) => cli::bench::run(args),

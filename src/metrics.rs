@@ -64,6 +64,8 @@ pub struct Metrics {
     pub epochs_durable: AtomicU64,
     /// Sum of epoch latencies (epoch start to durable), microseconds.
     pub epoch_latency_us_sum: AtomicU64,
+    /// When an epoch last became durable (wall clock, ms since the Unix epoch).
+    pub last_durable_ms: AtomicU64,
     /// Unread messages per (topic, partition), from librdkafka statistics.
     pub lag: Mutex<BTreeMap<(String, i32), i64>>,
     /// False once the job has failed.
@@ -185,6 +187,10 @@ impl Metrics {
     /// Records an epoch made durable `latency` after it began.
     pub fn epoch_durable(&self, latency: Duration) {
         self.epochs_durable.fetch_add(1, Ordering::Relaxed);
+        self.last_durable_ms.store(
+            chrono::Utc::now().timestamp_millis().max(0) as u64,
+            Ordering::Relaxed,
+        );
         self.epoch_latency_us_sum
             .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
         if let Ok(mut h) = self.latency.epoch.lock() {

@@ -12,11 +12,12 @@ const LAYERS: &[&[&str]] = &[
     &["mapping"],
     &["fhir", "anomaly"],
     &["kafka"],
-    &["sources", "sinks"],
+    &["sources", "sinks", "board"],
     &["lake", "gateway"],
     &["dataflow"],
     &[
         "debugger",
+        "web",
         "bench",
         "bench_alerts",
         "bench_peer",

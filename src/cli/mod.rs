@@ -11,6 +11,7 @@ macro_rules! outln {
 
 pub mod alerts;
 pub mod bench;
+pub mod board;
 pub mod gateway;
 pub mod lake;
 pub mod normalize;

@@ -69,6 +69,11 @@ pub struct RunArgs {
     /// No live status line.
     #[arg(long)]
     no_status: bool,
+    /// Serve the ward board, job page and mapping debugger on this host:port, or `off`
+    /// [default: 127.0.0.1:8080 for the embedded default, off for a job file]. Every process
+    /// of a cluster takes the same setting; process 0 serves the pages.
+    #[arg(long, env = "VITALFLOW_BOARD_ADDRESS", value_name = "ADDRESS")]
+    board: Option<String>,
 }
 
 /// Runs `vitalflow run`.
@@ -115,6 +120,36 @@ pub fn run(args: RunArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let metrics = Metrics::new();
+    let board_address = match args.board.as_deref() {
+        Some("off") => None,
+        Some(a) => Some(a.to_string()),
+        None if args.job.is_none() => Some(super::board::DEFAULT_BOARD_ADDRESS.to_string()),
+        None => None,
+    };
+    let mut board = None;
+    if let Some(address) = &board_address {
+        let acks = (
+            None,
+            Some("acknowledgements are not taken by this job yet".to_string()),
+        );
+        if args.process == 0 {
+            match super::board::start(&job, address, metrics.clone(), acks) {
+                Ok((b, bound)) => {
+                    tracing::info!(address = %bound, "serving the ward board, /job, /debugger, /metrics and /health");
+                    eprintln!("ward board: http://{bound}/");
+                    board = Some(b);
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(2);
+                }
+            }
+        } else {
+            // The views gather to process 0, which serves them.
+            board = Some(Arc::new(vitalflow::board::Board::new()));
+        }
+    }
     let opts = RunOptions {
         workers: args
             .workers
@@ -123,6 +158,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         process: args.process,
         hosts,
         until_end: args.until_end,
+        board,
     };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -133,7 +169,6 @@ pub fn run(args: RunArgs) -> ExitCode {
     if let Some(d) = args.duration {
         dataflow::stop_after(stop.clone(), d);
     }
-    let metrics = Metrics::new();
     let show_status = (args.status || std::io::stderr().is_terminal()) && !args.no_status;
     let done = Arc::new(AtomicBool::new(false));
     let status = show_status.then(|| status_line(metrics.clone(), done.clone()));

@@ -9,6 +9,7 @@
 
 mod alert_state;
 mod alerting;
+mod board_feed;
 pub mod commit_log;
 mod control;
 pub mod event_clock;
@@ -60,6 +61,9 @@ pub struct RunOptions {
     pub hosts: Vec<String>,
     /// Stop when the input ends (replays, tests).
     pub until_end: bool,
+    /// The ward board the job keeps up to date (in process 0; every process of a cluster
+    /// must be started with or without one alike).
+    pub board: Option<Arc<crate::board::Board>>,
 }
 
 /// The worker that owns a device's windows: a hash stable across processes of one build.
@@ -122,6 +126,8 @@ struct Shared {
     /// Where offset commits record what a restart needs (Kafka sources whose positions
     /// outlive the run only).
     commit_log: Option<std::path::PathBuf>,
+    /// The ward board, when the job keeps one.
+    board: Option<Arc<crate::board::Board>>,
 }
 
 impl Shared {
@@ -316,6 +322,7 @@ pub fn run(
         lake_app,
         alert_checkpoints,
         commit_log,
+        board: opts.board.clone(),
     });
     let communication = if opts.processes > 1 {
         timely::CommunicationConfig::Cluster {

@@ -304,6 +304,7 @@ pub(super) fn run_worker<A: Allocate>(
             }),
             _ => None,
         };
+        let mut board_alerts = None;
         if let (Some(settings), Some(marks)) = (settings, &marks) {
             // Readings beyond the allowed lateness behind their partition are recorded,
             // not judged: judged, they would depend on how fast the other partitions went.
@@ -327,6 +328,18 @@ pub(super) fn run_worker<A: Allocate>(
                 durable.push(c);
             }
             durable.push(alerts_durable);
+            board_alerts = Some(alerts);
+        }
+        if let Some(board) = &shared.board {
+            let names = Arc::new(crate::anomaly::rules::Vitals::new(&shared.mapping));
+            let measurements = judged.map(|j| j.measurement);
+            super::board_feed::build(
+                &measurements,
+                board_alerts.as_ref(),
+                &dead,
+                names,
+                board.clone(),
+            );
         }
         scope.concatenate(durable).probe_with(&probe);
     });
