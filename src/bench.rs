@@ -222,6 +222,7 @@ pub fn run_once(
             hosts: Vec::new(),
             until_end: false,
             board: None,
+            acks_topic: None,
         };
         std::thread::spawn(move || dataflow::run(&job, &run, stop, metrics))
     };

@@ -332,6 +332,7 @@ pub fn run_scenario(
         hosts: Vec::new(),
         until_end: true,
         board: None,
+        acks_topic: None,
     };
     dataflow::run(
         &job,

@@ -78,6 +78,10 @@ pub enum State {
     Escalated,
     /// Values back to normal for the hold-down time.
     Resolved,
+    /// A clinician has seen it (an input of the job, never a change of what is detected).
+    Acknowledged,
+    /// A clinician silenced its annunciation for a while (idem).
+    Silenced,
 }
 
 /// One alert event, as delivered to the alerts topic, FHIR and the terminal.
@@ -107,12 +111,22 @@ pub struct Alert {
     pub values: Vec<(String, f64, String)>,
     /// Human-readable text.
     pub text: String,
+    /// Who acknowledged or silenced it (those events only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// Their note (those events only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Silenced until, RFC 3339 (silence events only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
     /// Kafka time of the message that triggered this event, ms (latency measurement).
     #[serde(skip)]
     pub stamp_ms: i64,
 }
 
-fn rfc3339(ms: i64) -> String {
+/// An event time as alert events carry it (RFC 3339, whole seconds, UTC).
+pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default()
@@ -422,6 +436,8 @@ impl Lifecycle {
                 State::Open => "opened",
                 State::Escalated => "escalated",
                 State::Resolved => "resolved",
+                State::Acknowledged => "acknowledged",
+                State::Silenced => "silenced",
             };
             Alert {
                 id: id.to_string(),
@@ -453,6 +469,9 @@ impl Lifecycle {
                         format!(" (since {})", rfc3339(since))
                     },
                 ),
+                by: None,
+                note: None,
+                until: None,
                 stamp_ms: c.map_or(0, |c| c.stamp_ms),
             }
         };

@@ -3,6 +3,7 @@
 
 pub mod state;
 
+use crate::anomaly::ack::AckRequest;
 use sha2::{Digest, Sha256};
 use state::{BoardState, BoardUpdate};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -11,10 +12,15 @@ use std::sync::{Mutex, MutexGuard};
 /// Events a live page may fall behind by before it is dropped (it reconnects and reloads).
 const FEED_BACKLOG: usize = 1024;
 
+/// Where a board's acknowledgements go: the job's acknowledgements input.
+pub type AckInput = Box<dyn Fn(&AckRequest) -> Result<(), String> + Send + Sync>;
+
 /// The board of one job: its views and the pages following them live.
 pub struct Board {
     state: Mutex<BoardState>,
     feeds: Mutex<Vec<SyncSender<String>>>,
+    /// Where acknowledgements go, or why the board takes none.
+    acks: Mutex<Result<AckInput, String>>,
     /// Makes tile keys opaque: a key names a patient on this board, in this run, only.
     salt: [u8; 16],
 }
@@ -39,6 +45,7 @@ impl Board {
         Board {
             state: Mutex::new(BoardState::default()),
             feeds: Mutex::new(Vec::new()),
+            acks: Mutex::new(Err("the job has not started yet".into())),
             salt,
         }
     }
@@ -66,6 +73,32 @@ impl Board {
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
             })
         });
+    }
+
+    /// Takes acknowledgements into `input` from now on.
+    pub fn take_acks(&self, input: AckInput) {
+        *self.acks.lock().unwrap_or_else(|e| e.into_inner()) = Ok(input);
+    }
+
+    /// Takes no acknowledgements, for this reason (shown on the board).
+    pub fn refuse_acks(&self, why: &str) {
+        *self.acks.lock().unwrap_or_else(|e| e.into_inner()) = Err(why.to_string());
+    }
+
+    /// Whether the board takes acknowledgements, and if not why.
+    pub fn acks_taken(&self) -> Result<(), String> {
+        match &*self.acks.lock().unwrap_or_else(|e| e.into_inner()) {
+            Ok(_) => Ok(()),
+            Err(why) => Err(why.clone()),
+        }
+    }
+
+    /// Writes an acknowledgement to the job's input; Ok once the input holds it.
+    pub fn acknowledge(&self, request: &AckRequest) -> Result<(), String> {
+        match &*self.acks.lock().unwrap_or_else(|e| e.into_inner()) {
+            Ok(input) => input(request),
+            Err(why) => Err(why.clone()),
+        }
     }
 
     /// The views, locked for reading.

@@ -17,8 +17,12 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// Trend buckets kept per vital: four hours of one-minute buckets.
 pub const TREND_MINUTES: usize = 240;
-/// A value older than this (event time, behind the board's clock) is shown as stale.
-pub const STALE_AFTER_MS: i64 = 60_000;
+/// A value is shown as stale once older (event time, behind the board's clock) than this
+/// many of its vital's usual intervals...
+pub const STALE_INTERVALS: i64 = 3;
+/// ...and at least this: a 1 Hz SpO2 is stale after 30 s, a cuff pressure taken every 15
+/// minutes after 45.
+pub const STALE_MIN_MS: i64 = 30_000;
 /// NEWS2 counts a parameter only while its value is this fresh (the rules' default).
 pub const NEWS2_FRESH_MS: i64 = 15 * 60_000;
 /// Alert events kept in the history.
@@ -113,9 +117,9 @@ impl From<&Alert> for BoardAlert {
             at: a.at.clone(),
             at_ms: chrono::DateTime::parse_from_rfc3339(&a.at).map_or(0, |t| t.timestamp_millis()),
             text: a.text.clone(),
-            by: None,
-            note: None,
-            until: None,
+            by: a.by.clone(),
+            note: a.note.clone(),
+            until: a.until.clone(),
         }
     }
 }
@@ -141,6 +145,8 @@ struct Vital {
     label: String,
     value: f64,
     at_ms: i64,
+    /// The interval between its last two readings, ms: how often it is measured.
+    interval_ms: i64,
     /// (minute of event time, latest value in it, its time), oldest first.
     trend: VecDeque<(i64, f32, i64)>,
 }
@@ -148,6 +154,9 @@ struct Vital {
 impl Vital {
     fn apply(&mut self, r: &Reading) {
         if !self.seen || r.at_ms >= self.at_ms {
+            if self.seen && r.at_ms > self.at_ms {
+                self.interval_ms = r.at_ms - self.at_ms;
+            }
             self.seen = true;
             self.value = r.value;
             self.at_ms = r.at_ms;
@@ -172,6 +181,21 @@ impl Vital {
             }
         }
     }
+}
+
+impl Vital {
+    fn stale_after(&self) -> i64 {
+        (self.interval_ms.saturating_mul(STALE_INTERVALS)).max(STALE_MIN_MS)
+    }
+}
+
+/// The order vitals are listed in on a tile, as on a monitor: heart rate, SpO2,
+/// respiration, blood pressure, temperature; others after, by code.
+fn chart_order(code: &str) -> usize {
+    const ORDER: [&str; 9] = [
+        "8867-4", "8889-8", "59408-5", "2708-6", "9279-1", "8480-6", "8462-4", "8478-0", "8310-5",
+    ];
+    ORDER.iter().position(|c| *c == code).unwrap_or(ORDER.len())
 }
 
 #[derive(Debug, Default)]
@@ -277,10 +301,11 @@ impl BoardState {
             .patients
             .iter()
             .map(|(id, p)| {
-                let vitals: Vec<Value> = p
-                    .vitals
-                    .iter()
-                    .filter(|(_, v)| v.seen)
+                let mut ordered: Vec<(&String, &Vital)> =
+                    p.vitals.iter().filter(|(_, v)| v.seen).collect();
+                ordered.sort_by_key(|(k, _)| (chart_order(k), k.as_str()));
+                let vitals: Vec<Value> = ordered
+                    .into_iter()
                     .map(|(k, v)| {
                         let trend: Vec<Value> = v
                             .trend
@@ -294,7 +319,7 @@ impl BoardState {
                             "value": round(v.value),
                             "at": v.at_ms,
                             "ageSeconds": (now - v.at_ms).max(0) / 1000,
-                            "stale": now - v.at_ms > STALE_AFTER_MS,
+                            "stale": now - v.at_ms > v.stale_after(),
                             "trend": trend,
                         })
                     })
@@ -423,8 +448,13 @@ impl Episode {
             .max_by_key(|x| x.at_ms);
         if let Some(s) = seen {
             a.by.clone_from(&s.by);
-            a.note.clone_from(&s.note);
         }
+        a.note = [&self.ack, &self.silence]
+            .into_iter()
+            .flatten()
+            .filter(|x| x.note.is_some())
+            .max_by_key(|x| x.at_ms)
+            .and_then(|x| x.note.clone());
         if self.ack.is_some() {
             a.state = "acknowledged".into();
         }
@@ -522,13 +552,18 @@ mod tests {
     fn resolved_alerts_leave_the_open_list_and_values_go_stale() {
         let mut s = BoardState::default();
         s.apply(reading("p1", "8867-4", 80.0, 0));
+        s.apply(reading("p1", "8867-4", 80.0, 1_000));
         s.apply(alert("a", "open", Severity::Warning, 1_000));
         assert_eq!(snap(&s)["patients"][0]["alert"]["id"], "a");
-        s.apply(alert("a", "resolved", Severity::Warning, 200_000));
+        assert_eq!(snap(&s)["patients"][0]["vitals"][0]["stale"], false);
+        s.apply(alert("a", "resolved", Severity::Warning, 31_500));
         let v = snap(&s);
         assert_eq!(v["alerts"], json!([]));
         assert!(v["patients"][0]["alert"].is_null());
-        assert_eq!(v["patients"][0]["vitals"][0]["stale"], true);
+        assert_eq!(
+            v["patients"][0]["vitals"][0]["stale"], true,
+            "1 s readings: stale after 30 s"
+        );
         assert_eq!(v["history"].as_array().map(Vec::len), Some(2));
     }
 

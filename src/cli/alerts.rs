@@ -15,7 +15,7 @@ use vitalflow::config::JobConfig;
 
 /// Help shown after `vitalflow alerts --help`.
 pub const ALERTS_HELP: &str = "Lines show time (event time), severity, state (open, escalated, \
-resolved), patient, what and the value, then rule, device, since when and the alert id. \
+resolved; acknowledged and silenced with who, from the ward board), patient, what and the value, then rule, device, since when and the alert id. \
 Technical alerts (signal lost, monitor silent: about the equipment, not the patient) show \
 TECHNICAL where physiological ones show their severity. Colours on a terminal: red \
 critical, yellow warning, cyan technical, green resolved.
@@ -129,20 +129,32 @@ fn line(a: &Value, colour: bool) -> String {
     let state = s("state");
     let (on, off) = match (colour, state, s("severity")) {
         (false, _, _) => ("", ""),
+        (true, "acknowledged" | "silenced", _) => ("\x1b[2m", "\x1b[0m"),
         (true, "resolved", _) => ("\x1b[32m", "\x1b[0m"),
         (true, _, _) if technical => ("\x1b[36m", "\x1b[0m"),
         (true, _, "critical") => ("\x1b[1;31m", "\x1b[0m"),
         (true, _, _) => ("\x1b[33m", "\x1b[0m"),
     };
     let at = s("at").get(11..19).unwrap_or(s("at"));
-    let value = a["values"]
-        .get(0)
-        .and_then(|v| v.get(1))
-        .and_then(Value::as_f64)
-        .map(|v| format!(" {v}"))
-        .unwrap_or_default();
+    let value = match (
+        a["values"]
+            .get(0)
+            .and_then(|v| v.get(1))
+            .and_then(Value::as_f64),
+        a["by"].as_str(),
+    ) {
+        (Some(v), _) => format!(" {v}"),
+        (None, Some(by)) => {
+            let until = a["until"].as_str().and_then(|u| u.get(11..19));
+            format!(
+                " by {by}{}",
+                until.map(|u| format!(" until {u}")).unwrap_or_default()
+            )
+        }
+        _ => String::new(),
+    };
     format!(
-        "{at} {on}{severity:<9} {state:<9}{off} {patient:<16} {title}{value}  [{rule}, device {device}, since {since}, id {id}]",
+        "{at} {on}{severity:<9} {state:<12}{off} {patient:<16} {title}{value}  [{rule}, device {device}, since {since}, id {id}]",
         patient = s("patient"),
         title = s("title"),
         rule = s("rule"),

@@ -39,7 +39,6 @@ pub fn start(
     job: &JobConfig,
     address: &str,
     metrics: Arc<Metrics>,
-    acks: (Option<web::AckInput>, Option<String>),
 ) -> anyhow::Result<(Arc<Board>, SocketAddr)> {
     let cfg = WebConfig::from_env(address)?;
     let board = Arc::new(Board::new());
@@ -50,8 +49,6 @@ pub fn start(
     let pages = Pages {
         board: Some(board.clone()),
         metrics: Some(metrics),
-        acks: acks.0,
-        acks_off: acks.1,
         templates: (
             mapping_text(&job.device_mapping),
             mapping_text(&job.fhir_mapping),

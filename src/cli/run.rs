@@ -74,6 +74,10 @@ pub struct RunArgs {
     /// of a cluster takes the same setting; process 0 serves the pages.
     #[arg(long, env = "VITALFLOW_BOARD_ADDRESS", value_name = "ADDRESS")]
     board: Option<String>,
+    /// Topic the board writes acknowledgements to and the job reads them from (one
+    /// partition) [default: vitals.acks for the embedded default, none for a job file].
+    #[arg(long, env = "VITALFLOW_ACKS_TOPIC", value_name = "TOPIC")]
+    acks_topic: Option<String>,
 }
 
 /// Runs `vitalflow run`.
@@ -129,12 +133,8 @@ pub fn run(args: RunArgs) -> ExitCode {
     };
     let mut board = None;
     if let Some(address) = &board_address {
-        let acks = (
-            None,
-            Some("acknowledgements are not taken by this job yet".to_string()),
-        );
         if args.process == 0 {
-            match super::board::start(&job, address, metrics.clone(), acks) {
+            match super::board::start(&job, address, metrics.clone()) {
                 Ok((b, bound)) => {
                     tracing::info!(address = %bound, "serving the ward board, /job, /debugger, /metrics and /health");
                     eprintln!("ward board: http://{bound}/");
@@ -159,6 +159,10 @@ pub fn run(args: RunArgs) -> ExitCode {
         hosts,
         until_end: args.until_end,
         board,
+        acks_topic: args
+            .acks_topic
+            .clone()
+            .or_else(|| args.job.is_none().then(|| "vitals.acks".to_string())),
     };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

@@ -22,6 +22,7 @@
 use super::control::Control;
 use super::event_clock::{Mark, Watermark};
 use super::route;
+use crate::anomaly::ack;
 use crate::anomaly::judge::{Judge, Verdict};
 use crate::anomaly::lifecycle::{Alert, Category, Condition, Lifecycle};
 use crate::anomaly::reload::Rules;
@@ -100,6 +101,8 @@ pub struct PatientAlerts {
     last: HashMap<String, i64>,
     /// (last reading + idle_after, patient): when each patient is forgotten.
     idle: std::collections::BTreeSet<(i64, String)>,
+    /// Acknowledgement and silence events taken in, not yet given out.
+    acks: Vec<Alert>,
 }
 
 impl PatientAlerts {
@@ -127,6 +130,7 @@ impl PatientAlerts {
             idle_after: i64::MAX,
             last: HashMap::new(),
             idle: Default::default(),
+            acks: Vec::new(),
         }
     }
 
@@ -330,6 +334,13 @@ impl PatientAlerts {
             let e = self.seen.entry(key).or_insert(s.offset);
             *e = (*e).max(s.offset);
         }
+        if ack::is_ack(&m) {
+            // Recorded as it is, whatever the watermark: its event is built from the
+            // acknowledgement alone (see `anomaly::ack`), never from the state.
+            self.acks.extend(ack::alert_of(&m));
+            self.dirty = true;
+            return;
+        }
         if self
             .applied
             .is_some_and(|w| m.occurrence_time.timestamp_millis() <= w)
@@ -341,6 +352,11 @@ impl PatientAlerts {
         let at = m.occurrence_time.timestamp_millis();
         self.waiting.insert((at, self.arrivals), Box::new(m));
         self.dirty = true;
+    }
+
+    /// The acknowledgement and silence events taken in since the last call.
+    pub fn take_acks(&mut self) -> std::vec::Drain<'_, Alert> {
+        self.acks.drain(..)
     }
 
     /// Measurements waiting for the watermark.
@@ -619,6 +635,7 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                     for m in ms {
                         state.add(m);
                     }
+                    alerts.extend(state.take_acks());
                     for (worker, mark) in ks {
                         clock.update(worker, mark);
                     }

@@ -64,6 +64,9 @@ pub struct RunOptions {
     /// The ward board the job keeps up to date (in process 0; every process of a cluster
     /// must be started with or without one alike).
     pub board: Option<Arc<crate::board::Board>>,
+    /// The topic the board's acknowledgements go to and the job reads them from (a Kafka
+    /// source with alerts only; created in the embedded cluster).
+    pub acks_topic: Option<String>,
 }
 
 /// The worker that owns a device's windows: a hash stable across processes of one build.
@@ -128,6 +131,8 @@ struct Shared {
     commit_log: Option<std::path::PathBuf>,
     /// The ward board, when the job keeps one.
     board: Option<Arc<crate::board::Board>>,
+    /// The topic acknowledgements come in on, when the job takes them.
+    acks_topic: Option<String>,
 }
 
 impl Shared {
@@ -141,6 +146,34 @@ impl Shared {
     }
 }
 
+/// Writes the board's acknowledgements to `topic`, answering once the broker holds each.
+fn ack_input(
+    k: &KafkaConfig,
+    brokers: &str,
+    topic: &str,
+) -> anyhow::Result<crate::board::AckInput> {
+    let producer = std::sync::Mutex::new(crate::sinks::kafka::AckedProducer::new(
+        k,
+        brokers,
+        "acknowledgements",
+    )?);
+    let topic = topic.to_string();
+    Ok(Box::new(move |request| {
+        let payload = serde_json::to_vec(request).map_err(|e| e.to_string())?;
+        let p = producer.lock().unwrap_or_else(|e| e.into_inner());
+        p.begin();
+        p.send(
+            0,
+            rdkafka::producer::BaseRecord::to(&topic)
+                .key(request.patient.as_bytes())
+                .payload(&payload),
+        )
+        .map_err(|e| format!("cannot write the acknowledgement: {e}"))?;
+        p.acknowledged("acknowledgement")
+            .map_err(|e| format!("{e:#}"))
+    }))
+}
+
 /// Keeps librdkafka's mock cluster and the simulator feeding it alive for the run.
 struct Embedded {
     _cluster: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
@@ -150,6 +183,7 @@ struct Embedded {
 fn start_embedded(
     job: &JobConfig,
     k: &KafkaConfig,
+    acks_topic: Option<&str>,
     stop: &Arc<AtomicBool>,
 ) -> anyhow::Result<(Embedded, String)> {
     let cluster =
@@ -158,7 +192,7 @@ fn start_embedded(
     for t in &k.topics {
         cluster.create_topic(t, k.partitions, 1)?;
     }
-    for t in job.output_topics() {
+    for t in job.output_topics().into_iter().chain(acks_topic) {
         cluster.create_topic(t, 1, 1)?;
     }
     tracing::info!(%brokers, "embedded Kafka cluster (librdkafka mock) started");
@@ -221,6 +255,19 @@ pub fn run(
         }
         None => None,
     };
+    // Acknowledgements need a Kafka source (they are input read with it) and alerts.
+    let acks_topic = match (&opts.board, &opts.acks_topic, &job.source, &job.anomaly) {
+        (Some(_), Some(t), SourceConfig::Kafka(_), Some(_)) => Some(t.clone()),
+        _ => None,
+    };
+    if let Some(board) = &opts.board {
+        board.refuse_acks(match (&job.source, &job.anomaly, &opts.acks_topic) {
+            (_, None, _) => "this job raises no alerts",
+            (SourceConfig::Kafka(_), _, None) => "start the job with --acks-topic TOPIC (a topic of its Kafka cluster) to take acknowledgements",
+            (SourceConfig::Kafka(_), _, Some(_)) => "the acknowledgements topic is not ready yet",
+            _ => "acknowledgements are input the job reads from Kafka: this job's source is not Kafka",
+        });
+    }
     let mut embedded = None;
     let mut embedded_brokers = None;
     let mut partitions = BTreeMap::new();
@@ -232,7 +279,7 @@ pub fn run(
                     opts.processes
                 ));
             }
-            let (e, b) = start_embedded(job, k, &stop)?;
+            let (e, b) = start_embedded(job, k, acks_topic.as_deref(), &stop)?;
             embedded = Some(e);
             embedded_brokers = Some(b.clone());
             b
@@ -245,11 +292,15 @@ pub fn run(
         }
         let outputs = job.output_topics();
         wanted.topics.extend(outputs.iter().map(|t| t.to_string()));
+        wanted.topics.extend(acks_topic.iter().cloned());
         if !wanted.topics.is_empty() {
             partitions = crate::kafka::wait_for_topics(&wanted, &b)?;
         }
         for t in outputs {
             partitions.remove(t);
+        }
+        if let (Some(board), Some(topic)) = (&opts.board, &acks_topic) {
+            board.take_acks(ack_input(k, &b, topic)?);
         }
     }
     let fhir_client = match &job.fhir {
@@ -323,6 +374,7 @@ pub fn run(
         alert_checkpoints,
         commit_log,
         board: opts.board.clone(),
+        acks_topic,
     });
     let communication = if opts.processes > 1 {
         timely::CommunicationConfig::Cluster {

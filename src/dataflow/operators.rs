@@ -24,7 +24,9 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
-use timely::dataflow::operators::{Broadcast, Capability, Concatenate, Map, OkErr, Probe};
+use timely::dataflow::operators::{
+    Branch, Broadcast, Capability, Concat, Concatenate, Map, OkErr, Probe,
+};
 use timely::dataflow::{Scope, Stream};
 use timely::worker::Worker;
 
@@ -269,6 +271,7 @@ pub(super) fn run_worker<A: Allocate>(
         mapping: shared.mapping.clone(),
         max_future_skew: job.max_future_skew,
         metrics: shared.metrics.clone(),
+        acks_topic: shared.acks_topic.as_deref().map(Arc::from),
     };
     worker.dataflow::<u64, _, _>(|scope| {
         let raw = source_operator(
@@ -280,6 +283,8 @@ pub(super) fn run_worker<A: Allocate>(
             control.clone(),
         );
         let (judged, dead) = normalize_operator(&raw, clock.clone(), normalizer);
+        // Acknowledgements go to alerting only: no window, table or board takes them.
+        let (judged, acks) = judged.branch(|_, j| crate::anomaly::ack::is_ack(&j.measurement));
         let alerting = !parts.alerts.is_empty();
         let marks = (!parts.observations.is_empty() || alerting)
             .then(|| clock_operator(scope, clock.clone(), control.clone()));
@@ -315,6 +320,7 @@ pub(super) fn run_worker<A: Allocate>(
                 }
                 (!j.late).then_some(j.measurement)
             });
+            let on_time = on_time.concat(&acks.map(|j| j.measurement));
             let checkpoints = settings.checkpoints.clone();
             let out = super::alerting::build(&on_time, marks, parts.alerts_topic, settings);
             let alerts = out.flat_map(|o| match o {
@@ -538,6 +544,28 @@ struct Normalizer {
     mapping: Arc<FhirMapping>,
     max_future_skew: Duration,
     metrics: Arc<Metrics>,
+    /// The topic acknowledgements come in on, when the job takes them.
+    acks_topic: Option<Arc<str>>,
+}
+
+/// An acknowledgement read from the acknowledgements topic, as the measurement it travels as.
+fn acknowledgement(
+    m: RawMessage,
+    source: &crate::model::SourcePos,
+    out: &mut Vec<Measurement>,
+) -> Result<(), Box<DeadLetter>> {
+    match crate::anomaly::ack::AckRequest::parse(&m.payload) {
+        Ok(a) => {
+            out.push(a.to_measurement(source.clone()));
+            Ok(())
+        }
+        Err(error) => Err(Box::new(DeadLetter {
+            message: m,
+            stage: "parse",
+            error,
+            template: None,
+        })),
+    }
 }
 
 // Measurements are as large as dead letters: boxing either would only add allocations.
@@ -566,7 +594,11 @@ fn normalize_operator<G: Scope<Timestamp = u64>>(
                             partition: m.origin.partition,
                             offset: m.origin.offset,
                         };
-                        let result = normalize(&n.device, &n.mapping, skew, now, m, &mut ms);
+                        let result = if n.acks_topic.as_deref() == Some(&*source.topic) {
+                            acknowledgement(m, &source, &mut ms)
+                        } else {
+                            normalize(&n.device, &n.mapping, skew, now, m, &mut ms)
+                        };
                         let bound = clock.borrow_mut().observe(
                             &(source.topic.clone(), source.partition),
                             source.offset,

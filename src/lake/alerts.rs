@@ -103,6 +103,9 @@ impl AlertTableSink {
             c.date.append_value(date_of(&day));
             c.type_name.append_value(&a.rule);
             c.category.append_value(a.category.as_str());
+            c.by_user.append_option(a.by.as_deref());
+            c.note.append_option(a.note.as_deref());
+            c.until.append_option(a.until.as_deref().and_then(micros));
         }
         c.finish(ALERTS.arrow_schema())
     }
@@ -159,6 +162,9 @@ mod tests {
             at: crate::time::format_rfc3339(&at),
             values: vec![("spo2".into(), 84.0, crate::time::format_rfc3339(&at))],
             text: "SpO2 84".into(),
+            by: None,
+            note: None,
+            until: None,
             stamp_ms: 0,
         }
     }

@@ -230,7 +230,8 @@ fn alert_values_item(fields: Fields) -> Arc<Field> {
 }
 
 columns! {
-    /// The `alerts` table: one row per alert event (open, escalated, resolved).
+    /// The `alerts` table: one row per alert event (open, escalated, resolved, acknowledged,
+    /// silenced).
     AlertColumns {
         alert_id: StringBuilder = "alert_id", DataType::Utf8, false;
         patient_id: StringBuilder = "patient_id", DataType::Utf8, false;
@@ -248,6 +249,11 @@ columns! {
         // Added after the table's first release: nullable, so that older tables take it
         // as a new column (their rows read as null: physiological, the only kind then).
         category: StringBuilder = "category", DataType::Utf8, true;
+        // Acknowledgements and silences (added later, nullable as `category`): who, their
+        // note, and until when a silence holds.
+        by_user: StringBuilder = "by", DataType::Utf8, true;
+        note: StringBuilder = "note", DataType::Utf8, true;
+        until: TimestampMicrosecondBuilder = "until", timestamp(), true;
     }
 }
 

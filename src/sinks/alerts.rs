@@ -278,6 +278,45 @@ pub fn detected_issue(a: &Alert, who: &Identity) -> Value {
     })
 }
 
+/// Whether an event is a clinician's (acknowledged, silenced) rather than the alert's own.
+fn is_human(a: &Alert) -> bool {
+    matches!(a.state, State::Acknowledged | State::Silenced)
+}
+
+/// An acknowledgement or silence, as the FHIR record of who did what to which alert when:
+/// an AuditEvent naming the alert's DetectedIssue (which it leaves as it is).
+pub fn audit_event(a: &Alert) -> Value {
+    let at_ms = crate::time::parse_timestamp(&a.at).map_or(0, |t| t.timestamp_millis());
+    let what = if a.state == State::Silenced {
+        "silenced"
+    } else {
+        "acknowledged"
+    };
+    let id = format!(
+        "alert-{what}-{}",
+        &crate::anomaly::lifecycle::alert_id(&a.id, a.by.as_deref().unwrap_or(""), at_ms)[..24]
+    );
+    let mut r = json!({
+        "resourceType": "AuditEvent",
+        "id": id,
+        "type": {"system": "urn:vitalflow:audit", "code": format!("alert-{what}"), "display": format!("Alert {what}")},
+        "action": "U",
+        "recorded": a.at,
+        "outcome": "0",
+        "outcomeDesc": a.text,
+        "agent": [{"who": {"display": a.by.clone().unwrap_or_default()}, "requestor": true}],
+        "source": {"observer": {"display": "vitalflow ward board"}},
+        "entity": [{
+            "what": {"reference": format!("DetectedIssue/{}", a.id)},
+            "description": a.note.clone().unwrap_or_else(|| a.title.clone()),
+        }],
+    });
+    if let Some(until) = &a.until {
+        r["period"] = json!({"start": a.at, "end": until});
+    }
+    r
+}
+
 /// The NEWS2 score of a NEWS2 alert event, as an Observation.
 pub fn news2_observation(a: &Alert, who: &Identity) -> Option<Value> {
     if a.rule != "news2" {
@@ -386,9 +425,13 @@ impl AlertSink {
                         entries
                             .push(json!({"resource": r, "request": {"method": "PUT", "url": url}}));
                     };
+                    if is_human(a) {
+                        put(audit_event(a));
+                        continue;
+                    }
                     // One entry per resource: a batch's entries may be applied in any
                     // order, so only an alert's latest event of this flush is sent.
-                    let latest = f.pending.iter().rposition(|b| b.id == a.id);
+                    let latest = f.pending.iter().rposition(|b| b.id == a.id && !is_human(b));
                     if latest.is_some_and(|i| std::ptr::eq(&f.pending[i], a)) {
                         put(detected_issue(a, id));
                     }
@@ -479,6 +522,9 @@ mod file_tests {
             at: t.clone(),
             values: vec![("59408-5".into(), 84.0, t)],
             text: "SpO2 84".into(),
+            by: None,
+            note: None,
+            until: None,
             stamp_ms: 0,
         }
     }
@@ -531,6 +577,9 @@ mod kafka_tests {
             at: "2026-03-02T08:00:30Z".into(),
             values: Vec::new(),
             text: String::new(),
+            by: None,
+            note: None,
+            until: None,
             stamp_ms: 0,
         }
     }

@@ -11,28 +11,6 @@ use auth::Auth;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// An acknowledgement or silence asked for on the board.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct AckRequest {
-    /// The alert episode.
-    pub alert: String,
-    /// Its patient (routes it to the worker that judges the patient).
-    pub patient: String,
-    /// `acknowledge` or `silence`.
-    pub action: String,
-    /// Minutes of silence (silence only).
-    pub minutes: Option<u32>,
-    /// Who: the authenticated user, or the name typed on a loopback board without users.
-    pub by: String,
-    /// An optional note.
-    pub note: Option<String>,
-    /// Event time it takes effect at, ms: the board's clock when it was asked for.
-    pub at_ms: i64,
-}
-
-/// Where acknowledgements go: the job's acknowledgement input.
-pub type AckInput = Box<dyn Fn(&AckRequest) -> Result<(), String> + Send + Sync>;
-
 /// How the pages are served.
 pub struct WebConfig {
     /// `host:port` to listen on.
@@ -109,10 +87,6 @@ pub struct Pages {
     pub board: Option<Arc<Board>>,
     /// The job's metrics (none for `vitalflow debugger`).
     pub metrics: Option<Arc<Metrics>>,
-    /// Where acknowledgements go (none: the board cannot take them, and says why).
-    pub acks: Option<AckInput>,
-    /// Why acknowledgements are off, when they are.
-    pub acks_off: Option<String>,
     /// What the debugger starts with: device template, FHIR template and a message.
     pub templates: (String, String, String),
     /// The job's name.

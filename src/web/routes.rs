@@ -1,7 +1,8 @@
 //! Request handling: pages, the JSON API, the live alert feed, metrics and health.
 
 use super::auth::{Auth, Caller};
-use super::{AckRequest, Pages};
+use super::Pages;
+use crate::anomaly::ack::AckRequest;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::sync::atomic::Ordering;
@@ -118,8 +119,8 @@ impl App {
                     "user": match caller { Caller::User(u) => Some(u.as_str()), Caller::Local => None },
                     "job": self.pages.job,
                     "board": self.pages.board.is_some(),
-                    "acks": self.pages.acks.is_some(),
-                    "acksOff": self.pages.acks_off,
+                    "acks": self.pages.board.as_ref().is_some_and(|b| b.acks_taken().is_ok()),
+                    "acksOff": self.pages.board.as_ref().and_then(|b| b.acks_taken().err()),
                 }),
             ),
             "/api/board" if get => match &self.pages.board {
@@ -274,54 +275,51 @@ impl App {
     }
 
     fn ack(&self, id: &str, action: &str, body: &Value, caller: &Caller) -> Reply {
-        let (Some(board), Some(acks)) = (&self.pages.board, &self.pages.acks) else {
-            let why = self
-                .pages
-                .acks_off
-                .clone()
-                .unwrap_or_else(|| "this job takes no acknowledgements".into());
-            return error(409, &why);
+        let Some(board) = &self.pages.board else {
+            return error(404, "no job: no board");
         };
+        if let Err(why) = board.acks_taken() {
+            return error(409, &why);
+        }
         let by = match caller {
             Caller::User(u) => u.clone(),
             Caller::Local => match body["by"].as_str().map(str::trim) {
-                Some(n) if !n.is_empty() && n.len() <= 80 => n.to_string(),
+                Some(n) if !n.is_empty() && n.chars().count() <= 80 => n.to_string(),
                 _ => return error(400, "who acknowledges: give your name (\"by\")"),
             },
         };
-        let (patient, clock) = {
+        let (alert, clock) = {
             let s = board.state();
-            let patient = s
-                .open_alerts()
-                .into_iter()
-                .find(|a| a.id == id)
-                .map(|a| a.patient);
-            (patient, s.clock_ms())
+            let alert = s.open_alerts().into_iter().find(|a| a.id == id);
+            (alert, s.clock_ms())
         };
-        let Some(patient) = patient else {
+        let Some(alert) = alert else {
             return error(404, "no open alert with this id");
         };
-        let minutes = match action {
-            "silence" => match body["minutes"].as_u64() {
-                Some(m @ 1..=120) => Some(m as u32),
-                _ => return error(400, "silence for 1 to 120 minutes (\"minutes\")"),
-            },
-            _ => None,
-        };
-        let note = body["note"]
-            .as_str()
-            .map(|n| n.trim().chars().take(500).collect::<String>())
-            .filter(|n| !n.is_empty());
         let request = AckRequest {
-            alert: id.to_string(),
-            patient,
+            alert: alert.id,
+            patient: alert.patient,
+            device: alert.device,
+            rule: alert.rule,
+            title: alert.title,
+            severity: alert.severity,
+            category: alert.category,
+            since: alert.since,
             action: action.to_string(),
-            minutes,
+            minutes: body["minutes"]
+                .as_u64()
+                .map(|m| m.min(u64::from(u32::MAX)) as u32),
             by,
-            note,
+            note: body["note"]
+                .as_str()
+                .map(|n| n.trim().chars().take(500).collect::<String>())
+                .filter(|n| !n.is_empty()),
             at_ms: clock,
         };
-        match acks(&request) {
+        if let Err(e) = request.check() {
+            return error(400, &e);
+        }
+        match board.acknowledge(&request) {
             Ok(()) => json_reply(202, json!({"accepted": true, "at": clock})),
             Err(e) => error(503, &e),
         }

@@ -67,5 +67,6 @@ vf.get("/api/templates").then((t) => {
   $("device").value = t.device;
   $("fhir").value = t.fhir;
   if (!$("message").value) $("message").value = t.sample;
+  if ($("message").value.trim()) run();
 }).catch((e) => { $("summary").textContent = e.message; });
 vf.get("/api/whoami").then((w) => { if (!w.board) $("nav").replaceChildren(vf.el("a", { href: "/debugger", class: "here" }, "Mapping debugger")); }).catch(() => {});
