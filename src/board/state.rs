@@ -23,6 +23,8 @@ pub const STALE_INTERVALS: i64 = 3;
 /// ...and at least this: a 1 Hz SpO2 is stale after 30 s, a cuff pressure taken every 15
 /// minutes after 45.
 pub const STALE_MIN_MS: i64 = 30_000;
+/// Before a vital's cadence is known (one reading so far): stale after this.
+pub const STALE_UNKNOWN_MS: i64 = 120_000;
 /// NEWS2 counts a parameter only while its value is this fresh (the rules' default).
 pub const NEWS2_FRESH_MS: i64 = 15 * 60_000;
 /// Alert events kept in the history.
@@ -185,6 +187,9 @@ impl Vital {
 
 impl Vital {
     fn stale_after(&self) -> i64 {
+        if self.interval_ms == 0 {
+            return STALE_UNKNOWN_MS;
+        }
         (self.interval_ms.saturating_mul(STALE_INTERVALS)).max(STALE_MIN_MS)
     }
 }

@@ -159,15 +159,18 @@ function ackDialog(a, action) {
       err.textContent = e.message;
     }
   };
-  d.replaceChildren(
+  const parts = [
     vf.el("h3", {}, `${action === "silence" ? "Silence" : "Acknowledge"}: ${a.title}`),
     vf.el("div", { class: "meta" }, `${a.patient} · ${a.text}`),
-    me.user ? vf.el("div", {}, `as ${me.user}`) : [vf.el("label", { for: "ack-by" }, "Who"), name],
-    minutes ? [vf.el("label", { for: "ack-minutes" }, "For"), minutes] : null,
-    vf.el("label", { for: "ack-note" }, "Note"), note, err,
+  ];
+  if (me.user) parts.push(vf.el("div", {}, `as ${me.user}`));
+  else parts.push(vf.el("label", { for: "ack-by" }, "Who"), name);
+  if (minutes) parts.push(vf.el("label", { for: "ack-minutes" }, "For"), minutes);
+  parts.push(vf.el("label", { for: "ack-note" }, "Note"), note, err,
     vf.el("div", { class: "buttons" },
       vf.el("button", { onclick: closeDialog }, "Cancel"),
       vf.el("button", { class: "primary", id: "ack-submit", onclick: submit }, action === "silence" ? "Silence" : "Acknowledge")));
+  d.replaceChildren(...parts);
   document.getElementById("overlay").hidden = false;
   (name || note).focus();
 }
@@ -197,7 +200,7 @@ async function drill(key) {
     d.replaceChildren(
       vf.el("h3", {}, `${p.patient} · last 4 hours`),
       vf.el("div", { class: "meta" }, `device ${p.device}`),
-      p.vitals.map(chart),
+      ...p.vitals.map(chart),
       vf.el("div", { class: "buttons" }, vf.el("button", { onclick: closeDialog }, "Close")));
   } catch (e) {
     d.replaceChildren(vf.el("div", { class: "error" }, e.message), vf.el("button", { onclick: closeDialog }, "Close"));
