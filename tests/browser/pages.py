@@ -91,8 +91,8 @@ def board(args):
                     return c.text
             return False
         text = wait(d, 60, "acknowledged", acknowledged, shots)
-        say("acknowledged", ok=True, seconds=round(time.time() - clicked, 1), text=text)
         d.save_screenshot(os.path.join(shots, "alert.png"))
+        say("acknowledged", ok=True, seconds=round(time.time() - clicked, 1), text=text)
 
         say("waiting-kill")
         sys.stdin.readline()  # the test has killed the job (kill -9)
@@ -129,16 +129,16 @@ def ward(args):
 
         wait(d, 10, "tile", lambda d: d.find_elements(By.CSS_SELECTOR, "article.tile")[0].click() or True, shots)
         wait(d, 10, "drill-down", lambda d: len(d.find_elements(By.CSS_SELECTOR, "#dialog .chart svg polyline")) > 0, shots)
-        say("drill-down", ok=True, charts=len(d.find_elements(By.CSS_SELECTOR, "#dialog .chart")))
         d.save_screenshot(os.path.join(shots, "trends.png"))
+        say("drill-down", ok=True, charts=len(d.find_elements(By.CSS_SELECTOR, "#dialog .chart")))
 
         d.get(args.url + "/job")
         wait(d, 10, "job", lambda d: len(d.find_elements(By.CSS_SELECTOR, "#lag td")) >= 3 and d.find_element(By.ID, "health").text == "healthy", shots)
         time.sleep(2.5)  # a second sample gives the rate
         cards = {c.find_element(By.CSS_SELECTOR, ".k").text: c.find_element(By.CSS_SELECTOR, ".n").text
                  for c in d.find_elements(By.CSS_SELECTOR, ".card")}
-        say("job", ok=True, cards=cards)
         d.save_screenshot(os.path.join(shots, "job.png"))
+        say("job", ok=True, cards=cards)
     finally:
         d.quit()
 
@@ -158,8 +158,8 @@ def debugger(args):
         rows = [[td.text for td in r.find_elements(By.TAG_NAME, "td")]
                 for r in d.find_elements(By.CSS_SELECTOR, "#measurements tr")[1:]]
         observations = json.loads(d.find_element(By.ID, "observations").text)
-        say("normalized", ok=True, rows=rows, observations=observations)
         d.save_screenshot(os.path.join(shots, "debugger.png"))
+        say("normalized", ok=True, rows=rows, observations=observations)
 
         device = d.find_element(By.ID, "device").get_attribute("value")
         broken = device.replace(args.break_from, args.break_to, 1)
@@ -168,8 +168,9 @@ def debugger(args):
         d.execute_script("document.getElementById('device').value = arguments[0];", broken)
         d.find_element(By.ID, "run").click()
         p = wait(d, 10, "problem", lambda d: d.find_elements(By.CSS_SELECTOR, "#problems .problem") or False, shots)
-        say("problem", ok=True, text=p[0].text)
+        text = p[0].text
         d.save_screenshot(os.path.join(shots, "debugger-error.png"))
+        say("problem", ok=True, text=text)
     finally:
         d.quit()
 

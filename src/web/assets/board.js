@@ -66,7 +66,7 @@ function rank(p) {
 function alertCard(a, actions) {
   const buttons = actions && me.acks && a.state !== "resolved"
     ? vf.el("div", {},
-        vf.el("button", { class: "primary", "data-action": "acknowledge", onclick: () => ackDialog(a, "acknowledge") }, "Acknowledge"), " ",
+        a.state === "acknowledged" ? null : vf.el("button", { class: "primary", "data-action": "acknowledge", onclick: () => ackDialog(a, "acknowledge") }, "Acknowledge"), " ",
         vf.el("button", { "data-action": "silence", onclick: () => ackDialog(a, "silence") }, "Silence"))
     : null;
   const who = a.by ? vf.el("div", { class: "meta" }, `${a.state === "acknowledged" ? "Acknowledged" : "Seen"} by ${a.by}${a.note ? " — " + a.note : ""}${a.until ? " · silenced until " + a.until.slice(11, 16) : ""}`) : null;
@@ -175,20 +175,27 @@ function ackDialog(a, action) {
   (name || note).focus();
 }
 
-function chart(v) {
-  const w = 640, h = 110, pad = 28;
+// A vital's trend on a time axis shared by the patient's charts (from, to: seconds).
+function chart(v, from, to) {
+  const w = 640, h = 110, pad = 34;
   const s = vf.svg("svg", { width: w, height: h });
   const t = v.trend;
-  if (t.length >= 2) {
-    const xs = t.map((p) => p[0]), ys = t.map((p) => p[1]);
-    const x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
-    const X = (x) => pad + (x1 === x0 ? 0 : ((x - x0) / (x1 - x0)) * (w - pad - 4));
-    const Y = (y) => (y1 === y0 ? h / 2 : h - 14 - ((y - y0) / (y1 - y0)) * (h - 24));
-    s.append(vf.svg("line", { x1: pad, y1: h - 12, x2: w, y2: h - 12 }));
-    s.append(vf.svg("polyline", { points: t.map(([x, y]) => `${X(x).toFixed(1)},${Y(y).toFixed(1)}`).join(" ") }));
-    const label = (x, y, text) => { const e = vf.svg("text", { x, y }); e.textContent = text; s.append(e); };
-    label(0, Y(y1) + 4, y1); label(0, Y(y0) + 4, y0);
-    label(pad, h - 1, vf.clock(x0 * 1000).slice(0, 5)); label(w - 34, h - 1, vf.clock(x1 * 1000).slice(0, 5));
+  const X = (x) => pad + (to === from ? 0 : ((x - from) / (to - from)) * (w - pad - 8));
+  s.append(vf.svg("line", { x1: pad, y1: h - 12, x2: w, y2: h - 12 }));
+  const label = (x, y, text) => { const e = vf.svg("text", { x, y }); e.textContent = text; s.append(e); };
+  label(pad, h - 1, vf.clock(from * 1000).slice(0, 5));
+  label(w - 34, h - 1, vf.clock(to * 1000).slice(0, 5));
+  if (t.length) {
+    const ys = t.map((p) => p[1]);
+    const y0 = Math.min(...ys), y1 = Math.max(...ys);
+    const Y = (y) => (y1 === y0 ? h / 2 : h - 16 - ((y - y0) / (y1 - y0)) * (h - 28));
+    if (t.length === 1) {
+      s.append(vf.svg("circle", { cx: X(t[0][0]), cy: Y(t[0][1]), r: 3, fill: "#58a6ff" }));
+    } else {
+      s.append(vf.svg("polyline", { points: t.map(([x, y]) => `${X(x).toFixed(1)},${Y(y).toFixed(1)}`).join(" ") }));
+    }
+    label(0, Y(y1) + 4, y1);
+    if (y1 !== y0) label(0, Y(y0) + 4, y0);
   }
   return vf.el("div", { class: "chart" }, vf.el("b", {}, `${v.label} ${v.value}`), s);
 }
@@ -197,10 +204,13 @@ async function drill(key) {
   const d = document.getElementById("dialog");
   try {
     const p = await vf.get(`/api/patient/${key}`);
+    const to = Math.floor(p.clock / 1000);
+    const starts = p.vitals.flatMap((v) => v.trend.map((x) => x[0]));
+    const from = Math.min(to - 600, ...starts);
     d.replaceChildren(
       vf.el("h3", {}, `${p.patient} · last 4 hours`),
       vf.el("div", { class: "meta" }, `device ${p.device}`),
-      ...p.vitals.map(chart),
+      ...p.vitals.map((v) => chart(v, from, to)),
       vf.el("div", { class: "buttons" }, vf.el("button", { onclick: closeDialog }, "Close")));
   } catch (e) {
     d.replaceChildren(vf.el("div", { class: "error" }, e.message), vf.el("button", { onclick: closeDialog }, "Close"));
