@@ -123,6 +123,8 @@ pub struct Summary {
     pub paths: Vec<PathResult>,
     /// FHIR sink figures, when the job writes to a FHIR server.
     pub fhir: Option<FhirFigures>,
+    /// Ward board figures, when the bench kept one.
+    pub board: Option<BoardFigures>,
     /// Throughput within target.
     pub throughput_pass: bool,
     /// Every target met.
@@ -142,6 +144,19 @@ pub struct BenchOptions {
     pub workers: usize,
     /// Where histograms, summary and plot go.
     pub out: PathBuf,
+    /// Keep the ward board's views, and read them as one open page does (every 5 s).
+    pub board: bool,
+}
+
+/// What the ward board cost, when the bench kept one.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BoardFigures {
+    /// Patients on the board at the end.
+    pub patients: usize,
+    /// Size of the board's JSON as a page reads it (one hour of trends), bytes.
+    pub snapshot_bytes: usize,
+    /// Time to build that JSON, ms (median of the reads in the window).
+    pub snapshot_ms: f64,
 }
 
 /// CPU seconds (user + system) this process has used so far.
@@ -213,6 +228,28 @@ pub fn run_once(
             crate::sources::simulator::produce(&sim, &k, &k.brokers, &topic, start, &stop)
         }))
     };
+    let board = opts.board.then(|| Arc::new(crate::board::Board::new()));
+    // One page open on the board: it reads the views every 5 s, as board.js does.
+    let reader = board.clone().map(|b| {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut reads = Vec::new();
+            let mut bytes = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                bytes = b.snapshot(60).to_string().len();
+                reads.push(t.elapsed().as_secs_f64() * 1e3);
+                for _ in 0..50 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            reads.sort_by(f64::total_cmp);
+            (bytes, reads.get(reads.len() / 2).copied().unwrap_or(0.0))
+        })
+    });
     let runner = {
         let (job, stop, metrics) = (job.clone(), stop.clone(), metrics.clone());
         let run = RunOptions {
@@ -221,7 +258,7 @@ pub fn run_once(
             process: 0,
             hosts: Vec::new(),
             until_end: false,
-            board: None,
+            board: board.clone(),
             acks_topic: None,
         };
         std::thread::spawn(move || dataflow::run(&job, &run, stop, metrics))
@@ -280,6 +317,19 @@ pub fn run_once(
         f.join()
             .map_err(|_| anyhow!("the load generator panicked"))??;
     }
+    let board = match (board, reader) {
+        (Some(b), Some(r)) => {
+            let (snapshot_bytes, snapshot_ms) =
+                r.join().map_err(|_| anyhow!("the board reader panicked"))?;
+            let patients = b.state().patients();
+            Some(BoardFigures {
+                patients,
+                snapshot_bytes,
+                snapshot_ms,
+            })
+        }
+        _ => None,
+    };
     let paths: Vec<PathResult> = histograms
         .iter()
         .map(|(name, h)| {
@@ -328,6 +378,7 @@ pub fn run_once(
             peak_rss_mb: peak_rss_mb(),
             paths,
             fhir,
+            board,
             throughput_pass,
             pass,
         },

@@ -103,6 +103,8 @@ pub struct Latencies {
     /// Watermark past a window's checkpoint (its version emitted) → the version durable,
     /// per Observation output.
     pub version: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Alert event emitted by alerting → on the ward board and sent to its live pages.
+    pub board: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
 impl Default for Latencies {
@@ -113,19 +115,30 @@ impl Default for Latencies {
             epoch: Mutex::new(latency_histogram()),
             alert: Mutex::new(latency_histogram()),
             version: Mutex::new(latency_histogram()),
+            board: Mutex::new(latency_histogram()),
         }
     }
 }
 
 impl Latencies {
     /// The paths, by name.
-    pub fn paths(&self) -> [(&'static str, &Mutex<hdrhistogram::Histogram<u64>>); 4] {
+    pub fn paths(&self) -> [(&'static str, &Mutex<hdrhistogram::Histogram<u64>>); 5] {
         [
             ("normalize", &self.normalize),
             ("version", &self.version),
             ("durable", &self.durable),
             ("alert", &self.alert),
+            ("board", &self.board),
         ]
+    }
+
+    /// Records `now - stamp` for every stamp (microseconds since the Unix epoch).
+    pub fn record_us(h: &Mutex<hdrhistogram::Histogram<u64>>, now_us: i64, stamps_us: &[i64]) {
+        if let Ok(mut h) = h.lock() {
+            for t in stamps_us {
+                let _ = h.record(((now_us - t).max(1) as u64).min(MAX_LATENCY_US));
+            }
+        }
     }
 
     /// Records `now - stamp` for every stamp (milliseconds since the Unix epoch).

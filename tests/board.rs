@@ -183,7 +183,11 @@ fn the_embedded_default_shows_the_acute_patient_and_records_an_acknowledgement()
         "{critical}"
     );
     assert!(critical["seconds"].as_f64() < Some(120.0), "{critical}");
-    b.step("acknowledged");
+    let acked = b.step("acknowledged");
+    // The opening, escalation and acknowledgement reached the page live, not by its poll.
+    let live = acked["live_ms"].as_array().map_or(0, Vec::len);
+    assert!(live >= 2, "{acked}");
+    eprintln!("alert emitted → on the page (ms): {}", acked["live_ms"]);
 
     // The acknowledgement went through the job: an alert event with who and the note, in the
     // alert files and in the lake's alerts table.

@@ -159,6 +159,7 @@ mod tests {
             by: None,
             note: None,
             until: None,
+            emitted_us: 0,
         })]);
         let e: serde_json::Value =
             serde_json::from_str(&feed.recv().expect("event")).expect("json");

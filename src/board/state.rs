@@ -98,6 +98,9 @@ pub struct BoardAlert {
     /// Silenced until, RFC 3339.
     #[serde(default)]
     pub until: Option<String>,
+    /// When alerting emitted it (wall clock, µs): the board's and the page's latency.
+    #[serde(default)]
+    pub emitted_us: i64,
 }
 
 impl From<&Alert> for BoardAlert {
@@ -122,6 +125,7 @@ impl From<&Alert> for BoardAlert {
             by: a.by.clone(),
             note: a.note.clone(),
             until: a.until.clone(),
+            emitted_us: chrono::Utc::now().timestamp_micros(),
         }
     }
 }
@@ -517,6 +521,7 @@ mod tests {
             by: (state == "acknowledged").then(|| "nurse".into()),
             note: None,
             until: None,
+            emitted_us: 0,
         })
     }
 

@@ -221,6 +221,9 @@ pub struct BenchArgs {
     /// Search the highest rate that meets the p99 and throughput targets, from --rate up.
     #[arg(long)]
     find_max: bool,
+    /// Also keep the ward board's views, read every 5 s as one open page does (its cost).
+    #[arg(long)]
+    board: bool,
     /// Output format [default: table on a terminal, json otherwise].
     #[arg(long, value_enum)]
     format: Option<Format>,
@@ -285,6 +288,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         out: args.out.clone(),
+        board: args.board,
     };
     let outcome = (|| -> anyhow::Result<(Vec<vitalflow::bench::Summary>, Option<f64>)> {
         if args.find_max {
@@ -542,6 +546,14 @@ fn print_bench(runs: &[vitalflow::bench::Summary], max_rate: Option<f64>, out: &
             verdict(r.throughput_pass)
         );
         outln!("{t}");
+        if let Some(b) = &r.board {
+            outln!(
+                "ward board: {} patients, {:.0} KB per read of the board (1 h trends), {:.1} ms to build it",
+                b.patients,
+                b.snapshot_bytes as f64 / 1024.0,
+                b.snapshot_ms
+            );
+        }
         if let Some(f) = &r.fhir {
             outln!(
                 "FHIR: {} Observations acknowledged ({:.0}/s), {} requests: {:.3} per Observation, {:.4} per measurement",

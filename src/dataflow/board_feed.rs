@@ -66,6 +66,7 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
     dead: &Stream<G, DeadLetter>,
     names: Arc<Vitals>,
     board: Arc<Board>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let scope = measurements.scope();
     let mut parts = vec![
@@ -79,9 +80,18 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
         Exchange::new(|_: &BoardUpdate| 0u64),
         "Board",
         move |(input, _frontier)| {
+            let mut emitted = Vec::new();
             input.for_each_time(|_, data| {
-                board.apply(data.flat_map(|batch| batch.drain(..)));
+                board.apply(data.flat_map(|batch| batch.drain(..)).inspect(|u| {
+                    if let BoardUpdate::Alert(a) = u {
+                        emitted.push(a.emitted_us);
+                    }
+                }));
             });
+            if !emitted.is_empty() {
+                let now = chrono::Utc::now().timestamp_micros();
+                crate::metrics::Latencies::record_us(&metrics.latency.board, now, &emitted);
+            }
         },
     );
 }

@@ -345,6 +345,7 @@ pub(super) fn run_worker<A: Allocate>(
                 &dead,
                 names,
                 board.clone(),
+                shared.metrics.clone(),
             );
         }
         scope.concatenate(durable).probe_with(&probe);

@@ -267,6 +267,7 @@ impl App {
                     "alert": quantiles(&m.latency.alert),
                     "version": quantiles(&m.latency.version),
                     "durable": quantiles(&m.latency.durable),
+                    "board": quantiles(&m.latency.board),
                 },
                 "lag": lag,
                 "deadLetters": dead,

@@ -92,7 +92,11 @@ def board(args):
             return False
         text = wait(d, 60, "acknowledged", acknowledged, shots)
         d.save_screenshot(os.path.join(shots, "alert.png"))
-        say("acknowledged", ok=True, seconds=round(time.time() - clicked, 1), text=text)
+        # Alert events that reached the page live (server-sent events), and how long each
+        # took from alerting's emission to the page's render.
+        live = d.execute_script("return window.vfLatencies")
+        say("acknowledged", ok=True, seconds=round(time.time() - clicked, 1), text=text,
+            live_ms=sorted(round(x, 1) for x in live))
 
         say("waiting-kill")
         sys.stdin.readline()  # the test has killed the job (kill -9)

@@ -99,6 +99,9 @@ async function refresh() {
   }
 }
 
+// Alerting's emission to this page's render, ms, per live alert event (tests read it).
+window.vfLatencies = [];
+
 // An alert event from the job, applied at once (the next refresh brings the rest).
 function onAlert(a) {
   fresh.add(a.id);
@@ -122,6 +125,7 @@ function onAlert(a) {
   }
   board.alerts.sort((x, y) => rank({ alert: y }) - rank({ alert: x }) || Date.parse(y.at) - Date.parse(x.at));
   render();
+  if (a.emitted_us) window.vfLatencies.push(Date.now() - a.emitted_us / 1000);
 }
 
 function setLive(up) {
