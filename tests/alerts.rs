@@ -905,3 +905,117 @@ fn a_slow_cadence_vital_with_sustained_zero_alerts_on_one_reading() {
         "a cuff read every 15 minutes is not a continuous signal: {alerts:#?}"
     );
 }
+
+#[test]
+fn an_acknowledgement_from_the_board_is_recorded_once_across_a_kill_and_a_restart() {
+    use vitalflow::anomaly::ack::AckRequest;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let c = MockCluster::new(1).expect("mock cluster");
+    for (t, n) in [("vitals", 2), ("alerts", 1), ("acks", 1)] {
+        c.create_topic(t, n, 1).expect("topic");
+    }
+    let brokers = c.bootstrap_servers();
+    let job = alert_job(
+        tmp.path(),
+        &brokers,
+        &root().join("templates/alerts/adult-vitals.toml"),
+    );
+    let t0 = chrono::Utc::now() - chrono::Duration::hours(3);
+    let t0 = chrono::DateTime::from_timestamp(t0.timestamp(), 0).expect("whole seconds");
+    let s = chrono::Duration::seconds;
+    let (onset, recovery) = (t0 + s(600), t0 + s(1500));
+    let part = |from: i64, to: i64| -> Vec<SimMessage> {
+        (from..to)
+            .map(|i| {
+                let at = t0 + s(5 * i);
+                let low = at >= onset && at < recovery;
+                SimMessage {
+                    key: "BM-A".into(),
+                    payload: bedside("BM-A", "P-A", at, 76, Some(if low { 84 } else { 97 }))
+                        .into_bytes(),
+                    event_time: at,
+                }
+            })
+            .collect()
+    };
+    // The nurse acknowledges five minutes into the desaturation, as the board writes it.
+    let ack = AckRequest {
+        alert: vitalflow::anomaly::lifecycle::alert_id("P-A", "hypoxia", onset.timestamp_millis()),
+        patient: "P-A".into(),
+        device: "BM-A".into(),
+        rule: "hypoxia".into(),
+        title: "SpO2 low".into(),
+        severity: vitalflow::anomaly::rules::Severity::Critical,
+        category: vitalflow::anomaly::lifecycle::Category::Physiological,
+        since: vitalflow::anomaly::lifecycle::rfc3339(onset.timestamp_millis()),
+        action: "acknowledge".into(),
+        minutes: None,
+        by: "Nurse Ada".into(),
+        note: Some("re-sited the probe".into()),
+        at_ms: (onset + s(300)).timestamp_millis(),
+    };
+    let p = producer(&brokers);
+    produce_sim(&p, "vitals", &part(0, 180));
+    let record = serde_json::to_vec(&ack).expect("JSON");
+    produce(
+        &p,
+        "acks",
+        &[(Some("P-A".as_bytes()), record.as_slice(), Vec::new())],
+    );
+    let flags = [
+        "--workers",
+        "2",
+        "--board",
+        "127.0.0.1:0",
+        "--acks-topic",
+        "acks",
+    ];
+    let mut running = Running::spawn(vitalflow().arg("run").args(flags).arg("--job").arg(&job));
+    wait_for(Duration::from_secs(60), "the acknowledged event", || {
+        alerts(&brokers)
+            .iter()
+            .any(|a| a["state"] == "acknowledged")
+    });
+    wait_for(
+        Duration::from_secs(60),
+        "the offsets to be committed",
+        || {
+            committed(&brokers, "g", "vitals", 2).values().sum::<i64>() == 180
+                && committed(&brokers, "g", "acks", 1).values().sum::<i64>() == 1
+        },
+    );
+    running.kill();
+    produce_sim(&p, "vitals", &part(180, 420));
+    run_ok(
+        vitalflow()
+            .args(["run", "--until-end"])
+            .args(flags)
+            .arg("--job")
+            .arg(&job),
+    );
+    let mine: Vec<Value> = alerts(&brokers)
+        .into_iter()
+        .filter(|a| a["patient"] == "P-A" && a["rule"] == "hypoxia")
+        .collect();
+    // Raw records: the acknowledgement once, between the alert's own events, and the alert
+    // as detected without it (it resolves on its values).
+    let states: Vec<&str> = mine.iter().filter_map(|a| a["state"].as_str()).collect();
+    assert_eq!(
+        states,
+        vec!["open", "acknowledged", "resolved"],
+        "{mine:#?}"
+    );
+    let acked = &mine[1];
+    assert_eq!(acked["id"], mine[0]["id"]);
+    assert_eq!(acked["by"], "Nurse Ada");
+    assert_eq!(acked["note"], "re-sited the probe");
+    assert_eq!(
+        acked["at"],
+        vitalflow::anomaly::lifecycle::rfc3339(ack.at_ms).as_str()
+    );
+    assert_eq!(
+        mine[2]["at"],
+        vitalflow::anomaly::lifecycle::rfc3339((recovery + s(120)).timestamp_millis()).as_str(),
+        "acknowledging changes nothing of what is detected"
+    );
+}

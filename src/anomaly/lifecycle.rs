@@ -417,63 +417,99 @@ impl Lifecycle {
         }
     }
 
+    /// The alert event of a track's episode at event time `now`.
+    #[allow(clippy::too_many_arguments)]
+    fn event(
+        patient: &str,
+        rule: &str,
+        now: i64,
+        t: &Track,
+        id: &str,
+        severity: Severity,
+        since: i64,
+        state: State,
+    ) -> Alert {
+        let c = t.current.as_ref();
+        let (vital, value, at, detail) = c.map_or((String::new(), 0.0, now, String::new()), |c| {
+            (
+                c.vital.clone(),
+                c.value as f64 / 1000.0,
+                c.at_ms,
+                c.detail.clone(),
+            )
+        });
+        let title = c.map_or_else(|| rule.to_string(), |c| c.title.clone());
+        let verb = match state {
+            State::Open => "opened",
+            State::Escalated => "escalated",
+            State::Resolved => "resolved",
+            State::Acknowledged => "acknowledged",
+            State::Silenced => "silenced",
+        };
+        Alert {
+            id: id.to_string(),
+            patient: patient.to_string(),
+            device: c.map_or_else(String::new, |c| c.device.clone()),
+            rule: rule.to_string(),
+            title: title.clone(),
+            severity,
+            category: t.category,
+            state,
+            since: rfc3339(since),
+            at: rfc3339(now),
+            values: vec![(vital, value, rfc3339(at))],
+            text: format!(
+                "{} {verb}: patient {patient}: {title}{}{}",
+                match (t.category, severity) {
+                    (Category::Technical, _) => "TECHNICAL",
+                    (_, Severity::Critical) => "CRITICAL",
+                    (_, Severity::Warning) => "WARNING",
+                },
+                if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {detail}")
+                },
+                if state == State::Resolved {
+                    String::new()
+                } else {
+                    format!(" (since {})", rfc3339(since))
+                },
+            ),
+            by: None,
+            note: None,
+            until: None,
+            stamp_ms: c.map_or(0, |c| c.stamp_ms),
+        }
+    }
+
+    /// The alerts open now, each as its latest event would show it (open or escalated, at
+    /// the track's last evaluation): what a board restarted from a checkpoint shows.
+    pub fn standing(&self) -> Vec<Alert> {
+        let mut out = Vec::new();
+        for (patient, rules) in &self.tracks {
+            for (rule, t) in rules {
+                if let Some((id, severity, since)) = &t.open {
+                    let state = if *severity == Severity::Critical {
+                        State::Escalated
+                    } else {
+                        State::Open
+                    };
+                    out.push(Self::event(
+                        patient, rule, t.checked, t, id, *severity, *since, state,
+                    ));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
     fn step(patient: &str, rule: &str, t: &mut Track, now: i64, out: &mut Vec<Alert>) {
         t.checked = t.checked.max(now);
         let (sustain, resolve, suppress) = t.timing;
         let emit = |t: &Track, id: &str, severity: Severity, since: i64, state: State| {
-            let c = t.current.as_ref();
-            let (vital, value, at, detail) =
-                c.map_or((String::new(), 0.0, now, String::new()), |c| {
-                    (
-                        c.vital.clone(),
-                        c.value as f64 / 1000.0,
-                        c.at_ms,
-                        c.detail.clone(),
-                    )
-                });
-            let title = c.map_or_else(|| rule.to_string(), |c| c.title.clone());
-            let verb = match state {
-                State::Open => "opened",
-                State::Escalated => "escalated",
-                State::Resolved => "resolved",
-                State::Acknowledged => "acknowledged",
-                State::Silenced => "silenced",
-            };
-            Alert {
-                id: id.to_string(),
-                patient: patient.to_string(),
-                device: c.map_or_else(String::new, |c| c.device.clone()),
-                rule: rule.to_string(),
-                title: title.clone(),
-                severity,
-                category: t.category,
-                state,
-                since: rfc3339(since),
-                at: rfc3339(now),
-                values: vec![(vital, value, rfc3339(at))],
-                text: format!(
-                    "{} {verb}: patient {patient}: {title}{}{}",
-                    match (t.category, severity) {
-                        (Category::Technical, _) => "TECHNICAL",
-                        (_, Severity::Critical) => "CRITICAL",
-                        (_, Severity::Warning) => "WARNING",
-                    },
-                    if detail.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {detail}")
-                    },
-                    if state == State::Resolved {
-                        String::new()
-                    } else {
-                        format!(" (since {})", rfc3339(since))
-                    },
-                ),
-                by: None,
-                note: None,
-                until: None,
-                stamp_ms: c.map_or(0, |c| c.stamp_ms),
-            }
+            Self::event(patient, rule, now, t, id, severity, since, state)
         };
         match t.open.clone() {
             None => {
@@ -611,6 +647,25 @@ mod tests {
             e[2].0, 760,
             "still abnormal when the suppression (600 s from 160) ends"
         );
+    }
+
+    #[test]
+    fn standing_alerts_are_the_open_ones_as_last_shown() {
+        let mut l = Lifecycle::default();
+        let mut out = Vec::new();
+        l.set("P", "hr", cond(3, 0), 0, &mut out);
+        l.advance(50_000, &mut out);
+        let standing = l.standing();
+        assert_eq!(standing.len(), 1);
+        let last = out.last().expect("an event");
+        assert_eq!(
+            (&standing[0].id, standing[0].severity),
+            (&last.id, last.severity)
+        );
+        assert_eq!(standing[0].since, last.since);
+        l.clear("P", "hr", 50_000, &mut out);
+        l.advance(1_000_000, &mut out);
+        assert!(l.standing().is_empty(), "resolved: {out:?}");
     }
 
     #[test]

@@ -10,7 +10,8 @@ use vitalflow::metrics::Metrics;
 use vitalflow::web::{self, Pages, WebConfig};
 
 /// Where the embedded default serves its board unless told otherwise.
-pub const DEFAULT_BOARD_ADDRESS: &str = "127.0.0.1:8080";
+/// (Not 8080: FHIR servers, Helios among them, often take it.)
+pub const DEFAULT_BOARD_ADDRESS: &str = "127.0.0.1:8090";
 
 /// A sample message for the debugger: the bedside monitor's, matching the default templates.
 const BEDSIDE_SAMPLE: &str = include_str!("../../datasets/bedside-monitor/reading.json");

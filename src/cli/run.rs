@@ -10,8 +10,9 @@ use vitalflow::metrics::Metrics;
 /// Help shown after `vitalflow run --help`.
 pub const RUN_HELP: &str =
     "Without --job, runs the embedded default: an in-process Kafka (librdkafka's mock \
-cluster) fed by the simulator with 200 bedside monitors, the bedside-monitor mappings, and \
-NDJSON Observations under ./vitalflow-out/. Stop it with Ctrl-C: it stops reading, flushes \
+cluster) fed by the simulator with 200 bedside monitors, the bedside-monitor mappings, \
+NDJSON Observations under ./vitalflow-out/, and the ward board at http://127.0.0.1:8090/ \
+(its URL is printed at start; docs/board.md). Stop it with Ctrl-C: it stops reading, flushes \
 every sink, commits offsets and exits 0.
 
 Examples:
@@ -21,7 +22,9 @@ Examples:
   vitalflow run --job replay.toml --until-end
   vitalflow run --duration 30s --log-format json
 
-Environment: VITALFLOW_KAFKA_BROKERS, VITALFLOW_KAFKA_GROUP_ID, VITALFLOW_OUTPUT_DIR,
+Environment: VITALFLOW_BOARD_ADDRESS, VITALFLOW_BOARD_TOKEN or VITALFLOW_BOARD_USERS (required
+for a board beyond loopback), VITALFLOW_BOARD_TLS_CERT and _KEY, VITALFLOW_ACKS_TOPIC,
+VITALFLOW_KAFKA_BROKERS, VITALFLOW_KAFKA_GROUP_ID, VITALFLOW_OUTPUT_DIR,
 VITALFLOW_LAKE (lakehouse location: a directory or s3://bucket/prefix), AWS_* (S3
 credentials), VITALFLOW_METRICS_ADDRESS, VITALFLOW_KAFKA__<PROPERTY> (any librdkafka property, e.g.
 VITALFLOW_KAFKA__SASL_PASSWORD), VITALFLOW_LOG (log filter, e.g. debug or vitalflow=debug).
@@ -70,7 +73,8 @@ pub struct RunArgs {
     #[arg(long)]
     no_status: bool,
     /// Serve the ward board, job page and mapping debugger on this host:port, or `off`
-    /// [default: 127.0.0.1:8080 for the embedded default, off for a job file]. Every process
+    /// [default: 127.0.0.1:8090 for the embedded default (another free port when taken), off for
+    /// a job file]. Every process
     /// of a cluster takes the same setting; process 0 serves the pages.
     #[arg(long, env = "VITALFLOW_BOARD_ADDRESS", value_name = "ADDRESS")]
     board: Option<String>,
@@ -134,7 +138,12 @@ pub fn run(args: RunArgs) -> ExitCode {
     let mut board = None;
     if let Some(address) = &board_address {
         if args.process == 0 {
-            match super::board::start(&job, address, metrics.clone()) {
+            let mut started = super::board::start(&job, address, metrics.clone());
+            if started.is_err() && args.board.is_none() {
+                // The default port is taken: any free one serves, and its URL is printed.
+                started = super::board::start(&job, "127.0.0.1:0", metrics.clone());
+            }
+            match started {
                 Ok((b, bound)) => {
                     tracing::info!(address = %bound, "serving the ward board, /job, /debugger, /metrics and /health");
                     eprintln!("ward board: http://{bound}/");

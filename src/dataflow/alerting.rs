@@ -334,17 +334,18 @@ impl PatientAlerts {
             let e = self.seen.entry(key).or_insert(s.offset);
             *e = (*e).max(s.offset);
         }
-        if ack::is_ack(&m) {
-            // Recorded as it is, whatever the watermark: its event is built from the
-            // acknowledgement alone (see `anomaly::ack`), never from the state.
+        let behind = self
+            .applied
+            .is_some_and(|w| m.occurrence_time.timestamp_millis() <= w);
+        if behind && ack::is_ack(&m) {
+            // Read after the watermark passed its time: recorded at once all the same (its
+            // event is built from the acknowledgement alone, see `anomaly::ack`), never
+            // dropped as a late reading is.
             self.acks.extend(ack::alert_of(&m));
             self.dirty = true;
             return;
         }
-        if self
-            .applied
-            .is_some_and(|w| m.occurrence_time.timestamp_millis() <= w)
-        {
+        if behind {
             Metrics::add(&self.metrics.alert_inputs_late, 1);
             return;
         }
@@ -352,6 +353,11 @@ impl PatientAlerts {
         let at = m.occurrence_time.timestamp_millis();
         self.waiting.insert((at, self.arrivals), Box::new(m));
         self.dirty = true;
+    }
+
+    /// The alerts open now, as their latest events would show them.
+    pub fn standing(&self) -> Vec<Alert> {
+        self.lifecycle.standing()
     }
 
     /// The acknowledgement and silence events taken in since the last call.
@@ -432,6 +438,11 @@ impl PatientAlerts {
                         self.fill_bucket();
                     }
                     let (_, m) = self.bucket.pop().expect("a reading");
+                    if ack::is_ack(&m) {
+                        // Recorded in event-time order among the patient's events.
+                        out.extend(ack::alert_of(&m));
+                        continue;
+                    }
                     let at = m.occurrence_time.timestamp_millis();
                     if let Some(p) = &m.patient_id {
                         self.touched(p, at);
@@ -528,6 +539,9 @@ pub(super) enum Out {
     /// A checkpoint of the state (see [`super::alert_state::encode`]), covering every epoch
     /// before the time it is given at.
     Snapshot(Option<Arc<Vec<u8>>>),
+    /// An alert open in the state a restart resumed: for the board, which starts empty (no
+    /// output writes it again).
+    Standing(Alert),
 }
 
 /// What the alerting branch reads: its rules, where and how often it checkpoints, when it
@@ -589,6 +603,7 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                     Err(e) => control.fail(format!("alerting: {e:#}")),
                 }
             }
+            let mut standing = state.standing();
             let mut last_checkpoint = std::time::Instant::now();
             // Encoding a checkpoint costs in proportion to the state: checkpoints are spaced
             // so that they take at most 1/20 of the worker's time, whatever the state's size.
@@ -604,6 +619,11 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
             // at the first epoch it does not cover (and the last one when the input ends).
             let mut spare = place.as_ref().map(|_| capability);
             move |(input, f1), (marks, f2), output| {
+                if let (false, Some(cap)) = (standing.is_empty(), spare.as_ref()) {
+                    output
+                        .session(cap)
+                        .give_iterator(standing.drain(..).map(Out::Standing));
+                }
                 input.for_each_time(|time, data| {
                     let e = pending
                         .entry(*time.time())

@@ -325,7 +325,7 @@ pub(super) fn run_worker<A: Allocate>(
             let out = super::alerting::build(&on_time, marks, parts.alerts_topic, settings);
             let alerts = out.flat_map(|o| match o {
                 super::alerting::Out::Alert(a) => Some(a),
-                super::alerting::Out::Snapshot(_) => None,
+                _ => None,
             });
             let alerts_durable = scope.concatenate(attach(&alerts, parts.alerts, control));
             if let Some(place) = checkpoints {
@@ -334,7 +334,10 @@ pub(super) fn run_worker<A: Allocate>(
                 durable.push(c);
             }
             durable.push(alerts_durable);
-            board_alerts = Some(alerts);
+            board_alerts = Some(out.flat_map(|o| match o {
+                super::alerting::Out::Alert(a) | super::alerting::Out::Standing(a) => Some(a),
+                super::alerting::Out::Snapshot(_) => None,
+            }));
         }
         if let Some(board) = &shared.board {
             let names = Arc::new(crate::anomaly::rules::Vitals::new(&shared.mapping));
