@@ -153,10 +153,13 @@ pub struct BenchOptions {
 pub struct BoardFigures {
     /// Patients on the board at the end.
     pub patients: usize,
-    /// Size of the board's JSON as a page reads it (one hour of trends), bytes.
+    /// Size of the board's JSON with one hour of trends (a page reads it once a minute),
+    /// bytes.
     pub snapshot_bytes: usize,
     /// Time to build that JSON, ms (median of the reads in the window).
     pub snapshot_ms: f64,
+    /// Size of the board's JSON without trends (a page reads it every 5 s), bytes.
+    pub values_bytes: usize,
 }
 
 /// CPU seconds (user + system) this process has used so far.
@@ -234,11 +237,12 @@ pub fn run_once(
         let stop = stop.clone();
         std::thread::spawn(move || {
             let mut reads = Vec::new();
-            let mut bytes = 0;
+            let (mut bytes, mut values) = (0, 0);
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
                 bytes = b.snapshot(60).to_string().len();
                 reads.push(t.elapsed().as_secs_f64() * 1e3);
+                values = b.snapshot(0).to_string().len();
                 for _ in 0..50 {
                     if stop.load(Ordering::Relaxed) {
                         break;
@@ -247,7 +251,11 @@ pub fn run_once(
                 }
             }
             reads.sort_by(f64::total_cmp);
-            (bytes, reads.get(reads.len() / 2).copied().unwrap_or(0.0))
+            (
+                bytes,
+                reads.get(reads.len() / 2).copied().unwrap_or(0.0),
+                values,
+            )
         })
     });
     let runner = {
@@ -319,13 +327,14 @@ pub fn run_once(
     }
     let board = match (board, reader) {
         (Some(b), Some(r)) => {
-            let (snapshot_bytes, snapshot_ms) =
+            let (snapshot_bytes, snapshot_ms, values_bytes) =
                 r.join().map_err(|_| anyhow!("the board reader panicked"))?;
             let patients = b.state().patients();
             Some(BoardFigures {
                 patients,
                 snapshot_bytes,
                 snapshot_ms,
+                values_bytes,
             })
         }
         _ => None,

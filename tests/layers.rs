@@ -17,12 +17,12 @@ const LAYERS: &[&[&str]] = &[
     &["dataflow"],
     &[
         "debugger",
-        "web",
         "bench",
         "bench_alerts",
         "bench_peer",
         "bench_gateway",
     ],
+    &["web"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -548,10 +548,11 @@ fn print_bench(runs: &[vitalflow::bench::Summary], max_rate: Option<f64>, out: &
         outln!("{t}");
         if let Some(b) = &r.board {
             outln!(
-                "ward board: {} patients, {:.0} KB per read of the board (1 h trends), {:.1} ms to build it",
+                "ward board: {} patients; a read with 1 h of trends {:.0} KB, built in {:.1} ms; without trends {:.0} KB",
                 b.patients,
                 b.snapshot_bytes as f64 / 1024.0,
-                b.snapshot_ms
+                b.snapshot_ms,
+                b.values_bytes as f64 / 1024.0
             );
         }
         if let Some(f) = &r.fhir {

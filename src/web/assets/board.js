@@ -90,9 +90,22 @@ function render() {
   document.getElementById("history").replaceChildren(...board.history.slice(0, 15).map((a) => alertCard(a, false)));
 }
 
+// Values every 5 s; trends (one point a minute) with every 12th read only: at 2,000
+// patients a read with trends is 2 MB, one without a tenth of that (docs/board.md).
+let reads = 0;
+const trends = new Map();
 async function refresh() {
+  const withTrends = reads++ % 12 === 0;
   try {
-    board = await vf.get("/api/board?trend=60");
+    const b = await vf.get(`/api/board?trend=${withTrends ? 60 : 0}`);
+    for (const p of b.patients) {
+      for (const v of p.vitals) {
+        const k = `${p.key}/${v.key}`;
+        if (withTrends) trends.set(k, v.trend);
+        else v.trend = trends.get(k) || [];
+      }
+    }
+    board = b;
     render();
   } catch (e) {
     setLive(false);
