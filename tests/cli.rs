@@ -423,7 +423,10 @@ fn bench_smoke_run_writes_summary_histograms_and_plot() {
         .iter()
         .filter_map(|p| p["path"].as_str())
         .collect();
-    assert_eq!(paths, vec!["normalize", "version", "durable", "alert"]);
+    assert_eq!(
+        paths,
+        vec!["normalize", "version", "durable", "alert", "board"]
+    );
     assert!(run["paths"][0]["p99_ms"].as_f64().is_some());
     assert_eq!(
         v["pass"].as_bool(),

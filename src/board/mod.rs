@@ -131,6 +131,12 @@ impl Board {
     pub fn snapshot(&self, trend_minutes: usize) -> serde_json::Value {
         self.state().snapshot(&|p: &str| self.key(p), trend_minutes)
     }
+
+    /// One patient by tile key, with four hours of trends.
+    pub fn patient(&self, key: &str) -> Option<serde_json::Value> {
+        self.state()
+            .patient(&|p: &str| self.key(p), key, state::TREND_MINUTES)
+    }
 }
 
 #[cfg(test)]

@@ -296,53 +296,13 @@ impl BoardState {
     /// The board as the page draws it. `key` gives each patient its opaque tile key (no
     /// identifier goes into a URL); `trend_minutes` how much of each trend to include.
     pub fn snapshot(&self, key: &dyn Fn(&str) -> String, trend_minutes: usize) -> Value {
-        let now = self.clock_ms;
         let open = self.open_alerts();
-        let mut worst: HashMap<&str, &BoardAlert> = HashMap::new();
-        for a in &open {
-            let e = worst.entry(a.patient.as_str()).or_insert(a);
-            if rank(a) > rank(e) {
-                *e = a;
-            }
-        }
-        let first_minute = now.div_euclid(60_000) - trend_minutes as i64 + 1;
+        let worst = worst_of(&open);
         let patients: Vec<Value> = self
             .patients
             .iter()
             .map(|(id, p)| {
-                let mut ordered: Vec<(&String, &Vital)> =
-                    p.vitals.iter().filter(|(_, v)| v.seen).collect();
-                ordered.sort_by_key(|(k, _)| (chart_order(k), k.as_str()));
-                let vitals: Vec<Value> = ordered
-                    .into_iter()
-                    .map(|(k, v)| {
-                        let trend: Vec<Value> = v
-                            .trend
-                            .iter()
-                            .filter(|(m, _, _)| *m >= first_minute)
-                            .map(|(m, x, _)| json!([m * 60, round(*x as f64)]))
-                            .collect();
-                        json!({
-                            "key": k,
-                            "label": v.label,
-                            "value": round(v.value),
-                            "at": v.at_ms,
-                            "ageSeconds": (now - v.at_ms).max(0) / 1000,
-                            "stale": now - v.at_ms > v.stale_after(),
-                            "trend": trend,
-                        })
-                    })
-                    .collect();
-                let news2 = self.news2(p, now);
-                let alert = worst.get(id.as_str()).map(|a| alert_json(a, key));
-                json!({
-                    "key": key(id),
-                    "patient": id,
-                    "device": p.device,
-                    "vitals": vitals,
-                    "news2": news2,
-                    "alert": alert,
-                })
+                self.patient_json(id, p, worst.get(id.as_str()).copied(), key, trend_minutes)
             })
             .collect();
         let open: Vec<Value> = open.iter().map(|a| alert_json(a, key)).collect();
@@ -354,10 +314,68 @@ impl BoardState {
             .map(|a| alert_json(a, key))
             .collect();
         json!({
-            "clock": now,
+            "clock": self.clock_ms,
             "patients": patients,
             "alerts": open,
             "history": history,
+        })
+    }
+
+    /// One patient's tile, found by its key, with `trend_minutes` of trends (a drill-down):
+    /// only that patient's JSON is built.
+    pub fn patient(
+        &self,
+        key: &dyn Fn(&str) -> String,
+        wanted: &str,
+        trend_minutes: usize,
+    ) -> Option<Value> {
+        let (id, p) = self.patients.iter().find(|(id, _)| key(id) == wanted)?;
+        let open = self.open_alerts();
+        let worst = worst_of(&open);
+        let mut v = self.patient_json(id, p, worst.get(id.as_str()).copied(), key, trend_minutes);
+        v["clock"] = json!(self.clock_ms);
+        Some(v)
+    }
+
+    fn patient_json(
+        &self,
+        id: &str,
+        p: &Patient,
+        worst: Option<&BoardAlert>,
+        key: &dyn Fn(&str) -> String,
+        trend_minutes: usize,
+    ) -> Value {
+        let now = self.clock_ms;
+        let first_minute = now.div_euclid(60_000) - trend_minutes as i64 + 1;
+        let mut ordered: Vec<(&String, &Vital)> = p.vitals.iter().filter(|(_, v)| v.seen).collect();
+        ordered.sort_by_key(|(k, _)| (chart_order(k), k.as_str()));
+        let vitals: Vec<Value> = ordered
+            .into_iter()
+            .map(|(k, v)| {
+                let trend: Vec<Value> = v
+                    .trend
+                    .iter()
+                    .filter(|(m, _, _)| *m >= first_minute)
+                    .map(|(m, x, _)| json!([m * 60, round(*x as f64)]))
+                    .collect();
+                json!({
+                    "key": k,
+                    "label": v.label,
+                    "value": round(v.value),
+                    "at": v.at_ms,
+                    "ageSeconds": (now - v.at_ms).max(0) / 1000,
+                    "stale": now - v.at_ms > v.stale_after(),
+                    "trend": trend,
+                })
+            })
+            .collect();
+        json!({
+            "key": key(id),
+            "patient": id,
+            "device": p.device,
+            "vitals": vitals,
+            "news2": self.news2(p, now),
+            "alert": worst.map(|a| alert_json(a, key)),
         })
     }
 
@@ -474,6 +492,18 @@ impl Episode {
     }
 }
 
+/// Each patient's worst open alert.
+fn worst_of(open: &[BoardAlert]) -> HashMap<&str, &BoardAlert> {
+    let mut worst: HashMap<&str, &BoardAlert> = HashMap::new();
+    for a in open {
+        let e = worst.entry(a.patient.as_str()).or_insert(a);
+        if rank(a) > rank(e) {
+            *e = a;
+        }
+    }
+    worst
+}
+
 fn rank(a: &BoardAlert) -> (bool, Severity, i64) {
     (a.category == Category::Physiological, a.severity, a.at_ms)
 }
@@ -585,6 +615,21 @@ mod tests {
         let n = &snap(&s)["patients"][0]["news2"];
         assert_eq!(n["score"], 2, "SpO2 is 20 min old: not counted");
         assert_eq!(n["scoring"], json!([{"parameter": "pulse", "score": 2}]));
+    }
+
+    #[test]
+    fn a_drill_down_finds_its_patient_by_key_alone() {
+        let mut s = BoardState::default();
+        s.apply(reading("p1", "8867-4", 80.0, 0));
+        s.apply(reading("p2", "8867-4", 90.0, 0));
+        let key = |p: &str| format!("k-{p}");
+        let p = s.patient(&key, "k-p2", TREND_MINUTES).expect("found");
+        assert_eq!(p["patient"], "p2");
+        assert_eq!(p["vitals"][0]["value"], 90.0);
+        assert!(
+            s.patient(&key, "p2", TREND_MINUTES).is_none(),
+            "keys, not ids"
+        );
     }
 
     #[test]

@@ -136,20 +136,10 @@ impl App {
                 None => error(404, "no job: no board"),
             },
             p if get && p.starts_with("/api/patient/") => match &self.pages.board {
-                Some(b) => {
-                    let key = &p["/api/patient/".len()..];
-                    let v = b.snapshot(crate::board::state::TREND_MINUTES);
-                    let found = v["patients"]
-                        .as_array()
-                        .and_then(|ps| ps.iter().find(|x| x["key"] == key).cloned());
-                    match found {
-                        Some(mut p) => {
-                            p["clock"] = v["clock"].clone();
-                            json_reply(200, p)
-                        }
-                        None => error(404, "no such patient on the board"),
-                    }
-                }
+                Some(b) => match b.patient(&p["/api/patient/".len()..]) {
+                    Some(v) => json_reply(200, v),
+                    None => error(404, "no such patient on the board"),
+                },
                 None => error(404, "no job: no board"),
             },
             "/api/job" if get => self.job(),
