@@ -377,3 +377,42 @@ fn beyond_loopback_the_pages_need_credentials() {
         .expect("request");
     assert_eq!(wrong.status().as_u16(), 401);
 }
+
+#[test]
+fn with_a_certificate_the_pages_are_served_over_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).expect("cert");
+    std::fs::write(&key_file, cert.signing_key.serialize_pem()).expect("key");
+    let port = free_port();
+    let mut cmd = vitalflow();
+    cmd.arg("debugger")
+        .arg("--device")
+        .arg(root().join("templates/bedside-monitor/devicecontent.json"))
+        .arg("--address")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("VITALFLOW_BOARD_TLS_CERT", &cert_file)
+        .env("VITALFLOW_BOARD_TLS_KEY", &key_file);
+    let _served = Served::start(cmd, dir.path(), "mapping debugger: ");
+    vitalflow::fhir::client::install_crypto();
+    let client = reqwest::blocking::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).expect("PEM"),
+        )
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let page = client
+        .get(format!("https://127.0.0.1:{port}/debugger"))
+        .send()
+        .expect("HTTPS");
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page.text().expect("body").contains("mapping debugger"));
+    // Plain HTTP on the same port gets no page.
+    let plain = common::http_get(&format!("127.0.0.1:{port}"), "/debugger");
+    assert!(
+        plain.as_ref().is_none_or(|(status, _)| *status != 200),
+        "{plain:?}"
+    );
+}
