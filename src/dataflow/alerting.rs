@@ -20,6 +20,7 @@
 //! readings, rules and lifecycle are small keyed state; a patient is one worker's.
 
 use super::control::Control;
+use super::epoch_gate::EpochGate;
 use super::event_clock::{Mark, Watermark};
 use super::route;
 use crate::anomaly::ack;
@@ -37,7 +38,7 @@ use std::time::Duration;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::{Broadcast, Capability};
+use timely::dataflow::operators::Broadcast;
 use timely::dataflow::{Scope, Stream};
 
 /// Where a measurement stands in event-time order: time, then fields that are the same
@@ -609,9 +610,7 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
             // so that they take at most 1/20 of the worker's time, whatever the state's size.
             let mut interval = every;
             let mut clock = Watermark::new(peers);
-            /// What arrived for one epoch, held until the epoch is complete.
-            type Epoch = (Capability<u64>, Vec<Measurement>, Vec<(usize, Mark)>);
-            let mut pending: BTreeMap<u64, Epoch> = BTreeMap::new();
+            let mut pending: EpochGate<Measurement, (usize, Mark)> = EpochGate::new();
             let mut alerts = Vec::new();
             let mut waiting = 0u64;
             let mut patients = 0u64;
@@ -624,29 +623,10 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                         .session(cap)
                         .give_iterator(standing.drain(..).map(Out::Standing));
                 }
-                input.for_each_time(|time, data| {
-                    let e = pending
-                        .entry(*time.time())
-                        .or_insert_with(|| (time.retain(), Vec::new(), Vec::new()));
-                    for batch in data {
-                        e.1.append(batch);
-                    }
-                });
-                marks.for_each_time(|time, data| {
-                    let e = pending
-                        .entry(*time.time())
-                        .or_insert_with(|| (time.retain(), Vec::new(), Vec::new()));
-                    for batch in data {
-                        e.2.append(batch);
-                    }
-                });
-                let complete: Vec<u64> = pending
-                    .keys()
-                    .copied()
-                    .take_while(|t| !f1.less_equal(t) && !f2.less_equal(t))
-                    .collect();
-                for t in complete {
-                    let (cap, ms, ks) = pending.remove(&t).expect("pending");
+                input.for_each_time(|time, data| pending.hold_a(time, data));
+                marks.for_each_time(|time, data| pending.hold_b(time, data));
+                for epoch in pending.complete(f1, f2) {
+                    let (cap, ms, ks) = (epoch.cap, epoch.a, epoch.b);
                     let (version, set) = rules.get();
                     if version != seen {
                         seen = version;

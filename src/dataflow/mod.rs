@@ -11,8 +11,11 @@ mod alert_state;
 mod alerting;
 mod board_feed;
 pub mod commit_log;
+mod committer;
 mod control;
+mod epoch_gate;
 pub mod event_clock;
+mod graph;
 pub mod normalize;
 pub mod operators;
 mod sink_thread;
@@ -394,7 +397,7 @@ pub fn run(
     };
     let s = shared.clone();
     let guards = timely::execute(config, move |worker| {
-        if let Err(e) = operators::run_worker(worker, &s) {
+        if let Err(e) = graph::run_worker(worker, &s) {
             s.control.fail(format!("worker {}: {e:#}", worker.index()));
         }
     })

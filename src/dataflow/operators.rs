@@ -1,381 +1,34 @@
 //! The timely operators of a worker and its progress loop.
 
-use super::commit_log;
+use super::committer::{now_ms, Committer};
 use super::control::Control;
-use super::event_clock::{InputClock, Mark, PartitionKey, Watermark};
+use super::epoch_gate::EpochGate;
+use super::event_clock::{InputClock, Mark, Watermark};
 use super::normalize::normalize;
-use super::sink_thread::attach;
+use super::route;
 use super::window::Windows;
-use super::{route, worker_parts, Shared};
 use crate::fhir::store::WindowUpdate;
 use crate::mapping::{DeviceMapping, FhirMapping};
 use crate::metrics::{Latencies, Metrics};
 use crate::model::Measurement;
 use crate::sinks::dead_letter::DeadLetter;
-use crate::sources::{Poll, Positions, RawMessage, Source};
+use crate::sources::{Poll, RawMessage};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use timely::communication::Allocate;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
-use timely::dataflow::operators::{
-    Branch, Broadcast, Capability, Concat, Concatenate, Map, OkErr, Probe,
-};
+use timely::dataflow::operators::{Broadcast, Capability, OkErr};
 use timely::dataflow::{Scope, Stream};
-use timely::worker::Worker;
-
-/// How often the event clock is cut for an offset commit (Kafka sources).
-const CUT_EVERY: Duration = Duration::from_millis(500);
-
-fn now_ms() -> u64 {
-    chrono::Utc::now().timestamp_millis().max(0) as u64
-}
-
-/// Source positions per closed epoch, committed once the epoch is durable.
-struct Committer {
-    source: Box<dyn Source>,
-    /// Closed epochs: the positions at their end, when they opened, the Kafka timestamps
-    /// of their messages (for the append → durable latency), and whether the event clock
-    /// was asked for its state at those positions.
-    pending: VecDeque<Pending>,
-    stamps: Vec<i64>,
-    last: Option<Positions>,
-    metrics: Arc<Metrics>,
-    /// With alerting checkpoints: the event clock's state is committed with the offsets.
-    cuts: Option<CutLog>,
-}
-
-/// A closed epoch waiting to be durable.
-struct Pending {
-    epoch: u64,
-    positions: Positions,
-    opened: Instant,
-    stamps: Vec<i64>,
-    /// With the commit log: whether the clock was cut here, and per partition where the
-    /// dead-letter topic stood.
-    cut: Option<DeadLetterAt>,
-}
-
-/// Per source partition, where the dead-letter topic stood (Kafka dead letters).
-type DeadLetterAt = BTreeMap<PartitionKey, BTreeMap<i32, i64>>;
-
-/// The commit log (dataflow::commit_log): written before each offset commit.
-struct CutLog {
-    dir: std::path::PathBuf,
-    /// At most this often: each commit waits for a cut, and a cut copies the partition's
-    /// device clocks.
-    every: Duration,
-    last: Option<Instant>,
-    /// Per partition, the records the committed offsets may stand at.
-    committed: std::collections::HashMap<PartitionKey, Vec<commit_log::Record>>,
-    /// Where the dead-letter topic stands (Kafka dead letters).
-    dead_letters: Option<crate::sinks::dead_letter::Positions>,
-    /// The records written for the commit under way.
-    pending: Vec<(PartitionKey, commit_log::Record)>,
-}
-
-impl Committer {
-    fn close_epoch(&mut self, epoch: u64, opened: Instant, clock: &mut InputClock) {
-        let positions = self.source.positions();
-        let changed = self.pending.back().map(|p| &p.positions) != Some(&positions)
-            && self.last.as_ref() != Some(&positions);
-        if changed {
-            let cut = self.cuts.as_mut().and_then(|c| {
-                let due = c.last.is_none_or(|l| l.elapsed() >= c.every);
-                due.then(|| {
-                    c.last = Some(Instant::now());
-                    clock.want_cuts(positions.iter().map(|(k, o)| (k, *o)));
-                    // Dead letters of messages past these positions are not sent yet.
-                    match &c.dead_letters {
-                        Some(d) => positions
-                            .iter()
-                            .map(|((t, p), o)| ((t.clone(), *p), d.at(t, *p, *o)))
-                            .collect(),
-                        None => BTreeMap::new(),
-                    }
-                })
-            });
-            let stamps = std::mem::take(&mut self.stamps);
-            self.pending.push_back(Pending {
-                epoch,
-                positions,
-                opened,
-                stamps,
-                cut,
-            });
-        }
-    }
-
-    /// Commits the newest epoch the probe reports durable (with cuts: the newest whose
-    /// clock state is known).
-    fn commit_durable(
-        &mut self,
-        probe: &ProbeHandle<u64>,
-        clock: &mut InputClock,
-    ) -> anyhow::Result<()> {
-        let mut newest = None;
-        let now_us = chrono::Utc::now().timestamp_micros();
-        while let Some(p) = self.pending.front() {
-            if probe.less_equal(&p.epoch) {
-                break;
-            }
-            let p = self.pending.pop_front().expect("front");
-            self.metrics.epoch_durable(p.opened.elapsed());
-            Latencies::record(&self.metrics.latency.durable, now_us, &p.stamps);
-            if self.cuts.is_none() || p.cut.is_some() {
-                newest = Some((p.positions, p.cut.unwrap_or_default()));
-            }
-        }
-        if let Some((p, dead_letters)) = newest {
-            self.commit(&p, &dead_letters, clock, false)?;
-        }
-        Ok(())
-    }
-
-    /// Writes the clock's cuts at `p` (when kept), then commits `p`.
-    fn commit(
-        &mut self,
-        p: &Positions,
-        dead_letters: &DeadLetterAt,
-        clock: &mut InputClock,
-        last: bool,
-    ) -> anyhow::Result<()> {
-        if let Some(log) = &mut self.cuts {
-            let mut taken = Vec::with_capacity(p.len());
-            for (k, o) in p {
-                match clock.cut_at(k, *o) {
-                    Some(c) => taken.push((
-                        k.clone(),
-                        commit_log::Record {
-                            clock: c,
-                            dead_letters: dead_letters.get(k).cloned().unwrap_or_default(),
-                        },
-                    )),
-                    // Not known at these offsets: the next epoch with a cut commits instead.
-                    None => {
-                        tracing::debug!(
-                            last,
-                            "no event-clock cut at these offsets: commit deferred"
-                        );
-                        return Ok(());
-                    }
-                }
-            }
-            commit_log::write(&log.dir, &taken, &log.committed)?;
-            log.pending = taken;
-        }
-        crate::failpoint::hit("offsets.before_commit");
-        if last {
-            self.source.commit_final(p)?;
-        } else {
-            self.source.commit(p)?;
-        }
-        crate::failpoint::hit("offsets.committed");
-        if let Some(log) = &mut self.cuts {
-            // Committed: only these records can be where the offsets stand now.
-            for (k, r) in log.pending.drain(..) {
-                log.committed.insert(k, vec![r]);
-            }
-        }
-        clock.committed(p.iter().map(|(k, o)| (k, *o)));
-        Metrics::add(&self.metrics.commits, 1);
-        self.last = Some(p.clone());
-        Ok(())
-    }
-
-    /// At shutdown, every output is durable: commit where the source stands.
-    fn commit_final(&mut self, clock: &mut InputClock) -> anyhow::Result<()> {
-        let p = self.source.positions();
-        let now_us = chrono::Utc::now().timestamp_micros();
-        for pending in self.pending.drain(..) {
-            self.metrics.epoch_durable(pending.opened.elapsed());
-            Latencies::record(&self.metrics.latency.durable, now_us, &pending.stamps);
-        }
-        let stamps = std::mem::take(&mut self.stamps);
-        Latencies::record(&self.metrics.latency.durable, now_us, &stamps);
-        if self.last.as_ref() != Some(&p) && !p.is_empty() {
-            let dead_letters = match self.cuts.as_ref().and_then(|c| c.dead_letters.as_ref()) {
-                Some(d) => p
-                    .iter()
-                    .map(|((t, q), o)| ((t.clone(), *q), d.at(t, *q, *o)))
-                    .collect(),
-                None => BTreeMap::new(),
-            };
-            self.commit(&p, &dead_letters, clock, true)?;
-        }
-        Ok(())
-    }
-}
-
-/// Builds this worker's dataflow and runs it until it completes.
-pub(super) fn run_worker<A: Allocate>(
-    worker: &mut Worker<A>,
-    shared: &Arc<Shared>,
-) -> anyhow::Result<()> {
-    let index = worker.index();
-    let peers = worker.peers();
-    let parts = worker_parts(shared, index, peers)?;
-    let mut input_clock = InputClock::new(
-        shared.job.allowed_lateness,
-        shared.job.idle_timeout,
-        !shared.until_end,
-    );
-    let cuts = match &shared.commit_log {
-        Some(dir) => {
-            let records = commit_log::read(dir)?;
-            // Kept as the previous commit's until this run commits: a kill before then
-            // restarts from them again.
-            let committed = records.clone();
-            input_clock.restore(
-                records
-                    .into_iter()
-                    .map(|(k, rs)| (k, rs.into_iter().map(|r| r.clock).collect()))
-                    .collect(),
-            );
-            Some(CutLog {
-                dir: dir.clone(),
-                every: CUT_EVERY,
-                last: None,
-                committed,
-                dead_letters: parts.dead_letter_positions.clone(),
-                pending: Vec::new(),
-            })
-        }
-        None => None,
-    };
-    let committer = Rc::new(RefCell::new(Committer {
-        source: parts.source,
-        pending: VecDeque::new(),
-        stamps: Vec::new(),
-        last: None,
-        metrics: shared.metrics.clone(),
-        cuts,
-    }));
-    let probe = ProbeHandle::new();
-    let clock = Rc::new(RefCell::new(input_clock));
-    let control = &shared.control;
-    let job = &shared.job;
-    let reading = Reading {
-        epoch: job.epoch,
-        batch_size: job.batch_size,
-        max_durable_lag: job.max_durable_lag,
-    };
-    let normalizer = Normalizer {
-        device: shared.device.clone(),
-        mapping: shared.mapping.clone(),
-        max_future_skew: job.max_future_skew,
-        metrics: shared.metrics.clone(),
-        acks_topic: shared.acks_topic.as_deref().map(Arc::from),
-    };
-    worker.dataflow::<u64, _, _>(|scope| {
-        let raw = source_operator(
-            scope,
-            committer.clone(),
-            probe.clone(),
-            clock.clone(),
-            reading,
-            control.clone(),
-        );
-        let (judged, dead) = normalize_operator(&raw, clock.clone(), normalizer);
-        // Acknowledgements go to alerting only: no window, table or board takes them.
-        let (judged, acks) = judged.branch(|_, j| crate::anomaly::ack::is_ack(&j.measurement));
-        let alerting = !parts.alerts.is_empty();
-        let marks = (!parts.observations.is_empty() || alerting)
-            .then(|| clock_operator(scope, clock.clone(), control.clone()));
-        let mut durable = attach(&dead, vec![parts.dead_letters], control);
-        if let (Some(marks), false) = (&marks, parts.observations.is_empty()) {
-            let windows = Windows::new(shared.mapping.clone(), job.horizon, job.update_every);
-            let updates = window_operator(&judged, marks, windows, shared.metrics.clone());
-            durable.extend(attach(&updates, parts.observations, control));
-        }
-        if !parts.measurements.is_empty() {
-            let measurements = judged.map(|j| j.measurement);
-            durable.extend(attach(&measurements, parts.measurements, control));
-        }
-        let settings = match (&shared.rules, &job.anomaly, alerting) {
-            (Some(rules), Some(a), true) => Some(super::alerting::Settings {
-                rules: rules.clone(),
-                checkpoints: shared.alert_checkpoints.clone(),
-                checkpoint_every: a.checkpoint_every,
-                forget_after: job.horizon,
-                metrics: shared.metrics.clone(),
-                control: control.clone(),
-            }),
-            _ => None,
-        };
-        let mut board_alerts = None;
-        if let (Some(settings), Some(marks)) = (settings, &marks) {
-            // Readings beyond the allowed lateness behind their partition are recorded,
-            // not judged: judged, they would depend on how fast the other partitions went.
-            let metrics = shared.metrics.clone();
-            let on_time = judged.flat_map(move |j| {
-                if j.late {
-                    Metrics::add(&metrics.alert_inputs_late, 1);
-                }
-                (!j.late).then_some(j.measurement)
-            });
-            let on_time = on_time.concat(&acks.map(|j| j.measurement));
-            let checkpoints = settings.checkpoints.clone();
-            let out = super::alerting::build(&on_time, marks, parts.alerts_topic, settings);
-            let alerts = out.flat_map(|o| match o {
-                super::alerting::Out::Alert(a) => Some(a),
-                _ => None,
-            });
-            let alerts_durable = scope.concatenate(attach(&alerts, parts.alerts, control));
-            if let Some(place) = checkpoints {
-                // Checkpoints follow the alert outputs, and offsets follow checkpoints.
-                let c = super::alerting::checkpoint_writer(&out, &alerts_durable, place);
-                durable.push(c);
-            }
-            durable.push(alerts_durable);
-            board_alerts = Some(out.flat_map(|o| match o {
-                super::alerting::Out::Alert(a) | super::alerting::Out::Standing(a) => Some(a),
-                super::alerting::Out::Snapshot(_) => None,
-            }));
-        }
-        if let Some(board) = &shared.board {
-            let names = Arc::new(crate::anomaly::rules::Vitals::new(&shared.mapping));
-            let measurements = judged.map(|j| j.measurement);
-            super::board_feed::build(
-                &measurements,
-                board_alerts.as_ref(),
-                &dead,
-                names,
-                board.clone(),
-                shared.metrics.clone(),
-            );
-        }
-        scope.concatenate(durable).probe_with(&probe);
-    });
-    while !probe.done() {
-        if control.failed() {
-            // A failed job stops where it is: outputs not yet durable keep their offsets
-            // uncommitted, and the next start reads them again. Timely would otherwise keep
-            // stepping a dataflow whose sink never releases its epochs.
-            for id in worker.installed_dataflows() {
-                worker.drop_dataflow(id);
-            }
-            return Ok(());
-        }
-        worker.step_or_park(Some(Duration::from_millis(100)));
-    }
-    if !control.failed() {
-        committer
-            .borrow_mut()
-            .commit_final(&mut clock.borrow_mut())?;
-    }
-    Ok(())
-}
 
 /// Publishes this worker's event-clock mark, stamped with the source's current epoch,
 /// whenever it changes; ends once the source has ended and all it read is normalized.
-fn clock_operator<G: Scope<Timestamp = u64>>(
+pub(super) fn clock_operator<G: Scope<Timestamp = u64>>(
     scope: &G,
     clock: Rc<RefCell<InputClock>>,
     control: Arc<Control>,
@@ -413,15 +66,15 @@ fn clock_operator<G: Scope<Timestamp = u64>>(
 
 /// How a worker reads: epoch length, batch size, and how far behind durability may fall.
 #[derive(Clone, Copy)]
-struct Reading {
-    epoch: Duration,
-    batch_size: usize,
-    max_durable_lag: Duration,
+pub(super) struct Reading {
+    pub(super) epoch: Duration,
+    pub(super) batch_size: usize,
+    pub(super) max_durable_lag: Duration,
 }
 
 /// Reads the worker's share of the input in epochs, and commits positions as the probe
 /// reports epochs durable.
-fn source_operator<G: Scope<Timestamp = u64>>(
+pub(super) fn source_operator<G: Scope<Timestamp = u64>>(
     scope: &G,
     committer: Rc<RefCell<Committer>>,
     probe: ProbeHandle<u64>,
@@ -543,13 +196,13 @@ pub(super) struct Judged {
 type Normalized = Result<Judged, DeadLetter>;
 
 /// What normalization reads: the mappings, how far ahead of the wall clock a reading may be.
-struct Normalizer {
-    device: Arc<DeviceMapping>,
-    mapping: Arc<FhirMapping>,
-    max_future_skew: Duration,
-    metrics: Arc<Metrics>,
+pub(super) struct Normalizer {
+    pub(super) device: Arc<DeviceMapping>,
+    pub(super) mapping: Arc<FhirMapping>,
+    pub(super) max_future_skew: Duration,
+    pub(super) metrics: Arc<Metrics>,
     /// The topic acknowledgements come in on, when the job takes them.
-    acks_topic: Option<Arc<str>>,
+    pub(super) acks_topic: Option<Arc<str>>,
 }
 
 /// An acknowledgement read from the acknowledgements topic, as the measurement it travels as.
@@ -574,7 +227,7 @@ fn acknowledgement(
 
 // Measurements are as large as dead letters: boxing either would only add allocations.
 #[allow(clippy::result_large_err)]
-fn normalize_operator<G: Scope<Timestamp = u64>>(
+pub(super) fn normalize_operator<G: Scope<Timestamp = u64>>(
     raw: &Stream<G, RawMessage>,
     clock: Rc<RefCell<InputClock>>,
     n: Normalizer,
@@ -653,7 +306,7 @@ fn normalize_operator<G: Scope<Timestamp = u64>>(
 /// Groups measurements into Observation windows and emits their versions as the job's
 /// watermark passes their checkpoints (see `window`), holding the epochs of the values
 /// waiting for one: offsets commit only past what a version holds.
-fn window_operator<G: Scope<Timestamp = u64>>(
+pub(super) fn window_operator<G: Scope<Timestamp = u64>>(
     measurements: &Stream<G, Judged>,
     marks: &Stream<G, (usize, Mark)>,
     mut windows: Windows,
@@ -665,37 +318,19 @@ fn window_operator<G: Scope<Timestamp = u64>>(
     let peers = scope.peers();
     measurements.binary_frontier(&marks, exchange, Pipeline, "Window", move |_, _| {
         let mut clock = Watermark::new(peers);
-        /// What arrived for one epoch, applied once the epoch is complete.
-        type Epoch = (Vec<Judged>, Vec<(usize, Mark)>);
-        let mut pending: BTreeMap<u64, Epoch> = BTreeMap::new();
+        let mut pending: EpochGate<Judged, (usize, Mark)> = EpochGate::new();
+        // Every epoch not yet applied, or holding a value no version has taken yet: the
+        // oldest is where versions are given.
         let mut caps: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
         let mut open = 0u64;
         let mut waiting = 0u64;
         let mut last_evict = Instant::now();
         move |(input, f1), (marks, f2), output| {
-            input.for_each_time(|time, data| {
-                let t = *time.time();
-                caps.entry(t).or_insert_with(|| time.retain());
-                let e = pending.entry(t).or_default();
-                for batch in data {
-                    e.0.append(batch);
-                }
-            });
-            marks.for_each_time(|time, data| {
-                let t = *time.time();
-                caps.entry(t).or_insert_with(|| time.retain());
-                let e = pending.entry(t).or_default();
-                for batch in data {
-                    e.1.append(batch);
-                }
-            });
-            let complete: Vec<u64> = pending
-                .keys()
-                .copied()
-                .take_while(|t| !f1.less_equal(t) && !f2.less_equal(t))
-                .collect();
-            for t in complete {
-                let (ms, ks) = pending.remove(&t).expect("pending");
+            input.for_each_time(|time, data| pending.hold_a(time, data));
+            marks.for_each_time(|time, data| pending.hold_b(time, data));
+            for epoch in pending.complete(f1, f2) {
+                let (t, ms, ks) = (epoch.time, epoch.a, epoch.b);
+                caps.entry(t).or_insert(epoch.cap);
                 for j in ms {
                     windows.add(j.measurement, j.effective, t);
                 }
@@ -738,7 +373,7 @@ fn window_operator<G: Scope<Timestamp = u64>>(
                         }));
                 }
             }
-            caps.retain(|t, _| pending.contains_key(t) || windows.holds(*t));
+            caps.retain(|t, _| windows.holds(*t));
             let gauge = |g: &std::sync::atomic::AtomicU64, last: &mut u64, now: u64| {
                 g.fetch_add(now.wrapping_sub(*last), Ordering::Relaxed);
                 *last = now;
@@ -759,12 +394,18 @@ mod tests {
     //! they hold, with nothing of a job around them.
 
     use super::*;
+    use crate::dataflow::sink_thread::attach;
     use crate::sinks::observations::tests::{bedside_fhir, heart_rate};
     use crate::sinks::Sink;
+    use crate::sources::{Positions, Source};
     use chrono::{DateTime, TimeZone, Utc};
+    use std::collections::VecDeque;
     use std::sync::atomic::AtomicBool;
     use std::sync::Mutex;
+    use timely::communication::Allocate;
+    use timely::dataflow::operators::{Concatenate, Probe};
     use timely::dataflow::operators::{Input, Inspect};
+    use timely::worker::Worker;
 
     fn hr(at: DateTime<Utc>, v: &str) -> Judged {
         Judged {
