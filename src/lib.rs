@@ -3,9 +3,6 @@
 
 pub mod anomaly;
 pub mod bench;
-pub mod bench_alerts;
-pub mod bench_gateway;
-pub mod bench_peer;
 pub mod board;
 pub mod config;
 pub mod dataflow;

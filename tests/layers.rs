@@ -15,13 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["sources", "sinks", "board"],
     &["lake", "gateway"],
     &["dataflow"],
-    &[
-        "debugger",
-        "bench",
-        "bench_alerts",
-        "bench_peer",
-        "bench_gateway",
-    ],
+    &["debugger", "bench"],
     &["web"],
 ];
 

@@ -55,7 +55,7 @@ pub struct BenchMqttArgs {
 
 fn bench_mqtt(args: BenchMqttArgs) -> ExitCode {
     init_logs(LogFormat::Text);
-    print_report(vitalflow::bench_gateway::mqtt(
+    print_report(vitalflow::bench::gateway::mqtt(
         args.broker.as_deref(),
         args.publishers.max(1),
         args.messages,
@@ -92,7 +92,7 @@ pub struct BenchMllpArgs {
 
 fn bench_mllp(args: BenchMllpArgs) -> ExitCode {
     init_logs(LogFormat::Text);
-    print_report(vitalflow::bench_gateway::mllp(
+    print_report(vitalflow::bench::gateway::mllp(
         args.connections.max(1),
         args.messages,
         args.brokers.as_deref(),
@@ -340,7 +340,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
 
 fn bench_peer(args: BenchPeerArgs) -> ExitCode {
     init_logs(LogFormat::Text);
-    let opts = vitalflow::bench_peer::PeerOptions {
+    let opts = vitalflow::bench::peer::PeerOptions {
         messages: args.messages,
         devices: args.devices,
         partitions: args.partitions,
@@ -349,7 +349,7 @@ fn bench_peer(args: BenchPeerArgs) -> ExitCode {
         only: args.only,
         brokers: args.brokers,
     };
-    match vitalflow::bench_peer::run(&opts) {
+    match vitalflow::bench::peer::run(&opts) {
         Ok((input, rows)) => {
             match resolve(args.format) {
                 Format::Json => println!(
@@ -358,7 +358,7 @@ fn bench_peer(args: BenchPeerArgs) -> ExitCode {
                 ),
                 Format::Table => print!(
                     "{}",
-                    vitalflow::bench_peer::table(opts.messages, input, &rows)
+                    vitalflow::bench::peer::table(opts.messages, input, &rows)
                 ),
             }
             ExitCode::SUCCESS
@@ -380,7 +380,7 @@ pub fn bench_loop(args: BenchLoopArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match vitalflow::bench_peer::plain_loop(
+    match vitalflow::bench::peer::plain_loop(
         &args.brokers,
         &args.topic,
         &args.alerts_topic,
@@ -402,7 +402,7 @@ pub fn bench_loop(args: BenchLoopArgs) -> ExitCode {
 fn bench_alerts(args: BenchAlertsArgs) -> ExitCode {
     init_logs(LogFormat::Text);
     let format = resolve(args.format);
-    let specs = match vitalflow::bench_alerts::specs(&args.scenarios) {
+    let specs = match vitalflow::bench::alerts::specs(&args.scenarios) {
         Ok(s) if !s.is_empty() => s,
         Ok(_) => {
             eprintln!(
@@ -421,7 +421,7 @@ fn bench_alerts(args: BenchAlertsArgs) -> ExitCode {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut results = Vec::new();
     for spec in &specs {
-        match vitalflow::bench_alerts::run_scenario(spec, &args.rules, workers) {
+        match vitalflow::bench::alerts::run_scenario(spec, &args.rules, workers) {
             Ok(r) => results.push(r),
             Err(e) => {
                 eprintln!("error: {}: {e:#}", spec.display());
@@ -430,10 +430,10 @@ fn bench_alerts(args: BenchAlertsArgs) -> ExitCode {
         }
     }
     let vf =
-        vitalflow::bench_alerts::total(&results.iter().map(|r| &r.vitalflow).collect::<Vec<_>>());
-    let nv = vitalflow::bench_alerts::total(&results.iter().map(|r| &r.naive).collect::<Vec<_>>());
+        vitalflow::bench::alerts::total(&results.iter().map(|r| &r.vitalflow).collect::<Vec<_>>());
+    let nv = vitalflow::bench::alerts::total(&results.iter().map(|r| &r.naive).collect::<Vec<_>>());
     let tc =
-        vitalflow::bench_alerts::total(&results.iter().map(|r| &r.technical).collect::<Vec<_>>());
+        vitalflow::bench::alerts::total(&results.iter().map(|r| &r.technical).collect::<Vec<_>>());
     match format {
         Format::Json => outln!(
             "{}",
@@ -457,7 +457,7 @@ fn bench_alerts(args: BenchAlertsArgs) -> ExitCode {
                     "max at-since s",
                 ]);
             let secs = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
-            let mut row = |name: &str, who: &str, s: &vitalflow::bench_alerts::Score| {
+            let mut row = |name: &str, who: &str, s: &vitalflow::bench::alerts::Score| {
                 t.add_row(vec![
                     name.to_string(),
                     who.to_string(),

@@ -133,7 +133,7 @@ fn drive(
     connections: usize,
     messages: u64,
 ) -> anyhow::Result<(Side, u64)> {
-    let example = include_str!("../datasets/ihe-pcd01/oru-r01.hl7")
+    let example = include_str!("../../datasets/ihe-pcd01/oru-r01.hl7")
         .trim_end()
         .replace('\n', "\r");
     let per = messages / connections as u64;
@@ -271,7 +271,7 @@ fn publish(broker: &BrokerSettings, publishers: usize, messages: u64) -> anyhow:
     use rumqttc::v5::mqttbytes::v5::Packet;
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::{Client, Event, MqttOptions};
-    let reading = include_str!("../datasets/bedside-monitor/reading.json");
+    let reading = include_str!("../../datasets/bedside-monitor/reading.json");
     let reading: serde_json::Value = serde_json::from_str(reading)?;
     let per = messages / publishers as u64;
     let threads: Vec<_> = (0..publishers)

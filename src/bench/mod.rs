@@ -5,6 +5,10 @@
 //! (open loop), so queueing shows up in the latencies. Latencies are measured from each
 //! message's Kafka timestamp (its creation by the producer) to the stage, in HdrHistograms.
 
+pub mod alerts;
+pub mod gateway;
+pub mod peer;
+
 use crate::config::{JobConfig, SimulatorConfig};
 use crate::dataflow::{self, RunOptions};
 use crate::metrics::Metrics;
@@ -17,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The targets file shipped with the project.
-pub const DEFAULT_TARGETS: &str = include_str!("../benches/targets.toml");
+pub const DEFAULT_TARGETS: &str = include_str!("../../benches/targets.toml");
 
 /// Latency limits of one path.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,576 @@
+//! The alerting state of one worker: the vital signals, rule judgement and alert lifecycle
+//! of the patients routed to it, driven in event-time order as the watermark advances
+//! (the operator around it is `alerting`).
+
+use crate::anomaly::ack;
+use crate::anomaly::judge::{Judge, Verdict};
+use crate::anomaly::lifecycle::{Alert, Category, Condition, Lifecycle};
+use crate::anomaly::rules::{RuleSet, Vitals};
+use crate::anomaly::signals::{Change, TechnicalChange, VitalState};
+use crate::metrics::Metrics;
+use crate::model::Measurement;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Where a measurement stands in event-time order: time, then fields that are the same
+/// in every run of the same input (patient, device, type, source position), then arrival
+/// (only measurements of one message can tie that far, and they arrive in message order).
+type Order = (i64, String, String, Arc<str>, Arc<str>, i32, i64, u64);
+
+/// The highest offset taken in, per (topic, partition).
+type Offsets = BTreeMap<(Arc<str>, i32), i64>;
+
+fn order(m: &Measurement, arrival: u64) -> Order {
+    let (topic, partition, offset) = m.source.as_ref().map_or_else(
+        || (Arc::from(""), 0, 0),
+        |s| (s.topic.clone(), s.partition, s.offset),
+    );
+    (
+        m.occurrence_time.timestamp_millis(),
+        m.patient_id.clone().unwrap_or_default(),
+        m.device_id.clone(),
+        m.type_name.clone(),
+        topic,
+        partition,
+        offset,
+        arrival,
+    )
+}
+
+/// The per-worker alerting state: vital signals, rule judgement and lifecycle of the
+/// patients routed here, driven in event-time order.
+pub struct PatientAlerts {
+    vitals: VitalState,
+    /// The vitals rules may name, by the mapping's types and values.
+    names: Arc<Vitals>,
+    judge: Judge,
+    lifecycle: Lifecycle,
+    rules: Arc<RuleSet>,
+    /// Measurements waiting for the watermark, by (event ms, arrival): a small key, so
+    /// that inserting and taking move little. Those of the earliest time are taken together
+    /// into `bucket` and applied in [`order`].
+    waiting: BTreeMap<(i64, u64), Box<Measurement>>,
+    /// The readings of one event time being applied, in reverse [`order`].
+    bucket: Vec<(Order, Box<Measurement>)>,
+    arrivals: u64,
+    /// Event time everything up to which has been applied.
+    applied: Option<i64>,
+    changes: Vec<Change>,
+    judged: Vec<(String, Verdict)>,
+    metrics: Arc<Metrics>,
+    /// Highest offset taken in per source partition (what a checkpoint covers).
+    seen: Offsets,
+    /// Whether anything changed since the last checkpoint.
+    dirty: bool,
+    /// Per patient resumed from a checkpoint, what that checkpoint had taken in: replayed
+    /// readings up to there are in the state already.
+    resumed: HashMap<String, Arc<Offsets>>,
+    /// A patient silent this long in event time (the job's horizon) is forgotten, unless an
+    /// alert of theirs is open: state follows the patients monitored, not every patient
+    /// ever seen.
+    idle_after: i64,
+    /// Per patient, the event time of their last reading applied.
+    last: HashMap<String, i64>,
+    /// (last reading + idle_after, patient): when each patient is forgotten.
+    idle: std::collections::BTreeSet<(i64, String)>,
+    /// Acknowledgement and silence events taken in, not yet given out.
+    acks: Vec<Alert>,
+}
+
+impl PatientAlerts {
+    /// Empty state under `rules`, naming vitals by `names`.
+    pub fn new(rules: Arc<RuleSet>, names: Arc<Vitals>, metrics: Arc<Metrics>) -> Self {
+        let mut vitals = VitalState::default();
+        let mut changes = Vec::new();
+        vitals.set_rules(&rules, &mut changes);
+        Self {
+            vitals,
+            names,
+            judge: Judge::new(&rules),
+            lifecycle: Lifecycle::default(),
+            rules,
+            waiting: BTreeMap::new(),
+            bucket: Vec::new(),
+            arrivals: 0,
+            applied: None,
+            changes,
+            judged: Vec::new(),
+            metrics,
+            seen: BTreeMap::new(),
+            dirty: false,
+            resumed: HashMap::new(),
+            idle_after: i64::MAX,
+            last: HashMap::new(),
+            idle: Default::default(),
+            acks: Vec::new(),
+        }
+    }
+
+    /// Forgets patients silent for `after` of event time (see [`PatientAlerts::idle`]).
+    pub fn forget_idle_after(mut self, after: std::time::Duration) -> Self {
+        self.idle_after = after.as_millis().min(i64::MAX as u128 / 4) as i64;
+        self
+    }
+
+    /// Patients held (vital state or alert tracks).
+    pub fn patients(&self) -> usize {
+        self.last.len().max(self.vitals.len())
+    }
+
+    fn touched(&mut self, patient: &str, at: i64) {
+        if self.idle_after == i64::MAX {
+            return;
+        }
+        let at = self.last.get(patient).map_or(at, |l| (*l).max(at));
+        if let Some(old) = self.last.insert(patient.to_string(), at) {
+            self.idle
+                .remove(&(old.saturating_add(self.idle_after), patient.to_string()));
+        }
+        self.idle
+            .insert((at.saturating_add(self.idle_after), patient.to_string()));
+    }
+
+    /// The patient's deadline passed: their technical alerts resolve (monitoring ended),
+    /// and they are forgotten, or, with a physiological alert open, looked at again one
+    /// idle period later.
+    fn forget(&mut self, due: i64, patient: String, out: &mut Vec<Alert>) {
+        self.idle.remove(&(due, patient.clone()));
+        if self.lifecycle.end_monitoring(&patient, due, out) {
+            self.idle
+                .insert((due.saturating_add(self.idle_after), patient));
+            return;
+        }
+        self.last.remove(&patient);
+        self.vitals.forget(&patient);
+        self.lifecycle.forget(&patient);
+        self.resumed.remove(&patient);
+    }
+
+    /// Whether anything changed since the last call: an unchanged state needs no new
+    /// checkpoint.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Event time everything up to which has been applied.
+    pub fn applied(&self) -> Option<i64> {
+        self.applied
+    }
+
+    /// What a checkpoint of this state holds.
+    pub fn checkpoint<'a>(
+        &'a self,
+        source: &'a str,
+        run: u64,
+        peers: usize,
+        alerts_topic: BTreeMap<i32, i64>,
+    ) -> super::alert_state::CheckpointRef<'a> {
+        super::alert_state::CheckpointRef {
+            source,
+            run,
+            peers,
+            alerts_topic,
+            seen: self
+                .seen
+                .iter()
+                .map(|((t, p), o)| (t.to_string(), *p, *o))
+                .collect(),
+            applied: self.applied,
+            vitals: &self.vitals,
+            lifecycle: &self.lifecycle,
+            waiting: self
+                .bucket
+                .iter()
+                .rev()
+                .map(|(_, m)| &**m)
+                .chain(self.waiting.values().map(|m| &**m))
+                .collect(),
+            resumed: self.resumed_groups(),
+            last: self.last.iter().map(|(p, t)| (p.as_str(), *t)).collect(),
+        }
+    }
+
+    /// The patients resumed from a checkpoint whose readings this run has not yet replayed
+    /// past: a later restart must skip those readings for them as this one does.
+    fn resumed_groups(&self) -> Vec<super::alert_state::Resumed> {
+        let mut groups: HashMap<*const Offsets, (&Arc<Offsets>, Vec<String>)> = HashMap::new();
+        for (p, o) in &self.resumed {
+            let ahead = o
+                .iter()
+                .any(|(k, off)| self.seen.get(k).is_none_or(|s| s < off));
+            if ahead {
+                groups
+                    .entry(Arc::as_ptr(o))
+                    .or_insert_with(|| (o, Vec::new()))
+                    .1
+                    .push(p.clone());
+            }
+        }
+        let mut out: Vec<super::alert_state::Resumed> = groups
+            .into_values()
+            .map(|(o, mut patients)| {
+                patients.sort();
+                super::alert_state::Resumed {
+                    patients,
+                    seen: o
+                        .iter()
+                        .map(|((t, p), o)| (t.to_string(), *p, *o))
+                        .collect(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.patients.cmp(&b.patients));
+        out
+    }
+
+    /// Resumes the patients `owns` says from checkpoints (of any worker count; newest run
+    /// first).
+    pub fn resume(
+        &mut self,
+        checkpoints: Vec<super::alert_state::Checkpoint>,
+        owns: &dyn Fn(&str) -> bool,
+    ) {
+        let mut taken: std::collections::HashSet<String> = Default::default();
+        for c in checkpoints {
+            let mut mine: std::collections::HashSet<String> = c
+                .vitals
+                .patients()
+                .into_iter()
+                .chain(c.lifecycle.patients())
+                .chain(c.waiting.iter().filter_map(|m| m.patient_id.clone()))
+                .filter(|p| owns(p) && !taken.contains(p))
+                .collect();
+            let offsets = |v: &[(String, i32, i64)]| -> Offsets {
+                v.iter()
+                    .map(|(t, p, o)| ((Arc::from(t.as_str()), *p), *o))
+                    .collect()
+            };
+            let seen: Arc<Offsets> = Arc::new(offsets(&c.seen));
+            // Patients that checkpoint had itself resumed and not replayed past yet: what
+            // their state holds reaches further than the checkpoint's own offsets.
+            let mut further: HashMap<&str, Arc<Offsets>> = HashMap::new();
+            for g in &c.resumed {
+                let mut o = (*seen).clone();
+                for (k, v) in offsets(&g.seen) {
+                    let e = o.entry(k).or_insert(v);
+                    *e = (*e).max(v);
+                }
+                let o = Arc::new(o);
+                for p in &g.patients {
+                    further.insert(p.as_str(), o.clone());
+                }
+            }
+            for p in &mine {
+                let o = further.get(p.as_str()).unwrap_or(&seen).clone();
+                self.resumed.insert(p.clone(), o);
+            }
+            let keep = |p: &str| mine.contains(p);
+            self.vitals.absorb(c.vitals, &keep);
+            self.lifecycle.absorb(c.lifecycle, &keep);
+            for (p, t) in c.last {
+                if keep(&p) {
+                    self.touched(&p, t);
+                }
+            }
+            for m in c.waiting {
+                if m.patient_id.as_deref().is_some_and(keep) {
+                    self.arrivals += 1;
+                    let at = m.occurrence_time.timestamp_millis();
+                    self.waiting.insert((at, self.arrivals), Box::new(m));
+                }
+            }
+            // `applied` is not taken: the patients a checkpoint holds get no reading at or
+            // before it again (those after it are after it in event time too, the partition
+            // clocks never going back), and the patients it does not hold (their worker had
+            // not checkpointed) are replayed from the start and must not be judged late.
+            taken.extend(mine.drain());
+        }
+        let mut ignored = Vec::new();
+        self.vitals.set_rules(&self.rules, &mut ignored);
+    }
+
+    /// Takes a measurement to apply once the watermark passes it; one the watermark has
+    /// passed already is counted as late and dropped.
+    pub fn add(&mut self, m: Measurement) {
+        if let Some(s) = &m.source {
+            let key = (s.topic.clone(), s.partition);
+            let resumed = m
+                .patient_id
+                .as_ref()
+                .and_then(|p| self.resumed.get(p))
+                .and_then(|r| r.get(&key));
+            if resumed.is_some_and(|o| s.offset <= *o) {
+                // Replayed after a restart: the checkpoint holds it already.
+                return;
+            }
+            let e = self.seen.entry(key).or_insert(s.offset);
+            *e = (*e).max(s.offset);
+        }
+        let behind = self
+            .applied
+            .is_some_and(|w| m.occurrence_time.timestamp_millis() <= w);
+        if behind && ack::is_ack(&m) {
+            // Read after the watermark passed its time: recorded at once all the same (its
+            // event is built from the acknowledgement alone, see `anomaly::ack`), never
+            // dropped as a late reading is.
+            self.acks.extend(ack::alert_of(&m));
+            self.dirty = true;
+            return;
+        }
+        if behind {
+            Metrics::add(&self.metrics.alert_inputs_late, 1);
+            return;
+        }
+        self.arrivals += 1;
+        let at = m.occurrence_time.timestamp_millis();
+        self.waiting.insert((at, self.arrivals), Box::new(m));
+        self.dirty = true;
+    }
+
+    /// The alerts open now, as their latest events would show them.
+    pub fn standing(&self) -> Vec<Alert> {
+        self.lifecycle.standing()
+    }
+
+    /// The acknowledgement and silence events taken in since the last call.
+    pub fn take_acks(&mut self) -> std::vec::Drain<'_, Alert> {
+        self.acks.drain(..)
+    }
+
+    /// Measurements waiting for the watermark.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len() + self.bucket.len()
+    }
+
+    /// Uses new rules from event time `applied` on: every held signal is judged again, and
+    /// the alerts of removed rules resolve.
+    pub fn set_rules(&mut self, rules: Arc<RuleSet>, out: &mut Vec<Alert>) {
+        self.dirty = true;
+        let now = self.applied.unwrap_or(i64::MIN);
+        self.vitals.set_rules(&rules, &mut self.changes);
+        self.changes.clear();
+        self.judge = Judge::new(&rules);
+        self.rules = rules;
+        let signals = self.judge.signals();
+        for patient in self.vitals.patients() {
+            self.judge_signals(&patient, &signals, now, out);
+        }
+        let judge = &self.judge;
+        self.lifecycle
+            .clear_where(|rule| !judge.has_rule(rule), now, out);
+    }
+
+    /// Takes the waiting readings of the earliest event time, in reverse [`order`].
+    fn fill_bucket(&mut self) {
+        let Some(t) = self.waiting.first_key_value().map(|(k, _)| k.0) else {
+            return;
+        };
+        while let Some(e) = self.waiting.first_entry().filter(|e| e.key().0 == t) {
+            let ((_, arrival), m) = e.remove_entry();
+            self.bucket.push((order(&m, arrival), m));
+        }
+        self.bucket.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    }
+
+    /// Applies everything waiting at or before `to`, firing timers at their deadlines in
+    /// between; alerts go to `out`.
+    pub fn advance(&mut self, to: i64, out: &mut Vec<Alert>) {
+        let stale_after = self.judge.stale_after();
+        loop {
+            let next_m = match self.bucket.last() {
+                Some((k, _)) => Some(k.0),
+                None => self.waiting.first_key_value().map(|(k, _)| k.0),
+            };
+            let next_t = [self.lifecycle.next_timer(), self.vitals.next_check()]
+                .into_iter()
+                .flatten()
+                .min();
+            // Forgetting comes last at its time: everything due then happens first.
+            if let Some((due, patient)) = self.idle.first().cloned() {
+                let first = [next_m, next_t].into_iter().flatten().all(|t| due < t);
+                if due <= to && first {
+                    self.dirty = true;
+                    self.forget(due, patient, out);
+                    continue;
+                }
+            }
+            match (next_m.filter(|t| *t <= to), next_t.filter(|t| *t <= to)) {
+                (None, None) => break,
+                // Timers due at a measurement's time fire first: the condition held until then.
+                (m, Some(t)) if m.is_none_or(|m| t <= m) => {
+                    self.dirty = true;
+                    self.vitals
+                        .check(t, stale_after, &self.rules, &self.names, &mut self.changes);
+                    self.apply_changes(t, out);
+                    self.lifecycle.advance(t, out);
+                }
+                _ => {
+                    self.dirty = true;
+                    if self.bucket.is_empty() {
+                        self.fill_bucket();
+                    }
+                    let (_, m) = self.bucket.pop().expect("a reading");
+                    if ack::is_ack(&m) {
+                        // Recorded in event-time order among the patient's events.
+                        out.extend(ack::alert_of(&m));
+                        continue;
+                    }
+                    let at = m.occurrence_time.timestamp_millis();
+                    if let Some(p) = &m.patient_id {
+                        self.touched(p, at);
+                    }
+                    self.vitals
+                        .add(&m, &self.names, &self.rules, &mut self.changes);
+                    self.apply_changes(at, out);
+                }
+            }
+        }
+        // The clock alone moving (an idle ward) changes nothing worth a checkpoint.
+        self.applied = Some(self.applied.map_or(to, |a| a.max(to)));
+    }
+
+    /// Judges the signals the last changes touched, patient by patient, at `now`.
+    fn apply_changes(&mut self, now: i64, out: &mut Vec<Alert>) {
+        if self.changes.is_empty() {
+            return;
+        }
+        let mut touched: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut rejected: HashMap<(String, &'static str), u64> = HashMap::new();
+        let mut technical: Vec<TechnicalChange> = Vec::new();
+        for c in self.changes.drain(..) {
+            match c {
+                Change::Reading((patient, key), _, _) | Change::Touch((patient, key)) => {
+                    let keys = touched.entry(patient).or_default();
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
+                }
+                Change::Technical(t) => technical.push(t),
+                Change::Rejected { vital, reason } => {
+                    *rejected.entry((vital, reason)).or_default() += 1;
+                }
+            }
+        }
+        if !rejected.is_empty() {
+            let n: u64 = rejected.values().sum();
+            Metrics::add(&self.metrics.alert_inputs_rejected, n);
+            if let Ok(mut r) = self.metrics.alert_rejections.lock() {
+                for (k, v) in rejected {
+                    *r.entry(k).or_default() += v;
+                }
+            }
+        }
+        for (patient, keys) in touched {
+            self.judge_signals(&patient, &keys, now, out);
+        }
+        // In the order the vital state found them (patients and vitals in order).
+        let timing = self.rules.technical.timing();
+        for t in technical {
+            let c = Condition {
+                level: if t.on { 2 } else { 0 },
+                title: t.title,
+                vital: t.vital,
+                value: crate::anomaly::rules::milli(t.last.1),
+                at_ms: t.last.0,
+                stamp_ms: 0,
+                device: t.device,
+                timing,
+                detail: t.detail,
+                category: Category::Technical,
+                since_ms: t.on.then_some(t.since),
+            };
+            self.lifecycle.set(&t.patient, &t.rule, c, now, out);
+        }
+    }
+
+    /// Judges `signals` of `patient` and hands the conditions to the lifecycle at `now`.
+    fn judge_signals(&mut self, patient: &str, signals: &[String], now: i64, out: &mut Vec<Alert>) {
+        self.judged.clear();
+        self.judge
+            .judge(patient, signals, &self.vitals, &mut self.judged);
+        for (rule, v) in self.judged.drain(..) {
+            match v {
+                Verdict::Holds(c) => self.lifecycle.set(patient, &rule, c, now, out),
+                Verdict::Suspended => self.lifecycle.suspend(patient, &rule, now, out),
+                Verdict::Gone => self.lifecycle.clear(patient, &rule, now, out),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::FhirMapping;
+
+    fn state(horizon: std::time::Duration) -> PatientAlerts {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let fhir = FhirMapping::from_text(
+            &std::fs::read_to_string(root.join("templates/bedside-monitor/fhirmapping.json"))
+                .expect("mapping"),
+            None,
+        )
+        .expect("fhir");
+        let vitals = Arc::new(Vitals::new(&fhir));
+        let rules =
+            crate::anomaly::rules::load(&root.join("templates/alerts/adult-vitals.toml"), &vitals)
+                .expect("rules");
+        PatientAlerts::new(Arc::new(rules), vitals, Arc::new(Metrics::default()))
+            .forget_idle_after(horizon)
+    }
+
+    fn reading(patient: &str, at_ms: i64, spo2: f64) -> Measurement {
+        Measurement {
+            type_name: "spo2".into(),
+            device_id: format!("D-{patient}"),
+            patient_id: Some(patient.to_string()),
+            encounter_id: None,
+            correlation_id: None,
+            occurrence_time: chrono::DateTime::from_timestamp_millis(at_ms).expect("time"),
+            properties: vec![("spo2".into(), spo2.to_string())],
+            received_ms: None,
+            source: None,
+        }
+    }
+
+    #[test]
+    fn patients_silent_beyond_the_horizon_are_forgotten_unless_an_alert_is_open() {
+        let hour = 3_600_000;
+        let mut s = state(std::time::Duration::from_secs(3600));
+        let mut out = Vec::new();
+        let mut most = 0;
+        // 60,000 distinct patients over 48 hours of event time, each sending for a minute.
+        let t0 = 1_800_000_000_000;
+        for i in 0..60_000i64 {
+            let at = t0 + i * (48 * hour / 60_000);
+            let p = format!("P-{i}");
+            s.add(reading(&p, at, 97.0));
+            s.add(reading(&p, at + 60_000, 97.0));
+            if i % 100 == 0 {
+                s.advance(at, &mut out);
+                most = most.max(s.patients());
+            }
+        }
+        // About an hour of patients (1,250) plus the batch between advances: bounded, not
+        // every patient ever seen.
+        assert!(most < 2_000, "at most {most} patients held");
+        // A patient with an open alert is kept past the horizon.
+        let t1 = t0 + 49 * hour;
+        for k in 0..120 {
+            s.add(reading("P-hypoxic", t1 + k * 1000, 84.0));
+        }
+        s.advance(t1 + 120_000, &mut out);
+        assert!(s.lifecycle.has_open("P-hypoxic"), "hypoxia open: {out:?}");
+        s.advance(t1 + 3 * hour, &mut out);
+        assert!(
+            s.lifecycle.has_open("P-hypoxic") || s.last.contains_key("P-hypoxic"),
+            "an open alert keeps its patient"
+        );
+        s.advance(t1 + 60 * hour, &mut out);
+        assert!(
+            s.patients() <= 1,
+            "everyone else forgotten: {}",
+            s.patients()
+        );
+    }
+}
