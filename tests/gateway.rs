@@ -12,6 +12,7 @@ use rdkafka::producer::DefaultProducerContext;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,10 +30,14 @@ fn setup() -> Setup {
 }
 
 fn setup_with(tls: Option<Arc<rustls::ServerConfig>>) -> Setup {
-    setup_full(tls, Duration::from_secs(10))
+    setup_full(tls, Duration::from_secs(10), Vec::new())
 }
 
-fn setup_full(tls: Option<Arc<rustls::ServerConfig>>, ack_timeout: Duration) -> Setup {
+fn setup_full(
+    tls: Option<Arc<rustls::ServerConfig>>,
+    ack_timeout: Duration,
+    allow: Vec<String>,
+) -> Setup {
     let cluster = MockCluster::new(1).expect("mock cluster");
     cluster.create_topic("hl7", 3, 1).expect("topic");
     cluster.create_topic("hl7-refused", 1, 1).expect("topic");
@@ -55,6 +60,7 @@ fn setup_full(tls: Option<Arc<rustls::ServerConfig>>, ack_timeout: Duration) -> 
         max_frame: 1 << 20,
         ack_timeout,
         tls,
+        allow,
     };
     let gateway = mllp::start(settings, Arc::new(AtomicBool::new(false))).expect("gateway");
     Setup {
@@ -157,7 +163,7 @@ fn every_accepted_message_is_in_kafka_once_and_repeats_are_not_produced_again() 
 #[test]
 fn one_message_on_two_connections_at_once_or_after_a_late_acknowledgement_is_produced_once() {
     // Kafka takes 1.5 s to answer; the gateway gives up waiting after 0.5 s.
-    let s = setup_full(None, Duration::from_millis(500));
+    let s = setup_full(None, Duration::from_millis(500), Vec::new());
     s._cluster
         .broker_round_trip_time(1, Duration::from_millis(1500))
         .expect("rtt");
@@ -340,9 +346,11 @@ fn the_listener_speaks_tls_when_given_a_certificate() {
     let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_pem, cert.cert.pem()).expect("cert");
     std::fs::write(&key_pem, cert.signing_key.serialize_pem()).expect("key");
-    let e = mllp::server_tls(&key_pem, &key_pem).expect_err("a key is not a certificate");
+    let e = mllp::server_tls(&key_pem, &key_pem, None).expect_err("a key is not a certificate");
     assert!(e.to_string().contains("key.pem"), "names the file: {e}");
-    let s = setup_with(Some(mllp::server_tls(&cert_pem, &key_pem).expect("tls")));
+    let s = setup_with(Some(
+        mllp::server_tls(&cert_pem, &key_pem, None).expect("tls"),
+    ));
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone()).expect("root");
     let client = Arc::new(
@@ -376,6 +384,143 @@ fn the_listener_speaks_tls_when_given_a_certificate() {
     );
     assert_eq!(s.gateway.counters.accepted.load(Ordering::Relaxed), 3);
     s.gateway.stop();
+}
+
+/// A CA, and a client certificate it signs naming `name`, as PEM files in `dir`.
+fn client_certificates(dir: &std::path::Path, ca_name: &str, name: &str) -> (PathBuf, ClientId) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, ca_name);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).expect("CA");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let cert = params.signed_by(&key, &ca).expect("client certificate");
+    let ca_file = dir.join(format!("{ca_name}.pem"));
+    std::fs::write(&ca_file, ca.pem()).expect("CA file");
+    (
+        ca_file,
+        ClientId {
+            cert: cert.der().clone(),
+            key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        },
+    )
+}
+
+/// A client certificate and its key.
+struct ClientId {
+    cert: rustls::pki_types::CertificateDer<'static>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+/// Sends one message over TLS as `client` (None: no certificate); the reply, empty when the
+/// gateway refused the connection.
+fn send_as(
+    server: &rcgen::CertifiedKey<rcgen::KeyPair>,
+    addr: std::net::SocketAddr,
+    client: Option<&ClientId>,
+    id: &str,
+) -> String {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(server.cert.der().clone()).expect("root");
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match client {
+        Some(c) => builder
+            .with_client_auth_cert(vec![c.cert.clone()], c.key.clone_key())
+            .expect("client auth"),
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let session =
+        rustls::ClientConnection::new(Arc::new(config), "127.0.0.1".try_into().expect("name"))
+            .expect("session");
+    let mut conn = rustls::StreamOwned::new(session, tcp);
+    if conn.write_all(&mllp::frame(&message("P-9", id))).is_err() {
+        return String::new();
+    }
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !reply.contains(&0x1c) {
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => reply.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+#[test]
+fn with_a_client_ca_only_devices_with_a_trusted_and_listed_certificate_get_through() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
+    let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_pem, server.cert.pem()).expect("cert");
+    std::fs::write(&key_pem, server.signing_key.serialize_pem()).expect("key");
+    let (ca_file, listed) = client_certificates(dir.path(), "ward-ca", "0012345678abcdef");
+    let (_, other_ca) = client_certificates(dir.path(), "rogue-ca", "0012345678abcdef");
+    // Signed by the ward's CA, but not on the list.
+    let unlisted = {
+        let (_, c) = client_certificates(dir.path(), "ward-ca-2", "feedfacefeedface");
+        c
+    };
+    let auth = mllp::ClientAuth {
+        ca: ca_file.clone(),
+        allow: vec!["0012345678abcdef".into()],
+    };
+    let tls = mllp::server_tls(&cert_pem, &key_pem, Some(&auth)).expect("tls");
+    let s = setup_full(Some(tls), Duration::from_secs(10), auth.allow.clone());
+    let addr = s.gateway.addr;
+    let reply = send_as(&server, addr, Some(&listed), "MTLS-OK");
+    assert_eq!(
+        msa(&reply),
+        ("AA".to_string(), "MTLS-OK".to_string()),
+        "{reply:?}"
+    );
+    for (who, client) in [("no certificate", None), ("another CA's", Some(&other_ca))] {
+        let reply = send_as(&server, addr, client, "MTLS-REFUSED");
+        assert!(!reply.contains("MSA|"), "{who}: {reply:?}");
+    }
+    assert_eq!(
+        s.gateway.counters.refused_clients.load(Ordering::Relaxed),
+        2
+    );
+    // A certificate of the right CA naming a device not listed: refused after the handshake.
+    let tls = mllp::server_tls(
+        &cert_pem,
+        &key_pem,
+        Some(&mllp::ClientAuth {
+            ca: dir.path().join("ward-ca-2.pem"),
+            allow: vec!["0012345678abcdef".into()],
+        }),
+    )
+    .expect("tls");
+    let s2 = setup_full(
+        Some(tls),
+        Duration::from_secs(10),
+        vec!["0012345678abcdef".into()],
+    );
+    let reply = send_as(&server, s2.gateway.addr, Some(&unlisted), "MTLS-UNLISTED");
+    assert!(!reply.contains("MSA|"), "{reply:?}");
+    assert_eq!(
+        s2.gateway.counters.refused_clients.load(Ordering::Relaxed),
+        1
+    );
+    // Only the listed device's message reached Kafka.
+    let got = records(&s.brokers, "hl7", 1);
+    assert_eq!(got.iter().map(id).collect::<Vec<_>>(), vec!["MTLS-OK"]);
+    assert!(records(&s2.brokers, "hl7", 0).is_empty());
+    assert_eq!(
+        mllp::certificate_names(&listed.cert),
+        vec!["0012345678abcdef".to_string()]
+    );
+    s.gateway.stop();
+    s2.gateway.stop();
 }
 
 #[test]

@@ -80,6 +80,7 @@ pub fn mllp(connections: usize, messages: u64, brokers: Option<&str>) -> anyhow:
         max_frame: 1 << 20,
         ack_timeout: Duration::from_secs(30),
         tls: None,
+        allow: Vec::new(),
     };
     let gateway = mllp::start(settings, Arc::new(AtomicBool::new(false)))?;
     // Warm-up, not measured: the idempotent producer's first messages wait for its producer

@@ -147,6 +147,15 @@ pub struct MllpArgs {
     /// The certificate's private key (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// CA certificates (PEM): every device must present a client certificate they signed
+    /// (mutual TLS); one with none, or another, is refused before it sends anything.
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<std::path::PathBuf>,
+    /// Only devices whose certificate names this (subject common name, or a DNS or URI
+    /// alternative name: a device id such as an EUI-64); repeat for each, or give a file with
+    /// one per line as @FILE.
+    #[arg(long = "allow-client", value_name = "NAME", requires = "client_ca")]
+    allow_client: Vec<String>,
 }
 
 /// What the Kafka key of a message is.
@@ -278,6 +287,28 @@ fn run_mllp(args: MllpArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut allow = Vec::new();
+    for a in &args.allow_client {
+        match a.strip_prefix('@') {
+            Some(file) => match std::fs::read_to_string(file) {
+                Ok(t) => allow.extend(
+                    t.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(String::from),
+                ),
+                Err(e) => {
+                    eprintln!("error: --allow-client @{file}: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+            None => allow.push(a.clone()),
+        }
+    }
+    let clients = args.client_ca.clone().map(|ca| mllp::ClientAuth {
+        ca,
+        allow: allow.clone(),
+    });
     let settings = mllp::Settings {
         listen: args.listen,
         kafka,
@@ -292,7 +323,7 @@ fn run_mllp(args: MllpArgs) -> ExitCode {
         max_frame: args.max_frame,
         ack_timeout: Duration::from_secs(30),
         tls: match args.tls_cert.zip(args.tls_key) {
-            Some((cert, key)) => match mllp::server_tls(&cert, &key) {
+            Some((cert, key)) => match mllp::server_tls(&cert, &key, clients.as_ref()) {
                 Ok(t) => Some(t),
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -301,6 +332,7 @@ fn run_mllp(args: MllpArgs) -> ExitCode {
             },
             None => None,
         },
+        allow,
     };
     let stop = stop_on_signals();
     let gateway = match mllp::start(settings, stop.clone()) {

@@ -63,32 +63,91 @@ pub struct Settings {
     pub ack_timeout: Duration,
     /// TLS for the listener (every connection), from [`server_tls`]; plain TCP when None.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// With client certificates required: the names one of which a certificate must carry
+    /// (see [`ClientAuth`]; empty: any the CA signed).
+    pub allow: Vec<String>,
 }
 
-/// The listener's TLS settings from a certificate chain and its private key (PEM files); the
-/// error names the file and what is wrong with it.
+/// Which devices may connect over TLS (mutual TLS): those presenting a certificate signed by
+/// one of the CA certificates in `ca`, and, when `allow` is not empty, whose certificate
+/// names one of `allow` (its subject's common name, or a DNS or URI subject alternative
+/// name: a device identifier such as an EUI-64, or a host name).
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// CA certificates (PEM) client certificates must chain to.
+    pub ca: std::path::PathBuf,
+    /// Names a client certificate must carry one of (empty: any the CA signed).
+    pub allow: Vec<String>,
+}
+
+/// The listener's TLS settings from a certificate chain and its private key (PEM files), and
+/// with `clients` the certificates devices must present; the error names the file and what
+/// is wrong with it.
 pub fn server_tls(
     cert: &std::path::Path,
     key: &std::path::Path,
+    clients: Option<&ClientAuth>,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     crate::fhir::client::install_crypto();
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| anyhow::anyhow!("{}: not a PEM certificate chain: {e}", cert.display()))?;
-    anyhow::ensure!(
-        !certs.is_empty(),
-        "{}: no certificate in it",
-        cert.display()
-    );
+    let pem_certs = |path: &std::path::Path| -> anyhow::Result<Vec<CertificateDer<'static>>> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| anyhow::anyhow!("{}: not a PEM certificate chain: {e}", path.display()))?;
+        anyhow::ensure!(
+            !certs.is_empty(),
+            "{}: no certificate in it",
+            path.display()
+        );
+        Ok(certs)
+    };
+    let certs = pem_certs(cert)?;
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| anyhow::anyhow!("{}: not a PEM private key: {e}", key.display()))?;
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
+    let builder = rustls::ServerConfig::builder();
+    let builder = match clients {
+        Some(c) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in pem_certs(&c.ca)? {
+                roots
+                    .add(ca)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", c.ca.display()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", c.ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder
         .with_single_cert(certs, key)
         .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
     Ok(Arc::new(config))
+}
+
+/// The names a client certificate carries: its subject's common names and its DNS and URI
+/// subject alternative names.
+pub fn certificate_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(String::from))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(d) | GeneralName::URI(d) => names.push(d.to_string()),
+                _ => {}
+            }
+        }
+    }
+    names
 }
 
 /// Counters of a running gateway.
@@ -100,6 +159,9 @@ pub struct Counters {
     pub duplicates: AtomicU64,
     /// Messages refused (`AR`) or failed (`AE`).
     pub refused: AtomicU64,
+    /// Connections refused: a TLS handshake that failed (no client certificate, one no CA
+    /// here signed) or a certificate not on the allow-list.
+    pub refused_clients: AtomicU64,
 }
 
 /// Delivery reports record a message as accepted (in the dedup window) themselves, so a
@@ -319,8 +381,50 @@ fn connection(conn: TcpStream, shared: &Shared, stop: &AtomicBool) -> std::io::R
     conn.set_nodelay(true)?;
     match &shared.settings.tls {
         Some(tls) => {
-            let session =
+            let mut session =
                 rustls::ServerConnection::new(tls.clone()).map_err(std::io::Error::other)?;
+            let mut conn = conn;
+            // The handshake first: a device that presents no certificate, or one not
+            // trusted or not listed, sends nothing that reaches Kafka.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while session.is_handshaking() {
+                match session.complete_io(&mut conn) {
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) && std::time::Instant::now() < deadline
+                            && !stop.load(Ordering::Relaxed) => {}
+                    Err(e) => {
+                        shared
+                            .counters
+                            .refused_clients
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%peer, "MLLP client refused: TLS handshake failed: {e}");
+                        return Ok(());
+                    }
+                }
+            }
+            let allow = &shared.settings.allow;
+            if !allow.is_empty() {
+                let names = session
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| certificate_names(c))
+                    .unwrap_or_default();
+                if !names.iter().any(|n| allow.contains(n)) {
+                    shared
+                        .counters
+                        .refused_clients
+                        .fetch_add(1, Ordering::Relaxed);
+                    // The certificate's names identify a device, not a patient.
+                    tracing::warn!(%peer, names = ?names, "MLLP client refused: its certificate is not on the allow-list");
+                    session.send_close_notify();
+                    let _ = session.complete_io(&mut conn);
+                    return Ok(());
+                }
+            }
             serve(rustls::StreamOwned::new(session, conn), shared, stop, &peer)
         }
         None => serve(conn, shared, stop, &peer),
