@@ -98,8 +98,8 @@ fn per_measurement(c: &mut Criterion) {
     let framed = format!("\x0b{}\x1c\r", text.trim_end().replace('\n', "\r")).into_bytes();
     let mut out = Vec::new();
     let hl7 = |out: &mut Vec<vitalflow::model::Measurement>, bytes: &[u8]| {
-        let text = vitalflow::mapping::hl7::text(bytes).unwrap();
-        let message = vitalflow::mapping::hl7::parse(&text).unwrap();
+        let text = vitalflow::hl7::text(bytes).unwrap();
+        let message = vitalflow::hl7::parse(&text).unwrap();
         out.clear();
         pcd01.normalize_hl7_into(&message, out).unwrap();
     };

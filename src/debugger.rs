@@ -105,15 +105,16 @@ pub fn normalize_hl7(
     fhir: Option<&FhirMapping>,
     text: &str,
 ) -> Result<Normalized, DebugError> {
-    use crate::mapping::hl7::{self, Hl7Error};
     let mut measurements = Vec::new();
-    hl7::normalize(device, text, &mut measurements).map_err(|e| match e {
-        Hl7Error::Template(e) => DebugError::from(e),
-        e => DebugError::Message {
-            reason: e.to_string(),
-            template: None,
-        },
-    })?;
+    device
+        .normalize_hl7_text(text, &mut measurements)
+        .map_err(|e| match e {
+            crate::mapping::Hl7Error::Template(e) => DebugError::from(e),
+            e => DebugError::Message {
+                reason: e.to_string(),
+                template: None,
+            },
+        })?;
     let observations = fhir.map(|f| observations(f, &measurements)).transpose()?;
     Ok(Normalized {
         measurements,
@@ -184,7 +185,7 @@ pub fn debug_texts(device_text: &str, fhir_text: &str, message: &[u8]) -> Value 
             .then(|| FhirMapping::from_text(fhir_text, Some("FHIR template")))
             .transpose()
             .map_err(DebugError::Template)?;
-        if let Some(text) = crate::mapping::hl7::text(message) {
+        if let Some(text) = crate::hl7::text(message) {
             return normalize_hl7(&device, fhir.as_ref(), &text);
         }
         let text = String::from_utf8_lossy(message);

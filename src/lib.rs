@@ -11,6 +11,7 @@ pub mod event;
 pub mod failpoint;
 pub mod fhir;
 pub mod gateway;
+pub mod hl7;
 pub mod kafka;
 pub mod lake;
 pub mod mapping;

@@ -7,7 +7,7 @@ use std::path::Path;
 /// The layers, lowest first. A module may use its own items and those of lower layers.
 const LAYERS: &[&[&str]] = &[
     &["time", "privacy", "failpoint", "metrics"],
-    &["model", "event"],
+    &["model", "event", "hl7"],
     &["config"],
     &["mapping"],
     &["fhir", "anomaly"],

@@ -46,7 +46,7 @@ pub fn run(args: NormalizeArgs) -> ExitCode {
             .map_err(DebugError::Template)?;
         // An HL7 v2 message (with or without MLLP framing, segments ended by CR or LF) goes
         // to the Hl7v2Content templates, as in the job.
-        if let Some(text) = vitalflow::mapping::hl7::text(&input) {
+        if let Some(text) = vitalflow::hl7::text(&input) {
             return debugger::normalize_hl7(&device, fhir.as_ref(), &text);
         }
         let event = read_event(

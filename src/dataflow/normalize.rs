@@ -6,7 +6,7 @@
 //! part that went through.
 
 use crate::event;
-use crate::mapping::hl7::Hl7Error;
+use crate::mapping::Hl7Error;
 use crate::mapping::{DeviceMapping, FhirMapping};
 use crate::model::Measurement;
 use crate::model::RawMessage;
@@ -41,8 +41,8 @@ pub fn normalize(
         }))
     };
     // HL7 v2 (a gateway's PCD-01 message) or JSON: each has templates of its own.
-    let mapped = match crate::mapping::hl7::text(&message.payload) {
-        Some(text) => crate::mapping::hl7::normalize(device, &text, out).map_err(|e| match e {
+    let mapped = match crate::hl7::text(&message.payload) {
+        Some(text) => device.normalize_hl7_text(&text, out).map_err(|e| match e {
             Hl7Error::Parse(e) => ("parse", e, None),
             Hl7Error::Template(e) => ("normalize", e.to_string(), template_of(&e)),
             Hl7Error::Unmatched(e) => ("normalize", e.to_string(), None),

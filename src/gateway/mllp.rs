@@ -12,7 +12,7 @@
 
 use super::dedup::Seen;
 use crate::config::KafkaConfig;
-use crate::mapping::hl7;
+use crate::hl7;
 use anyhow::Context as _;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{

@@ -18,7 +18,7 @@
 
 use super::topic::TopicTemplate;
 use crate::config::KafkaConfig;
-use crate::mapping::hl7;
+use crate::hl7;
 use anyhow::Context as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};

@@ -1,6 +1,6 @@
 //! Device mapping (`devicecontent.json`): load, validate, compile, and normalize messages.
 
-use super::error::{child, Collector, TemplateErrors};
+use super::error::{child, Collector, NormalizeError, TemplateErrors};
 use super::expr::{Expr, Language, MatchedToken, Scope, Token};
 use crate::model::Measurement;
 use chrono::{DateTime, Utc};
@@ -106,33 +106,6 @@ struct ValueDef {
     required: bool,
 }
 
-/// Why a message could not be normalized: the template and field at fault and the reason.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct NormalizeError {
-    /// Index of the template in the collection.
-    pub template_index: usize,
-    /// Template type.
-    pub template_type: &'static str,
-    /// The template's `typeName`.
-    pub type_name: String,
-    /// The expression or value at fault (`deviceIdExpression`, `values[hr]`, ...).
-    pub field: String,
-    /// What went wrong.
-    pub reason: String,
-}
-
-impl std::fmt::Display for NormalizeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "template #{} {} \"{}\", {}: {}",
-            self.template_index, self.template_type, self.type_name, self.field, self.reason
-        )
-    }
-}
-
-impl std::error::Error for NormalizeError {}
-
 impl DeviceMapping {
     /// Loads from file text, reporting every problem with its line.
     pub fn from_text(text: &str, file: Option<&str>) -> Result<Self, TemplateErrors> {
@@ -209,7 +182,7 @@ impl DeviceMapping {
     /// (left as it was on error).
     pub fn normalize_hl7_into(
         &self,
-        message: &super::hl7::Hl7<'_>,
+        message: &crate::hl7::Hl7<'_>,
         out: &mut Vec<Measurement>,
     ) -> Result<(), NormalizeError> {
         self.hl7.normalize_into(message, out)
@@ -797,5 +770,54 @@ fn dotnet_double(f: f64) -> String {
         format!("{}", f as i64)
     } else {
         format!("{f}")
+    }
+}
+
+/// Why an HL7 v2 message made no measurements.
+#[derive(Debug)]
+pub enum Hl7Error {
+    /// It is not a readable HL7 v2 message (which segment, what is wrong).
+    Parse(String),
+    /// A template could not take it (which template, OBX and field).
+    Template(NormalizeError),
+    /// The mapping has no template for HL7 v2, or none matched an OBX.
+    Unmatched(&'static str),
+}
+
+impl std::fmt::Display for Hl7Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hl7Error::Parse(e) => write!(f, "{e}"),
+            Hl7Error::Template(e) => write!(f, "{e}"),
+            Hl7Error::Unmatched(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl DeviceMapping {
+    /// Normalizes one HL7 v2 message with the mapping's `Hl7v2Content` templates into `out`
+    /// (left as it was on error): what the job and `vitalflow normalize` both do.
+    pub fn normalize_hl7_text(
+        &self,
+        text: &str,
+        out: &mut Vec<Measurement>,
+    ) -> Result<(), Hl7Error> {
+        let device = self;
+        if !device.reads_hl7() {
+            return Err(Hl7Error::Unmatched(
+                "an HL7 v2 message, but the device mapping has no Hl7v2Content template",
+            ));
+        }
+        let message = crate::hl7::parse(text).map_err(Hl7Error::Parse)?;
+        let start = out.len();
+        device
+            .normalize_hl7_into(&message, out)
+            .map_err(Hl7Error::Template)?;
+        if out.len() == start {
+            return Err(Hl7Error::Unmatched(
+            "no Hl7v2Content template matches an OBX of the message (OBX-3 identifier and coding system), or every matching OBX is empty or has result status X",
+        ));
+        }
+        Ok(())
     }
 }

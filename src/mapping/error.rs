@@ -282,6 +282,33 @@ fn skip_value(b: &[u8], pos: usize) -> Option<usize> {
     }
 }
 
+/// Why a message could not be normalized: the template and field at fault and the reason.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct NormalizeError {
+    /// Index of the template in the collection.
+    pub template_index: usize,
+    /// Template type.
+    pub template_type: &'static str,
+    /// The template's `typeName`.
+    pub type_name: String,
+    /// The expression or value at fault (`deviceIdExpression`, `values[hr]`, ...).
+    pub field: String,
+    /// What went wrong.
+    pub reason: String,
+}
+
+impl std::fmt::Display for NormalizeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "template #{} {} \"{}\", {}: {}",
+            self.template_index, self.template_type, self.type_name, self.field, self.reason
+        )
+    }
+}
+
+impl std::error::Error for NormalizeError {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,8 @@ pub mod hl7;
 pub mod jmes;
 pub mod jsonpath;
 
-pub use device::{DeviceMapping, NormalizeError};
+pub use device::{DeviceMapping, Hl7Error};
+pub use error::NormalizeError;
 pub use error::{TemplateError, TemplateErrors};
 pub use fhir::FhirMapping;
 

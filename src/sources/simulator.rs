@@ -644,8 +644,8 @@ mod tests {
         };
         let as_json = Simulator::new(&cfg(), start(), (0, 1));
         for (m, j) in Simulator::new(&pcd01, start(), (0, 1)).zip(as_json) {
-            let text = crate::mapping::hl7::text(&m.payload).expect("an HL7 v2 message");
-            let msg = crate::mapping::hl7::parse(&text).expect("parses");
+            let text = crate::hl7::text(&m.payload).expect("an HL7 v2 message");
+            let msg = crate::hl7::parse(&text).expect("parses");
             let mut ms = Vec::new();
             hl7.normalize_hl7_into(&msg, &mut ms).expect("normalizes");
             assert!(ms.iter().all(|x| x.occurrence_time == m.event_time));
