@@ -76,7 +76,7 @@ def board(args):
         say("critical", ok=True, seconds=round(time.time() - started, 1), text=text)
         d.save_screenshot(os.path.join(shots, "board.png"))
 
-        wait(d, 10, "alert-card", lambda d: d.find_element(
+        wait(d, 30, "alert-card", lambda d: d.find_element(
             By.CSS_SELECTOR, "#physiological .alert.critical button[data-action=acknowledge]").click() or True, shots)
         wait(d, 5, "dialog", lambda d: d.find_element(By.ID, "ack-submit").is_displayed(), shots)
         d.find_element(By.ID, "ack-by").send_keys(args.user)

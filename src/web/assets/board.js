@@ -106,6 +106,9 @@ async function refresh() {
       }
     }
     board = b;
+    // Whether acknowledgements are taken can change: the job takes them once its input is
+    // ready, which may be after this page loaded, and a restarted job may differ.
+    if (!me.acks || reads % 12 === 1) me = await vf.get("/api/whoami");
     render();
   } catch (e) {
     setLive(false);
