@@ -370,6 +370,30 @@ fn beyond_loopback_the_pages_need_credentials() {
         .send()
         .expect("request");
     assert_eq!(ok.status().as_u16(), 200);
+    // Browsers get JSON gzipped (the board's reads are most of a page's weight).
+    let zipped = client
+        .get(format!("http://{addr}/api/templates"))
+        .bearer_auth(token)
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .expect("request");
+    assert_eq!(
+        zipped
+            .headers()
+            .get("content-encoding")
+            .and_then(|v| v.to_str().ok()),
+        Some("gzip")
+    );
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(zipped.bytes().expect("body").as_ref()),
+        &mut text,
+    )
+    .expect("gzip");
+    let templates: Value = serde_json::from_str(&text).expect("JSON");
+    assert!(templates["device"]
+        .as_str()
+        .is_some_and(|d| d.contains("CollectionContent")));
     let wrong = client
         .get(format!("http://{addr}/api/templates"))
         .bearer_auth("not-the-token-at-all")

@@ -164,6 +164,8 @@ pub struct BoardFigures {
     pub snapshot_ms: f64,
     /// Size of the board's JSON without trends (a page reads it every 5 s), bytes.
     pub values_bytes: usize,
+    /// The same, gzipped as the server sends it to browsers, bytes.
+    pub values_gzip_bytes: usize,
 }
 
 /// CPU seconds (user + system) this process has used so far.
@@ -241,12 +243,20 @@ pub fn run_once(
         let stop = stop.clone();
         std::thread::spawn(move || {
             let mut reads = Vec::new();
-            let (mut bytes, mut values) = (0, 0);
+            let (mut bytes, mut values, mut values_gzip) = (0, 0, 0);
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
                 bytes = b.snapshot(60).to_string().len();
                 reads.push(t.elapsed().as_secs_f64() * 1e3);
-                values = b.snapshot(0).to_string().len();
+                let v = b.snapshot(0).to_string();
+                values = v.len();
+                values_gzip = {
+                    use std::io::Write as _;
+                    let mut z =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    let _ = z.write_all(v.as_bytes());
+                    z.finish().map_or(0, |z| z.len())
+                };
                 for _ in 0..50 {
                     if stop.load(Ordering::Relaxed) {
                         break;
@@ -259,6 +269,7 @@ pub fn run_once(
                 bytes,
                 reads.get(reads.len() / 2).copied().unwrap_or(0.0),
                 values,
+                values_gzip,
             )
         })
     });
@@ -331,7 +342,7 @@ pub fn run_once(
     }
     let board = match (board, reader) {
         (Some(b), Some(r)) => {
-            let (snapshot_bytes, snapshot_ms, values_bytes) =
+            let (snapshot_bytes, snapshot_ms, values_bytes, values_gzip_bytes) =
                 r.join().map_err(|_| anyhow!("the board reader panicked"))?;
             let patients = b.state().patients();
             Some(BoardFigures {
@@ -339,6 +350,7 @@ pub fn run_once(
                 snapshot_bytes,
                 snapshot_ms,
                 values_bytes,
+                values_gzip_bytes,
             })
         }
         _ => None,

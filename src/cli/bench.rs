@@ -548,11 +548,12 @@ fn print_bench(runs: &[vitalflow::bench::Summary], max_rate: Option<f64>, out: &
         outln!("{t}");
         if let Some(b) = &r.board {
             outln!(
-                "ward board: {} patients; a read with 1 h of trends {:.0} KB, built in {:.1} ms; without trends {:.0} KB",
+                "ward board: {} patients; a read with 1 h of trends {:.0} KB, built in {:.1} ms; without trends {:.0} KB ({:.0} KB gzipped, as sent)",
                 b.patients,
                 b.snapshot_bytes as f64 / 1024.0,
                 b.snapshot_ms,
-                b.values_bytes as f64 / 1024.0
+                b.values_bytes as f64 / 1024.0,
+                b.values_gzip_bytes as f64 / 1024.0
             );
         }
         if let Some(f) = &r.fhir {
