@@ -418,8 +418,11 @@ fn connection(conn: TcpStream, shared: &Shared, stop: &AtomicBool) -> std::io::R
                         .counters
                         .refused_clients
                         .fetch_add(1, Ordering::Relaxed);
-                    // The certificate's names identify a device, not a patient.
-                    tracing::warn!(%peer, names = ?names, "MLLP client refused: its certificate is not on the allow-list");
+                    // Device identifiers stay out of the log by default, as tags; the names
+                    // themselves at debug level, for whoever keeps the allow-list.
+                    let tags: Vec<String> = names.iter().map(|n| crate::privacy::tag(n)).collect();
+                    tracing::warn!(%peer, names = ?tags, "MLLP client refused: its certificate is not on the allow-list");
+                    tracing::debug!(%peer, names = ?names, "MLLP client refused: its certificate's names");
                     session.send_close_notify();
                     let _ = session.complete_io(&mut conn);
                     return Ok(());
