@@ -405,10 +405,7 @@ fn beyond_loopback_the_pages_need_credentials() {
 #[test]
 fn with_a_certificate_the_pages_are_served_over_tls() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
-    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_file, cert.cert.pem()).expect("cert");
-    std::fs::write(&key_file, cert.signing_key.serialize_pem()).expect("key");
+    let (cert, cert_file, key_file) = common::server_certificate(dir.path());
     let port = free_port();
     let mut cmd = vitalflow();
     cmd.arg("debugger")

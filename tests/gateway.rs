@@ -342,10 +342,7 @@ fn bad_input_is_refused_with_its_reason_and_the_connection_goes_on() {
 #[test]
 fn the_listener_speaks_tls_when_given_a_certificate() {
     let dir = tempfile::tempdir().expect("dir");
-    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
-    let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_pem, cert.cert.pem()).expect("cert");
-    std::fs::write(&key_pem, cert.signing_key.serialize_pem()).expect("key");
+    let (cert, cert_pem, key_pem) = common::server_certificate(dir.path());
     let e = mllp::server_tls(&key_pem, &key_pem, None).expect_err("a key is not a certificate");
     assert!(e.to_string().contains("key.pem"), "names the file: {e}");
     let s = setup_with(Some(
@@ -458,17 +455,11 @@ fn send_as(
 #[test]
 fn with_a_client_ca_only_devices_with_a_trusted_and_listed_certificate_get_through() {
     let dir = tempfile::tempdir().expect("dir");
-    let server = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
-    let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_pem, server.cert.pem()).expect("cert");
-    std::fs::write(&key_pem, server.signing_key.serialize_pem()).expect("key");
+    let (server, cert_pem, key_pem) = common::server_certificate(dir.path());
     let (ca_file, listed) = client_certificates(dir.path(), "ward-ca", "0012345678abcdef");
     let (_, other_ca) = client_certificates(dir.path(), "rogue-ca", "0012345678abcdef");
     // Signed by the ward's CA, but not on the list.
-    let unlisted = {
-        let (_, c) = client_certificates(dir.path(), "ward-ca-2", "feedfacefeedface");
-        c
-    };
+    let (_, unlisted) = client_certificates(dir.path(), "ward-ca-2", "feedfacefeedface");
     let auth = mllp::ClientAuth {
         ca: ca_file.clone(),
         allow: vec!["0012345678abcdef".into()],

@@ -16,11 +16,11 @@ pub const DEFAULT_BOARD_ADDRESS: &str = "127.0.0.1:8090";
 /// A sample message for the debugger: the bedside monitor's, matching the default templates.
 const BEDSIDE_SAMPLE: &str = include_str!("../../datasets/bedside-monitor/reading.json");
 
-/// The text of a mapping file, or the embedded copy the default job runs from.
+/// The text of a mapping file, or the embedded copy the default job runs from (empty when
+/// neither reads: the job itself reports why at start).
 fn mapping_text(path: &Path) -> String {
-    std::fs::read_to_string(path)
-        .ok()
-        .or_else(|| config::embedded_template(path).map(String::from))
+    vitalflow::dataflow::mapping_text(path)
+        .map(|(text, _)| text)
         .unwrap_or_default()
 }
 

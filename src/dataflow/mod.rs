@@ -80,7 +80,9 @@ pub fn route(device: &str) -> u64 {
     h.finish()
 }
 
-fn mapping_text(path: &Path) -> anyhow::Result<(String, String)> {
+/// A mapping file's text and the name to report it by: the file, else the embedded copy the
+/// default job runs from.
+pub fn mapping_text(path: &Path) -> anyhow::Result<(String, String)> {
     let name = path.display().to_string();
     match std::fs::read_to_string(path) {
         Ok(t) => Ok((t, name)),

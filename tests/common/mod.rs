@@ -648,3 +648,12 @@ pub fn assert_same(got: &BTreeMap<String, Value>, want: &BTreeMap<String, Value>
         );
     }
 }
+
+/// A self-signed certificate for 127.0.0.1, written to `dir` as `cert.pem` and `key.pem`.
+pub fn server_certificate(dir: &Path) -> (rcgen::CertifiedKey<rcgen::KeyPair>, PathBuf, PathBuf) {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
+    let (cert_pem, key_pem) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_pem, cert.cert.pem()).expect("cert");
+    std::fs::write(&key_pem, cert.signing_key.serialize_pem()).expect("key");
+    (cert, cert_pem, key_pem)
+}
