@@ -4,6 +4,7 @@
 use proptest::prelude::*;
 use serde_json::Value;
 use std::path::Path;
+use vitalflow::mapping::tree::Node;
 use vitalflow::mapping::DeviceMapping;
 
 fn normalize_cases() -> Vec<Value> {
@@ -43,18 +44,33 @@ fn template_sets() -> Vec<(DeviceMapping, DeviceMapping, Vec<Value>)> {
 }
 
 fn outcome(m: &DeviceMapping, event: &Value) -> Result<Vec<Value>, String> {
-    m.normalize(event)
-        .map(|ms| {
-            ms.iter()
-                .map(|x| serde_json::to_value(x.to_json()).unwrap())
-                .collect()
-        })
-        .map_err(|e| e.field)
+    shown(m.normalize(event))
+}
+
+fn shown(
+    r: Result<Vec<vitalflow::model::Measurement>, vitalflow::mapping::NormalizeError>,
+) -> Result<Vec<Value>, String> {
+    r.map(|ms| {
+        ms.iter()
+            .map(|x| serde_json::to_value(x.to_json()).unwrap())
+            .collect()
+    })
+    .map_err(|e| e.field)
+}
+
+/// The same event read as the job reads messages (a borrowed `Node` tree), when the mapping
+/// allows it; `None` when it needs `serde_json` values.
+fn tree_outcome(m: &DeviceMapping, event: &Value) -> Option<Result<Vec<Value>, String>> {
+    let bytes = serde_json::to_vec(event).unwrap();
+    let node = Node::parse(&bytes).unwrap();
+    let mut out = Vec::new();
+    m.reads_trees()
+        .then(|| shown(m.normalize_node(&node, &mut out).map(|()| out)))
 }
 
 #[test]
 fn compiled_matcher_equals_jsonpath_rust_on_conformance_and_template_inputs() {
-    let mut compared = 0;
+    let (mut compared, mut trees) = (0, 0);
     for case in normalize_cases() {
         let mapping = match &case["devicecontent"] {
             Value::Object(_) => case["devicecontent"].clone(),
@@ -69,21 +85,32 @@ fn compiled_matcher_equals_jsonpath_rust_on_conformance_and_template_inputs() {
         if case["message"].is_null() {
             continue;
         }
+        let expected = outcome(&reference, &case["message"]);
         assert_eq!(
             outcome(&fast, &case["message"]),
-            outcome(&reference, &case["message"]),
+            expected,
             "case {}",
             case["name"]
         );
+        if let Some(tree) = tree_outcome(&fast, &case["message"]) {
+            assert_eq!(tree, expected, "case {} read as a tree", case["name"]);
+            trees += 1;
+        }
         compared += 1;
     }
     for (fast, reference, messages) in template_sets() {
         for m in &messages {
-            assert_eq!(outcome(&fast, m), outcome(&reference, m));
+            let expected = outcome(&reference, m);
+            assert_eq!(outcome(&fast, m), expected);
+            if let Some(tree) = tree_outcome(&fast, m) {
+                assert_eq!(tree, expected);
+                trees += 1;
+            }
             compared += 1;
         }
     }
     assert!(compared > 60, "only {compared} inputs compared");
+    assert!(trees > 25, "only {trees} inputs read as trees");
 }
 
 fn arb_json() -> impl Strategy<Value = Value> {
@@ -134,6 +161,19 @@ proptest! {
             let event = vitalflow::event::wrap(body.clone(), Default::default(), Default::default());
             let a = outcome(&fast, &event);
             let b = outcome(&reference, &event);
+            if let Some(tree) = tree_outcome(&fast, &event) {
+                prop_assert_eq!(&tree, &b);
+            }
+            // The job's entry point: payload bytes, wrapped as the connector wraps them.
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let mut out = Vec::new();
+            let job = fast.normalize_message(&bytes, Default::default(), Default::default(), &mut out);
+            let job = match job {
+                Ok(()) => shown(Ok(out)),
+                Err(vitalflow::mapping::MessageError::Template(e)) => Err(e.field),
+                Err(e) => panic!("{e:?}"),
+            };
+            prop_assert_eq!(&job, &b);
             prop_assert_eq!(a, b);
             let _ = fast.normalize(&body);
         }

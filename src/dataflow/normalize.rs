@@ -5,14 +5,13 @@
 //! the whole message is dead-lettered, so that fixing and replaying it cannot duplicate the
 //! part that went through.
 
-use crate::event;
-use crate::mapping::Hl7Error;
 use crate::mapping::{DeviceMapping, FhirMapping};
+use crate::mapping::{Hl7Error, MessageError};
 use crate::model::Measurement;
 use crate::model::RawMessage;
 use crate::sinks::dead_letter::DeadLetter;
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Normalizes one message into `out`, or says why it cannot be.
 pub fn normalize(
@@ -47,22 +46,23 @@ pub fn normalize(
             Hl7Error::Template(e) => ("normalize", e.to_string(), template_of(&e)),
             Hl7Error::Unmatched(e) => ("normalize", e.to_string(), None),
         }),
-        None => match serde_json::from_slice::<Value>(&message.payload) {
-            Ok(body) => {
-                let ev = event::wrap(body, message.properties(), message.system_properties());
-                (device.normalize_into(&ev, out))
-                    .map_err(|e| ("normalize", e.to_string(), template_of(&e)))
-            }
-            Err(e) => Err((
-                "parse",
-                format!(
-                    "malformed JSON at line {} column {}: {e}",
-                    e.line(),
-                    e.column()
-                ),
-                None,
-            )),
-        },
+        None => {
+            let (properties, system) = (message.properties(), message.system_properties());
+            (device.normalize_message(&message.payload, properties, system, out)).map_err(|e| {
+                match e {
+                    MessageError::Template(e) => ("normalize", e.to_string(), template_of(&e)),
+                    MessageError::Parse(e) => (
+                        "parse",
+                        format!(
+                            "malformed JSON at line {} column {}: {e}",
+                            e.line(),
+                            e.column()
+                        ),
+                        None,
+                    ),
+                }
+            })
+        }
     };
     if let Err((stage, error, template)) = mapped {
         out.truncate(start);

@@ -1,13 +1,61 @@
 //! Device mapping (`devicecontent.json`): load, validate, compile, and normalize messages.
 
 use super::error::{child, Collector, NormalizeError, TemplateErrors};
+use super::expr::EvalError;
 use super::expr::{Expr, Language, MatchedToken, Scope, Token};
+use super::jsonpath::ScanSet;
+use super::tree::{Node, Tree};
 use crate::model::Measurement;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::sync::Arc;
+
+/// One message being normalized as a `serde_json::Value`: what every template shares.
+struct Message<'a> {
+    event: &'a Value,
+    scope: &'a Scope<'a>,
+    var: &'a OnceCell<jmespath::Rcvar>,
+    /// The last timestamp text parsed and its time.
+    last_time: Option<(String, DateTime<Utc>)>,
+}
+
+/// Why a message read from a topic made no measurements.
+#[derive(Debug)]
+pub enum MessageError {
+    /// The payload is not JSON.
+    Parse(serde_json::Error),
+    /// A template could not take it.
+    Template(NormalizeError),
+}
+
+/// Where one match's expressions are evaluated: each gives the selected token as the
+/// connector stores it (`None` when absent or null).
+trait Lookup {
+    fn text(&self, e: &Expr) -> Result<Option<String>, EvalError>;
+}
+
+impl Lookup for Scope<'_> {
+    fn text(&self, e: &Expr) -> Result<Option<String>, EvalError> {
+        e.single(self).map(|v| v.as_deref().and_then(Tree::text))
+    }
+}
+
+/// A match in a message parsed as a [`Node`] (mappings whose every expression is a compiled
+/// JSONPath: [`DeviceMapping::reads_trees`]).
+struct NodeLookup<'n, 'a>(&'n Node<'a>);
+
+impl Lookup for NodeLookup<'_, '_> {
+    fn text(&self, e: &Expr) -> Result<Option<String>, EvalError> {
+        match e {
+            Expr::Path(p) => (p.select_single_tree(self.0))
+                .map(|v| v.and_then(Tree::text))
+                .map_err(EvalError::Multiple),
+            Expr::Jmes(_) => unreachable!("JMESPath mappings read serde_json values"),
+        }
+    }
+}
 
 /// The four template types of the connector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +121,10 @@ pub struct DeviceMapping {
     templates: Vec<DeviceTemplate>,
     /// `Hl7v2Content` templates: they apply to HL7 v2 messages, the others to JSON.
     hl7: super::hl7::Templates,
+    /// The `$..[?(filter)]` type matches, walked once per message for all templates.
+    scan: ScanSet,
+    /// Whether messages can be read as [`Node`]s: no template needs a `serde_json::Value`.
+    reads_trees: bool,
 }
 
 /// An optional expression slot: absent, present but empty (fails at run time, as in the
@@ -97,6 +149,8 @@ struct DeviceTemplate {
     encounter_id: Slot,
     correlation_id: Slot,
     values: Vec<ValueDef>,
+    /// Its type match's slot in the mapping's [`ScanSet`], when it is one.
+    scan_slot: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -147,10 +201,19 @@ impl DeviceMapping {
                 templates.push(t);
             }
         }
+        let mut scan = ScanSet::default();
+        for t in &mut templates {
+            if let Slot::Set(Expr::Path(p)) = &t.type_match {
+                t.scan_slot = scan.add(p);
+            }
+        }
+        let reads_trees = templates.iter().all(DeviceTemplate::walks_any_tree);
         if c.errors.is_empty() {
             Ok(Self {
                 templates,
                 hl7: super::hl7::Templates::new(hl7),
+                scan,
+                reads_trees,
             })
         } else {
             Err(TemplateErrors(c.errors))
@@ -176,6 +239,63 @@ impl DeviceMapping {
     /// Whether the mapping reads HL7 v2 messages (it has `Hl7v2Content` templates).
     pub fn reads_hl7(&self) -> bool {
         !self.hl7.is_empty()
+    }
+
+    /// Whether messages are parsed into borrowed [`Node`]s rather than `serde_json::Value`s:
+    /// when every expression is a JSONPath the compiled matcher evaluates.
+    pub fn reads_trees(&self) -> bool {
+        self.reads_trees
+    }
+
+    /// Normalizes a JSON payload as the job reads it: wrapped with the message's properties
+    /// and system properties as the connector wraps an Event Hubs message, appending to
+    /// `out` (left as it was on error). Same result as [`Self::normalize_into`] on the
+    /// wrapped `serde_json::Value`; the payload is parsed once, into a [`Node`] where the
+    /// mapping allows.
+    pub fn normalize_message(
+        &self,
+        payload: &[u8],
+        properties: Map<String, Value>,
+        system_properties: Map<String, Value>,
+        out: &mut Vec<Measurement>,
+    ) -> Result<(), MessageError> {
+        if !self.reads_trees {
+            let body: Value = serde_json::from_slice(payload).map_err(MessageError::Parse)?;
+            let event = crate::event::wrap(body, properties, system_properties);
+            return self
+                .normalize_into(&event, out)
+                .map_err(MessageError::Template);
+        }
+        let body = Node::parse(payload).map_err(MessageError::Parse)?;
+        let event = Node::Object(vec![
+            ("Body".into(), body),
+            ("Properties".into(), Node::from_map(properties)),
+            ("SystemProperties".into(), Node::from_map(system_properties)),
+        ]);
+        self.normalize_node(&event, out)
+            .map_err(MessageError::Template)
+    }
+
+    /// [`Self::normalize_into`] on a [`Node`] (for mappings that [`Self::reads_trees`]).
+    pub fn normalize_node(
+        &self,
+        event: &Node<'_>,
+        out: &mut Vec<Measurement>,
+    ) -> Result<(), NormalizeError> {
+        assert!(self.reads_trees, "the mapping needs serde_json values");
+        let start = out.len();
+        let mut scanned = Vec::new();
+        if !self.scan.is_empty() {
+            self.scan.run(event, &mut scanned);
+        }
+        let mut last_time = None;
+        for t in &self.templates {
+            if let Err(e) = t.apply_node(event, &scanned, &mut last_time, out) {
+                out.truncate(start);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Normalizes one HL7 v2 message with the `Hl7v2Content` templates, appending to `out`
@@ -208,8 +328,18 @@ impl DeviceMapping {
         let start = out.len();
         let event_scope = Scope::json_value(event);
         let event_var = event_scope.var_cell().expect("a JSON scope");
+        let mut cx = Message {
+            event,
+            scope: &event_scope,
+            var: event_var,
+            last_time: None,
+        };
+        let mut scanned = Vec::new();
+        if !self.scan.is_empty() {
+            self.scan.run(event, &mut scanned);
+        }
         for t in &self.templates {
-            if let Err(e) = t.apply(event, &event_scope, event_var, out) {
+            if let Err(e) = t.apply(&mut cx, &scanned, out) {
                 out.truncate(start);
                 return Err(e);
             }
@@ -396,6 +526,7 @@ fn compile_entry(
         encounter_id,
         correlation_id,
         values,
+        scan_slot: None,
     })
 }
 
@@ -566,53 +697,112 @@ impl DeviceTemplate {
         }
     }
 
+    fn type_match(&self) -> Result<&Expr, NormalizeError> {
+        match &self.type_match {
+            Slot::Set(e) => Ok(e),
+            _ => Err(self.error(
+                "typeMatchExpression",
+                "an expression must be set for [TypeMatchExpression]",
+            )),
+        }
+    }
+
+    /// Whether every expression is a JSONPath the compiled matcher evaluates on any [`Tree`].
+    fn walks_any_tree(&self) -> bool {
+        let slots = [&self.type_match, &self.device_id, &self.patient_id]
+            .into_iter()
+            .chain([&self.encounter_id, &self.correlation_id])
+            .chain(&self.timestamp)
+            .chain(self.values.iter().map(|v| &v.expr));
+        self.kind != TemplateKind::Calculated
+            && slots.into_iter().all(|s| match s {
+                Slot::Set(Expr::Path(p)) => p.walks_any_tree(),
+                Slot::Set(Expr::Jmes(_)) => false,
+                Slot::Unset | Slot::Empty => true,
+            })
+    }
+
     fn apply<'a>(
         &self,
-        event: &'a Value,
-        event_scope: &'a Scope<'a>,
-        event_var: &'a OnceCell<jmespath::Rcvar>,
+        cx: &mut Message<'a>,
+        scanned: &[(usize, &'a Value)],
         out: &mut Vec<Measurement>,
     ) -> Result<(), NormalizeError> {
-        let type_match = match &self.type_match {
-            Slot::Set(e) => e,
-            _ => {
-                return Err(self.error(
-                    "typeMatchExpression",
-                    "an expression must be set for [TypeMatchExpression]",
-                ))
-            }
-        };
+        let type_match = self.type_match()?;
+        if let Some(slot) = self.scan_slot {
+            return (scanned.iter().filter(|(s, _)| *s == slot))
+                .try_for_each(|(_, m)| self.apply_match(Token::Json(m), cx, out));
+        }
         // Type matches see the raw event, never the matchedToken wrapper.
         let matches = type_match
-            .matches(event_scope)
+            .matches(cx.scope)
             .map_err(|e| self.error("typeMatchExpression", e.to_string()))?;
         for m in matches {
-            let scope = match self.kind {
-                TemplateKind::Calculated => Scope::Calculated {
-                    event,
-                    event_var,
-                    matched: MatchedToken::new(m),
-                    scoped_var: OnceCell::new(),
-                    scoped_json: OnceCell::new(),
-                },
-                _ => match m {
-                    Token::Json(v) => Scope::json_value(v),
-                    Token::Var(_) => unreachable!("JSONPath templates match JSON"),
-                },
-            };
-            out.push(self.measure(&scope)?);
+            self.apply_match(m, cx, out)?;
         }
         Ok(())
     }
 
-    fn measure(&self, scope: &Scope<'_>) -> Result<Measurement, NormalizeError> {
+    fn apply_node(
+        &self,
+        event: &Node<'_>,
+        scanned: &[(usize, &Node<'_>)],
+        last_time: &mut Option<(String, DateTime<Utc>)>,
+        out: &mut Vec<Measurement>,
+    ) -> Result<(), NormalizeError> {
+        let Expr::Path(type_match) = self.type_match()? else {
+            unreachable!("mappings read as trees are JSONPath only")
+        };
+        match self.scan_slot {
+            Some(slot) => {
+                for (_, m) in scanned.iter().filter(|(s, _)| *s == slot) {
+                    out.push(self.measure(&NodeLookup(m), last_time)?);
+                }
+            }
+            None => {
+                for m in type_match.select_tree(event) {
+                    out.push(self.measure(&NodeLookup(m), last_time)?);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_match(
+        &self,
+        m: Token<'_>,
+        cx: &mut Message<'_>,
+        out: &mut Vec<Measurement>,
+    ) -> Result<(), NormalizeError> {
+        let scope = match self.kind {
+            TemplateKind::Calculated => Scope::Calculated {
+                event: cx.event,
+                event_var: cx.var,
+                matched: MatchedToken::new(m),
+                scoped_var: OnceCell::new(),
+                scoped_json: OnceCell::new(),
+            },
+            _ => match m {
+                Token::Json(v) => Scope::json_value(v),
+                Token::Var(_) => unreachable!("JSONPath templates match JSON"),
+            },
+        };
+        out.push(self.measure(&scope, &mut cx.last_time)?);
+        Ok(())
+    }
+
+    fn measure(
+        &self,
+        scope: &impl Lookup,
+        last_time: &mut Option<(String, DateTime<Utc>)>,
+    ) -> Result<Measurement, NormalizeError> {
         let device_id = self.required_string(
             &self.device_id,
             "deviceIdExpression",
             "DeviceIdExpression",
             scope,
         )?;
-        let occurrence_time = self.timestamp(scope)?;
+        let occurrence_time = self.timestamp(scope, last_time)?;
         let patient_id = self.optional_string(&self.patient_id, "patientIdExpression", scope)?;
         let encounter_id =
             self.optional_string(&self.encounter_id, "encounterIdExpression", scope)?;
@@ -629,8 +819,8 @@ impl DeviceTemplate {
         for v in &self.values {
             let field = || format!("values[{}]", v.name);
             let found = match &v.expr {
-                Slot::Set(e) => e
-                    .single(scope)
+                Slot::Set(e) => scope
+                    .text(e)
                     .map_err(|e| self.error(field(), e.to_string()))?,
                 _ => {
                     return Err(
@@ -638,7 +828,7 @@ impl DeviceTemplate {
                     )
                 }
             };
-            match found.as_deref().and_then(value_string) {
+            match found {
                 Some(s) if !s.trim().is_empty() => properties.push((v.name.clone(), s)),
                 _ if v.required => {
                     return Err(self.error(
@@ -670,20 +860,16 @@ impl DeviceTemplate {
         &self,
         slot: &Slot,
         field: &str,
-        scope: &Scope<'_>,
+        scope: &impl Lookup,
     ) -> Result<Option<String>, NormalizeError> {
         match slot {
             Slot::Unset => Ok(None),
             Slot::Empty => {
                 Err(self.error(field, format!("an expression must be set for [{field}]")))
             }
-            Slot::Set(e) => e
-                .single(scope)
-                .map(|v| {
-                    v.as_deref()
-                        .and_then(value_string)
-                        .filter(|s| !s.trim().is_empty())
-                })
+            Slot::Set(e) => scope
+                .text(e)
+                .map(|v| v.filter(|s| !s.trim().is_empty()))
                 .map_err(|err| self.error(field, err.to_string())),
         }
     }
@@ -692,7 +878,7 @@ impl DeviceTemplate {
         &self,
         slot: &Slot,
         field: &str,
-        scope: &Scope<'_>,
+        scope: &impl Lookup,
     ) -> Result<Option<String>, NormalizeError> {
         self.eval(slot, field, scope)
     }
@@ -702,7 +888,7 @@ impl DeviceTemplate {
         slot: &Slot,
         field: &str,
         label: &str,
-        scope: &Scope<'_>,
+        scope: &impl Lookup,
     ) -> Result<String, NormalizeError> {
         self.eval(slot, field, scope)?.ok_or_else(|| {
             self.error(
@@ -715,10 +901,26 @@ impl DeviceTemplate {
         })
     }
 
-    fn timestamp(&self, scope: &Scope<'_>) -> Result<DateTime<Utc>, NormalizeError> {
+    /// The event time; `last` keeps the message's last parsed timestamp, since its templates
+    /// usually all read the same one.
+    fn timestamp(
+        &self,
+        scope: &impl Lookup,
+        last: &mut Option<(String, DateTime<Utc>)>,
+    ) -> Result<DateTime<Utc>, NormalizeError> {
         for slot in &self.timestamp {
             if let Some(s) = self.eval(slot, "timestampExpression", scope)? {
-                return crate::time::parse_timestamp(&s).ok_or_else(|| {
+                if let Some((text, t)) = last {
+                    if *text == s {
+                        return Ok(*t);
+                    }
+                }
+                let parsed = crate::time::parse_timestamp(&s);
+                if let Some(t) = parsed {
+                    *last = Some((s, t));
+                    return Ok(t);
+                }
+                return parsed.ok_or_else(|| {
                     self.error(
                         "timestampExpression",
                         format!("\"{s}\" is not a valid date-time"),
@@ -749,28 +951,7 @@ fn slot_source(slot: &Slot) -> Cow<'_, str> {
 /// A selected token as the connector stores it: strings verbatim, numbers in plain decimal,
 /// booleans as .NET prints them; `None` for null.
 pub fn value_string(v: &Value) -> Option<String> {
-    match v {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(match (n.as_i64(), n.as_u64(), n.as_f64()) {
-            (Some(i), _, _) => i.to_string(),
-            (_, Some(u), _) => u.to_string(),
-            (_, _, Some(f)) => dotnet_double(f),
-            _ => n.to_string(),
-        }),
-        Value::Bool(true) => Some("True".into()),
-        Value::Bool(false) => Some("False".into()),
-        other => Some(other.to_string()),
-    }
-}
-
-/// .NET prints whole doubles without a fraction (`50`, not `50.0`).
-fn dotnet_double(f: f64) -> String {
-    if f.fract() == 0.0 && f.abs() < 1e15 {
-        format!("{}", f as i64)
-    } else {
-        format!("{f}")
-    }
+    v.text()
 }
 
 /// Why an HL7 v2 message made no measurements.

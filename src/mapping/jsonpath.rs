@@ -10,6 +10,7 @@
 //!   (`@name`, `$.['a b']`, no leading `$`) and re-ordering its results into Newtonsoft's
 //!   document order. It is also the reference the compiled matcher is tested against.
 
+use super::tree::{Scalar, Tree};
 use jsonpath_rust::parser::model::JpQuery;
 use jsonpath_rust::parser::parse_json_path;
 use jsonpath_rust::query::js_path_process;
@@ -149,6 +150,36 @@ impl JsonPath {
         single(|f| self.for_each(root, f))
     }
 
+    /// Whether [`Self::select_tree`] and [`Self::select_single_tree`] can evaluate it: the
+    /// compiled matcher walks any [`Tree`], jsonpath-rust only `serde_json::Value`.
+    pub fn walks_any_tree(&self) -> bool {
+        self.is_compiled()
+    }
+
+    /// [`Self::select`] on any tree; only for paths that [`Self::walks_any_tree`].
+    pub fn select_tree<'a, T: Tree>(&self, root: &'a T) -> Vec<&'a T> {
+        let mut out = Vec::new();
+        walk(self.compiled_segments(), root, &mut |v| {
+            out.push(v);
+            true
+        });
+        out
+    }
+
+    /// [`Self::select_single`] on any tree; only for paths that [`Self::walks_any_tree`].
+    pub fn select_single_tree<'a, T: Tree>(&self, root: &'a T) -> Result<Option<&'a T>, usize> {
+        single(|f| {
+            walk(self.compiled_segments(), root, f);
+        })
+    }
+
+    fn compiled_segments(&self) -> &[Seg] {
+        match &self.engine {
+            Engine::Compiled(segs) => segs,
+            Engine::Library(_) => panic!("`{}` needs jsonpath-rust: a Value tree", self.source),
+        }
+    }
+
     /// Single selection against a calculated-content scope: `event` plus `{"matchedToken": matched}`.
     ///
     /// Paths that start with a child name are resolved without copying the event; only other
@@ -196,10 +227,78 @@ impl JsonPath {
     }
 }
 
+/// Several `$..[?(filter)]` paths (the usual type match) evaluated together in one pre-order
+/// walk of a message, instead of one walk per template.
+#[derive(Debug, Clone, Default)]
+pub struct ScanSet {
+    filters: Vec<Filter>,
+    /// `(name, slot)` of the filters that only ask for a member, `$..[?(@name)]`: an object's
+    /// members are compared with them once, not looked up once per filter.
+    members: Vec<(String, usize)>,
+    /// The slots of the other filters, evaluated on every node.
+    others: Vec<usize>,
+}
+
+impl ScanSet {
+    /// Takes `path` into the set when it is exactly `$..[?(filter)]` on the compiled matcher,
+    /// returning its slot; other paths are left to [`JsonPath::select`].
+    pub fn add(&mut self, path: &JsonPath) -> Option<usize> {
+        match &path.engine {
+            Engine::Compiled(segs) => match segs.as_slice() {
+                [Seg::ScanFilter(f)] if self.filters.len() < 64 => {
+                    let slot = self.filters.len();
+                    match f {
+                        Filter::Exists(steps) if matches!(steps.as_slice(), [Step::Name(_)]) => {
+                            let [Step::Name(n)] = steps.as_slice() else {
+                                unreachable!()
+                            };
+                            self.members.push((n.clone(), slot));
+                        }
+                        _ => self.others.push(slot),
+                    }
+                    self.filters.push(f.clone());
+                    Some(slot)
+                }
+                _ => None,
+            },
+            Engine::Library(_) => None,
+        }
+    }
+
+    /// True when no path was taken.
+    pub fn is_empty(&self) -> bool {
+        self.filters.is_empty()
+    }
+
+    /// Appends `(slot, node)` for every match of every path, in document pre-order and, at one
+    /// node, in slot order: the matches of one slot come in the order `select` gives them.
+    pub fn run<'a, T: Tree>(&self, node: &'a T, found: &mut Vec<(usize, &'a T)>) {
+        // Bit `slot` set: the filter in that slot matches this node.
+        let mut matched = 0u64;
+        if !self.members.is_empty() {
+            for (k, _) in node.members() {
+                for (name, slot) in &self.members {
+                    if name.len() == k.len() && name == k {
+                        matched |= 1 << slot;
+                    }
+                }
+            }
+        }
+        for &slot in &self.others {
+            if self.filters[slot].matches(node) {
+                matched |= 1 << slot;
+            }
+        }
+        while matched != 0 {
+            found.push((matched.trailing_zeros() as usize, node));
+            matched &= matched - 1;
+        }
+        node.children().for_each(|v| self.run(v, found));
+    }
+}
+
 /// Runs a selection and keeps its only result; stops early at the second.
-fn single<'a>(
-    run: impl FnOnce(&mut dyn FnMut(&'a Value) -> bool),
-) -> Result<Option<&'a Value>, usize> {
+fn single<'a, T>(run: impl FnOnce(&mut dyn FnMut(&'a T) -> bool)) -> Result<Option<&'a T>, usize> {
     let mut first = None;
     let mut count = 0usize;
     run(&mut |v| {
@@ -265,81 +364,72 @@ fn sort_document_order(root: &Value, found: &mut Vec<&Value>) {
     found.dedup_by(|a, b| std::ptr::eq(*a, *b));
 }
 
-fn walk<'a>(segs: &[Seg], node: &'a Value, f: &mut dyn FnMut(&'a Value) -> bool) -> bool {
+fn walk<'a, T: Tree>(segs: &[Seg], node: &'a T, f: &mut dyn FnMut(&'a T) -> bool) -> bool {
     let Some((seg, rest)) = segs.split_first() else {
         return f(node);
     };
     match seg {
-        Seg::Name(name) => match node.get(name.as_str()) {
-            Some(v) if node.is_object() => walk(rest, v, f),
-            _ => true,
+        Seg::Name(name) => match node.member(name) {
+            Some(v) => walk(rest, v, f),
+            None => true,
         },
         Seg::Index(i) => match index(node, *i) {
             Some(v) => walk(rest, v, f),
             None => true,
         },
-        Seg::Wildcard => match node {
-            Value::Array(a) => a.iter().all(|v| walk(rest, v, f)),
-            Value::Object(o) => o.values().all(|v| walk(rest, v, f)),
-            _ => true,
-        },
+        Seg::Wildcard => node.children().all(|v| walk(rest, v, f)),
         // Enumerating a JObject yields JProperty tokens, which a filter never matches: filters
         // effectively apply to array elements only.
-        Seg::Filter(filter) => match node {
-            Value::Array(a) => a.iter().all(|v| !filter.matches(v) || walk(rest, v, f)),
-            _ => true,
+        Seg::Filter(filter) => match node.items() {
+            Some(a) => a.iter().all(|v| !filter.matches(v) || walk(rest, v, f)),
+            None => true,
         },
         Seg::ScanName(name) => scan_name(node, name, rest, f),
         Seg::ScanFilter(filter) => scan_filter(node, filter, rest, f),
     }
 }
 
-fn scan_name<'a>(
-    node: &'a Value,
+fn scan_name<'a, T: Tree>(
+    node: &'a T,
     name: &str,
     rest: &[Seg],
-    f: &mut dyn FnMut(&'a Value) -> bool,
+    f: &mut dyn FnMut(&'a T) -> bool,
 ) -> bool {
-    match node {
-        Value::Object(o) => o
-            .iter()
+    match node.items() {
+        Some(a) => a.iter().all(|v| scan_name(v, name, rest, f)),
+        None => node
+            .members()
             .all(|(k, v)| (k != name || walk(rest, v, f)) && scan_name(v, name, rest, f)),
-        Value::Array(a) => a.iter().all(|v| scan_name(v, name, rest, f)),
-        _ => true,
     }
 }
 
-fn scan_filter<'a>(
-    node: &'a Value,
+fn scan_filter<'a, T: Tree>(
+    node: &'a T,
     filter: &Filter,
     rest: &[Seg],
-    f: &mut dyn FnMut(&'a Value) -> bool,
+    f: &mut dyn FnMut(&'a T) -> bool,
 ) -> bool {
     if filter.matches(node) && !walk(rest, node, f) {
         return false;
     }
-    match node {
-        Value::Object(o) => o.values().all(|v| scan_filter(v, filter, rest, f)),
-        Value::Array(a) => a.iter().all(|v| scan_filter(v, filter, rest, f)),
-        _ => true,
-    }
+    node.children().all(|v| scan_filter(v, filter, rest, f))
 }
 
-fn index(node: &Value, i: i64) -> Option<&Value> {
-    let a = node.as_array()?;
+fn index<T: Tree>(node: &T, i: i64) -> Option<&T> {
+    let a = node.items()?;
     let i = if i < 0 { a.len() as i64 + i } else { i };
     usize::try_from(i).ok().and_then(|i| a.get(i))
 }
 
-fn resolve<'a>(node: &'a Value, steps: &[Step]) -> Option<&'a Value> {
+fn resolve<'a, T: Tree>(node: &'a T, steps: &[Step]) -> Option<&'a T> {
     steps.iter().try_fold(node, |v, s| match s {
-        Step::Name(n) => v.as_object().and_then(|o| o.get(n.as_str())),
+        Step::Name(n) => v.member(n),
         Step::Index(i) => index(v, *i),
     })
 }
 
 impl Filter {
-    fn matches(&self, node: &Value) -> bool {
+    fn matches<T: Tree>(&self, node: &T) -> bool {
         match self {
             Filter::Or(fs) => fs.iter().any(|f| f.matches(node)),
             Filter::And(fs) => fs.iter().all(|f| f.matches(node)),
@@ -359,21 +449,21 @@ impl Filter {
 }
 
 impl Operand {
-    fn value<'a>(&'a self, node: &'a Value) -> Option<&'a Value> {
+    fn value<'a, T: Tree>(&'a self, node: &'a T) -> Option<Scalar<'a>> {
         match self {
-            Operand::Path(steps) => resolve(node, steps),
-            Operand::Lit(v) => Some(v),
+            Operand::Path(steps) => resolve(node, steps).map(Tree::scalar),
+            Operand::Lit(v) => Some(v.scalar()),
         }
     }
 }
 
-fn compare(l: &Value, op: CmpOp, r: &Value) -> bool {
+fn compare(l: Scalar<'_>, op: CmpOp, r: Scalar<'_>) -> bool {
     use std::cmp::Ordering;
     let ord = match (l, r) {
-        (Value::Number(a), Value::Number(b)) => a.as_f64().partial_cmp(&b.as_f64()),
-        (Value::String(a), Value::String(b)) => Some(a.cmp(b)),
-        (Value::Bool(a), Value::Bool(b)) => Some(a.cmp(b)),
-        (Value::Null, Value::Null) => Some(Ordering::Equal),
+        (Scalar::Num(a), Scalar::Num(b)) => a.partial_cmp(&b),
+        (Scalar::Str(a), Scalar::Str(b)) => Some(a.cmp(b)),
+        (Scalar::Bool(a), Scalar::Bool(b)) => Some(a.cmp(&b)),
+        (Scalar::Null, Scalar::Null) => Some(Ordering::Equal),
         _ => None,
     };
     match (op, ord) {
@@ -800,6 +890,56 @@ mod tests {
         let b: Vec<Value> = lib.select(doc).into_iter().cloned().collect();
         assert_eq!(a, b, "compiled and jsonpath-rust disagree on {path}");
         a
+    }
+
+    #[test]
+    fn scan_set_gives_each_path_what_select_gives() {
+        let doc = json!({"a": {"hr": 1, "x": [{"hr": 2, "sp": 3}, {"sp": null}]}, "hr": 0,
+            "arr": [[1], {"sp": 4, "hr": 5}]});
+        let paths = [
+            "$..[?(@hr)]",
+            "$..[?(@sp)]",
+            "$..[?(@sp == 4 || @hr < 2)]",
+            "$..[?(@[0])]",
+        ];
+        let mut set = ScanSet::default();
+        let compiled: Vec<JsonPath> = paths
+            .iter()
+            .map(|p| JsonPath::compile(p).unwrap())
+            .collect();
+        let slots: Vec<usize> = compiled.iter().map(|p| set.add(p).unwrap()).collect();
+        assert!(set.add(&JsonPath::compile("$.a.hr").unwrap()).is_none());
+        let mut found = Vec::new();
+        set.run(&doc, &mut found);
+        for (path, slot) in compiled.iter().zip(slots) {
+            let shared: Vec<&Value> = found
+                .iter()
+                .filter(|(s, _)| *s == slot)
+                .map(|(_, v)| *v)
+                .collect();
+            assert_eq!(shared, path.select(&doc), "{}", path.source());
+            assert!(!shared.is_empty(), "{}", path.source());
+        }
+        // The same on a message parsed as the job parses it.
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        let node = crate::mapping::tree::Node::parse(&bytes).unwrap();
+        let mut on_node = Vec::new();
+        set.run(&node, &mut on_node);
+        let as_values = |f: Vec<(usize, &crate::mapping::tree::Node)>| -> Vec<(usize, Value)> {
+            f.into_iter().map(|(s, n)| (s, n.to_value())).collect()
+        };
+        let on_value: Vec<(usize, Value)> =
+            found.into_iter().map(|(s, v)| (s, v.clone())).collect();
+        assert_eq!(as_values(on_node), on_value);
+        for path in &compiled {
+            let tree: Vec<Value> = path
+                .select_tree(&node)
+                .into_iter()
+                .map(|n| n.to_value())
+                .collect();
+            let value: Vec<Value> = path.select(&doc).into_iter().cloned().collect();
+            assert_eq!(tree, value, "{}", path.source());
+        }
     }
 
     #[test]

@@ -7,8 +7,9 @@ pub mod fhir;
 pub mod hl7;
 pub mod jmes;
 pub mod jsonpath;
+pub mod tree;
 
-pub use device::{DeviceMapping, Hl7Error};
+pub use device::{DeviceMapping, Hl7Error, MessageError};
 pub use error::NormalizeError;
 pub use error::{TemplateError, TemplateErrors};
 pub use fhir::FhirMapping;

@@ -1,0 +1,424 @@
+//! A message parsed once for normalization ([`Node`]), and what the compiled JSONPath matcher
+//! needs of a JSON tree ([`Tree`]), so the same matcher walks a `serde_json::Value` (template
+//! files, calculated templates, the CLI) or a `Node` (every message the job reads).
+//!
+//! A `Node` borrows its strings from the message bytes and keeps object members in a vector:
+//! `serde_json::Value` with `preserve_order` hashes every key with SipHash on insert and on
+//! every lookup, which was a third of the time spent normalizing a bedside message
+//! (docs/performance.md). Members keep document order, and a repeated key replaces the
+//! earlier value in its place, as `serde_json::Value` does.
+
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+use serde_json::{Map, Number, Value};
+use std::borrow::Cow;
+
+/// A JSON value borrowing from the bytes it was parsed from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Node<'a> {
+    /// `null`.
+    Null,
+    /// `true` / `false`.
+    Bool(bool),
+    /// A number, as `serde_json` reads it.
+    Number(Number),
+    /// A string (borrowed unless it had escapes).
+    String(Cow<'a, str>),
+    /// An array.
+    Array(Vec<Node<'a>>),
+    /// An object, members in document order.
+    Object(Vec<(Cow<'a, str>, Node<'a>)>),
+}
+
+/// A scalar as filters compare it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scalar<'a> {
+    /// `null`.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A number, compared as a double (as Newtonsoft does).
+    Num(f64),
+    /// A string.
+    Str(&'a str),
+    /// An array or object: equal to nothing.
+    Composite,
+}
+
+/// What the compiled JSONPath matcher reads of a JSON tree.
+pub trait Tree: Sized {
+    /// The member `name` of an object; `None` for anything else.
+    fn member(&self, name: &str) -> Option<&Self>;
+    /// The items of an array.
+    fn items(&self) -> Option<&[Self]>;
+    /// An object's members in document order (nothing for other values).
+    fn members(&self) -> impl Iterator<Item = (&str, &Self)>;
+    /// An object's member values or an array's items, in document order.
+    fn children(&self) -> impl Iterator<Item = &Self>;
+    /// The value as a filter compares it.
+    fn scalar(&self) -> Scalar<'_>;
+    /// The value as the connector stores a selected token (`None` for null): strings
+    /// verbatim, numbers in plain decimal, booleans as .NET prints them, JSON otherwise.
+    fn text(&self) -> Option<String>;
+}
+
+impl Tree for Value {
+    fn member(&self, name: &str) -> Option<&Self> {
+        self.as_object()?.get(name)
+    }
+
+    fn items(&self) -> Option<&[Self]> {
+        self.as_array().map(Vec::as_slice)
+    }
+
+    fn members(&self) -> impl Iterator<Item = (&str, &Self)> {
+        (self.as_object().into_iter()).flat_map(|o| o.iter().map(|(k, v)| (k.as_str(), v)))
+    }
+
+    fn children(&self) -> impl Iterator<Item = &Self> {
+        let (object, array) = match self {
+            Value::Object(o) => (Some(o.values()), None),
+            Value::Array(a) => (None, Some(a.iter())),
+            _ => (None, None),
+        };
+        object
+            .into_iter()
+            .flatten()
+            .chain(array.into_iter().flatten())
+    }
+
+    fn scalar(&self) -> Scalar<'_> {
+        match self {
+            Value::Null => Scalar::Null,
+            Value::Bool(b) => Scalar::Bool(*b),
+            Value::Number(n) => Scalar::Num(n.as_f64().unwrap_or(f64::NAN)),
+            Value::String(s) => Scalar::Str(s),
+            _ => Scalar::Composite,
+        }
+    }
+
+    fn text(&self) -> Option<String> {
+        match self {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(number_text(n)),
+            Value::Bool(b) => Some(bool_text(*b)),
+            other => Some(other.to_string()),
+        }
+    }
+}
+
+impl Tree for Node<'_> {
+    fn member(&self, name: &str) -> Option<&Self> {
+        match self {
+            Node::Object(members) => members.iter().find(|(k, _)| k == name).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    fn items(&self) -> Option<&[Self]> {
+        match self {
+            Node::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    fn members(&self) -> impl Iterator<Item = (&str, &Self)> {
+        let members = match self {
+            Node::Object(m) => m.as_slice(),
+            _ => &[],
+        };
+        members.iter().map(|(k, v)| (&**k, v))
+    }
+
+    fn children(&self) -> impl Iterator<Item = &Self> {
+        let (object, array): (&[(Cow<'_, str>, Node<'_>)], &[Node<'_>]) = match self {
+            Node::Object(m) => (m, &[]),
+            Node::Array(a) => (&[], a),
+            _ => (&[], &[]),
+        };
+        object.iter().map(|(_, v)| v).chain(array)
+    }
+
+    fn scalar(&self) -> Scalar<'_> {
+        match self {
+            Node::Null => Scalar::Null,
+            Node::Bool(b) => Scalar::Bool(*b),
+            Node::Number(n) => Scalar::Num(n.as_f64().unwrap_or(f64::NAN)),
+            Node::String(s) => Scalar::Str(s),
+            _ => Scalar::Composite,
+        }
+    }
+
+    fn text(&self) -> Option<String> {
+        match self {
+            Node::Null => None,
+            Node::String(s) => Some(s.to_string()),
+            Node::Number(n) => Some(number_text(n)),
+            Node::Bool(b) => Some(bool_text(*b)),
+            other => Some(serde_json::to_string(other).expect("a tree serializes")),
+        }
+    }
+}
+
+/// .NET prints whole doubles without a fraction (`50`, not `50.0`).
+fn number_text(n: &Number) -> String {
+    match (n.as_i64(), n.as_u64(), n.as_f64()) {
+        (Some(i), _, _) => i.to_string(),
+        (_, Some(u), _) => u.to_string(),
+        (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+        (_, _, Some(f)) => format!("{f}"),
+        _ => n.to_string(),
+    }
+}
+
+fn bool_text(b: bool) -> String {
+    if b { "True" } else { "False" }.to_string()
+}
+
+impl<'a> Node<'a> {
+    /// Parses message bytes, borrowing strings from them.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// An object of owned members (message properties), in the map's order.
+    pub fn from_map(map: Map<String, Value>) -> Node<'static> {
+        Node::Object(
+            map.into_iter()
+                .map(|(k, v)| (Cow::Owned(k), Node::from_value(v)))
+                .collect(),
+        )
+    }
+
+    /// The same value, owned.
+    pub fn from_value(v: Value) -> Node<'static> {
+        match v {
+            Value::Null => Node::Null,
+            Value::Bool(b) => Node::Bool(b),
+            Value::Number(n) => Node::Number(n),
+            Value::String(s) => Node::String(Cow::Owned(s)),
+            Value::Array(a) => Node::Array(a.into_iter().map(Node::from_value).collect()),
+            Value::Object(o) => Node::from_map(o),
+        }
+    }
+
+    /// The same value as a `serde_json::Value`.
+    pub fn to_value(&self) -> Value {
+        match self {
+            Node::Null => Value::Null,
+            Node::Bool(b) => Value::Bool(*b),
+            Node::Number(n) => Value::Number(n.clone()),
+            Node::String(s) => Value::String(s.to_string()),
+            Node::Array(a) => Value::Array(a.iter().map(Node::to_value).collect()),
+            Node::Object(m) => Value::Object(
+                m.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_value()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+impl Serialize for Node<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Node::Null => s.serialize_unit(),
+            Node::Bool(b) => s.serialize_bool(*b),
+            Node::Number(n) => n.serialize(s),
+            Node::String(v) => s.serialize_str(v),
+            Node::Array(a) => {
+                let mut seq = s.serialize_seq(Some(a.len()))?;
+                for v in a {
+                    seq.serialize_element(v)?;
+                }
+                seq.end()
+            }
+            Node::Object(m) => {
+                let mut map = s.serialize_map(Some(m.len()))?;
+                for (k, v) in m {
+                    map.serialize_entry(&**k, v)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+/// Objects up to this many members find a repeated key by comparing; larger ones by hashing.
+const LINEAR_MEMBERS: usize = 32;
+
+impl<'de> Deserialize<'de> for Node<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NodeVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+impl<'de> Visitor<'de> for NodeVisitor {
+    type Value = Node<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Node<'de>, E> {
+        Ok(Node::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Node<'de>, E> {
+        Ok(Node::Null)
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Node<'de>, E> {
+        Ok(Node::Bool(b))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Node<'de>, E> {
+        Ok(Node::Number(n.into()))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Node<'de>, E> {
+        Ok(Node::Number(n.into()))
+    }
+
+    fn visit_f64<E>(self, n: f64) -> Result<Node<'de>, E> {
+        Ok(Number::from_f64(n).map_or(Node::Null, Node::Number))
+    }
+
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Node<'de>, E> {
+        Ok(Node::String(Cow::Borrowed(s)))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Node<'de>, E> {
+        Ok(Node::String(Cow::Owned(s.to_string())))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Node<'de>, E> {
+        Ok(Node::String(Cow::Owned(s)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(v) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Node::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
+        let mut members: Vec<(Cow<'de, str>, Node<'de>)> = Vec::new();
+        let mut repeated = false;
+        while let Some(Key(k)) = map.next_key()? {
+            let v: Node<'de> = map.next_value()?;
+            if members.len() < LINEAR_MEMBERS {
+                if let Some(m) = members.iter_mut().find(|(m, _)| *m == k) {
+                    m.1 = v;
+                    continue;
+                }
+            } else {
+                repeated = true;
+            }
+            members.push((k, v));
+        }
+        if repeated {
+            dedup_members(&mut members);
+        }
+        Ok(Node::Object(members))
+    }
+}
+
+/// A large object's repeated keys: the last value, in the first one's place.
+fn dedup_members(members: &mut Vec<(Cow<'_, str>, Node<'_>)>) {
+    let mut first: std::collections::HashMap<String, usize> = Default::default();
+    let mut keep = vec![true; members.len()];
+    for i in 0..members.len() {
+        match first.get(&*members[i].0) {
+            Some(&j) => {
+                members[j].1 = std::mem::replace(&mut members[i].1, Node::Null);
+                keep[i] = false;
+            }
+            None => {
+                first.insert(members[i].0.to_string(), i);
+            }
+        }
+    }
+    let mut i = 0;
+    members.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
+}
+
+/// An object key, borrowed unless it had escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s.to_string())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_as_serde_json_does_including_repeated_keys() {
+        let mut big = String::from("{");
+        for i in 0..40 {
+            big.push_str(&format!("\"k{}\": {i},", i % 35));
+        }
+        big.push_str("\"z\": 1}");
+        for text in [
+            r#"{"a": 1, "b": [true, null, 2.5, -3, "x\"y"], "a": {"c": "d"}, "e": 1e3}"#,
+            r#"[18446744073709551615, 0.1, "", {}]"#,
+            &big,
+        ] {
+            let value: Value = serde_json::from_str(text).unwrap();
+            let node = Node::parse(text.as_bytes()).unwrap();
+            assert_eq!(node.to_value(), value, "{text}");
+            assert_eq!(serde_json::to_string(&node).unwrap(), value.to_string());
+            assert_eq!(Node::from_value(value.clone()), node);
+        }
+        assert!(Node::parse(b"{\"a\": }").is_err());
+    }
+
+    #[test]
+    fn text_and_scalars_agree_between_trees() {
+        let text = r#"{"s": "v", "i": -5, "u": 18446744073709551615, "f": 50.0, "g": 2.5,
+            "t": true, "n": null, "o": {"x": [1, "2"]}}"#;
+        let value: Value = serde_json::from_str(text).unwrap();
+        let node = Node::parse(text.as_bytes()).unwrap();
+        let keys: Vec<&str> = value.members().map(|(k, _)| k).collect();
+        assert_eq!(keys, node.members().map(|(k, _)| k).collect::<Vec<_>>());
+        for k in keys {
+            let (a, b) = (value.member(k).unwrap(), node.member(k).unwrap());
+            assert_eq!(a.text(), b.text(), "{k}");
+            assert_eq!(a.scalar(), b.scalar(), "{k}");
+        }
+        assert_eq!(value.member("f").unwrap().text().unwrap(), "50");
+        assert_eq!(
+            node.member("o").unwrap().text().unwrap(),
+            r#"{"x":[1,"2"]}"#
+        );
+        assert_eq!(node.children().count(), 8);
+    }
+}
