@@ -124,6 +124,8 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
             let mut interval = every;
             let mut clock = Watermark::new(peers);
             let mut pending: EpochGate<Measurement, (usize, Mark)> = EpochGate::new();
+            // Epochs complete at both inputs, the front one possibly applied in part.
+            let mut applying = std::collections::VecDeque::new();
             let mut alerts = Vec::new();
             let mut waiting = 0u64;
             let mut patients = 0u64;
@@ -138,28 +140,44 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                 }
                 input.for_each_time(|time, data| pending.hold_a(time, data));
                 marks.for_each_time(|time, data| pending.hold_b(time, data));
-                for epoch in pending.complete(f1, f2) {
-                    let (cap, ms, ks) = (epoch.cap, epoch.a, epoch.b);
-                    let (version, set) = rules.get();
-                    if version != seen {
-                        seen = version;
-                        state.set_rules(set, &mut alerts);
+                applying.extend(
+                    pending
+                        .complete(f1, f2)
+                        .into_iter()
+                        .map(|e| (e.cap, Some((e.a, e.b)))),
+                );
+                // Epochs strictly in order, each taken in whole before the next: the same
+                // steps as applying each at once, spread over activations by `FUEL`.
+                let mut fuel = FUEL;
+                while let Some((cap, taken)) = applying.front_mut() {
+                    if let Some((ms, ks)) = taken.take() {
+                        let (version, set) = rules.get();
+                        if version != seen {
+                            seen = version;
+                            state.set_rules(set, &mut alerts);
+                        }
+                        for m in ms {
+                            state.add(m);
+                        }
+                        alerts.extend(state.take_acks());
+                        for (worker, mark) in ks {
+                            clock.update(worker, mark);
+                        }
+                        if let Some(w) = clock.current() {
+                            state.aim(w);
+                        }
                     }
-                    for m in ms {
-                        state.add(m);
-                    }
-                    alerts.extend(state.take_acks());
-                    for (worker, mark) in ks {
-                        clock.update(worker, mark);
-                    }
-                    if let Some(w) = clock.current() {
-                        state.advance(w, &mut alerts);
-                    }
+                    let done = state.run(&mut fuel, &mut alerts);
                     if !alerts.is_empty() {
                         output
-                            .session(&cap)
+                            .session(&*cap)
                             .give_iterator(alerts.drain(..).map(Out::Alert));
                     }
+                    if !done {
+                        activator.activate();
+                        break;
+                    }
+                    applying.pop_front();
                 }
                 let now = state.waiting() as u64;
                 metrics.alert_inputs_waiting.fetch_add(
@@ -176,6 +194,10 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                 let Some(cap) = spare.as_mut() else {
                     return;
                 };
+                if !applying.is_empty() {
+                    // A snapshot covers whole epochs only; this one goes on next activation.
+                    return;
+                }
                 // Every epoch before the input frontier is applied: a snapshot now covers
                 // them all, and is given at the frontier.
                 let frontier = f1
@@ -228,6 +250,11 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
         },
     )
 }
+
+/// Readings, timers and forgotten patients applied per activation at most: a watermark that
+/// jumps (a partition catching up) releases tens of thousands of readings at once, which
+/// took the worker for half a second and held up reading the input behind them.
+const FUEL: usize = 2_000;
 
 /// Where this run's alerting checkpoints go: (directory, the input they belong to).
 fn checkpoint_place((dir, source): (PathBuf, String), peers: usize) -> super::alert_state::Place {

@@ -55,6 +55,8 @@ pub struct PatientAlerts {
     arrivals: u64,
     /// Event time everything up to which has been applied.
     applied: Option<i64>,
+    /// Event time being applied up to, while [`Self::run`] has not got there.
+    target: Option<i64>,
     changes: Vec<Change>,
     judged: Vec<(String, Verdict)>,
     metrics: Arc<Metrics>,
@@ -93,6 +95,7 @@ impl PatientAlerts {
             bucket: Vec::new(),
             arrivals: 0,
             applied: None,
+            target: None,
             changes,
             judged: Vec::new(),
             metrics,
@@ -373,8 +376,34 @@ impl PatientAlerts {
     }
 
     /// Applies everything waiting at or before `to`, firing timers at their deadlines in
-    /// between; alerts go to `out`.
+    /// between; alerts go to `out` (all at once: the operator runs on fuel instead).
+    #[cfg(test)]
     pub fn advance(&mut self, to: i64, out: &mut Vec<Alert>) {
+        self.aim(to);
+        let mut unlimited = usize::MAX;
+        self.run(&mut unlimited, out);
+    }
+
+    /// Sets the event time [`Self::run`] applies up to.
+    pub fn aim(&mut self, to: i64) {
+        self.target = Some(self.target.map_or(to, |t| t.max(to)));
+    }
+
+    /// Whether [`Self::run`] has not yet applied everything up to its aim.
+    #[cfg(test)]
+    pub fn running(&self) -> bool {
+        self.target.is_some()
+    }
+
+    /// Applies what [`Self::aim`] asks for, one reading, timer or forgotten patient per unit
+    /// of `fuel`: false when the fuel ran out first (call again, with nothing else between,
+    /// to go on exactly where it stopped). A caller with many readings due at once (the
+    /// watermark jumping) spreads them over activations, so the worker's other operators
+    /// (reading and normalizing the input) run in between.
+    pub fn run(&mut self, fuel: &mut usize, out: &mut Vec<Alert>) -> bool {
+        let Some(to) = self.target else {
+            return true;
+        };
         let stale_after = self.judge.stale_after();
         loop {
             let next_m = match self.bucket.last() {
@@ -389,6 +418,10 @@ impl PatientAlerts {
             if let Some((due, patient)) = self.idle.first().cloned() {
                 let first = [next_m, next_t].into_iter().flatten().all(|t| due < t);
                 if due <= to && first {
+                    if *fuel == 0 {
+                        return false;
+                    }
+                    *fuel -= 1;
                     self.dirty = true;
                     self.forget(due, patient, out);
                     continue;
@@ -398,6 +431,10 @@ impl PatientAlerts {
                 (None, None) => break,
                 // Timers due at a measurement's time fire first: the condition held until then.
                 (m, Some(t)) if m.is_none_or(|m| t <= m) => {
+                    if *fuel == 0 {
+                        return false;
+                    }
+                    *fuel -= 1;
                     self.dirty = true;
                     self.vitals
                         .check(t, stale_after, &self.rules, &self.names, &mut self.changes);
@@ -405,6 +442,10 @@ impl PatientAlerts {
                     self.lifecycle.advance(t, out);
                 }
                 _ => {
+                    if *fuel == 0 {
+                        return false;
+                    }
+                    *fuel -= 1;
                     self.dirty = true;
                     if self.bucket.is_empty() {
                         self.fill_bucket();
@@ -427,6 +468,8 @@ impl PatientAlerts {
         }
         // The clock alone moving (an idle ward) changes nothing worth a checkpoint.
         self.applied = Some(self.applied.map_or(to, |a| a.max(to)));
+        self.target = None;
+        true
     }
 
     /// Judges the signals the last changes touched, patient by patient, at `now`.
@@ -572,5 +615,51 @@ mod tests {
             "everyone else forgotten: {}",
             s.patients()
         );
+    }
+
+    #[test]
+    fn running_on_little_fuel_gives_what_advancing_at_once_gives() {
+        // Episodes, recoveries, silences and forgetting, for a few patients, with the
+        // watermark jumping over all of it at once.
+        let feed = |s: &mut PatientAlerts| {
+            let t0 = 1_800_000_000_000;
+            for p in 0..6i64 {
+                for k in 0..600i64 {
+                    let dip = (100..300).contains(&k) && p % 2 == 0;
+                    let gap = (400..470).contains(&k) && p == 3;
+                    if !gap {
+                        let spo2 = if dip { 84.0 } else { 97.0 };
+                        s.add(reading(&format!("P-{p}"), t0 + k * 1000, spo2));
+                    }
+                }
+            }
+            t0 + 3 * 3_600_000
+        };
+        let mut at_once = state(std::time::Duration::from_secs(3600));
+        let to = feed(&mut at_once);
+        let mut expected = Vec::new();
+        at_once.advance(to, &mut expected);
+        assert!(
+            expected.len() >= 6,
+            "episodes opened and closed: {expected:?}"
+        );
+        let mut stepped = state(std::time::Duration::from_secs(3600));
+        feed(&mut stepped);
+        stepped.aim(to);
+        let (mut got, mut runs) = (Vec::new(), 0);
+        loop {
+            runs += 1;
+            let mut fuel = 7;
+            if stepped.run(&mut fuel, &mut got) {
+                break;
+            }
+            assert_eq!(fuel, 0, "stopped only for lack of fuel");
+            assert!(stepped.running());
+        }
+        assert!(runs > 100, "{runs} runs");
+        assert!(!stepped.running());
+        assert_eq!(got, expected);
+        assert_eq!(stepped.applied(), at_once.applied());
+        assert_eq!(stepped.patients(), at_once.patients());
     }
 }
