@@ -31,8 +31,10 @@ use crate::anomaly::lifecycle::Alert;
 use crate::anomaly::reload::Rules;
 use crate::metrics::Metrics;
 use crate::model::Measurement;
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 use timely::container::CapacityContainerBuilder;
@@ -74,6 +76,8 @@ pub(super) struct Settings {
     pub metrics: Arc<Metrics>,
     /// To fail the job on an unreadable checkpoint.
     pub control: Arc<Control>,
+    /// Epochs taken in and not yet applied, for this worker's source to wait on.
+    pub behind: Rc<Cell<usize>>,
 }
 
 /// Builds the alerting branch on a worker's measurements and the workers' clock marks;
@@ -85,6 +89,7 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
     s: Settings,
 ) -> Stream<G, Out> {
     let (rules, every) = (s.rules, s.checkpoint_every);
+    let behind = s.behind;
     let scope = measurements.scope();
     let (peers, index) = (scope.peers(), scope.index());
     let exchange = Exchange::new(|m: &Measurement| route(m.patient_id.as_deref().unwrap_or("")));
@@ -179,6 +184,7 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                     }
                     applying.pop_front();
                 }
+                behind.set(applying.len());
                 let now = state.waiting() as u64;
                 metrics.alert_inputs_waiting.fetch_add(
                     now.wrapping_sub(waiting),

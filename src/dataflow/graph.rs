@@ -81,6 +81,7 @@ pub(super) fn run_worker<A: Allocate>(
         metrics: shared.metrics.clone(),
         acks_topic: shared.acks_topic.as_deref().map(Arc::from),
     };
+    let behind = super::operators::Behind::default();
     worker.dataflow::<u64, _, _>(|scope| {
         let raw = source_operator(
             scope,
@@ -89,6 +90,7 @@ pub(super) fn run_worker<A: Allocate>(
             clock.clone(),
             reading,
             control.clone(),
+            behind.clone(),
         );
         let (judged, dead) = normalize_operator(&raw, clock.clone(), normalizer);
         // Acknowledgements go to alerting only: no window, table or board takes them.
@@ -114,6 +116,7 @@ pub(super) fn run_worker<A: Allocate>(
                 forget_after: job.horizon,
                 metrics: shared.metrics.clone(),
                 control: control.clone(),
+                behind: behind.clone(),
             }),
             _ => None,
         };

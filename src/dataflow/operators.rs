@@ -72,6 +72,13 @@ pub(super) struct Reading {
     pub(super) max_durable_lag: Duration,
 }
 
+/// Epochs alerting has taken in and not applied yet: the source reads no further while it
+/// is more than [`MAX_BEHIND`], so input waits in the broker, not in the worker's memory.
+pub(super) type Behind = std::rc::Rc<std::cell::Cell<usize>>;
+
+/// See [`Behind`].
+const MAX_BEHIND: usize = 2;
+
 /// Reads the worker's share of the input in epochs, and commits positions as the probe
 /// reports epochs durable.
 pub(super) fn source_operator<G: Scope<Timestamp = u64>>(
@@ -81,6 +88,7 @@ pub(super) fn source_operator<G: Scope<Timestamp = u64>>(
     clock: Rc<RefCell<InputClock>>,
     reading: Reading,
     control: Arc<Control>,
+    alerting: Behind,
 ) -> Stream<G, RawMessage> {
     let epoch_len = reading.epoch;
     let batch = reading.batch_size;
@@ -126,6 +134,10 @@ pub(super) fn source_operator<G: Scope<Timestamp = u64>>(
             }
             if behind && !control.stopping() {
                 activator.activate_after(Duration::from_millis(100));
+                return;
+            }
+            if alerting.get() > MAX_BEHIND && !control.stopping() {
+                activator.activate_after(Duration::from_millis(1));
                 return;
             }
             let state = if control.stopping() {
@@ -591,6 +603,7 @@ mod tests {
                     clock.clone(),
                     reading,
                     control.clone(),
+                    Behind::default(),
                 );
                 let sink = Gated {
                     open: gate,
