@@ -1,5 +1,6 @@
 //! Criterion micro-benchmarks of the job's hot stages after normalization: the window update
-//! per measurement, and building / merging an hourly SampledData Observation.
+//! per measurement, building / merging an hourly SampledData Observation, and alerting per
+//! measurement (the adult rules with NEWS2 on simulated bedside monitors).
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::path::Path;
@@ -102,5 +103,79 @@ fn observation_build_merge(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, window_update, observation_build_merge);
+/// Simulated bedside monitors (heart rate, SpO2 and respiratory rate each second, blood
+/// pressure and temperature less often, a few artifacts), normalized as the job does.
+fn bedside_measurements(devices: u32, seconds: u64) -> Vec<Measurement> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let device = vitalflow::mapping::DeviceMapping::from_file(
+        &root.join("templates/bedside-monitor/devicecontent.json"),
+    )
+    .expect("device mapping");
+    let cfg = vitalflow::config::SimulatorConfig {
+        devices,
+        count: Some(u64::from(devices) * seconds),
+        artifacts: 0.002,
+        acute: 1,
+        ..Default::default()
+    };
+    let start = vitalflow::time::parse_timestamp("2026-11-21T10:00:00Z").expect("time");
+    let mut out = Vec::new();
+    for m in vitalflow::sources::simulator::Simulator::new(&cfg, start, (0, 1)) {
+        (device.normalize_message(&m.payload, Default::default(), Default::default(), &mut out))
+            .expect("normalizes");
+    }
+    out.sort_by_key(|m| m.occurrence_time);
+    out
+}
+
+fn alerting(c: &mut Criterion) {
+    use vitalflow::dataflow::patient_alerts::PatientAlerts;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let vitals = Arc::new(vitalflow::anomaly::rules::Vitals::new(&fhir()));
+    let rules = Arc::new(
+        vitalflow::anomaly::rules::load(&root.join("templates/alerts/adult-vitals.toml"), &vitals)
+            .expect("rules"),
+    );
+    let ms = bedside_measurements(200, 300);
+    let end = ms
+        .last()
+        .expect("readings")
+        .occurrence_time
+        .timestamp_millis();
+    let mut g = c.benchmark_group("alerting");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(ms.len() as u64));
+    g.bench_function(
+        format!("200 monitors x 5 min ({} measurements)", ms.len()),
+        |b| {
+            b.iter_batched(
+                || ms.clone(),
+                |ms| {
+                    let metrics = Arc::new(vitalflow::metrics::Metrics::default());
+                    let mut state = PatientAlerts::new(rules.clone(), vitals.clone(), metrics);
+                    let mut alerts = Vec::new();
+                    // As the operator takes them: a second of readings, then the clock.
+                    let mut fuel = usize::MAX;
+                    let mut second = i64::MIN;
+                    for m in ms {
+                        let at = m.occurrence_time.timestamp_millis() / 1000;
+                        if at != second && second != i64::MIN {
+                            state.aim(second * 1000);
+                            state.run(&mut fuel, &mut alerts);
+                        }
+                        second = at;
+                        state.add(m);
+                    }
+                    state.aim(end);
+                    state.run(&mut fuel, &mut alerts);
+                    alerts
+                },
+                BatchSize::LargeInput,
+            )
+        },
+    );
+    g.finish();
+}
+
+criterion_group!(benches, window_update, observation_build_merge, alerting);
 criterion_main!(benches);

@@ -18,7 +18,7 @@ pub mod event_clock;
 mod graph;
 pub mod normalize;
 pub mod operators;
-mod patient_alerts;
+pub mod patient_alerts;
 mod sink_thread;
 pub mod window;
 
