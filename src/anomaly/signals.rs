@@ -135,7 +135,7 @@ struct PatientState {
 fn suspend(
     patient: &str,
     track: &mut VitalTrack,
-    signals: &[Signal],
+    signals: &[Watched],
     emitted: &mut HashMap<String, (i64, Reading)>,
     out: &mut Vec<Change>,
 ) {
@@ -143,14 +143,22 @@ fn suspend(
         return;
     }
     track.suspended = true;
-    for s in signals {
-        let key = signal_key(s);
-        if matches!(s, Signal::Smoothed { .. }) {
-            out.push(Change::Touch((patient.to_string(), key)));
-        } else if let Some((_, r)) = emitted.remove(&key) {
-            out.push(Change::Reading((patient.to_string(), key), r, -1));
+    for w in signals {
+        if matches!(w.signal, Signal::Smoothed { .. }) {
+            out.push(Change::Touch((patient.to_string(), w.key.clone())));
+        } else if let Some((_, r)) = emitted.remove(&w.key) {
+            out.push(Change::Reading((patient.to_string(), w.key.clone()), r, -1));
         }
     }
+}
+
+/// A signal the rules watch, with its key and band boundaries: worked out once per rule
+/// set, not for every reading.
+#[derive(Debug, Clone)]
+struct Watched {
+    signal: Signal,
+    key: String,
+    bounds: Vec<f64>,
 }
 
 /// Drops from a vital's history what no signal can read any more: readings older than
@@ -208,11 +216,15 @@ pub struct VitalState {
     #[serde(skip)]
     boundaries: HashMap<Signal, Vec<f64>>,
     #[serde(skip)]
-    by_vital: HashMap<String, Vec<Signal>>,
+    /// Per vital, the signals watched, in key order (the order their changes are judged).
+    by_vital: HashMap<String, Vec<Watched>>,
     /// (event ms, patient): when a patient's next check is due (NEWS2 parameters going
     /// stale, a vital's evidence gap, a lost signal).
     #[serde(alias = "stale_checks")]
     checks: std::collections::BTreeSet<(i64, String)>,
+    /// A smoothing window's values, reused from reading to reading.
+    #[serde(skip)]
+    scratch: Vec<f64>,
 }
 
 impl VitalState {
@@ -221,11 +233,18 @@ impl VitalState {
     pub fn set_rules(&mut self, rules: &RuleSet, out: &mut Vec<Change>) {
         self.boundaries = rules.boundaries();
         self.by_vital.clear();
-        for s in self.boundaries.keys() {
+        for (s, bounds) in &self.boundaries {
             self.by_vital
                 .entry(s.vital().to_string())
                 .or_default()
-                .push(s.clone());
+                .push(Watched {
+                    signal: s.clone(),
+                    key: signal_key(s),
+                    bounds: bounds.clone(),
+                });
+        }
+        for watched in self.by_vital.values_mut() {
+            watched.sort_by(|a, b| a.key.cmp(&b.key));
         }
         let keys: HashMap<String, &Vec<f64>> = self
             .boundaries
@@ -472,7 +491,12 @@ impl VitalState {
         let Some(patient) = &m.patient_id else { return };
         let at = m.occurrence_time.timestamp_millis();
         let stamp = m.received_ms.unwrap_or(0);
-        let st = self.patients.entry(patient.clone()).or_default();
+        // Looked up before inserting: a key is allocated only for a new patient.
+        if !self.patients.contains_key(patient) {
+            self.patients
+                .insert(patient.clone(), PatientState::default());
+        }
+        let st = self.patients.get_mut(patient).expect("inserted");
         // Anything from a device shows it is not silent.
         match st.devices.iter_mut().find(|d| d.device == m.device_id) {
             Some(d) => {
@@ -561,7 +585,10 @@ impl VitalState {
             let Some(signals) = self.by_vital.get(vital) else {
                 continue;
             };
-            let track = st.vitals.entry(vital.to_string()).or_default();
+            if !st.vitals.contains_key(vital) {
+                st.vitals.insert(vital.to_string(), Default::default());
+            }
+            let track = st.vitals.get_mut(vital).expect("inserted");
             if track.last.is_some_and(|(t0, _)| at < t0) {
                 // Late data (a device syncing its backlog): it belongs to the record, not to
                 // the alerting picture of now.
@@ -625,9 +652,9 @@ impl VitalState {
                 continue;
             };
             if std::mem::take(&mut track.suspended) {
-                for s in signals {
-                    if matches!(s, Signal::Smoothed { .. }) {
-                        out.push(Change::Touch((patient.clone(), signal_key(s))));
+                for w in signals {
+                    if matches!(w.signal, Signal::Smoothed { .. }) {
+                        out.push(Change::Touch((patient.clone(), w.key.clone())));
                     }
                 }
             }
@@ -664,20 +691,26 @@ impl VitalState {
                 d = d.min(at.saturating_add(tech.signal_lost_after_ms));
             }
             arm = Some(arm.map_or(d, |a| a.min(d)));
-            for s in signals {
+            for w in signals {
+                let s = &w.signal;
                 let value = match s {
                     Signal::Value(_) => Some(v),
                     Signal::Smoothed { window_s, .. } => {
                         let since = at - *window_s as i64 * 1000;
-                        let mut w: Vec<f64> = track
-                            .history
-                            .iter()
-                            .filter(|(t, _)| *t >= since)
-                            .map(|(_, x)| *x)
-                            .chain(std::iter::once(v))
-                            .collect();
-                        w.sort_by(f64::total_cmp);
-                        Some(w[w.len() / 2])
+                        let w = &mut self.scratch;
+                        w.clear();
+                        // The history is in time order: the window is its tail.
+                        let from = track.history.partition_point(|(t, _)| *t < since);
+                        w.extend(
+                            (track.history.range(from..))
+                                .map(|(_, x)| *x)
+                                .chain(std::iter::once(v)),
+                        );
+                        // The middle of the sorted window, found without sorting it (it
+                        // was a quarter of alerting's time): equal under `total_cmp` is
+                        // equal bits, so the value is the same.
+                        let mid = w.len() / 2;
+                        Some(*w.select_nth_unstable_by(mid, f64::total_cmp).1)
                     }
                     Signal::Change {
                         within_s, falling, ..
@@ -685,9 +718,7 @@ impl VitalState {
                         // The window includes this reading: alone in it, the change is 0.
                         let since = at - *within_s as i64 * 1000;
                         let h = &track.history;
-                        let window = h
-                            .iter()
-                            .filter(|(t, _)| *t >= since)
+                        let window = (h.range(h.partition_point(|(t, _)| *t < since)..))
                             .map(|(_, x)| *x)
                             .chain(std::iter::once(v));
                         let extreme = if *falling {
@@ -702,8 +733,10 @@ impl VitalState {
                         warmup_s,
                         ..
                     } => {
-                        let key = signal_key(s);
-                        let b = track.baselines.entry(key).or_insert((v, 0.0, at, at));
+                        if !track.baselines.contains_key(&w.key) {
+                            track.baselines.insert(w.key.clone(), (v, 0.0, at, at));
+                        }
+                        let b = track.baselines.get_mut(&w.key).expect("inserted");
                         let (mean, var, first, last) = *b;
                         // Judge against the baseline before this reading joins it.
                         let sd = var.sqrt().max(1.0).max(mean.abs() * 0.02);
@@ -716,10 +749,10 @@ impl VitalState {
                         (at - first >= *warmup_s as i64 * 1000).then_some(z)
                     }
                 };
-                let key = signal_key(s);
+                let key = &w.key;
                 let Some(value) = value else { continue };
-                let nb = band(&self.boundaries[s], value);
-                if st.emitted.get(&key).is_some_and(|(b, _)| *b == nb) {
+                let nb = band(&w.bounds, value);
+                if st.emitted.get(key).is_some_and(|(b, _)| *b == nb) {
                     continue;
                 }
                 let r = Reading {
@@ -731,11 +764,11 @@ impl VitalState {
                 if let Some((_, old)) = st.emitted.insert(key.clone(), (nb, r.clone())) {
                     out.push(Change::Reading((patient.clone(), key.clone()), old, -1));
                 }
-                out.push(Change::Reading((patient.clone(), key), r, 1));
+                out.push(Change::Reading((patient.clone(), key.clone()), r, 1));
             }
             let longest = signals
                 .iter()
-                .filter_map(|s| match s {
+                .filter_map(|w| match &w.signal {
                     Signal::Change { within_s, .. } => Some(*within_s as i64 * 1000),
                     Signal::Smoothed { window_s, .. } => Some(*window_s as i64 * 1000),
                     _ => None,
@@ -744,7 +777,7 @@ impl VitalState {
             if let Some(keep) = longest {
                 let smooth = signals
                     .iter()
-                    .filter_map(|s| match s {
+                    .filter_map(|w| match &w.signal {
                         Signal::Smoothed { window_s, .. } => Some(*window_s as i64 * 1000),
                         _ => None,
                     })
