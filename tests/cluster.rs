@@ -8,31 +8,30 @@ mod common;
 use common::tansu::Broker;
 use common::*;
 
-#[test]
-fn two_processes_of_two_workers_equal_one_process() {
-    let broker = Broker::start();
-    broker.create_topic("ward-vitals", 4);
-    let brokers = broker.brokers();
-    let mut msgs = simulated(8, 480, 21, 15);
-    // And labelled desaturations, for alerts to compare.
+/// Seeded bedside monitors and a labelled hypoxia scenario starting `scenario_ago` minutes
+/// ago, in event-time order, as a live ward would send them.
+fn ward_with_hypoxia(
+    devices: u32,
+    count: u64,
+    seed: u64,
+    minutes_ago: i64,
+    scenario_ago: i64,
+) -> Vec<vitalflow::sources::simulator::SimMessage> {
+    let mut msgs = simulated(devices, count, seed, minutes_ago);
     let text =
         std::fs::read_to_string(root().join("datasets/scenarios/hypoxia.toml")).expect("spec");
-    let start = chrono::Utc::now() - chrono::Duration::minutes(70);
+    let start = chrono::Utc::now() - chrono::Duration::minutes(scenario_ago);
     let start = chrono::DateTime::from_timestamp(start.timestamp(), 0).expect("whole seconds");
     let scenario =
         vitalflow::sources::scenario::generate(&text, "hypoxia", start).expect("scenario");
-    // As a live ward would send them: in event-time order.
     msgs.extend(scenario.messages);
     msgs.sort_by_key(|m| m.event_time);
-    produce_sim(&producer(&brokers), "ward-vitals", &msgs);
-    let rules = format!(
-        "[anomaly]\nrules = \"{}\"\n",
-        root().join("templates/alerts/adult-vitals.toml").display()
-    );
+    msgs
+}
 
-    let multi = tempfile::tempdir().expect("tmp");
-    let job = kafka_job(multi.path(), &brokers, "ward-vitals", "multi", &rules);
-    let hosts = multi.path().join("hosts.txt");
+/// Runs `job` to the end of its input as 2 processes × 2 workers on loopback.
+fn run_as_two_processes(dir: &std::path::Path, job: &std::path::Path) {
+    let hosts = dir.join("hosts.txt");
     std::fs::write(
         &hosts,
         format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
@@ -46,7 +45,7 @@ fn two_processes_of_two_workers_equal_one_process() {
                     .args(["--process", &i.to_string(), "--hosts"])
                     .arg(&hosts)
                     .arg("--job")
-                    .arg(&job),
+                    .arg(job),
             )
         })
         .collect();
@@ -54,6 +53,24 @@ fn two_processes_of_two_workers_equal_one_process() {
         let status = p.wait();
         assert!(status.success(), "process exited {status:?}");
     }
+}
+
+#[test]
+fn two_processes_of_two_workers_equal_one_process() {
+    let broker = Broker::start();
+    broker.create_topic("ward-vitals", 4);
+    let brokers = broker.brokers();
+    // With labelled desaturations, for alerts to compare.
+    let msgs = ward_with_hypoxia(8, 480, 21, 15, 70);
+    produce_sim(&producer(&brokers), "ward-vitals", &msgs);
+    let rules = format!(
+        "[anomaly]\nrules = \"{}\"\n",
+        root().join("templates/alerts/adult-vitals.toml").display()
+    );
+
+    let multi = tempfile::tempdir().expect("tmp");
+    let job = kafka_job(multi.path(), &brokers, "ward-vitals", "multi", &rules);
+    run_as_two_processes(multi.path(), &job);
 
     let single = tempfile::tempdir().expect("tmp");
     let job = kafka_job(single.path(), &brokers, "ward-vitals", "single", &rules);
@@ -119,15 +136,7 @@ fn a_job_rescaled_between_runs_writes_what_one_uninterrupted_run_writes() {
     let broker = Broker::start();
     broker.create_topic("rescaled", 4);
     let brokers = broker.brokers();
-    let mut msgs = simulated(8, 600, 33, 20);
-    let text =
-        std::fs::read_to_string(root().join("datasets/scenarios/hypoxia.toml")).expect("spec");
-    let start = chrono::Utc::now() - chrono::Duration::minutes(75);
-    let start = chrono::DateTime::from_timestamp(start.timestamp(), 0).expect("whole seconds");
-    let scenario =
-        vitalflow::sources::scenario::generate(&text, "hypoxia", start).expect("scenario");
-    msgs.extend(scenario.messages);
-    msgs.sort_by_key(|m| m.event_time);
+    let msgs = ward_with_hypoxia(8, 600, 33, 20, 75);
     let rules = format!(
         "[anomaly]\nrules = \"{}\"\n",
         root().join("templates/alerts/adult-vitals.toml").display()
@@ -150,28 +159,7 @@ fn a_job_rescaled_between_runs_writes_what_one_uninterrupted_run_writes() {
     );
     let after_first = alert_lines(&rescaled.path().join("out"));
     produce_sim(&p, "rescaled", &msgs[second]);
-    let hosts = rescaled.path().join("hosts.txt");
-    std::fs::write(
-        &hosts,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
-    )
-    .expect("hosts");
-    let mut procs: Vec<Running> = (0..2)
-        .map(|i| {
-            Running::spawn(
-                vitalflow()
-                    .args(["run", "--until-end", "--workers", "2", "--processes", "2"])
-                    .args(["--process", &i.to_string(), "--hosts"])
-                    .arg(&hosts)
-                    .arg("--job")
-                    .arg(&job),
-            )
-        })
-        .collect();
-    for p in &mut procs {
-        let status = p.wait();
-        assert!(status.success(), "process exited {status:?}");
-    }
+    run_as_two_processes(rescaled.path(), &job);
     produce_sim(&p, "rescaled", &msgs[third]);
     run_ok(
         vitalflow()
