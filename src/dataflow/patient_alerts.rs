@@ -15,20 +15,21 @@ use std::sync::Arc;
 /// Where a measurement stands in event-time order: time, then fields that are the same
 /// in every run of the same input (patient, device, type, source position), then arrival
 /// (only measurements of one message can tie that far, and they arrive in message order).
+type Order = (i64, String, String, Arc<str>, Arc<str>, i32, i64, u64);
+
 /// The highest offset taken in, per (topic, partition).
 type Offsets = BTreeMap<(Arc<str>, i32), i64>;
 
-/// The order readings of one event time are applied in: (time, patient, device, type, topic,
-/// partition, offset, arrival), borrowed from the reading (no key is built per reading).
-#[allow(clippy::type_complexity)]
-fn order(m: &Measurement, arrival: u64) -> (i64, &str, &str, &str, &str, i32, i64, u64) {
-    let (topic, partition, offset) =
-        (m.source.as_ref()).map_or(("", 0, 0), |s| (&*s.topic, s.partition, s.offset));
+fn order(m: &Measurement, arrival: u64) -> Order {
+    let (topic, partition, offset) = m.source.as_ref().map_or_else(
+        || (Arc::from(""), 0, 0),
+        |s| (s.topic.clone(), s.partition, s.offset),
+    );
     (
         m.occurrence_time.timestamp_millis(),
-        m.patient_id.as_deref().unwrap_or_default(),
-        &m.device_id,
-        &m.type_name,
+        m.patient_id.clone().unwrap_or_default(),
+        m.device_id.clone(),
+        m.type_name.clone(),
         topic,
         partition,
         offset,
@@ -50,7 +51,7 @@ pub struct PatientAlerts {
     /// into `bucket` and applied in [`order`].
     waiting: BTreeMap<(i64, u64), Box<Measurement>>,
     /// The readings of one event time being applied, in reverse [`order`].
-    bucket: Vec<(u64, Box<Measurement>)>,
+    bucket: Vec<(Order, Box<Measurement>)>,
     arrivals: u64,
     /// Event time everything up to which has been applied.
     applied: Option<i64>,
@@ -369,10 +370,9 @@ impl PatientAlerts {
         };
         while let Some(e) = self.waiting.first_entry().filter(|e| e.key().0 == t) {
             let ((_, arrival), m) = e.remove_entry();
-            self.bucket.push((arrival, m));
+            self.bucket.push((order(&m, arrival), m));
         }
-        self.bucket
-            .sort_unstable_by(|a, b| order(&b.1, b.0).cmp(&order(&a.1, a.0)));
+        self.bucket.sort_unstable_by(|a, b| b.0.cmp(&a.0));
     }
 
     /// Applies everything waiting at or before `to`, firing timers at their deadlines in
@@ -407,7 +407,7 @@ impl PatientAlerts {
         let stale_after = self.judge.stale_after();
         loop {
             let next_m = match self.bucket.last() {
-                Some((_, m)) => Some(m.occurrence_time.timestamp_millis()),
+                Some((k, _)) => Some(k.0),
                 None => self.waiting.first_key_value().map(|(k, _)| k.0),
             };
             let next_t = [self.lifecycle.next_timer(), self.vitals.next_check()]
