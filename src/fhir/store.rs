@@ -55,11 +55,7 @@ impl WindowUpdate {
 }
 
 struct Stored {
-    /// The resource as written; `None` once the window instance that wrote it (`instance`)
-    /// is known to hold all of it: that instance's next version is built from its group
-    /// alone, and anything else first reads the resource back ([`ObservationStore::build`]).
-    /// Most of what an output holds is open windows, so this keeps ids, not resources.
-    resource: Option<Value>,
+    resource: Value,
     end: DateTime<Utc>,
     /// The window instance whose group holds every value of it; None when it also holds
     /// values from elsewhere (read back from committed output, or merged into).
@@ -174,20 +170,12 @@ impl ObservationStore {
     /// that it would still be held. A window's stored version starts on its group's start
     /// day, or the day before where a correlation-id group was widened by an earlier value.
     fn days_to_load(&self, u: &WindowUpdate) -> BTreeSet<i32> {
-        let first = crate::time::day_of(&u.group.start) - 1;
-        let last = crate::time::day_of(&u.group.end.max(u.group.start));
-        if self.newest_pending.contains_key(&u.id) {
+        if self.store.contains_key(&u.id) || self.newest_pending.contains_key(&u.id) {
             return BTreeSet::new();
         }
-        match self.store.get(&u.id) {
-            Some(s) if s.resource.is_some() || s.instance == Some(u.instance) => {
-                return BTreeSet::new()
-            }
-            // Held without its resource, and another window instance merges into it.
-            Some(_) => return (first..=last).collect(),
-            None => {}
-        }
         let evicted = self.cutoff().is_some_and(|c| u.group.end < c);
+        let first = crate::time::day_of(&u.group.start) - 1;
+        let last = crate::time::day_of(&u.group.end.max(u.group.start));
         (first..=last)
             .filter(|d| evicted || !self.loaded.contains(d))
             .collect()
@@ -205,11 +193,9 @@ impl ObservationStore {
         let found = {
             let (store, pending) = (&self.store, &self.newest_pending);
             let keep = |id: &str, end: Option<DateTime<Utc>>| {
-                !pending.contains_key(id)
-                    && match store.get(id) {
-                        None => id == wanted || cutoff.is_none_or(|c| end.is_none_or(|e| e >= c)),
-                        Some(s) => s.resource.is_none() && id == wanted,
-                    }
+                !store.contains_key(id)
+                    && !pending.contains_key(id)
+                    && (id == wanted || cutoff.is_none_or(|c| end.is_none_or(|e| e >= c)))
             };
             stored.read_days(&days, &keep)?
         };
@@ -221,19 +207,14 @@ impl ObservationStore {
             ) else {
                 continue;
             };
-            restored += 1;
-            if let Some(s) = self.store.get_mut(id) {
-                if s.resource.is_none() {
-                    // What it merges into from now on: no longer one instance's alone.
-                    s.resource = Some(resource);
-                    s.instance = None;
-                }
+            if self.store.contains_key(id) {
                 continue;
             }
+            restored += 1;
             self.store.insert(
                 id.to_string(),
                 Stored {
-                    resource: Some(resource),
+                    resource,
                     end,
                     instance: None,
                     version,
@@ -278,17 +259,8 @@ impl ObservationStore {
         while let Some((_, u)) = self.queued.front() {
             let days = self.days_to_load(u);
             if !days.is_empty() {
-                let (id, instance) = (u.id.clone(), u.instance);
+                let id = u.id.clone();
                 self.load(stored, days, &id)?;
-                let lost = (self.store.get(&id))
-                    .is_some_and(|s| s.resource.is_none() && s.instance != Some(instance));
-                // Merging into nothing would drop what only the written version holds.
-                anyhow::ensure!(
-                    !lost,
-                    "{} Observation {} was written but cannot be read back to merge into",
-                    self.output,
-                    crate::privacy::tag(&id)
-                );
             }
             let (epoch, u) = self.queued.pop_front().expect("front");
             self.build_one(epoch, u);
@@ -300,21 +272,21 @@ impl ObservationStore {
         let id = &u.id;
         // What the output holds before this version: the version before it in this flush,
         // or the stored one.
-        let prev: Option<(Option<&Value>, Option<u64>, i64)> = match self.newest_pending.get(id) {
+        let prev: Option<(&Value, Option<u64>, i64)> = match self.newest_pending.get(id) {
             Some(i) => {
                 let c = &self.pending[*i];
-                Some((Some(&c.resource), c.instance, c.version))
+                Some((&c.resource, c.instance, c.version))
             }
             None => self
                 .store
                 .get(id)
-                .map(|s| (s.resource.as_ref(), s.instance, s.version)),
+                .map(|s| (&s.resource, s.instance, s.version)),
         };
         // A group of the same window instance holds every value already written: building
         // it afresh gives what merging would, without re-reading the stored SampledData.
         let same_window = prev.is_some_and(|p| p.1 == Some(u.instance));
         let result = match prev {
-            Some((Some(resource), ..)) if !same_window => {
+            Some((resource, ..)) if !same_window => {
                 observation::merge(&u.template, &u.group, resource)
             }
             _ => observation::build(&u.template, &u.type_name, &u.group, &u.subjects()).map(
@@ -336,7 +308,7 @@ impl ObservationStore {
                 return;
             }
         };
-        if !same_window && prev.is_some_and(|p| p.0 == Some(&resource)) {
+        if !same_window && prev.is_some_and(|p| *p.0 == resource) {
             Metrics::add(&self.metrics.observations_unchanged, 1);
             return;
         }
@@ -387,8 +359,7 @@ impl ObservationStore {
             self.store.insert(
                 c.id,
                 Stored {
-                    // Built from its window's group alone: that window rebuilds the next.
-                    resource: c.instance.is_none().then_some(c.resource),
+                    resource: c.resource,
                     end: c.end,
                     instance: c.instance,
                     version: c.version,

@@ -312,61 +312,6 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_window_reopened_after_the_job_evicted_it_merges_into_what_was_written() {
-        // The sink holds the window's Observation without its resource (its instance
-        // rebuilds the next version); another instance of the same window must read it back.
-        let fhir = bedside_fhir();
-        let s = chrono::Duration::seconds;
-        for t0 in test_dates() {
-            let dir = tempfile::tempdir().expect("tmp");
-            let metrics = Metrics::new();
-            let mut sink = ObservationSink::new(
-                dir.path(),
-                0,
-                |_| true,
-                Duration::from_secs(7200),
-                metrics.clone(),
-            )
-            .expect("sink");
-            let mut w = Windows::new(
-                fhir.clone(),
-                Duration::from_secs(60),
-                Duration::from_secs(300),
-            );
-            hr_at(&mut w, t0, "70");
-            sink.write(1, hr_at(&mut w, t0 + s(1), "71"))
-                .expect("write");
-            sink.flush().expect("flush");
-            let same = hr_at(&mut w, t0 + s(2), "72");
-            sink.write(2, same).expect("write");
-            sink.flush().expect("flush");
-            assert_eq!(data_of(dir.path(), t0), "70 71 72", "same instance at {t0}");
-            let restored = metrics
-                .observations_restored
-                .load(std::sync::atomic::Ordering::Relaxed);
-            let later = t0 + chrono::Duration::hours(2);
-            sink.write(3, hr_at(&mut w, later, "90")).expect("write");
-            sink.flush().expect("flush");
-            assert_eq!(
-                w.evict(later.timestamp_millis()),
-                1,
-                "the job let the first window go"
-            );
-            sink.write(4, hr_at(&mut w, t0 + s(3), "73"))
-                .expect("write");
-            sink.flush().expect("flush");
-            assert_eq!(data_of(dir.path(), t0), "70 71 72 73", "reopened at {t0}");
-            assert!(
-                metrics
-                    .observations_restored
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    > restored,
-                "read back, not rebuilt from the new window alone"
-            );
-        }
-    }
-
-    #[test]
     fn a_damaged_part_stops_the_job_naming_its_line() {
         let dir = tempfile::tempdir().expect("tmp");
         let fhir = bedside_fhir();
