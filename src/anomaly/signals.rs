@@ -214,8 +214,6 @@ fn band(boundaries: &[f64], v: f64) -> i64 {
 pub struct VitalState {
     patients: HashMap<String, PatientState>,
     #[serde(skip)]
-    boundaries: HashMap<Signal, Vec<f64>>,
-    #[serde(skip)]
     /// Per vital, the signals watched, in key order (the order their changes are judged).
     by_vital: HashMap<String, Vec<Watched>>,
     /// (event ms, patient): when a patient's next check is due (NEWS2 parameters going
@@ -231,30 +229,27 @@ impl VitalState {
     /// Uses a (new) rule set: signals are re-banded and re-emitted where their band changed;
     /// signals no rule watches any more are retracted.
     pub fn set_rules(&mut self, rules: &RuleSet, out: &mut Vec<Change>) {
-        self.boundaries = rules.boundaries();
         self.by_vital.clear();
-        for (s, bounds) in &self.boundaries {
+        for (signal, bounds) in rules.boundaries() {
             self.by_vital
-                .entry(s.vital().to_string())
+                .entry(signal.vital().to_string())
                 .or_default()
                 .push(Watched {
-                    signal: s.clone(),
-                    key: signal_key(s),
-                    bounds: bounds.clone(),
+                    key: signal_key(&signal),
+                    signal,
+                    bounds,
                 });
         }
         for watched in self.by_vital.values_mut() {
             watched.sort_by(|a, b| a.key.cmp(&b.key));
         }
-        let keys: HashMap<String, &Vec<f64>> = self
-            .boundaries
-            .iter()
-            .map(|(s, b)| (signal_key(s), b))
+        let keys: HashMap<&str, &[f64]> = (self.by_vital.values().flatten())
+            .map(|w| (w.key.as_str(), w.bounds.as_slice()))
             .collect();
         for (patient, st) in &mut self.patients {
             let mut gone = Vec::new();
             for (key, (old_band, r)) in st.emitted.iter_mut() {
-                match keys.get(key) {
+                match keys.get(key.as_str()) {
                     None => gone.push(key.clone()),
                     Some(b) => {
                         let nb = band(b, r.value as f64 / 1000.0);

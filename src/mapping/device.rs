@@ -716,7 +716,7 @@ impl DeviceTemplate {
             .chain(self.values.iter().map(|v| &v.expr));
         self.kind != TemplateKind::Calculated
             && slots.into_iter().all(|s| match s {
-                Slot::Set(Expr::Path(p)) => p.walks_any_tree(),
+                Slot::Set(Expr::Path(p)) => p.is_compiled(),
                 Slot::Set(Expr::Jmes(_)) => false,
                 Slot::Unset | Slot::Empty => true,
             })
@@ -915,17 +915,14 @@ impl DeviceTemplate {
                         return Ok(*t);
                     }
                 }
-                let parsed = crate::time::parse_timestamp(&s);
-                if let Some(t) = parsed {
-                    *last = Some((s, t));
-                    return Ok(t);
-                }
-                return parsed.ok_or_else(|| {
-                    self.error(
+                let Some(t) = crate::time::parse_timestamp(&s) else {
+                    return Err(self.error(
                         "timestampExpression",
                         format!("\"{s}\" is not a valid date-time"),
-                    )
-                });
+                    ));
+                };
+                *last = Some((s, t));
+                return Ok(t);
             }
         }
         let using = self
@@ -946,12 +943,6 @@ fn slot_source(slot: &Slot) -> Cow<'_, str> {
         Slot::Set(e) => Cow::Owned(format!("`{}`", e.source())),
         _ => Cow::Borrowed("(no expression)"),
     }
-}
-
-/// A selected token as the connector stores it: strings verbatim, numbers in plain decimal,
-/// booleans as .NET prints them; `None` for null.
-pub fn value_string(v: &Value) -> Option<String> {
-    v.text()
 }
 
 /// Why an HL7 v2 message made no measurements.

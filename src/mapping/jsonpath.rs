@@ -150,13 +150,8 @@ impl JsonPath {
         single(|f| self.for_each(root, f))
     }
 
-    /// Whether [`Self::select_tree`] and [`Self::select_single_tree`] can evaluate it: the
-    /// compiled matcher walks any [`Tree`], jsonpath-rust only `serde_json::Value`.
-    pub fn walks_any_tree(&self) -> bool {
-        self.is_compiled()
-    }
-
-    /// [`Self::select`] on any tree; only for paths that [`Self::walks_any_tree`].
+    /// [`Self::select`] on any tree; only for compiled paths ([`Self::is_compiled`]: the
+    /// compiled matcher walks any [`Tree`], jsonpath-rust only `serde_json::Value`).
     pub fn select_tree<'a, T: Tree>(&self, root: &'a T) -> Vec<&'a T> {
         let mut out = Vec::new();
         walk(self.compiled_segments(), root, &mut |v| {
@@ -166,7 +161,7 @@ impl JsonPath {
         out
     }
 
-    /// [`Self::select_single`] on any tree; only for paths that [`Self::walks_any_tree`].
+    /// [`Self::select_single`] on any tree; only for compiled paths.
     pub fn select_single_tree<'a, T: Tree>(&self, root: &'a T) -> Result<Option<&'a T>, usize> {
         single(|f| {
             walk(self.compiled_segments(), root, f);
@@ -248,12 +243,10 @@ impl ScanSet {
                 [Seg::ScanFilter(f)] if self.filters.len() < 64 => {
                     let slot = self.filters.len();
                     match f {
-                        Filter::Exists(steps) if matches!(steps.as_slice(), [Step::Name(_)]) => {
-                            let [Step::Name(n)] = steps.as_slice() else {
-                                unreachable!()
-                            };
-                            self.members.push((n.clone(), slot));
-                        }
+                        Filter::Exists(steps) => match steps.as_slice() {
+                            [Step::Name(n)] => self.members.push((n.clone(), slot)),
+                            _ => self.others.push(slot),
+                        },
                         _ => self.others.push(slot),
                     }
                     self.filters.push(f.clone());
