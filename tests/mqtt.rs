@@ -343,6 +343,10 @@ fn kill_9_of_the_gateway_loses_nothing_and_duplicates_nothing_downstream() {
     let recognised = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut gateway = spawn_counting(&broker, &brokers, Some(recognised.clone()));
     let finished = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Publishers hold their last quarter until the three kills are done: how long a restart
+    // takes varies with the machine's load, and the kills must land while messages remain.
+    let killed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let held = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // One publisher per device, paced so the kills land while messages flow.
     let publishers: Vec<_> = {
         let mut by_device: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -362,10 +366,18 @@ fn kill_9_of_the_gateway_loses_nothing_and_duplicates_nothing_downstream() {
                     .spawn()
                     .expect("mosquitto_pub");
                 let mut stdin = child.stdin.take().expect("stdin");
-                let finished = finished.clone();
+                let (finished, killed, held) = (finished.clone(), killed.clone(), held.clone());
                 std::thread::spawn(move || {
                     use std::io::Write;
+                    use std::sync::atomic::Ordering::Relaxed;
+                    let gate = lines.len() * 3 / 4;
                     for (i, l) in lines.iter().enumerate() {
+                        if i == gate {
+                            held.fetch_add(1, Relaxed);
+                            while !killed.load(Relaxed) {
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                        }
                         writeln!(stdin, "{l}").expect("publish");
                         // Paced (about 15 s in all): a restart reads the dedup window back
                         // from Kafka first, and the kills must land while messages flow.
@@ -388,11 +400,13 @@ fn kill_9_of_the_gateway_loses_nothing_and_duplicates_nothing_downstream() {
             .sum()
     };
     let publishing = || finished.load(std::sync::atomic::Ordering::Relaxed) < 4;
+    // Every publisher waits at its gate: no more records come until the kills are done.
+    let all_held = || held.load(std::sync::atomic::Ordering::Relaxed) == 4;
     let mut rng = std::process::id() as u64;
     let mut kills = 0;
     while kills < 3 && publishing() {
         let from = in_kafka();
-        while in_kafka() < from + 30 && publishing() {
+        while in_kafka() < from + 30 && publishing() && !all_held() {
             std::thread::sleep(Duration::from_millis(5));
         }
         rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1);
@@ -412,6 +426,7 @@ fn kill_9_of_the_gateway_loses_nothing_and_duplicates_nothing_downstream() {
             in_kafka()
         );
     }
+    killed.store(true, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(kills, 3, "three kills while the publishers sent");
     for p in publishers {
         p.join().expect("publisher");

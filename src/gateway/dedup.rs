@@ -7,6 +7,9 @@ use crate::config::KafkaConfig;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+/// Records the first backward step reads per partition (where the broker has no time index).
+const FIRST_STEP: i64 = 1000;
+
 /// The (sending application, control id) of accepted messages within the dedup window.
 #[derive(Default)]
 pub(super) struct Seen {
@@ -90,35 +93,28 @@ impl Seen {
             }
         }
         read_back(&consumer, headers, topic, &direct, deadline, &mut found)?;
+        // No time index: backwards from the end in growing steps, every such partition in
+        // the same read (one partition after another took seconds per restart on a broker
+        // that answers a Fetch with one record batch). The first step runs to the real end:
+        // ListOffsets' end may lie before it (see crate::kafka::read_back).
+        let mut open: Vec<(i32, i64, i64)> = Vec::new(); // (partition, low, step start)
+        let mut ranges = Vec::new();
         for (p, low) in stepping {
-            // No time index: backwards from the end in growing steps. ListOffsets' end may
-            // lie before the real one (see crate::kafka::read_back): what follows it is read
-            // first, to the real end.
             let (_, listed) = consumer.fetch_watermarks(topic, p, timeout)?;
-            let listed = listed.max(low);
-            let newest = read_back(
-                &consumer,
-                headers,
-                topic,
-                &[range(p, listed, None)],
-                deadline,
-                &mut found,
-            )?;
-            let (mut end, mut step) = (listed, 1000);
-            while end > low && newest.is_none_or(|t| t >= since) {
-                let from = (end - step).max(low);
-                let oldest = read_back(
-                    &consumer,
-                    headers,
-                    topic,
-                    &[range(p, from, Some(end))],
-                    deadline,
-                    &mut found,
-                )?;
-                if oldest.is_some_and(|t| t < since) {
-                    break;
-                }
-                (end, step) = (from, step * 2);
+            let from = (listed - FIRST_STEP).max(low);
+            ranges.push(range(p, from, None));
+            open.push((p, low, from));
+        }
+        let mut step = FIRST_STEP;
+        while !ranges.is_empty() {
+            let oldest = read_back(&consumer, headers, topic, &ranges, deadline, &mut found)?;
+            step *= 2;
+            ranges.clear();
+            open.retain(|(p, low, from)| from > low && oldest.get(p).is_none_or(|t| *t >= since));
+            for (p, low, from) in &mut open {
+                let to = *from;
+                *from = (to - step).max(*low);
+                ranges.push(range(*p, *from, Some(to)));
             }
         }
         found.retain(|(at, _)| *at >= since);
@@ -147,7 +143,8 @@ impl Seen {
 }
 
 /// Reads `ranges` (to a partition's real end where a range gives none) into `found` as
-/// (timestamp, (first, second) header values); returns the oldest timestamp read.
+/// (timestamp, (first, second) header values); returns the oldest timestamp read per
+/// partition.
 fn read_back(
     consumer: &rdkafka::consumer::BaseConsumer,
     (first, second): (&str, &str),
@@ -155,15 +152,18 @@ fn read_back(
     ranges: &[crate::kafka::read_back::Range],
     deadline: Instant,
     found: &mut Vec<(i64, (String, String))>,
-) -> anyhow::Result<Option<i64>> {
+) -> anyhow::Result<HashMap<i32, i64>> {
     use rdkafka::Message;
-    let mut oldest: Option<i64> = None;
+    let mut oldest: HashMap<i32, i64> = HashMap::new();
     if ranges.is_empty() {
-        return Ok(None);
+        return Ok(oldest);
     }
     crate::kafka::read_back::read(consumer, topic, ranges, deadline, |m| {
         let at = m.timestamp().to_millis().unwrap_or(i64::MAX);
-        oldest = Some(oldest.map_or(at, |o| o.min(at)));
+        oldest
+            .entry(m.partition())
+            .and_modify(|o| *o = (*o).min(at))
+            .or_insert(at);
         let headers: HashMap<String, Vec<u8>> = crate::kafka::headers_of(m);
         let text = |k: &str| {
             headers
