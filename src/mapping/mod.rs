@@ -1,6 +1,7 @@
 //! IoMT/MedTech mapping templates: device mappings (normalization) and FHIR mappings.
 
 pub mod device;
+pub mod device_tree;
 pub mod error;
 pub mod expr;
 pub mod fhir;

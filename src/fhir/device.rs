@@ -1,0 +1,241 @@
+//! FHIR R4 `Device` and `DeviceMetric` resources from a device tree, as HL7's Point-of-Care
+//! Device guide (PoCD) profiles an IEEE 11073 containment tree: a `Device` for the MDS
+//! (identifier, manufacturer, model, serial, versions, type, bed), one for each VMD and
+//! channel with a `parent` link, and a `DeviceMetric` per metric with its `source` (the MDS)
+//! and `parent` (its channel).
+//!
+//! Every resource's id is a hash of what identifies it (the equipment identifier and the
+//! codes on its path), and every one carries that identity as an identifier, so writing the
+//! same device twice, from a restart or from a second job, updates one resource.
+
+use crate::mapping::device_tree::{Attribute, Code, Component, DeviceTree, Level, Metric, MDC};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+/// Identifier system of VMDs, channels and metrics: `{equipment identifier}/{key}`.
+pub const COMPONENT_SYSTEM: &str = "urn:vitalflow:device-component";
+
+/// The deterministic id of a resource: lower-case hex SHA-256 of its type and identity.
+pub fn resource_id(resource_type: &str, identity: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(resource_type.as_bytes());
+    h.update(b"|");
+    h.update(identity.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A component's or metric's identity within the tree's MDS (the MDS's is its identifier).
+fn identity(tree: &DeviceTree, key: &str) -> String {
+    if key.is_empty() {
+        tree.identifier.clone()
+    } else {
+        format!("{}/{key}", tree.identifier)
+    }
+}
+
+/// The `Device` id of the component with `key` in `tree`.
+pub fn device_id(tree: &DeviceTree, key: &str) -> String {
+    resource_id("Device", &identity(tree, key))
+}
+
+/// The `DeviceMetric` id of `metric` in `tree`.
+pub fn metric_id(tree: &DeviceTree, metric: &Metric) -> String {
+    resource_id("DeviceMetric", &identity(tree, &metric.key))
+}
+
+fn coding(c: &Code) -> Value {
+    let mut o = Map::new();
+    if let Some(s) = &c.system {
+        o.insert("system".into(), json!(s));
+    }
+    o.insert("code".into(), json!(c.code));
+    if let Some(d) = &c.display {
+        o.insert("display".into(), json!(d));
+    }
+    Value::Object(o)
+}
+
+fn concept(codes: &[&Code]) -> Value {
+    json!({ "coding": codes.iter().map(|c| coding(c)).collect::<Vec<_>>() })
+}
+
+fn reference(resource_type: &str, id: &str) -> Value {
+    json!({ "reference": format!("{resource_type}/{id}") })
+}
+
+/// The resources of `tree`: its `Device`s (MDS first, parents before children), then its
+/// `DeviceMetric`s. `system` is the job's device identifier system (the MDS's identifier
+/// is the one its Observations are linked by).
+pub fn resources(tree: &DeviceTree, system: Option<&str>) -> Vec<Value> {
+    let mut out: Vec<Value> = tree
+        .components
+        .iter()
+        .map(|c| device(tree, c, system))
+        .collect();
+    out.extend(tree.metrics.iter().map(|m| device_metric(tree, m)));
+    out
+}
+
+fn device(tree: &DeviceTree, c: &Component, system: Option<&str>) -> Value {
+    let mut d = Map::new();
+    d.insert("resourceType".into(), json!("Device"));
+    d.insert("id".into(), json!(device_id(tree, &c.key)));
+    let identifier = if c.level == Level::Mds {
+        let mut i = Map::new();
+        if let Some(s) = system {
+            i.insert("system".into(), json!(s));
+        }
+        if let Some(t) = &tree.identifier_type {
+            i.insert("type".into(), json!({ "text": t }));
+        }
+        i.insert("value".into(), json!(tree.identifier));
+        Value::Object(i)
+    } else {
+        json!({ "system": COMPONENT_SYSTEM, "value": identity(tree, &c.key) })
+    };
+    d.insert("identifier".into(), json!([identifier]));
+    d.insert("status".into(), json!("active"));
+    let attr = |a: Attribute| c.attributes.get(&a);
+    if let Some(m) = attr(Attribute::Manufacturer) {
+        d.insert("manufacturer".into(), json!(m));
+    }
+    if let Some(s) = attr(Attribute::Serial) {
+        d.insert("serialNumber".into(), json!(s));
+    }
+    if let Some(m) = attr(Attribute::Model) {
+        d.insert(
+            "deviceName".into(),
+            json!([{ "name": m, "type": "model-name" }]),
+        );
+        d.insert("modelNumber".into(), json!(m));
+    }
+    if let Some(k) = &c.kind {
+        d.insert("type".into(), concept(&[k]));
+    }
+    let versions: Vec<Value> = c
+        .attributes
+        .iter()
+        .filter_map(|(a, v)| {
+            a.version_code().map(|(code, name)| {
+                json!({
+                    "type": { "coding": [{ "system": MDC, "code": code, "display": name }] },
+                    "value": v,
+                })
+            })
+        })
+        .collect();
+    if !versions.is_empty() {
+        d.insert("version".into(), json!(versions));
+    }
+    if c.level == Level::Mds {
+        if let Some(p) = &tree.patient {
+            d.insert(
+                "patient".into(),
+                json!({ "type": "Patient", "identifier": { "value": p } }),
+            );
+        }
+        if let Some(l) = attr(Attribute::Location) {
+            d.insert("location".into(), json!({ "display": l }));
+        }
+    }
+    if let Some(p) = &c.parent {
+        d.insert("parent".into(), reference("Device", &device_id(tree, p)));
+    }
+    Value::Object(d)
+}
+
+fn device_metric(tree: &DeviceTree, m: &Metric) -> Value {
+    let mut d = Map::new();
+    d.insert("resourceType".into(), json!("DeviceMetric"));
+    d.insert("id".into(), json!(metric_id(tree, m)));
+    d.insert(
+        "identifier".into(),
+        json!([{ "system": COMPONENT_SYSTEM, "value": identity(tree, &m.key) }]),
+    );
+    let mut types = vec![&m.kind];
+    types.extend(&m.alternate);
+    d.insert("type".into(), concept(&types));
+    if let Some(u) = &m.unit {
+        d.insert("unit".into(), concept(&[u]));
+    }
+    d.insert("source".into(), reference("Device", &device_id(tree, "")));
+    d.insert(
+        "parent".into(),
+        reference("Device", &device_id(tree, &m.parent)),
+    );
+    if let Some(s) = m.status {
+        d.insert("operationalStatus".into(), json!(s.code()));
+    }
+    d.insert("category".into(), json!(m.category.code()));
+    if let Some(c) = &m.calibration {
+        let mut cal = Map::new();
+        if let Some(k) = c.kind {
+            cal.insert("type".into(), json!(k));
+        }
+        cal.insert("state".into(), json!(c.state));
+        if let Some(t) = c.time {
+            cal.insert("time".into(), json!(crate::time::format_rfc3339(&t)));
+        }
+        d.insert("calibration".into(), json!([Value::Object(cal)]));
+    }
+    Value::Object(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::device_tree::from_pcd01;
+
+    fn monitor() -> DeviceTree {
+        let text = crate::mapping::device_tree::tests_support::MONITOR;
+        from_pcd01(&crate::hl7::parse(text).expect("hl7")).remove(0)
+    }
+
+    #[test]
+    fn the_tree_becomes_linked_devices_and_metrics() {
+        let t = monitor();
+        let r = resources(&t, Some("urn:oid:1.2.3"));
+        let devices: Vec<&Value> = r.iter().filter(|v| v["resourceType"] == "Device").collect();
+        let metrics: Vec<&Value> = r
+            .iter()
+            .filter(|v| v["resourceType"] == "DeviceMetric")
+            .collect();
+        assert_eq!((devices.len(), metrics.len()), (8, 4));
+        let mds = devices[0];
+        assert_eq!(mds["identifier"][0]["system"], "urn:oid:1.2.3");
+        assert_eq!(mds["identifier"][0]["value"], "0012A3FFFE4B5C6D");
+        assert_eq!(mds["manufacturer"], "Acme Medical");
+        assert_eq!(mds["serialNumber"], "SN-0042");
+        assert_eq!(mds["version"][0]["type"]["coding"][0]["code"], "531975");
+        assert_eq!(mds["version"][0]["value"], "2.4.1");
+        assert_eq!(mds["type"]["coding"][0]["system"], MDC);
+        assert_eq!(mds["location"]["display"], "ICU^12^B");
+        assert!(mds.get("parent").is_none());
+        // Every parent and source points at a Device of the same tree.
+        let ids: Vec<String> = devices
+            .iter()
+            .map(|d| format!("Device/{}", d["id"].as_str().expect("id")))
+            .collect();
+        for v in devices.iter().skip(1).chain(&metrics) {
+            let p = v["parent"]["reference"].as_str().expect("parent");
+            assert!(
+                ids.iter().any(|i| i == p),
+                "{p} is one of the tree's Devices"
+            );
+        }
+        let spo2 = metrics[1];
+        assert_eq!(spo2["source"]["reference"], ids[0].as_str());
+        assert_eq!(spo2["parent"]["reference"], ids[4].as_str(), "SpO2 channel");
+        assert_eq!(spo2["operationalStatus"], "off");
+        assert_eq!(spo2["unit"]["coding"][0]["code"], "262688");
+        let hr = metrics[0];
+        assert_eq!(hr["type"]["coding"][1]["system"], "http://loinc.org");
+        assert_eq!(hr["category"], "measurement");
+        assert_eq!(metrics[2]["calibration"][0]["state"], "calibrated");
+        assert_eq!(metrics[2]["calibration"][0]["type"], "two-point");
+        assert_eq!(metrics[3]["category"], "setting");
+        // The same device from another message (renumbered) keeps its ids.
+        let again = resources(&t, Some("urn:oid:1.2.3"));
+        assert_eq!(r, again);
+    }
+}
