@@ -14,6 +14,9 @@ pub struct Normalized {
     pub measurements: Vec<Measurement>,
     /// Observations the measurements become (with a FHIR mapping).
     pub observations: Option<Vec<Value>>,
+    /// The Device and DeviceMetric resources of the devices the message describes (an IHE
+    /// PCD-01 containment tree), parents first.
+    pub devices: Vec<Value>,
 }
 
 /// Why `normalize` produced no result.
@@ -95,6 +98,7 @@ pub fn normalize(
     Ok(Normalized {
         measurements,
         observations,
+        devices: Vec::new(),
     })
 }
 
@@ -116,10 +120,76 @@ pub fn normalize_hl7(
             },
         })?;
     let observations = fhir.map(|f| observations(f, &measurements)).transpose()?;
+    let devices = crate::hl7::parse(text)
+        .map(|msg| {
+            crate::mapping::device_tree::from_pcd01(&msg)
+                .iter()
+                .flat_map(|t| crate::fhir::device::resources(t, None))
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(Normalized {
         measurements,
         observations,
+        devices,
     })
+}
+
+/// One line per Device or DeviceMetric resource, for a table: (resource, type, identifier,
+/// what it says, parent).
+pub fn device_rows(resources: &[Value]) -> Vec<[String; 5]> {
+    let text = |v: &Value| v.as_str().map(str::to_string);
+    let concept = |v: &Value| {
+        v.pointer("/coding/0/display")
+            .or_else(|| v.pointer("/coding/0/code"))
+            .and_then(Value::as_str)
+            .unwrap_or("-")
+            .to_string()
+    };
+    let short = |r: &Value| {
+        r.as_str()
+            .and_then(|r| r.split('/').nth(1))
+            .map(|id| format!("{}…", &id[..id.len().min(8)]))
+    };
+    resources
+        .iter()
+        .map(|r| {
+            let kind = r["resourceType"].as_str().unwrap_or("-");
+            let id = r["id"].as_str().unwrap_or("-");
+            let mut said = Vec::new();
+            for (label, ptr) in [
+                ("manufacturer", "/manufacturer"),
+                ("model", "/modelNumber"),
+                ("serial", "/serialNumber"),
+                ("bed", "/location/display"),
+                ("unit", "/unit/coding/0/display"),
+                ("status", "/operationalStatus"),
+                ("category", "/category"),
+                ("calibration", "/calibration/0/state"),
+                ("calibrated", "/calibration/0/time"),
+            ] {
+                if let Some(v) = r.pointer(ptr).and_then(text) {
+                    said.push(format!("{label} {v}"));
+                }
+            }
+            for v in r["version"].as_array().into_iter().flatten() {
+                said.push(format!(
+                    "{} {}",
+                    concept(&v["type"]),
+                    v["value"].as_str().unwrap_or("")
+                ));
+            }
+            [
+                format!("{kind}/{}…", &id[..id.len().min(8)]),
+                concept(&r["type"]),
+                r.pointer("/identifier/0/value")
+                    .and_then(text)
+                    .unwrap_or_else(|| "-".into()),
+                said.join(", "),
+                short(&r["parent"]["reference"]).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect()
 }
 
 /// Groups measurements by (type, patient, device, encounter) as the job does, then builds one
@@ -213,6 +283,9 @@ pub fn report_json(n: &Normalized) -> Value {
     });
     if let Some(obs) = &n.observations {
         out["observations"] = Value::Array(obs.clone());
+    }
+    if !n.devices.is_empty() {
+        out["devices"] = Value::Array(n.devices.clone());
     }
     out
 }

@@ -608,3 +608,98 @@ fn alerts_become_detected_issues_and_news2_scores_observations() {
         "the score that raised the NEWS2 alert (SpO2 scores 3): {news2:#?}"
     );
 }
+
+/// What `vitalflow normalize --format json` says of one message: its `devices`.
+fn device_resources(dir: &Path, name: &str, payload: &[u8]) -> Vec<Value> {
+    let file = dir.join(name);
+    std::fs::write(&file, payload).expect("message");
+    let out = run_ok(
+        vitalflow()
+            .args(["normalize", "--format", "json", "--device"])
+            .arg(root().join("templates/ihe-pcd01/devicecontent.json"))
+            .arg(&file),
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report");
+    report["devices"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_pcd01_device_tree_becomes_devices_and_metrics_the_server_stores_linked() {
+    use vitalflow::config::SimulatorConfig;
+    use vitalflow::sources::simulator::Simulator;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let h = Helios::start(&tmp.path().join("hfs"));
+    let schema = schema();
+    // Three monitors for five minutes: monitor 0 has its software updated mid-run, monitor
+    // 1 its NIBP channel calibrated.
+    let cfg = SimulatorConfig {
+        devices: 3,
+        count: Some(3 * 301),
+        profile: "ihe-pcd01".into(),
+        ..SimulatorConfig::default()
+    };
+    let start = vitalflow::time::parse_timestamp("2026-12-05T10:00:00Z").expect("time");
+    let msgs: Vec<SimMessage> = Simulator::new(&cfg, start, (0, 1)).collect();
+    let at = |device: usize, second: i64| {
+        let key = format!("0012A3FFFE{device:06X}");
+        msgs.iter()
+            .find(|m| m.key == key && m.event_time == start + chrono::Duration::seconds(second))
+            .expect("message")
+            .payload
+            .clone()
+    };
+    let before = device_resources(tmp.path(), "m0-0.hl7", &at(0, 0));
+    let kinds = |r: &[Value], t: &str| r.iter().filter(|v| v["resourceType"] == t).count();
+    // MDS, five VMDs (one implied) and their channels; a metric per vital value.
+    assert_eq!(
+        (kinds(&before, "Device"), kinds(&before, "DeviceMetric")),
+        (11, 7)
+    );
+    for r in &before {
+        assert_valid(&schema, r);
+        h.put(r);
+    }
+    // Every parent and source resolves on the server.
+    for r in &before {
+        for link in ["parent", "source"] {
+            if let Some(reference) = r[link]["reference"].as_str() {
+                let (status, body) = h.get(reference).expect("GET");
+                assert_eq!(status, 200, "{reference} ({link} of {})", r["id"]);
+                assert_eq!(body["resourceType"], "Device");
+            }
+        }
+    }
+    let mds = &before[0];
+    assert_eq!(mds["identifier"][0]["value"], "0012A3FFFE000000");
+    assert_eq!(mds["version"][0]["value"], "2.4.1");
+    assert_eq!(mds["location"]["display"], "WARD / 1 / A");
+    // After the software update: the same resources, ids and all, but the MDS's version.
+    let after = device_resources(tmp.path(), "m0-300.hl7", &at(0, 300));
+    assert_eq!(after.len(), before.len());
+    let changed: Vec<&Value> = after.iter().filter(|r| !before.contains(r)).collect();
+    assert_eq!(changed.len(), 1, "only the MDS changes: {changed:?}");
+    assert_eq!(changed[0]["id"], mds["id"]);
+    assert_eq!(changed[0]["version"][0]["value"], "2.5.0");
+    h.put(changed[0]);
+    let (_, stored) = h
+        .get(&format!("Device/{}", mds["id"].as_str().expect("id")))
+        .expect("GET");
+    assert_eq!(stored["version"][0]["value"], "2.5.0");
+    // After the calibration: only the NIBP systolic metric's calibration time moves.
+    let (cal_before, cal_after) = (
+        device_resources(tmp.path(), "m1-0.hl7", &at(1, 0)),
+        device_resources(tmp.path(), "m1-300.hl7", &at(1, 300)),
+    );
+    let changed: Vec<&Value> = cal_after
+        .iter()
+        .filter(|r| !cal_before.contains(r))
+        .collect();
+    assert_eq!(changed.len(), 1, "only the calibrated metric: {changed:?}");
+    assert_eq!(changed[0]["resourceType"], "DeviceMetric");
+    assert_eq!(changed[0]["type"]["coding"][0]["code"], "150021");
+    assert_eq!(
+        changed[0]["calibration"][0]["time"], "2026-12-05T10:02:45Z",
+        "monitor 1 is calibrated 165 s in"
+    );
+    assert_valid(&schema, changed[0]);
+}

@@ -2,7 +2,7 @@
 
 use super::*;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::io::Read;
 use std::path::PathBuf;
 use vitalflow::debugger::{self, DebugError, Normalized};
@@ -140,11 +140,7 @@ pub fn print_error(e: &DebugError, format: Format) {
 
 fn print_normalized(n: &Normalized, format: Format) {
     if format == Format::Json {
-        let mut out = json!({ "measurements": n.measurements.iter().map(|m| m.to_json()).collect::<Vec<_>>() });
-        if let Some(obs) = &n.observations {
-            out["observations"] = Value::Array(obs.clone());
-        }
-        outln!("{out}");
+        outln!("{}", vitalflow::debugger::report_json(n));
         return;
     }
     if n.measurements.is_empty() {
@@ -184,6 +180,21 @@ fn print_normalized(n: &Normalized, format: Format) {
             "{} measurement{}",
             n.measurements.len(),
             plural(n.measurements.len())
+        );
+        outln!("{t}");
+    }
+    if !n.devices.is_empty() {
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED)
+            .set_content_arrangement(ContentArrangement::Dynamic);
+        t.set_header(["resource", "type", "identifier", "attributes", "parent"]);
+        for row in vitalflow::debugger::device_rows(&n.devices) {
+            t.add_row(row);
+        }
+        outln!(
+            "\n{} device resource{} (Device, DeviceMetric)",
+            n.devices.len(),
+            plural(n.devices.len())
         );
         outln!("{t}");
     }

@@ -209,7 +209,7 @@ mod tests {
         assert_eq!(mds["version"][0]["type"]["coding"][0]["code"], "531975");
         assert_eq!(mds["version"][0]["value"], "2.4.1");
         assert_eq!(mds["type"]["coding"][0]["system"], MDC);
-        assert_eq!(mds["location"]["display"], "ICU^12^B");
+        assert_eq!(mds["location"]["display"], "ICU / 12 / B");
         assert!(mds.get("parent").is_none());
         // Every parent and source points at a Device of the same tree.
         let ids: Vec<String> = devices

@@ -482,9 +482,16 @@ pub fn from_pcd01<'m>(msg: &Hl7<'m>) -> Vec<DeviceTree> {
                 };
                 let mds = b.component([sub[0], 0, 0]);
                 if let Some(l) = location {
+                    // PV1-3 (point of care^room^bed^facility...) as people read it.
+                    let parts: [&str; 4] = msg.components(l);
+                    let place: Vec<String> = parts
+                        .iter()
+                        .filter(|p| !p.is_empty())
+                        .map(|p| msg.decode(p).into_owned())
+                        .collect();
                     b.components[mds]
                         .attributes
-                        .insert(Attribute::Location, msg.decode(l).into_owned());
+                        .insert(Attribute::Location, place.join(" / "));
                 }
                 trees.push((sub[0], b));
                 trees.len() - 1
@@ -650,7 +657,7 @@ mod tests {
         assert_eq!(mds.attributes[&Attribute::Model], "VitalView 5");
         assert_eq!(mds.attributes[&Attribute::Serial], "SN-0042");
         assert_eq!(mds.attributes[&Attribute::SoftwareVersion], "2.4.1");
-        assert_eq!(mds.attributes[&Attribute::Location], "ICU^12^B");
+        assert_eq!(mds.attributes[&Attribute::Location], "ICU / 12 / B");
         let keys: Vec<(&str, Level, Option<&str>)> = t
             .components
             .iter()

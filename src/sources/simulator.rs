@@ -55,6 +55,20 @@ struct Device {
 /// When acute devices start to desaturate (seconds of simulated time).
 const ACUTE_AFTER_S: u64 = 30;
 
+/// When the first PCD-01 monitors get a software update (seconds of simulated time).
+const SOFTWARE_UPDATE_AFTER_S: u64 = 120;
+
+/// When the first PCD-01 monitors' NIBP channels are calibrated (seconds of simulated time).
+const CALIBRATION_AFTER_S: u64 = 150;
+
+/// The PCD-01 VMD headers by module ordinal: SpO2, ECG, blood pressure, temperature.
+const VMD_HEADERS: &[(u32, &str)] = &[
+    (1, "69642^MDC_DEV_ANALY_SAT_O2_VMD^MDC"),
+    (2, "69798^MDC_DEV_ECG_VMD^MDC"),
+    (4, "69854^MDC_DEV_METER_PRESS_BLD_VMD^MDC"),
+    (5, "69902^MDC_DEV_METER_TEMP_VMD^MDC"),
+];
+
 /// Mean-reverting random walk step.
 fn walk(rng: &mut Xoshiro256PlusPlus, v: f64, mean: f64, pull: f64, noise: f64) -> f64 {
     v + (mean - v) * pull + (rng.random::<f64>() - 0.5) * 2.0 * noise
@@ -272,21 +286,82 @@ impl Device {
                 "268192^MDC_DIM_DEGC^MDC",
             ));
         }
+        // The MDS and its identification rows, as monitors send them with every report; the
+        // software version changes once mid-run on every third monitor.
+        let software = if self.index % 3 == 0 && second >= self.software_update_at() {
+            "2.5.0"
+        } else {
+            "2.4.1"
+        };
         let mut m = format!(
             "MSH|^~\\&|VITALVIEW^{device}^EUI-64|SIM|VITALFLOW|HOSP|{ts}||ORU^R01^ORU_R01|SIM-{}-{}|P|2.6|||NE|AL\r\
              PID|||{patient}^^^HOSP^MR\r\
-             PV1||I|||||||||||||||||{encounter}^^^HOSP^VN\r\
+             PV1||I|WARD^{bed}^A||||||||||||||||{encounter}^^^HOSP^VN\r\
              OBR|1|||182777000^monitoring of patient^SCT|||{ts}\r\
-             OBX|1||69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|1.0.0.0|||||||X|||||||{device}^EUI-64\r",
-            self.index, self.seq
+             OBX|1||69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|1.0.0.0|||||||X|||||||{device}^EUI-64\r\
+             OBX|2|ST|531970^MDC_ID_MODEL_MANUFACTURER^MDC|1.0.0.1|VitalFlow Simulated Devices||||||R\r\
+             OBX|3|ST|531969^MDC_ID_MODEL_NUMBER^MDC|1.0.0.2|VV-5||||||R\r\
+             OBX|4|ST|531972^MDC_ID_PROD_SPEC_SERIAL^MDC|1.0.0.3|SIM{:06}||||||R\r\
+             OBX|5|ST|531975^MDC_ID_PROD_SPEC_SW^MDC|1.0.0.4|{software}||||||R\r",
+            self.index,
+            self.seq,
+            self.index,
+            bed = self.index + 1,
         );
-        for (i, (code, sub, value, unit)) in obx.iter().enumerate() {
-            m.push_str(&format!(
-                "OBX|{}|NM|{code}|{sub}|{value}|{unit}|||||R|||{ts}\r",
-                i + 2
-            ));
+        let mut n = 5;
+        let mut row = |m: &mut String, text: String| {
+            n += 1;
+            m.push_str(&format!("OBX|{n}|{text}\r"));
+        };
+        let mut vmd = 0;
+        for (code, sub, value, unit) in &obx {
+            // Module headers (VMD, and the NIBP channel) before a module's first metric.
+            let module = sub.split('.').nth(1).unwrap_or("");
+            if module != vmd.to_string() {
+                vmd = module.parse().unwrap_or(0);
+                if let Some(header) = VMD_HEADERS.iter().find(|(v, _)| *v == vmd) {
+                    row(&mut m, format!("|{}|1.{vmd}.0.0|||||||X", header.1));
+                }
+                if vmd == 4 {
+                    row(
+                        &mut m,
+                        "|70687^MDC_DEV_PRESS_BLD_NONINV_CHAN^MDC|1.4.1.0|||||||X".to_string(),
+                    );
+                }
+            }
+            row(
+                &mut m,
+                format!("NM|{code}|{sub}|{value}|{unit}|||||R|||{ts}"),
+            );
+            if *sub == "1.4.1.1" {
+                // The NIBP channel's calibration: once before the run, again mid-run on every
+                // third monitor (one in three, offset from the software updates).
+                let start = t - chrono::Duration::seconds(second as i64);
+                let at = if self.index % 3 == 1 && second >= self.calibration_at() {
+                    start + chrono::Duration::seconds(self.calibration_at() as i64)
+                } else {
+                    start - chrono::Duration::days(20)
+                };
+                row(
+                    &mut m,
+                    format!(
+                        "CWE|67898^MDC_ATTR_METRIC_CALIB^MDC|1.4.1.1.1|calibrated~offset||||||R|||{}",
+                        at.format("%Y%m%d%H%M%S+0000")
+                    ),
+                );
+            }
         }
         m
+    }
+
+    /// When this monitor's software is updated (seconds of simulated time).
+    fn software_update_at(&self) -> u64 {
+        SOFTWARE_UPDATE_AFTER_S + 15 * u64::from(self.index % 8)
+    }
+
+    /// When this monitor's NIBP channel is calibrated (seconds of simulated time).
+    fn calibration_at(&self) -> u64 {
+        CALIBRATION_AFTER_S + 15 * u64::from(self.index % 8)
     }
 }
 

@@ -36,6 +36,7 @@ async function run() {
     $("problems").replaceChildren(...all.map(problem));
     $("measurements").replaceChildren();
     $("observations").textContent = "—";
+    showDevices([]);
     return;
   }
   const ms = r.measurements || [];
@@ -45,6 +46,40 @@ async function run() {
     vf.el("td", {}, i), vf.el("td", {}, m.type), vf.el("td", {}, m.deviceId), vf.el("td", {}, m.patientId ?? "—"),
     vf.el("td", {}, m.occurrenceTimeUtc), vf.el("td", {}, m.properties.map((p) => `${p.name}=${p.value}`).join(", ")))));
   $("observations").textContent = r.observations ? JSON.stringify(r.observations, null, 2) : "— (no FHIR template)";
+  showDevices(r.devices || []);
+}
+
+// The containment tree as rows, indented by depth: MDS, VMD, channel, then each metric under
+// its channel (the resources link children to parents by id).
+function showDevices(resources) {
+  $("device-resources").textContent = resources.length ? JSON.stringify(resources, null, 2) : "—";
+  if (!resources.length) {
+    $("devices").replaceChildren(vf.el("tr", {}, vf.el("td", {}, "— (no IHE PCD-01 containment tree in this message)")));
+    return;
+  }
+  const byId = new Map(resources.filter((r) => r.resourceType === "Device").map((r) => [`Device/${r.id}`, r]));
+  const depth = (r) => { let d = 0; for (let p = r.parent; p && byId.has(p.reference); p = byId.get(p.reference).parent) d++; return d; };
+  const concept = (c) => (c && c.coding && c.coding[0] && (c.coding[0].display || c.coding[0].code)) || "—";
+  const said = (r) => [
+    ["manufacturer", r.manufacturer], ["model", r.modelNumber], ["serial", r.serialNumber],
+    ["bed", r.location && r.location.display], ["unit", r.unit && concept(r.unit)],
+    ["status", r.operationalStatus], ["category", r.category],
+    ["calibration", r.calibration && r.calibration[0].state], ["calibrated", r.calibration && r.calibration[0].time],
+    ...(r.version || []).map((v) => [concept(v.type), v.value]),
+  ].filter(([, v]) => v).map(([k, v]) => `${k} ${v}`).join(", ");
+  const ordered = [];
+  const children = (ref) => resources.filter((r) => (r.parent && r.parent.reference) === ref);
+  const walk = (r) => { ordered.push(r); if (r.resourceType === "Device") children(`Device/${r.id}`).forEach(walk); };
+  resources.filter((r) => r.resourceType === "Device" && !r.parent).forEach(walk);
+  const head = vf.el("tr", {}, ["resource", "type", "identifier", "attributes"].map((h) => vf.el("th", {}, h)));
+  $("devices").replaceChildren(head, ...ordered.map((r) => {
+    const d = r.resourceType === "Device" ? depth(r) : depth(byId.get(r.parent.reference) || {}) + 1;
+    return vf.el("tr", { class: r.resourceType === "Device" ? "device" : "metric" },
+      vf.el("td", { style: `padding-left:${0.4 + 1.2 * d}em` }, r.resourceType),
+      vf.el("td", {}, concept(r.type)),
+      vf.el("td", {}, (r.identifier && r.identifier[0] && r.identifier[0].value) || "—"),
+      vf.el("td", {}, said(r)));
+  }));
 }
 
 function download(name, text) {
