@@ -173,11 +173,13 @@ pub fn device_rows(resources: &[Value]) -> Vec<[String; 5]> {
                 }
             }
             for v in r["version"].as_array().into_iter().flatten() {
-                said.push(format!(
-                    "{} {}",
-                    concept(&v["type"]),
-                    v["value"].as_str().unwrap_or("")
-                ));
+                let label = match v.pointer("/type/coding/0/code").and_then(Value::as_str) {
+                    Some("531974") => "hardware".to_string(),
+                    Some("531975") => "software".to_string(),
+                    Some("531976") => "firmware".to_string(),
+                    _ => concept(&v["type"]),
+                };
+                said.push(format!("{label} {}", v["value"].as_str().unwrap_or("")));
             }
             [
                 format!("{kind}/{}…", &id[..id.len().min(8)]),

@@ -437,3 +437,63 @@ fn with_a_certificate_the_pages_are_served_over_tls() {
         "{plain:?}"
     );
 }
+
+#[test]
+fn the_debugger_draws_a_pcd01_device_tree_as_the_cli_reports_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let device = root().join("templates/ihe-pcd01/devicecontent.json");
+    let message = root().join("datasets/ihe-pcd01/oru-r01.hl7");
+    let mut cmd = vitalflow();
+    cmd.arg("debugger")
+        .arg("--device")
+        .arg(&device)
+        .arg("--address")
+        .arg(format!("127.0.0.1:{}", free_port()));
+    let served = Served::start(cmd, dir.path(), "mapping debugger: ");
+    let mut b = Browser::start(
+        "devices",
+        &served.url,
+        &["--message", message.to_str().expect("path")],
+    );
+    let shown = b.step("devices");
+    let rows = shown["rows"].as_array().expect("rows");
+    let cli = common::run_ok(
+        vitalflow()
+            .args(["normalize", "--format", "json", "--device"])
+            .arg(&device)
+            .arg(&message),
+    );
+    let cli: Value = serde_json::from_slice(&cli.stdout).expect("CLI JSON");
+    let resources = cli["devices"].as_array().expect("devices");
+    assert_eq!(rows.len(), resources.len(), "a row per resource");
+    let cell = |r: &Value, i: usize| r["cells"][i].as_str().unwrap_or("").to_string();
+    let indent = |r: &Value| r["indent"].as_f64().unwrap_or(0.0);
+    // The MDS first with what identifies it, every other row indented under it.
+    assert_eq!(cell(&rows[0], 1), "MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS");
+    assert_eq!(cell(&rows[0], 2), "0012A3FFFE4B5C6D");
+    let said = cell(&rows[0], 3);
+    assert!(
+        said.contains("Example Medical Systems") && said.contains("3.2.1"),
+        "{said}"
+    );
+    assert!(
+        rows[1..].iter().all(|r| indent(r) > indent(&rows[0])),
+        "{rows:?}"
+    );
+    // Each metric right under its channel: one step deeper than the row its parent is.
+    for (i, r) in rows.iter().enumerate() {
+        if cell(r, 0) == "DeviceMetric" {
+            let parent = rows[..i]
+                .iter()
+                .rev()
+                .find(|p| cell(p, 0) == "Device")
+                .expect("a Device above");
+            assert!(indent(r) > indent(parent), "{r} under {parent}");
+        }
+    }
+    let sat = rows
+        .iter()
+        .find(|r| cell(r, 1) == "MDC_PULS_OXIM_SAT_O2")
+        .expect("the SpO2 metric");
+    assert!(cell(sat, 3).contains("MDC_DIM_PERCENT"), "{sat}");
+}

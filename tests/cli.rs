@@ -194,6 +194,25 @@ fn normalize_reads_hl7_v2_pcd01_messages_framed_or_not() {
         json["observations"][4]["code"]["coding"][0]["code"],
         "85354-9"
     );
+    // The device tree: the MDS with its identification rows, then VMDs, channels, metrics.
+    let devices = json["devices"].as_array().expect("devices");
+    assert_eq!(devices[0]["resourceType"], "Device");
+    assert_eq!(devices[0]["identifier"][0]["value"], "0012A3FFFE4B5C6D");
+    assert_eq!(devices[0]["manufacturer"], "Example Medical Systems");
+    assert_eq!(devices[0]["version"][0]["value"], "3.2.1");
+    assert_eq!(devices[0]["location"]["display"], "ICU / Bed 4 / 1");
+    let metrics: Vec<&str> = devices
+        .iter()
+        .filter(|d| d["resourceType"] == "DeviceMetric")
+        .map(|d| d["type"]["coding"][0]["code"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        metrics,
+        [
+            "150456", "149530", "147842", "151562", "150021", "150022", "150023", "150364",
+            "150344"
+        ]
+    );
     // As a gateway sends it: MLLP framing, CR between segments.
     let text = std::fs::read_to_string("datasets/ihe-pcd01/oru-r01.hl7").expect("example");
     let framed = format!("\x0b{}\x1c\r", text.trim_end().replace('\n', "\r"));

@@ -17,8 +17,9 @@
 //!   measurements; the bed is PV1-3.
 //!
 //! Components and metrics are keyed by the codes on their path with a per-parent ordinal
-//! for repeated codes (two invasive-pressure channels), not by the sub-id ordinals alone:
-//! PCD-01 lets a device renumber its tree between messages.
+//! for repeated codes (two invasive-pressure channels: `69855#1`, `69855#2`), not by the
+//! sub-id ordinals: PCD-01 lets a device renumber its tree between messages. A component
+//! without a header row has only its ordinal (`@3`).
 
 use crate::hl7::{timestamp, Hl7};
 use chrono::{DateTime, Utc};
@@ -376,8 +377,19 @@ impl Builder {
                 .as_ref()
                 .and_then(|p| p.parse::<usize>().ok())
                 .expect("index");
-            let code = c.kind.as_ref().map_or("", |k| k.code.as_str()).to_string();
-            keys[i] = label(&keys[parent].clone(), &code);
+            keys[i] = match &c.kind {
+                Some(k) => label(&keys[parent].clone(), &k.code),
+                // No header row: its OBX-4 ordinal is all that tells it from its siblings.
+                None => {
+                    let ord = c.ordinals[if c.level == Level::Vmd { 1 } else { 2 }];
+                    let own = format!("@{ord}");
+                    if keys[parent].is_empty() {
+                        own
+                    } else {
+                        format!("{}/{own}", keys[parent])
+                    }
+                }
+            };
         }
         for c in &mut self.components {
             c.parent = c
@@ -729,7 +741,7 @@ OBX|2|NM|147842^MDC_ECG_HEART_RATE^MDC|1.2.1.1|70|264864^MDC_DIM_BEAT_PER_MIN^MD
         assert_eq!(t.components.len(), 3, "MDS, implied VMD and channel");
         assert!(t.components.iter().all(|c| c.kind.is_none()));
         assert_eq!(t.metrics[0].parent, "");
-        assert_eq!(t.metrics[1].parent, "#1/#1");
+        assert_eq!(t.metrics[1].parent, "@2/@1");
     }
 
     #[test]

@@ -179,9 +179,30 @@ def debugger(args):
         d.quit()
 
 
+def devices(args):
+    """The mapping debugger on an IHE PCD-01 message: the device tree it shows."""
+    d = browser()
+    shots = args.shots
+    try:
+        d.get(args.url + "/debugger")
+        wait(d, 10, "templates", lambda d: d.find_element(By.ID, "device").get_attribute("value").strip() != "", shots)
+        d.execute_script("document.getElementById('message').value = arguments[0];", open(args.message).read())
+        d.find_element(By.ID, "run").click()
+        wait(d, 10, "devices", lambda d: len(d.find_elements(By.CSS_SELECTOR, "#devices tr")) > 1, shots)
+        rows = []
+        for r in d.find_elements(By.CSS_SELECTOR, "#devices tr")[1:]:
+            cells = r.find_elements(By.TAG_NAME, "td")
+            indent = float(cells[0].value_of_css_property("padding-left").rstrip("px"))
+            rows.append({"cells": [c.text for c in cells], "indent": indent})
+        d.save_screenshot(os.path.join(shots, "debugger-devices.png"))
+        say("devices", ok=True, rows=rows)
+    finally:
+        d.quit()
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["board", "ward", "debugger"])
+    ap.add_argument("what", choices=["board", "ward", "debugger", "devices"])
     ap.add_argument("--url", required=True)
     ap.add_argument("--shots", required=True)
     ap.add_argument("--patients", type=int, default=1)
@@ -193,7 +214,7 @@ def main():
     ap.add_argument("--break-to")
     args = ap.parse_args()
     os.makedirs(args.shots, exist_ok=True)
-    {"board": board, "ward": ward, "debugger": debugger}[args.what](args)
+    {"board": board, "ward": ward, "debugger": debugger, "devices": devices}[args.what](args)
 
 
 if __name__ == "__main__":

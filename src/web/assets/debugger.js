@@ -49,6 +49,8 @@ async function run() {
   showDevices(r.devices || []);
 }
 
+const VERSIONS = { 531974: "hardware", 531975: "software", 531976: "firmware" };
+
 // The containment tree as rows, indented by depth: MDS, VMD, channel, then each metric under
 // its channel (the resources link children to parents by id).
 function showDevices(resources) {
@@ -65,7 +67,7 @@ function showDevices(resources) {
     ["bed", r.location && r.location.display], ["unit", r.unit && concept(r.unit)],
     ["status", r.operationalStatus], ["category", r.category],
     ["calibration", r.calibration && r.calibration[0].state], ["calibrated", r.calibration && r.calibration[0].time],
-    ...(r.version || []).map((v) => [concept(v.type), v.value]),
+    ...(r.version || []).map((v) => [VERSIONS[v.type.coding[0].code] || concept(v.type), v.value]),
   ].filter(([, v]) => v).map(([k, v]) => `${k} ${v}`).join(", ");
   const ordered = [];
   const children = (ref) => resources.filter((r) => (r.parent && r.parent.reference) === ref);
@@ -75,7 +77,7 @@ function showDevices(resources) {
   $("devices").replaceChildren(head, ...ordered.map((r) => {
     const d = r.resourceType === "Device" ? depth(r) : depth(byId.get(r.parent.reference) || {}) + 1;
     return vf.el("tr", { class: r.resourceType === "Device" ? "device" : "metric" },
-      vf.el("td", { style: `padding-left:${0.4 + 1.2 * d}em` }, r.resourceType),
+      vf.el("td", { class: `depth-${Math.min(d, 3)}` }, r.resourceType),
       vf.el("td", {}, concept(r.type)),
       vf.el("td", {}, (r.identifier && r.identifier[0] && r.identifier[0].value) || "—"),
       vf.el("td", {}, said(r)));
