@@ -18,6 +18,8 @@ pub struct Metrics {
     pub dead_letters: AtomicU64,
     /// Observation versions written to NDJSON files.
     pub observations_out: AtomicU64,
+    /// Device and DeviceMetric versions passed to the device outputs.
+    pub device_versions: AtomicU64,
     /// Observations the FHIR server acknowledged.
     pub fhir_observations: AtomicU64,
     /// HTTP requests sent to the FHIR server (and its token endpoint), retries included.
@@ -245,7 +247,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counters: [(&str, &str, &AtomicU64); 21] = [
+        let counters: [(&str, &str, &AtomicU64); 22] = [
             (
                 "vitalflow_alerts_total",
                 "Alert events delivered (open, escalated, resolved).",
@@ -290,6 +292,11 @@ impl Metrics {
                 "vitalflow_observations_out_total",
                 "Observation versions written.",
                 &self.observations_out,
+            ),
+            (
+                "vitalflow_device_versions_total",
+                "Device and DeviceMetric versions passed to the device outputs (attribute changes).",
+                &self.device_versions,
             ),
             (
                 "vitalflow_fhir_observations_total",

@@ -5,7 +5,9 @@ mod common;
 
 use common::*;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
+use vitalflow::sources::simulator::SimMessage;
 
 #[test]
 fn kafka_job_writes_observations_dead_letters_and_commits_offsets() {
@@ -550,4 +552,97 @@ fn a_dead_letter_larger_than_the_topic_accepts_is_cut_to_fit_and_commits_go_on()
         high_watermarks(&brokers, "vitals", 1),
         "every offset committed: the oversized dead letter did not stall the job"
     );
+}
+
+/// Every line of a job's device output (`<out>/devices`), as written.
+fn device_lines(out: &Path) -> Vec<String> {
+    vitalflow::sinks::files::committed_parts(&out.join("devices"))
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .expect("part")
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Panics with the first lines only one side has (sorted multisets of lines).
+fn same_lines(got: &[String], want: &[String], what: &str) {
+    let extra: Vec<&String> = got.iter().filter(|l| !want.contains(l)).take(2).collect();
+    let missing: Vec<&String> = want.iter().filter(|l| !got.contains(l)).take(2).collect();
+    assert!(
+        got == want,
+        "{what}: {} lines, want {}; only got {extra:?}; only wanted {missing:?}",
+        got.len(),
+        want.len()
+    );
+}
+
+/// A job as `kafka_job` writes it, reading IHE PCD-01 messages.
+fn pcd01_job(dir: &Path, brokers: &str, group: &str) -> std::path::PathBuf {
+    let job = kafka_job(dir, brokers, "vitals", group, "");
+    let text = std::fs::read_to_string(&job)
+        .expect("job")
+        .replace("templates/bedside-monitor/", "templates/ihe-pcd01/");
+    std::fs::write(&job, text).expect("job");
+    job
+}
+
+#[test]
+fn device_versions_follow_attribute_changes_once_across_kill_9_and_worker_counts() {
+    use vitalflow::config::SimulatorConfig;
+    use vitalflow::sources::simulator::Simulator;
+    let (_c, brokers) = mock_cluster(&[("vitals", 3)]);
+    // Eight monitors for six minutes, some readings out of order and late: monitors 0, 3
+    // and 6 get a software update mid-run, the NIBP channels of 1, 4 and 7 a calibration.
+    let cfg = SimulatorConfig {
+        devices: 8,
+        count: Some(8 * 361),
+        profile: "ihe-pcd01".into(),
+        out_of_order: 0.05,
+        late_burst: Some(Duration::from_secs(45)),
+        ..SimulatorConfig::default()
+    };
+    let start = chrono::Utc::now() - chrono::Duration::minutes(30);
+    let start = vitalflow::time::parse_timestamp(&start.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .expect("time");
+    let msgs: Vec<SimMessage> = Simulator::new(&cfg, start, (0, 1)).collect();
+    let crash = tempfile::tempdir().expect("tmp");
+    let job = pcd01_job(crash.path(), &brokers, "devices-crashy");
+    let out = crash.path().join("out");
+    crash_and_resume(
+        &brokers,
+        "devices-crashy",
+        &job,
+        &msgs,
+        || device_lines(&out).iter().any(|l| l.contains("\"2.5.0\"")),
+        "no software update was written",
+    );
+    let runs: Vec<Vec<String>> = [1, 3]
+        .iter()
+        .map(|workers| {
+            let dir = tempfile::tempdir().expect("tmp");
+            let group = format!("devices-clean-{workers}");
+            let job = pcd01_job(dir.path(), &brokers, &group);
+            run_ok(
+                vitalflow()
+                    .args(["run", "--until-end", "--workers", &workers.to_string()])
+                    .arg("--job")
+                    .arg(&job),
+            );
+            let mut lines = device_lines(&dir.path().join("out"));
+            lines.sort();
+            lines
+        })
+        .collect();
+    let mut crashed = device_lines(&out);
+    crashed.sort();
+    // 18 resources per monitor, then one version per change: 3 updates, 3 calibrations.
+    assert_eq!(runs[0].len(), 8 * 18 + 6, "versions only on change");
+    same_lines(&runs[1], &runs[0], "3 workers against 1");
+    same_lines(&crashed, &runs[0], "kill -9 and restart against one run");
+    let updated: Vec<&String> = crashed.iter().filter(|l| l.contains("\"2.5.0\"")).collect();
+    assert_eq!(updated.len(), 3, "{updated:?}");
 }

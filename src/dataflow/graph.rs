@@ -80,6 +80,7 @@ pub(super) fn run_worker<A: Allocate>(
         max_future_skew: job.max_future_skew,
         metrics: shared.metrics.clone(),
         acks_topic: shared.acks_topic.as_deref().map(Arc::from),
+        devices: !parts.devices.is_empty(),
     };
     let behind = super::operators::Behind::default();
     worker.dataflow::<u64, _, _>(|scope| {
@@ -92,13 +93,26 @@ pub(super) fn run_worker<A: Allocate>(
             control.clone(),
             behind.clone(),
         );
-        let (judged, dead) = normalize_operator(&raw, clock.clone(), normalizer);
+        let (judged, dead, reports) = normalize_operator(&raw, clock.clone(), normalizer);
         // Acknowledgements go to alerting only: no window, table or board takes them.
         let (judged, acks) = judged.branch(|_, j| crate::anomaly::ack::is_ack(&j.measurement));
         let alerting = !parts.alerts.is_empty();
         let marks = (!parts.observations.is_empty() || alerting)
             .then(|| clock_operator(scope, clock.clone(), control.clone()));
         let mut durable = attach(&dead, vec![parts.dead_letters], control);
+        if let Some(versions) = parts.device_versions {
+            let system = job
+                .fhir
+                .as_ref()
+                .and_then(|f| f.device_identifier_system.clone());
+            let new = super::devices::versions_operator(
+                &reports,
+                versions,
+                system,
+                shared.metrics.clone(),
+            );
+            durable.extend(attach(&new, parts.devices, control));
+        }
         if let (Some(marks), false) = (&marks, parts.observations.is_empty()) {
             let windows = Windows::new(shared.mapping.clone(), job.horizon, job.update_every);
             let updates = window_operator(&judged, marks, windows, shared.metrics.clone());

@@ -13,6 +13,7 @@ mod board_feed;
 pub mod commit_log;
 mod committer;
 mod control;
+mod devices;
 mod epoch_gate;
 pub mod event_clock;
 mod graph;
@@ -439,6 +440,10 @@ struct WorkerParts {
     alerts: Vec<NamedSink<Alert>>,
     /// Where the alerts topic stands (Kafka alerts), recorded in alerting checkpoints.
     alerts_topic: Option<crate::sinks::alerts::Positions>,
+    /// Device outputs (Device and DeviceMetric versions).
+    devices: Vec<NamedSink<crate::fhir::device::DeviceVersion>>,
+    /// The versions the device outputs hold of this worker's devices, when it has any.
+    device_versions: Option<crate::fhir::device::Versions>,
 }
 
 /// The dead-letter sink, and where its topic stands when it is one.
@@ -494,7 +499,17 @@ fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<W
     let mut observations = Vec::new();
     let mut measurements = Vec::new();
     let mut alerts = Vec::new();
+    let mut devices = Vec::new();
+    let mut device_versions = None;
     if job.ndjson_observations {
+        // Devices go beside the Observations; a restart knows what they already hold.
+        let owns = move |d: &str| route(d) % peers as u64 == index as u64;
+        device_versions = Some(crate::sinks::devices::committed_versions(
+            &job.output_dir,
+            owns,
+        )?);
+        let sink = crate::sinks::devices::DeviceSink::new(&job.output_dir, index)?;
+        devices.push(NamedSink::new("DeviceSink", sink, job.flush_interval));
         let sink = ObservationSink::new(
             &job.output_dir,
             index,
@@ -590,6 +605,8 @@ fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<W
         observations,
         alerts,
         alerts_topic,
+        devices,
+        device_versions,
     })
 }
 

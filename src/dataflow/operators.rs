@@ -7,6 +7,7 @@ use super::event_clock::{InputClock, Mark, Watermark};
 use super::normalize::normalize;
 use super::route;
 use super::window::Windows;
+use crate::fhir::device::DeviceReport;
 use crate::fhir::store::WindowUpdate;
 use crate::mapping::{DeviceMapping, FhirMapping};
 use crate::metrics::{Latencies, Metrics};
@@ -205,7 +206,16 @@ pub(super) struct Judged {
     pub effective: i64,
 }
 
-type Normalized = Result<Judged, DeadLetter>;
+type Normalized = Result<Judged, Aside>;
+
+/// What normalization sets aside from the readings.
+#[derive(Clone)]
+enum Aside {
+    /// A message that cannot be normalized.
+    Dead(DeadLetter),
+    /// What a message says about its devices (jobs with a device output).
+    Device(DeviceReport),
+}
 
 /// What normalization reads: the mappings, how far ahead of the wall clock a reading may be.
 pub(super) struct Normalizer {
@@ -215,6 +225,8 @@ pub(super) struct Normalizer {
     pub(super) metrics: Arc<Metrics>,
     /// The topic acknowledgements come in on, when the job takes them.
     pub(super) acks_topic: Option<Arc<str>>,
+    /// Whether the job writes devices: messages' device trees are read.
+    pub(super) devices: bool,
 }
 
 /// An acknowledgement read from the acknowledgements topic, as the measurement it travels as.
@@ -243,7 +255,11 @@ pub(super) fn normalize_operator<G: Scope<Timestamp = u64>>(
     raw: &Stream<G, RawMessage>,
     clock: Rc<RefCell<InputClock>>,
     n: Normalizer,
-) -> (Stream<G, Judged>, Stream<G, DeadLetter>) {
+) -> (
+    Stream<G, Judged>,
+    Stream<G, DeadLetter>,
+    Stream<G, DeviceReport>,
+) {
     let skew = chrono::Duration::from_std(n.max_future_skew).unwrap_or(chrono::Duration::MAX);
     let out: Stream<G, Normalized> = raw.unary(Pipeline, "Normalize", move |_, _| {
         let mut ms = Vec::new();
@@ -263,7 +279,13 @@ pub(super) fn normalize_operator<G: Scope<Timestamp = u64>>(
                             partition: m.origin.partition,
                             offset: m.origin.offset,
                         };
-                        let result = if n.acks_topic.as_deref() == Some(&*source.topic) {
+                        let ack = n.acks_topic.as_deref() == Some(&*source.topic);
+                        let trees = if n.devices && !ack {
+                            super::devices::trees(&m.payload)
+                        } else {
+                            Vec::new()
+                        };
+                        let result = if ack {
                             acknowledgement(m, &source, &mut ms)
                         } else {
                             normalize(&n.device, &n.mapping, skew, now, m, &mut ms)
@@ -279,6 +301,13 @@ pub(super) fn normalize_operator<G: Scope<Timestamp = u64>>(
                         );
                         match result {
                             Ok(()) => {
+                                let newest = ms.iter().map(|x| x.occurrence_time).max();
+                                for tree in trees {
+                                    let at = tree.time.or(newest).map(|t| t.timestamp_millis());
+                                    if let Some(at) = at {
+                                        session.give(Err(Aside::Device(DeviceReport { tree, at })));
+                                    }
+                                }
                                 for x in &mut ms {
                                     x.received_ms = received;
                                     x.source = Some(source.clone());
@@ -301,7 +330,7 @@ pub(super) fn normalize_operator<G: Scope<Timestamp = u64>>(
                             }
                             Err(d) => {
                                 Metrics::add(&n.metrics.dead_letters, 1);
-                                session.give(Err(*d));
+                                session.give(Err(Aside::Dead(*d)));
                             }
                         }
                     }
@@ -312,7 +341,12 @@ pub(super) fn normalize_operator<G: Scope<Timestamp = u64>>(
             stamps.clear();
         }
     });
-    out.ok_err(|r| r)
+    let (judged, aside): (Stream<G, Judged>, Stream<G, Aside>) = out.ok_err(|r| r);
+    let (dead, devices) = aside.ok_err(|a| match a {
+        Aside::Dead(d) => Ok(d),
+        Aside::Device(r) => Err(r),
+    });
+    (judged, dead, devices)
 }
 
 /// Groups measurements into Observation windows and emits their versions as the job's

@@ -169,7 +169,7 @@ fn device_metric(tree: &DeviceTree, m: &Metric) -> Value {
     d.insert("category".into(), json!(m.category.code()));
     if let Some(c) = &m.calibration {
         let mut cal = Map::new();
-        if let Some(k) = c.kind {
+        if let Some(k) = &c.kind {
             cal.insert("type".into(), json!(k));
         }
         cal.insert("state".into(), json!(c.state));
@@ -179,6 +179,123 @@ fn device_metric(tree: &DeviceTree, m: &Metric) -> Value {
         d.insert("calibration".into(), json!([Value::Object(cal)]));
     }
     Value::Object(d)
+}
+
+/// What one message says about its devices, on its way to the device outputs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DeviceReport {
+    /// The tree of one MDS.
+    pub tree: DeviceTree,
+    /// When it was so (ms since the Unix epoch): the message's time (MSH-7), else its
+    /// newest reading's.
+    pub at: i64,
+}
+
+/// A new version of a Device or DeviceMetric: the resource as of `at`, with `meta`
+/// (`versionId`: its content hash; `lastUpdated`: `at`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceVersion {
+    /// The resource, with its meta.
+    pub resource: Value,
+    /// The MDS identifier it belongs to (outputs are routed by it).
+    pub device: String,
+    /// Event time from which it holds (ms since the Unix epoch).
+    pub at: i64,
+}
+
+/// The hash of a resource's content (its JSON, keys in order, without `meta`).
+pub fn content_hash(resource: &Value) -> u64 {
+    let mut h = Sha256::new();
+    let bare = match resource {
+        Value::Object(o) if o.contains_key("meta") => {
+            let mut o = o.clone();
+            o.remove("meta");
+            Value::Object(o)
+        }
+        v => v.clone(),
+    };
+    h.update(bare.to_string().as_bytes());
+    let d = h.finalize();
+    u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
+/// The versions of every device resource written so far, per resource id: (event time,
+/// content hash), in time order. A resource seen with some content at some time is a new
+/// version only when the version in force then (the last at or before it) has other
+/// content and the next one does not begin with the same content. So replaying messages
+/// already written writes nothing, a device sending the same attributes every second is
+/// written once, and the same input read in any split gives the same versions.
+#[derive(Debug, Default)]
+pub struct Versions {
+    by_id: std::collections::HashMap<String, std::collections::BTreeSet<(i64, u64)>>,
+}
+
+impl Versions {
+    /// Records a version already written.
+    pub fn record(&mut self, id: &str, at: i64, hash: u64) {
+        self.by_id
+            .entry(id.to_string())
+            .or_default()
+            .insert((at, hash));
+    }
+
+    /// Whether `hash` at `at` is a new version of `id`; records it when it is.
+    pub fn admit(&mut self, id: &str, at: i64, hash: u64) -> bool {
+        let known = self.by_id.get(id);
+        let prev = known.and_then(|v| v.range(..=(at, u64::MAX)).next_back().copied());
+        let next = known.and_then(|v| v.range((at, u64::MAX)..).next().copied());
+        let new = prev.is_none_or(|(_, h)| h != hash) && next.is_none_or(|(_, h)| h != hash);
+        if new {
+            self.record(id, at, hash);
+        }
+        new
+    }
+
+    /// How many resources it knows.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether it knows none.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// The new versions among a report's resources (`system`: the job's device identifier
+    /// system), each recorded.
+    pub fn admit_report(
+        &mut self,
+        report: &DeviceReport,
+        system: Option<&str>,
+    ) -> Vec<DeviceVersion> {
+        let mut out = Vec::new();
+        for mut r in resources(&report.tree, system) {
+            let hash = content_hash(&r);
+            let id = r["id"].as_str().unwrap_or_default().to_string();
+            if !self.admit(&id, report.at, hash) {
+                continue;
+            }
+            let at = chrono::DateTime::from_timestamp_millis(report.at).unwrap_or_default();
+            r["meta"] = json!({
+                "versionId": format!("{hash:016x}"),
+                "lastUpdated": crate::time::format_rfc3339(&at),
+            });
+            out.push(DeviceVersion {
+                resource: r,
+                device: report.tree.identifier.clone(),
+                at: report.at,
+            });
+        }
+        out
+    }
+}
+
+/// A written version's (id, event time, content hash), read from its `meta`.
+pub fn version_of(resource: &Value) -> Option<(&str, i64, u64)> {
+    let id = resource["id"].as_str()?;
+    let hash = u64::from_str_radix(resource.pointer("/meta/versionId")?.as_str()?, 16).ok()?;
+    let at = crate::time::parse_timestamp(resource.pointer("/meta/lastUpdated")?.as_str()?)?;
+    Some((id, at.timestamp_millis(), hash))
 }
 
 #[cfg(test)]
@@ -237,5 +354,32 @@ mod tests {
         // The same device from another message (renumbered) keeps its ids.
         let again = resources(&t, Some("urn:oid:1.2.3"));
         assert_eq!(r, again);
+    }
+
+    #[test]
+    fn versions_follow_changes_in_event_time_whatever_the_order_or_replay() {
+        // (time, content) as a device reports them; content 2 from t=30 to t=50.
+        let reports = [(10, 1), (20, 1), (30, 2), (40, 2), (50, 1), (60, 1)];
+        let run = |order: &[usize], seed: &[(i64, u64)]| {
+            let mut v = Versions::default();
+            for (at, h) in seed {
+                v.record("d", *at, *h);
+            }
+            let mut out: Vec<(i64, u64)> = order
+                .iter()
+                .map(|i| reports[*i])
+                .filter(|(at, h)| v.admit("d", *at, *h))
+                .collect();
+            out.sort();
+            out
+        };
+        let want = vec![(10, 1), (30, 2), (50, 1)];
+        assert_eq!(run(&[0, 1, 2, 3, 4, 5], &[]), want);
+        // Replayed after a restart that had written all three: nothing new.
+        assert!(run(&[0, 1, 2, 3, 4, 5], &want).is_empty());
+        // A restart in the middle: what was written before stays, the rest follows.
+        assert_eq!(run(&[2, 3, 4, 5], &want[..1]), want[1..]);
+        // A late report of content 2 within its span changes nothing.
+        assert_eq!(run(&[0, 1, 2, 4, 5, 3], &[]), want);
     }
 }

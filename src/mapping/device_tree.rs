@@ -23,14 +23,14 @@
 
 use crate::hl7::{timestamp, Hl7};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The system URI of IEEE 11073-10101 (MDC) codes.
 pub const MDC: &str = "urn:iso:std:iso:11073:10101";
 
 /// A coded concept as a message gives it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Code {
     /// The code (`150456`).
     pub code: String,
@@ -41,7 +41,7 @@ pub struct Code {
 }
 
 /// Where a component sits in the tree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     /// Medical device system: the monitor.
@@ -53,7 +53,7 @@ pub enum Level {
 }
 
 /// An identification attribute of a component.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Attribute {
     /// `MDC_ID_MODEL_MANUFACTURER`.
@@ -134,7 +134,7 @@ fn row_kind(code: &str, name: &str) -> Option<Row> {
 }
 
 /// FHIR `DeviceMetric.operationalStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OperationalStatus {
     /// Operating.
@@ -171,13 +171,13 @@ impl OperationalStatus {
 }
 
 /// FHIR `DeviceMetric.calibration`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Calibration {
     /// `not-calibrated`, `calibration-required`, `calibrated` or `unspecified`.
-    pub state: &'static str,
+    pub state: String,
     /// `unspecified`, `offset`, `gain` or `two-point`, when given.
     #[serde(rename = "type")]
-    pub kind: Option<&'static str>,
+    pub kind: Option<String>,
     /// When it was calibrated (the row's OBX-14), when given.
     pub time: Option<DateTime<Utc>>,
 }
@@ -203,7 +203,7 @@ fn calibration_type(t: &str) -> Option<&'static str> {
 }
 
 /// FHIR `DeviceMetric.category`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Category {
     /// A measured value.
@@ -226,7 +226,7 @@ impl Category {
 }
 
 /// An MDS, VMD or channel.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Component {
     /// Its level.
     pub level: Level,
@@ -247,7 +247,7 @@ pub struct Component {
 }
 
 /// A metric: one kind of value a channel reports.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metric {
     /// Stable key within its MDS: its parent's key and its code.
     pub key: String,
@@ -271,7 +271,7 @@ pub struct Metric {
 }
 
 /// One MDS with what it contains, as one message reports it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceTree {
     /// The equipment identifier (OBX-18 component 1; an EUI-64 in PCD-01).
     pub identifier: String,
@@ -537,10 +537,11 @@ pub fn from_pcd01<'m>(msg: &Hl7<'m>) -> Vec<DeviceTree> {
                 (Row::Calibration, Some(Some(m))) => {
                     let reps: Vec<&str> = fs[5].split(msg.separators.repetition).collect();
                     b.metrics[m].calibration = calibration_state(&value).map(|state| Calibration {
-                        state,
+                        state: state.to_string(),
                         kind: reps
                             .get(1)
-                            .and_then(|r| calibration_type(msg.component(r, 1))),
+                            .and_then(|r| calibration_type(msg.component(r, 1)))
+                            .map(str::to_string),
                         time: Some(fs[14]).filter(|t| !t.is_empty()).and_then(timestamp),
                     });
                 }
@@ -708,7 +709,10 @@ mod tests {
         assert_eq!(hr.status, None);
         assert_eq!(t.metrics[1].status, Some(OperationalStatus::Off));
         let cal = t.metrics[2].calibration.as_ref().expect("calibration");
-        assert_eq!((cal.state, cal.kind), ("calibrated", Some("two-point")));
+        assert_eq!(
+            (cal.state.as_str(), cal.kind.as_deref()),
+            ("calibrated", Some("two-point"))
+        );
         assert_eq!(
             cal.time.map(|t| crate::time::format_rfc3339(&t)),
             Some("2026-12-05T09:45:00Z".to_string())

@@ -8,6 +8,7 @@
 pub mod alert_events;
 pub mod alerts;
 pub mod dead_letter;
+pub mod devices;
 pub mod fhir;
 pub mod files;
 pub mod kafka;

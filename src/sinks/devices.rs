@@ -1,0 +1,156 @@
+//! NDJSON device output: `<dir>/devices/part-*.ndjson`, one Device or DeviceMetric version
+//! per line, FHIR bulk-data style, each with `meta.versionId` (its content hash) and
+//! `meta.lastUpdated` (the event time from which it holds). A resource gets a line only
+//! when it changes (`fhir::device::Versions`), so the output grows with attribute changes,
+//! not with messages.
+//!
+//! A restart reads the committed parts back ([`committed_versions`]) before it reads any
+//! input: versions already written are known, and the replay from the committed offsets
+//! writes none of them again.
+
+use super::files::{committed_parts, PartWriter};
+use super::Sink;
+use crate::fhir::device::{version_of, DeviceVersion, Versions};
+use anyhow::Context as _;
+use serde_json::Value;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+/// The directory of the device output under the job's output directory.
+pub fn dir(output: &Path) -> PathBuf {
+    output.join("devices")
+}
+
+/// One worker's device output.
+pub struct DeviceSink {
+    writer: PartWriter,
+    /// Versions not yet durable, with their epochs: a failed flush writes them all again.
+    pending: Vec<(u64, Vec<u8>)>,
+}
+
+impl DeviceSink {
+    /// The output of worker `worker` under the job's output directory.
+    pub fn new(output: &Path, worker: usize) -> anyhow::Result<Self> {
+        Ok(Self {
+            writer: PartWriter::new(&dir(output), worker)?,
+            pending: Vec::new(),
+        })
+    }
+}
+
+impl Sink<DeviceVersion> for DeviceSink {
+    fn write(&mut self, epoch: u64, item: DeviceVersion) -> anyhow::Result<()> {
+        self.pending
+            .push((epoch, serde_json::to_vec(&item.resource).expect("JSON")));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        let written = (|| {
+            for (epoch, line) in &self.pending {
+                self.writer.write_line(*epoch, line)?;
+            }
+            self.writer.commit()
+        })();
+        match written {
+            Ok(_) => {
+                self.pending.clear();
+                Ok(())
+            }
+            Err(e) => {
+                self.writer.abort();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The versions committed under the job's output directory, of the devices `owns` takes
+/// (by MDS identifier: a worker resumes the devices routed to it, whatever the worker count
+/// that wrote them).
+pub fn committed_versions(output: &Path, owns: impl Fn(&str) -> bool) -> anyhow::Result<Versions> {
+    let mut versions = Versions::default();
+    for part in committed_parts(&dir(output)) {
+        let f = std::fs::File::open(&part)
+            .with_context(|| format!("cannot read {}", part.display()))?;
+        for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+            let line = line.with_context(|| format!("cannot read {}", part.display()))?;
+            let r: Value = serde_json::from_str(&line)
+                .with_context(|| format!("{}:{}: not a device resource", part.display(), i + 1))?;
+            let Some((id, at, hash)) = version_of(&r) else {
+                anyhow::bail!(
+                    "{}:{}: a device resource without id, meta.versionId or meta.lastUpdated",
+                    part.display(),
+                    i + 1
+                );
+            };
+            if owns(mds_identifier(&r).unwrap_or_default()) {
+                versions.record(id, at, hash);
+            }
+        }
+    }
+    Ok(versions)
+}
+
+/// The MDS identifier a written resource belongs to: an MDS's own identifier, or the part
+/// of a component's before its key (`{identifier}/{key}`).
+fn mds_identifier(r: &Value) -> Option<&str> {
+    let value = r.pointer("/identifier/0/value")?.as_str()?;
+    let system = r.pointer("/identifier/0/system").and_then(Value::as_str);
+    if system == Some(crate::fhir::device::COMPONENT_SYSTEM) {
+        value.split('/').next()
+    } else {
+        Some(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fhir::device::DeviceReport;
+    use crate::mapping::device_tree::{from_pcd01, tests_support::MONITOR};
+
+    fn report(text: &str, at: i64) -> DeviceReport {
+        let tree = from_pcd01(&crate::hl7::parse(text).expect("hl7")).remove(0);
+        DeviceReport { tree, at }
+    }
+
+    #[test]
+    fn versions_written_are_read_back_and_not_written_again() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut versions = Versions::default();
+        let mut sink = DeviceSink::new(dir.path(), 0).expect("sink");
+        let first = versions.admit_report(&report(MONITOR, 1_000), None);
+        assert_eq!(first.len(), 12, "every resource once");
+        for v in first {
+            sink.write(7, v).expect("write");
+        }
+        assert!(versions
+            .admit_report(&report(MONITOR, 2_000), None)
+            .is_empty());
+        let updated = MONITOR.replace("|2.4.1|", "|2.5.0|");
+        let second = versions.admit_report(&report(&updated, 3_000), None);
+        assert_eq!(second.len(), 1, "the MDS only");
+        sink.write(8, second[0].clone()).expect("write");
+        sink.flush().expect("flush");
+        // A restart: what the parts hold is known, the replay writes nothing.
+        let mut back = committed_versions(dir.path(), |_| true).expect("read back");
+        assert_eq!(back.len(), 12);
+        assert!(back.admit_report(&report(MONITOR, 1_500), None).is_empty());
+        assert!(back.admit_report(&report(&updated, 3_500), None).is_empty());
+        // Another worker's devices are not its own.
+        let none = committed_versions(dir.path(), |d| d != "0012A3FFFE4B5C6D").expect("read");
+        assert!(none.is_empty());
+        let lines = std::fs::read_dir(dir.path().join("devices"))
+            .expect("dir")
+            .flatten()
+            .map(|e| {
+                std::fs::read_to_string(e.path())
+                    .expect("part")
+                    .lines()
+                    .count()
+            })
+            .sum::<usize>();
+        assert_eq!(lines, 13);
+    }
+}
