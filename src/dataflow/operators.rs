@@ -305,7 +305,15 @@ pub(super) fn normalize_operator<G: Scope<Timestamp = u64>>(
                                 for tree in trees {
                                     let at = tree.time.or(newest).map(|t| t.timestamp_millis());
                                     if let Some(at) = at {
-                                        session.give(Err(Aside::Device(DeviceReport { tree, at })));
+                                        session.give(Err(Aside::Device(DeviceReport {
+                                            tree,
+                                            at,
+                                            source: Some((
+                                                source.topic.to_string(),
+                                                source.partition,
+                                                source.offset,
+                                            )),
+                                        })));
                                     }
                                 }
                                 for x in &mut ms {

@@ -189,6 +189,8 @@ pub struct DeviceReport {
     /// When it was so (ms since the Unix epoch): the message's time (MSH-7), else its
     /// newest reading's.
     pub at: i64,
+    /// The message it came from: (topic or file, partition, offset).
+    pub source: Option<(String, i32, i64)>,
 }
 
 /// A new version of a Device or DeviceMetric: the resource as of `at`, with `meta`
@@ -225,12 +227,50 @@ pub fn content_hash(resource: &Value) -> u64 {
 /// content and the next one does not begin with the same content. So replaying messages
 /// already written writes nothing, a device sending the same attributes every second is
 /// written once, and the same input read in any split gives the same versions.
+///
+/// Reports are decided in the order of their device's partition (gateways key a device's
+/// messages to one), so a restart must not decide again what a written version already
+/// followed: per device and partition, the last message a written version came from (its
+/// `meta.source`) is known, and the device's reports from it or before it are passed over.
+/// (Per device: one worker writes all of a device's versions, in order, so a version on
+/// disk means every earlier one of that device is; another device's worker may lag.)
 #[derive(Debug, Default)]
 pub struct Versions {
     by_id: std::collections::HashMap<String, std::collections::BTreeSet<(i64, u64)>>,
+    /// Per (MDS identifier, topic, partition), the offset of the last message a written
+    /// version came from.
+    reached: std::collections::HashMap<(String, String, i32), i64>,
+}
+
+/// The `meta.source` of a version from a message: `urn:vitalflow:source:{topic}:{partition}:{offset}`.
+fn source_uri((topic, partition, offset): &(String, i32, i64)) -> String {
+    format!("{SOURCE_PREFIX}{topic}:{partition}:{offset}")
+}
+
+const SOURCE_PREFIX: &str = "urn:vitalflow:source:";
+
+/// The (topic, partition, offset) of a `meta.source` this job wrote.
+fn parse_source(uri: &str) -> Option<(String, i32, i64)> {
+    let rest = uri.strip_prefix(SOURCE_PREFIX)?;
+    let (rest, offset) = rest.rsplit_once(':')?;
+    let (topic, partition) = rest.rsplit_once(':')?;
+    Some((
+        topic.to_string(),
+        partition.parse().ok()?,
+        offset.parse().ok()?,
+    ))
 }
 
 impl Versions {
+    /// Records where a written version of the device `device` came from.
+    pub fn reached(&mut self, device: &str, (topic, partition, offset): (String, i32, i64)) {
+        let r = self
+            .reached
+            .entry((device.to_string(), topic, partition))
+            .or_insert(offset);
+        *r = (*r).max(offset);
+    }
+
     /// Records a version already written.
     pub fn record(&mut self, id: &str, at: i64, hash: u64) {
         self.by_id
@@ -269,6 +309,16 @@ impl Versions {
         system: Option<&str>,
     ) -> Vec<DeviceVersion> {
         let mut out = Vec::new();
+        if let Some((topic, partition, offset)) = &report.source {
+            // Decided before the restart: what it led to is written already.
+            if self
+                .reached
+                .get(&(report.tree.identifier.clone(), topic.clone(), *partition))
+                .is_some_and(|r| offset <= r)
+            {
+                return out;
+            }
+        }
         for mut r in resources(&report.tree, system) {
             let hash = content_hash(&r);
             let id = r["id"].as_str().unwrap_or_default().to_string();
@@ -280,6 +330,9 @@ impl Versions {
                 "versionId": format!("{hash:016x}"),
                 "lastUpdated": crate::time::format_rfc3339(&at),
             });
+            if let Some(source) = &report.source {
+                r["meta"]["source"] = json!(source_uri(source));
+            }
             out.push(DeviceVersion {
                 resource: r,
                 device: report.tree.identifier.clone(),
@@ -290,12 +343,18 @@ impl Versions {
     }
 }
 
-/// A written version's (id, event time, content hash), read from its `meta`.
-pub fn version_of(resource: &Value) -> Option<(&str, i64, u64)> {
+/// A written version's (id, event time, content hash), read from its `meta`, and the
+/// message it came from when it says.
+#[allow(clippy::type_complexity)]
+pub fn version_of(resource: &Value) -> Option<((&str, i64, u64), Option<(String, i32, i64)>)> {
     let id = resource["id"].as_str()?;
     let hash = u64::from_str_radix(resource.pointer("/meta/versionId")?.as_str()?, 16).ok()?;
     let at = crate::time::parse_timestamp(resource.pointer("/meta/lastUpdated")?.as_str()?)?;
-    Some((id, at.timestamp_millis(), hash))
+    let source = resource
+        .pointer("/meta/source")
+        .and_then(Value::as_str)
+        .and_then(parse_source);
+    Some(((id, at.timestamp_millis(), hash), source))
 }
 
 #[cfg(test)]
@@ -381,5 +440,71 @@ mod tests {
         assert_eq!(run(&[2, 3, 4, 5], &want[..1]), want[1..]);
         // A late report of content 2 within its span changes nothing.
         assert_eq!(run(&[0, 1, 2, 4, 5, 3], &[]), want);
+    }
+
+    #[test]
+    fn a_restart_from_any_commit_writes_what_one_run_writes_and_nothing_twice() {
+        use crate::mapping::device_tree::tests_support::MONITOR;
+        // (offset, event time, software version) in partition order, some out of time order.
+        let input = [
+            (0, 10, "2.4.1"),
+            (1, 20, "2.4.1"),
+            (2, 50, "2.4.1"),
+            (3, 40, "2.5.0"),
+            (4, 60, "2.4.1"),
+            (5, 70, "2.5.0"),
+            (6, 80, "2.5.0"),
+        ];
+        let report = |(offset, at, sw): (i64, i64, &str)| {
+            let text = MONITOR.replace("|2.4.1|", &format!("|{sw}|"));
+            let tree = from_pcd01(&crate::hl7::parse(&text).expect("hl7")).remove(0);
+            DeviceReport {
+                tree,
+                at,
+                source: Some(("vitals".into(), 0, offset)),
+            }
+        };
+        // (offset of the message, line) of everything written reading from `from`.
+        let run = |v: &mut Versions, from: usize| -> Vec<(i64, Value)> {
+            input[from..]
+                .iter()
+                .flat_map(|r| {
+                    v.admit_report(&report(*r), None)
+                        .into_iter()
+                        .map(|x| (r.0, x.resource))
+                })
+                .collect()
+        };
+        let whole = run(&mut Versions::default(), 0);
+        // 50 came before 40 changed the software: in partition order it changed back at 60.
+        assert_eq!(
+            whole.len(),
+            12 + 3,
+            "every resource, then the MDS at 40, 60 and 70"
+        );
+        // A kill after the versions of the messages before `written` were durable, with
+        // offsets committed up to `committed` (never past what is durable).
+        for written in 0..=input.len() as i64 {
+            for committed in 0..=written as usize {
+                let mut seed = Versions::default();
+                let durable: Vec<&(i64, Value)> =
+                    whole.iter().filter(|(o, _)| *o < written).collect();
+                for (_, r) in &durable {
+                    let ((id, at, hash), source) = version_of(r).expect("version");
+                    seed.record(id, at, hash);
+                    seed.reached("0012A3FFFE4B5C6D", source.expect("source"));
+                }
+                let again = run(&mut seed, committed);
+                // (id, from, content) of each line: enough to tell lines apart.
+                let short = |r: &Value| {
+                    let ((id, at, hash), _) = version_of(r).expect("version");
+                    (id[..8].to_string(), at, hash)
+                };
+                let mut all: Vec<_> = durable.iter().map(|(_, r)| short(r)).collect();
+                all.extend(again.iter().map(|(_, r)| short(r)));
+                let want: Vec<_> = whole.iter().map(|(_, r)| short(r)).collect();
+                assert_eq!(all, want, "written before {written}, committed {committed}");
+            }
+        }
     }
 }

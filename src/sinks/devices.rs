@@ -77,15 +77,19 @@ pub fn committed_versions(output: &Path, owns: impl Fn(&str) -> bool) -> anyhow:
             let line = line.with_context(|| format!("cannot read {}", part.display()))?;
             let r: Value = serde_json::from_str(&line)
                 .with_context(|| format!("{}:{}: not a device resource", part.display(), i + 1))?;
-            let Some((id, at, hash)) = version_of(&r) else {
+            let Some(((id, at, hash), source)) = version_of(&r) else {
                 anyhow::bail!(
                     "{}:{}: a device resource without id, meta.versionId or meta.lastUpdated",
                     part.display(),
                     i + 1
                 );
             };
-            if owns(mds_identifier(&r).unwrap_or_default()) {
+            let device = mds_identifier(&r).unwrap_or_default();
+            if owns(device) {
                 versions.record(id, at, hash);
+                if let Some(s) = source {
+                    versions.reached(device, s);
+                }
             }
         }
     }
@@ -112,7 +116,11 @@ mod tests {
 
     fn report(text: &str, at: i64) -> DeviceReport {
         let tree = from_pcd01(&crate::hl7::parse(text).expect("hl7")).remove(0);
-        DeviceReport { tree, at }
+        DeviceReport {
+            tree,
+            at,
+            source: None,
+        }
     }
 
     #[test]
