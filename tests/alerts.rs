@@ -1019,3 +1019,133 @@ fn an_acknowledgement_from_the_board_is_recorded_once_across_a_kill_and_a_restar
         "acknowledging changes nothing of what is detected"
     );
 }
+
+/// One second of an IHE PCD-01 monitor: heart rate, and SpO2 with its metric status row
+/// (`spo2`: None sends the metric without a value, result status X).
+fn pcd01_second(
+    device: &str,
+    patient: &str,
+    at: chrono::DateTime<chrono::Utc>,
+    spo2: Option<u32>,
+    status: &str,
+) -> String {
+    let ts = at.format("%Y%m%d%H%M%S+0000");
+    let spo2 = match spo2 {
+        Some(v) => format!("{v}|262688^MDC_DIM_PERCENT^MDC|||||R"),
+        None => "|262688^MDC_DIM_PERCENT^MDC|||||X".to_string(),
+    };
+    [
+        format!("MSH|^~\\&|GW^{device}^EUI-64|ICU|VF|HOSP|{ts}||ORU^R01^ORU_R01|{device}-{ts}|P|2.6"),
+        format!("PID|||{patient}^^^HOSP^MR"),
+        format!("OBR|1|||182777000^monitoring of patient^SCT|||{ts}"),
+        format!("OBX|1||69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|1.0.0.0|||||||X|||||||{device}^EUI-64"),
+        format!("OBX|2|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.1.1.1|{spo2}|||{ts}"),
+        format!("OBX|3|CWE|67904^MDC_ATTR_METRIC_STAT^MDC|1.1.1.1.1|{status}||||||R"),
+        format!("OBX|4|NM|147842^MDC_ECG_HEART_RATE^MDC|1.2.1.1|76|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||R|||{ts}"),
+        format!("OBX|5|NM|151562^MDC_RESP_RATE^MDC|1.3.1.1|15|264928^MDC_DIM_RESP_PER_MIN^MDC|||||R|||{ts}"),
+    ]
+    .join("\r")
+}
+
+#[test]
+fn a_channel_whose_monitor_reports_it_off_raises_its_technical_alert_not_a_clinical_one() {
+    let t0 = vitalflow::time::parse_timestamp("2026-03-02T08:00:00Z").expect("t0");
+    let s = chrono::Duration::seconds;
+    let off_at = t0 + s(300);
+    let mut lines = Vec::new();
+    for i in 0..700 {
+        let at = t0 + s(i);
+        let k = i - 300;
+        // P-S: the probe reads falsely low for three seconds, then the monitor reports the
+        // SpO2 sensor disconnected for 60 s; P-D truly desaturates at the same moment.
+        let (value, status) = match k {
+            0 => (Some(88), "operating"),
+            1 => (Some(84), "operating"),
+            2 => (Some(80), "operating"),
+            3..=62 => (None, "metric-transduc-discon"),
+            _ => (Some(97), "operating"),
+        };
+        lines.push(pcd01_second("0012A3FFFE00005A", "P-S", at, value, status));
+        let d = if k >= 0 { 84 } else { 97 };
+        lines.push(pcd01_second(
+            "0012A3FFFE00005D",
+            "P-D",
+            at,
+            Some(d),
+            "operating",
+        ));
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let input = tmp.path().join("in.hl7");
+    std::fs::write(&input, lines.join("\n") + "\n").expect("write");
+    let out = tmp.path().join("out");
+    let job = replay_job(tmp.path(), "job.toml", &input, &out, None, "");
+    let text = std::fs::read_to_string(&job)
+        .expect("job")
+        .replace("templates/bedside-monitor/", "templates/ihe-pcd01/");
+    std::fs::write(&job, text).expect("job");
+    run_ok(
+        vitalflow()
+            .args(["run", "--until-end", "--workers", "2", "--job"])
+            .arg(&job),
+    );
+    let alerts: Vec<Value> = alert_lines(&out)
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let mine: Vec<&Value> = alerts.iter().filter(|a| a["patient"] == "P-S").collect();
+    let opened: Vec<&&Value> = mine.iter().filter(|a| a["state"] == "open").collect();
+    assert_eq!(
+        opened.len(),
+        1,
+        "one alert for the sensor, none for the patient: {mine:#?}"
+    );
+    let a = opened[0];
+    assert_eq!(a["category"], "technical", "{a}");
+    assert_eq!(a["rule"], "sensor-off/spo2.spo2Status", "{a}");
+    assert_eq!(a["title"], "SpO2 sensor off", "{a}");
+    assert_eq!(
+        time_of(a, "at"),
+        off_at + s(3),
+        "at once: the monitor says so"
+    );
+    assert!(
+        mine.iter()
+            .any(|x| x["state"] == "resolved" && x["id"] == a["id"]),
+        "resolves once the sensor is back: {mine:#?}"
+    );
+    let d = alerts
+        .iter()
+        .find(|a| a["patient"] == "P-D" && a["rule"] == "hypoxia" && a["state"] == "open")
+        .unwrap_or_else(|| panic!("P-D desaturates: {alerts:#?}"));
+    assert_eq!(time_of(d, "at"), off_at + s(30), "onset + sustained");
+    // The device output has the SpO2 metric off and back on, as versions.
+    let metric: Vec<Value> = vitalflow::sinks::files::committed_parts(&out.join("devices"))
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .expect("part")
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).expect("json"))
+                .collect::<Vec<_>>()
+        })
+        .filter(|r| {
+            r["resourceType"] == "DeviceMetric"
+                && r["identifier"][0]["value"]
+                    .as_str()
+                    .is_some_and(|v| v.starts_with("0012A3FFFE00005A/") && v.ends_with("/150456"))
+        })
+        .collect();
+    let mut states: Vec<(String, String)> = metric
+        .iter()
+        .map(|r| {
+            (
+                r["meta"]["lastUpdated"].as_str().unwrap_or("").to_string(),
+                r["operationalStatus"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    states.sort();
+    let st: Vec<&str> = states.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(st, ["on", "off", "on"], "{states:?}");
+}

@@ -639,8 +639,13 @@ fn device_versions_follow_attribute_changes_once_across_kill_9_and_worker_counts
         .collect();
     let mut crashed = device_lines(&out);
     crashed.sort();
-    // 18 resources per monitor, then one version per change: 3 updates, 3 calibrations.
-    assert_eq!(runs[0].len(), 8 * 18 + 6, "versions only on change");
+    // 18 resources per monitor, then one version per change: 3 software updates, 3
+    // calibrations, and the SpO2 sensors of monitors 2 and 7 off and back on.
+    assert_eq!(
+        runs[0].len(),
+        8 * 18 + 3 + 3 + 2 * 2,
+        "versions only on change"
+    );
     same_lines(&runs[1], &runs[0], "3 workers against 1");
     same_lines(&crashed, &runs[0], "kill -9 and restart against one run");
     let updated: Vec<&String> = crashed.iter().filter(|l| l.contains("\"2.5.0\"")).collect();

@@ -81,6 +81,8 @@ pub(super) fn run_worker<A: Allocate>(
         metrics: shared.metrics.clone(),
         acks_topic: shared.acks_topic.as_deref().map(Arc::from),
         devices: !parts.devices.is_empty(),
+        // Metric states matter only to alerting, and only HL7 v2 messages carry them.
+        states: !parts.alerts.is_empty() && shared.rules.is_some() && shared.device.reads_hl7(),
     };
     let behind = super::operators::Behind::default();
     worker.dataflow::<u64, _, _>(|scope| {
@@ -93,7 +95,7 @@ pub(super) fn run_worker<A: Allocate>(
             control.clone(),
             behind.clone(),
         );
-        let (judged, dead, reports) = normalize_operator(&raw, clock.clone(), normalizer);
+        let (judged, dead, reports, states) = normalize_operator(&raw, clock.clone(), normalizer);
         // Acknowledgements go to alerting only: no window, table or board takes them.
         let (judged, acks) = judged.branch(|_, j| crate::anomaly::ack::is_ack(&j.measurement));
         let alerting = !parts.alerts.is_empty();
@@ -145,7 +147,9 @@ pub(super) fn run_worker<A: Allocate>(
                 }
                 (!j.late).then_some(j.measurement)
             });
-            let on_time = on_time.concat(&acks.map(|j| j.measurement));
+            // Metric states go to alerting only, like acknowledgements: they are no reading.
+            let states = states.flat_map(|j| (!j.late).then_some(j.measurement));
+            let on_time = on_time.concat(&acks.map(|j| j.measurement)).concat(&states);
             let checkpoints = settings.checkpoints.clone();
             let out = super::alerting::build(&on_time, marks, parts.alerts_topic, settings);
             let alerts = out.flat_map(|o| match o {

@@ -215,6 +215,8 @@ enum Aside {
     Dead(DeadLetter),
     /// What a message says about its devices (jobs with a device output).
     Device(DeviceReport),
+    /// The state of a message's metrics (operational status, calibration), for alerting.
+    State(Judged),
 }
 
 /// What normalization reads: the mappings, how far ahead of the wall clock a reading may be.
@@ -227,6 +229,8 @@ pub(super) struct Normalizer {
     pub(super) acks_topic: Option<Arc<str>>,
     /// Whether the job writes devices: messages' device trees are read.
     pub(super) devices: bool,
+    /// Whether alerting takes the state of messages' metrics (device trees are read).
+    pub(super) states: bool,
 }
 
 /// An acknowledgement read from the acknowledgements topic, as the measurement it travels as.
@@ -259,6 +263,7 @@ pub(super) fn normalize_operator<G: Scope<Timestamp = u64>>(
     Stream<G, Judged>,
     Stream<G, DeadLetter>,
     Stream<G, DeviceReport>,
+    Stream<G, Judged>,
 ) {
     let skew = chrono::Duration::from_std(n.max_future_skew).unwrap_or(chrono::Duration::MAX);
     let out: Stream<G, Normalized> = raw.unary(Pipeline, "Normalize", move |_, _| {
@@ -280,7 +285,7 @@ pub(super) fn normalize_operator<G: Scope<Timestamp = u64>>(
                             offset: m.origin.offset,
                         };
                         let ack = n.acks_topic.as_deref() == Some(&*source.topic);
-                        let trees = if n.devices && !ack {
+                        let trees = if (n.devices || n.states) && !ack {
                             super::devices::trees(&m.payload)
                         } else {
                             Vec::new()
@@ -302,7 +307,30 @@ pub(super) fn normalize_operator<G: Scope<Timestamp = u64>>(
                         match result {
                             Ok(()) => {
                                 let newest = ms.iter().map(|x| x.occurrence_time).max();
-                                for tree in trees {
+                                if n.states {
+                                    // Judged as the message's readings are: late if any is.
+                                    let late = late.iter().any(|l| *l);
+                                    for tree in &trees {
+                                        let Some(at) = newest.or(tree.time) else {
+                                            continue;
+                                        };
+                                        for mut x in n.device.metric_states(tree, at) {
+                                            x.received_ms = received;
+                                            x.source = Some(source.clone());
+                                            let at = at.timestamp_millis();
+                                            let effective = match bound {
+                                                Some(b) if late => b.saturating_add(1).max(at),
+                                                _ => at,
+                                            };
+                                            session.give(Err(Aside::State(Judged {
+                                                measurement: x,
+                                                late,
+                                                effective,
+                                            })));
+                                        }
+                                    }
+                                }
+                                for tree in trees.into_iter().filter(|_| n.devices) {
                                     let at = tree.time.or(newest).map(|t| t.timestamp_millis());
                                     if let Some(at) = at {
                                         session.give(Err(Aside::Device(DeviceReport {
@@ -350,11 +378,16 @@ pub(super) fn normalize_operator<G: Scope<Timestamp = u64>>(
         }
     });
     let (judged, aside): (Stream<G, Judged>, Stream<G, Aside>) = out.ok_err(|r| r);
-    let (dead, devices) = aside.ok_err(|a| match a {
+    let (dead, rest): (Stream<G, DeadLetter>, Stream<G, Aside>) = aside.ok_err(|a| match a {
         Aside::Dead(d) => Ok(d),
-        Aside::Device(r) => Err(r),
+        other => Err(other),
     });
-    (judged, dead, devices)
+    let (devices, states) = rest.ok_err(|a| match a {
+        Aside::Device(r) => Ok(r),
+        Aside::State(j) => Err(j),
+        Aside::Dead(_) => unreachable!("dead letters went their way"),
+    });
+    (judged, dead, devices, states)
 }
 
 /// Groups measurements into Observation windows and emits their versions as the job's

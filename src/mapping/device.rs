@@ -967,6 +967,56 @@ impl std::fmt::Display for Hl7Error {
 }
 
 impl DeviceMapping {
+    /// What a device tree says about the state of the metrics the `Hl7v2Content` templates
+    /// take, as readings for alerting only: per measurement type, `{value}Status` (the
+    /// metric's operational status: `operating`, `off`, `standby`) and `{value}Calibration` (its
+    /// calibration state), at `at`. A rules file's `[technical.flags]` turn them into
+    /// technical alerts and suspend the vitals they name (templates/alerts/adult-vitals.toml).
+    pub fn metric_states(
+        &self,
+        tree: &super::device_tree::DeviceTree,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<Measurement> {
+        let mut out: Vec<Measurement> = Vec::new();
+        for m in &tree.metrics {
+            if m.status.is_none() && m.calibration.is_none() {
+                continue;
+            }
+            let Some((type_name, value)) = [Some(&m.kind), m.alternate.as_ref()]
+                .into_iter()
+                .flatten()
+                .find_map(|c| self.hl7.value_for(&c.code, c.system.as_deref()))
+            else {
+                continue;
+            };
+            let i = match out.iter().position(|x| x.type_name == *type_name) {
+                Some(i) => i,
+                None => {
+                    out.push(Measurement {
+                        type_name: type_name.clone(),
+                        device_id: tree.identifier.clone(),
+                        patient_id: tree.patient.clone(),
+                        encounter_id: None,
+                        correlation_id: None,
+                        occurrence_time: at,
+                        properties: Vec::new(),
+                        received_ms: None,
+                        source: None,
+                    });
+                    out.len() - 1
+                }
+            };
+            let props = &mut out[i].properties;
+            if let Some(s) = m.status {
+                props.push((format!("{value}Status").into(), s.word().to_string()));
+            }
+            if let Some(c) = &m.calibration {
+                props.push((format!("{value}Calibration").into(), c.state.clone()));
+            }
+        }
+        out
+    }
+
     /// Normalizes one HL7 v2 message with the mapping's `Hl7v2Content` templates into `out`
     /// (left as it was on error): what the job and `vitalflow normalize` both do.
     pub fn normalize_hl7_text(

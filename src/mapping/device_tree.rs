@@ -160,6 +160,15 @@ impl OperationalStatus {
         })
     }
 
+    /// As a reading's value: `operating`, `off`, `standby` (IEEE 11073's words; "on" would
+    /// read as a true flag to a rules file, which a running channel is not).
+    pub fn word(self) -> &'static str {
+        match self {
+            OperationalStatus::On => "operating",
+            other => other.code(),
+        }
+    }
+
     /// The FHIR code.
     pub fn code(self) -> &'static str {
         match self {
@@ -303,7 +312,8 @@ fn sub_id(raw: &str) -> Option<Vec<u32>> {
     v.filter(|v| (1..=5).contains(&v.len()) && v[0] > 0)
 }
 
-fn system_uri(s: &str) -> Option<String> {
+/// A coding system as a URI: HL7 v2's names (`MDC`, `LN`, `UCUM`, `SCT`) mapped, others kept.
+pub(super) fn system_uri(s: &str) -> Option<String> {
     match s.trim() {
         "" => None,
         "MDC" => Some(MDC.to_string()),

@@ -69,6 +69,25 @@ impl Templates {
         self.templates.iter()
     }
 
+    /// The (type, value name) of the first template value that takes OBX-3 `code` of
+    /// `system` (a URI, or none).
+    pub(super) fn value_for(
+        &self,
+        code: &str,
+        system: Option<&str>,
+    ) -> Option<(&Arc<str>, &Arc<str>)> {
+        self.by_code.get(code)?.iter().find_map(|&(t, v)| {
+            let template = &self.templates[t];
+            let def = &template.values[v];
+            let fits = match (&def.system, system) {
+                (None, _) => true,
+                (Some(d), Some(s)) => super::device_tree::system_uri(d).as_deref() == Some(s),
+                (Some(_), None) => false,
+            };
+            fits.then_some((&template.type_name, &def.name))
+        })
+    }
+
     /// Normalizes one message, appending to `out` (left as it was on error). Measurements come
     /// in template order, then in the order of their first OBX.
     pub(super) fn normalize_into(
@@ -534,9 +553,9 @@ mod tests {
     fn failures_name_the_segment_and_field() {
         let m = pcd01();
         let bad_time =
-            example().replace("|R|||20261121100000+0000\nOBX|4", "|R|||2026-11-21\nOBX|4");
+            example().replace("|R|||20261121100000+0000\nOBX|8", "|R|||2026-11-21\nOBX|8");
         let e = run(&m, &bad_time).expect_err("bad OBX-14");
-        assert_eq!(e.field, "OBX #3 (segment 7), OBX-14");
+        assert_eq!(e.field, "OBX #7 (segment 11), OBX-14");
         assert!(
             e.reason.contains("\"2026-11-21\" is not an HL7 timestamp"),
             "{e}"

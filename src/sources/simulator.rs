@@ -61,6 +61,9 @@ const SOFTWARE_UPDATE_AFTER_S: u64 = 120;
 /// When the first PCD-01 monitors' NIBP channels are calibrated (seconds of simulated time).
 const CALIBRATION_AFTER_S: u64 = 150;
 
+/// When every fifth PCD-01 monitor's SpO2 sensor goes off, for a minute (simulated time).
+const SENSOR_OFF_AFTER_S: u64 = 200;
+
 /// The PCD-01 VMD headers by module ordinal: SpO2, ECG, blood pressure, temperature.
 const VMD_HEADERS: &[(u32, &str)] = &[
     (1, "69642^MDC_DEV_ANALY_SAT_O2_VMD^MDC"),
@@ -328,6 +331,30 @@ impl Device {
                         "|70687^MDC_DEV_PRESS_BLD_NONINV_CHAN^MDC|1.4.1.0|||||||X".to_string(),
                     );
                 }
+            }
+            if *sub == "1.1.1.1" {
+                // Every fifth monitor's SpO2 sensor is off for a minute mid-run: the metric
+                // comes without a value (result status X) and its status says why.
+                let off = self.index % 5 == 2
+                    && (SENSOR_OFF_AFTER_S..SENSOR_OFF_AFTER_S + 60).contains(&second);
+                if off {
+                    row(&mut m, format!("NM|{code}|{sub}||{unit}|||||X|||{ts}"));
+                } else {
+                    row(
+                        &mut m,
+                        format!("NM|{code}|{sub}|{value}|{unit}|||||R|||{ts}"),
+                    );
+                }
+                let status = if off {
+                    "metric-transduc-discon"
+                } else {
+                    "operating"
+                };
+                row(
+                    &mut m,
+                    format!("CWE|67904^MDC_ATTR_METRIC_STAT^MDC|1.1.1.1.1|{status}||||||R"),
+                );
+                continue;
             }
             row(
                 &mut m,
