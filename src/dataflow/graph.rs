@@ -95,7 +95,12 @@ pub(super) fn run_worker<A: Allocate>(
             control.clone(),
             behind.clone(),
         );
-        let (judged, dead, reports, states) = normalize_operator(&raw, clock.clone(), normalizer);
+        let super::operators::Normalizing {
+            judged,
+            dead,
+            devices: reports,
+            states,
+        } = normalize_operator(&raw, clock.clone(), normalizer);
         // Acknowledgements go to alerting only: no window, table or board takes them.
         let (judged, acks) = judged.branch(|_, j| crate::anomaly::ack::is_ack(&j.measurement));
         let alerting = !parts.alerts.is_empty();

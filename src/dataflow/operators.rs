@@ -208,6 +208,18 @@ pub(super) struct Judged {
 
 type Normalized = Result<Judged, Aside>;
 
+/// The streams the normalize stage makes.
+pub(super) struct Normalizing<G: Scope<Timestamp = u64>> {
+    /// Readings, judged on time or late.
+    pub(super) judged: Stream<G, Judged>,
+    /// Messages that cannot be normalized.
+    pub(super) dead: Stream<G, DeadLetter>,
+    /// What messages say about their devices.
+    pub(super) devices: Stream<G, DeviceReport>,
+    /// The state of messages' metrics, for alerting only.
+    pub(super) states: Stream<G, Judged>,
+}
+
 /// What normalization sets aside from the readings.
 #[derive(Clone)]
 enum Aside {
@@ -259,12 +271,7 @@ pub(super) fn normalize_operator<G: Scope<Timestamp = u64>>(
     raw: &Stream<G, RawMessage>,
     clock: Rc<RefCell<InputClock>>,
     n: Normalizer,
-) -> (
-    Stream<G, Judged>,
-    Stream<G, DeadLetter>,
-    Stream<G, DeviceReport>,
-    Stream<G, Judged>,
-) {
+) -> Normalizing<G> {
     let skew = chrono::Duration::from_std(n.max_future_skew).unwrap_or(chrono::Duration::MAX);
     let out: Stream<G, Normalized> = raw.unary(Pipeline, "Normalize", move |_, _| {
         let mut ms = Vec::new();
@@ -387,7 +394,12 @@ pub(super) fn normalize_operator<G: Scope<Timestamp = u64>>(
         Aside::State(j) => Err(j),
         Aside::Dead(_) => unreachable!("dead letters went their way"),
     });
-    (judged, dead, devices, states)
+    Normalizing {
+        judged,
+        dead,
+        devices,
+        states,
+    }
 }
 
 /// Groups measurements into Observation windows and emits their versions as the job's
