@@ -85,6 +85,7 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
     per_measurement(c);
+    device_tree(c);
 }
 
 /// HL7 v2 against JSON per measurement made: a 12-OBX IHE PCD-01 `ORU^R01` (6 measurements,
@@ -117,6 +118,47 @@ fn per_measurement(c: &mut Criterion) {
     g.throughput(Throughput::Elements(out.len() as u64));
     g.bench_function(format!("json bedside reading ({} B)", bytes.len()), |b| {
         b.iter(|| run(&bedside, black_box(&bytes), verbatim, &mut out))
+    });
+    g.finish();
+}
+
+/// What reading the device tree adds per IHE PCD-01 message, against normalizing it: the
+/// tree alone (parse and walk the OBX), and the tree with the version decision the job makes
+/// for every message (resources built, hashed, compared with the versions known).
+fn device_tree(c: &mut Criterion) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut g = c.benchmark_group("device-tree");
+    g.throughput(Throughput::Elements(1));
+    let pcd01 = load("ihe-pcd01", false);
+    let text = std::fs::read_to_string(root.join("datasets/ihe-pcd01/oru-r01.hl7")).unwrap();
+    let bytes = text.trim_end().replace('\n', "\r").into_bytes();
+    let mut out = Vec::new();
+    g.bench_function("normalize (baseline)", |b| {
+        b.iter(|| {
+            let text = vitalflow::hl7::text(black_box(&bytes)).unwrap();
+            let message = vitalflow::hl7::parse(&text).unwrap();
+            out.clear();
+            pcd01.normalize_hl7_into(&message, &mut out).unwrap();
+        })
+    });
+    let trees = |bytes: &[u8]| {
+        let text = vitalflow::hl7::text(bytes).unwrap();
+        let message = vitalflow::hl7::parse(&text).unwrap();
+        vitalflow::mapping::device_tree::from_pcd01(&message)
+    };
+    g.bench_function("tree", |b| b.iter(|| trees(black_box(&bytes))));
+    let mut versions = vitalflow::fhir::device::Versions::default();
+    g.bench_function("tree and version decision", |b| {
+        b.iter(|| {
+            for tree in trees(black_box(&bytes)) {
+                let report = vitalflow::fhir::device::DeviceReport {
+                    tree,
+                    at: 1_764_000_000_000,
+                    source: None,
+                };
+                black_box(versions.admit_report(&report, None));
+            }
+        })
     });
     g.finish();
 }

@@ -97,7 +97,36 @@ fn input(seed: u64, count: u64) -> Vec<SimMessage> {
     let start = chrono::Utc::now() - chrono::Duration::minutes(90);
     let start = vitalflow::time::parse_timestamp(&start.format("%Y-%m-%dT%H:%M:%SZ").to_string())
         .expect("time");
-    let mut msgs: Vec<SimMessage> = Simulator::new(&cfg, start, (0, 1)).collect();
+    let json: Vec<SimMessage> = Simulator::new(&cfg, start, (0, 1)).collect();
+    // Three IHE PCD-01 monitors beside them (patients Q-...), each with a device change
+    // mid-run (a software update, an NIBP calibration, an SpO2 sensor off for a minute):
+    // the device output has versions to lose or write twice.
+    let pcd01 = SimulatorConfig {
+        devices: 3,
+        count: Some(3 * (count / u64::from(cfg.devices))),
+        profile: "ihe-pcd01".into(),
+        ..cfg.clone()
+    };
+    let pcd01: Vec<SimMessage> = Simulator::new(&pcd01, start, (0, 1))
+        .map(|mut m| {
+            let text = String::from_utf8(m.payload).expect("HL7 text");
+            m.payload = text.replace("PID|||P-", "PID|||Q-").into_bytes();
+            m
+        })
+        .collect();
+    // Interleaved by event time, each stream's own order kept.
+    let mut msgs = Vec::with_capacity(json.len() + pcd01.len());
+    let (mut a, mut b) = (json.into_iter().peekable(), pcd01.into_iter().peekable());
+    while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
+        let next = if y.event_time < x.event_time {
+            b.next()
+        } else {
+            a.next()
+        };
+        msgs.extend(next);
+    }
+    msgs.extend(a);
+    msgs.extend(b);
     let mut rng = StdRng::seed_from_u64(seed ^ 0xbad);
     let malformed: [&[u8]; 4] = [
         b"{\"deviceId\": \"truncated\", \"heartRate\": ",
@@ -150,7 +179,30 @@ checkpoint_every = "700ms"
             "\n[sinks.fhir]\nurl = \"{url}\"\nidentity = \"{identity}\"\nbatch_size = 20\nflush_interval = \"500ms\"\n"
         ));
     }
-    job_file(dir, &format!("{tag}.toml"), brokers, "vitals", tag, &tables)
+    let path = job_file(dir, &format!("{tag}.toml"), brokers, "vitals", tag, &tables);
+    // One device mapping for both kinds of input: the bedside JSON templates and the PCD-01
+    // ones.
+    let templates = |set: &str| -> Vec<Value> {
+        let text =
+            std::fs::read_to_string(root().join(format!("templates/{set}/devicecontent.json")))
+                .expect("templates");
+        let v: Value = serde_json::from_str(&text).expect("JSON");
+        v["template"].as_array().expect("collection").clone()
+    };
+    let mut all = templates("bedside-monitor");
+    all.extend(templates("ihe-pcd01"));
+    let mapping = dir.join(format!("{tag}-devicecontent.json"));
+    let collection = serde_json::json!({"templateType": "CollectionContent", "template": all});
+    std::fs::write(&mapping, collection.to_string()).expect("mapping");
+    let text = std::fs::read_to_string(&path).expect("job").replace(
+        &root()
+            .join("templates/bedside-monitor/devicecontent.json")
+            .display()
+            .to_string(),
+        &mapping.display().to_string(),
+    );
+    std::fs::write(&path, text).expect("job");
+    path
 }
 
 /// A consumer of the trial's broker.
@@ -259,6 +311,7 @@ struct Outputs {
     lake_alerts: Multiset,
     alerts: Multiset,
     dead_letters: Multiset,
+    devices: Multiset,
 }
 
 const MEASUREMENTS: &str = "SELECT source_partition, source_offset, value_name, CAST(value AS VARCHAR) AS value, CAST(event_time AS VARCHAR) AS t FROM t";
@@ -287,6 +340,17 @@ fn outputs(dir: &Path, brokers: &str, tag: &str) -> Outputs {
         lake_observations,
         lake_observation_versions: multiset(o[1].iter().map(row_key)),
         lake_alerts: multiset(a[0].iter().map(row_key)),
+        devices: multiset(
+            vitalflow::sinks::files::committed_parts(&dir.join("out/devices"))
+                .iter()
+                .flat_map(|p| {
+                    std::fs::read_to_string(p)
+                        .expect("part")
+                        .lines()
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                }),
+        ),
         alerts: multiset(
             read_topic(brokers, &format!("alerts-{tag}"))
                 .iter()
@@ -407,6 +471,7 @@ fn trial(seed: u64, kills: usize, identity: &str, kind: Broker) -> Report {
             want.lake_observation_versions.len(),
         ),
         ("lake alerts", want.lake_alerts.len()),
+        ("NDJSON devices", want.devices.len()),
     ] {
         assert!(n > 0, "the reference run's {what} is empty ({kind:?})");
     }
@@ -417,6 +482,15 @@ fn trial(seed: u64, kills: usize, identity: &str, kind: Broker) -> Report {
     if identity == "Lookup" {
         let mut seen = std::collections::BTreeSet::new();
         for m in &msgs {
+            // A PCD-01 monitor: its key is its EUI-64, PID-3 its patient.
+            let text = String::from_utf8_lossy(&m.payload);
+            if let Some(pid) = text.split("PID|||").nth(1) {
+                let patient = pid.split('^').next().unwrap_or_default();
+                if seen.insert(m.key.clone()) {
+                    h.register(patient, &m.key);
+                }
+                continue;
+            }
             let v: Value = match serde_json::from_slice(&m.payload) {
                 Ok(v) => v,
                 Err(_) => continue,
@@ -535,6 +609,7 @@ fn trial(seed: u64, kills: usize, identity: &str, kind: Broker) -> Report {
     compare("lake alerts", &got.lake_alerts, &want.lake_alerts);
     compare("alerts topic", &got.alerts, &want.alerts);
     compare("dead-letter topic", &got.dead_letters, &want.dead_letters);
+    compare("NDJSON devices", &got.devices, &want.devices);
     let dup_versions: Vec<&String> = got
         .lake_observation_versions
         .iter()

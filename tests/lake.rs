@@ -550,3 +550,108 @@ fn the_job_compacts_its_tables_while_it_runs() {
         m["history"]
     );
 }
+
+#[test]
+fn device_versions_land_in_the_devices_table_and_join_to_the_measurements_they_were_taken_under() {
+    use vitalflow::config::SimulatorConfig;
+    use vitalflow::sources::simulator::Simulator;
+    let (_c, brokers) = mock_cluster(&[("vitals", 3)]);
+    // Four PCD-01 monitors for six minutes: monitor 0's software is updated 120 s in.
+    let cfg = SimulatorConfig {
+        devices: 4,
+        count: Some(4 * 361),
+        profile: "ihe-pcd01".into(),
+        ..SimulatorConfig::default()
+    };
+    let start = vitalflow::time::parse_timestamp("2026-11-20T10:00:00Z").expect("start");
+    let msgs: Vec<vitalflow::sources::simulator::SimMessage> =
+        Simulator::new(&cfg, start, (0, 1)).collect();
+    produce_sim(&producer(&brokers), "vitals", &msgs);
+    let dir = tempfile::tempdir().expect("tmp");
+    let job = lake_job(dir.path(), &brokers, "devices", "");
+    let text = std::fs::read_to_string(&job)
+        .expect("job")
+        .replace("templates/bedside-monitor/", "templates/ihe-pcd01/");
+    std::fs::write(&job, text).expect("job");
+    run_ok(
+        vitalflow()
+            .args(["run", "--until-end", "--workers", "2", "--job"])
+            .arg(&job),
+    );
+    let lake = dir.path().join("lake");
+    // The same versions as the NDJSON output, one row each.
+    let ndjson: usize = vitalflow::sinks::files::committed_parts(&dir.path().join("out/devices"))
+        .iter()
+        .map(|p| std::fs::read_to_string(p).expect("part").lines().count())
+        .sum();
+    // 18 resources a monitor; software updates (0, 3), a calibration (1), SpO2 off and on (2).
+    assert_eq!(ndjson, 4 * 18 + 2 + 1 + 2);
+    let v = query(
+        &lake.join("devices"),
+        &[
+            "SELECT count(*) AS n, count(DISTINCT id) AS ids FROM t",
+            "SELECT software_version, CAST(valid_from AS VARCHAR) AS valid_from FROM t \
+             WHERE level = 'mds' AND device_id = '0012A3FFFE000000' ORDER BY valid_from",
+            "SELECT level, count(*) AS n FROM t GROUP BY level ORDER BY level",
+        ],
+    );
+    assert_eq!(first(&v, 0)["n"], ndjson as u64, "{v}");
+    assert_eq!(first(&v, 0)["ids"], 4 * 18, "{v}");
+    assert_eq!(v["types"]["valid_from"], "TIMESTAMP WITH TIME ZONE", "{v}");
+    assert_eq!(
+        v["types"]["calibration_time"], "TIMESTAMP WITH TIME ZONE",
+        "{v}"
+    );
+    let mds: Vec<(String, String)> = v["results"][1]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            (
+                r["software_version"].as_str().unwrap_or("").to_string(),
+                r["valid_from"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(mds.len(), 2, "{mds:?}");
+    assert_eq!(mds[0].0, "2.4.1");
+    assert_eq!(mds[1].0, "2.5.0");
+    assert!(mds[1].1.starts_with("2026-11-20 10:02:00"), "{mds:?}");
+    // An analyst's question: under which software was each reading of monitor 0 taken?
+    // (DuckDB's ASOF join: the device version in force at each measurement's time.)
+    let joined = Command::new(python())
+        .env(
+            "VITALFLOW_LAKE_VIEWS",
+            format!("m={}", lake.join("measurements").display()),
+        )
+        .arg(root().join("tests/readers/lake_query.py"))
+        .arg(lake.join("devices"))
+        .arg(
+            "SELECT d.software_version AS sw, count(*) AS n, \
+             CAST(max(m.event_time) AS VARCHAR) AS last FROM m ASOF JOIN \
+             (SELECT * FROM t WHERE level = 'mds') d \
+             ON m.device_id = d.device_id AND m.event_time >= d.valid_from \
+             WHERE m.device_id = '0012A3FFFE000000' AND m.value_name = 'hr' \
+             GROUP BY 1 ORDER BY 1",
+        )
+        .output()
+        .expect("reader");
+    assert!(
+        joined.status.success(),
+        "{}",
+        String::from_utf8_lossy(&joined.stderr)
+    );
+    let joined: Value = serde_json::from_slice(&joined.stdout).expect("JSON");
+    let rows = joined["results"][0].as_array().expect("rows");
+    assert_eq!(rows.len(), 2, "{joined}");
+    assert_eq!(rows[0]["sw"], "2.4.1");
+    assert_eq!(rows[0]["n"], 120, "the first 120 s: {joined}");
+    assert!(
+        rows[0]["last"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("2026-11-20 10:01:59")),
+        "{joined}"
+    );
+    assert_eq!(rows[1]["sw"], "2.5.0");
+    assert_eq!(rows[1]["n"], 241, "{joined}");
+}

@@ -449,6 +449,8 @@ pub struct Tables {
     pub observations: bool,
     /// One row per alert event.
     pub alerts: bool,
+    /// One row per Device or DeviceMetric version (jobs reading HL7 v2).
+    pub devices: bool,
 }
 
 /// `[sinks.lake]`: where the tables live and how often they are committed.
@@ -491,6 +493,7 @@ impl LakeConfig {
                 measurements: true,
                 observations: true,
                 alerts: true,
+                devices: true,
             },
             flush_interval: Duration::from_secs(10),
             target_file_size: 128 << 20,

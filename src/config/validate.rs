@@ -384,16 +384,18 @@ fn lake_config(cx: &mut Checker<'_>, l: &RawLake) -> LakeConfig {
             measurements: false,
             observations: false,
             alerts: false,
+            devices: false,
         };
         for name in t.get_ref() {
             match name.as_str() {
                 "measurements" => c.tables.measurements = true,
                 "observations" => c.tables.observations = true,
                 "alerts" => c.tables.alerts = true,
+                "devices" => c.tables.devices = true,
                 other => cx.at(
                     t.span(),
                     "sinks.lake.tables",
-                    format!("no table \"{other}\" (measurements, observations, alerts)"),
+                    format!("no table \"{other}\" (measurements, observations, alerts, devices)"),
                 ),
             }
         }

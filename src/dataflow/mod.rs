@@ -500,16 +500,18 @@ fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<W
     let mut measurements = Vec::new();
     let mut alerts = Vec::new();
     let mut devices = Vec::new();
-    let mut device_versions = None;
-    if job.ndjson_observations {
-        // Devices go beside the Observations; a restart knows what they already hold.
-        let owns = move |d: &str| route(d) % peers as u64 == index as u64;
-        device_versions = Some(crate::sinks::devices::committed_versions(
-            &job.output_dir,
-            owns,
-        )?);
-        let sink = crate::sinks::devices::DeviceSink::new(&job.output_dir, index)?;
+    // What each device output holds of this worker's devices (only HL7 v2 carries a tree).
+    let mut held = Vec::new();
+    let owns = move |d: &str| route(d) % peers as u64 == index as u64;
+    let reads_trees = shared.device.reads_hl7();
+    if job.ndjson_observations && reads_trees {
+        // Devices go beside the Observations.
+        let h = crate::sinks::devices::held(&job.output_dir, owns)?;
+        let sink = crate::sinks::devices::DeviceSink::new(&job.output_dir, index, &h)?;
         devices.push(NamedSink::new("DeviceSink", sink, job.flush_interval));
+        held.push(h);
+    }
+    if job.ndjson_observations {
         let sink = ObservationSink::new(
             &job.output_dir,
             index,
@@ -590,6 +592,12 @@ fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<W
             let sink = AlertTableSink::new(cfg, m.clone())?;
             alerts.push(NamedSink::new("LakeAlerts", sink, every));
         }
+        if cfg.tables.devices && reads_trees {
+            let h = crate::lake::devices::held(cfg, owns)?;
+            let sink = crate::lake::devices::DeviceTableSink::new(cfg, &h, m.clone())?;
+            devices.push(NamedSink::new("LakeDevices", sink, every));
+            held.push(h);
+        }
     }
     let (dead_letters, dead_letter_positions) =
         dead_letter_sink(shared, &job.output_dir, index, true)?;
@@ -605,8 +613,9 @@ fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<W
         observations,
         alerts,
         alerts_topic,
+        device_versions: (!devices.is_empty())
+            .then(|| crate::fhir::device::Versions::held_by_all(&held)),
         devices,
-        device_versions,
     })
 }
 

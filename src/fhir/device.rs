@@ -201,8 +201,41 @@ pub struct DeviceVersion {
     pub resource: Value,
     /// The MDS identifier it belongs to (outputs are routed by it).
     pub device: String,
+    /// Its key in the MDS's tree ("" for the MDS).
+    pub key: String,
+    /// `mds`, `vmd`, `channel` or `metric`.
+    pub level: &'static str,
     /// Event time from which it holds (ms since the Unix epoch).
     pub at: i64,
+}
+
+/// A version a device output holds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Held {
+    /// The MDS identifier.
+    pub device: String,
+    /// The resource id.
+    pub id: String,
+    /// Event time from which it holds (ms since the Unix epoch).
+    pub at: i64,
+    /// Content hash (`meta.versionId`).
+    pub hash: u64,
+    /// The record it came from.
+    pub source: Option<(String, i32, i64)>,
+}
+
+impl Held {
+    /// What an output holds, read from a written resource (None: not one this job wrote).
+    pub fn of(device: &str, resource: &Value) -> Option<Self> {
+        let ((id, at, hash), source) = version_of(resource)?;
+        Some(Held {
+            device: device.to_string(),
+            id: id.to_string(),
+            at,
+            hash,
+            source,
+        })
+    }
 }
 
 /// The hash of a resource's content (its JSON, keys in order, without `meta`).
@@ -240,6 +273,18 @@ pub struct Versions {
     /// Per (MDS identifier, topic, partition), the offset of the last message a written
     /// version came from.
     reached: std::collections::HashMap<(String, String, i32), i64>,
+    /// Per MDS: its newest version's time, and (fingerprint, time) of its last report. A
+    /// report that says what the last one said, no earlier than it, while the last one was
+    /// no earlier than any version, finds every resource's version in force with its
+    /// content: it is passed over without building its resources (most reports are).
+    devices: std::collections::HashMap<String, DeviceSeen>,
+}
+
+/// What [`Versions`] knows of one MDS to pass over reports that change nothing.
+#[derive(Debug, Default)]
+struct DeviceSeen {
+    newest: i64,
+    last: Option<(u64, i64)>,
 }
 
 /// The `meta.source` of a version from a message: `urn:vitalflow:source:{topic}:{partition}:{offset}`.
@@ -262,6 +307,28 @@ fn parse_source(uri: &str) -> Option<(String, i32, i64)> {
 }
 
 impl Versions {
+    /// The versions every one of `outputs` holds: a restart decides again from there, so
+    /// an output that made less durable than another before a kill gets what it lacks (and
+    /// each output passes over what it holds already).
+    pub fn held_by_all(outputs: &[Vec<Held>]) -> Self {
+        let mut v = Versions::default();
+        let Some((first, rest)) = outputs.split_first() else {
+            return v;
+        };
+        let others: Vec<std::collections::HashSet<&Held>> =
+            rest.iter().map(|o| o.iter().collect()).collect();
+        for h in first
+            .iter()
+            .filter(|h| others.iter().all(|o| o.contains(h)))
+        {
+            v.record(&h.device, &h.id, h.at, h.hash);
+            if let Some(s) = &h.source {
+                v.reached(&h.device, s.clone());
+            }
+        }
+        v
+    }
+
     /// Records where a written version of the device `device` came from.
     pub fn reached(&mut self, device: &str, (topic, partition, offset): (String, i32, i64)) {
         let r = self
@@ -271,22 +338,25 @@ impl Versions {
         *r = (*r).max(offset);
     }
 
-    /// Records a version already written.
-    pub fn record(&mut self, id: &str, at: i64, hash: u64) {
+    /// Records a version already written (of a resource of the MDS `device`).
+    pub fn record(&mut self, device: &str, id: &str, at: i64, hash: u64) {
         self.by_id
             .entry(id.to_string())
             .or_default()
             .insert((at, hash));
+        let d = self.devices.entry(device.to_string()).or_default();
+        d.newest = d.newest.max(at);
     }
 
-    /// Whether `hash` at `at` is a new version of `id`; records it when it is.
-    pub fn admit(&mut self, id: &str, at: i64, hash: u64) -> bool {
+    /// Whether `hash` at `at` is a new version of `id` (of the MDS `device`); records it
+    /// when it is.
+    pub fn admit(&mut self, device: &str, id: &str, at: i64, hash: u64) -> bool {
         let known = self.by_id.get(id);
         let prev = known.and_then(|v| v.range(..=(at, u64::MAX)).next_back().copied());
         let next = known.and_then(|v| v.range((at, u64::MAX)..).next().copied());
         let new = prev.is_none_or(|(_, h)| h != hash) && next.is_none_or(|(_, h)| h != hash);
         if new {
-            self.record(id, at, hash);
+            self.record(device, id, at, hash);
         }
         new
     }
@@ -319,10 +389,41 @@ impl Versions {
                 return out;
             }
         }
-        for mut r in resources(&report.tree, system) {
+        let fingerprint = report.tree.fingerprint();
+        let seen = self
+            .devices
+            .entry(report.tree.identifier.clone())
+            .or_default();
+        let unchanged = seen
+            .last
+            .is_some_and(|(fp, t)| fp == fingerprint && report.at >= t && t >= seen.newest);
+        seen.last = Some((fingerprint, report.at));
+        if unchanged {
+            return out;
+        }
+        let levels = report
+            .tree
+            .components
+            .iter()
+            .map(|c| {
+                let level = match c.level {
+                    crate::mapping::device_tree::Level::Mds => "mds",
+                    crate::mapping::device_tree::Level::Vmd => "vmd",
+                    crate::mapping::device_tree::Level::Channel => "channel",
+                };
+                (c.key.as_str(), level)
+            })
+            .chain(
+                report
+                    .tree
+                    .metrics
+                    .iter()
+                    .map(|m| (m.key.as_str(), "metric")),
+            );
+        for (mut r, (key, level)) in resources(&report.tree, system).into_iter().zip(levels) {
             let hash = content_hash(&r);
             let id = r["id"].as_str().unwrap_or_default().to_string();
-            if !self.admit(&id, report.at, hash) {
+            if !self.admit(&report.tree.identifier, &id, report.at, hash) {
                 continue;
             }
             let at = chrono::DateTime::from_timestamp_millis(report.at).unwrap_or_default();
@@ -336,6 +437,8 @@ impl Versions {
             out.push(DeviceVersion {
                 resource: r,
                 device: report.tree.identifier.clone(),
+                key: key.to_string(),
+                level,
                 at: report.at,
             });
         }
@@ -422,12 +525,12 @@ mod tests {
         let run = |order: &[usize], seed: &[(i64, u64)]| {
             let mut v = Versions::default();
             for (at, h) in seed {
-                v.record("d", *at, *h);
+                v.record("m", "d", *at, *h);
             }
             let mut out: Vec<(i64, u64)> = order
                 .iter()
                 .map(|i| reports[*i])
-                .filter(|(at, h)| v.admit("d", *at, *h))
+                .filter(|(at, h)| v.admit("m", "d", *at, *h))
                 .collect();
             out.sort();
             out
@@ -491,7 +594,7 @@ mod tests {
                     whole.iter().filter(|(o, _)| *o < written).collect();
                 for (_, r) in &durable {
                     let ((id, at, hash), source) = version_of(r).expect("version");
-                    seed.record(id, at, hash);
+                    seed.record("0012A3FFFE4B5C6D", id, at, hash);
                     seed.reached("0012A3FFFE4B5C6D", source.expect("source"));
                 }
                 let again = run(&mut seed, committed);

@@ -2,6 +2,7 @@
 //! files, for DuckDB, Polars, Spark and pandas (layout and columns: docs/lakehouse.md).
 
 pub mod alerts;
+pub mod devices;
 pub mod maintain;
 pub mod measurements;
 pub mod observations;
@@ -19,6 +20,7 @@ pub fn specs(config: &LakeConfig) -> Vec<&'static schema::TableSpec> {
         (t.measurements, &schema::MEASUREMENTS),
         (t.observations, &schema::OBSERVATIONS),
         (t.alerts, &schema::ALERTS),
+        (t.devices, &schema::DEVICES),
     ]
     .into_iter()
     .filter_map(|(on, spec)| on.then_some(spec))

@@ -267,5 +267,46 @@ pub static ALERTS: TableSpec = TableSpec {
     columns: AlertColumns::fields,
 };
 
+columns! {
+    /// The `devices` table: one row per Device or DeviceMetric version (docs/hl7.md).
+    DeviceColumns {
+        device_id: StringBuilder = "device_id", DataType::Utf8, false;
+        resource_type: StringBuilder = "resource_type", DataType::Utf8, false;
+        id: StringBuilder = "id", DataType::Utf8, false;
+        component: StringBuilder = "component", DataType::Utf8, false;
+        level: StringBuilder = "level", DataType::Utf8, false;
+        code: StringBuilder = "code", DataType::Utf8, true;
+        code_display: StringBuilder = "code_display", DataType::Utf8, true;
+        manufacturer: StringBuilder = "manufacturer", DataType::Utf8, true;
+        model: StringBuilder = "model", DataType::Utf8, true;
+        serial: StringBuilder = "serial", DataType::Utf8, true;
+        software_version: StringBuilder = "software_version", DataType::Utf8, true;
+        hardware_version: StringBuilder = "hardware_version", DataType::Utf8, true;
+        firmware_version: StringBuilder = "firmware_version", DataType::Utf8, true;
+        location: StringBuilder = "location", DataType::Utf8, true;
+        unit: StringBuilder = "unit", DataType::Utf8, true;
+        operational_status: StringBuilder = "operational_status", DataType::Utf8, true;
+        calibration_state: StringBuilder = "calibration_state", DataType::Utf8, true;
+        calibration_time: TimestampMicrosecondBuilder = "calibration_time", timestamp(), true;
+        version_id: StringBuilder = "version_id", DataType::Utf8, false;
+        valid_from: TimestampMicrosecondBuilder = "valid_from", timestamp(), false;
+        source_topic: StringBuilder = "source_topic", DataType::Utf8, true;
+        source_partition: Int32Builder = "source_partition", DataType::Int32, true;
+        source_offset: Int64Builder = "source_offset", DataType::Int64, true;
+        resource: StringBuilder = "resource", DataType::Utf8, false;
+        date: Date32Builder = "date", DataType::Date32, false;
+    }
+}
+
+/// One row per Device or DeviceMetric version.
+pub static DEVICES: TableSpec = TableSpec {
+    name: "devices",
+    comment: "vitalflow: one row per FHIR Device or DeviceMetric version (a change of a monitor, module, channel or metric)",
+    partition_columns: &["date"],
+    bloom_columns: &["device_id", "id"],
+    flush_file_size: 16 << 20,
+    columns: DeviceColumns::fields,
+};
+
 /// Every table, by name.
-pub static TABLES: [&TableSpec; 3] = [&MEASUREMENTS, &OBSERVATIONS, &ALERTS];
+pub static TABLES: [&TableSpec; 4] = [&MEASUREMENTS, &OBSERVATIONS, &ALERTS, &DEVICES];

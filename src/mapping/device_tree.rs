@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 pub const MDC: &str = "urn:iso:std:iso:11073:10101";
 
 /// A coded concept as a message gives it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Hash, Eq, Serialize, Deserialize)]
 pub struct Code {
     /// The code (`150456`).
     pub code: String,
@@ -41,7 +41,7 @@ pub struct Code {
 }
 
 /// Where a component sits in the tree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Hash, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     /// Medical device system: the monitor.
@@ -53,7 +53,7 @@ pub enum Level {
 }
 
 /// An identification attribute of a component.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Hash, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Attribute {
     /// `MDC_ID_MODEL_MANUFACTURER`.
@@ -134,7 +134,7 @@ fn row_kind(code: &str, name: &str) -> Option<Row> {
 }
 
 /// FHIR `DeviceMetric.operationalStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Hash, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OperationalStatus {
     /// Operating.
@@ -180,7 +180,7 @@ impl OperationalStatus {
 }
 
 /// FHIR `DeviceMetric.calibration`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Hash, Eq, Serialize, Deserialize)]
 pub struct Calibration {
     /// `not-calibrated`, `calibration-required`, `calibrated` or `unspecified`.
     pub state: String,
@@ -212,7 +212,7 @@ fn calibration_type(t: &str) -> Option<&'static str> {
 }
 
 /// FHIR `DeviceMetric.category`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Hash, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Category {
     /// A measured value.
@@ -235,7 +235,7 @@ impl Category {
 }
 
 /// An MDS, VMD or channel.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Hash, Serialize, Deserialize)]
 pub struct Component {
     /// Its level.
     pub level: Level,
@@ -256,7 +256,7 @@ pub struct Component {
 }
 
 /// A metric: one kind of value a channel reports.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Hash, Serialize, Deserialize)]
 pub struct Metric {
     /// Stable key within its MDS: its parent's key and its code.
     pub key: String,
@@ -300,6 +300,19 @@ impl DeviceTree {
     /// The MDS.
     pub fn mds(&self) -> &Component {
         &self.components[0]
+    }
+
+    /// A hash of what the tree says about its devices (not of when it says it): equal for
+    /// the reports of a device whose attributes did not change.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = rustc_hash::FxHasher::default();
+        self.identifier.hash(&mut h);
+        self.identifier_type.hash(&mut h);
+        self.patient.hash(&mut h);
+        self.components.hash(&mut h);
+        self.metrics.hash(&mut h);
+        h.finish()
     }
 }
 

@@ -4,15 +4,16 @@
 //! when it changes (`fhir::device::Versions`), so the output grows with attribute changes,
 //! not with messages.
 //!
-//! A restart reads the committed parts back ([`committed_versions`]) before it reads any
-//! input: versions already written are known, and the replay from the committed offsets
-//! writes none of them again.
+//! A restart reads the committed parts back ([`held`]) before it reads any input: the job
+//! decides again only what comes after the versions every device output holds, and this
+//! sink writes none of the lines it holds.
 
 use super::files::{committed_parts, PartWriter};
 use super::Sink;
-use crate::fhir::device::{version_of, DeviceVersion, Versions};
+use crate::fhir::device::{version_of, DeviceVersion, Held};
 use anyhow::Context as _;
 use serde_json::Value;
+use std::collections::HashSet;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
@@ -24,15 +25,19 @@ pub fn dir(output: &Path) -> PathBuf {
 /// One worker's device output.
 pub struct DeviceSink {
     writer: PartWriter,
+    /// (id, content hash, event time) of the versions the output holds.
+    written: HashSet<(String, u64, i64)>,
     /// Versions not yet durable, with their epochs: a failed flush writes them all again.
     pending: Vec<(u64, Vec<u8>)>,
 }
 
 impl DeviceSink {
-    /// The output of worker `worker` under the job's output directory.
-    pub fn new(output: &Path, worker: usize) -> anyhow::Result<Self> {
+    /// The output of worker `worker` under the job's output directory; `held` is what it
+    /// holds of the worker's devices.
+    pub fn new(output: &Path, worker: usize, held: &[Held]) -> anyhow::Result<Self> {
         Ok(Self {
             writer: PartWriter::new(&dir(output), worker)?,
+            written: held.iter().map(|h| (h.id.clone(), h.hash, h.at)).collect(),
             pending: Vec::new(),
         })
     }
@@ -40,6 +45,13 @@ impl DeviceSink {
 
 impl Sink<DeviceVersion> for DeviceSink {
     fn write(&mut self, epoch: u64, item: DeviceVersion) -> anyhow::Result<()> {
+        if let Some(((id, at, hash), _)) = version_of(&item.resource) {
+            // Another output lagged behind this one before a restart: what it gets again,
+            // this one has.
+            if !self.written.insert((id.to_string(), hash, at)) {
+                return Ok(());
+            }
+        }
         self.pending
             .push((epoch, serde_json::to_vec(&item.resource).expect("JSON")));
         Ok(())
@@ -68,8 +80,8 @@ impl Sink<DeviceVersion> for DeviceSink {
 /// The versions committed under the job's output directory, of the devices `owns` takes
 /// (by MDS identifier: a worker resumes the devices routed to it, whatever the worker count
 /// that wrote them).
-pub fn committed_versions(output: &Path, owns: impl Fn(&str) -> bool) -> anyhow::Result<Versions> {
-    let mut versions = Versions::default();
+pub fn held(output: &Path, owns: impl Fn(&str) -> bool) -> anyhow::Result<Vec<Held>> {
+    let mut out = Vec::new();
     for part in committed_parts(&dir(output)) {
         let f = std::fs::File::open(&part)
             .with_context(|| format!("cannot read {}", part.display()))?;
@@ -77,23 +89,20 @@ pub fn committed_versions(output: &Path, owns: impl Fn(&str) -> bool) -> anyhow:
             let line = line.with_context(|| format!("cannot read {}", part.display()))?;
             let r: Value = serde_json::from_str(&line)
                 .with_context(|| format!("{}:{}: not a device resource", part.display(), i + 1))?;
-            let Some(((id, at, hash), source)) = version_of(&r) else {
+            let device = mds_identifier(&r).unwrap_or_default();
+            let Some(h) = Held::of(device, &r) else {
                 anyhow::bail!(
                     "{}:{}: a device resource without id, meta.versionId or meta.lastUpdated",
                     part.display(),
                     i + 1
                 );
             };
-            let device = mds_identifier(&r).unwrap_or_default();
             if owns(device) {
-                versions.record(id, at, hash);
-                if let Some(s) = source {
-                    versions.reached(device, s);
-                }
+                out.push(h);
             }
         }
     }
-    Ok(versions)
+    Ok(out)
 }
 
 /// The MDS identifier a written resource belongs to: an MDS's own identifier, or the part
@@ -111,7 +120,7 @@ fn mds_identifier(r: &Value) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fhir::device::DeviceReport;
+    use crate::fhir::device::{DeviceReport, Versions};
     use crate::mapping::device_tree::{from_pcd01, tests_support::MONITOR};
 
     fn report(text: &str, at: i64) -> DeviceReport {
@@ -127,7 +136,7 @@ mod tests {
     fn versions_written_are_read_back_and_not_written_again() {
         let dir = tempfile::tempdir().expect("tmp");
         let mut versions = Versions::default();
-        let mut sink = DeviceSink::new(dir.path(), 0).expect("sink");
+        let mut sink = DeviceSink::new(dir.path(), 0, &[]).expect("sink");
         let first = versions.admit_report(&report(MONITOR, 1_000), None);
         assert_eq!(first.len(), 12, "every resource once");
         for v in first {
@@ -142,12 +151,18 @@ mod tests {
         sink.write(8, second[0].clone()).expect("write");
         sink.flush().expect("flush");
         // A restart: what the parts hold is known, the replay writes nothing.
-        let mut back = committed_versions(dir.path(), |_| true).expect("read back");
+        let held = held(dir.path(), |_| true).expect("read back");
+        assert_eq!(held.len(), 13);
+        let mut back = Versions::held_by_all(std::slice::from_ref(&held));
         assert_eq!(back.len(), 12);
         assert!(back.admit_report(&report(MONITOR, 1_500), None).is_empty());
         assert!(back.admit_report(&report(&updated, 3_500), None).is_empty());
+        // A sink given what it holds passes over a version it holds.
+        let mut sink = DeviceSink::new(dir.path(), 0, &held).expect("sink");
+        sink.write(9, second[0].clone()).expect("write");
+        sink.flush().expect("flush");
         // Another worker's devices are not its own.
-        let none = committed_versions(dir.path(), |d| d != "0012A3FFFE4B5C6D").expect("read");
+        let none = super::held(dir.path(), |d| d != "0012A3FFFE4B5C6D").expect("read");
         assert!(none.is_empty());
         let lines = std::fs::read_dir(dir.path().join("devices"))
             .expect("dir")

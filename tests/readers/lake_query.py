@@ -2,7 +2,8 @@
 
 usage: lake_query.py TABLE SQL...
 
-TABLE is a directory or an s3:// URL (S3 options from VITALFLOW_S3_ENDPOINT). The Delta log
+TABLE is a directory or an s3:// URL (S3 options from VITALFLOW_S3_ENDPOINT). Other local
+tables may be queried beside it: VITALFLOW_LAKE_VIEWS="name=DIR,..." makes each a view. The Delta log
 (read by the `deltalake` package) gives the table's current files; DuckDB queries them as a
 view `t`, with the Hive partition columns (date, type). For S3 tables, DuckDB queries the
 `deltalake` reader's Arrow dataset instead (DuckDB's own S3 support is an extension it
@@ -16,6 +17,14 @@ import sys
 
 import deltalake
 import duckdb
+
+
+def parquet(dt, files) -> str:
+    """DuckDB's read of a table's files, with its Hive partition columns typed."""
+    known = {"date": "DATE", "type": "VARCHAR"}
+    cols = [c for c in dt.metadata().partition_columns if c in known]
+    types = ", ".join(f"'{c}': {known[c]}" for c in cols)
+    return f"read_parquet({files!r}, hive_partitioning = true, hive_types = {{{types}}})"
 
 
 def main() -> None:
@@ -38,13 +47,17 @@ def main() -> None:
         con.register("t", dataset)
         types = {r[0]: r[1] for r in con.execute("DESCRIBE t").fetchall()}
     elif files:
-        con.execute(
-            f"CREATE VIEW t AS SELECT * FROM read_parquet({files!r}, hive_partitioning = true, "
-            "hive_types = {'date': DATE, 'type': VARCHAR})"
-        )
+        con.execute(f"CREATE VIEW t AS SELECT * FROM {parquet(dt, files)}")
         types = {r[0]: r[1] for r in con.execute("DESCRIBE t").fetchall()}
     else:
         types = {}
+    # Other tables as views of their own, for joins (local tables only).
+    for view in filter(None, os.environ.get("VITALFLOW_LAKE_VIEWS", "").split(",")):
+        name, path = view.split("=", 1)
+        odt = deltalake.DeltaTable(path)
+        other = odt.file_uris()
+        if other:
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM {parquet(odt, other)}")
     out = {
         "version": dt.version(),
         "files": len(files),
