@@ -312,6 +312,7 @@ struct Outputs {
     alerts: Multiset,
     dead_letters: Multiset,
     devices: Multiset,
+    lake_devices: Multiset,
 }
 
 const MEASUREMENTS: &str = "SELECT source_partition, source_offset, value_name, CAST(value AS VARCHAR) AS value, CAST(event_time AS VARCHAR) AS t FROM t";
@@ -319,6 +320,7 @@ const OBSERVATIONS: &str =
     "SELECT resource FROM t QUALIFY row_number() OVER (PARTITION BY id ORDER BY version DESC) = 1";
 const OBSERVATION_VERSIONS: &str = "SELECT id, version, value_name FROM t";
 const ALERTS: &str = "SELECT alert_id, state, CAST(\"at\" AS VARCHAR) AS event_at FROM t";
+const DEVICES: &str = "SELECT id, version_id, CAST(valid_from AS VARCHAR) AS valid_from FROM t";
 
 fn outputs(dir: &Path, brokers: &str, tag: &str) -> Outputs {
     let m = lake(&dir.join("lake/measurements"), &[MEASUREMENTS]);
@@ -327,6 +329,7 @@ fn outputs(dir: &Path, brokers: &str, tag: &str) -> Outputs {
         &[OBSERVATIONS, OBSERVATION_VERSIONS],
     );
     let a = lake(&dir.join("lake/alerts"), &[ALERTS]);
+    let d = lake(&dir.join("lake/devices"), &[DEVICES]);
     let lake_observations = latest(
         &o[0]
             .iter()
@@ -340,6 +343,7 @@ fn outputs(dir: &Path, brokers: &str, tag: &str) -> Outputs {
         lake_observations,
         lake_observation_versions: multiset(o[1].iter().map(row_key)),
         lake_alerts: multiset(a[0].iter().map(row_key)),
+        lake_devices: multiset(d[0].iter().map(row_key)),
         devices: multiset(
             vitalflow::sinks::files::committed_parts(&dir.join("out/devices"))
                 .iter()
@@ -472,6 +476,7 @@ fn trial(seed: u64, kills: usize, identity: &str, kind: Broker) -> Report {
         ),
         ("lake alerts", want.lake_alerts.len()),
         ("NDJSON devices", want.devices.len()),
+        ("lake devices", want.lake_devices.len()),
     ] {
         assert!(n > 0, "the reference run's {what} is empty ({kind:?})");
     }
@@ -610,6 +615,7 @@ fn trial(seed: u64, kills: usize, identity: &str, kind: Broker) -> Report {
     compare("alerts topic", &got.alerts, &want.alerts);
     compare("dead-letter topic", &got.dead_letters, &want.dead_letters);
     compare("NDJSON devices", &got.devices, &want.devices);
+    compare("lake devices", &got.lake_devices, &want.lake_devices);
     let dup_versions: Vec<&String> = got
         .lake_observation_versions
         .iter()
@@ -729,10 +735,13 @@ fn trial(seed: u64, kills: usize, identity: &str, kind: Broker) -> Report {
         .collect();
     same("FHIR Observations", &on_server, &want_server);
     // One Patient and one Device per monitor, however often the job was killed mid-create.
+    // (JSON monitors by their deviceId, PCD-01 ones by their key, the EUI-64.)
     let devices = msgs
         .iter()
-        .filter_map(|m| serde_json::from_slice::<Value>(&m.payload).ok())
-        .filter_map(|v| v["deviceId"].as_str().map(String::from))
+        .filter_map(|m| match serde_json::from_slice::<Value>(&m.payload) {
+            Ok(v) => v["deviceId"].as_str().map(String::from),
+            Err(_) => m.payload.starts_with(b"MSH").then(|| m.key.clone()),
+        })
         .collect::<std::collections::BTreeSet<_>>()
         .len();
     for kind in ["Patient", "Device"] {

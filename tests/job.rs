@@ -568,6 +568,23 @@ fn device_lines(out: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The rows of a lake `devices` table as (id, version, valid from), sorted.
+fn lake_device_rows(dir: &Path) -> Vec<String> {
+    let v = lake_query(
+        dir.join("lake/devices").as_os_str(),
+        None,
+        &["SELECT id || '|' || version_id || '|' || CAST(valid_from AS VARCHAR) AS k FROM t"],
+    );
+    let mut rows: Vec<String> = v["results"][0]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["k"].as_str().expect("key").to_string())
+        .collect();
+    rows.sort();
+    rows
+}
+
 /// Panics with the first lines only one side has (sorted multisets of lines).
 fn same_lines(got: &[String], want: &[String], what: &str) {
     let extra: Vec<&String> = got.iter().filter(|l| !want.contains(l)).take(2).collect();
@@ -580,9 +597,14 @@ fn same_lines(got: &[String], want: &[String], what: &str) {
     );
 }
 
-/// A job as `kafka_job` writes it, reading IHE PCD-01 messages.
+/// A job as `kafka_job` writes it, reading IHE PCD-01 messages, with a lakehouse under
+/// `<dir>/lake`.
 fn pcd01_job(dir: &Path, brokers: &str, group: &str) -> std::path::PathBuf {
-    let job = kafka_job(dir, brokers, "vitals", group, "");
+    let lake = format!(
+        "[sinks.lake]\nlocation = \"{}\"\nflush_interval = \"450ms\"\ntables = [\"devices\"]\n",
+        dir.join("lake").display()
+    );
+    let job = kafka_job(dir, brokers, "vitals", group, &lake);
     let text = std::fs::read_to_string(&job)
         .expect("job")
         .replace("templates/bedside-monitor/", "templates/ihe-pcd01/");
@@ -620,6 +642,7 @@ fn device_versions_follow_attribute_changes_once_across_kill_9_and_worker_counts
         || device_lines(&out).iter().any(|l| l.contains("\"2.5.0\"")),
         "no software update was written",
     );
+    let mut lake_runs = Vec::new();
     let runs: Vec<Vec<String>> = [1, 3]
         .iter()
         .map(|workers| {
@@ -632,6 +655,7 @@ fn device_versions_follow_attribute_changes_once_across_kill_9_and_worker_counts
                     .arg("--job")
                     .arg(&job),
             );
+            lake_runs.push(lake_device_rows(dir.path()));
             let mut lines = device_lines(&dir.path().join("out"));
             lines.sort();
             lines
@@ -648,6 +672,14 @@ fn device_versions_follow_attribute_changes_once_across_kill_9_and_worker_counts
     );
     same_lines(&runs[1], &runs[0], "3 workers against 1");
     same_lines(&crashed, &runs[0], "kill -9 and restart against one run");
+    // The lake's devices table: a row per version, whatever the kill left it with.
+    assert_eq!(lake_runs[0].len(), runs[0].len());
+    same_lines(&lake_runs[1], &lake_runs[0], "lake: 3 workers against 1");
+    same_lines(
+        &lake_device_rows(crash.path()),
+        &lake_runs[0],
+        "lake: kill -9 and restart against one run",
+    );
     let updated: Vec<&String> = crashed.iter().filter(|l| l.contains("\"2.5.0\"")).collect();
     assert_eq!(updated.len(), 3, "{updated:?}");
 }

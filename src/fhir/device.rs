@@ -610,4 +610,45 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn outputs_that_made_different_amounts_durable_each_get_what_they_lack() {
+        use crate::mapping::device_tree::tests_support::MONITOR;
+        let report = |offset: i64, sw: &str| {
+            let text = MONITOR.replace("|2.4.1|", &format!("|{sw}|"));
+            DeviceReport {
+                tree: from_pcd01(&crate::hl7::parse(&text).expect("hl7")).remove(0),
+                at: offset * 10,
+                source: Some(("vitals".into(), 0, offset)),
+            }
+        };
+        let input = [(0, "1"), (1, "2"), (2, "3"), (3, "3"), (4, "4")];
+        let mut one = Versions::default();
+        let all: Vec<DeviceVersion> = input
+            .iter()
+            .flat_map(|(o, sw)| one.admit_report(&report(*o, sw), None))
+            .collect();
+        let held = |v: &[DeviceVersion]| -> Vec<Held> {
+            v.iter()
+                .map(|x| Held::of(&x.device, &x.resource).expect("held"))
+                .collect()
+        };
+        // Before the kill the NDJSON output made everything up to the third software
+        // version durable, the lake only the first version of every resource.
+        let ndjson = held(&all[..14]);
+        let lake = held(&all[..12]);
+        let mut seed = Versions::held_by_all(&[ndjson.clone(), lake.clone()]);
+        let again: Vec<Held> = input
+            .iter()
+            .flat_map(|(o, sw)| seed.admit_report(&report(*o, sw), None))
+            .map(|x| Held::of(&x.device, &x.resource).expect("held"))
+            .collect();
+        let want = held(&all);
+        assert_eq!(again, want[12..], "decided again from what both hold");
+        for (output, had) in [("NDJSON", &ndjson), ("lake", &lake)] {
+            let mut got = had.clone();
+            got.extend(again.iter().filter(|h| !had.contains(h)).cloned());
+            assert_eq!(got, want, "{output}: what it held and what it lacked");
+        }
+    }
 }
