@@ -20,6 +20,8 @@ pub struct Metrics {
     pub observations_out: AtomicU64,
     /// Device and DeviceMetric versions passed to the device outputs.
     pub device_versions: AtomicU64,
+    /// Device and DeviceMetric versions the FHIR server acknowledged.
+    pub fhir_devices: AtomicU64,
     /// Observations the FHIR server acknowledged.
     pub fhir_observations: AtomicU64,
     /// HTTP requests sent to the FHIR server (and its token endpoint), retries included.
@@ -247,7 +249,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counters: [(&str, &str, &AtomicU64); 22] = [
+        let counters: [(&str, &str, &AtomicU64); 23] = [
             (
                 "vitalflow_alerts_total",
                 "Alert events delivered (open, escalated, resolved).",
@@ -292,6 +294,11 @@ impl Metrics {
                 "vitalflow_observations_out_total",
                 "Observation versions written.",
                 &self.observations_out,
+            ),
+            (
+                "vitalflow_fhir_devices_total",
+                "Device and DeviceMetric versions the FHIR server acknowledged.",
+                &self.fhir_devices,
             ),
             (
                 "vitalflow_device_versions_total",

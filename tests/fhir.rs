@@ -703,3 +703,125 @@ fn a_pcd01_device_tree_becomes_devices_and_metrics_the_server_stores_linked() {
     );
     assert_valid(&schema, changed[0]);
 }
+
+#[test]
+fn a_pcd01_feed_leaves_each_monitor_once_on_the_server_with_its_tree_and_a_rerun_writes_nothing() {
+    use vitalflow::config::SimulatorConfig;
+    use vitalflow::sources::simulator::Simulator;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let h = Helios::start(&tmp.path().join("hfs"));
+    let (_c, brokers) = cluster("vitals", 3);
+    // Three monitors for five minutes: monitor 0's software is updated 120 s in, monitor
+    // 1's NIBP channel calibrated 165 s in, monitor 2's SpO2 sensor off from 200 s to 260 s.
+    let cfg = SimulatorConfig {
+        devices: 3,
+        count: Some(3 * 301),
+        profile: "ihe-pcd01".into(),
+        ..SimulatorConfig::default()
+    };
+    let start = chrono::Utc::now() - chrono::Duration::minutes(30);
+    let start = vitalflow::time::parse_timestamp(&start.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .expect("time");
+    let msgs: Vec<SimMessage> = Simulator::new(&cfg, start, (0, 1)).collect();
+    produce_sim(&producer(&brokers), "vitals", &msgs);
+    let pcd01 = |group: &str| {
+        let job = fhir_job(
+            tmp.path(),
+            &brokers,
+            group,
+            &h.url(),
+            "identity = \"Create\"",
+        );
+        let text = std::fs::read_to_string(&job)
+            .expect("job")
+            .replace("templates/bedside-monitor/", "templates/ihe-pcd01/");
+        std::fs::write(&job, text).expect("job");
+        job
+    };
+    run_fhir_job(tmp.path(), &pcd01("g1"));
+    let v = schema();
+    let devices = h.all("Device");
+    let metrics = h.all("DeviceMetric");
+    for r in devices.iter().chain(&metrics) {
+        assert_valid(&v, r);
+    }
+    // One monitor Device per EUI-64 (identity's and the tree's are the same resource), its
+    // VMDs and channels beside it, and a DeviceMetric per metric.
+    assert_eq!(devices.len(), 3 * 11, "Devices");
+    assert_eq!(metrics.len(), 3 * 7, "DeviceMetrics");
+    let observations = h.all("Observation");
+    assert!(!observations.is_empty());
+    for n in 0..3 {
+        let eui = format!("0012A3FFFE{n:06X}");
+        let mine: Vec<&Value> = devices
+            .iter()
+            .filter(|d| d["identifier"][0]["value"] == eui.as_str())
+            .collect();
+        assert_eq!(mine.len(), 1, "{eui}: one monitor Device");
+        let mds = mine[0];
+        let id = mds["id"].as_str().expect("id");
+        assert_eq!(mds["manufacturer"], "VitalFlow Simulated Devices");
+        assert!(
+            mds["patient"]["reference"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("Patient/")),
+            "{eui}: linked to its patient: {mds}"
+        );
+        let sw = if n == 0 { "2.5.0" } else { "2.4.1" };
+        assert_eq!(mds["version"][0]["value"], sw, "{eui}");
+        // Its Observations point at it, and so do its DeviceMetrics.
+        let reference = format!("Device/{id}");
+        assert!(
+            observations
+                .iter()
+                .filter(|o| o["device"]["reference"] == reference.as_str())
+                .count()
+                > 0
+        );
+        let its: Vec<&Value> = metrics
+            .iter()
+            .filter(|m| m["source"]["reference"] == reference.as_str())
+            .collect();
+        assert_eq!(its.len(), 7, "{eui}: its DeviceMetrics");
+        for m in &its {
+            let (status, _) = h
+                .get(m["parent"]["reference"].as_str().expect("parent"))
+                .expect("GET");
+            assert_eq!(status, 200, "{eui}: the parent of {}", m["id"]);
+        }
+        if n == 1 {
+            let nibp = its
+                .iter()
+                .find(|m| m["type"]["coding"][0]["code"] == "150021")
+                .expect("NIBP systolic");
+            let cal = (start + chrono::Duration::seconds(165))
+                .format("%Y-%m-%dT%H:%M:%SZ")
+                .to_string();
+            assert_eq!(nibp["calibration"][0]["time"], cal.as_str(), "{nibp}");
+        }
+        if n == 2 {
+            let spo2 = its
+                .iter()
+                .find(|m| m["type"]["coding"][0]["code"] == "150456")
+                .expect("SpO2");
+            assert_eq!(spo2["operationalStatus"], "on", "back on at 260 s");
+        }
+    }
+    // A second job over the same input (another consumer group): no Device, DeviceMetric
+    // or version more.
+    let version_ids = |h: &Helios, kind: &str| -> BTreeMap<String, String> {
+        h.all(kind)
+            .iter()
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap_or("").to_string(),
+                    r["meta"]["versionId"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    let before = (version_ids(&h, "Device"), version_ids(&h, "DeviceMetric"));
+    run_fhir_job(tmp.path(), &pcd01("g2"));
+    let after = (version_ids(&h, "Device"), version_ids(&h, "DeviceMetric"));
+    assert_eq!(after, before, "a rerun writes no device version");
+}

@@ -521,6 +521,23 @@ fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<W
         )?;
         observations.push(NamedSink::new("ObservationSink", sink, job.flush_interval));
     }
+    if let (Some(cfg), Some(client), true) = (&job.fhir, &shared.fhir, reads_trees) {
+        // The server keeps its own history: it takes part in no read-back (its sink writes
+        // only what is newer than what it holds).
+        let newest = if job.ndjson_observations {
+            crate::sinks::devices::newest(&job.output_dir, owns)?
+        } else {
+            Vec::new()
+        };
+        let sink = crate::sinks::fhir_devices::FhirDeviceSink::new(
+            client.clone(),
+            cfg.device_identifier_system.clone(),
+            cfg.identity == crate::config::IdentityMode::Create,
+            newest,
+            shared.metrics.clone(),
+        );
+        devices.push(NamedSink::new("FhirDevices", sink, cfg.flush_interval));
+    }
     if let (Some(cfg), Some(client)) = (&job.fhir, &shared.fhir) {
         // Groups the server refuses get dead letters of their own (in files, a directory of
         // their own: part names are per worker and per writer).

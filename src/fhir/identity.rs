@@ -325,7 +325,7 @@ impl Resolver {
 
     /// Ensures the Patient and the Device exist and are linked (identity `Create`).
     fn create(&self, client: &FhirClient, k: &IdentityKey) -> Result<Resolved, FhirError> {
-        let patient = self.ensure(
+        let patient = ensure(
             client,
             "Patient",
             None,
@@ -342,7 +342,7 @@ impl Resolver {
         if let Some(s) = system {
             identifier["system"] = s.into();
         }
-        let device = self.ensure(
+        let device = ensure(
             client,
             "Device",
             system,
@@ -387,55 +387,53 @@ impl Resolver {
             encounter: None,
         }))
     }
+}
 
-    /// Conditional create: the existing resource with this identifier, or a new one.
-    fn ensure(
-        &self,
-        client: &FhirClient,
-        resource_type: &str,
-        system: Option<&str>,
-        value: &str,
-        resource: Value,
-    ) -> Result<Result<Value, String>, FhirError> {
-        let condition = format!("identifier={}", identifier_param(system, value));
-        let r = client.send(
-            Method::POST,
-            resource_type,
-            Some(&resource),
-            &[
-                ("If-None-Exist", condition.clone()),
-                ("Prefer", "return=representation".into()),
-            ],
-        )?;
-        match r.status {
-            200 | 201
-                if r.body.get("resourceType").and_then(Value::as_str) == Some(resource_type) =>
-            {
-                Ok(Ok(r.body))
-            }
-            // Some servers answer a conditional create that matched with no body: read it back.
-            200 | 201 => {
-                let s = client.send(
-                    Method::GET,
-                    &format!("{resource_type}?{condition}"),
-                    None,
-                    &[],
-                )?;
-                match one(&s.body, system, value) {
-                    Found::One(found) => Ok(Ok(found.clone())),
-                    _ => Ok(Err(format!(
-                        "created {resource_type} \"{value}\" but cannot read it back"
-                    ))),
-                }
-            }
-            412 => Ok(Err(format!(
-                "several {resource_type} resources have identifier \"{value}\""
-            ))),
-            s => Ok(Err(format!(
-                "creating {resource_type} \"{value}\" answered {s}: {}",
-                super::client::outcome_diagnostics(&r.body).unwrap_or_default()
-            ))),
+/// Conditional create (`If-None-Exist`): the existing resource with this identifier, or a
+/// new one; two writers racing create one.
+pub fn ensure(
+    client: &FhirClient,
+    resource_type: &str,
+    system: Option<&str>,
+    value: &str,
+    resource: Value,
+) -> Result<Result<Value, String>, FhirError> {
+    let condition = format!("identifier={}", identifier_param(system, value));
+    let r = client.send(
+        Method::POST,
+        resource_type,
+        Some(&resource),
+        &[
+            ("If-None-Exist", condition.clone()),
+            ("Prefer", "return=representation".into()),
+        ],
+    )?;
+    match r.status {
+        200 | 201 if r.body.get("resourceType").and_then(Value::as_str) == Some(resource_type) => {
+            Ok(Ok(r.body))
         }
+        // Some servers answer a conditional create that matched with no body: read it back.
+        200 | 201 => {
+            let s = client.send(
+                Method::GET,
+                &format!("{resource_type}?{condition}"),
+                None,
+                &[],
+            )?;
+            match one(&s.body, system, value) {
+                Found::One(found) => Ok(Ok(found.clone())),
+                _ => Ok(Err(format!(
+                    "created {resource_type} \"{value}\" but cannot read it back"
+                ))),
+            }
+        }
+        412 => Ok(Err(format!(
+            "several {resource_type} resources have identifier \"{value}\""
+        ))),
+        s => Ok(Err(format!(
+            "creating {resource_type} \"{value}\" answered {s}: {}",
+            super::client::outcome_diagnostics(&r.body).unwrap_or_default()
+        ))),
     }
 }
 

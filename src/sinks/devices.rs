@@ -105,6 +105,47 @@ pub fn held(output: &Path, owns: impl Fn(&str) -> bool) -> anyhow::Result<Vec<He
     Ok(out)
 }
 
+/// The newest version of each resource under the job's output directory, of the devices
+/// `owns` takes.
+pub fn newest(output: &Path, owns: impl Fn(&str) -> bool) -> anyhow::Result<Vec<DeviceVersion>> {
+    let mut by_id: std::collections::BTreeMap<String, DeviceVersion> = Default::default();
+    for part in committed_parts(&dir(output)) {
+        let text = std::fs::read_to_string(&part)
+            .with_context(|| format!("cannot read {}", part.display()))?;
+        for line in text.lines() {
+            let Ok(r) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            let device = mds_identifier(&r).unwrap_or_default().to_string();
+            let Some(((id, at, _), _)) = version_of(&r) else {
+                continue;
+            };
+            if !owns(&device) || by_id.get(id).is_some_and(|v| v.at > at) {
+                continue;
+            }
+            let component = r.pointer("/identifier/0/system").and_then(Value::as_str)
+                == Some(crate::fhir::device::COMPONENT_SYSTEM);
+            let level = match (r["resourceType"].as_str(), component) {
+                (Some("DeviceMetric"), _) => "metric",
+                (_, false) => "mds",
+                _ => "component",
+            };
+            let id = id.to_string();
+            by_id.insert(
+                id,
+                DeviceVersion {
+                    resource: r,
+                    device,
+                    key: String::new(),
+                    level,
+                    at,
+                },
+            );
+        }
+    }
+    Ok(by_id.into_values().collect())
+}
+
 /// The MDS identifier a written resource belongs to: an MDS's own identifier, or the part
 /// of a component's before its key (`{identifier}/{key}`).
 fn mds_identifier(r: &Value) -> Option<&str> {

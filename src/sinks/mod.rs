@@ -10,6 +10,7 @@ pub mod alerts;
 pub mod dead_letter;
 pub mod devices;
 pub mod fhir;
+pub mod fhir_devices;
 pub mod files;
 pub mod kafka;
 pub mod observations;
