@@ -123,8 +123,9 @@ fn per_measurement(c: &mut Criterion) {
 }
 
 /// What reading the device tree adds per IHE PCD-01 message, against normalizing it: the
-/// tree alone (parse and walk the OBX), and the tree with the version decision the job makes
-/// for every message (resources built, hashed, compared with the versions known).
+/// tree (parse and walk the OBX), read only when a message's tree changed; the check that
+/// it did not (parse and raw fingerprint), made for every message; and the tree with the
+/// version decision the owner makes (resources built and hashed only when it changed).
 fn device_tree(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut g = c.benchmark_group("device-tree");
@@ -147,6 +148,15 @@ fn device_tree(c: &mut Criterion) {
         vitalflow::mapping::device_tree::from_pcd01(&message)
     };
     g.bench_function("tree", |b| b.iter(|| trees(black_box(&bytes))));
+    // What the job does for a message whose tree did not change (most of them): parse it
+    // and hash what the tree is read from.
+    g.bench_function("unchanged (parse, raw fingerprint)", |b| {
+        b.iter(|| {
+            let text = vitalflow::hl7::text(black_box(&bytes)).unwrap();
+            let message = vitalflow::hl7::parse(&text).unwrap();
+            black_box(vitalflow::mapping::device_tree::raw_fingerprint(&message))
+        })
+    });
     let mut versions = vitalflow::fhir::device::Versions::default();
     g.bench_function("tree and version decision", |b| {
         b.iter(|| {

@@ -2,12 +2,12 @@
 
 use super::committer::{now_ms, Committer};
 use super::control::Control;
+use super::devices::{Described, DeviceNews, SeenTrees};
 use super::epoch_gate::EpochGate;
 use super::event_clock::{InputClock, Mark, Watermark};
 use super::normalize::normalize;
 use super::route;
 use super::window::Windows;
-use crate::fhir::device::DeviceReport;
 use crate::fhir::store::WindowUpdate;
 use crate::mapping::{DeviceMapping, FhirMapping};
 use crate::metrics::{Latencies, Metrics};
@@ -215,7 +215,7 @@ pub(super) struct Normalizing<G: Scope<Timestamp = u64>> {
     /// Messages that cannot be normalized.
     pub(super) dead: Stream<G, DeadLetter>,
     /// What messages say about their devices.
-    pub(super) devices: Stream<G, DeviceReport>,
+    pub(super) devices: Stream<G, DeviceNews>,
     /// The state of messages' metrics, for alerting only.
     pub(super) states: Stream<G, Judged>,
 }
@@ -226,7 +226,7 @@ enum Aside {
     /// A message that cannot be normalized.
     Dead(DeadLetter),
     /// What a message says about its devices (jobs with a device output).
-    Device(DeviceReport),
+    Device(DeviceNews),
     /// The state of a message's metrics (operational status, calibration), for alerting.
     State(Judged),
 }
@@ -277,6 +277,7 @@ pub(super) fn normalize_operator<G: Scope<Timestamp = u64>>(
         let mut ms = Vec::new();
         let mut late = Vec::new();
         let mut stamps = Vec::new();
+        let mut seen = SeenTrees::default();
         move |input, output| {
             let now = chrono::Utc::now();
             input.for_each_time(|time, data| {
@@ -292,8 +293,8 @@ pub(super) fn normalize_operator<G: Scope<Timestamp = u64>>(
                             offset: m.origin.offset,
                         };
                         let ack = n.acks_topic.as_deref() == Some(&*source.topic);
-                        let trees = if (n.devices || n.states) && !ack {
-                            super::devices::trees(&m.payload)
+                        let described = if (n.devices || n.states) && !ack {
+                            seen.read(&m.payload)
                         } else {
                             Vec::new()
                         };
@@ -314,34 +315,52 @@ pub(super) fn normalize_operator<G: Scope<Timestamp = u64>>(
                         match result {
                             Ok(()) => {
                                 let newest = ms.iter().map(|x| x.occurrence_time).max();
-                                if n.states {
-                                    // Judged as the message's readings are: late if any is.
-                                    let late = late.iter().any(|l| *l);
-                                    for tree in &trees {
-                                        let Some(at) = newest.or(tree.time) else {
-                                            continue;
-                                        };
-                                        for mut x in n.device.metric_states(tree, at) {
-                                            x.received_ms = received;
-                                            x.source = Some(source.clone());
-                                            let at = at.timestamp_millis();
-                                            let effective = match bound {
-                                                Some(b) if late => b.saturating_add(1).max(at),
-                                                _ => at,
-                                            };
-                                            session.give(Err(Aside::State(Judged {
-                                                measurement: x,
-                                                late,
-                                                effective,
-                                            })));
+                                // Judged as the message's readings are: late if any is.
+                                let any_late = late.iter().any(|l| *l);
+                                for d in described {
+                                    let (kept, sent, time) = match d {
+                                        Described::Same { identifier, time } => {
+                                            (Some(identifier), None, time)
+                                        }
+                                        Described::New {
+                                            tree,
+                                            fingerprint,
+                                            time,
+                                        } => (None, Some((tree, fingerprint)), time),
+                                    };
+                                    let tree = match (&kept, &sent) {
+                                        (Some(id), _) => seen.tree(id),
+                                        (None, Some((t, _))) => Some(t),
+                                        (None, None) => None,
+                                    };
+                                    let Some(tree) = tree else {
+                                        continue;
+                                    };
+                                    if n.states {
+                                        if let Some(at) = newest.or(time) {
+                                            for mut x in n.device.metric_states(tree, at) {
+                                                x.received_ms = received;
+                                                x.source = Some(source.clone());
+                                                let at = at.timestamp_millis();
+                                                let effective = match bound {
+                                                    Some(b) if any_late => {
+                                                        b.saturating_add(1).max(at)
+                                                    }
+                                                    _ => at,
+                                                };
+                                                session.give(Err(Aside::State(Judged {
+                                                    measurement: x,
+                                                    late: any_late,
+                                                    effective,
+                                                })));
+                                            }
                                         }
                                     }
-                                }
-                                for tree in trees.into_iter().filter(|_| n.devices) {
-                                    let at = tree.time.or(newest).map(|t| t.timestamp_millis());
-                                    if let Some(at) = at {
-                                        session.give(Err(Aside::Device(DeviceReport {
-                                            tree,
+                                    let at = time.or(newest).map(|t| t.timestamp_millis());
+                                    if let (true, Some(at)) = (n.devices, at) {
+                                        session.give(Err(Aside::Device(DeviceNews {
+                                            identifier: tree.identifier.clone(),
+                                            tree: sent.as_ref().map(|(t, _)| t.clone()),
                                             at,
                                             source: Some((
                                                 source.topic.to_string(),
@@ -349,6 +368,9 @@ pub(super) fn normalize_operator<G: Scope<Timestamp = u64>>(
                                                 source.offset,
                                             )),
                                         })));
+                                    }
+                                    if let Some((t, fp)) = sent {
+                                        seen.remember(t, fp);
                                     }
                                 }
                                 for x in &mut ms {

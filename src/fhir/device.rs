@@ -378,31 +378,38 @@ impl Versions {
         report: &DeviceReport,
         system: Option<&str>,
     ) -> Vec<DeviceVersion> {
+        self.admit_tree(&report.tree, report.at, report.source.as_ref(), system)
+    }
+
+    /// As [`Versions::admit_report`], for a tree reported at `at` from `source`.
+    pub fn admit_tree(
+        &mut self,
+        tree: &DeviceTree,
+        at: i64,
+        source: Option<&(String, i32, i64)>,
+        system: Option<&str>,
+    ) -> Vec<DeviceVersion> {
         let mut out = Vec::new();
-        if let Some((topic, partition, offset)) = &report.source {
+        if let (Some((topic, partition, offset)), false) = (source, self.reached.is_empty()) {
             // Decided before the restart: what it led to is written already.
             if self
                 .reached
-                .get(&(report.tree.identifier.clone(), topic.clone(), *partition))
+                .get(&(tree.identifier.clone(), topic.clone(), *partition))
                 .is_some_and(|r| offset <= r)
             {
                 return out;
             }
         }
-        let fingerprint = report.tree.fingerprint();
-        let seen = self
-            .devices
-            .entry(report.tree.identifier.clone())
-            .or_default();
+        let fingerprint = tree.fingerprint();
+        let seen = self.devices.entry(tree.identifier.clone()).or_default();
         let unchanged = seen
             .last
-            .is_some_and(|(fp, t)| fp == fingerprint && report.at >= t && t >= seen.newest);
-        seen.last = Some((fingerprint, report.at));
+            .is_some_and(|(fp, t)| fp == fingerprint && at >= t && t >= seen.newest);
+        seen.last = Some((fingerprint, at));
         if unchanged {
             return out;
         }
-        let levels = report
-            .tree
+        let levels = tree
             .components
             .iter()
             .map(|c| {
@@ -413,33 +420,27 @@ impl Versions {
                 };
                 (c.key.as_str(), level)
             })
-            .chain(
-                report
-                    .tree
-                    .metrics
-                    .iter()
-                    .map(|m| (m.key.as_str(), "metric")),
-            );
-        for (mut r, (key, level)) in resources(&report.tree, system).into_iter().zip(levels) {
+            .chain(tree.metrics.iter().map(|m| (m.key.as_str(), "metric")));
+        for (mut r, (key, level)) in resources(tree, system).into_iter().zip(levels) {
             let hash = content_hash(&r);
             let id = r["id"].as_str().unwrap_or_default().to_string();
-            if !self.admit(&report.tree.identifier, &id, report.at, hash) {
+            if !self.admit(&tree.identifier, &id, at, hash) {
                 continue;
             }
-            let at = chrono::DateTime::from_timestamp_millis(report.at).unwrap_or_default();
+            let from = chrono::DateTime::from_timestamp_millis(at).unwrap_or_default();
             r["meta"] = json!({
                 "versionId": format!("{hash:016x}"),
-                "lastUpdated": crate::time::format_rfc3339(&at),
+                "lastUpdated": crate::time::format_rfc3339(&from),
             });
-            if let Some(source) = &report.source {
+            if let Some(source) = source {
                 r["meta"]["source"] = json!(source_uri(source));
             }
             out.push(DeviceVersion {
                 resource: r,
-                device: report.tree.identifier.clone(),
+                device: tree.identifier.clone(),
                 key: key.to_string(),
                 level,
-                at: report.at,
+                at,
             });
         }
         out

@@ -454,6 +454,55 @@ impl Builder {
     }
 }
 
+/// A hash of everything in a message [`from_pcd01`] reads (patient, bed, and every OBX but
+/// a metric's value and time), with the equipment identifier of its one MDS: equal hashes
+/// mean equal trees. None when the message has no MDS or several (their trees are read
+/// whole). A monitor repeats its tree with every message: this is what tells, for a few
+/// hundred nanoseconds, that nothing changed.
+pub fn raw_fingerprint<'m>(msg: &Hl7<'m>) -> Option<(String, u64)> {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    let f = |seg: &'m str, n: usize| msg.field(seg, n);
+    msg.segment("PID")
+        .map(|s| msg.component(f(s, 3), 1))
+        .hash(&mut h);
+    msg.segment("PV1").map(|s| f(s, 3)).hash(&mut h);
+    let mut mds: Option<&'m str> = None;
+    let mut identifier: Option<&'m str> = None;
+    let mut any_identifier: Option<&'m str> = None;
+    for (name, seg) in msg.segments() {
+        if name != "OBX" {
+            continue;
+        }
+        let fs: [&'m str; 19] = msg.fields(seg);
+        let sub = msg.component(fs[4], 1);
+        let eid = msg.component(fs[18], 1);
+        if !eid.is_empty() {
+            any_identifier.get_or_insert(eid);
+        }
+        if let Some(m) = sub.split('.').next().filter(|m| !m.is_empty()) {
+            if mds.is_some_and(|x| x != m) {
+                return None;
+            }
+            mds = Some(m);
+            if !eid.is_empty() {
+                identifier.get_or_insert(eid);
+            }
+        }
+        let id: [&'m str; 2] = msg.components(fs[3]);
+        for n in [2, 3, 4, 6, 17, 18] {
+            fs[n].hash(&mut h);
+        }
+        if row_kind(id[0], id[1]).is_some() {
+            fs[5].hash(&mut h);
+            fs[14].hash(&mut h);
+        }
+    }
+    mds?;
+    let identifier = identifier.or(any_identifier)?;
+    Some((msg.decode(identifier).into_owned(), h.finish()))
+}
+
 /// The device trees of an IHE PCD-01 message, one per MDS with an equipment identifier, in
 /// message order; none when its OBX carry no sub-ids.
 pub fn from_pcd01<'m>(msg: &Hl7<'m>) -> Vec<DeviceTree> {
@@ -777,5 +826,30 @@ OBX|2|NM|147842^MDC_ECG_HEART_RATE^MDC|1.2.1.1|70|264864^MDC_DIM_BEAT_PER_MIN^MD
         assert!(tree(plain).is_empty());
         let anonymous = "MSH|^~\\&|A|B|C|D|20261205101500\rOBX|1|NM|150456^X^MDC|1.1.1.1|97\r";
         assert!(tree(anonymous).is_empty());
+    }
+
+    #[test]
+    fn the_raw_fingerprint_follows_the_tree_not_the_readings() {
+        let fp = |t: &str| raw_fingerprint(&parse(t).expect("hl7")).expect("one MDS");
+        let (id, base) = fp(MONITOR);
+        assert_eq!(id, "0012A3FFFE4B5C6D");
+        // Other readings at another time: the same tree.
+        let later = MONITOR
+            .replace("|72|", "|75|")
+            .replace("20261205101500", "20261205101501");
+        assert_eq!(fp(&later).1, base);
+        // Another software version, status or calibration time: another tree.
+        for changed in [
+            MONITOR.replace("|2.4.1|", "|2.5.0|"),
+            MONITOR.replace("metric-transduc-discon", "operating"),
+            MONITOR.replace("20261205094500", "20261205100000"),
+            MONITOR.replace("ICU^12^B", "ICU^13^B"),
+        ] {
+            assert_ne!(fp(&changed).1, base);
+            assert_ne!(tree(&changed), tree(MONITOR));
+        }
+        // Two MDSs: read whole.
+        let two = format!("{MONITOR}OBX|19||69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|2.0.0.0|||||||X|||||||OTHER\r");
+        assert!(raw_fingerprint(&parse(&two).expect("hl7")).is_none());
     }
 }
