@@ -63,20 +63,14 @@ pub(super) enum Described {
 }
 
 impl SeenTrees {
-    /// The devices a raw message describes (none unless it is HL7 v2 with a device tree).
-    /// Nothing is remembered: a message that is then dead-lettered sends no tree, so its
-    /// tree must not count as sent ([`SeenTrees::remember`]).
-    pub(super) fn read(&self, payload: &[u8]) -> Vec<Described> {
-        let Some(text) = crate::hl7::text(payload) else {
-            return Vec::new();
-        };
-        let Ok(msg) = crate::hl7::parse(&text) else {
-            return Vec::new();
-        };
+    /// The devices an HL7 v2 message describes (as parsed for its readings). Nothing is
+    /// remembered: a message that is then dead-lettered sends no tree, so its tree must not
+    /// count as sent ([`SeenTrees::remember`]).
+    pub(super) fn read(&self, msg: &crate::hl7::Hl7<'_>) -> Vec<Described> {
         let time = msg
             .segment("MSH")
             .and_then(|s| crate::hl7::timestamp(msg.field(s, 7)));
-        let raw = raw_fingerprint(&msg);
+        let raw = raw_fingerprint(msg);
         if let Some((identifier, fp)) = &raw {
             if self
                 .last
@@ -90,7 +84,7 @@ impl SeenTrees {
             }
         }
         let fingerprint = raw.map(|(_, fp)| fp);
-        from_pcd01(&msg)
+        from_pcd01(msg)
             .into_iter()
             .map(|tree| Described::New {
                 tree,

@@ -22,6 +22,20 @@ pub fn normalize(
     message: RawMessage,
     out: &mut Vec<Measurement>,
 ) -> Result<(), Box<DeadLetter>> {
+    normalize_seeing(device, fhir, max_future, now, message, out, &mut |_| {})
+}
+
+/// As [`normalize`], showing `seen` an HL7 v2 message once parsed (what else the job reads
+/// of it, its device tree, is read from the same parse).
+pub fn normalize_seeing(
+    device: &DeviceMapping,
+    fhir: &FhirMapping,
+    max_future: chrono::Duration,
+    now: DateTime<Utc>,
+    message: RawMessage,
+    out: &mut Vec<Measurement>,
+    seen: &mut dyn FnMut(&crate::hl7::Hl7<'_>),
+) -> Result<(), Box<DeadLetter>> {
     let dead = |message: RawMessage, stage, error: String, template| {
         Box::new(DeadLetter {
             message,
@@ -41,7 +55,15 @@ pub fn normalize(
     };
     // HL7 v2 (a gateway's PCD-01 message) or JSON: each has templates of its own.
     let mapped = match crate::hl7::text(&message.payload) {
-        Some(text) => device.normalize_hl7_text(&text, out).map_err(|e| match e {
+        Some(text) => (|| {
+            if !device.reads_hl7() {
+                return device.normalize_hl7_text(&text, out);
+            }
+            let parsed = crate::hl7::parse(&text).map_err(Hl7Error::Parse)?;
+            seen(&parsed);
+            device.normalize_hl7(&parsed, out)
+        })()
+        .map_err(|e| match e {
             Hl7Error::Parse(e) => ("parse", e, None),
             Hl7Error::Template(e) => ("normalize", e.to_string(), template_of(&e)),
             Hl7Error::Unmatched(e) => ("normalize", e.to_string(), None),

@@ -5,7 +5,7 @@ use super::control::Control;
 use super::devices::{Described, DeviceNews, SeenTrees};
 use super::epoch_gate::EpochGate;
 use super::event_clock::{InputClock, Mark, Watermark};
-use super::normalize::normalize;
+use super::normalize::normalize_seeing;
 use super::route;
 use super::window::Windows;
 use crate::fhir::store::WindowUpdate;
@@ -293,15 +293,20 @@ pub(super) fn normalize_operator<G: Scope<Timestamp = u64>>(
                             offset: m.origin.offset,
                         };
                         let ack = n.acks_topic.as_deref() == Some(&*source.topic);
-                        let described = if (n.devices || n.states) && !ack {
-                            seen.read(&m.payload)
-                        } else {
-                            Vec::new()
-                        };
+                        let mut described = Vec::new();
                         let result = if ack {
                             acknowledgement(m, &source, &mut ms)
                         } else {
-                            normalize(&n.device, &n.mapping, skew, now, m, &mut ms)
+                            let trees = n.devices || n.states;
+                            // The device tree is read from the parse the readings come from.
+                            let mut look = |msg: &crate::hl7::Hl7<'_>| {
+                                if trees {
+                                    described = seen.read(msg);
+                                }
+                            };
+                            normalize_seeing(
+                                &n.device, &n.mapping, skew, now, m, &mut ms, &mut look,
+                            )
                         };
                         let bound = clock.borrow_mut().observe(
                             &(source.topic.clone(), source.partition),

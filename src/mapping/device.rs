@@ -1024,16 +1024,30 @@ impl DeviceMapping {
         text: &str,
         out: &mut Vec<Measurement>,
     ) -> Result<(), Hl7Error> {
+        if !self.reads_hl7() {
+            return Err(Hl7Error::Unmatched(
+                "an HL7 v2 message, but the device mapping has no Hl7v2Content template",
+            ));
+        }
+        let message = crate::hl7::parse(text).map_err(Hl7Error::Parse)?;
+        self.normalize_hl7(&message, out)
+    }
+
+    /// As [`DeviceMapping::normalize_hl7_text`], for a message already parsed.
+    pub fn normalize_hl7(
+        &self,
+        message: &crate::hl7::Hl7<'_>,
+        out: &mut Vec<Measurement>,
+    ) -> Result<(), Hl7Error> {
         let device = self;
         if !device.reads_hl7() {
             return Err(Hl7Error::Unmatched(
                 "an HL7 v2 message, but the device mapping has no Hl7v2Content template",
             ));
         }
-        let message = crate::hl7::parse(text).map_err(Hl7Error::Parse)?;
         let start = out.len();
         device
-            .normalize_hl7_into(&message, out)
+            .normalize_hl7_into(message, out)
             .map_err(Hl7Error::Template)?;
         if out.len() == start {
             return Err(Hl7Error::Unmatched(
