@@ -93,12 +93,18 @@ pub fn normalize(
     fhir: Option<&FhirMapping>,
     event: &Value,
 ) -> Result<Normalized, DebugError> {
-    let measurements = device.normalize(event)?;
+    let mut measurements = device.normalize(event)?;
+    // Device attributes a template names (`deviceAttributes`) describe the device, not a
+    // reading: shown as its Device, as the job writes it.
+    let devices = crate::mapping::device_tree::take_json_attributes(&mut measurements)
+        .iter()
+        .flat_map(|t| crate::fhir::device::resources(t, None))
+        .collect();
     let observations = fhir.map(|f| observations(f, &measurements)).transpose()?;
     Ok(Normalized {
         measurements,
         observations,
-        devices: Vec::new(),
+        devices,
     })
 }
 

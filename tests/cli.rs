@@ -595,3 +595,104 @@ fn an_mqtt_password_is_refused_over_plain_mqtt_unless_allowed() {
     );
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
+
+/// A JSON device mapping whose template names device attributes (`deviceAttributes`).
+const JSON_WITH_ATTRIBUTES: &str = r#"{
+  "templateType": "CollectionContent",
+  "template": [{
+    "templateType": "JsonPathContent",
+    "template": {
+      "typeName": "heartRate",
+      "typeMatchExpression": "$..[?(@heartRate)]",
+      "deviceIdExpression": "$.deviceId",
+      "patientIdExpression": "$.patientId",
+      "timestampExpression": "$.timestamp",
+      "values": [{ "valueName": "hr", "valueExpression": "$.heartRate", "required": true }],
+      "deviceAttributes": {
+        "manufacturer": "$.device.make",
+        "model": "$.device.model",
+        "serialNumber": "$.device.serial",
+        "softwareVersion": "$.device.firmware",
+        "location": "$.bed"
+      }
+    }
+  }]
+}"#;
+
+#[test]
+fn a_json_template_naming_device_attributes_gives_the_device_a_pcd01_monitor_gives() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mapping = dir.path().join("devicecontent.json");
+    std::fs::write(&mapping, JSON_WITH_ATTRIBUTES).expect("mapping");
+    let message = r#"{"deviceId": "WB-7", "patientId": "P-7", "timestamp": "2026-12-05T10:00:00Z",
+        "heartRate": 71, "bed": "Ward 3 / 12",
+        "device": {"make": "Example Wearables", "model": "HB-2", "serial": "SN-77", "firmware": "4.1"}}"#;
+    let (code, json, all) = vitalflow(
+        &[
+            "normalize",
+            "--device",
+            mapping.to_str().expect("path"),
+            "--format",
+            "json",
+            "-",
+        ],
+        Some(message),
+    );
+    assert_eq!(code, 0, "{all}");
+    let props = &json["measurements"][0]["properties"];
+    assert_eq!(
+        props.as_array().map(Vec::len),
+        Some(1),
+        "device attributes are not readings: {props}"
+    );
+    let device = &json["devices"][0];
+    assert_eq!(device["resourceType"], "Device");
+    assert_eq!(device["identifier"][0]["value"], "WB-7");
+    assert_eq!(device["manufacturer"], "Example Wearables");
+    assert_eq!(device["modelNumber"], "HB-2");
+    assert_eq!(device["serialNumber"], "SN-77");
+    assert_eq!(device["version"][0]["type"]["coding"][0]["code"], "531975");
+    assert_eq!(device["version"][0]["value"], "4.1");
+    assert_eq!(device["location"]["display"], "Ward 3 / 12");
+    assert_eq!(device["patient"]["identifier"]["value"], "P-7");
+    // The same shape as a PCD-01 monitor's Device (which adds its MDC type).
+    let (_, pcd01, _) = vitalflow(
+        &[
+            "normalize",
+            "--device",
+            "templates/ihe-pcd01/devicecontent.json",
+            "--format",
+            "json",
+            "datasets/ihe-pcd01/oru-r01.hl7",
+        ],
+        None,
+    );
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
+        k.retain(|k| k != "type");
+        k.sort();
+        k
+    };
+    assert_eq!(keys(device), keys(&pcd01["devices"][0]));
+    // An attribute the template cannot name: the file, and where in it.
+    let bad = JSON_WITH_ATTRIBUTES.replace("\"location\"", "\"colour\"");
+    std::fs::write(&mapping, bad).expect("mapping");
+    let (code, json, all) = vitalflow(
+        &[
+            "normalize",
+            "--device",
+            mapping.to_str().expect("path"),
+            "--format",
+            "json",
+            "-",
+        ],
+        Some(message),
+    );
+    assert_ne!(code, 0, "{all}");
+    let text = json.to_string();
+    assert!(
+        text.contains("unknown device attribute \\\"colour\\\"")
+            && text.contains("/template/0/template/deviceAttributes/colour"),
+        "{text}"
+    );
+}

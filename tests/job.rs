@@ -683,3 +683,101 @@ fn device_versions_follow_attribute_changes_once_across_kill_9_and_worker_counts
     let updated: Vec<&String> = crashed.iter().filter(|l| l.contains("\"2.5.0\"")).collect();
     assert_eq!(updated.len(), 3, "{updated:?}");
 }
+
+#[test]
+fn a_json_feed_naming_device_attributes_writes_its_devices_once_per_change() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mapping = tmp.path().join("devicecontent.json");
+    let template =
+        std::fs::read_to_string(root().join("templates/bedside-monitor/devicecontent.json"))
+            .expect("templates");
+    // The bedside monitor's templates, the heart rate's naming the device's make and firmware.
+    let mut v: serde_json::Value = serde_json::from_str(&template).expect("JSON");
+    let hr = v["template"]
+        .as_array_mut()
+        .expect("collection")
+        .iter_mut()
+        .find(|t| t["template"]["typeName"] == "heartRate")
+        .expect("heart rate template");
+    hr["template"]["deviceAttributes"] =
+        serde_json::json!({"manufacturer": "$.make", "softwareVersion": "$.firmware"});
+    std::fs::write(&mapping, v.to_string()).expect("mapping");
+    let line = |device: &str, s: u32, fw: &str| {
+        format!(
+            r#"{{"deviceId": "{device}", "patientId": "P-{device}", "timestamp": "2026-12-05T10:00:0{s}Z", "heartRate": 70, "make": "Example", "firmware": "{fw}"}}"#
+        )
+    };
+    let input = tmp.path().join("in.ndjson");
+    let lines = [
+        line("WB-7", 0, "4.1"),
+        line("WB-7", 1, "4.1"),
+        line("WB-7", 2, "4.2"),
+        line("WB-8", 0, "1.0"),
+        line("WB-8", 3, "1.0"),
+    ];
+    std::fs::write(&input, lines.join("\n") + "\n").expect("input");
+    let job = tmp.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "source = \"file\"\n[file]\npath = \"{}\"\n[mapping]\ndevice = \"{}\"\nfhir = \"{}\"\n[sinks.ndjson]\ndir = \"{}\"\n[sinks.lake]\nlocation = \"{}\"\ntables = [\"measurements\", \"devices\"]\n",
+            input.display(),
+            mapping.display(),
+            root().join("templates/bedside-monitor/fhirmapping.json").display(),
+            tmp.path().join("out").display(),
+            tmp.path().join("lake").display()
+        ),
+    )
+    .expect("job");
+    run_ok(
+        vitalflow()
+            .args(["run", "--until-end", "--workers", "2", "--job"])
+            .arg(&job),
+    );
+    let out = tmp.path().join("out");
+    let devices: Vec<serde_json::Value> = device_lines(&out)
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    let mut seen: Vec<(String, String)> = devices
+        .iter()
+        .map(|d| {
+            (
+                d["identifier"][0]["value"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                d["version"][0]["value"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("WB-7".to_string(), "4.1".to_string()),
+            ("WB-7".to_string(), "4.2".to_string()),
+            ("WB-8".to_string(), "1.0".to_string()),
+        ],
+        "a version per device and change"
+    );
+    assert!(devices.iter().all(|d| d["manufacturer"] == "Example"));
+    // The attributes are the device's, not readings: the measurements table has the five
+    // heart rates and nothing of the devices; the devices table has the three versions.
+    let m = lake_query(
+        tmp.path().join("lake/measurements").as_os_str(),
+        None,
+        &["SELECT value_name, count(*) AS n FROM t GROUP BY value_name ORDER BY value_name"],
+    );
+    assert_eq!(
+        m["results"][0],
+        serde_json::json!([{"value_name": "hr", "n": 5}]),
+        "{m}"
+    );
+    let d = lake_query(
+        tmp.path().join("lake/devices").as_os_str(),
+        None,
+        &["SELECT count(*) AS n FROM t"],
+    );
+    assert_eq!(d["results"][0][0]["n"], 3, "{d}");
+}

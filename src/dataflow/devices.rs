@@ -94,6 +94,26 @@ impl SeenTrees {
             .collect()
     }
 
+    /// A tree a JSON message's `deviceAttributes` made, against the last one of its device.
+    pub(super) fn describe(&self, tree: DeviceTree) -> Described {
+        let fp = tree.fingerprint();
+        if self
+            .last
+            .get(&tree.identifier)
+            .is_some_and(|(f, _)| *f == Some(fp))
+        {
+            return Described::Same {
+                identifier: tree.identifier,
+                time: tree.time,
+            };
+        }
+        Described::New {
+            time: tree.time,
+            tree,
+            fingerprint: Some(fp),
+        }
+    }
+
     /// Remembers a tree sent on.
     pub(super) fn remember(&mut self, tree: DeviceTree, fingerprint: Option<u64>) {
         self.last

@@ -503,7 +503,7 @@ fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<W
     // What each device output holds of this worker's devices (only HL7 v2 carries a tree).
     let mut held = Vec::new();
     let owns = move |d: &str| route(d) % peers as u64 == index as u64;
-    let reads_trees = shared.device.reads_hl7();
+    let reads_trees = shared.device.reads_hl7() || shared.device.names_device_attributes();
     if job.ndjson_observations && reads_trees {
         // Devices go beside the Observations.
         let h = crate::sinks::devices::held(&job.output_dir, owns)?;

@@ -278,6 +278,9 @@ pub(super) fn normalize_operator<G: Scope<Timestamp = u64>>(
         let mut late = Vec::new();
         let mut stamps = Vec::new();
         let mut seen = SeenTrees::default();
+        // JSON templates naming device attributes put them among the readings' properties:
+        // they are taken out of every reading, device outputs or not.
+        let json_attributes = n.device.names_device_attributes();
         move |input, output| {
             let now = chrono::Utc::now();
             input.for_each_time(|time, data| {
@@ -319,6 +322,13 @@ pub(super) fn normalize_operator<G: Scope<Timestamp = u64>>(
                         );
                         match result {
                             Ok(()) => {
+                                if json_attributes && !ack {
+                                    for tree in
+                                        crate::mapping::device_tree::take_json_attributes(&mut ms)
+                                    {
+                                        described.push(seen.describe(tree));
+                                    }
+                                }
                                 let newest = ms.iter().map(|x| x.occurrence_time).max();
                                 // Judged as the message's readings are: late if any is.
                                 let any_late = late.iter().any(|l| *l);

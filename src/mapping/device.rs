@@ -109,6 +109,7 @@ impl TemplateKind {
             "timestampExpression",
             "correlationIdExpression",
             "values",
+            "deviceAttributes",
         ];
         COMMON.contains(&member)
             || (self == TemplateKind::Calculated && member == "defaultExpressionLanguage")
@@ -125,6 +126,15 @@ pub struct DeviceMapping {
     scan: ScanSet,
     /// Whether messages can be read as [`Node`]s: no template needs a `serde_json::Value`.
     reads_trees: bool,
+}
+
+impl DeviceMapping {
+    /// Whether a JSON template names device attributes (`deviceAttributes`).
+    pub fn names_device_attributes(&self) -> bool {
+        self.templates
+            .iter()
+            .any(|t| !t.device_attributes.is_empty())
+    }
 }
 
 /// An optional expression slot: absent, present but empty (fails at run time, as in the
@@ -149,6 +159,8 @@ struct DeviceTemplate {
     encounter_id: Slot,
     correlation_id: Slot,
     values: Vec<ValueDef>,
+    /// `deviceAttributes` (a vitalflow extension): `device.<attribute>` and its expression.
+    device_attributes: Vec<(Arc<str>, Slot)>,
     /// Its type match's slot in the mapping's [`ScanSet`], when it is one.
     scan_slot: Option<usize>,
 }
@@ -515,6 +527,7 @@ fn compile_entry(
     let encounter_id = cx.slot("encounterIdExpression", false);
     let correlation_id = cx.slot("correlationIdExpression", false);
     let values = cx.values();
+    let device_attributes = cx.device_attributes();
     Some(DeviceTemplate {
         index,
         kind,
@@ -526,6 +539,7 @@ fn compile_entry(
         encounter_id,
         correlation_id,
         values,
+        device_attributes,
         scan_slot: None,
     })
 }
@@ -615,6 +629,40 @@ impl SlotCompiler<'_, '_> {
                 Slot::Unset
             }
         }
+    }
+
+    /// `deviceAttributes`: an object of attribute name to expression.
+    fn device_attributes(&mut self) -> Vec<(Arc<str>, Slot)> {
+        use super::device_tree::{DEVICE_ATTRIBUTE, DEVICE_ATTRIBUTES};
+        let ptr = child(self.ptr, "deviceAttributes");
+        let items = match self.body.get("deviceAttributes") {
+            None | Some(Value::Null) => return vec![],
+            Some(Value::Object(o)) => o,
+            Some(_) => {
+                self.c.push(
+                    ptr,
+                    "deviceAttributes must be an object of attribute name to expression",
+                );
+                return vec![];
+            }
+        };
+        let mut out = Vec::new();
+        for (name, v) in items {
+            let at = child(&ptr, name);
+            if !DEVICE_ATTRIBUTES.contains(&name.as_str()) {
+                self.c.push(
+                    at,
+                    format!(
+                        "unknown device attribute \"{name}\" ({})",
+                        DEVICE_ATTRIBUTES.join(", ")
+                    ),
+                );
+                continue;
+            }
+            let slot = self.expr(v, &at);
+            out.push((Arc::from(format!("{DEVICE_ATTRIBUTE}{name}")), slot));
+        }
+        out
     }
 
     fn values(&mut self) -> Vec<ValueDef> {
@@ -713,7 +761,8 @@ impl DeviceTemplate {
             .into_iter()
             .chain([&self.encounter_id, &self.correlation_id])
             .chain(&self.timestamp)
-            .chain(self.values.iter().map(|v| &v.expr));
+            .chain(self.values.iter().map(|v| &v.expr))
+            .chain(self.device_attributes.iter().map(|(_, s)| s));
         self.kind != TemplateKind::Calculated
             && slots.into_iter().all(|s| match s {
                 Slot::Set(Expr::Path(p)) => p.is_compiled(),
@@ -841,6 +890,16 @@ impl DeviceTemplate {
                     ))
                 }
                 _ => {}
+            }
+        }
+        for (name, slot) in &self.device_attributes {
+            if let Slot::Set(e) = slot {
+                let found = scope
+                    .text(e)
+                    .map_err(|e| self.error(name.to_string(), e.to_string()))?;
+                if let Some(s) = found.filter(|s| !s.trim().is_empty()) {
+                    properties.push((name.clone(), s));
+                }
             }
         }
         Ok(Measurement {

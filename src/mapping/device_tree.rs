@@ -454,6 +454,75 @@ impl Builder {
     }
 }
 
+/// The prefix of a device attribute among a measurement's properties, until the normalize
+/// stage takes it out ([`take_json_attributes`]).
+pub const DEVICE_ATTRIBUTE: &str = "device.";
+
+/// The attributes a JSON template's `deviceAttributes` (a vitalflow extension) may name.
+pub const DEVICE_ATTRIBUTES: &[&str] = &[
+    "manufacturer",
+    "model",
+    "serialNumber",
+    "softwareVersion",
+    "hardwareVersion",
+    "firmwareVersion",
+    "location",
+];
+
+/// Takes the device attributes a JSON template's `deviceAttributes` put among the
+/// measurements' properties out of them, as a tree of one MDS per device (what a JSON feed
+/// says of its devices: no VMDs, channels or metrics). A later measurement's value of an
+/// attribute wins.
+pub fn take_json_attributes(ms: &mut [crate::model::Measurement]) -> Vec<DeviceTree> {
+    let prefix = DEVICE_ATTRIBUTE;
+    let mut trees: Vec<DeviceTree> = Vec::new();
+    for m in ms.iter_mut() {
+        if !m.properties.iter().any(|(k, _)| k.starts_with(prefix)) {
+            continue;
+        }
+        let i = match trees.iter().position(|t| t.identifier == m.device_id) {
+            Some(i) => i,
+            None => {
+                trees.push(DeviceTree {
+                    identifier: m.device_id.clone(),
+                    identifier_type: None,
+                    patient: m.patient_id.clone(),
+                    time: Some(m.occurrence_time),
+                    components: vec![Component {
+                        level: Level::Mds,
+                        key: String::new(),
+                        kind: None,
+                        attributes: BTreeMap::new(),
+                        status: None,
+                        parent: None,
+                        ordinals: [1, 0, 0],
+                    }],
+                    metrics: Vec::new(),
+                });
+                trees.len() - 1
+            }
+        };
+        let attributes = &mut trees[i].components[0].attributes;
+        m.properties.retain(|(k, v)| {
+            let Some(name) = k.strip_prefix(prefix) else {
+                return true;
+            };
+            let a = match name {
+                "manufacturer" => Attribute::Manufacturer,
+                "model" => Attribute::Model,
+                "serialNumber" => Attribute::Serial,
+                "softwareVersion" => Attribute::SoftwareVersion,
+                "hardwareVersion" => Attribute::HardwareVersion,
+                "firmwareVersion" => Attribute::FirmwareVersion,
+                _ => Attribute::Location,
+            };
+            attributes.insert(a, v.clone());
+            false
+        });
+    }
+    trees
+}
+
 /// A hash of everything in a message [`from_pcd01`] reads (patient, bed, and every OBX but
 /// a metric's value and time), with the equipment identifier of its one MDS: equal hashes
 /// mean equal trees. None when the message has no MDS or several (their trees are read
