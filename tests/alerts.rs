@@ -1080,10 +1080,7 @@ fn a_channel_whose_monitor_reports_it_off_raises_its_technical_alert_not_a_clini
     std::fs::write(&input, lines.join("\n") + "\n").expect("write");
     let out = tmp.path().join("out");
     let job = replay_job(tmp.path(), "job.toml", &input, &out, None, "");
-    let text = std::fs::read_to_string(&job)
-        .expect("job")
-        .replace("templates/bedside-monitor/", "templates/ihe-pcd01/");
-    std::fs::write(&job, text).expect("job");
+    use_pcd01_templates(&job);
     run_ok(
         vitalflow()
             .args(["run", "--until-end", "--workers", "2", "--job"])

@@ -344,17 +344,7 @@ fn outputs(dir: &Path, brokers: &str, tag: &str) -> Outputs {
         lake_observation_versions: multiset(o[1].iter().map(row_key)),
         lake_alerts: multiset(a[0].iter().map(row_key)),
         lake_devices: multiset(d[0].iter().map(row_key)),
-        devices: multiset(
-            vitalflow::sinks::files::committed_parts(&dir.join("out/devices"))
-                .iter()
-                .flat_map(|p| {
-                    std::fs::read_to_string(p)
-                        .expect("part")
-                        .lines()
-                        .map(str::to_string)
-                        .collect::<Vec<_>>()
-                }),
-        ),
+        devices: multiset(device_lines(&dir.join("out"))),
         alerts: multiset(
             read_topic(brokers, &format!("alerts-{tag}"))
                 .iter()

@@ -732,10 +732,7 @@ fn a_pcd01_feed_leaves_each_monitor_once_on_the_server_with_its_tree_and_a_rerun
             &h.url(),
             "identity = \"Create\"",
         );
-        let text = std::fs::read_to_string(&job)
-            .expect("job")
-            .replace("templates/bedside-monitor/", "templates/ihe-pcd01/");
-        std::fs::write(&job, text).expect("job");
+        use_pcd01_templates(&job);
         job
     };
     run_fhir_job(tmp.path(), &pcd01("g1"));

@@ -554,20 +554,6 @@ fn a_dead_letter_larger_than_the_topic_accepts_is_cut_to_fit_and_commits_go_on()
     );
 }
 
-/// Every line of a job's device output (`<out>/devices`), as written.
-fn device_lines(out: &Path) -> Vec<String> {
-    vitalflow::sinks::files::committed_parts(&out.join("devices"))
-        .iter()
-        .flat_map(|p| {
-            std::fs::read_to_string(p)
-                .expect("part")
-                .lines()
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 /// The rows of a lake `devices` table as (id, version, valid from), sorted.
 fn lake_device_rows(dir: &Path) -> Vec<String> {
     let v = lake_query(
@@ -605,10 +591,7 @@ fn pcd01_job(dir: &Path, brokers: &str, group: &str) -> std::path::PathBuf {
         dir.join("lake").display()
     );
     let job = kafka_job(dir, brokers, "vitals", group, &lake);
-    let text = std::fs::read_to_string(&job)
-        .expect("job")
-        .replace("templates/bedside-monitor/", "templates/ihe-pcd01/");
-    std::fs::write(&job, text).expect("job");
+    use_pcd01_templates(&job);
     job
 }
 

@@ -569,10 +569,7 @@ fn device_versions_land_in_the_devices_table_and_join_to_the_measurements_they_w
     produce_sim(&producer(&brokers), "vitals", &msgs);
     let dir = tempfile::tempdir().expect("tmp");
     let job = lake_job(dir.path(), &brokers, "devices", "");
-    let text = std::fs::read_to_string(&job)
-        .expect("job")
-        .replace("templates/bedside-monitor/", "templates/ihe-pcd01/");
-    std::fs::write(&job, text).expect("job");
+    use_pcd01_templates(&job);
     run_ok(
         vitalflow()
             .args(["run", "--until-end", "--workers", "2", "--job"])

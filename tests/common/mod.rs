@@ -657,3 +657,25 @@ pub fn server_certificate(dir: &Path) -> (rcgen::CertifiedKey<rcgen::KeyPair>, P
     std::fs::write(&key_pem, cert.signing_key.serialize_pem()).expect("key");
     (cert, cert_pem, key_pem)
 }
+
+/// Every line of a job's device output (`<out>/devices`), as written.
+pub fn device_lines(out: &Path) -> Vec<String> {
+    vitalflow::sinks::files::committed_parts(&out.join("devices"))
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .expect("part")
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Rewrites a job file written with the bedside-monitor templates to the IHE PCD-01 ones.
+pub fn use_pcd01_templates(job: &Path) {
+    let text = std::fs::read_to_string(job)
+        .expect("job")
+        .replace("templates/bedside-monitor/", "templates/ihe-pcd01/");
+    std::fs::write(job, text).expect("job");
+}
