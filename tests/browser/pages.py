@@ -194,6 +194,7 @@ def devices(args):
             cells = r.find_elements(By.TAG_NAME, "td")
             indent = float(cells[0].value_of_css_property("padding-left").rstrip("px"))
             rows.append({"cells": [c.text for c in cells], "indent": indent})
+        d.execute_script("document.getElementById('devices').scrollIntoView()")
         d.save_screenshot(os.path.join(shots, "debugger-devices.png"))
         say("devices", ok=True, rows=rows)
     finally:
