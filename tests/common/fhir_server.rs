@@ -81,13 +81,26 @@ pub struct Helios {
 }
 
 impl Helios {
-    /// Starts a server with its data in `dir` on a free port.
+    /// Starts a server with its data in `dir` on a free port (another, should something
+    /// take that port between choosing and binding it: tests run side by side).
     pub fn start(dir: &Path) -> Self {
-        Self::start_on(dir, super::free_port())
+        let mut tries = 0;
+        loop {
+            match Self::try_start_on(dir, super::free_port()) {
+                Ok(h) => return h,
+                Err(e) if e.contains("Address already in use") && tries < 5 => tries += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     /// Starts (or restarts) a server with its data in `dir` on `port`.
     pub fn start_on(dir: &Path, port: u16) -> Self {
+        Self::try_start_on(dir, port).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`Helios::start_on`]; an error says why the server did not start.
+    fn try_start_on(dir: &Path, port: u16) -> Result<Self, String> {
         let data = dir.join("data");
         std::fs::create_dir_all(&data).expect("data dir");
         let params = data.join("search-parameters-r4.json");
@@ -121,13 +134,14 @@ impl Helios {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(s) = h.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!(
+                h.child = None;
+                return Err(format!(
                     "hfs exited at start ({s}): {}",
                     std::fs::read_to_string(h.dir.join("hfs.log")).unwrap_or_default()
-                );
+                ));
             }
             if let Ok((200, _)) = h.get("metadata") {
-                return h;
+                return Ok(h);
             }
             assert!(Instant::now() < deadline, "hfs did not answer on {port}");
             std::thread::sleep(Duration::from_millis(200));
