@@ -181,8 +181,9 @@ fn device_metric(tree: &DeviceTree, m: &Metric) -> Value {
     Value::Object(d)
 }
 
-/// What one message says about its devices, on its way to the device outputs.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+/// A tree as one message reported it, for [`Versions::admit_report`] (the job sends
+/// `dataflow::devices::DeviceNews`, which carries a tree only when it changed).
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeviceReport {
     /// The tree of one MDS.
     pub tree: DeviceTree,
