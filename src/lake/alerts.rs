@@ -180,6 +180,24 @@ mod tests {
     }
 
     #[test]
+    fn events_of_a_rule_id_with_a_slash_are_read_back() {
+        // Technical rule ids name their vital or flag after a slash: a partition value the
+        // Delta log writes percent-encoded.
+        let dir = tempfile::tempdir().expect("tmp");
+        let cfg = LakeConfig::at(&dir.path().display().to_string());
+        let t0 = crate::time::parse_timestamp("2026-12-05T10:00:00Z").expect("t0");
+        let mut a = event(State::Open, t0);
+        a.rule = "sensor-off/spo2.spo2Status".into();
+        let mut sink = AlertTableSink::new(&cfg, Metrics::new()).expect("sink");
+        sink.write(1, a.clone()).expect("write");
+        sink.flush().expect("flush");
+        let mut sink = AlertTableSink::new(&cfg, Metrics::new()).expect("sink");
+        sink.write(2, a).expect("write");
+        sink.flush().expect("a restart reads the day back");
+        assert_eq!(rows(&cfg), 1);
+    }
+
+    #[test]
     fn a_replayed_event_is_written_once_however_old_its_day() {
         for t0 in test_dates() {
             let dir = tempfile::tempdir().expect("tmp");

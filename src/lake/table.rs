@@ -214,7 +214,10 @@ impl Table {
         let store = self.table.object_store();
         let mut out = Vec::new();
         for f in files {
-            let path = deltalake::Path::from(f.path.as_str());
+            // The log's paths are already percent-encoded (a partition value with a `/`, as
+            // technical rule ids have, is `%2F` in it): parsed as they are, not encoded again.
+            let path = deltalake::Path::parse(f.path.as_str())
+                .with_context(|| format!("{} of {} is not a path", f.path, self.location))?;
             let bytes = self
                 .rt
                 .block_on(async {
