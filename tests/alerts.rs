@@ -1117,15 +1117,9 @@ fn a_channel_whose_monitor_reports_it_off_raises_its_technical_alert_not_a_clini
         .unwrap_or_else(|| panic!("P-D desaturates: {alerts:#?}"));
     assert_eq!(time_of(d, "at"), off_at + s(30), "onset + sustained");
     // The device output has the SpO2 metric off and back on, as versions.
-    let metric: Vec<Value> = vitalflow::sinks::files::committed_parts(&out.join("devices"))
+    let metric: Vec<Value> = device_lines(&out)
         .iter()
-        .flat_map(|p| {
-            std::fs::read_to_string(p)
-                .expect("part")
-                .lines()
-                .map(|l| serde_json::from_str::<Value>(l).expect("json"))
-                .collect::<Vec<_>>()
-        })
+        .map(|l| serde_json::from_str::<Value>(l).expect("json"))
         .filter(|r| {
             r["resourceType"] == "DeviceMetric"
                 && r["identifier"][0]["value"]

@@ -577,10 +577,7 @@ fn device_versions_land_in_the_devices_table_and_join_to_the_measurements_they_w
     );
     let lake = dir.path().join("lake");
     // The same versions as the NDJSON output, one row each.
-    let ndjson: usize = vitalflow::sinks::files::committed_parts(&dir.path().join("out/devices"))
-        .iter()
-        .map(|p| std::fs::read_to_string(p).expect("part").lines().count())
-        .sum();
+    let ndjson = device_lines(&dir.path().join("out")).len();
     // 18 resources a monitor; software updates (0, 3), a calibration (1), SpO2 off and on (2).
     assert_eq!(ndjson, 4 * 18 + 2 + 1 + 2);
     let v = query(
