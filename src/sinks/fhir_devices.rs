@@ -133,19 +133,19 @@ impl FhirDeviceSink {
         r
     }
 
-    fn write_pending(&mut self) -> anyhow::Result<()> {
+    fn write_pending(&mut self, pending: &[DeviceVersion]) -> anyhow::Result<()> {
         // Per resource, its newest version in event time (a later one replaces it anyway).
-        let mut newest: BTreeMap<String, DeviceVersion> = BTreeMap::new();
-        for v in self.pending.drain(..) {
-            let id = v.resource["id"].as_str().unwrap_or_default().to_string();
-            match newest.get(&id) {
+        let mut newest: BTreeMap<&str, &DeviceVersion> = BTreeMap::new();
+        for v in pending {
+            let id = v.resource["id"].as_str().unwrap_or_default();
+            match newest.get(id) {
                 Some(n) if n.at > v.at => {}
                 _ => {
                     newest.insert(id, v);
                 }
             }
         }
-        let versions: Vec<DeviceVersion> = newest.into_values().collect();
+        let versions: Vec<&DeviceVersion> = newest.into_values().collect();
         // Each monitor's patient, from its own version when the batch has it.
         let patients: HashMap<String, String> = versions
             .iter()
@@ -240,12 +240,12 @@ impl Sink<DeviceVersion> for FhirDeviceSink {
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
-        let kept = self.pending.clone();
-        let result = self.write_pending();
+        let pending = std::mem::take(&mut self.pending);
+        let result = self.write_pending(&pending);
         if result.is_err() {
             // Nothing is acknowledged: the retry sends them all again (the server's versions
             // say what it already has).
-            self.pending = kept;
+            self.pending = pending;
         }
         result
     }
