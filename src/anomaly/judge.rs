@@ -5,7 +5,7 @@ use super::lifecycle::Condition;
 use super::news2::{self, Param};
 use super::rules::{Level, News2Config, RuleRow, RuleSet};
 use super::signals::{signal_key, Reading, VitalState};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::time::Duration;
 
 /// The rules of a rule set, by the signal they watch.
@@ -48,7 +48,7 @@ pub enum Verdict {
 impl Judge {
     /// The rules of `set`.
     pub fn new(set: &RuleSet) -> Self {
-        let mut by_signal: HashMap<String, Vec<RuleRow>> = HashMap::new();
+        let mut by_signal: HashMap<String, Vec<RuleRow>> = HashMap::default();
         for r in &set.rules {
             by_signal
                 .entry(signal_key(&r.signal))

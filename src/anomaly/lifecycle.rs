@@ -10,9 +10,10 @@
 //! raises the same alerts, whatever the replay speed or the batching.
 
 use super::rules::{Level, Severity};
+use rustc_hash::FxHashMap as HashMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 /// The state of one (patient, rule) as the rule evaluation reports it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

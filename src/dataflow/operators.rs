@@ -467,10 +467,10 @@ pub(super) fn window_operator<G: Scope<Timestamp = u64>>(
             for epoch in pending.complete(f1, f2) {
                 let (t, ms, ks) = (epoch.time, epoch.a, epoch.b);
                 caps.entry(t).or_insert(epoch.cap);
-                for j in ms {
+                for j in ms.into_iter().flatten() {
                     windows.add(j.measurement, j.effective, t);
                 }
-                for (worker, mark) in ks {
+                for (worker, mark) in ks.into_iter().flatten() {
                     clock.update(worker, mark);
                 }
                 let Some(w) = clock.current() else { continue };

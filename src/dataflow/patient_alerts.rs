@@ -9,7 +9,8 @@ use crate::anomaly::rules::{RuleSet, Vitals};
 use crate::anomaly::signals::{Change, TechnicalChange, VitalState};
 use crate::metrics::Metrics;
 use crate::model::Measurement;
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Where a measurement stands in event-time order: time, then fields that are the same
@@ -101,9 +102,9 @@ impl PatientAlerts {
             metrics,
             seen: BTreeMap::new(),
             dirty: false,
-            resumed: HashMap::new(),
+            resumed: HashMap::default(),
             idle_after: i64::MAX,
-            last: HashMap::new(),
+            last: HashMap::default(),
             idle: Default::default(),
             acks: Vec::new(),
         }
@@ -124,20 +125,22 @@ impl PatientAlerts {
         if self.idle_after == i64::MAX {
             return;
         }
-        let at = self.last.get(patient).map_or(at, |l| (*l).max(at));
-        if let Some(old) = self.last.insert(patient.to_string(), at) {
-            self.idle
-                .remove(&(old.saturating_add(self.idle_after), patient.to_string()));
+        // A reading only moves `last`: the patient's entry in `idle` is moved when it comes
+        // due (`run`), so a known patient's reading allocates nothing and touches no set.
+        match self.last.get_mut(patient) {
+            Some(l) => *l = (*l).max(at),
+            None => {
+                self.last.insert(patient.to_string(), at);
+                self.idle
+                    .insert((at.saturating_add(self.idle_after), patient.to_string()));
+            }
         }
-        self.idle
-            .insert((at.saturating_add(self.idle_after), patient.to_string()));
     }
 
     /// The patient's deadline passed: their technical alerts resolve (monitoring ended),
     /// and they are forgotten, or, with a physiological alert open, looked at again one
     /// idle period later.
     fn forget(&mut self, due: i64, patient: String, out: &mut Vec<Alert>) {
-        self.idle.remove(&(due, patient.clone()));
         if self.lifecycle.end_monitoring(&patient, due, out) {
             self.idle
                 .insert((due.saturating_add(self.idle_after), patient));
@@ -196,7 +199,7 @@ impl PatientAlerts {
     /// The patients resumed from a checkpoint whose readings this run has not yet replayed
     /// past: a later restart must skip those readings for them as this one does.
     fn resumed_groups(&self) -> Vec<super::alert_state::Resumed> {
-        let mut groups: HashMap<*const Offsets, (&Arc<Offsets>, Vec<String>)> = HashMap::new();
+        let mut groups: HashMap<*const Offsets, (&Arc<Offsets>, Vec<String>)> = HashMap::default();
         for (p, o) in &self.resumed {
             let ahead = o
                 .iter()
@@ -251,7 +254,7 @@ impl PatientAlerts {
             let seen: Arc<Offsets> = Arc::new(offsets(&c.seen));
             // Patients that checkpoint had itself resumed and not replayed past yet: what
             // their state holds reaches further than the checkpoint's own offsets.
-            let mut further: HashMap<&str, Arc<Offsets>> = HashMap::new();
+            let mut further: HashMap<&str, Arc<Offsets>> = HashMap::default();
             for g in &c.resumed {
                 let mut o = (*seen).clone();
                 for (k, v) in offsets(&g.seen) {
@@ -415,13 +418,23 @@ impl PatientAlerts {
                 .flatten()
                 .min();
             // Forgetting comes last at its time: everything due then happens first.
-            if let Some((due, patient)) = self.idle.first().cloned() {
+            if let Some(due) = self.idle.first().map(|e| e.0) {
                 let first = [next_m, next_t].into_iter().flatten().all(|t| due < t);
                 if due <= to && first {
                     if *fuel == 0 {
                         return false;
                     }
                     *fuel -= 1;
+                    let (due, patient) = self.idle.pop_first().expect("the first entry");
+                    let deadline = self
+                        .last
+                        .get(&patient)
+                        .map(|l| l.saturating_add(self.idle_after));
+                    if let Some(later) = deadline.filter(|d| *d > due) {
+                        // Readings came after this deadline was set: it moves to theirs.
+                        self.idle.insert((later, patient));
+                        continue;
+                    }
                     self.dirty = true;
                     self.forget(due, patient, out);
                     continue;
@@ -478,7 +491,7 @@ impl PatientAlerts {
             return;
         }
         let mut touched: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut rejected: HashMap<(String, &'static str), u64> = HashMap::new();
+        let mut rejected: HashMap<(String, &'static str), u64> = HashMap::default();
         let mut technical: Vec<TechnicalChange> = Vec::new();
         for c in self.changes.drain(..) {
             match c {

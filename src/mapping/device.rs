@@ -5,7 +5,7 @@ use super::expr::EvalError;
 use super::expr::{Expr, Language, MatchedToken, Scope, Token};
 use super::jsonpath::ScanSet;
 use super::tree::{Node, Tree};
-use crate::model::Measurement;
+use crate::model::{Measurement, RawMessage};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
@@ -283,6 +283,39 @@ impl DeviceMapping {
             ("Body".into(), body),
             ("Properties".into(), Node::from_map(properties)),
             ("SystemProperties".into(), Node::from_map(system_properties)),
+        ]);
+        self.normalize_node(&event, out)
+            .map_err(MessageError::Template)
+    }
+
+    /// Normalizes a message as the job reads it: [`Self::normalize_message`] with the
+    /// message's headers and Kafka metadata as `Properties` and `SystemProperties`. Where
+    /// the mapping reads trees the wrapper is built as borrowed [`Node`]s (no map, no key
+    /// hashed or allocated): building it as `serde_json` maps cost about 1.2 µs a message,
+    /// a fifth of the job's normalization.
+    pub fn normalize_raw(
+        &self,
+        message: &RawMessage,
+        out: &mut Vec<Measurement>,
+    ) -> Result<(), MessageError> {
+        if !self.reads_trees {
+            return self.normalize_message(
+                &message.payload,
+                message.properties(),
+                message.system_properties(),
+                out,
+            );
+        }
+        let body = Node::parse(&message.payload).map_err(MessageError::Parse)?;
+        let properties = if message.headers.is_empty() {
+            Node::Object(Vec::new())
+        } else {
+            Node::from_map(message.properties())
+        };
+        let event = Node::Object(vec![
+            ("Body".into(), body),
+            ("Properties".into(), properties),
+            ("SystemProperties".into(), system_node(message)),
         ]);
         self.normalize_node(&event, out)
             .map_err(MessageError::Template)
@@ -1114,5 +1147,68 @@ impl DeviceMapping {
         ));
         }
         Ok(())
+    }
+}
+
+/// [`RawMessage::system_properties`] as a [`Node`], members in the same order: the names
+/// are static and the topic borrowed.
+fn system_node(message: &RawMessage) -> Node<'_> {
+    let o = &message.origin;
+    let text = |s: String| Node::String(Cow::Owned(s));
+    let mut m: Vec<(Cow<'_, str>, Node<'_>)> = Vec::with_capacity(8);
+    m.push((
+        "x-opt-kafka-topic".into(),
+        Node::String(Cow::Borrowed(&o.topic)),
+    ));
+    m.push(("x-opt-partition".into(), Node::Number(o.partition.into())));
+    m.push(("x-opt-offset".into(), text(o.offset.to_string())));
+    m.push((
+        "x-opt-sequence-number".into(),
+        Node::Number(o.offset.into()),
+    ));
+    if let Some(t) = o
+        .timestamp_ms
+        .and_then(chrono::DateTime::from_timestamp_millis)
+    {
+        let t = crate::time::format_rfc3339(&t);
+        m.push(("x-opt-enqueued-time".into(), text(t.clone())));
+        m.push(("iothub-enqueuedtime".into(), text(t)));
+    }
+    if let Some(k) = &message.key {
+        let k = String::from_utf8_lossy(k);
+        m.push(("x-opt-partition-key".into(), Node::String(k.clone())));
+        m.push(("iothub-connection-device-id".into(), Node::String(k)));
+    }
+    Node::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Origin;
+
+    #[test]
+    fn the_system_node_is_the_system_properties_map() {
+        for (key, timestamp_ms) in [
+            (Some(b"dev-\xff-1".to_vec()), Some(1_764_000_000_123)),
+            (None, None),
+        ] {
+            let m = RawMessage {
+                payload: b"{}".to_vec(),
+                key,
+                headers: Vec::new(),
+                origin: Origin {
+                    topic: "vitals".into(),
+                    partition: 3,
+                    offset: 41,
+                    timestamp_ms,
+                },
+            };
+            let want = Value::Object(m.system_properties());
+            let got = system_node(&m).to_value();
+            assert_eq!(got, want);
+            let order = |v: &Value| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>());
+            assert_eq!(order(&got), order(&want), "members in the same order");
+        }
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::mapping::fhir::ValueTemplate;
 use crate::mapping::FhirMapping;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 /// The vitals a FHIR mapping produces: each measurement property that becomes an
