@@ -15,8 +15,9 @@
 //! The wall clock enters only through idleness, and only in live jobs: a replay (`--until-end`)
 //! gets the same watermark-ordered processing at any speed, with any number of workers.
 
+use rustc_hash::FxHashMap;
+use rustc_hash::FxHashMap as HashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,8 +42,9 @@ pub const DEVICE_SILENCE_MS: i64 = 30_000;
 /// A partition's event times: per device its newest, and when it last delivered (wall).
 struct Partition {
     newest: i64,
-    devices: HashMap<String, i64>,
-    by_time: std::collections::BTreeSet<(i64, String)>,
+    /// Keys shared with `by_time`: a reading of a known device allocates nothing.
+    devices: FxHashMap<Arc<str>, i64>,
+    by_time: std::collections::BTreeSet<(i64, Arc<str>)>,
     last: Instant,
     /// The offset after the last message observed.
     next: Option<i64>,
@@ -86,7 +88,7 @@ impl Partition {
     fn new(now: Instant) -> Self {
         Self {
             newest: i64::MIN,
-            devices: HashMap::new(),
+            devices: FxHashMap::default(),
             by_time: Default::default(),
             last: now,
             next: None,
@@ -98,8 +100,9 @@ impl Partition {
         let mut p = Self::new(now);
         p.newest = c.newest;
         for (d, t) in &c.devices {
+            let d: Arc<str> = Arc::from(d.as_str());
             p.devices.insert(d.clone(), *t);
-            p.by_time.insert((*t, d.clone()));
+            p.by_time.insert((*t, d));
         }
         p.next = Some(c.offset);
         p.held = c.held;
@@ -107,8 +110,11 @@ impl Partition {
     }
 
     fn cut(&self, offset: i64) -> PartitionCut {
-        let mut devices: Vec<(String, i64)> =
-            self.devices.iter().map(|(d, t)| (d.clone(), *t)).collect();
+        let mut devices: Vec<(String, i64)> = self
+            .devices
+            .iter()
+            .map(|(d, t)| (d.to_string(), *t))
+            .collect();
         devices.sort();
         PartitionCut {
             offset,
@@ -120,26 +126,33 @@ impl Partition {
 
     fn observe(&mut self, device: &str, at: i64) {
         self.newest = self.newest.max(at);
-        match self.devices.get_mut(device) {
-            Some(t) if *t >= at => {}
-            Some(t) => {
-                self.by_time.remove(&(*t, device.to_string()));
-                *t = at;
-                self.by_time.insert((at, device.to_string()));
+        match self
+            .devices
+            .get_key_value(device)
+            .map(|(d, t)| (d.clone(), *t))
+        {
+            Some((_, t)) if t >= at => {}
+            Some((d, t)) => {
+                self.by_time.remove(&(t, d.clone()));
+                self.by_time.insert((at, d.clone()));
+                self.devices.insert(d, at);
             }
             None => {
-                self.devices.insert(device.to_string(), at);
-                self.by_time.insert((at, device.to_string()));
+                let d: Arc<str> = Arc::from(device);
+                self.devices.insert(d.clone(), at);
+                self.by_time.insert((at, d));
             }
         }
         // Devices silent for long in this partition's event time: forgotten.
         let silent_before = self.newest.saturating_sub(DEVICE_SILENCE_MS);
-        while let Some((t, d)) = self.by_time.first().cloned() {
-            if t >= silent_before {
-                break;
+        while self
+            .by_time
+            .first()
+            .is_some_and(|(t, _)| *t < silent_before)
+        {
+            if let Some((_, d)) = self.by_time.pop_first() {
+                self.devices.remove(&d);
             }
-            self.by_time.pop_first();
-            self.devices.remove(&d);
         }
     }
 
@@ -193,15 +206,15 @@ impl InputClock {
             live,
             started: Instant::now(),
             assigned: Vec::new(),
-            seen: HashMap::new(),
+            seen: HashMap::default(),
             newest: None,
             last_input: None,
             sent: 0,
             processed: 0,
             finished: false,
-            wanted: HashMap::new(),
-            cuts: HashMap::new(),
-            restored: HashMap::new(),
+            wanted: HashMap::default(),
+            cuts: HashMap::default(),
+            restored: HashMap::default(),
             epoch: 0,
             activator: None,
         }
@@ -290,15 +303,15 @@ impl InputClock {
     ) -> Option<i64> {
         self.processed += 1;
         late.clear();
-        let restored = &self.restored;
-        let p = self.seen.entry(partition.clone()).or_insert_with(|| {
+        if !self.seen.contains_key(partition) {
             // The first message since the start: the state the last run left at this
             // offset, when it left one.
-            restored
-                .get(partition)
+            let p = (self.restored.get(partition))
                 .and_then(|cs| cs.iter().find(|c| c.offset == offset))
-                .map_or_else(|| Partition::new(now), |c| Partition::from_cut(c, now))
-        });
+                .map_or_else(|| Partition::new(now), |c| Partition::from_cut(c, now));
+            self.seen.insert(partition.clone(), p);
+        }
+        let p = self.seen.get_mut(partition).expect("inserted above");
         if let Some(wanted) = self.wanted.get_mut(partition) {
             while let Some(at) = wanted.first().copied().filter(|at| *at <= offset) {
                 wanted.pop_first();

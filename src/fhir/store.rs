@@ -55,7 +55,9 @@ impl WindowUpdate {
 }
 
 struct Stored {
-    resource: Value,
+    /// The resource as written (compact JSON): a third of its size as a `Value`, and
+    /// parsed again only to merge a version of another window instance into it.
+    json: Box<[u8]>,
     end: DateTime<Utc>,
     /// The window instance whose group holds every value of it; None when it also holds
     /// values from elsewhere (read back from committed output, or merged into).
@@ -110,6 +112,13 @@ pub struct ObservationStore {
     worker: usize,
 }
 
+/// What an output holds of an Observation before a version: built in this flush, or
+/// written.
+enum Held<'a> {
+    Built(&'a Value),
+    Written(&'a [u8]),
+}
+
 /// An Observation version to write: the merged resource and where it came from.
 pub struct Change {
     /// Ingestion epoch of the update.
@@ -124,6 +133,16 @@ pub struct Change {
     pub update: WindowUpdate,
     end: DateTime<Utc>,
     instance: Option<u64>,
+    /// `resource` serialized, once: what the output writes is what the store keeps.
+    json: std::cell::OnceCell<Vec<u8>>,
+}
+
+impl Change {
+    /// The resource as compact JSON (serialized on first use, then kept for the store).
+    pub fn json(&self) -> &[u8] {
+        self.json
+            .get_or_init(|| serde_json::to_vec(&self.resource).expect("a Value serializes"))
+    }
 }
 
 /// The UTC day an Observation's period starts on: where outputs file it.
@@ -211,10 +230,11 @@ impl ObservationStore {
                 continue;
             }
             restored += 1;
+            let json = serde_json::to_vec(&resource)?.into_boxed_slice();
             self.store.insert(
                 id.to_string(),
                 Stored {
-                    resource,
+                    json,
                     end,
                     instance: None,
                     version,
@@ -272,23 +292,30 @@ impl ObservationStore {
         let id = &u.id;
         // What the output holds before this version: the version before it in this flush,
         // or the stored one.
-        let prev: Option<(&Value, Option<u64>, i64)> = match self.newest_pending.get(id) {
+        let prev: Option<(Held<'_>, Option<u64>, i64)> = match self.newest_pending.get(id) {
             Some(i) => {
                 let c = &self.pending[*i];
-                Some((&c.resource, c.instance, c.version))
+                Some((Held::Built(&c.resource), c.instance, c.version))
             }
             None => self
                 .store
                 .get(id)
-                .map(|s| (&s.resource, s.instance, s.version)),
+                .map(|s| (Held::Written(&s.json), s.instance, s.version)),
         };
         // A group of the same window instance holds every value already written: building
         // it afresh gives what merging would, without re-reading the stored SampledData.
-        let same_window = prev.is_some_and(|p| p.1 == Some(u.instance));
-        let result = match prev {
-            Some((resource, ..)) if !same_window => {
-                observation::merge(&u.template, &u.group, resource)
+        let same_window = prev.as_ref().is_some_and(|p| p.1 == Some(u.instance));
+        let parsed: Option<Value>;
+        let prev_resource: Option<&Value> = match &prev {
+            Some((Held::Built(v), ..)) if !same_window => Some(v),
+            Some((Held::Written(json), ..)) if !same_window => {
+                parsed = Some(serde_json::from_slice(json).expect("the store's own JSON"));
+                parsed.as_ref()
             }
+            _ => None,
+        };
+        let result = match prev_resource {
+            Some(resource) => observation::merge(&u.template, &u.group, resource),
             _ => observation::build(&u.template, &u.type_name, &u.group, &u.subjects()).map(
                 |mut o| {
                     if same_window {
@@ -308,7 +335,7 @@ impl ObservationStore {
                 return;
             }
         };
-        if !same_window && prev.is_some_and(|p| *p.0 == resource) {
+        if prev_resource.is_some_and(|p| *p == resource) {
             Metrics::add(&self.metrics.observations_unchanged, 1);
             return;
         }
@@ -337,6 +364,7 @@ impl ObservationStore {
             update,
             end,
             instance: built_from_group.then_some(instance),
+            json: Default::default(),
         });
     }
 
@@ -356,10 +384,12 @@ impl ObservationStore {
         }
         for c in changes {
             self.newest = Some(self.newest.map_or(c.end, |n| n.max(c.end)));
+            c.json();
+            let json = c.json.into_inner().unwrap_or_default().into_boxed_slice();
             self.store.insert(
                 c.id,
                 Stored {
-                    resource: c.resource,
+                    json,
                     end: c.end,
                     instance: c.instance,
                     version: c.version,

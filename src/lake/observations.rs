@@ -132,7 +132,7 @@ impl Builders {
         let end = text("/effectivePeriod/end")
             .and_then(micros)
             .unwrap_or(u.group.end.timestamp_micros());
-        let json = o.to_string();
+        let json = std::str::from_utf8(c.json()).expect("serde_json writes UTF-8");
         let values = u.template.value.iter().map(|v| (v, Some(o))).chain(
             u.template
                 .components
@@ -165,7 +165,7 @@ impl Builders {
             self.c.value_string.append_option(s.text.as_deref());
             self.c.version.append_value(c.version);
             self.c.written_at.append_value(written_at);
-            self.c.resource.append_value(&json);
+            self.c.resource.append_value(json);
             self.c.date.append_value(observation_day(o, u));
             self.c.type_name.append_value(&u.type_name);
             self.rows += 1;

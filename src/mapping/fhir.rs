@@ -2,8 +2,8 @@
 
 use super::device::{collection_entries, entry_parts};
 use super::error::{child, Collector, TemplateErrors};
+use rustc_hash::FxHashMap;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// How measurements of one type are grouped into Observations (`periodInterval`).
@@ -154,7 +154,8 @@ impl CodeValueTemplate {
 #[derive(Debug, Clone)]
 pub struct FhirMapping {
     templates: Vec<Arc<CodeValueTemplate>>,
-    by_type: HashMap<String, usize>,
+    /// Template index by type name (looked up per measurement: Fx, not SipHash).
+    by_type: FxHashMap<String, usize>,
 }
 
 impl FhirMapping {
@@ -173,7 +174,7 @@ impl FhirMapping {
         let mut c = Collector::default();
         let entries = collection_entries(root, "CollectionFhir", &mut c);
         let mut templates: Vec<Arc<CodeValueTemplate>> = Vec::new();
-        let mut by_type = HashMap::new();
+        let mut by_type = FxHashMap::default();
         for (i, entry) in entries.iter().enumerate() {
             let ptr = child("/template", i);
             c.enter(

@@ -160,8 +160,7 @@ impl ObservationSink {
         self.store.build(&mut self.parts)?;
         let mut days = BTreeSet::new();
         for c in self.store.changes() {
-            let line = serde_json::to_vec(&c.resource).expect("JSON");
-            self.writer.write_line(c.epoch, &line)?;
+            self.writer.write_line(c.epoch, c.json())?;
             days.insert(observation_day(&c.resource, &c.update));
         }
         self.writer.commit_with_index(Some(&days_index(&days)))?;
