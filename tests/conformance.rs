@@ -289,22 +289,24 @@ fn partial_eq(got: Option<&Value>, want: &Value, path: &str) -> Result<(), Strin
     }
 }
 
-fn time_values(v: &Value) -> Vec<(DateTime<Utc>, String)> {
+fn time_values(v: &Value) -> Vec<sampled_data::TimeValue> {
     v.as_array()
         .unwrap()
         .iter()
         .map(|tv| {
             (
                 instant(&tv["time"]).unwrap(),
-                tv["value"].as_str().unwrap().to_string(),
+                std::sync::Arc::from(tv["value"].as_str().unwrap()),
             )
         })
         .collect()
 }
 
-fn time_values_json(tvs: &[(DateTime<Utc>, String)]) -> Value {
+fn time_values_json(tvs: &[sampled_data::TimeValue]) -> Value {
     tvs.iter()
-        .map(|(t, v)| serde_json::json!({"time": vitalflow::time::format_rfc3339(t), "value": v}))
+        .map(
+            |(t, v)| serde_json::json!({"time": vitalflow::time::format_rfc3339(t), "value": &**v}),
+        )
         .collect()
 }
 

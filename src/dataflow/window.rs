@@ -39,7 +39,9 @@ struct Value {
     position: (u32, i32, i64),
     /// The ingestion epoch it came in, held until its first version is emitted.
     epoch: u64,
-    value: Box<str>,
+    /// Interned ([`Windows::texts`]): readings repeat a few values ("72", "98"), so a value
+    /// costs a pointer, and a version's group shares it instead of copying it.
+    value: Arc<str>,
 }
 
 struct Window {
@@ -109,7 +111,7 @@ impl Window {
                 if out.last().is_some_and(|(t, _)| *t == v.at) {
                     continue;
                 }
-                out.push((v.at, v.value.to_string()));
+                out.push((v.at, v.value.clone()));
             }
             if !out.is_empty() {
                 group.values.push((name.clone(), out));
@@ -189,6 +191,11 @@ pub struct Windows {
     windows: FxHashMap<WindowKey, Window>,
     /// Patient and device identifiers seen, numbered.
     ids: FxHashMap<Arc<str>, u32>,
+    /// Values held, each text once; those no window holds any more are dropped as windows
+    /// are evicted ([`Windows::evict`]).
+    texts: rustc_hash::FxHashSet<Arc<str>>,
+    /// How many texts the last purge kept: the next waits for twice as many.
+    texts_kept: usize,
     /// Windows by the checkpoint they wait for: emitting is O(versions), not O(windows).
     schedule: BTreeMap<i64, Vec<WindowKey>>,
     /// Per ingestion epoch, how many of its values wait for a version.
@@ -207,6 +214,8 @@ impl Windows {
             fhir,
             windows: FxHashMap::default(),
             ids: FxHashMap::default(),
+            texts: Default::default(),
+            texts_kept: 0,
             schedule: BTreeMap::new(),
             holds: BTreeMap::new(),
             every: ms(every),
@@ -331,12 +340,20 @@ impl Windows {
                     &mut w.values.last_mut().expect("just pushed").1
                 }
             };
+            let value = match self.texts.get(value.as_str()) {
+                Some(t) => t.clone(),
+                None => {
+                    let t: Arc<str> = Arc::from(value);
+                    self.texts.insert(t.clone());
+                    t
+                }
+            };
             let v = Value {
                 at: m.occurrence_time,
                 checkpoint: at,
                 position,
                 epoch,
-                value: value.into_boxed_str(),
+                value,
             };
             let key = |x: &Value| (x.at, x.checkpoint, x.position);
             // A device's readings mostly come in time order: append without a search
@@ -411,6 +428,12 @@ impl Windows {
         let before = self.windows.len();
         self.windows
             .retain(|_, w| w.waiting > 0 || w.evict_after() >= cutoff);
+        if self.texts.len() > 2 * self.texts_kept + 1024 {
+            // Texts only this set holds belong to no window (nor to a version an output
+            // still holds): values never seen again cost nothing after their window.
+            self.texts.retain(|t| Arc::strong_count(t) > 1);
+            self.texts_kept = self.texts.len();
+        }
         before - self.windows.len()
     }
 }
@@ -464,7 +487,7 @@ mod tests {
             .get("hr")
             .unwrap_or_default()
             .iter()
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| v.to_string())
             .collect()
     }
 

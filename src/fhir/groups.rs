@@ -49,7 +49,7 @@ impl ObservationGroup {
             };
             // A set ordered by time: an equal timestamp keeps the value already there.
             if let Err(i) = list.binary_search_by_key(&at, |(t, _)| *t) {
-                list.insert(i, (at, value.clone()));
+                list.insert(i, (at, Arc::from(value.as_str())));
             }
         }
     }

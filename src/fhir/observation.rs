@@ -157,10 +157,7 @@ fn decimal(s: &str) -> Option<Number> {
         .or_else(|| Number::from_f64(f))
 }
 
-fn single<'v>(
-    tpl: &ValueTemplate,
-    values: &'v [(DateTime<Utc>, String)],
-) -> Result<&'v str, FhirDataError> {
+fn single<'v>(tpl: &ValueTemplate, values: &'v [TimeValue]) -> Result<&'v str, FhirDataError> {
     match values {
         [(_, v)] => Ok(v),
         _ => Err(FhirDataError(format!(
@@ -174,7 +171,7 @@ fn single<'v>(
 
 fn create_value(
     tpl: &ValueTemplate,
-    values: &[(DateTime<Utc>, String)],
+    values: &[TimeValue],
     start: DateTime<Utc>,
     end: DateTime<Utc>,
 ) -> Result<Value, FhirDataError> {
@@ -226,7 +223,7 @@ fn create_value(
 
 fn merge_value(
     tpl: &ValueTemplate,
-    values: &[(DateTime<Utc>, String)],
+    values: &[TimeValue],
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     existing_period: (DateTime<Utc>, DateTime<Utc>),

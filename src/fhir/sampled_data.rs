@@ -1,9 +1,11 @@
 //! SampledData streams: `data` strings of space-separated values, `E` for no value.
 
 use chrono::{DateTime, Duration, Utc};
+use std::sync::Arc;
 
-/// A timestamped measured value.
-pub type TimeValue = (DateTime<Utc>, String);
+/// A timestamped measured value. Shared, not owned: a window's version hands its values to
+/// the outputs without copying each one.
+pub type TimeValue = (DateTime<Utc>, Arc<str>);
 
 /// Builds `data` for values in time order over `[start, end]` (end inclusive), one slot per
 /// `period_ms`; a later value in the same slot wins. Values before `start` or past the last
@@ -48,7 +50,7 @@ pub fn to_time_values(data: &str, start: DateTime<Utc>, period_ms: u64) -> Vec<T
         .map(|(k, v)| {
             (
                 start + Duration::milliseconds((k as u64 * period_ms) as i64),
-                v.to_string(),
+                Arc::from(v),
             )
         })
         .collect()
