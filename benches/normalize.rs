@@ -86,6 +86,52 @@ fn bench(c: &mut Criterion) {
     g.finish();
     per_measurement(c);
     device_tree(c);
+    as_read(c);
+}
+
+/// The 7-vital bedside reading as the job reads it from Kafka: with the connector's wrapper
+/// (`Properties`, `SystemProperties` from the topic, partition, offset, broker time and
+/// key). `normalize_raw` builds the wrapper as borrowed nodes; `maps` is the same through
+/// `serde_json` maps, as the job built it before, for the ratio.
+fn as_read(c: &mut Criterion) {
+    let mapping = load("bedside-monitor", false);
+    let (_, bytes, _) = messages("bedside-monitor")
+        .into_iter()
+        .find(|(n, ..)| n == "reading")
+        .unwrap();
+    let message = vitalflow::model::RawMessage {
+        payload: bytes,
+        key: Some(b"BM-0042".to_vec()),
+        headers: Vec::new(),
+        origin: vitalflow::model::Origin {
+            topic: "vitals".into(),
+            partition: 3,
+            offset: 1_234_567,
+            timestamp_ms: Some(1_796_500_000_123),
+        },
+    };
+    let mut g = c.benchmark_group("as-read/bedside-monitor");
+    g.throughput(Throughput::Elements(1));
+    let mut out = Vec::new();
+    g.bench_function("reading, normalize_raw", |b| {
+        b.iter(|| {
+            out.clear();
+            mapping
+                .normalize_raw(black_box(&message), &mut out)
+                .unwrap()
+        })
+    });
+    g.bench_function("reading, wrapper as serde_json maps", |b| {
+        b.iter(|| {
+            out.clear();
+            let m = black_box(&message);
+            let (p, s) = (m.properties(), m.system_properties());
+            mapping
+                .normalize_message(&m.payload, p, s, &mut out)
+                .unwrap()
+        })
+    });
+    g.finish();
 }
 
 /// HL7 v2 against JSON per measurement made: a 12-OBX IHE PCD-01 `ORU^R01` (6 measurements,

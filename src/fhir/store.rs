@@ -112,36 +112,36 @@ pub struct ObservationStore {
     worker: usize,
 }
 
-/// What an output holds of an Observation before a version: built in this flush, or
-/// written.
-enum Held<'a> {
-    Built(&'a Value),
-    Written(&'a [u8]),
-}
-
 /// An Observation version to write: the merged resource and where it came from.
 pub struct Change {
     /// Ingestion epoch of the update.
     pub epoch: u64,
     /// Observation id.
     pub id: String,
-    /// The resource to write.
-    pub resource: Value,
     /// The version number it becomes.
     pub version: i64,
-    /// The window update it was built from, without its values (in `resource` now).
+    /// The window update it was built from, without its values (in the resource now).
     pub update: WindowUpdate,
     end: DateTime<Utc>,
     instance: Option<u64>,
-    /// `resource` serialized, once: what the output writes is what the store keeps.
-    json: std::cell::OnceCell<Vec<u8>>,
+    /// The resource as compact JSON, serialized when built: what the output writes is what
+    /// the store keeps. Not kept as a `Value`: every window reaches a checkpoint at the same
+    /// watermark, and a flush's worth of resources as `Value`s was most of the job's memory
+    /// at that moment (an output that reads members parses one at a time).
+    json: Vec<u8>,
+    /// The UTC day its period starts on.
+    day: i32,
 }
 
 impl Change {
-    /// The resource as compact JSON (serialized on first use, then kept for the store).
+    /// The resource as compact JSON.
     pub fn json(&self) -> &[u8] {
-        self.json
-            .get_or_init(|| serde_json::to_vec(&self.resource).expect("a Value serializes"))
+        &self.json
+    }
+
+    /// The UTC day its period starts on: where outputs file it.
+    pub fn day(&self) -> i32 {
+        self.day
     }
 }
 
@@ -292,23 +292,22 @@ impl ObservationStore {
         let id = &u.id;
         // What the output holds before this version: the version before it in this flush,
         // or the stored one.
-        let prev: Option<(Held<'_>, Option<u64>, i64)> = match self.newest_pending.get(id) {
+        let prev: Option<(&[u8], Option<u64>, i64)> = match self.newest_pending.get(id) {
             Some(i) => {
                 let c = &self.pending[*i];
-                Some((Held::Built(&c.resource), c.instance, c.version))
+                Some((&c.json[..], c.instance, c.version))
             }
             None => self
                 .store
                 .get(id)
-                .map(|s| (Held::Written(&s.json), s.instance, s.version)),
+                .map(|s| (&s.json[..], s.instance, s.version)),
         };
         // A group of the same window instance holds every value already written: building
         // it afresh gives what merging would, without re-reading the stored SampledData.
         let same_window = prev.as_ref().is_some_and(|p| p.1 == Some(u.instance));
         let parsed: Option<Value>;
         let prev_resource: Option<&Value> = match &prev {
-            Some((Held::Built(v), ..)) if !same_window => Some(v),
-            Some((Held::Written(json), ..)) if !same_window => {
+            Some((json, ..)) if !same_window => {
                 parsed = Some(serde_json::from_slice(json).expect("the store's own JSON"));
                 parsed.as_ref()
             }
@@ -354,17 +353,19 @@ impl ObservationStore {
             id_segment: String::new(),
             values: Vec::new(),
         });
+        let json = serde_json::to_vec(&resource).expect("a Value serializes");
+        let day = observation_day(&resource, &update);
         self.newest_pending
             .insert(update.id.clone(), self.pending.len());
         self.pending.push(Change {
             epoch,
             id: update.id.clone(),
             version,
-            resource,
             update,
             end,
             instance: built_from_group.then_some(instance),
-            json: Default::default(),
+            json,
+            day,
         });
     }
 
@@ -384,8 +385,7 @@ impl ObservationStore {
         }
         for c in changes {
             self.newest = Some(self.newest.map_or(c.end, |n| n.max(c.end)));
-            c.json();
-            let json = c.json.into_inner().unwrap_or_default().into_boxed_slice();
+            let json = c.json.into_boxed_slice();
             self.store.insert(
                 c.id,
                 Stored {

@@ -11,9 +11,7 @@ use super::rows::{column, micros};
 use super::schema::{ObservationColumns, OBSERVATIONS};
 use super::table::Table;
 use super::LakeConfig;
-use crate::fhir::store::{
-    observation_day, Change, ObservationStore, StoredObservations, WindowUpdate,
-};
+use crate::fhir::store::{Change, ObservationStore, StoredObservations, WindowUpdate};
 use crate::fhir::SERVICE_URI;
 use crate::metrics::Metrics;
 use crate::sinks::Sink;
@@ -123,7 +121,9 @@ struct Builders {
 
 impl Builders {
     fn push(&mut self, c: &Change, written_at: i64) {
-        let o = &c.resource;
+        // Parsed back one at a time: the store keeps no flush's worth of resources.
+        let o: Value = serde_json::from_slice(c.json()).expect("the store's own JSON");
+        let o = &o;
         let u: &WindowUpdate = &c.update;
         let text = |p: &str| o.pointer(p).and_then(Value::as_str);
         let start = text("/effectivePeriod/start")
@@ -166,7 +166,7 @@ impl Builders {
             self.c.version.append_value(c.version);
             self.c.written_at.append_value(written_at);
             self.c.resource.append_value(json);
-            self.c.date.append_value(observation_day(o, u));
+            self.c.date.append_value(c.day());
             self.c.type_name.append_value(&u.type_name);
             self.rows += 1;
         }

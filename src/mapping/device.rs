@@ -312,10 +312,13 @@ impl DeviceMapping {
         } else {
             Node::from_map(message.properties())
         };
+        let (offset, enqueued) = (message.origin.offset.to_string(), enqueued_time(message));
+        let key = message.key.as_deref().map(String::from_utf8_lossy);
+        let system = system_node(message, &offset, enqueued.as_deref(), key.as_deref());
         let event = Node::Object(vec![
             ("Body".into(), body),
             ("Properties".into(), properties),
-            ("SystemProperties".into(), system_node(message)),
+            ("SystemProperties".into(), system),
         ]);
         self.normalize_node(&event, out)
             .map_err(MessageError::Template)
@@ -1151,35 +1154,39 @@ impl DeviceMapping {
 }
 
 /// [`RawMessage::system_properties`] as a [`Node`], members in the same order: the names
-/// are static and the topic borrowed.
-fn system_node(message: &RawMessage) -> Node<'_> {
+/// are static, and the texts borrowed from the message and from what the caller formatted
+/// once (`offset`, `enqueued`, the key as text).
+fn system_node<'a>(
+    message: &'a RawMessage,
+    offset: &'a str,
+    enqueued: Option<&'a str>,
+    key: Option<&'a str>,
+) -> Node<'a> {
     let o = &message.origin;
-    let text = |s: String| Node::String(Cow::Owned(s));
-    let mut m: Vec<(Cow<'_, str>, Node<'_>)> = Vec::with_capacity(8);
-    m.push((
-        "x-opt-kafka-topic".into(),
-        Node::String(Cow::Borrowed(&o.topic)),
-    ));
+    let text = |s: &'a str| Node::String(Cow::Borrowed(s));
+    let mut m: Vec<(Cow<'a, str>, Node<'a>)> = Vec::with_capacity(8);
+    m.push(("x-opt-kafka-topic".into(), text(&o.topic)));
     m.push(("x-opt-partition".into(), Node::Number(o.partition.into())));
-    m.push(("x-opt-offset".into(), text(o.offset.to_string())));
+    m.push(("x-opt-offset".into(), text(offset)));
     m.push((
         "x-opt-sequence-number".into(),
         Node::Number(o.offset.into()),
     ));
-    if let Some(t) = o
-        .timestamp_ms
-        .and_then(chrono::DateTime::from_timestamp_millis)
-    {
-        let t = crate::time::format_rfc3339(&t);
-        m.push(("x-opt-enqueued-time".into(), text(t.clone())));
+    if let Some(t) = enqueued {
+        m.push(("x-opt-enqueued-time".into(), text(t)));
         m.push(("iothub-enqueuedtime".into(), text(t)));
     }
-    if let Some(k) = &message.key {
-        let k = String::from_utf8_lossy(k);
-        m.push(("x-opt-partition-key".into(), Node::String(k.clone())));
-        m.push(("iothub-connection-device-id".into(), Node::String(k)));
+    if let Some(k) = key {
+        m.push(("x-opt-partition-key".into(), text(k)));
+        m.push(("iothub-connection-device-id".into(), text(k)));
     }
     Node::Object(m)
+}
+
+/// The broker time as [`RawMessage::system_properties`] writes it.
+fn enqueued_time(message: &RawMessage) -> Option<String> {
+    let ms = message.origin.timestamp_ms?;
+    chrono::DateTime::from_timestamp_millis(ms).map(|t| crate::time::format_rfc3339(&t))
 }
 
 #[cfg(test)]
@@ -1192,6 +1199,10 @@ mod tests {
         for (key, timestamp_ms) in [
             (Some(b"dev-\xff-1".to_vec()), Some(1_764_000_000_123)),
             (None, None),
+            (None, Some(1_764_000_000_000)),
+            (None, Some(1_764_000_000_100)),
+            (None, Some(-1_500)),
+            (None, Some(0)),
         ] {
             let m = RawMessage {
                 payload: b"{}".to_vec(),
@@ -1205,7 +1216,9 @@ mod tests {
                 },
             };
             let want = Value::Object(m.system_properties());
-            let got = system_node(&m).to_value();
+            let (offset, enqueued) = (m.origin.offset.to_string(), enqueued_time(&m));
+            let key = m.key.as_deref().map(String::from_utf8_lossy);
+            let got = system_node(&m, &offset, enqueued.as_deref(), key.as_deref()).to_value();
             assert_eq!(got, want);
             let order = |v: &Value| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>());
             assert_eq!(order(&got), order(&want), "members in the same order");

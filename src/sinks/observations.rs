@@ -8,7 +8,7 @@
 
 use super::files::{days_index, parts_on_days, PartWriter};
 use super::Sink;
-use crate::fhir::store::{observation_day, ObservationStore, StoredObservations, WindowUpdate};
+use crate::fhir::store::{ObservationStore, StoredObservations, WindowUpdate};
 use crate::metrics::Metrics;
 use crate::time::parse_timestamp;
 use anyhow::Context as _;
@@ -161,7 +161,7 @@ impl ObservationSink {
         let mut days = BTreeSet::new();
         for c in self.store.changes() {
             self.writer.write_line(c.epoch, c.json())?;
-            days.insert(observation_day(&c.resource, &c.update));
+            days.insert(c.day());
         }
         self.writer.commit_with_index(Some(&days_index(&days)))?;
         self.store.committed();
