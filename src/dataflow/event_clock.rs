@@ -15,7 +15,6 @@
 //! The wall clock enters only through idleness, and only in live jobs: a replay (`--until-end`)
 //! gets the same watermark-ordered processing at any speed, with any number of workers.
 
-use rustc_hash::FxHashMap;
 use rustc_hash::FxHashMap as HashMap;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -43,7 +42,7 @@ pub const DEVICE_SILENCE_MS: i64 = 30_000;
 struct Partition {
     newest: i64,
     /// Keys shared with `by_time`: a reading of a known device allocates nothing.
-    devices: FxHashMap<Arc<str>, i64>,
+    devices: HashMap<Arc<str>, i64>,
     by_time: std::collections::BTreeSet<(i64, Arc<str>)>,
     last: Instant,
     /// The offset after the last message observed.
@@ -88,7 +87,7 @@ impl Partition {
     fn new(now: Instant) -> Self {
         Self {
             newest: i64::MIN,
-            devices: FxHashMap::default(),
+            devices: HashMap::default(),
             by_time: Default::default(),
             last: now,
             next: None,

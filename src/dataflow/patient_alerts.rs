@@ -74,7 +74,9 @@ pub struct PatientAlerts {
     idle_after: i64,
     /// Per patient, the event time of their last reading applied.
     last: HashMap<String, i64>,
-    /// (last reading + idle_after, patient): when each patient is forgotten.
+    /// (deadline, patient), one per patient in `last`: when the patient is looked at to be
+    /// forgotten. A deadline is set from the patient's first reading and moved to the last
+    /// reading's (+ idle_after) only when it comes due, so readings do not touch this set.
     idle: std::collections::BTreeSet<(i64, String)>,
     /// Acknowledgement and silence events taken in, not yet given out.
     acks: Vec<Alert>,
@@ -587,6 +589,30 @@ mod tests {
             received_ms: None,
             source: None,
         }
+    }
+
+    #[test]
+    fn a_patient_is_forgotten_an_idle_period_after_their_last_reading_not_their_first() {
+        let (hour, t0) = (3_600_000, 1_800_000_000_000);
+        let mut s = state(std::time::Duration::from_secs(3600));
+        let mut out = Vec::new();
+        s.add(reading("P-1", t0, 97.0));
+        s.add(reading("P-1", t0 + hour / 2, 97.0));
+        // Past the deadline the first reading set, not the one the last reading sets.
+        s.advance(t0 + hour + 60_000, &mut out);
+        assert_eq!(s.patients(), 1, "still monitored: {out:?}");
+        s.advance(t0 + hour + hour / 2 - 1, &mut out);
+        assert_eq!(
+            s.patients(),
+            1,
+            "an idle period after the last reading not yet passed"
+        );
+        s.advance(t0 + 2 * hour, &mut out);
+        assert_eq!(
+            s.patients(),
+            0,
+            "forgotten an idle period after the last reading"
+        );
     }
 
     #[test]
