@@ -2,7 +2,8 @@
 //!
 //! `VITALFLOW_FAILPOINT=<name>:<n>` makes the process SIGKILL itself the `n`th time it
 //! passes the point `name`: a kill at the exact moment a uniformly random kill would rarely
-//! hit (between a sink's write and its commit, between a commit and the offset commit). Release
+//! hit (between a sink's write and its commit, between a commit and the offset commit);
+//! `<name>:pause` stalls a second at the point instead, every time it passes. Release
 //! builds compile every point to nothing. Written here rather than with the `fail` crate:
 //! its points are compiled in by a cargo feature, which the binary the integration tests
 //! run would need in every `cargo test`, and the trials need only this one action.
@@ -19,9 +20,20 @@ mod armed {
         let armed = ARMED.get_or_init(|| {
             let v = std::env::var("VITALFLOW_FAILPOINT").ok()?;
             let (point, n) = v.split_once(':').unwrap_or((v.as_str(), "1"));
-            Some((point.to_string(), n.parse().unwrap_or(1)))
+            let n = if n == "pause" {
+                0
+            } else {
+                n.parse().unwrap_or(1)
+            };
+            Some((point.to_string(), n))
         });
         let Some((point, n)) = armed else { return };
+        if point == name && *n == 0 {
+            // `<name>:pause`: a second's stall here, every time, for the races a loaded
+            // machine makes.
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            return;
+        }
         if point == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n {
             eprintln!("failpoint {name}: killing the process");
             // SAFETY: sends a signal to this process; no memory is touched.

@@ -154,6 +154,7 @@ impl KafkaSource {
                 }
             }
             consumer.assign(&from).context("cannot assign partitions")?;
+            crate::failpoint::hit("kafka.assigned");
             for (topic, p) in &mine {
                 let q = consumer
                     .split_partition_queue(topic, *p)
@@ -222,10 +223,39 @@ fn take(
 
 impl Source for KafkaSource {
     fn poll(&mut self, max: usize, out: &mut Vec<RawMessage>) -> anyhow::Result<Poll> {
-        // Serves statistics and commit callbacks; messages arrive on the partition queues.
-        match self.consumer.poll(Duration::ZERO) {
-            Some(Err(KafkaError::PartitionEOF(_))) | None | Some(Ok(_)) => {}
-            Some(Err(e)) => tracing::warn!("kafka: {e}"),
+        // Serves statistics and commit callbacks. Messages arrive on the partition queues,
+        // except those a Fetch brought between `assign` and the split of their partition's
+        // queue: librdkafka forwarded them to this queue. They precede everything on their
+        // partition's queue, so they are taken first, all of them before any partition
+        // queue is read. (They were dropped here: under load a restart lost the messages
+        // after its committed offsets, and `--until-end` finished without them.)
+        let mut read = 0;
+        loop {
+            match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => tracing::warn!("kafka: {e}"),
+                Some(Ok(m)) => {
+                    let key = (self.topics.get(m.topic()).cloned(), m.partition());
+                    let key = key.0.map(|t| (t, key.1));
+                    let Some(key) = key.filter(|k| self.queues.iter().any(|(q, _)| q == k)) else {
+                        continue;
+                    };
+                    if self.resume_at.get(&key).is_some_and(|o| m.offset() < *o) {
+                        continue;
+                    }
+                    self.resume_at.remove(&key);
+                    out.push(take(&self.topics, &mut self.next, &mut self.at_eof, &m)?);
+                    read += 1;
+                    if read >= max {
+                        // More may wait here: the partition queues only once this is empty.
+                        return Ok(Poll::Ready);
+                    }
+                }
+            }
+        }
+        if read > 0 && (self.queues.is_empty() || self.at_end()) {
+            return Ok(Poll::Ready);
         }
         if self.queues.is_empty() || self.at_end() {
             return Ok(if self.until_end {
@@ -245,7 +275,6 @@ impl Source for KafkaSource {
             ..
         } = self;
         let share = max.div_ceil(n);
-        let mut read = 0;
         // Round-robin over partitions, starting where the last poll stopped, so that a busy
         // partition cannot starve the others.
         for i in 0..n {
