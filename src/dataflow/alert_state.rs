@@ -39,8 +39,9 @@ pub struct CheckpointRef<'a> {
     pub vitals: &'a VitalState,
     /// Alert tracks and timers.
     pub lifecycle: &'a Lifecycle,
-    /// Readings waiting for the event clock.
-    pub waiting: Vec<&'a Measurement>,
+    /// Readings waiting for the event clock, as rows ([`Row`]).
+    #[serde(rename = "waiting_rows")]
+    pub waiting: Vec<Row<'a>>,
     /// Where the alert topic stood per partition (Kafka alerts): every event raised after
     /// this checkpoint lies past it.
     pub alerts_topic: std::collections::BTreeMap<i32, i64>,
@@ -48,6 +49,70 @@ pub struct CheckpointRef<'a> {
     pub resumed: Vec<Resumed>,
     /// Per patient, the event time of their last reading (for forgetting the silent).
     pub last: Vec<(&'a str, i64)>,
+}
+
+/// A waiting reading in a checkpoint, as a JSON array: its field names once in the code,
+/// not once per reading in the file, and its time as integers, not RFC 3339 text. A fast
+/// catch-up holds hundreds of thousands of readings waiting for the event clock (partitions
+/// read at different speeds), and encoding them as objects was 4.5 % of the peer drain's
+/// CPU with two workers.
+pub struct Row<'a>(pub &'a Measurement);
+
+impl Serialize for Row<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple as _;
+        let m = self.0;
+        let t = &m.occurrence_time;
+        let mut row = s.serialize_tuple(9)?;
+        row.serialize_element(&*m.type_name)?;
+        row.serialize_element(&m.device_id)?;
+        row.serialize_element(&m.patient_id)?;
+        row.serialize_element(&m.encounter_id)?;
+        row.serialize_element(&m.correlation_id)?;
+        row.serialize_element(&(t.timestamp(), t.timestamp_subsec_nanos()))?;
+        row.serialize_element(&m.properties)?;
+        row.serialize_element(&m.received_ms)?;
+        row.serialize_element(&(m.source.as_ref()).map(|p| (&*p.topic, p.partition, p.offset)))?;
+        row.end()
+    }
+}
+
+/// A [`Row`] as read back.
+#[derive(Deserialize)]
+struct RowOwned(
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    (i64, u32),
+    Vec<(String, String)>,
+    Option<i64>,
+    Option<(String, i32, i64)>,
+);
+
+impl RowOwned {
+    fn into_measurement(self) -> anyhow::Result<Measurement> {
+        let RowOwned(ty, device, patient, encounter, correlation, (secs, nanos), props, rx, src) =
+            self;
+        let occurrence_time = chrono::DateTime::from_timestamp(secs, nanos)
+            .with_context(|| format!("a waiting reading's time is out of range: {secs}.{nanos}"))?;
+        Ok(Measurement {
+            type_name: ty.into(),
+            device_id: device,
+            patient_id: patient,
+            encounter_id: encounter,
+            correlation_id: correlation,
+            occurrence_time,
+            properties: props.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+            received_ms: rx,
+            source: src.map(|(topic, partition, offset)| crate::model::SourcePos {
+                topic: topic.into(),
+                partition,
+                offset,
+            }),
+        })
+    }
 }
 
 /// Patients resumed from an earlier checkpoint whose state holds, per partition, the
@@ -79,8 +144,12 @@ pub struct Checkpoint {
     pub vitals: VitalState,
     /// See [`CheckpointRef::lifecycle`].
     pub lifecycle: Lifecycle,
-    /// See [`CheckpointRef::waiting`].
+    /// See [`CheckpointRef::waiting`]; checkpoints before rows held them as objects.
+    #[serde(default)]
     pub waiting: Vec<Measurement>,
+    /// See [`CheckpointRef::waiting`]: moved into `waiting` as the file is read.
+    #[serde(default, rename = "waiting_rows")]
+    waiting_rows: Vec<RowOwned>,
     /// See [`CheckpointRef::alerts_topic`].
     #[serde(default)]
     pub alerts_topic: std::collections::BTreeMap<i32, i64>,
@@ -145,6 +214,16 @@ pub fn encode(checkpoint: &CheckpointRef<'_>) -> anyhow::Result<Vec<u8>> {
     Ok(z.finish()?)
 }
 
+/// A checkpoint from its JSON (see [`encode`]).
+fn decode(text: &[u8]) -> anyhow::Result<Checkpoint> {
+    let mut c: Checkpoint = serde_json::from_slice(text)?;
+    let rows = std::mem::take(&mut c.waiting_rows);
+    for r in rows {
+        c.waiting.push(r.into_measurement()?);
+    }
+    Ok(c)
+}
+
 /// Writes `bytes` (see [`encode`]) as `worker`'s checkpoint: a temporary file, fsynced,
 /// then renamed.
 pub fn write(at: &Place, worker: usize, bytes: &[u8]) -> anyhow::Result<()> {
@@ -186,7 +265,7 @@ pub fn read_all(dir: &Path, source: &str) -> anyhow::Result<Vec<Checkpoint>> {
         let packed = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
         let text = zstd::stream::decode_all(packed.as_slice())
             .with_context(|| format!("{} is not zstd-compressed", p.display()))?;
-        let mut c: Checkpoint = serde_json::from_slice(&text).with_context(|| {
+        let mut c = decode(&text).with_context(|| {
             format!(
                 "{} is not an alerting checkpoint (remove it to start the alert state afresh)",
                 p.display()
@@ -203,4 +282,83 @@ pub fn read_all(dir: &Path, source: &str) -> anyhow::Result<Vec<Checkpoint>> {
     }
     out.sort_by_key(|c| std::cmp::Reverse(c.run));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SourcePos;
+
+    fn reading(nanos: u32, full: bool) -> Measurement {
+        Measurement {
+            type_name: "bloodPressure".into(),
+            device_id: "BM-7".into(),
+            patient_id: full.then(|| "P-7".into()),
+            encounter_id: full.then(|| "E-1".into()),
+            correlation_id: full.then(|| "c-9".into()),
+            occurrence_time: chrono::DateTime::from_timestamp(1_764_892_800, nanos).expect("t"),
+            properties: vec![
+                ("systolic".into(), "120".into()),
+                ("note".into(), "a \"b\"".into()),
+            ],
+            received_ms: full.then_some(1_764_892_800_250),
+            source: full.then(|| SourcePos {
+                topic: "vitals".into(),
+                partition: 3,
+                offset: 41,
+            }),
+        }
+    }
+
+    fn checkpoint_text(waiting: &[Measurement]) -> Vec<u8> {
+        let (vitals, lifecycle) = (VitalState::default(), Lifecycle::default());
+        let c = CheckpointRef {
+            source: "g/vitals",
+            run: 1,
+            peers: 2,
+            seen: vec![("vitals".into(), 3, 41)],
+            applied: Some(1),
+            vitals: &vitals,
+            lifecycle: &lifecycle,
+            waiting: waiting.iter().map(Row).collect(),
+            alerts_topic: Default::default(),
+            resumed: Vec::new(),
+            last: Vec::new(),
+        };
+        zstd::stream::decode_all(encode(&c).expect("encode").as_slice()).expect("zstd")
+    }
+
+    #[test]
+    fn waiting_readings_come_back_exactly_as_they_were() {
+        let waiting = vec![reading(123_456_789, true), reading(0, false)];
+        let text = checkpoint_text(&waiting);
+        assert!(
+            !String::from_utf8_lossy(&text).contains("device_id"),
+            "rows, not objects"
+        );
+        let c = decode(&text).expect("decode");
+        assert_eq!(c.waiting, waiting);
+        assert_eq!(c.seen, vec![("vitals".to_string(), 3, 41)]);
+    }
+
+    #[test]
+    fn a_checkpoint_written_before_rows_still_reads() {
+        let waiting = vec![reading(5_000_000, true)];
+        let mut v: serde_json::Value = serde_json::from_slice(&checkpoint_text(&[])).expect("json");
+        v["waiting"] = serde_json::to_value(&waiting).expect("objects");
+        v.as_object_mut().expect("object").remove("waiting_rows");
+        let c = decode(&serde_json::to_vec(&v).expect("json")).expect("decode");
+        assert_eq!(c.waiting, waiting);
+    }
+
+    #[test]
+    fn a_row_with_a_time_out_of_range_is_an_error() {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&checkpoint_text(&[reading(0, true)])).expect("json");
+        v["waiting_rows"][0][5] = serde_json::json!([i64::MAX, 0]);
+        let Err(e) = decode(&serde_json::to_vec(&v).expect("json")) else {
+            panic!("a time out of range decoded");
+        };
+        assert!(format!("{e:#}").contains("out of range"), "{e:#}");
+    }
 }

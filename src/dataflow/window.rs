@@ -159,9 +159,10 @@ impl Window {
 /// is computed once per window).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct WindowKey {
-    type_name: Arc<str>,
-    /// Interned patient and device identifiers ([`Windows::ids`]): a measurement's key
-    /// allocates nothing.
+    /// Interned type, patient and device identifiers ([`Windows::ids`]): a measurement's
+    /// key allocates nothing, nor touches the template's shared `Arc` (a counter every
+    /// worker would write).
+    type_name: u32,
     patient: u32,
     device: u32,
     slot: Slot,
@@ -273,12 +274,14 @@ impl Windows {
             }
         };
         let key = WindowKey {
-            type_name: m.type_name.clone(),
+            type_name: intern(&mut self.ids, &m.type_name),
             patient: intern(&mut self.ids, patient),
             device: intern(&mut self.ids, &m.device_id),
             slot,
         };
-        if !self.windows.contains_key(&key) {
+        let instances = &mut self.instances;
+        // One lookup: the key hashed once per measurement.
+        let w = self.windows.entry(key.clone()).or_insert_with(|| {
             let segment = match &key.slot {
                 Slot::Correlation(c) => c.clone(),
                 Slot::Period(_) => period_segment(&start, &end),
@@ -290,13 +293,13 @@ impl Windows {
                 resolved: false,
             };
             let id = observation_id(&identifier_value(&subjects, &m.type_name, &segment));
-            self.instances += 1;
+            *instances += 1;
             let close = match key.slot {
                 Slot::Correlation(_) => None,
                 // The period's end is inclusive to the tick: it closes at the next millisecond.
                 Slot::Period(_) => Some(end.timestamp_millis() + 1),
             };
-            let window = Window {
+            Window {
                 update: WindowUpdate {
                     id,
                     type_name: m.type_name.clone(),
@@ -310,17 +313,15 @@ impl Windows {
                         id_segment: segment,
                         values: Vec::new(),
                     }),
-                    instance: self.instances,
+                    instance: *instances,
                     emitted_ms: 0,
                 },
                 close,
                 values: Vec::new(),
                 waiting: 0,
                 next: None,
-            };
-            self.windows.insert(key.clone(), window);
-        }
-        let w = self.windows.get_mut(&key).expect("inserted above");
+            }
+        });
         let at = w.checkpoint(effective, self.every);
         let topic = m
             .source
@@ -330,6 +331,7 @@ impl Windows {
             .source
             .as_ref()
             .map_or((topic, 0, 0), |s| (topic, s.partition, s.offset));
+        let mut held = 0;
         for (name, value) in m.properties {
             // Names are the template's own `Arc`s: the pointer usually answers.
             let same = |n: &Arc<str>| Arc::ptr_eq(n, &name) || *n == name;
@@ -364,8 +366,11 @@ impl Windows {
                 let i = list.partition_point(|x| key(x) <= key(&v));
                 list.insert(i, v);
             }
-            *self.holds.entry(epoch).or_default() += 1;
             w.waiting += 1;
+            held += 1;
+        }
+        if held > 0 {
+            *self.holds.entry(epoch).or_default() += held;
         }
         if w.next.is_none_or(|n| at < n) {
             w.next = Some(at);

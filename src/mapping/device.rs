@@ -126,6 +126,9 @@ pub struct DeviceMapping {
     scan: ScanSet,
     /// Whether messages can be read as [`Node`]s: no template needs a `serde_json::Value`.
     reads_trees: bool,
+    /// What it was built from, to build again ([`Self::copy_for_worker`]).
+    root: Arc<Value>,
+    reference: bool,
 }
 
 impl DeviceMapping {
@@ -226,10 +229,19 @@ impl DeviceMapping {
                 hl7: super::hl7::Templates::new(hl7),
                 scan,
                 reads_trees,
+                root: Arc::new(root.clone()),
+                reference,
             })
         } else {
             Err(TemplateErrors(c.errors))
         }
+    }
+
+    /// The same mapping built again, sharing nothing with this one: a worker's own copy.
+    /// Every measurement carries the template's type and value names as `Arc`s; with one
+    /// copy for all workers, each clone and drop wrote a counter the other cores read.
+    pub fn copy_for_worker(&self) -> Self {
+        Self::build(&self.root, self.reference).expect("it was built from the same JSON")
     }
 
     /// Number of templates.

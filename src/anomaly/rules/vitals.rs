@@ -9,8 +9,9 @@ use std::sync::Arc;
 /// Observation value, by every name a rule may use for it.
 #[derive(Debug, Clone, Default)]
 pub struct Vitals {
-    /// (type name, value name) → canonical vital key.
-    by_property: HashMap<(Arc<str>, Arc<str>), String>,
+    /// Type name → value name → canonical vital key: looked up by `&str`, so a reading's
+    /// lookup clones none of the template's shared `Arc`s.
+    by_property: HashMap<Arc<str>, HashMap<Arc<str>, String>>,
     /// Any accepted name (codes, type names, `type.value`) → canonical key.
     names: HashMap<String, String>,
     /// Canonical key → the unit's spellings (UCUM code, display), when the mapping
@@ -28,10 +29,10 @@ impl Vitals {
             let mut add = |codes: Vec<&str>, value: &ValueTemplate, alias: String| {
                 let key = codes.first().map_or(alias.clone(), |c| c.to_string());
                 let type_name: Arc<str> = Arc::from(t.type_name.as_str());
-                v.by_property.insert(
-                    (type_name, Arc::from(value.value_name.as_str())),
-                    key.clone(),
-                );
+                v.by_property
+                    .entry(type_name)
+                    .or_default()
+                    .insert(Arc::from(value.value_name.as_str()), key.clone());
                 v.labels.insert(key.clone(), alias.clone());
                 v.names.insert(alias, key.clone());
                 for c in codes {
@@ -65,7 +66,8 @@ impl Vitals {
     /// The canonical vital of a measurement property, if it becomes an Observation value.
     pub fn of(&self, type_name: &Arc<str>, value_name: &Arc<str>) -> Option<&str> {
         self.by_property
-            .get(&(type_name.clone(), value_name.clone()))
+            .get(&**type_name)
+            .and_then(|values| values.get(&**value_name))
             .map(String::as_str)
     }
 
