@@ -29,28 +29,42 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// One value of a window, in columns' worth of space: the group of a version is built from
-/// these when the version is emitted.
+/// A value no version holds yet, with what orders it and what it holds up.
 struct Value {
     at: chrono::DateTime<chrono::Utc>,
     /// The checkpoint whose version first holds it (from its effective time).
     checkpoint: i64,
     /// Where it was read (interned topic, partition, offset): orders readings of one time.
     position: (u32, i32, i64),
-    /// The ingestion epoch it came in, held until its first version is emitted.
+    /// The ingestion epoch it came in, held until its version is emitted.
     epoch: u64,
     /// Interned ([`Windows::texts`]): readings repeat a few values ("72", "98"), so a value
     /// costs a pointer, and a version's group shares it instead of copying it.
     value: Arc<str>,
 }
 
+/// One value name's values in a window.
+///
+/// A value some version holds keeps only its time and text (32 bytes, half of a waiting
+/// one; an hourly window at 1 Hz holds 3,600 of them per vital), one per time: of
+/// readings of one time a version keeps the first, and every value still to come sorts
+/// after those of its time already held (its checkpoint is later: its effective time is
+/// past the watermark that emitted them).
+struct Column {
+    name: Arc<str>,
+    /// Values versions hold, by time, one per time: what the last version held, shared
+    /// with it.
+    held: Arc<Vec<TimeValue>>,
+    /// Values no version holds yet, sorted by (time, checkpoint, position).
+    waiting: Vec<Value>,
+}
+
 struct Window {
     update: WindowUpdate,
     /// Where the period ends (event ms, exclusive); None for correlation-id groups.
     close: Option<i64>,
-    /// Per value name, every value, sorted by (time, checkpoint, position): of readings of
-    /// one time, a version keeps the first it holds.
-    values: Vec<(Arc<str>, Vec<Value>)>,
+    /// Per value name, in the order first seen.
+    values: Vec<Column>,
     /// Values no version holds yet.
     waiting: usize,
     /// The checkpoint the window is scheduled at, when values wait.
@@ -86,35 +100,37 @@ impl Window {
         };
         let mut taken = 0;
         let mut next: Option<i64> = None;
-        for (name, vs) in &mut self.values {
-            let mut out: Vec<TimeValue> = Vec::with_capacity(vs.len());
-            for v in vs.iter_mut() {
-                if !due(v) {
-                    if v.epoch != u64::MAX {
-                        next = Some(next.map_or(v.checkpoint, |n| n.min(v.checkpoint)));
+        for col in &mut self.values {
+            let mut taking = Vec::new();
+            col.waiting.retain(|v| {
+                if due(v) {
+                    taking.push((v.at, v.value.clone(), v.epoch));
+                    false
+                } else {
+                    next = Some(next.map_or(v.checkpoint, |n| n.min(v.checkpoint)));
+                    true
+                }
+            });
+            for (_, _, epoch) in &taking {
+                if let std::collections::btree_map::Entry::Occupied(mut e) = holds.entry(*epoch) {
+                    *e.get_mut() -= 1;
+                    if *e.get() == 0 {
+                        e.remove();
                     }
-                    continue;
                 }
-                if v.epoch != u64::MAX {
-                    taken += 1;
-                    if let std::collections::btree_map::Entry::Occupied(mut e) =
-                        holds.entry(v.epoch)
-                    {
-                        *e.get_mut() -= 1;
-                        if *e.get() == 0 {
-                            e.remove();
-                        }
-                    }
-                    // Held by a version now: no epoch waits on it.
-                    v.epoch = u64::MAX;
-                }
-                if out.last().is_some_and(|(t, _)| *t == v.at) {
-                    continue;
-                }
-                out.push((v.at, v.value.clone()));
             }
-            if !out.is_empty() {
-                group.values.push((name.clone(), out));
+            taken += taking.len();
+            if col.waiting.capacity() > 4 * col.waiting.len() {
+                // What the version took is held, at half the size: no room kept for it here.
+                col.waiting.shrink_to_fit();
+            }
+            if !taking.is_empty() {
+                // In place once the outputs dropped the last version (copied if one still
+                // holds it).
+                merge_held(Arc::make_mut(&mut col.held), taking);
+            }
+            if !col.held.is_empty() {
+                group.values.push((col.name.clone(), col.held.clone()));
             }
         }
         self.waiting -= taken;
@@ -141,11 +157,10 @@ impl Window {
     /// group just after its newest value (each value list is sorted by time).
     fn evict_after(&self) -> i64 {
         self.close.unwrap_or_else(|| {
-            let newest = self
-                .values
-                .iter()
-                .filter_map(|(_, vs)| vs.last())
-                .map(|v| v.at);
+            let newest = self.values.iter().flat_map(|c| {
+                let held = c.held.last().map(|(t, _)| *t);
+                held.into_iter().chain(c.waiting.last().map(|v| v.at))
+            });
             newest
                 .max()
                 .unwrap_or(self.update.group.end)
@@ -174,6 +189,50 @@ enum Slot {
     Period(i64),
     /// Correlation id.
     Correlation(String),
+}
+
+/// Merges the values of a new version (sorted by time, checkpoint and position) into
+/// `held`: by time, those held first among one time's, one per time.
+fn merge_held(
+    held: &mut Vec<TimeValue>,
+    taking: Vec<(chrono::DateTime<chrono::Utc>, Arc<str>, u64)>,
+) {
+    // Exactly: the list lives as long as its window, and doubling would leave up to half of
+    // it unused (a version no longer copies it, so growing costs a copy only here).
+    held.reserve_exact(taking.len());
+    if held
+        .last()
+        .is_none_or(|(t, _)| taking.first().is_some_and(|(u, ..)| t < u))
+    {
+        // Readings in time order (the usual case): appended.
+        for (at, value, _) in taking {
+            if held.last().is_none_or(|(t, _)| *t != at) {
+                held.push((at, value));
+            }
+        }
+        return;
+    }
+    let old = std::mem::take(held);
+    held.reserve_exact(old.len() + taking.len());
+    let mut new = taking
+        .into_iter()
+        .map(|(at, value, _)| (at, value))
+        .peekable();
+    for h in old {
+        while let Some(n) = new.next_if(|n| n.0 < h.0) {
+            if held.last().is_none_or(|(t, _)| *t != n.0) {
+                held.push(n);
+            }
+        }
+        if held.last().is_none_or(|(t, _)| *t != h.0) {
+            held.push(h);
+        }
+    }
+    for n in new {
+        if held.last().is_none_or(|(t, _)| *t != n.0) {
+            held.push(n);
+        }
+    }
 }
 
 /// The number of an identifier, numbering it when new.
@@ -335,11 +394,15 @@ impl Windows {
         for (name, value) in m.properties {
             // Names are the template's own `Arc`s: the pointer usually answers.
             let same = |n: &Arc<str>| Arc::ptr_eq(n, &name) || *n == name;
-            let list = match w.values.iter_mut().position(|(n, _)| same(n)) {
-                Some(i) => &mut w.values[i].1,
+            let list = match w.values.iter_mut().position(|c| same(&c.name)) {
+                Some(i) => &mut w.values[i].waiting,
                 None => {
-                    w.values.push((name, Vec::new()));
-                    &mut w.values.last_mut().expect("just pushed").1
+                    w.values.push(Column {
+                        name,
+                        held: Arc::default(),
+                        waiting: Vec::new(),
+                    });
+                    &mut w.values.last_mut().expect("just pushed").waiting
                 }
             };
             let value = match self.texts.get(value.as_str()) {
@@ -447,6 +510,49 @@ impl Windows {
 mod tests {
     use super::*;
     use crate::time::parse_timestamp;
+
+    #[test]
+    fn held_values_merge_by_time_with_those_held_first_and_one_per_time() {
+        let t = |s: i64| chrono::DateTime::from_timestamp(1_764_892_800 + s, 0).expect("t");
+        let held = |xs: &[(i64, &str)]| -> Vec<TimeValue> {
+            xs.iter().map(|(s, v)| (t(*s), Arc::from(*v))).collect()
+        };
+        let taking = |xs: &[(i64, &str)]| -> Vec<(chrono::DateTime<chrono::Utc>, Arc<str>, u64)> {
+            xs.iter().map(|(s, v)| (t(*s), Arc::from(*v), 7)).collect()
+        };
+        let merge_held = |mut h: Vec<TimeValue>, t| {
+            merge_held(&mut h, t);
+            h
+        };
+        let texts = |v: Vec<TimeValue>| {
+            v.into_iter()
+                .map(|(at, x)| (at, x.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let want = |xs: &[(i64, &str)]| {
+            xs.iter()
+                .map(|(s, v)| (t(*s), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        // In order: appended, a repeated time keeping its first reading.
+        let got = merge_held(
+            held(&[(0, "a"), (1, "b")]),
+            taking(&[(2, "c"), (2, "d"), (3, "e")]),
+        );
+        assert_eq!(texts(got), want(&[(0, "a"), (1, "b"), (2, "c"), (3, "e")]));
+        // Late readings: between held ones; at a held time the held one stays.
+        let got = merge_held(
+            held(&[(0, "a"), (2, "c"), (4, "e")]),
+            taking(&[(1, "x"), (2, "y"), (3, "z"), (3, "w"), (5, "v")]),
+        );
+        assert_eq!(
+            texts(got),
+            want(&[(0, "a"), (1, "x"), (2, "c"), (3, "z"), (4, "e"), (5, "v")])
+        );
+        // Older than everything held.
+        let got = merge_held(held(&[(5, "e")]), taking(&[(1, "a"), (5, "x")]));
+        assert_eq!(texts(got), want(&[(1, "a"), (5, "e")]));
+    }
 
     fn fhir() -> Arc<FhirMapping> {
         Arc::new(

@@ -19,7 +19,9 @@ pub struct ObservationGroup {
     /// Segment of the Observation identifier: the period, or the correlation id.
     pub id_segment: String,
     /// Per property, time-sorted values; a repeated timestamp keeps the first value.
-    pub values: Vec<(Arc<str>, Vec<TimeValue>)>,
+    /// Shared with the window that holds them: a version copies no value, and the window
+    /// appends in place once the outputs have built the version.
+    pub values: Vec<(Arc<str>, Arc<Vec<TimeValue>>)>,
 }
 
 impl ObservationGroup {
@@ -41,10 +43,10 @@ impl ObservationGroup {
     pub fn add_values(&mut self, at: DateTime<Utc>, properties: &[(Arc<str>, String)]) {
         for (name, value) in properties {
             let list = match self.values.iter_mut().position(|(n, _)| n == name) {
-                Some(i) => &mut self.values[i].1,
+                Some(i) => Arc::make_mut(&mut self.values[i].1),
                 None => {
-                    self.values.push((name.clone(), Vec::new()));
-                    &mut self.values.last_mut().expect("just pushed").1
+                    self.values.push((name.clone(), Arc::default()));
+                    Arc::make_mut(&mut self.values.last_mut().expect("just pushed").1)
                 }
             };
             // A set ordered by time: an equal timestamp keeps the value already there.

@@ -132,9 +132,11 @@ impl Table {
     }
 
     /// Appends `batches` in one commit recording `txns`; returns the new table version.
+    /// Batches are taken one at a time: a sink that builds them as they are asked for holds
+    /// one batch, not the whole flush, beside what the writer has encoded.
     pub fn append(
         &mut self,
-        batches: Vec<RecordBatch>,
+        batches: impl IntoIterator<Item = RecordBatch>,
         txns: Vec<Transaction>,
         info: HashMap<String, serde_json::Value>,
     ) -> anyhow::Result<i64> {
