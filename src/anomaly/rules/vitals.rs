@@ -9,9 +9,10 @@ use std::sync::Arc;
 /// Observation value, by every name a rule may use for it.
 #[derive(Debug, Clone, Default)]
 pub struct Vitals {
-    /// Type name → value name → canonical vital key: looked up by `&str`, so a reading's
-    /// lookup clones none of the template's shared `Arc`s.
-    by_property: HashMap<Arc<str>, HashMap<Arc<str>, String>>,
+    /// (type name, value name) → canonical vital key, by the hash of the two names: a
+    /// reading's lookup hashes its names once and clones none of the template's shared
+    /// `Arc`s (building an `(Arc, Arc)` key wrote two counters every worker shares).
+    by_property: HashMap<u64, Vec<Property>>,
     /// Any accepted name (codes, type names, `type.value`) → canonical key.
     names: HashMap<String, String>,
     /// Canonical key → the unit's spellings (UCUM code, display), when the mapping
@@ -19,6 +20,18 @@ pub struct Vitals {
     pub(super) units: HashMap<String, Vec<String>>,
     /// Canonical key → the mapping's name for it (type, or `type.value`).
     labels: HashMap<String, String>,
+}
+
+/// A (type name, value name) a FHIR mapping turns into a vital, and that vital's key.
+type Property = (Arc<str>, Arc<str>, String);
+
+/// The hash [`Vitals::by_property`] is keyed by.
+fn property_key(type_name: &str, value_name: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = rustc_hash::FxHasher::default();
+    type_name.hash(&mut h);
+    value_name.hash(&mut h);
+    h.finish()
 }
 
 impl Vitals {
@@ -29,10 +42,13 @@ impl Vitals {
             let mut add = |codes: Vec<&str>, value: &ValueTemplate, alias: String| {
                 let key = codes.first().map_or(alias.clone(), |c| c.to_string());
                 let type_name: Arc<str> = Arc::from(t.type_name.as_str());
-                v.by_property
-                    .entry(type_name)
-                    .or_default()
-                    .insert(Arc::from(value.value_name.as_str()), key.clone());
+                let value_name: Arc<str> = Arc::from(value.value_name.as_str());
+                let same = v
+                    .by_property
+                    .entry(property_key(&type_name, &value_name))
+                    .or_default();
+                same.retain(|(t, n, _)| (t, n) != (&type_name, &value_name));
+                same.push((type_name, value_name, key.clone()));
                 v.labels.insert(key.clone(), alias.clone());
                 v.names.insert(alias, key.clone());
                 for c in codes {
@@ -66,9 +82,10 @@ impl Vitals {
     /// The canonical vital of a measurement property, if it becomes an Observation value.
     pub fn of(&self, type_name: &Arc<str>, value_name: &Arc<str>) -> Option<&str> {
         self.by_property
-            .get(&**type_name)
-            .and_then(|values| values.get(&**value_name))
-            .map(String::as_str)
+            .get(&property_key(type_name, value_name))?
+            .iter()
+            .find(|(t, v, _)| **t == **type_name && **v == **value_name)
+            .map(|(.., key)| key.as_str())
     }
 
     /// The canonical key for a name a rule uses.
