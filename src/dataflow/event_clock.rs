@@ -41,9 +41,12 @@ pub const DEVICE_SILENCE_MS: i64 = 30_000;
 /// A partition's event times: per device its newest, and when it last delivered (wall).
 struct Partition {
     newest: i64,
-    /// Keys shared with `by_time`: a reading of a known device allocates nothing.
+    /// A reading of a known device allocates nothing.
     devices: HashMap<Arc<str>, i64>,
-    by_time: std::collections::BTreeSet<(i64, Arc<str>)>,
+    /// How many devices have each newest time: the slowest is the first. Counts, not
+    /// device names: moving a device's time compares integers only (a set of (time,
+    /// name) compared names of the many devices of one second, 3.6 % of the job).
+    by_time: std::collections::BTreeMap<i64, u32>,
     last: Instant,
     /// The offset after the last message observed.
     next: Option<i64>,
@@ -99,9 +102,9 @@ impl Partition {
         let mut p = Self::new(now);
         p.newest = c.newest;
         for (d, t) in &c.devices {
-            let d: Arc<str> = Arc::from(d.as_str());
-            p.devices.insert(d.clone(), *t);
-            p.by_time.insert((*t, d));
+            if p.devices.insert(Arc::from(d.as_str()), *t).is_none() {
+                *p.by_time.entry(*t).or_default() += 1;
+            }
         }
         p.next = Some(c.offset);
         p.held = c.held;
@@ -125,44 +128,57 @@ impl Partition {
 
     fn observe(&mut self, device: &str, at: i64) {
         self.newest = self.newest.max(at);
-        match self
-            .devices
-            .get_key_value(device)
-            .map(|(d, t)| (d.clone(), *t))
-        {
-            Some((_, t)) if t >= at => {}
-            Some((d, t)) => {
-                self.by_time.remove(&(t, d.clone()));
-                self.by_time.insert((at, d.clone()));
-                self.devices.insert(d, at);
+        match self.devices.get_mut(device) {
+            Some(t) if *t >= at => {}
+            Some(t) => {
+                let before = std::mem::replace(t, at);
+                uncount(&mut self.by_time, before);
+                *self.by_time.entry(at).or_default() += 1;
             }
             None => {
-                let d: Arc<str> = Arc::from(device);
-                self.devices.insert(d.clone(), at);
-                self.by_time.insert((at, d));
+                self.devices.insert(Arc::from(device), at);
+                *self.by_time.entry(at).or_default() += 1;
             }
         }
         // Devices silent for long in this partition's event time: forgotten.
         let silent_before = self.newest.saturating_sub(DEVICE_SILENCE_MS);
-        while self
+        if self
             .by_time
-            .first()
+            .first_key_value()
             .is_some_and(|(t, _)| *t < silent_before)
         {
-            if let Some((_, d)) = self.by_time.pop_first() {
-                self.devices.remove(&d);
-            }
+            // Rare (a device stopped sending): one pass forgets every silent one.
+            let by_time = &mut self.by_time;
+            self.devices.retain(|_, t| {
+                let keep = *t >= silent_before;
+                if !keep {
+                    uncount(by_time, *t);
+                }
+                keep
+            });
         }
     }
 
     /// The newest event time of the slowest device still sending.
     fn slowest(&self) -> i64 {
-        self.by_time.first().map_or(self.newest, |(t, _)| *t)
+        self.by_time
+            .first_key_value()
+            .map_or(self.newest, |(t, _)| *t)
     }
 
     /// The partition's clock: the slowest sending device's newest time, never going back.
     fn clock(&self) -> i64 {
         self.held.max(self.slowest())
+    }
+}
+
+/// One device fewer at newest time `t` (see [`Partition::by_time`]).
+fn uncount(by_time: &mut std::collections::BTreeMap<i64, u32>, t: i64) {
+    if let std::collections::btree_map::Entry::Occupied(mut e) = by_time.entry(t) {
+        *e.get_mut() -= 1;
+        if *e.get() == 0 {
+            e.remove();
+        }
     }
 }
 
