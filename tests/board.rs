@@ -142,7 +142,19 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// Asks the script to stop (SIGTERM: it quits its WebDriver session, which stops
+    /// chromedriver and chromium), and kills it only if it has not within 10 s. A kill
+    /// alone left a chromedriver and its chromium running after every test.
     fn drop(&mut self) {
+        // SAFETY: signalling a child this struct owns and has not yet waited for.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

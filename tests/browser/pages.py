@@ -7,6 +7,7 @@ Steps that wait on the job read a line on stdin first when told to (--wait-stdin
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 
@@ -214,6 +215,9 @@ def main():
     ap.add_argument("--break-from")
     ap.add_argument("--break-to")
     args = ap.parse_args()
+    # The test stops the script with SIGTERM: exiting through `finally` quits the WebDriver
+    # session, so chromedriver and chromium stop with it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.makedirs(args.shots, exist_ok=True)
     {"board": board, "ward": ward, "debugger": debugger, "devices": devices}[args.what](args)
 
