@@ -13,32 +13,41 @@ mod armed {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
 
-    static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    /// What an armed point does.
+    enum Action {
+        /// Kill the process the `n`th time the point is passed.
+        KillAt(u64),
+        /// Stall a second every time, for the races a loaded machine makes.
+        Pause,
+    }
+
+    static ARMED: OnceLock<Option<(String, Action)>> = OnceLock::new();
     static HITS: AtomicU64 = AtomicU64::new(0);
 
     pub fn hit(name: &str) {
         let armed = ARMED.get_or_init(|| {
             let v = std::env::var("VITALFLOW_FAILPOINT").ok()?;
             let (point, n) = v.split_once(':').unwrap_or((v.as_str(), "1"));
-            let n = if n == "pause" {
-                0
-            } else {
-                n.parse().unwrap_or(1)
+            let action = match n {
+                "pause" => Action::Pause,
+                n => Action::KillAt(n.parse().unwrap_or(1)),
             };
-            Some((point.to_string(), n))
+            Some((point.to_string(), action))
         });
-        let Some((point, n)) = armed else { return };
-        if point == name && *n == 0 {
-            // `<name>:pause`: a second's stall here, every time, for the races a loaded
-            // machine makes.
-            std::thread::sleep(std::time::Duration::from_secs(1));
+        let Some((point, action)) = armed else { return };
+        if point != name {
             return;
         }
-        if point == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n {
-            eprintln!("failpoint {name}: killing the process");
-            // SAFETY: sends a signal to this process; no memory is touched.
-            unsafe {
-                libc::kill(libc::getpid(), libc::SIGKILL);
+        match action {
+            Action::Pause => std::thread::sleep(std::time::Duration::from_secs(1)),
+            Action::KillAt(n) => {
+                if HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n {
+                    eprintln!("failpoint {name}: killing the process");
+                    // SAFETY: sends a signal to this process; no memory is touched.
+                    unsafe {
+                        libc::kill(libc::getpid(), libc::SIGKILL);
+                    }
+                }
             }
         }
     }

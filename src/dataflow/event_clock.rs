@@ -46,7 +46,7 @@ struct Partition {
     /// How many devices have each newest time: the slowest is the first. Counts, not
     /// device names: moving a device's time compares integers only (a set of (time,
     /// name) compared names of the many devices of one second, 3.6 % of the job).
-    by_time: std::collections::BTreeMap<i64, u32>,
+    by_time: std::collections::BTreeMap<i64, usize>,
     last: Instant,
     /// The offset after the last message observed.
     next: Option<i64>,
@@ -132,7 +132,7 @@ impl Partition {
             Some(t) if *t >= at => {}
             Some(t) => {
                 let before = std::mem::replace(t, at);
-                uncount(&mut self.by_time, before);
+                super::count_down(&mut self.by_time, before);
                 *self.by_time.entry(at).or_default() += 1;
             }
             None => {
@@ -152,7 +152,7 @@ impl Partition {
             self.devices.retain(|_, t| {
                 let keep = *t >= silent_before;
                 if !keep {
-                    uncount(by_time, *t);
+                    super::count_down(by_time, *t);
                 }
                 keep
             });
@@ -169,16 +169,6 @@ impl Partition {
     /// The partition's clock: the slowest sending device's newest time, never going back.
     fn clock(&self) -> i64 {
         self.held.max(self.slowest())
-    }
-}
-
-/// One device fewer at newest time `t` (see [`Partition::by_time`]).
-fn uncount(by_time: &mut std::collections::BTreeMap<i64, u32>, t: i64) {
-    if let std::collections::btree_map::Entry::Occupied(mut e) = by_time.entry(t) {
-        *e.get_mut() -= 1;
-        if *e.get() == 0 {
-            e.remove();
-        }
     }
 }
 

@@ -74,6 +74,17 @@ pub struct RunOptions {
     pub acks_topic: Option<String>,
 }
 
+/// Counts one `key` fewer in `counts`, dropping the key at zero (the windows' values held
+/// per epoch, the event clock's devices per time).
+fn count_down<K: Ord>(counts: &mut BTreeMap<K, usize>, key: K) {
+    if let std::collections::btree_map::Entry::Occupied(mut e) = counts.entry(key) {
+        *e.get_mut() -= 1;
+        if *e.get() == 0 {
+            e.remove();
+        }
+    }
+}
+
 /// The worker that owns a key (a device's windows, a patient's alerts): a hash stable
 /// across processes and builds (rustc-hash's Fx, fixed by the crate's version; SipHash was
 /// 1.3 % of the job's CPU on the peer drain).

@@ -104,21 +104,15 @@ impl Window {
             let mut taking = Vec::new();
             col.waiting.retain(|v| {
                 if due(v) {
-                    taking.push((v.at, v.value.clone(), v.epoch));
+                    // Held by a version now: its epoch no longer waits on it.
+                    super::count_down(holds, v.epoch);
+                    taking.push((v.at, v.value.clone()));
                     false
                 } else {
                     next = Some(next.map_or(v.checkpoint, |n| n.min(v.checkpoint)));
                     true
                 }
             });
-            for (_, _, epoch) in &taking {
-                if let std::collections::btree_map::Entry::Occupied(mut e) = holds.entry(*epoch) {
-                    *e.get_mut() -= 1;
-                    if *e.get() == 0 {
-                        e.remove();
-                    }
-                }
-            }
             taken += taking.len();
             if col.waiting.capacity() > 4 * col.waiting.len() {
                 // What the version took is held, at half the size: no room kept for it here.
@@ -193,45 +187,37 @@ enum Slot {
 
 /// Merges the values of a new version (sorted by time, checkpoint and position) into
 /// `held`: by time, those held first among one time's, one per time.
-fn merge_held(
-    held: &mut Vec<TimeValue>,
-    taking: Vec<(chrono::DateTime<chrono::Utc>, Arc<str>, u64)>,
-) {
+fn merge_held(held: &mut Vec<TimeValue>, taking: Vec<TimeValue>) {
+    // Of readings of one time the first stays.
+    fn push(held: &mut Vec<TimeValue>, v: TimeValue) {
+        if held.last().is_none_or(|(t, _)| *t != v.0) {
+            held.push(v);
+        }
+    }
     // Exactly: the list lives as long as its window, and doubling would leave up to half of
     // it unused (a version no longer copies it, so growing costs a copy only here).
     held.reserve_exact(taking.len());
     if held
         .last()
-        .is_none_or(|(t, _)| taking.first().is_some_and(|(u, ..)| t < u))
+        .is_none_or(|(t, _)| taking.first().is_some_and(|(u, _)| t < u))
     {
         // Readings in time order (the usual case): appended.
-        for (at, value, _) in taking {
-            if held.last().is_none_or(|(t, _)| *t != at) {
-                held.push((at, value));
-            }
+        for v in taking {
+            push(held, v);
         }
         return;
     }
     let old = std::mem::take(held);
     held.reserve_exact(old.len() + taking.len());
-    let mut new = taking
-        .into_iter()
-        .map(|(at, value, _)| (at, value))
-        .peekable();
+    let mut new = taking.into_iter().peekable();
     for h in old {
         while let Some(n) = new.next_if(|n| n.0 < h.0) {
-            if held.last().is_none_or(|(t, _)| *t != n.0) {
-                held.push(n);
-            }
+            push(held, n);
         }
-        if held.last().is_none_or(|(t, _)| *t != h.0) {
-            held.push(h);
-        }
+        push(held, h);
     }
     for n in new {
-        if held.last().is_none_or(|(t, _)| *t != n.0) {
-            held.push(n);
-        }
+        push(held, n);
     }
 }
 
@@ -517,9 +503,7 @@ mod tests {
         let held = |xs: &[(i64, &str)]| -> Vec<TimeValue> {
             xs.iter().map(|(s, v)| (t(*s), Arc::from(*v))).collect()
         };
-        let taking = |xs: &[(i64, &str)]| -> Vec<(chrono::DateTime<chrono::Utc>, Arc<str>, u64)> {
-            xs.iter().map(|(s, v)| (t(*s), Arc::from(*v), 7)).collect()
-        };
+        let taking = held;
         let merge_held = |mut h: Vec<TimeValue>, t| {
             merge_held(&mut h, t);
             h

@@ -193,22 +193,29 @@ impl KafkaSource {
     }
 }
 
-/// Copies a message out of librdkafka's buffer and records its position.
+/// Copies a message out of librdkafka's buffer and records its position; None for one
+/// before where the run resumes on its partition (read for the look-back only: processed
+/// before the restart).
 fn take(
     topics: &HashMap<String, Arc<str>>,
     next: &mut BTreeMap<(Arc<str>, i32), i64>,
     at_eof: &mut HashSet<(Arc<str>, i32)>,
+    resume_at: &mut HashMap<(Arc<str>, i32), i64>,
     m: &BorrowedMessage<'_>,
-) -> anyhow::Result<RawMessage> {
+) -> anyhow::Result<Option<RawMessage>> {
     let topic = topics
         .get(m.topic())
         .cloned()
         .ok_or_else(|| anyhow!("message from unassigned topic {}", m.topic()))?;
-    let headers = headers_of(m);
     let key = (topic.clone(), m.partition());
+    if resume_at.get(&key).is_some_and(|o| m.offset() < *o) {
+        return Ok(None);
+    }
+    resume_at.remove(&key);
+    let headers = headers_of(m);
     next.insert(key.clone(), m.offset() + 1);
     at_eof.remove(&key);
-    Ok(RawMessage {
+    Ok(Some(RawMessage {
         payload: m.payload().unwrap_or_default().to_vec(),
         key: m.key().map(<[u8]>::to_vec),
         headers,
@@ -218,7 +225,7 @@ fn take(
             offset: m.offset(),
             timestamp_ms: m.timestamp().to_millis(),
         },
-    })
+    }))
 }
 
 impl Source for KafkaSource {
@@ -236,16 +243,17 @@ impl Source for KafkaSource {
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => tracing::warn!("kafka: {e}"),
                 Some(Ok(m)) => {
-                    let key = (self.topics.get(m.topic()).cloned(), m.partition());
-                    let key = key.0.map(|t| (t, key.1));
-                    let Some(key) = key.filter(|k| self.queues.iter().any(|(q, _)| q == k)) else {
-                        continue;
-                    };
-                    if self.resume_at.get(&key).is_some_and(|o| m.offset() < *o) {
+                    let mine = self.topics.get(m.topic()).is_some_and(|t| {
+                        (self.queues.iter()).any(|((q, p), _)| q == t && *p == m.partition())
+                    });
+                    if !mine {
                         continue;
                     }
-                    self.resume_at.remove(&key);
-                    out.push(take(&self.topics, &mut self.next, &mut self.at_eof, &m)?);
+                    let (topics, next, at_eof) = (&self.topics, &mut self.next, &mut self.at_eof);
+                    let Some(raw) = take(topics, next, at_eof, &mut self.resume_at, &m)? else {
+                        continue;
+                    };
+                    out.push(raw);
                     read += 1;
                     if read >= max {
                         // More may wait here: the partition queues only once this is empty.
@@ -254,11 +262,10 @@ impl Source for KafkaSource {
                 }
             }
         }
-        if read > 0 && (self.queues.is_empty() || self.at_end()) {
-            return Ok(Poll::Ready);
-        }
         if self.queues.is_empty() || self.at_end() {
-            return Ok(if self.until_end {
+            return Ok(if read > 0 {
+                Poll::Ready
+            } else if self.until_end {
                 Poll::Finished
             } else {
                 Poll::Idle
@@ -313,14 +320,10 @@ impl Source for KafkaSource {
                         break;
                     }
                     Some(Ok(m)) => {
-                        let key = &queues[at].0;
-                        if resume_at.get(key).is_some_and(|o| m.offset() < *o) {
-                            // Read for the look-back only: processed before the restart.
-                            continue;
+                        if let Some(raw) = take(topics, next, at_eof, resume_at, &m)? {
+                            out.push(raw);
+                            read += 1;
                         }
-                        resume_at.remove(key);
-                        out.push(take(topics, next, at_eof, &m)?);
-                        read += 1;
                     }
                 }
             }
