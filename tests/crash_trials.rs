@@ -13,7 +13,9 @@
 //!
 //! Each kill records whether it hit uncommitted work: lakehouse rows already written for
 //! messages whose offsets the job had not committed. A trial where no kill did proves
-//! little, and the report says how many did. A kill armed at a named crash point must end
+//! little, and the report says how many did. The first kill of every trial is at
+//! `offsets.before_commit`, where the outputs hold what the offsets do not yet cover: it
+//! must find uncommitted rows, whatever the speed of the job. A kill armed at a named crash point must end
 //! the process there (unless an earlier run had drained the input), and every output of the
 //! reference run must hold something: a comparison of empty outputs proves nothing.
 //!
@@ -502,8 +504,14 @@ fn trial(seed: u64, kills: usize, identity: &str, kind: Broker) -> Report {
         kills: Vec::new(),
         failures: Vec::new(),
     };
-    for _ in 0..kills {
-        let kill = if rng.random_bool(0.5) {
+    for i in 0..kills {
+        let kill = if i == 0 {
+            // Every output has made durable what this commit is about to cover, and the
+            // offsets are not yet committed: a kill here must hit uncommitted work, so a
+            // trial proves something however fast the job drains (random moments can all
+            // fall before the first write or after the last commit).
+            Kill::At("offsets.before_commit", 1)
+        } else if rng.random_bool(0.5) {
             Kill::After(Duration::from_millis(rng.random_range(500..4500)))
         } else {
             // The first or second pass: every point is reached within the 8 s while input
@@ -548,6 +556,11 @@ fn trial(seed: u64, kills: usize, identity: &str, kind: Broker) -> Report {
         if let (Kill::At(point, n), None, false) = (&kill, ended_itself, drained) {
             report.failures.push(format!(
                 "crash point {point} #{n} was not reached in 8 s with input left to read"
+            ));
+        }
+        if i == 0 && uncommitted == 0 {
+            report.failures.push(format!(
+                "the kill {kill:?} left no lake rows past the committed offsets"
             ));
         }
         report
