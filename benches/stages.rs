@@ -60,7 +60,7 @@ fn window_update(c: &mut Criterion) {
             |(mut w, ms)| {
                 for m in ms {
                     let at = m.occurrence_time.timestamp_millis();
-                    w.add(m, at, 0);
+                    w.add(&m, at, 0);
                 }
                 w.flush()
             },
@@ -74,7 +74,7 @@ fn observation_build_merge(c: &mut Criterion) {
     let mut w = Windows::new(fhir(), Duration::from_secs(7200), Duration::from_secs(300));
     for m in readings(1, 3600) {
         let at = m.occurrence_time.timestamp_millis();
-        w.add(m, at, 0);
+        w.add(&m, at, 0);
     }
     let full = w.flush().pop().expect("one window");
     let stored = observation::build(
@@ -164,7 +164,7 @@ fn alerting(c: &mut Criterion) {
                             state.run(&mut fuel, &mut alerts);
                         }
                         second = at;
-                        state.add(m);
+                        state.add(std::sync::Arc::new(m));
                     }
                     state.aim(end);
                     state.run(&mut fuel, &mut alerts);

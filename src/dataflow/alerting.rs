@@ -83,7 +83,7 @@ pub(super) struct Settings {
 /// Builds the alerting branch on a worker's measurements and the workers' clock marks;
 /// `alerts_topic`: where the alert topic stands (Kafka alerts), recorded in checkpoints.
 pub(super) fn build<G: Scope<Timestamp = u64>>(
-    measurements: &Stream<G, Measurement>,
+    measurements: &Stream<G, Arc<Measurement>>,
     marks: &Stream<G, (usize, Mark)>,
     alerts_topic: Option<crate::sinks::alerts::Positions>,
     s: Settings,
@@ -92,7 +92,8 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
     let behind = s.behind;
     let scope = measurements.scope();
     let (peers, index) = (scope.peers(), scope.index());
-    let exchange = Exchange::new(|m: &Measurement| route(m.patient_id.as_deref().unwrap_or("")));
+    let exchange =
+        Exchange::new(|m: &Arc<Measurement>| route(m.patient_id.as_deref().unwrap_or("")));
     let marks = marks.broadcast();
     let place = s.checkpoints.map(|c| checkpoint_place(c, peers));
     let metrics = s.metrics;
@@ -128,7 +129,7 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
             // so that they take at most 1/20 of the worker's time, whatever the state's size.
             let mut interval = every;
             let mut clock = Watermark::new(peers);
-            let mut pending: EpochGate<Measurement, (usize, Mark)> = EpochGate::new();
+            let mut pending: EpochGate<Arc<Measurement>, (usize, Mark)> = EpochGate::new();
             // Epochs complete at both inputs, the front one possibly applied in part.
             let mut applying = std::collections::VecDeque::new();
             let mut alerts = Vec::new();

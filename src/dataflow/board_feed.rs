@@ -61,7 +61,7 @@ pub(super) fn dead_letter(d: &DeadLetter) -> BoardUpdate {
 
 /// Gathers the updates to worker 0 and applies them to `board` there.
 pub(super) fn build<G: Scope<Timestamp = u64>>(
-    measurements: &Stream<G, Measurement>,
+    measurements: &Stream<G, Arc<Measurement>>,
     alerts: Option<&Stream<G, Alert>>,
     dead: &Stream<G, DeadLetter>,
     names: Arc<Vitals>,

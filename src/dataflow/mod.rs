@@ -446,7 +446,7 @@ struct WorkerParts {
     /// Where the dead-letter topic stands (Kafka dead letters), for the commit log.
     dead_letter_positions: Option<crate::sinks::dead_letter::Positions>,
     /// Normalized measurements (the lakehouse's `measurements`).
-    measurements: Vec<NamedSink<Measurement>>,
+    measurements: Vec<NamedSink<Arc<Measurement>>>,
     /// Observation versions (NDJSON, the FHIR server, the lakehouse's `observations`).
     observations: Vec<NamedSink<WindowUpdate>>,
     /// Alert events (files or a topic, the lakehouse's `alerts`).

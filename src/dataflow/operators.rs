@@ -198,7 +198,10 @@ pub(super) fn source_operator<G: Scope<Timestamp = u64>>(
 /// A normalized measurement and its timing.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Judged {
-    pub measurement: Measurement,
+    /// Shared: the windows, alerting and the measurement outputs each take every reading,
+    /// and timely clones a stream's data for each consumer but the last (a deep copy was
+    /// 4.4 % of the job with two consumers).
+    pub measurement: Arc<Measurement>,
     /// Whether it came beyond the allowed lateness behind its partition.
     pub late: bool,
     /// When it takes effect in event time (ms): its own time, or for a late reading the
@@ -364,7 +367,7 @@ pub(super) fn normalize_operator<G: Scope<Timestamp = u64>>(
                                                     _ => at,
                                                 };
                                                 session.give(Err(Aside::State(Judged {
-                                                    measurement: x,
+                                                    measurement: Arc::new(x),
                                                     late: any_late,
                                                     effective,
                                                 })));
@@ -401,7 +404,7 @@ pub(super) fn normalize_operator<G: Scope<Timestamp = u64>>(
                                             _ => at,
                                         };
                                         Ok(Judged {
-                                            measurement,
+                                            measurement: Arc::new(measurement),
                                             late,
                                             effective,
                                         })
@@ -468,7 +471,7 @@ pub(super) fn window_operator<G: Scope<Timestamp = u64>>(
                 let (t, ms, ks) = (epoch.time, epoch.a, epoch.b);
                 caps.entry(t).or_insert(epoch.cap);
                 for j in ms.into_iter().flatten() {
-                    windows.add(j.measurement, j.effective, t);
+                    windows.add(&j.measurement, j.effective, t);
                 }
                 for (worker, mark) in ks.into_iter().flatten() {
                     clock.update(worker, mark);
@@ -545,7 +548,7 @@ mod tests {
 
     fn hr(at: DateTime<Utc>, v: &str) -> Judged {
         Judged {
-            measurement: heart_rate(at, v),
+            measurement: Arc::new(heart_rate(at, v)),
             late: false,
             effective: at.timestamp_millis(),
         }

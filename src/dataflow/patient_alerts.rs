@@ -47,10 +47,10 @@ pub struct PatientAlerts {
     /// Measurements waiting for the watermark, by (event ms, arrival): a small key, so
     /// that inserting and taking move little. Those of the earliest time are taken together
     /// into `bucket` and applied in [`same_time_order`].
-    waiting: BTreeMap<(i64, u64), Box<Measurement>>,
+    waiting: BTreeMap<(i64, u64), Arc<Measurement>>,
     /// The readings of one event time being applied, in reverse [`same_time_order`].
     /// Each with its arrival number.
-    bucket: Vec<(u64, Box<Measurement>)>,
+    bucket: Vec<(u64, Arc<Measurement>)>,
     arrivals: u64,
     /// Event time everything up to which has been applied.
     applied: Option<i64>,
@@ -282,7 +282,7 @@ impl PatientAlerts {
                 if m.patient_id.as_deref().is_some_and(keep) {
                     self.arrivals += 1;
                     let at = m.occurrence_time.timestamp_millis();
-                    self.waiting.insert((at, self.arrivals), Box::new(m));
+                    self.waiting.insert((at, self.arrivals), Arc::new(m));
                 }
             }
             // `applied` is not taken: the patients a checkpoint holds get no reading at or
@@ -297,7 +297,7 @@ impl PatientAlerts {
 
     /// Takes a measurement to apply once the watermark passes it; one the watermark has
     /// passed already is counted as late and dropped.
-    pub fn add(&mut self, m: Measurement) {
+    pub fn add(&mut self, m: Arc<Measurement>) {
         if let Some(s) = &m.source {
             if let Some(r) = m.patient_id.as_ref().and_then(|p| self.resumed.get(p)) {
                 if r.get(&(s.topic.clone(), s.partition))
@@ -342,7 +342,7 @@ impl PatientAlerts {
         }
         self.arrivals += 1;
         let at = m.occurrence_time.timestamp_millis();
-        self.waiting.insert((at, self.arrivals), Box::new(m));
+        self.waiting.insert((at, self.arrivals), m);
         self.dirty = true;
     }
 
@@ -608,8 +608,8 @@ mod tests {
         let (hour, t0) = (3_600_000, 1_800_000_000_000);
         let mut s = state(std::time::Duration::from_secs(3600));
         let mut out = Vec::new();
-        s.add(reading("P-1", t0, 97.0));
-        s.add(reading("P-1", t0 + hour / 2, 97.0));
+        s.add(Arc::new(reading("P-1", t0, 97.0)));
+        s.add(Arc::new(reading("P-1", t0 + hour / 2, 97.0)));
         // Past the deadline the first reading set, not the one the last reading sets.
         s.advance(t0 + hour + 60_000, &mut out);
         assert_eq!(s.patients(), 1, "still monitored: {out:?}");
@@ -638,8 +638,8 @@ mod tests {
         for i in 0..60_000i64 {
             let at = t0 + i * (48 * hour / 60_000);
             let p = format!("P-{i}");
-            s.add(reading(&p, at, 97.0));
-            s.add(reading(&p, at + 60_000, 97.0));
+            s.add(Arc::new(reading(&p, at, 97.0)));
+            s.add(Arc::new(reading(&p, at + 60_000, 97.0)));
             if i % 100 == 0 {
                 s.advance(at, &mut out);
                 most = most.max(s.patients());
@@ -651,7 +651,7 @@ mod tests {
         // A patient with an open alert is kept past the horizon.
         let t1 = t0 + 49 * hour;
         for k in 0..120 {
-            s.add(reading("P-hypoxic", t1 + k * 1000, 84.0));
+            s.add(Arc::new(reading("P-hypoxic", t1 + k * 1000, 84.0)));
         }
         s.advance(t1 + 120_000, &mut out);
         assert!(s.lifecycle.has_open("P-hypoxic"), "hypoxia open: {out:?}");
@@ -680,7 +680,7 @@ mod tests {
                     let gap = (400..470).contains(&k) && p == 3;
                     if !gap {
                         let spo2 = if dip { 84.0 } else { 97.0 };
-                        s.add(reading(&format!("P-{p}"), t0 + k * 1000, spo2));
+                        s.add(Arc::new(reading(&format!("P-{p}"), t0 + k * 1000, spo2)));
                     }
                 }
             }

@@ -88,7 +88,7 @@ pub struct MeasurementTableSink {
     /// Per (topic, partition): the highest offset the table held when this sink started.
     resume: HashMap<(Arc<str>, i32), i64>,
     /// Measurements whose partition's resume point could not be read yet.
-    deferred: Vec<Measurement>,
+    deferred: Vec<Arc<Measurement>>,
     builders: Builders,
     /// Batches finished but not yet committed (a failed flush keeps them for the retry).
     unflushed: Vec<RecordBatch>,
@@ -145,7 +145,7 @@ impl MeasurementTableSink {
         Ok(src.offset <= upto)
     }
 
-    fn add(&mut self, m: Measurement) -> anyhow::Result<()> {
+    fn add(&mut self, m: Arc<Measurement>) -> anyhow::Result<()> {
         match self.already_written(&m) {
             Ok(true) => {
                 Metrics::add(&self.metrics.lake_rows_skipped, m.properties.len() as u64);
@@ -169,8 +169,8 @@ impl MeasurementTableSink {
     }
 }
 
-impl Sink<Measurement> for MeasurementTableSink {
-    fn write(&mut self, epoch: u64, item: Measurement) -> anyhow::Result<()> {
+impl Sink<Arc<Measurement>> for MeasurementTableSink {
+    fn write(&mut self, epoch: u64, item: Arc<Measurement>) -> anyhow::Result<()> {
         self.epochs = Some(
             self.epochs
                 .map_or((epoch, epoch), |(a, b)| (a.min(epoch), b.max(epoch))),
@@ -292,10 +292,10 @@ mod tests {
         let metrics = Metrics::new();
         let mut sink = open(&metrics);
         for o in 0..10 {
-            sink.write(1, hr(0, o, "70")).expect("write");
+            sink.write(1, Arc::new(hr(0, o, "70"))).expect("write");
         }
         for o in 0..4 {
-            sink.write(1, hr(1, o, "80")).expect("write");
+            sink.write(1, Arc::new(hr(1, o, "80"))).expect("write");
         }
         sink.flush().expect("flush");
         assert_eq!(
@@ -312,10 +312,10 @@ mod tests {
         let metrics = Metrics::new();
         let mut sink = open(&metrics);
         for o in 5..12 {
-            sink.write(2, hr(0, o, "71")).expect("write");
+            sink.write(2, Arc::new(hr(0, o, "71"))).expect("write");
         }
         for o in 0..6 {
-            sink.write(2, hr(1, o, "81")).expect("write");
+            sink.write(2, Arc::new(hr(1, o, "81"))).expect("write");
         }
         sink.flush().expect("flush");
         assert_eq!(rows(dir.path()), 14 + 2 + 2, "offsets 10-11 and 4-5 only");
@@ -328,7 +328,7 @@ mod tests {
         // Another source (no app prefix) is never filtered.
         let mut plain =
             MeasurementTableSink::new(&cfg, mapping(), None, 0, Metrics::new()).expect("sink");
-        plain.write(3, hr(0, 0, "72")).expect("write");
+        plain.write(3, Arc::new(hr(0, 0, "72"))).expect("write");
         plain.flush().expect("flush");
         assert_eq!(rows(dir.path()), 19);
     }

@@ -411,7 +411,7 @@ mod tests {
             let mut m = crate::sinks::observations::tests::heart_rate(t0, "70");
             m.device_id = format!("BM-{d}");
             m.patient_id = Some(format!("P-{d}"));
-            w.add(m, t0.timestamp_millis(), 1);
+            w.add(&m, t0.timestamp_millis(), 1);
         }
         for u in w.flush() {
             sink.write(1, u).expect("write");

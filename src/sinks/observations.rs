@@ -181,7 +181,7 @@ pub(crate) mod tests {
 
     /// A heart-rate reading `at`, and the window update it makes.
     pub(crate) fn hr_at(w: &mut Windows, at: DateTime<Utc>, v: &str) -> WindowUpdate {
-        w.add(heart_rate(at, v), at.timestamp_millis(), 0);
+        w.add(&heart_rate(at, v), at.timestamp_millis(), 0);
         w.flush().pop().expect("one window")
     }
 
