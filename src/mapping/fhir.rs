@@ -212,6 +212,11 @@ impl FhirMapping {
                     );
                     continue;
                 }
+                // The type as the template spells it too: measurements carry that spelling,
+                // and a miss lowercased the name on every lookup (an allocation per reading
+                // in the windows and alerting). Another spelling of it lowercases to `key`,
+                // a duplicate refused above, so the two keys never name different templates.
+                by_type.insert(t.type_name.clone(), templates.len());
                 by_type.insert(key, templates.len());
                 templates.push(Arc::new(t));
             }
