@@ -105,8 +105,12 @@ pub struct Latencies {
     /// Append of the triggering reading → alert delivered (alerts topic or file).
     pub alert: Mutex<hdrhistogram::Histogram<u64>>,
     /// Watermark past a window's checkpoint (its version emitted) → the version durable,
-    /// per Observation output.
+    /// per Observation output flushed every second or so (NDJSON, FHIR).
     pub version: Mutex<hdrhistogram::Histogram<u64>>,
+    /// The same, to the version's lakehouse commit: apart, because the lake commits once
+    /// per its own, longer, flush interval (10 s in the embedded default), and one
+    /// histogram of both would hold the per-second outputs to the lake's pace.
+    pub lake: Mutex<hdrhistogram::Histogram<u64>>,
     /// Alert event emitted by alerting → on the ward board and sent to its live pages.
     pub board: Mutex<hdrhistogram::Histogram<u64>>,
 }
@@ -119,6 +123,7 @@ impl Default for Latencies {
             epoch: Mutex::new(latency_histogram()),
             alert: Mutex::new(latency_histogram()),
             version: Mutex::new(latency_histogram()),
+            lake: Mutex::new(latency_histogram()),
             board: Mutex::new(latency_histogram()),
         }
     }
@@ -126,10 +131,11 @@ impl Default for Latencies {
 
 impl Latencies {
     /// The paths, by name.
-    pub fn paths(&self) -> [(&'static str, &Mutex<hdrhistogram::Histogram<u64>>); 5] {
+    pub fn paths(&self) -> [(&'static str, &Mutex<hdrhistogram::Histogram<u64>>); 6] {
         [
             ("normalize", &self.normalize),
             ("version", &self.version),
+            ("lake", &self.lake),
             ("durable", &self.durable),
             ("alert", &self.alert),
             ("board", &self.board),
@@ -179,14 +185,16 @@ impl Metrics {
         Arc::new(m)
     }
 
-    /// Records the latency of versions from their emission (wall ms; 0: not stamped) to now.
-    pub fn record_versions(&self, emitted_ms: impl Iterator<Item = i64>) {
+    /// Records the latency of versions from their emission (wall ms; 0: not stamped) to now,
+    /// durable in the lakehouse (`lake`) or in another output.
+    pub fn record_versions(&self, lake: bool, emitted_ms: impl Iterator<Item = i64>) {
         let stamped: Vec<i64> = emitted_ms.filter(|t| *t > 0).collect();
-        Latencies::record(
-            &self.latency.version,
-            chrono::Utc::now().timestamp_micros(),
-            &stamped,
-        );
+        let path = if lake {
+            &self.latency.lake
+        } else {
+            &self.latency.version
+        };
+        Latencies::record(path, chrono::Utc::now().timestamp_micros(), &stamped);
     }
 
     /// Adds to a counter.

@@ -444,7 +444,7 @@ fn bench_smoke_run_writes_summary_histograms_and_plot() {
         .collect();
     assert_eq!(
         paths,
-        vec!["normalize", "version", "durable", "alert", "board"]
+        vec!["normalize", "version", "lake", "durable", "alert", "board"]
     );
     assert!(run["paths"][0]["p99_ms"].as_f64().is_some());
     assert_eq!(
@@ -456,6 +456,7 @@ fn bench_smoke_run_writes_summary_histograms_and_plot() {
         "summary.json",
         "normalize.hlog",
         "version.hlog",
+        "lake.hlog",
         "durable.hlog",
         "latency.svg",
     ] {

@@ -108,6 +108,8 @@ pub struct ObservationStore {
     /// Whether committed versions count as `observations_out` (the NDJSON output's metric;
     /// the lakehouse counts rows of its own).
     counts_out: bool,
+    /// Whether the output is the lakehouse: its versions' latency is a path of its own.
+    lake: bool,
     output: &'static str,
     worker: usize,
 }
@@ -169,14 +171,17 @@ impl ObservationStore {
             newest: None,
             metrics,
             counts_out: true,
+            lake: false,
             output,
             worker,
         }
     }
 
-    /// The same store, not counting its versions as NDJSON output.
-    pub fn not_counting_output(mut self) -> Self {
+    /// The same store, for the lakehouse: its versions are not counted as NDJSON output,
+    /// and their latency is the `lake` path.
+    pub fn for_lakehouse(mut self) -> Self {
         self.counts_out = false;
+        self.lake = true;
         self
     }
 
@@ -389,7 +394,7 @@ impl ObservationStore {
         let changes = std::mem::take(&mut self.pending);
         self.newest_pending.clear();
         self.metrics
-            .record_versions(changes.iter().map(|c| c.update.emitted_ms));
+            .record_versions(self.lake, changes.iter().map(|c| c.update.emitted_ms));
         if self.counts_out {
             Metrics::add(&self.metrics.observations_out, changes.len() as u64);
         }

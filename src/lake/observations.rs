@@ -255,8 +255,8 @@ impl ObservationTableSink {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let table = Table::open(&config.location, &OBSERVATIONS, &config.storage)?;
-        let store = ObservationStore::new("lakehouse", worker, horizon, metrics.clone())
-            .not_counting_output();
+        let store =
+            ObservationStore::new("lakehouse", worker, horizon, metrics.clone()).for_lakehouse();
         Ok(Self {
             table: TableVersions {
                 table,

@@ -197,7 +197,8 @@ impl FhirSink {
     /// Records what the server now holds for `w` and drops it from the pending updates.
     fn acknowledged(&mut self, w: &Write, version: Option<String>) {
         let (_, u) = self.pending.remove(&w.window).expect("pending");
-        self.metrics.record_versions(std::iter::once(u.emitted_ms));
+        self.metrics
+            .record_versions(false, std::iter::once(u.emitted_ms));
         let end = period_end(&w.resource).unwrap_or(u.group.end);
         self.newest = Some(self.newest.map_or(end, |n| n.max(end)));
         self.known.insert(

@@ -274,6 +274,7 @@ impl App {
                     "normalize": quantiles(&m.latency.normalize),
                     "alert": quantiles(&m.latency.alert),
                     "version": quantiles(&m.latency.version),
+                    "lake": quantiles(&m.latency.lake),
                     "durable": quantiles(&m.latency.durable),
                     "board": quantiles(&m.latency.board),
                 },

@@ -57,7 +57,7 @@ async function refresh() {
     ["outputs last durable", j.lastDurable ? new Date(j.lastDurable).toISOString().replace("T", " ").slice(0, 19) : "—", j.lastDurable ? `${((j.wall - j.lastDurable) / 1000).toFixed(1)} s ago` : ""],
   ]);
   const lat = (k) => { const l = j.latency[k]; return l ? [k, `${l.p50_ms.toFixed(1)} ms`, `${l.p99_ms.toFixed(1)} ms`, l.count.toLocaleString()] : [k, "—", "—", "0"]; };
-  rows("latency", ["stage", "p50", "p99", "count"], [lat("normalize"), lat("alert"), lat("version"), lat("durable"), lat("board"),
+  rows("latency", ["stage", "p50", "p99", "count"], [lat("normalize"), lat("alert"), lat("version"), lat("lake"), lat("durable"), lat("board"),
     ["epoch (opened to durable)", `${j.epochLatency.p50_ms.toFixed(1)} ms`, `${j.epochLatency.p99_ms.toFixed(1)} ms`, c.epochsDurable.toLocaleString()]]);
   rows("lag", ["topic", "partition", "unread messages"], j.lag.map((l) => [l.topic, l.partition, l.lag.toLocaleString()]));
   const d = j.deadLetters || { counts: [], latest: [] };
