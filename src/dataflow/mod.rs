@@ -517,12 +517,15 @@ fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<W
     let mut held = Vec::new();
     let owns = move |d: &str| route(d) % peers as u64 == index as u64;
     let reads_trees = shared.device.reads_hl7() || shared.device.names_device_attributes();
+    // The newest device versions the NDJSON output holds: where a FHIR device output starts.
+    let mut newest = Vec::new();
     if job.ndjson_observations && reads_trees {
         // Devices go beside the Observations.
-        let h = crate::sinks::devices::held(&job.output_dir, owns)?;
-        let sink = crate::sinks::devices::DeviceSink::new(&job.output_dir, index, &h)?;
+        let back = crate::sinks::devices::read_back(&job.output_dir, owns)?;
+        let sink = crate::sinks::devices::DeviceSink::new(&job.output_dir, index, &back.held)?;
         devices.push(NamedSink::new("DeviceSink", sink, job.flush_interval));
-        held.push(h);
+        held.push(back.held);
+        newest = back.newest;
     }
     if job.ndjson_observations {
         let sink = ObservationSink::new(
@@ -537,11 +540,7 @@ fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<W
     if let (Some(cfg), Some(client), true) = (&job.fhir, &shared.fhir, reads_trees) {
         // The server keeps its own history: it takes part in no read-back (its sink writes
         // only what is newer than what it holds).
-        let newest = if job.ndjson_observations {
-            crate::sinks::devices::newest(&job.output_dir, owns)?
-        } else {
-            Vec::new()
-        };
+        let newest = std::mem::take(&mut newest);
         let sink = crate::sinks::fhir_devices::FhirDeviceSink::new(
             client.clone(),
             cfg.device_identifier_system.clone(),

@@ -4,7 +4,7 @@
 //! when it changes (`fhir::device::Versions`), so the output grows with attribute changes,
 //! not with messages.
 //!
-//! A restart reads the committed parts back ([`held`]) before it reads any input: the job
+//! A restart reads the committed parts back ([`read_back`]) before it reads any input: the job
 //! decides again only what comes after the versions every device output holds, and this
 //! sink writes none of the lines it holds.
 
@@ -77,11 +77,23 @@ impl Sink<DeviceVersion> for DeviceSink {
     }
 }
 
-/// The versions committed under the job's output directory, of the devices `owns` takes
-/// (by MDS identifier: a worker resumes the devices routed to it, whatever the worker count
-/// that wrote them).
-pub fn held(output: &Path, owns: impl Fn(&str) -> bool) -> anyhow::Result<Vec<Held>> {
-    let mut out = Vec::new();
+/// What the committed parts under the job's output directory hold of the devices `owns`
+/// takes (by MDS identifier: a worker resumes the devices routed to it, whatever the worker
+/// count that wrote them): every version ([`Held`], what the sink and the version decisions
+/// resume from) and the newest of each resource (what a FHIR device output starts from).
+/// One pass: the two were read apart, every part twice at start-up.
+pub struct ReadBack {
+    /// Every version held.
+    pub held: Vec<Held>,
+    /// The newest version of each resource.
+    pub newest: Vec<DeviceVersion>,
+}
+
+/// Reads the committed parts back ([`ReadBack`]); a line that is no resource this output
+/// wrote stops start-up with its part and line.
+pub fn read_back(output: &Path, owns: impl Fn(&str) -> bool) -> anyhow::Result<ReadBack> {
+    let mut held = Vec::new();
+    let mut by_id: std::collections::BTreeMap<String, DeviceVersion> = Default::default();
     for part in committed_parts(&dir(output)) {
         let f = std::fs::File::open(&part)
             .with_context(|| format!("cannot read {}", part.display()))?;
@@ -89,38 +101,21 @@ pub fn held(output: &Path, owns: impl Fn(&str) -> bool) -> anyhow::Result<Vec<He
             let line = line.with_context(|| format!("cannot read {}", part.display()))?;
             let r: Value = serde_json::from_str(&line)
                 .with_context(|| format!("{}:{}: not a device resource", part.display(), i + 1))?;
-            let device = mds_identifier(&r).unwrap_or_default();
-            let Some(h) = Held::of(device, &r) else {
+            let device = mds_identifier(&r).unwrap_or_default().to_string();
+            let Some(h) = Held::of(&device, &r) else {
                 anyhow::bail!(
                     "{}:{}: a device resource without id, meta.versionId or meta.lastUpdated",
                     part.display(),
                     i + 1
                 );
             };
-            if owns(device) {
-                out.push(h);
+            if !owns(&device) {
+                continue;
             }
-        }
-    }
-    Ok(out)
-}
-
-/// The newest version of each resource under the job's output directory, of the devices
-/// `owns` takes.
-pub fn newest(output: &Path, owns: impl Fn(&str) -> bool) -> anyhow::Result<Vec<DeviceVersion>> {
-    let mut by_id: std::collections::BTreeMap<String, DeviceVersion> = Default::default();
-    for part in committed_parts(&dir(output)) {
-        let text = std::fs::read_to_string(&part)
-            .with_context(|| format!("cannot read {}", part.display()))?;
-        for line in text.lines() {
-            let Ok(r) = serde_json::from_str::<Value>(line) else {
-                continue;
-            };
-            let device = mds_identifier(&r).unwrap_or_default().to_string();
-            let Some(((id, at, _), _)) = version_of(&r) else {
-                continue;
-            };
-            if !owns(&device) || by_id.get(id).is_some_and(|v| v.at > at) {
+            let newer = by_id.get(&h.id).is_none_or(|v| v.at <= h.at);
+            let (id, at) = (h.id.clone(), h.at);
+            held.push(h);
+            if !newer {
                 continue;
             }
             let component = r.pointer("/identifier/0/system").and_then(Value::as_str)
@@ -130,7 +125,6 @@ pub fn newest(output: &Path, owns: impl Fn(&str) -> bool) -> anyhow::Result<Vec<
                 (_, false) => "mds",
                 _ => "component",
             };
-            let id = id.to_string();
             by_id.insert(
                 id,
                 DeviceVersion {
@@ -143,7 +137,10 @@ pub fn newest(output: &Path, owns: impl Fn(&str) -> bool) -> anyhow::Result<Vec<
             );
         }
     }
-    Ok(by_id.into_values().collect())
+    Ok(ReadBack {
+        held,
+        newest: by_id.into_values().collect(),
+    })
 }
 
 /// The MDS identifier a written resource belongs to: an MDS's own identifier, or the part
@@ -192,7 +189,7 @@ mod tests {
         sink.write(8, second[0].clone()).expect("write");
         sink.flush().expect("flush");
         // A restart: what the parts hold is known, the replay writes nothing.
-        let held = held(dir.path(), |_| true).expect("read back");
+        let held = read_back(dir.path(), |_| true).expect("read back").held;
         assert_eq!(held.len(), 13);
         let mut back = Versions::held_by_all(std::slice::from_ref(&held));
         assert_eq!(back.len(), 12);
@@ -203,8 +200,8 @@ mod tests {
         sink.write(9, second[0].clone()).expect("write");
         sink.flush().expect("flush");
         // Another worker's devices are not its own.
-        let none = super::held(dir.path(), |d| d != "0012A3FFFE4B5C6D").expect("read");
-        assert!(none.is_empty());
+        let none = read_back(dir.path(), |d| d != "0012A3FFFE4B5C6D").expect("read");
+        assert!(none.held.is_empty() && none.newest.is_empty());
         let lines = std::fs::read_dir(dir.path().join("devices"))
             .expect("dir")
             .flatten()
