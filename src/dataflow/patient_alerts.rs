@@ -13,8 +13,47 @@ use rustc_hash::FxHashMap as HashMap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// The highest offset taken in, per (topic, partition).
-type Offsets = BTreeMap<(Arc<str>, i32), i64>;
+/// The highest offset taken in, per (topic, partition), sorted by both. Found by borrowed
+/// names: a reading's own topic `Arc` is never cloned to look its partition up (its
+/// counter is written by every worker), with one path for any number of partitions.
+#[derive(Clone, Default)]
+struct Offsets(Vec<((Arc<str>, i32), i64)>);
+
+impl Offsets {
+    fn find(&self, topic: &str, partition: i32) -> Result<usize, usize> {
+        (self.0).binary_search_by(|((t, p), _)| (&**t, *p).cmp(&(topic, partition)))
+    }
+
+    /// The offset taken in of a partition.
+    fn get(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.find(topic, partition).ok().map(|i| self.0[i].1)
+    }
+
+    /// Raises a partition's offset to `offset` (adds the partition when new).
+    fn raise(&mut self, topic: &Arc<str>, partition: i32, offset: i64) {
+        match self.find(topic, partition) {
+            Ok(i) => self.0[i].1 = self.0[i].1.max(offset),
+            Err(i) => self.0.insert(i, ((topic.clone(), partition), offset)),
+        }
+    }
+
+    /// As (topic, partition, offset), in order.
+    fn rows(&self) -> Vec<(String, i32, i64)> {
+        self.0
+            .iter()
+            .map(|((t, p), o)| (t.to_string(), *p, *o))
+            .collect()
+    }
+
+    /// From checkpoint rows (the highest of a partition named twice).
+    fn of_rows(rows: &[(String, i32, i64)]) -> Self {
+        let mut o = Self::default();
+        for (t, p, v) in rows {
+            o.raise(&Arc::from(t.as_str()), *p, *v);
+        }
+        o
+    }
+}
 
 /// Where two readings of one event time stand in event-time order: by fields that are the
 /// same in every run of the same input (patient, device, type, source position), then by
@@ -128,7 +167,7 @@ impl PatientAlerts {
             changes,
             judged: Vec::new(),
             metrics,
-            seen: BTreeMap::new(),
+            seen: Offsets::default(),
             dirty: false,
             resumed: HashMap::default(),
             idle_after: i64::MAX,
@@ -204,11 +243,7 @@ impl PatientAlerts {
             run,
             peers,
             alerts_topic,
-            seen: self
-                .seen
-                .iter()
-                .map(|((t, p), o)| (t.to_string(), *p, *o))
-                .collect(),
+            seen: self.seen.rows(),
             applied: self.applied,
             vitals: &self.vitals,
             lifecycle: &self.lifecycle,
@@ -229,9 +264,9 @@ impl PatientAlerts {
     fn resumed_groups(&self) -> Vec<super::alert_state::Resumed> {
         let mut groups: HashMap<*const Offsets, (&Arc<Offsets>, Vec<String>)> = HashMap::default();
         for (p, o) in &self.resumed {
-            let ahead = o
-                .iter()
-                .any(|(k, off)| self.seen.get(k).is_none_or(|s| s < off));
+            let ahead =
+                o.0.iter()
+                    .any(|((t, p), off)| self.seen.get(t, *p).is_none_or(|s| s < *off));
             if ahead {
                 groups
                     .entry(Arc::as_ptr(o))
@@ -246,10 +281,7 @@ impl PatientAlerts {
                 patients.sort();
                 super::alert_state::Resumed {
                     patients,
-                    seen: o
-                        .iter()
-                        .map(|((t, p), o)| (t.to_string(), *p, *o))
-                        .collect(),
+                    seen: o.rows(),
                 }
             })
             .collect();
@@ -274,20 +306,14 @@ impl PatientAlerts {
                 .chain(c.waiting.iter().filter_map(|m| m.patient_id.clone()))
                 .filter(|p| owns(p) && !taken.contains(p))
                 .collect();
-            let offsets = |v: &[(String, i32, i64)]| -> Offsets {
-                v.iter()
-                    .map(|(t, p, o)| ((Arc::from(t.as_str()), *p), *o))
-                    .collect()
-            };
-            let seen: Arc<Offsets> = Arc::new(offsets(&c.seen));
+            let seen: Arc<Offsets> = Arc::new(Offsets::of_rows(&c.seen));
             // Patients that checkpoint had itself resumed and not replayed past yet: what
             // their state holds reaches further than the checkpoint's own offsets.
             let mut further: HashMap<&str, Arc<Offsets>> = HashMap::default();
             for g in &c.resumed {
                 let mut o = (*seen).clone();
-                for (k, v) in offsets(&g.seen) {
-                    let e = o.entry(k).or_insert(v);
-                    *e = (*e).max(v);
+                for (t, p, v) in &g.seen {
+                    o.raise(&Arc::from(t.as_str()), *p, *v);
                 }
                 let o = Arc::new(o);
                 for p in &g.patients {
@@ -328,30 +354,12 @@ impl PatientAlerts {
     pub fn add(&mut self, m: Arc<Measurement>) {
         if let Some(s) = &m.source {
             if let Some(r) = m.patient_id.as_ref().and_then(|p| self.resumed.get(p)) {
-                if r.get(&(s.topic.clone(), s.partition))
-                    .is_some_and(|o| s.offset <= *o)
-                {
+                if r.get(&s.topic, s.partition).is_some_and(|o| s.offset <= o) {
                     // Replayed after a restart: the checkpoint holds it already.
                     return;
                 }
             }
-            // One entry per partition read: for the usual few, a scan comparing partitions
-            // first finds it without cloning the topic's `Arc`, whose counter every worker
-            // writes.
-            let same = |(t, p): &(Arc<str>, i32)| {
-                *p == s.partition && (Arc::ptr_eq(t, &s.topic) || **t == *s.topic)
-            };
-            let found = if self.seen.len() <= 64 {
-                self.seen.iter_mut().find(|(k, _)| same(k)).map(|(_, o)| o)
-            } else {
-                self.seen.get_mut(&(s.topic.clone(), s.partition))
-            };
-            match found {
-                Some(o) => *o = (*o).max(s.offset),
-                None => {
-                    self.seen.insert((s.topic.clone(), s.partition), s.offset);
-                }
-            }
+            self.seen.raise(&s.topic, s.partition, s.offset);
         }
         let behind = self
             .applied
@@ -628,6 +636,36 @@ mod tests {
             received_ms: None,
             source: None,
         }
+    }
+
+    #[test]
+    fn offsets_keep_the_highest_per_partition_in_order_whatever_the_arrival() {
+        let (a, b): (Arc<str>, Arc<str>) = ("vitals".into(), "acks".into());
+        let mut o = Offsets::default();
+        // Another `Arc` of the same name (another worker's source) is the same partition.
+        for (t, p, v) in [
+            (&a, 2, 7),
+            (&b, 0, 3),
+            (&a, 0, 9),
+            (&a, 2, 5),
+            (&"vitals".into(), 2, 8),
+        ] {
+            o.raise(t, p, v);
+        }
+        let rows = o.rows();
+        assert_eq!(
+            rows,
+            [
+                ("acks".to_string(), 0, 3),
+                ("vitals".to_string(), 0, 9),
+                ("vitals".to_string(), 2, 8)
+            ]
+        );
+        assert_eq!((o.get("vitals", 2), o.get("vitals", 1)), (Some(8), None));
+        // Read back from a checkpoint's rows, a partition named twice keeps its highest.
+        let mut twice = rows.clone();
+        twice.push(("vitals".to_string(), 0, 4));
+        assert_eq!(Offsets::of_rows(&twice).rows(), rows);
     }
 
     #[test]
