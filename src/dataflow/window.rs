@@ -57,8 +57,9 @@ struct Column {
     held: Arc<Vec<TimeValue>>,
     /// Values no version holds yet, sorted by (time, checkpoint, position).
     waiting: Vec<Value>,
-    /// How many values the last version took: room made at once for as many (growing a
-    /// checkpoint's values by doubling was 4 % of the job).
+    /// How many values the last version took: room made at once for as many after it
+    /// (growing the list by doubling was 2-4 % of the profile; until the first version
+    /// there is no count to go by, and the list still grows).
     last_taken: u32,
 }
 
