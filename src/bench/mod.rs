@@ -375,11 +375,11 @@ pub fn run_once(
         }
         _ => None,
     };
+    // A job writing no Observations to a lakehouse has no `lake` path to hold to one.
+    let lake = base.lake.as_ref().filter(|l| l.tables.observations);
     let paths: Vec<PathResult> = histograms
         .iter()
         .map(|(name, h)| {
-            // A job writing no Observations to a lakehouse has no `lake` path to hold to one.
-            let lake = base.lake.as_ref().filter(|l| l.tables.observations);
             let target = match (name.as_str(), lake) {
                 ("lake", None) => None,
                 _ => (targets.paths.get(name))

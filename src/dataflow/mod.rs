@@ -540,7 +540,6 @@ fn worker_parts(shared: &Shared, index: usize, peers: usize) -> anyhow::Result<W
     if let (Some(cfg), Some(client), true) = (&job.fhir, &shared.fhir, reads_trees) {
         // The server keeps its own history: it takes part in no read-back (its sink writes
         // only what is newer than what it holds).
-        let newest = std::mem::take(&mut newest);
         let sink = crate::sinks::fhir_devices::FhirDeviceSink::new(
             client.clone(),
             cfg.device_identifier_system.clone(),

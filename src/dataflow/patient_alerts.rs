@@ -114,7 +114,7 @@ pub struct PatientAlerts {
     rules: Arc<RuleSet>,
     /// Measurements waiting for the watermark, by (event ms, arrival): a small key, so
     /// that inserting and taking move little. Those of the earliest time are taken together
-    /// into `bucket` and applied in [`same_time_order`].
+    /// into `bucket` and applied in [`Queued::order`].
     waiting: BTreeMap<(i64, u64), Arc<Measurement>>,
     /// The readings of one event time being applied, in reverse [`Queued::order`].
     bucket: Vec<Queued>,

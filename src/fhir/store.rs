@@ -105,10 +105,9 @@ pub struct ObservationStore {
     horizon: chrono::Duration,
     newest: Option<DateTime<Utc>>,
     metrics: Arc<Metrics>,
-    /// Whether committed versions count as `observations_out` (the NDJSON output's metric;
-    /// the lakehouse counts rows of its own).
-    counts_out: bool,
-    /// Whether the output is the lakehouse: its versions' latency is a path of its own.
+    /// Whether the output is the lakehouse: its versions' latency is a path of its own,
+    /// and they do not count as `observations_out` (the NDJSON output's metric; the
+    /// lakehouse counts rows of its own).
     lake: bool,
     output: &'static str,
     worker: usize,
@@ -170,7 +169,6 @@ impl ObservationStore {
             horizon: chrono::Duration::from_std(horizon).unwrap_or(chrono::Duration::MAX),
             newest: None,
             metrics,
-            counts_out: true,
             lake: false,
             output,
             worker,
@@ -180,7 +178,6 @@ impl ObservationStore {
     /// The same store, for the lakehouse: its versions are not counted as NDJSON output,
     /// and their latency is the `lake` path.
     pub fn for_lakehouse(mut self) -> Self {
-        self.counts_out = false;
         self.lake = true;
         self
     }
@@ -395,7 +392,7 @@ impl ObservationStore {
         self.newest_pending.clear();
         self.metrics
             .record_versions(self.lake, changes.iter().map(|c| c.update.emitted_ms));
-        if self.counts_out {
+        if !self.lake {
             Metrics::add(&self.metrics.observations_out, changes.len() as u64);
         }
         for c in changes {

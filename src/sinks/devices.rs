@@ -101,19 +101,19 @@ pub fn read_back(output: &Path, owns: impl Fn(&str) -> bool) -> anyhow::Result<R
             let line = line.with_context(|| format!("cannot read {}", part.display()))?;
             let r: Value = serde_json::from_str(&line)
                 .with_context(|| format!("{}:{}: not a device resource", part.display(), i + 1))?;
-            let device = mds_identifier(&r).unwrap_or_default().to_string();
-            let Some(h) = Held::of(&device, &r) else {
+            let device = mds_identifier(&r).unwrap_or_default();
+            let Some(h) = Held::of(device, &r) else {
                 anyhow::bail!(
                     "{}:{}: a device resource without id, meta.versionId or meta.lastUpdated",
                     part.display(),
                     i + 1
                 );
             };
-            if !owns(&device) {
+            if !owns(device) {
                 continue;
             }
             let newer = by_id.get(&h.id).is_none_or(|v| v.at <= h.at);
-            let (id, at) = (h.id.clone(), h.at);
+            let (id, at, device) = (h.id.clone(), h.at, h.device.clone());
             held.push(h);
             if !newer {
                 continue;

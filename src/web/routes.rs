@@ -233,12 +233,16 @@ impl App {
             })
             .unwrap_or_default();
         let q = m.epoch_latency_quantiles(&[0.5, 0.99]);
-        let quantiles = |h: &std::sync::Mutex<hdrhistogram::Histogram<u64>>| {
-            h.lock().map_or(Value::Null, |h| {
-                json!({"p50_ms": h.value_at_quantile(0.5) as f64 / 1e3,
-                       "p99_ms": h.value_at_quantile(0.99) as f64 / 1e3, "count": h.len()})
+        // Every path `Latencies` has, by its name: a path added there shows here too.
+        let latency: serde_json::Map<String, Value> = (m.latency.paths().iter())
+            .map(|(name, h)| {
+                let q = h.lock().map_or(Value::Null, |h| {
+                    json!({"p50_ms": h.value_at_quantile(0.5) as f64 / 1e3,
+                           "p99_ms": h.value_at_quantile(0.99) as f64 / 1e3, "count": h.len()})
+                });
+                (name.to_string(), q)
             })
-        };
+            .collect();
         let (clock, dead, patients) = match &self.pages.board {
             Some(b) => {
                 let s = b.state();
@@ -270,14 +274,7 @@ impl App {
                 },
                 "lastDurable": m.last_durable_ms.load(Ordering::Relaxed),
                 "epochLatency": {"p50_ms": q[0].as_secs_f64() * 1e3, "p99_ms": q[1].as_secs_f64() * 1e3},
-                "latency": {
-                    "normalize": quantiles(&m.latency.normalize),
-                    "alert": quantiles(&m.latency.alert),
-                    "version": quantiles(&m.latency.version),
-                    "lake": quantiles(&m.latency.lake),
-                    "durable": quantiles(&m.latency.durable),
-                    "board": quantiles(&m.latency.board),
-                },
+                "latency": latency,
                 "lag": lag,
                 "deadLetters": dead,
             }),
