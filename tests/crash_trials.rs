@@ -13,9 +13,9 @@
 //!
 //! Each kill records whether it hit uncommitted work: lakehouse rows already written for
 //! messages whose offsets the job had not committed. A trial where no kill did proves
-//! little, and the report says how many did. The first kill of every trial is at
-//! `offsets.before_commit`, where the outputs hold what the offsets do not yet cover: it
-//! must find uncommitted rows, whatever the speed of the job. A kill armed at a named crash point must end
+//! little, and the report says how many did. The first kill of every trial comes from
+//! outside as soon as the lakehouse holds rows past the committed offsets: it must find
+//! them, whatever the speed of the job. A kill armed at a named crash point must end
 //! the process there (unless an earlier run had drained the input), and every output of the
 //! reference run must hold something: a comparison of empty outputs proves nothing.
 //!
@@ -414,6 +414,8 @@ enum Kill {
     After(Duration),
     /// SIGKILL from inside, the nth time the process passes the point.
     At(&'static str, u64),
+    /// SIGKILL from outside as soon as the lakehouse holds rows past the committed offsets.
+    Uncommitted,
 }
 
 /// One trial's report: each kill (how, whether the process ended at its crash point, lake
@@ -506,11 +508,11 @@ fn trial(seed: u64, kills: usize, identity: &str, kind: Broker) -> Report {
     };
     for i in 0..kills {
         let kill = if i == 0 {
-            // Every output has made durable what this commit is about to cover, and the
-            // offsets are not yet committed: a kill here must hit uncommitted work, so a
-            // trial proves something however fast the job drains (random moments can all
-            // fall before the first write or after the last commit).
-            Kill::At("offsets.before_commit", 1)
+            // Once uncommitted work is seen: a trial proves something however fast the job
+            // drains (random moments can all fall before the first write or after the last
+            // commit, and no crash point is sure to follow a lakehouse write: the first
+            // commit once came before the first measurements were in the lake).
+            Kill::Uncommitted
         } else if rng.random_bool(0.5) {
             Kill::After(Duration::from_millis(rng.random_range(500..4500)))
         } else {
@@ -537,17 +539,23 @@ fn trial(seed: u64, kills: usize, identity: &str, kind: Broker) -> Report {
         let mut running = Running::spawn(&mut cmd);
         let limit = match &kill {
             Kill::After(d) => *d,
-            // The first commit waits for the first window checkpoint ([window] update_every)
-            // to pass, which a loaded machine's debug build (creating each patient on the
-            // server) once took longer than 8 s to read up to.
-            Kill::At(..) if i == 0 => Duration::from_secs(60),
+            // The first lakehouse rows may take a while on a loaded machine's debug build
+            // (creating each patient on the server first).
+            Kill::Uncommitted => Duration::from_secs(60),
             // A point not reached in 8 s: killed from outside then.
             Kill::At(..) => Duration::from_secs(8),
         };
         let mut ended_itself = None;
+        let mut looked = Instant::now();
         while started.elapsed() < limit && ended_itself.is_none() {
             std::thread::sleep(Duration::from_millis(20));
             ended_itself = running.try_wait();
+            if matches!(kill, Kill::Uncommitted) && looked.elapsed() > Duration::from_millis(250) {
+                if uncommitted_rows(&crashed, &brokers, "crash") > 0 {
+                    break;
+                }
+                looked = Instant::now();
+            }
         }
         running.kill();
         if let Some(status) = ended_itself {
@@ -815,6 +823,7 @@ fn trial(seed: u64, kills: usize, identity: &str, kind: Broker) -> Report {
         .map(|(k, itself, u)| {
             let how = match k {
                 Kill::After(d) => format!("after {} ms", d.as_millis()),
+                Kill::Uncommitted => "once uncommitted rows were in the lake".to_string(),
                 Kill::At(p, n) if *itself => format!("at {p} #{n}"),
                 Kill::At(p, n) => format!("at {p} #{n} (not reached; killed from outside)"),
             };
