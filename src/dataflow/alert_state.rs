@@ -207,11 +207,16 @@ pub struct Place {
     pub peers: usize,
 }
 
-/// A checkpoint's bytes (zstd-compressed JSON).
-pub fn encode(checkpoint: &CheckpointRef<'_>) -> anyhow::Result<Vec<u8>> {
-    let mut z = zstd::stream::write::Encoder::new(Vec::new(), 3)?;
-    serde_json::to_writer(&mut z, checkpoint)?;
-    Ok(z.finish()?)
+/// A checkpoint's bytes (zstd-compressed JSON); `json` is scratch space kept between calls.
+///
+/// The JSON is written whole and then compressed in one call: writing it through zstd's
+/// stream encoder handed zstd every field as its own small write, and the per-call overhead
+/// was over half of encoding (2 % of the peer drain's profile). The buffer is kept because
+/// a checkpoint of a few MB allocated afresh each time is fresh pages to fault in.
+pub fn encode(checkpoint: &CheckpointRef<'_>, json: &mut Vec<u8>) -> anyhow::Result<Vec<u8>> {
+    json.clear();
+    serde_json::to_writer(&mut *json, checkpoint)?;
+    Ok(zstd::bulk::compress(json, 3)?)
 }
 
 /// A checkpoint from its JSON (see [`encode`]).
@@ -325,7 +330,8 @@ mod tests {
             resumed: Vec::new(),
             last: Vec::new(),
         };
-        zstd::stream::decode_all(encode(&c).expect("encode").as_slice()).expect("zstd")
+        zstd::stream::decode_all(encode(&c, &mut Vec::new()).expect("encode").as_slice())
+            .expect("zstd")
     }
 
     #[test]
