@@ -499,7 +499,7 @@ impl Windows {
                 let step = (list[1].at - list[0].at).num_milliseconds();
                 if step > 0 {
                     let span = list[0].checkpoint - list[0].at.timestamp_millis();
-                    let expected = (span / step + 1).clamp(0, MAX_RESERVED) as usize;
+                    let expected = ((span + step - 1) / step).clamp(0, MAX_RESERVED) as usize;
                     list.reserve_exact(expected.saturating_sub(list.len()));
                 }
             }
@@ -672,6 +672,41 @@ mod tests {
             .iter()
             .map(|(_, v)| v.to_string())
             .collect()
+    }
+
+    /// The waiting list's room for one column of one window.
+    fn room(w: &Windows) -> Vec<usize> {
+        let cols = w.windows.values().flat_map(|w| &w.values);
+        cols.map(|c| c.waiting.capacity()).collect()
+    }
+
+    #[test]
+    fn a_column_makes_room_for_its_values_from_their_spacing() {
+        let mut w = five_minutes();
+        // 1 Hz from 10:00:30: 270 readings come before the 10:05 checkpoint.
+        let start = ms("2026-11-21T10:00:30Z");
+        for s in 0..2 {
+            w.add(
+                &reading("BM-1", start + s * 1000, "72", s),
+                start + s * 1000,
+                1,
+            );
+        }
+        assert_eq!(room(&w), vec![270]);
+        for s in 2..270 {
+            w.add(
+                &reading("BM-1", start + s * 1000, "72", s),
+                start + s * 1000,
+                1,
+            );
+        }
+        assert_eq!(room(&w), vec![270], "the room made was enough: no doubling");
+        // Two readings of one time say nothing of the spacing: the list grows as it must.
+        let mut w = five_minutes();
+        for o in 0..2 {
+            w.add(&reading("BM-1", start, "72", o), start, 1);
+        }
+        assert!(room(&w)[0] < 270);
     }
 
     #[test]
