@@ -494,8 +494,9 @@ impl Windows {
             if list.len() == 2 {
                 // The first two readings' spacing says how many come before the first's
                 // checkpoint (a 1 Hz monitor: one a second): room made for them at once
-                // spares the doublings, their copies and up to half the list left unused
-                // (the waiting lists were 200 MB of the peer drain's 550 MB peak heap).
+                // spares the doublings and their copies (on the peer drain 37,000
+                // allocations instead of 66,000, 7 % fewer page faults; the peak heap is
+                // unchanged, as the room is taken at once rather than as values come).
                 let step = (list[1].at - list[0].at).num_milliseconds();
                 if step > 0 {
                     let span = list[0].checkpoint - list[0].at.timestamp_millis();
