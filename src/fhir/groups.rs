@@ -4,7 +4,7 @@ use super::FhirDataError;
 use crate::mapping::fhir::PeriodInterval;
 use crate::model::Measurement;
 use crate::time::{format_id_segment, tick};
-use chrono::{DateTime, Datelike, Duration, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Duration, Utc};
 use std::sync::Arc;
 
 pub use super::sampled_data::TimeValue;
@@ -70,20 +70,21 @@ pub fn boundary(period: PeriodInterval, t: DateTime<Utc>) -> (DateTime<Utc>, Dat
     match period {
         PeriodInterval::Instance | PeriodInterval::Correlation => (t, t),
         PeriodInterval::Hour => {
-            let start = Utc
-                .with_ymd_and_hms(t.year(), t.month(), t.day(), t.hour(), 0, 0)
-                .single()
-                .expect("valid hour");
+            let start = floor(t, 3_600);
             (start, start + Duration::hours(1) - tick())
         }
         PeriodInterval::Day => {
-            let start = Utc
-                .with_ymd_and_hms(t.year(), t.month(), t.day(), 0, 0, 0)
-                .single()
-                .expect("valid day");
+            let start = floor(t, 86_400);
             (start, start + Duration::days(1) - tick())
         }
     }
+}
+
+/// The start of the UTC hour or day (`secs` long) `t` is in: UTC hours and days are whole
+/// multiples of their length since the epoch, so integers find it (the calendar did, at 490
+/// instructions per reading: 2.6 % of a replay's).
+fn floor(t: DateTime<Utc>, secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.timestamp().div_euclid(secs) * secs, 0).expect("a valid period")
 }
 
 /// Identifier segment for a time period.
@@ -140,4 +141,36 @@ pub fn build_groups(
         g.add(m);
     }
     Ok(groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Datelike, TimeZone, Timelike};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Integer hours and days are the calendar's, before and after 1970, to the
+        /// nanosecond and on a leap second.
+        #[test]
+        fn periods_start_where_the_calendar_says(
+            secs in -5_000_000_000i64..5_000_000_000,
+            nanos in 0u32..2_000_000_000,
+        ) {
+            // Past a second's nanoseconds only on a leap second (a minute's last).
+            let t = DateTime::from_timestamp(secs, nanos)
+                .or_else(|| DateTime::from_timestamp(secs, nanos % 1_000_000_000))
+                .expect("time");
+            let hour = Utc
+                .with_ymd_and_hms(t.year(), t.month(), t.day(), t.hour(), 0, 0)
+                .single()
+                .expect("hour");
+            let day = Utc
+                .with_ymd_and_hms(t.year(), t.month(), t.day(), 0, 0, 0)
+                .single()
+                .expect("day");
+            prop_assert_eq!(boundary(PeriodInterval::Hour, t).0, hour);
+            prop_assert_eq!(boundary(PeriodInterval::Day, t).0, day);
+        }
+    }
 }

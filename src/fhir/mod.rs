@@ -1,6 +1,7 @@
 //! FHIR R4 side: observation groups, SampledData streams, Observation build and merge.
 
 pub mod client;
+pub mod compact_json;
 pub mod device;
 pub mod groups;
 pub mod identity;

@@ -232,7 +232,7 @@ impl ObservationStore {
                 continue;
             }
             restored += 1;
-            let json = serde_json::to_vec(&resource)?.into_boxed_slice();
+            let json = super::compact_json::to_vec(&resource).into_boxed_slice();
             self.store.insert(
                 id.to_string(),
                 Stored {
@@ -358,9 +358,7 @@ impl ObservationStore {
         // Exactly its length: serializing grows the buffer by doubling, and at a checkpoint
         // every window's version waits here at once (half a gigabyte of slack at 5,000
         // msgs/s in the hour's third minute).
-        let json = serde_json::to_vec(&resource)
-            .expect("a Value serializes")
-            .into_boxed_slice();
+        let json = super::compact_json::to_vec(&resource).into_boxed_slice();
         let day = observation_day(&resource, &update);
         if let Some(s) = self.store.get_mut(&update.id) {
             // The version before is built on and never read again: versions to come build
