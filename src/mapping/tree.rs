@@ -179,7 +179,13 @@ fn bool_text(b: bool) -> String {
 impl<'a> Node<'a> {
     /// Parses message bytes, borrowing strings from them.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        // Checked as UTF-8 once whole, then read as text: reading bytes checks every string
+        // on its own (2.7 % of a replay's instructions). Invalid UTF-8 is read as bytes, for
+        // the error serde_json gives it.
+        match std::str::from_utf8(bytes) {
+            Ok(text) => serde_json::from_str(text),
+            Err(_) => serde_json::from_slice(bytes),
+        }
     }
 
     /// An object of owned members (message properties), in the map's order.
