@@ -284,7 +284,7 @@ impl DeviceMapping {
         out: &mut Vec<Measurement>,
     ) -> Result<(), MessageError> {
         if !self.reads_trees {
-            let body: Value = serde_json::from_slice(payload).map_err(MessageError::Parse)?;
+            let body: Value = super::tree::from_payload(payload).map_err(MessageError::Parse)?;
             let event = crate::event::wrap(body, properties, system_properties);
             return self
                 .normalize_into(&event, out)

@@ -176,16 +176,21 @@ fn bool_text(b: bool) -> String {
     if b { "True" } else { "False" }.to_string()
 }
 
+/// Parses a message payload as JSON: what `serde_json::from_slice` gives, but checked as
+/// UTF-8 once whole and then read as text (reading bytes checks every string on its own: 2.7 %
+/// of a replay's instructions). Invalid UTF-8 is read as bytes, for the error serde_json
+/// gives it.
+pub fn from_payload<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, serde_json::Error> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(bytes),
+    }
+}
+
 impl<'a> Node<'a> {
     /// Parses message bytes, borrowing strings from them.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
-        // Checked as UTF-8 once whole, then read as text: reading bytes checks every string
-        // on its own (2.7 % of a replay's instructions). Invalid UTF-8 is read as bytes, for
-        // the error serde_json gives it.
-        match std::str::from_utf8(bytes) {
-            Ok(text) => serde_json::from_str(text),
-            Err(_) => serde_json::from_slice(bytes),
-        }
+        from_payload(bytes)
     }
 
     /// An object of owned members (message properties), in the map's order.
