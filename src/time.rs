@@ -34,7 +34,37 @@ pub fn format_rfc3339(t: &DateTime<Utc>) -> String {
 }
 
 /// .NET round-trip format (`o`): 7 fractional digits and `Z`, as the connector writes FHIR periods.
+///
+/// Written digit by digit: every Observation version formats its period, and chrono's
+/// format machinery took 4,500 instructions per time (1.5 % of a replay's,
+/// `valgrind --tool=callgrind`); this takes about a tenth. Years chrono writes otherwise
+/// (before 0, after 9999) and leap seconds go through chrono.
 pub fn format_dotnet(t: &DateTime<Utc>) -> String {
+    use chrono::{Datelike as _, Timelike as _};
+    let nanos = t.timestamp_subsec_nanos();
+    let year = t.year();
+    if nanos >= 1_000_000_000 || !(0..=9999).contains(&year) {
+        return format_dotnet_chrono(t);
+    }
+    fn put(out: &mut [u8], mut v: u32) {
+        for b in out.iter_mut().rev() {
+            *b = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    let mut b = *b"0000-00-00T00:00:00.0000000Z";
+    put(&mut b[0..4], year as u32);
+    put(&mut b[5..7], t.month());
+    put(&mut b[8..10], t.day());
+    put(&mut b[11..13], t.hour());
+    put(&mut b[14..16], t.minute());
+    put(&mut b[17..19], t.second());
+    put(&mut b[20..27], nanos / 100);
+    String::from_utf8(b.to_vec()).expect("ASCII digits")
+}
+
+/// [`format_dotnet`] by chrono's formatter: every year and leap seconds.
+fn format_dotnet_chrono(t: &DateTime<Utc>) -> String {
     let ticks = t.timestamp_subsec_nanos() / 100;
     format!("{}.{:07}Z", t.format("%Y-%m-%dT%H:%M:%S"), ticks)
 }
@@ -71,6 +101,24 @@ mod tests {
         assert_eq!(format_id_segment(&c), "20190101080000Z");
         assert!(parse_timestamp("not a time").is_none());
         assert!(parse_timestamp("").is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn dotnet_format_is_chronos(
+            secs in -70_000_000_000i64..260_000_000_000,
+            nanos in 0u32..1_000_000_000,
+            leap: bool,
+        ) {
+            // Years -250 to 10208; a leap second is a minute's last second run over.
+            let (secs, nanos) = if leap {
+                (secs - secs.rem_euclid(60) + 59, nanos + 1_000_000_000)
+            } else {
+                (secs, nanos)
+            };
+            let t = DateTime::from_timestamp(secs, nanos).expect("in chrono's range");
+            proptest::prop_assert_eq!(format_dotnet(&t), format_dotnet_chrono(&t));
+        }
     }
 
     #[test]

@@ -16,6 +16,15 @@ pub fn to_vec(value: &Value) -> Vec<u8> {
     out
 }
 
+/// `value` as compact JSON in a box of exactly its length, written through `scratch`: a
+/// buffer kept by the caller has room for the next resource already, where a new one grows
+/// by doubling and is shrunk to fit after (3 % of a replay's instructions, reallocating).
+pub fn to_boxed(value: &Value, scratch: &mut Vec<u8>) -> Box<[u8]> {
+    scratch.clear();
+    write(scratch, value);
+    scratch.as_slice().into()
+}
+
 fn write(out: &mut Vec<u8>, value: &Value) {
     match value {
         Value::Null => out.extend_from_slice(b"null"),
@@ -89,8 +98,12 @@ mod tests {
 
     proptest! {
         #[test]
-        fn writes_what_serde_json_writes(v in values()) {
-            prop_assert_eq!(to_vec(&v), serde_json::to_vec(&v).expect("serializes"));
+        fn writes_what_serde_json_writes(v in values(), before in values()) {
+            let expected = serde_json::to_vec(&v).expect("serializes");
+            prop_assert_eq!(&to_vec(&v), &expected);
+            // Through a buffer that held another resource before.
+            let mut scratch = to_vec(&before);
+            prop_assert_eq!(&*to_boxed(&v, &mut scratch), &expected[..]);
         }
     }
 

@@ -56,7 +56,12 @@ impl WindowUpdate {
 
 struct Stored {
     /// The resource as written (compact JSON): a third of its size as a `Value`, and
-    /// parsed again only to merge a version of another window instance into it.
+    /// parsed again only to merge a version of another window instance into it. Empty
+    /// while `instance` is set: that window holds every value of it, and its next version
+    /// is built from the group alone; only a version of another instance (the window was
+    /// evicted and opened again) needs the bytes, and reads them back from the output
+    /// ([`ObservationStore::build`]). An hourly SampledData Observation is 7 KB or more
+    /// per output, most of what a store held.
     json: Box<[u8]>,
     end: DateTime<Utc>,
     /// The window instance whose group holds every value of it; None when it also holds
@@ -111,6 +116,8 @@ pub struct ObservationStore {
     lake: bool,
     output: &'static str,
     worker: usize,
+    /// Where resources are serialized before they are boxed at their exact length.
+    scratch: Vec<u8>,
 }
 
 /// An Observation version to write: the merged resource and where it came from.
@@ -172,6 +179,7 @@ impl ObservationStore {
             lake: false,
             output,
             worker,
+            scratch: Vec::new(),
         }
     }
 
@@ -190,11 +198,11 @@ impl ObservationStore {
     /// its Observation, else its days unless read already and the window is recent enough
     /// that it would still be held. A window's stored version starts on its group's start
     /// day, or the day before where a correlation-id group was widened by an earlier value.
-    fn days_to_load(&self, u: &WindowUpdate) -> BTreeSet<i32> {
+    fn days_to_load(&self, u: &WindowUpdate, dropped: bool) -> BTreeSet<i32> {
         if self.store.contains_key(&u.id) || self.newest_pending.contains_key(&u.id) {
             return BTreeSet::new();
         }
-        let evicted = self.cutoff().is_some_and(|c| u.group.end < c);
+        let evicted = dropped || self.cutoff().is_some_and(|c| u.group.end < c);
         let first = crate::time::day_of(&u.group.start) - 1;
         let last = crate::time::day_of(&u.group.end.max(u.group.start));
         (first..=last)
@@ -279,15 +287,36 @@ impl ObservationStore {
     /// Builds the versions waiting to be.
     pub fn build(&mut self, stored: &mut dyn StoredObservations) -> anyhow::Result<()> {
         while let Some((_, u)) = self.queued.front() {
-            let days = self.days_to_load(u);
+            // Bytes dropped for a window instance that is gone: its version must merge into
+            // what was written, read back as after a restart. The version count goes on.
+            let dropped = self.bytes_dropped(u).then(|| u.id.clone());
+            let dropped = dropped.and_then(|id| Some((self.store.remove(&id)?.version, id)));
+            let u = &self.queued.front().expect("front").1;
+            let days = self.days_to_load(u, dropped.is_some());
             if !days.is_empty() {
                 let id = u.id.clone();
                 self.load(stored, days, &id)?;
+            }
+            if let Some((version, id)) = dropped {
+                if let Some(s) = self.store.get_mut(&id) {
+                    s.version = s.version.max(version);
+                }
             }
             let (epoch, u) = self.queued.pop_front().expect("front");
             self.build_one(epoch, u);
         }
         Ok(())
+    }
+
+    /// Whether the store kept no bytes of `u`'s Observation (its window instance held
+    /// every value) and `u` comes from another instance, so must merge into what the output
+    /// holds.
+    fn bytes_dropped(&self, u: &WindowUpdate) -> bool {
+        !self.newest_pending.contains_key(&u.id)
+            && self
+                .store
+                .get(&u.id)
+                .is_some_and(|s| s.json.is_empty() && s.instance != Some(u.instance))
     }
 
     fn build_one(&mut self, epoch: u64, u: WindowUpdate) {
@@ -317,14 +346,19 @@ impl ObservationStore {
         };
         let result = match prev_resource {
             Some(resource) => observation::merge(&u.template, &u.group, resource),
-            _ => observation::build(&u.template, &u.type_name, &u.group, &u.subjects()).map(
-                |mut o| {
-                    if same_window {
-                        o["status"] = "amended".into();
-                    }
-                    o
-                },
-            ),
+            _ => observation::build_with_id(
+                &u.template,
+                &u.type_name,
+                &u.group,
+                &u.subjects(),
+                u.id.clone(),
+            )
+            .map(|mut o| {
+                if same_window {
+                    o["status"] = "amended".into();
+                }
+                o
+            }),
         };
         let resource = match result {
             Ok(r) => r,
@@ -358,7 +392,7 @@ impl ObservationStore {
         // Exactly its length: serializing grows the buffer by doubling, and at a checkpoint
         // every window's version waits here at once (half a gigabyte of slack at 5,000
         // msgs/s in the hour's third minute).
-        let json = super::compact_json::to_vec(&resource).into_boxed_slice();
+        let json = super::compact_json::to_boxed(&resource, &mut self.scratch);
         let day = observation_day(&resource, &update);
         if let Some(s) = self.store.get_mut(&update.id) {
             // The version before is built on and never read again: versions to come build
@@ -395,7 +429,13 @@ impl ObservationStore {
         }
         for c in changes {
             self.newest = Some(self.newest.map_or(c.end, |n| n.max(c.end)));
-            let json = c.json;
+            // A window instance's next version is built from its group alone: no bytes
+            // kept for it (see `Stored::json`).
+            let json = if c.instance.is_some() {
+                Box::default()
+            } else {
+                c.json
+            };
             self.store.insert(
                 c.id,
                 Stored {

@@ -178,6 +178,7 @@ pub(crate) mod tests {
     use crate::model::Measurement;
     use crate::sinks::files::{committed_parts, parse_days_index};
     use chrono::DurationRound as _;
+    use std::sync::atomic::Ordering;
 
     /// A heart-rate reading `at`, and the window update it makes.
     pub(crate) fn hr_at(w: &mut Windows, at: DateTime<Utc>, v: &str) -> WindowUpdate {
@@ -308,6 +309,43 @@ pub(crate) mod tests {
             );
             assert_eq!(data_of(dir.path(), later), "90");
         }
+    }
+
+    #[test]
+    fn a_window_opened_again_merges_what_its_last_life_wrote() {
+        // The store keeps no bytes of an Observation its live window holds every value of;
+        // the window evicted (the store not told) and opened again must still merge.
+        let fhir = bedside_fhir();
+        let horizon = Duration::from_secs(7200);
+        let s = chrono::Duration::seconds;
+        let t0 = test_dates()[1];
+        let dir = tempfile::tempdir().expect("tmp");
+        let metrics = Metrics::new();
+        let mut sink =
+            ObservationSink::new(dir.path(), 0, |_| true, horizon, metrics.clone()).expect("sink");
+        let mut w = Windows::new(fhir, horizon, Duration::from_secs(300));
+        hr_at(&mut w, t0, "70");
+        sink.write(1, hr_at(&mut w, t0 + s(1), "71"))
+            .expect("write");
+        sink.flush().expect("flush");
+        sink.write(2, hr_at(&mut w, t0 + s(2), "72"))
+            .expect("write");
+        sink.flush().expect("flush");
+        assert_eq!(data_of(dir.path(), t0), "70 71 72");
+        let restored = || metrics.observations_restored.load(Ordering::Relaxed);
+        assert_eq!(
+            restored(),
+            0,
+            "the live window's versions read nothing back"
+        );
+
+        let past = t0 + s(3 * 3600 + 1);
+        assert_eq!(w.evict(past.timestamp_millis()), 1, "the window is gone");
+        sink.write(3, hr_at(&mut w, t0 + s(3), "73"))
+            .expect("write");
+        sink.flush().expect("flush");
+        assert_eq!(data_of(dir.path(), t0), "70 71 72 73");
+        assert_eq!(restored(), 1, "read back from the committed parts");
     }
 
     #[test]
