@@ -98,6 +98,26 @@ fn resolve_code(name: &str, codes: &[Code]) -> Value {
     json!({ "coding": coding, "text": name })
 }
 
+/// The `code` and `category` (None when the template has none) of `tpl`'s Observations
+/// of `type_name`: built once per template, for the spelling it first sees.
+fn head(tpl: &CodeValueTemplate, type_name: &str) -> (Value, Option<Value>) {
+    let build = |type_name: &str| {
+        let category = (!tpl.category.is_empty()).then(|| category(&tpl.category));
+        (
+            type_name.to_string(),
+            resolve_code(type_name, &tpl.codes),
+            category,
+        )
+    };
+    let cached = tpl.head.0.get_or_init(|| build(type_name));
+    if cached.0 == type_name {
+        (cached.1.clone(), cached.2.clone())
+    } else {
+        let (_, code, category) = build(type_name);
+        (code, category)
+    }
+}
+
 fn category(categories: &[Category]) -> Value {
     Value::Array(
         categories
@@ -315,10 +335,11 @@ pub fn build_with_id(
         json!([{ "system": SERVICE_URI, "value": identifier }]),
     );
     o.insert("status".into(), "final".into());
-    if !tpl.category.is_empty() {
-        o.insert("category".into(), category(&tpl.category));
+    let (code, category) = head(tpl, type_name);
+    if let Some(c) = category {
+        o.insert("category".into(), c);
     }
-    o.insert("code".into(), resolve_code(type_name, &tpl.codes));
+    o.insert("code".into(), code);
     o.insert(
         "subject".into(),
         subjects.reference("Patient", subjects.patient),

@@ -172,7 +172,8 @@ fn rewrite(
             "read {rows} rows but the log records {expected}: left as it is"
         ));
     }
-    let props = spec.writer_properties();
+    // A compacted file's ids are at most its rows.
+    let props = spec.writer_properties(rows.min(1 << 20) as u64);
     let removes: Vec<Action> = files
         .iter()
         .map(|f| Action::Remove(f.remove.clone()))

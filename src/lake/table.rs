@@ -92,7 +92,7 @@ impl Table {
         let table = rt
             .block_on(open_or_create(url, spec, storage, create))
             .with_context(|| format!("lakehouse table {location}"))?;
-        let writer_properties = spec.writer_properties();
+        let writer_properties = spec.writer_properties(super::schema::FLUSH_BLOOM_NDV);
         Ok(Self {
             rt,
             table,
