@@ -132,7 +132,7 @@ impl TableSpec {
             b = b
                 .set_column_bloom_filter_enabled(ColumnPath::from(*c), true)
                 .set_column_bloom_filter_fpp(ColumnPath::from(*c), 0.01)
-                .set_column_bloom_filter_ndv(ColumnPath::from(*c), ndv.max(1));
+                .set_column_bloom_filter_max_ndv(ColumnPath::from(*c), ndv.max(1));
         }
         b.build()
     }
