@@ -294,9 +294,9 @@ fn time_values(v: &Value) -> Vec<sampled_data::TimeValue> {
         .unwrap()
         .iter()
         .map(|tv| {
-            (
+            sampled_data::TimeValue::new(
                 instant(&tv["time"]).unwrap(),
-                std::sync::Arc::from(tv["value"].as_str().unwrap()),
+                tv["value"].as_str().unwrap().into(),
             )
         })
         .collect()
@@ -305,7 +305,7 @@ fn time_values(v: &Value) -> Vec<sampled_data::TimeValue> {
 fn time_values_json(tvs: &[sampled_data::TimeValue]) -> Value {
     tvs.iter()
         .map(
-            |(t, v)| serde_json::json!({"time": vitalflow::time::format_rfc3339(t), "value": &**v}),
+            |v| serde_json::json!({"time": vitalflow::time::format_rfc3339(&v.at()), "value": v.text()}),
         )
         .collect()
 }

@@ -24,6 +24,7 @@ use crate::fhir::store::WindowUpdate;
 use crate::mapping::fhir::PeriodInterval;
 use crate::mapping::FhirMapping;
 use crate::model::Measurement;
+use arcstr::ArcStr;
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,13 +41,14 @@ struct Value {
     epoch: u64,
     /// Interned ([`Windows::texts`]): readings repeat a few values ("72", "98"), so a value
     /// costs a pointer, and a version's group shares it instead of copying it.
-    value: Arc<str>,
+    value: ArcStr,
 }
 
 /// One value name's values in a window.
 ///
-/// A value some version holds keeps only its time and text (32 bytes, half of a waiting
-/// one; an hourly window at 1 Hz holds 3,600 of them per vital), one per time: of
+/// A value some version holds keeps only its time and text ([`TimeValue`], 16 bytes, a
+/// third of a waiting one; an hourly window at 1 Hz holds 3,600 of them per vital), one
+/// per time (tick): of
 /// readings of one time a version keeps the first, and every value still to come sorts
 /// after those of its time already held (its checkpoint is later: its effective time is
 /// past the watermark that emitted them).
@@ -110,7 +112,7 @@ impl Window {
                 if due(v) {
                     // Held by a version now: its epoch no longer waits on it.
                     super::count_down(holds, v.epoch);
-                    taking.push((v.at, v.value.clone()));
+                    taking.push(TimeValue::new(v.at, v.value.clone()));
                     false
                 } else {
                     next = Some(next.map_or(v.checkpoint, |n| n.min(v.checkpoint)));
@@ -141,7 +143,7 @@ impl Window {
             let times = group
                 .values
                 .iter()
-                .flat_map(|(_, v)| v.iter().map(|(t, _)| *t));
+                .flat_map(|(_, v)| v.iter().map(TimeValue::at));
             if let (Some(lo), Some(hi)) = (times.clone().min(), times.max()) {
                 group.start = lo;
                 group.end = hi;
@@ -159,7 +161,7 @@ impl Window {
     fn evict_after(&self) -> i64 {
         self.close.unwrap_or_else(|| {
             let newest = self.values.iter().flat_map(|c| {
-                let held = c.held.last().map(|(t, _)| *t);
+                let held = c.held.last().map(TimeValue::at);
                 held.into_iter().chain(c.waiting.last().map(|v| v.at))
             });
             newest
@@ -197,7 +199,7 @@ enum Slot {
 fn merge_held(held: &mut Vec<TimeValue>, taking: Vec<TimeValue>) {
     // Of readings of one time the first stays.
     fn push(held: &mut Vec<TimeValue>, v: TimeValue) {
-        if held.last().is_none_or(|(t, _)| *t != v.0) {
+        if held.last().is_none_or(|h| h.ticks() != v.ticks()) {
             held.push(v);
         }
     }
@@ -206,7 +208,7 @@ fn merge_held(held: &mut Vec<TimeValue>, taking: Vec<TimeValue>) {
     held.reserve_exact(taking.len());
     if held
         .last()
-        .is_none_or(|(t, _)| taking.first().is_some_and(|(u, _)| t < u))
+        .is_none_or(|h| taking.first().is_some_and(|u| h.ticks() < u.ticks()))
     {
         // Readings in time order (the usual case): appended.
         for v in taking {
@@ -218,7 +220,7 @@ fn merge_held(held: &mut Vec<TimeValue>, taking: Vec<TimeValue>) {
     held.reserve_exact(old.len() + taking.len());
     let mut new = taking.into_iter().peekable();
     for h in old {
-        while let Some(n) = new.next_if(|n| n.0 < h.0) {
+        while let Some(n) = new.next_if(|n| n.ticks() < h.ticks()) {
             push(held, n);
         }
         push(held, h);
@@ -304,7 +306,7 @@ pub struct Windows {
     ids: Ids,
     /// Values held, each text once; those no window holds any more are dropped as windows
     /// are evicted ([`Windows::evict`]).
-    texts: rustc_hash::FxHashSet<Arc<str>>,
+    texts: rustc_hash::FxHashSet<ArcStr>,
     /// How many texts the last purge kept: the next waits for twice as many.
     texts_kept: usize,
     /// Windows by the checkpoint they wait for: emitting is O(versions), not O(windows).
@@ -463,13 +465,14 @@ impl Windows {
             let list = &mut col.waiting;
             // A vital often reads as it did a second before: the column's newest text
             // answers without hashing.
-            let newest = (list.last().map(|v| &v.value)).or_else(|| col.held.last().map(|h| &h.1));
-            let value = match newest.filter(|t| ***t == **value) {
+            let newest = (list.last().map(|v| &v.value))
+                .or_else(|| col.held.last().map(TimeValue::shared_text));
+            let value = match newest.filter(|t| t.as_str() == value.as_str()) {
                 Some(t) => t.clone(),
                 None => match self.texts.get(value.as_str()) {
                     Some(t) => t.clone(),
                     None => {
-                        let t: Arc<str> = Arc::from(value.as_str());
+                        let t = ArcStr::from(value.as_str());
                         self.texts.insert(t.clone());
                         t
                     }
@@ -577,7 +580,8 @@ impl Windows {
         if self.texts.len() > 2 * self.texts_kept + 1024 {
             // Texts only this set holds belong to no window (nor to a version an output
             // still holds): values never seen again cost nothing after their window.
-            self.texts.retain(|t| Arc::strong_count(t) > 1);
+            self.texts
+                .retain(|t| ArcStr::strong_count(t).is_some_and(|n| n > 1));
             self.texts_kept = self.texts.len();
         }
         before - self.windows.len()
@@ -593,7 +597,9 @@ mod tests {
     fn held_values_merge_by_time_with_those_held_first_and_one_per_time() {
         let t = |s: i64| chrono::DateTime::from_timestamp(1_764_892_800 + s, 0).expect("t");
         let held = |xs: &[(i64, &str)]| -> Vec<TimeValue> {
-            xs.iter().map(|(s, v)| (t(*s), Arc::from(*v))).collect()
+            xs.iter()
+                .map(|(s, v)| TimeValue::new(t(*s), (*v).into()))
+                .collect()
         };
         let taking = held;
         let merge_held = |mut h: Vec<TimeValue>, t| {
@@ -602,7 +608,7 @@ mod tests {
         };
         let texts = |v: Vec<TimeValue>| {
             v.into_iter()
-                .map(|(at, x)| (at, x.to_string()))
+                .map(|v| (v.at(), v.text().to_string()))
                 .collect::<Vec<_>>()
         };
         let want = |xs: &[(i64, &str)]| {
@@ -674,7 +680,7 @@ mod tests {
             .get("hr")
             .unwrap_or_default()
             .iter()
-            .map(|(_, v)| v.to_string())
+            .map(|v| v.text().to_string())
             .collect()
     }
 

@@ -50,8 +50,9 @@ impl ObservationGroup {
                 }
             };
             // A set ordered by time: an equal timestamp keeps the value already there.
-            if let Err(i) = list.binary_search_by_key(&at, |(t, _)| *t) {
-                list.insert(i, (at, Arc::from(value.as_str())));
+            let v = TimeValue::new(at, value.as_str().into());
+            if let Err(i) = list.binary_search_by_key(&v.ticks(), TimeValue::ticks) {
+                list.insert(i, v);
             }
         }
     }

@@ -179,7 +179,7 @@ fn decimal(s: &str) -> Option<Number> {
 
 fn single<'v>(tpl: &ValueTemplate, values: &'v [TimeValue]) -> Result<&'v str, FhirDataError> {
     match values {
-        [(_, v)] => Ok(v),
+        [v] => Ok(v.text()),
         _ => Err(FhirDataError(format!(
             "{} value \"{}\" expects exactly one value per observation, found {}",
             value_key(&tpl.kind),

@@ -1,11 +1,67 @@
 //! SampledData streams: `data` strings of space-separated values, `E` for no value.
 
-use chrono::{DateTime, Duration, Utc};
-use std::sync::Arc;
+use arcstr::ArcStr;
+use chrono::{DateTime, Utc};
 
-/// A timestamped measured value. Shared, not owned: a window's version hands its values to
-/// the outputs without copying each one.
-pub type TimeValue = (DateTime<Utc>, Arc<str>);
+/// A timestamped measured value, in 16 bytes: an hourly window holds 3,600 of them per vital
+/// at 1 Hz, and as a `(DateTime<Utc>, Arc<str>)` (32 bytes) they were most of what a job's
+/// memory grew by within the hour.
+///
+/// The time is kept in .NET ticks (100 ns since the Unix epoch): the resolution FHIR periods
+/// are written at, and the one the IoMT connector's own times have. Readings of one series
+/// less than a tick apart are one time, as they are to the connector; a leap second's
+/// readings count as the next second's. The text is shared behind a one-word pointer: a
+/// window's version hands its values to the outputs without copying each one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeValue {
+    ticks: i64,
+    text: ArcStr,
+}
+
+/// Ticks per second.
+const TICKS: i64 = 10_000_000;
+
+impl TimeValue {
+    /// `text` at `at` (to the tick; saturating beyond ±29,000 years).
+    pub fn new(at: DateTime<Utc>, text: ArcStr) -> Self {
+        let ticks = at
+            .timestamp()
+            .checked_mul(TICKS)
+            .and_then(|t| t.checked_add(i64::from(at.timestamp_subsec_nanos() / 100)))
+            .unwrap_or(if at.timestamp() < 0 {
+                i64::MIN
+            } else {
+                i64::MAX
+            });
+        Self { ticks, text }
+    }
+
+    /// Its time, to the tick.
+    pub fn at(&self) -> DateTime<Utc> {
+        let nanos = (self.ticks.rem_euclid(TICKS) * 100) as u32;
+        DateTime::from_timestamp(self.ticks.div_euclid(TICKS), nanos).expect("in chrono's range")
+    }
+
+    /// Its time in ticks: what orders and compares values.
+    pub fn ticks(&self) -> i64 {
+        self.ticks
+    }
+
+    /// The value as the device sent it.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The value, shared.
+    pub fn shared_text(&self) -> &ArcStr {
+        &self.text
+    }
+}
+
+/// Nanoseconds since the Unix epoch, exact for any time chrono holds.
+fn nanos(t: DateTime<Utc>) -> i128 {
+    i128::from(t.timestamp()) * 1_000_000_000 + i128::from(t.timestamp_subsec_nanos())
+}
 
 /// Builds `data` for values in time order over `[start, end]` (end inclusive), one slot per
 /// `period_ms`; a later value in the same slot wins. Values before `start` or past the last
@@ -20,20 +76,21 @@ pub fn build(
     end: DateTime<Utc>,
     period_ms: u64,
 ) -> String {
-    if !values.is_sorted_by(|a, b| a.0 <= b.0) {
+    if !values.is_sorted_by(|a, b| a.ticks <= b.ticks) {
         return build_by_slots(values, start, end, period_ms);
     }
     let period = period_ms.max(1) as i128 * 1_000_000;
     let Some(slots) = slot_count(start, end, period) else {
         return String::new();
     };
-    let texts: usize = values.iter().map(|(_, v)| v.len() + 1).sum();
+    let texts: usize = values.iter().map(|v| v.text.len() + 1).sum();
     let mut out = String::with_capacity(2 * slots + texts);
     // Every token is written with the space after it; the last space goes at the end.
     let mut next = 0;
+    let start = nanos(start);
     let mut placed = values
         .iter()
-        .filter_map(|(t, v)| Some((slot_of(*t, start, period, slots)?, v)))
+        .filter_map(|v| Some((slot_of(v, start, period, slots)?, v.text())))
         .peekable();
     while let Some((slot, v)) = placed.next() {
         if placed.peek().is_some_and(|(s, _)| *s == slot) {
@@ -56,13 +113,13 @@ fn slot_count(start: DateTime<Utc>, end: DateTime<Utc>, period: i128) -> Option<
     (span >= 0).then(|| (span / period + 1) as usize)
 }
 
-/// The slot of a value at `t`, when it falls in one of `slots`.
-fn slot_of(t: DateTime<Utc>, start: DateTime<Utc>, period: i128, slots: usize) -> Option<usize> {
-    let offset = (t - start).num_nanoseconds().map_or(-1, i128::from);
+/// The slot of `v`, when it falls in one of `slots` from `start` (ns since the epoch).
+fn slot_of(v: &TimeValue, start: i128, period: i128, slots: usize) -> Option<usize> {
+    let offset = i128::from(v.ticks) * 100 - start;
     if offset < 0 {
         return None;
     }
-    Some((offset / period) as usize).filter(|s| *s < slots)
+    usize::try_from(offset / period).ok().filter(|s| *s < slots)
 }
 
 /// Appends `n` empty slots ("E ").
@@ -88,9 +145,10 @@ fn build_by_slots(
         return String::new();
     };
     let mut data: Vec<Option<&str>> = vec![None; slots];
-    for (t, v) in values {
-        if let Some(slot) = slot_of(*t, start, period, slots) {
-            data[slot] = Some(v);
+    let start = nanos(start);
+    for v in values {
+        if let Some(slot) = slot_of(v, start, period, slots) {
+            data[slot] = Some(v.text());
         }
     }
     let mut out = String::with_capacity(slots * 3);
@@ -109,10 +167,8 @@ pub fn to_time_values(data: &str, start: DateTime<Utc>, period_ms: u64) -> Vec<T
         .enumerate()
         .filter(|(_, v)| *v != "E")
         .map(|(k, v)| {
-            (
-                start + Duration::milliseconds((k as u64 * period_ms) as i64),
-                Arc::from(v),
-            )
+            let at = start + chrono::Duration::milliseconds((k as u64 * period_ms) as i64);
+            TimeValue::new(at, ArcStr::from(v))
         })
         .collect()
 }
@@ -123,11 +179,11 @@ pub fn merge(existing: &[TimeValue], new: &[TimeValue]) -> Vec<TimeValue> {
     let (mut i, mut j) = (0, 0);
     while i < existing.len() || j < new.len() {
         match (existing.get(i), new.get(j)) {
-            (Some(a), Some(b)) if a.0 < b.0 => {
+            (Some(a), Some(b)) if a.ticks < b.ticks => {
                 out.push(a.clone());
                 i += 1;
             }
-            (Some(a), Some(b)) if a.0 == b.0 => {
+            (Some(a), Some(b)) if a.ticks == b.ticks => {
                 out.push(b.clone());
                 i += 1;
                 j += 1;
@@ -170,7 +226,7 @@ mod tests {
             let values: Vec<TimeValue> = times
                 .iter()
                 .zip(&texts)
-                .map(|(t, v)| (at(1_800_000_000_000 + t), Arc::from(v.as_str())))
+                .map(|(t, v)| TimeValue::new(at(1_800_000_000_000 + t), v.as_str().into()))
                 .collect();
             let (start, end) = (at(1_800_000_000_000), at(1_800_000_000_000 + span));
             prop_assert_eq!(
@@ -180,15 +236,54 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// A value's time is the reading's to the tick, and ticks order as times do.
+        #[test]
+        fn a_value_keeps_its_time_to_the_tick(
+            a in -62_135_596_800i64..253_402_300_799,
+            b in -62_135_596_800i64..253_402_300_799,
+            na in 0u32..1_000_000_000,
+            nb in 0u32..1_000_000_000,
+        ) {
+            let (ta, tb) = (
+                DateTime::from_timestamp(a, na).expect("time"),
+                DateTime::from_timestamp(b, nb).expect("time"),
+            );
+            let (va, vb) = (TimeValue::new(ta, "1".into()), TimeValue::new(tb, "2".into()));
+            prop_assert_eq!(va.at(), DateTime::from_timestamp(a, na / 100 * 100).expect("time"));
+            prop_assert_eq!(va.at().timestamp_subsec_nanos() % 100, 0);
+            if ta <= tb {
+                prop_assert!(va.ticks() <= vb.ticks());
+            }
+        }
+    }
+
+    #[test]
+    fn values_are_sixteen_bytes_and_times_out_of_range_saturate() {
+        assert_eq!(std::mem::size_of::<TimeValue>(), 16);
+        let far = DateTime::<Utc>::MAX_UTC;
+        assert_eq!(TimeValue::new(far, "x".into()).ticks(), i64::MAX);
+        assert_eq!(
+            TimeValue::new(DateTime::<Utc>::MIN_UTC, "x".into()).ticks(),
+            i64::MIN
+        );
+    }
+
     #[test]
     fn an_hour_at_one_hertz_has_a_slot_per_second() {
         let start = at(0);
-        let values = vec![(at(0), Arc::from("72")), (at(2_500), Arc::from("75"))];
+        let values = vec![
+            TimeValue::new(at(0), "72".into()),
+            TimeValue::new(at(2_500), "75".into()),
+        ];
         let data = build(&values, start, at(3_599_999), 1_000);
         assert_eq!(data.split(' ').count(), 3_600);
         assert!(data.starts_with("72 E 75 E E"));
         // Out of time order: the slot table decides, the later in the list wins.
-        let shuffled = vec![(at(1_400), Arc::from("80")), (at(1_100), Arc::from("81"))];
+        let shuffled = vec![
+            TimeValue::new(at(1_400), "80".into()),
+            TimeValue::new(at(1_100), "81".into()),
+        ];
         assert!(build(&shuffled, start, at(2_999), 1_000).starts_with("E 81 E"));
     }
 }

@@ -80,7 +80,7 @@ pub fn group_dead_letter(u: &WindowUpdate, stage: &'static str, error: String) -
         .map(|(name, tv)| {
             let list = tv
                 .iter()
-                .map(|(t, v)| json!([format_dotnet(t), v]))
+                .map(|v| json!([format_dotnet(&v.at()), v.text()]))
                 .collect();
             (name.to_string(), Value::Array(list))
         })
