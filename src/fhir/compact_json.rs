@@ -16,6 +16,11 @@ pub fn to_vec(value: &Value) -> Vec<u8> {
     out
 }
 
+/// Appends `value` as compact JSON to `out`.
+pub fn write_into(out: &mut Vec<u8>, value: &Value) {
+    write(out, value);
+}
+
 /// `value` as compact JSON in a box of exactly its length, written through `scratch`: a
 /// buffer kept by the caller has room for the next resource already, where a new one grows
 /// by doubling and is shrunk to fit after (3 % of a replay's instructions, reallocating).

@@ -12,6 +12,7 @@ use crate::fhir::groups::ObservationGroup;
 use crate::fhir::observation::{self, period_end, period_start, Subjects};
 use crate::mapping::fhir::CodeValueTemplate;
 use crate::metrics::Metrics;
+use crate::time::{format_dotnet, parse_timestamp};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
@@ -128,29 +129,85 @@ pub struct Change {
     pub id: String,
     /// The version number it becomes.
     pub version: i64,
-    /// The window update it was built from, without its values (in the resource now).
+    /// The window update it comes from: with its values while they are to be built
+    /// (`json` None), without them once they are in `json`.
     pub update: WindowUpdate,
     end: DateTime<Utc>,
     instance: Option<u64>,
-    /// The resource as compact JSON, serialized when built: what the output writes is what
-    /// the store keeps. Not kept as a `Value`: every window reaches a checkpoint at the same
-    /// watermark, and a flush's worth of resources as `Value`s was most of the job's memory
-    /// at that moment (an output that reads members parses one at a time).
-    json: Box<[u8]>,
+    /// The resource as compact JSON when it was built as it came (a merge, or a template
+    /// whose values can fail to build); None when it is built from `update`'s group as it
+    /// is written. Every hourly window reaches a checkpoint at the same watermark, and
+    /// the flush's resources held at once (as `Value`s, then as JSON) were the job's peak
+    /// memory each minute; the group is shared with the window, and costs nothing to hold.
+    json: Option<Box<[u8]>>,
+    /// Whether an Observation of this window was written before (status `amended`).
+    amended: bool,
     /// The UTC day its period starts on.
     day: i32,
 }
 
 impl Change {
-    /// The resource as compact JSON.
-    pub fn json(&self) -> &[u8] {
-        &self.json
+    /// The resource as compact JSON (built now from the window's values when it was not
+    /// built as it came).
+    pub fn json(&self) -> std::borrow::Cow<'_, [u8]> {
+        match &self.json {
+            Some(json) => std::borrow::Cow::Borrowed(json),
+            None => {
+                let mut out = Vec::new();
+                self.write_json(&mut out);
+                std::borrow::Cow::Owned(out)
+            }
+        }
+    }
+
+    /// Whether the resource is held built (as JSON) rather than as its window's values.
+    #[cfg(test)]
+    pub(crate) fn holds_resource(&self) -> bool {
+        self.json.is_some()
+    }
+
+    /// Appends the resource as compact JSON to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        match &self.json {
+            Some(json) => out.extend_from_slice(json),
+            None => {
+                let u = &self.update;
+                let subjects = u.subjects();
+                let built = observation::build_with_id(
+                    &u.template,
+                    &u.type_name,
+                    &u.group,
+                    &subjects,
+                    u.id.clone(),
+                );
+                // Taken only for templates whose every value builds (`infallible`).
+                let mut o = built.expect("a SampledData or CodeableConcept Observation builds");
+                if self.amended {
+                    o["status"] = "amended".into();
+                }
+                super::compact_json::write_into(out, &o);
+            }
+        }
     }
 
     /// The UTC day its period starts on: where outputs file it.
     pub fn day(&self) -> i32 {
         self.day
     }
+}
+
+/// Whether every value of `tpl`'s Observations builds whatever the group holds: SampledData
+/// and CodeableConcept values do; a Quantity or a string wants exactly one value, a
+/// Quantity a number.
+fn infallible(tpl: &CodeValueTemplate) -> bool {
+    use crate::mapping::fhir::ValueKind;
+    let builds = |v: &crate::mapping::fhir::ValueTemplate| {
+        matches!(
+            v.kind,
+            ValueKind::SampledData { .. } | ValueKind::CodeableConcept { .. }
+        )
+    };
+    tpl.value.iter().all(builds) && tpl.components.iter().all(|c| builds(&c.value))
 }
 
 /// The UTC day an Observation's period starts on: where outputs file it.
@@ -322,28 +379,30 @@ impl ObservationStore {
     fn build_one(&mut self, epoch: u64, u: WindowUpdate) {
         let id = &u.id;
         // What the output holds before this version: the version before it in this flush,
-        // or the stored one.
-        let prev: Option<(&[u8], Option<u64>, i64)> = match self.newest_pending.get(id) {
-            Some(i) => {
-                let c = &self.pending[*i];
-                Some((&c.json[..], c.instance, c.version))
-            }
-            None => self
-                .store
-                .get(id)
-                .map(|s| (&s.json[..], s.instance, s.version)),
+        // or the stored one (its window instance and version count).
+        let pending = self.newest_pending.get(id).map(|i| &self.pending[*i]);
+        let prev: Option<(Option<u64>, i64)> = match pending {
+            Some(c) => Some((c.instance, c.version)),
+            None => self.store.get(id).map(|s| (s.instance, s.version)),
         };
         // A group of the same window instance holds every value already written: building
         // it afresh gives what merging would, without re-reading the stored SampledData.
-        let same_window = prev.as_ref().is_some_and(|p| p.1 == Some(u.instance));
-        let parsed: Option<Value>;
-        let prev_resource: Option<&Value> = match &prev {
-            Some((json, ..)) if !same_window => {
-                parsed = Some(serde_json::from_slice(json).expect("the store's own JSON"));
-                parsed.as_ref()
-            }
+        let same_window = prev.is_some_and(|p| p.0 == Some(u.instance));
+        let parsed: Option<Value> = match (prev, pending) {
+            (Some(_), Some(c)) if !same_window => Some(c.json().into_owned()),
+            (Some(_), None) if !same_window => Some(self.store[id].json.to_vec()),
             _ => None,
-        };
+        }
+        .map(|json| serde_json::from_slice(&json).expect("the store's own JSON"));
+        let prev_resource = parsed.as_ref();
+        let version = prev.map_or(1, |p| p.1 + 1);
+        if prev_resource.is_none() && infallible(&u.template) {
+            // Built from the group when written: nothing of it is held until then.
+            let end = parse_timestamp(&format_dotnet(&u.group.end)).unwrap_or(u.group.end);
+            let day = crate::time::day_of(&u.group.start);
+            self.push(epoch, u, version, end, day, None, same_window);
+            return;
+        }
         let result = match prev_resource {
             Some(resource) => observation::merge(&u.template, &u.group, resource),
             _ => observation::build_with_id(
@@ -378,9 +437,8 @@ impl ObservationStore {
         // (values read back at start, or from an evicted window) the next version must merge
         // again, or it would drop what only the stored version had.
         let built_from_group = prev.is_none() || same_window;
-        let instance = u.instance;
         let end = period_end(&resource).unwrap_or(u.group.end);
-        let version = prev.map_or(1, |p| p.2 + 1);
+        let day = observation_day(&resource, &u);
         // The values are in the resource now: keep the window's description only.
         let mut update = u;
         update.group = Arc::new(ObservationGroup {
@@ -389,11 +447,27 @@ impl ObservationStore {
             id_segment: String::new(),
             values: Vec::new(),
         });
-        // Exactly its length: serializing grows the buffer by doubling, and at a checkpoint
-        // every window's version waits here at once (half a gigabyte of slack at 5,000
-        // msgs/s in the hour's third minute).
+        // Exactly its length: serializing grows the buffer by doubling.
         let json = super::compact_json::to_boxed(&resource, &mut self.scratch);
-        let day = observation_day(&resource, &update);
+        self.push(epoch, update, version, end, day, Some(json), false);
+        if !built_from_group {
+            let i = self.pending.len() - 1;
+            self.pending[i].instance = None;
+        }
+    }
+
+    /// Adds a version to the pending ones: the newest of its Observation.
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        epoch: u64,
+        update: WindowUpdate,
+        version: i64,
+        end: DateTime<Utc>,
+        day: i32,
+        json: Option<Box<[u8]>>,
+        amended: bool,
+    ) {
         if let Some(s) = self.store.get_mut(&update.id) {
             // The version before is built on and never read again: versions to come build
             // on this one (`newest_pending`), which replaces it at the commit.
@@ -405,10 +479,11 @@ impl ObservationStore {
             epoch,
             id: update.id.clone(),
             version,
+            instance: Some(update.instance),
             update,
             end,
-            instance: built_from_group.then_some(instance),
             json,
+            amended,
             day,
         });
     }
@@ -431,10 +506,9 @@ impl ObservationStore {
             self.newest = Some(self.newest.map_or(c.end, |n| n.max(c.end)));
             // A window instance's next version is built from its group alone: no bytes
             // kept for it (see `Stored::json`).
-            let json = if c.instance.is_some() {
-                Box::default()
-            } else {
-                c.json
+            let json = match (c.instance, c.json) {
+                (None, Some(json)) => json,
+                _ => Box::default(),
             };
             self.store.insert(
                 c.id,

@@ -122,7 +122,8 @@ struct Builders {
 impl Builders {
     fn push(&mut self, c: &Change, written_at: i64) {
         // Parsed back one at a time: the store keeps no flush's worth of resources.
-        let o: Value = serde_json::from_slice(c.json()).expect("the store's own JSON");
+        let resource = c.json();
+        let o: Value = serde_json::from_slice(&resource).expect("the store's own JSON");
         let o = &o;
         let u: &WindowUpdate = &c.update;
         let text = |p: &str| o.pointer(p).and_then(Value::as_str);
@@ -132,7 +133,7 @@ impl Builders {
         let end = text("/effectivePeriod/end")
             .and_then(micros)
             .unwrap_or(u.group.end.timestamp_micros());
-        let json = std::str::from_utf8(c.json()).expect("serde_json writes UTF-8");
+        let json = std::str::from_utf8(&resource).expect("serde_json writes UTF-8");
         let values = u.template.value.iter().map(|v| (v, Some(o))).chain(
             u.template
                 .components

@@ -159,8 +159,12 @@ impl ObservationSink {
     fn write_pending(&mut self) -> anyhow::Result<()> {
         self.store.build(&mut self.parts)?;
         let mut days = BTreeSet::new();
+        // Built one at a time as written (`Change::json`): the flush holds no resources.
+        let mut line = Vec::new();
         for c in self.store.changes() {
-            self.writer.write_line(c.epoch, c.json())?;
+            line.clear();
+            c.write_json(&mut line);
+            self.writer.write_line(c.epoch, &line)?;
             days.insert(c.day());
         }
         self.writer.commit_with_index(Some(&days_index(&days)))?;
@@ -309,6 +313,49 @@ pub(crate) mod tests {
             );
             assert_eq!(data_of(dir.path(), later), "90");
         }
+    }
+
+    #[test]
+    fn hourly_versions_wait_as_their_window_values_and_are_written_as_built_at_once() {
+        // A checkpoint's versions wait for the flush as their windows' values, not as
+        // resources; written, they are what building each as it came gives.
+        use crate::fhir::{compact_json, observation};
+        let fhir = bedside_fhir();
+        let horizon = Duration::from_secs(7200);
+        let t0 = test_dates()[1];
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut sink =
+            ObservationSink::new(dir.path(), 0, |_| true, horizon, Metrics::new()).expect("sink");
+        let mut w = Windows::new(fhir, horizon, Duration::from_secs(300));
+        let built = |u: &WindowUpdate, amended: bool| {
+            let mut o = observation::build(&u.template, &u.type_name, &u.group, &u.subjects())
+                .expect("built");
+            if amended {
+                o["status"] = "amended".into();
+            }
+            compact_json::to_vec(&o)
+        };
+        let first = hr_at(&mut w, t0, "70");
+        let expected = built(&first, false);
+        sink.write(1, first).expect("write");
+        let second = hr_at(&mut w, t0 + chrono::Duration::seconds(1), "71");
+        let expected_second = built(&second, true);
+        sink.write(2, second).expect("write");
+        let changes = sink.store.changes();
+        assert_eq!(changes.len(), 2);
+        assert!(changes.iter().all(|c| !c.holds_resource()));
+        assert_eq!(&*changes[0].json(), &expected[..]);
+        assert_eq!(&*changes[1].json(), &expected_second[..]);
+        sink.flush().expect("flush");
+        let lines: Vec<String> = committed_parts(&dir.path().join("observations"))
+            .iter()
+            .flat_map(|p| {
+                let text = std::fs::read_to_string(p).expect("read");
+                text.lines().map(str::to_string).collect::<Vec<_>>()
+            })
+            .collect();
+        let want = [expected, expected_second].map(|j| String::from_utf8(j).expect("utf8"));
+        assert_eq!(lines, want);
     }
 
     #[test]
