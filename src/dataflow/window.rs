@@ -46,8 +46,8 @@ struct Value {
 
 /// One value name's values in a window.
 ///
-/// A value some version holds keeps only its time and text ([`TimeValue`], 16 bytes, a
-/// third of a waiting one; an hourly window at 1 Hz holds 3,600 of them per vital), one
+/// A value some version holds keeps only its time and text ([`TimeValue`], 16 bytes, under
+/// a third of a waiting one's 56; an hourly window at 1 Hz holds 3,600 of them per vital), one
 /// per time (tick): of
 /// readings of one time a version keeps the first, and every value still to come sorts
 /// after those of its time already held (its checkpoint is later: its effective time is
@@ -592,6 +592,13 @@ impl Windows {
 mod tests {
     use super::*;
     use crate::time::parse_timestamp;
+
+    #[test]
+    fn a_waiting_value_takes_the_bytes_the_docs_say() {
+        // docs/ARCHITECTURE.md and docs/scaling.md size a window's values by these.
+        assert_eq!(std::mem::size_of::<Value>(), 56);
+        assert_eq!(std::mem::size_of::<TimeValue>(), 16);
+    }
 
     #[test]
     fn held_values_merge_by_time_with_those_held_first_and_one_per_time() {

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 ///
 /// The time is kept in .NET ticks (100 ns since the Unix epoch): the resolution FHIR periods
 /// are written at, and the one the IoMT connector's own times have. Readings of one series
-/// less than a tick apart are one time, as they are to the connector; a leap second's
+/// in the same tick are one time, as they are to the connector; a leap second's
 /// readings count as the next second's. The text is shared behind a one-word pointer: a
 /// window's version hands its values to the outputs without copying each one.
 #[derive(Debug, Clone, PartialEq, Eq)]

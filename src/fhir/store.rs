@@ -389,18 +389,31 @@ impl ObservationStore {
         // it afresh gives what merging would, without re-reading the stored SampledData.
         let same_window = prev.is_some_and(|p| p.0 == Some(u.instance));
         let parsed: Option<Value> = match (prev, pending) {
-            (Some(_), Some(c)) if !same_window => Some(c.json().into_owned()),
-            (Some(_), None) if !same_window => Some(self.store[id].json.to_vec()),
+            (Some(_), Some(c)) if !same_window => Some(c.json()),
+            (Some(_), None) if !same_window => {
+                Some(std::borrow::Cow::Borrowed(&self.store[id].json[..]))
+            }
             _ => None,
         }
         .map(|json| serde_json::from_slice(&json).expect("the store's own JSON"));
         let prev_resource = parsed.as_ref();
         let version = prev.map_or(1, |p| p.1 + 1);
         if prev_resource.is_none() && infallible(&u.template) {
-            // Built from the group when written: nothing of it is held until then.
+            // Built from the group when written: nothing of it is held until then. Its end
+            // and day are what `period_end` and `observation_day` read from the built
+            // resource (the period written to the tick).
             let end = parse_timestamp(&format_dotnet(&u.group.end)).unwrap_or(u.group.end);
-            let day = crate::time::day_of(&u.group.start);
-            self.push(epoch, u, version, end, day, None, same_window);
+            self.push(Change {
+                epoch,
+                id: u.id.clone(),
+                version,
+                instance: Some(u.instance),
+                end,
+                day: crate::time::day_of(&u.group.start),
+                json: None,
+                amended: same_window,
+                update: u,
+            });
             return;
         }
         let result = match prev_resource {
@@ -449,43 +462,29 @@ impl ObservationStore {
         });
         // Exactly its length: serializing grows the buffer by doubling.
         let json = super::compact_json::to_boxed(&resource, &mut self.scratch);
-        self.push(epoch, update, version, end, day, Some(json), false);
-        if !built_from_group {
-            let i = self.pending.len() - 1;
-            self.pending[i].instance = None;
-        }
+        self.push(Change {
+            epoch,
+            id: update.id.clone(),
+            version,
+            instance: built_from_group.then_some(update.instance),
+            end,
+            day,
+            json: Some(json),
+            amended: false,
+            update,
+        });
     }
 
     /// Adds a version to the pending ones: the newest of its Observation.
-    #[allow(clippy::too_many_arguments)]
-    fn push(
-        &mut self,
-        epoch: u64,
-        update: WindowUpdate,
-        version: i64,
-        end: DateTime<Utc>,
-        day: i32,
-        json: Option<Box<[u8]>>,
-        amended: bool,
-    ) {
-        if let Some(s) = self.store.get_mut(&update.id) {
+    fn push(&mut self, change: Change) {
+        if let Some(s) = self.store.get_mut(&change.id) {
             // The version before is built on and never read again: versions to come build
             // on this one (`newest_pending`), which replaces it at the commit.
             s.json = Box::default();
         }
         self.newest_pending
-            .insert(update.id.clone(), self.pending.len());
-        self.pending.push(Change {
-            epoch,
-            id: update.id.clone(),
-            version,
-            instance: Some(update.instance),
-            update,
-            end,
-            json,
-            amended,
-            day,
-        });
+            .insert(change.id.clone(), self.pending.len());
+        self.pending.push(change);
     }
 
     /// The versions built since the last flush, in the order emitted.
