@@ -469,3 +469,43 @@ pub fn merge(
         merged
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fhir::groups::TimeValue;
+    use crate::mapping::FhirMapping;
+    use std::sync::Arc;
+
+    #[test]
+    fn the_cached_code_follows_each_spelling_of_the_type() {
+        // The first spelling builds the cache; another spelling of the same type (the
+        // template lookup ignores case) gets its own code, not the cached one.
+        let fhir = FhirMapping::from_file(std::path::Path::new(
+            "templates/bedside-monitor/fhirmapping.json",
+        ))
+        .expect("mapping");
+        let tpl = fhir.get("heartRate").expect("template");
+        let at = parse_timestamp("2026-12-06T10:00:00Z").expect("time");
+        let group = ObservationGroup {
+            start: at,
+            end: at + chrono::Duration::seconds(3599),
+            id_segment: "x".into(),
+            values: vec![(
+                Arc::from("hr"),
+                Arc::new(vec![TimeValue::new(at, "72".into())]),
+            )],
+        };
+        let subjects = Subjects {
+            patient: "P-1",
+            device: "D-1",
+            encounter: None,
+            resolved: false,
+        };
+        for spelling in ["heartRate", "HEARTRATE", "heartRate"] {
+            let o = build(tpl, spelling, &group, &subjects).expect("built");
+            assert_eq!(o["code"], resolve_code(spelling, &tpl.codes), "{spelling}");
+            assert_eq!(o["category"], category(&tpl.category), "{spelling}");
+        }
+    }
+}
