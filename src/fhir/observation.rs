@@ -189,6 +189,19 @@ fn single<'v>(tpl: &ValueTemplate, values: &'v [TimeValue]) -> Result<&'v str, F
     }
 }
 
+/// Whether every Observation of `tpl` builds whatever its group holds: SampledData and
+/// CodeableConcept values do; a Quantity or a string wants exactly one value
+/// ([`create_value`]), a Quantity a number.
+pub fn always_builds(tpl: &CodeValueTemplate) -> bool {
+    let builds = |v: &ValueTemplate| {
+        matches!(
+            v.kind,
+            ValueKind::SampledData { .. } | ValueKind::CodeableConcept { .. }
+        )
+    };
+    tpl.value.iter().all(builds) && tpl.components.iter().all(|c| builds(&c.value))
+}
+
 fn create_value(
     tpl: &ValueTemplate,
     values: &[TimeValue],

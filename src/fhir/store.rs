@@ -170,24 +170,31 @@ impl Change {
     pub fn write_json(&self, out: &mut Vec<u8>) {
         match &self.json {
             Some(json) => out.extend_from_slice(json),
+            None => super::compact_json::write_into(out, &self.built()),
+        }
+    }
+
+    /// The resource, and its compact JSON: an output that reads its members (the
+    /// lakehouse) parses the JSON only of a version built as it came.
+    pub fn resource(&self) -> (Value, std::borrow::Cow<'_, [u8]>) {
+        match &self.json {
+            Some(json) => (
+                serde_json::from_slice(json).expect("the store's own JSON"),
+                std::borrow::Cow::Borrowed(json),
+            ),
             None => {
-                let u = &self.update;
-                let subjects = u.subjects();
-                let built = observation::build_with_id(
-                    &u.template,
-                    &u.type_name,
-                    &u.group,
-                    &subjects,
-                    u.id.clone(),
-                );
-                // Taken only for templates whose every value builds (`infallible`).
-                let mut o = built.expect("a SampledData or CodeableConcept Observation builds");
-                if self.amended {
-                    o["status"] = "amended".into();
-                }
-                super::compact_json::write_into(out, &o);
+                let o = self.built();
+                let json = super::compact_json::to_vec(&o);
+                (o, std::borrow::Cow::Owned(json))
             }
         }
+    }
+
+    /// The resource of a version taken unbuilt, built from its window's values.
+    fn built(&self) -> Value {
+        // Taken unbuilt only for templates whose every value builds.
+        build_from_window(&self.update, self.amended)
+            .expect("an Observation whose values always build")
     }
 
     /// The UTC day its period starts on: where outputs file it.
@@ -196,18 +203,20 @@ impl Change {
     }
 }
 
-/// Whether every value of `tpl`'s Observations builds whatever the group holds: SampledData
-/// and CodeableConcept values do; a Quantity or a string wants exactly one value, a
-/// Quantity a number.
-fn infallible(tpl: &CodeValueTemplate) -> bool {
-    use crate::mapping::fhir::ValueKind;
-    let builds = |v: &crate::mapping::fhir::ValueTemplate| {
-        matches!(
-            v.kind,
-            ValueKind::SampledData { .. } | ValueKind::CodeableConcept { .. }
-        )
-    };
-    tpl.value.iter().all(builds) && tpl.components.iter().all(|c| builds(&c.value))
+/// The Observation of a window's version built from its values alone, `amended` when the
+/// same window wrote one before.
+fn build_from_window(u: &WindowUpdate, amended: bool) -> Result<Value, super::FhirDataError> {
+    let mut o = observation::build_with_id(
+        &u.template,
+        &u.type_name,
+        &u.group,
+        &u.subjects(),
+        u.id.clone(),
+    )?;
+    if amended {
+        o["status"] = "amended".into();
+    }
+    Ok(o)
 }
 
 /// The UTC day an Observation's period starts on: where outputs file it.
@@ -398,7 +407,7 @@ impl ObservationStore {
         .map(|json| serde_json::from_slice(&json).expect("the store's own JSON"));
         let prev_resource = parsed.as_ref();
         let version = prev.map_or(1, |p| p.1 + 1);
-        if prev_resource.is_none() && infallible(&u.template) {
+        if prev_resource.is_none() && observation::always_builds(&u.template) {
             // Built from the group when written: nothing of it is held until then. Its end
             // and day are what `period_end` and `observation_day` read from the built
             // resource (the period written to the tick).
@@ -418,19 +427,7 @@ impl ObservationStore {
         }
         let result = match prev_resource {
             Some(resource) => observation::merge(&u.template, &u.group, resource),
-            _ => observation::build_with_id(
-                &u.template,
-                &u.type_name,
-                &u.group,
-                &u.subjects(),
-                u.id.clone(),
-            )
-            .map(|mut o| {
-                if same_window {
-                    o["status"] = "amended".into();
-                }
-                o
-            }),
+            _ => build_from_window(&u, same_window),
         };
         let resource = match result {
             Ok(r) => r,

@@ -121,9 +121,9 @@ struct Builders {
 
 impl Builders {
     fn push(&mut self, c: &Change, written_at: i64) {
-        // Parsed back one at a time: the store keeps no flush's worth of resources.
-        let resource = c.json();
-        let o: Value = serde_json::from_slice(&resource).expect("the store's own JSON");
+        // One at a time (built, or parsed back): the store holds no flush's worth of
+        // resources.
+        let (o, resource) = c.resource();
         let o = &o;
         let u: &WindowUpdate = &c.update;
         let text = |p: &str| o.pointer(p).and_then(Value::as_str);
