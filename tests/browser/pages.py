@@ -140,8 +140,11 @@ def ward(args):
         d.get(args.url + "/job")
         wait(d, 10, "job", lambda d: len(d.find_elements(By.CSS_SELECTOR, "#lag td")) >= 3 and d.find_element(By.ID, "health").text == "healthy", shots)
         time.sleep(2.5)  # a second sample gives the rate
-        cards = {c.find_element(By.CSS_SELECTOR, ".k").text: c.find_element(By.CSS_SELECTOR, ".n").text
-                 for c in d.find_elements(By.CSS_SELECTOR, ".card")}
+        # Read through `wait`: the job page redraws its cards each second, and a card found
+        # may be gone before its text is read.
+        cards = wait(d, 10, "job-cards", lambda d: {
+            c.find_element(By.CSS_SELECTOR, ".k").text: c.find_element(By.CSS_SELECTOR, ".n").text
+            for c in d.find_elements(By.CSS_SELECTOR, ".card")}, shots)
         d.save_screenshot(os.path.join(shots, "job.png"))
         say("job", ok=True, cards=cards)
     finally:
