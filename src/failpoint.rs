@@ -3,8 +3,11 @@
 //! `VITALFLOW_FAILPOINT=<name>:<n>` makes the process SIGKILL itself the `n`th time it
 //! passes the point `name`: a kill at the exact moment a uniformly random kill would rarely
 //! hit (between a sink's write and its commit, between a commit and the offset commit);
-//! `<name>:pause` stalls a second at the point instead, every time it passes. Release
-//! builds compile every point to nothing. Written here rather than with the `fail` crate:
+//! `<name>:pause` stalls a second at the point instead, every time it passes.
+//! `VITALFLOW_FAILPOINT_TRACE=1` prints `failpoint <name> passed` each time any point is
+//! passed, so the trials can tell that every point they arm is still on a path the job takes
+//! (a timed wait for one cannot: a run may have nothing left to commit). Release builds
+//! compile every point to nothing. Written here rather than with the `fail` crate:
 //! its points are compiled in by a cargo feature, which the binary the integration tests
 //! run would need in every `cargo test`, and the trials need only this one action.
 
@@ -22,9 +25,13 @@ mod armed {
     }
 
     static ARMED: OnceLock<Option<(String, Action)>> = OnceLock::new();
+    static TRACE: OnceLock<bool> = OnceLock::new();
     static HITS: AtomicU64 = AtomicU64::new(0);
 
     pub fn hit(name: &str) {
+        if *TRACE.get_or_init(|| std::env::var_os("VITALFLOW_FAILPOINT_TRACE").is_some()) {
+            eprintln!("failpoint {name} passed");
+        }
         let armed = ARMED.get_or_init(|| {
             let v = std::env::var("VITALFLOW_FAILPOINT").ok()?;
             let (point, n) = v.split_once(':').unwrap_or((v.as_str(), "1"));

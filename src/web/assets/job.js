@@ -50,10 +50,15 @@ async function refresh() {
     card("durable epochs", c.epochsDurable.toLocaleString()),
     card("sinks failing", c.failingSinks),
     card("workers paused (backlog)", c.readingPaused));
-  const behind = j.eventClock ? ((j.wall - j.eventClock) / 1000).toFixed(1) + " s" : "no data yet";
+  // A device clock set fast puts events ahead of the wall clock: said as such, not as a
+  // negative lag.
+  const lag = j.eventClock ? (j.wall - j.eventClock) / 1000 : null;
+  const behind = lag === null ? "no data yet"
+    : lag < 0 ? `ahead of the wall clock by ${(-lag).toFixed(1)} s`
+    : `behind the wall clock by ${lag.toFixed(1)} s`;
   rows("clocks", ["clock", "time (UTC)", ""], [
     ["wall clock", new Date(j.wall).toISOString().replace("T", " ").slice(0, 19), ""],
-    ["event clock (latest event time)", j.eventClock ? new Date(j.eventClock).toISOString().replace("T", " ").slice(0, 19) : "—", `behind the wall clock by ${behind}`],
+    ["event clock (latest event time)", j.eventClock ? new Date(j.eventClock).toISOString().replace("T", " ").slice(0, 19) : "—", behind],
     ["outputs last durable", j.lastDurable ? new Date(j.lastDurable).toISOString().replace("T", " ").slice(0, 19) : "—", j.lastDurable ? `${((j.wall - j.lastDurable) / 1000).toFixed(1)} s ago` : ""],
   ]);
   const lat = (k) => { const l = j.latency[k]; return l ? [k, `${l.p50_ms.toFixed(1)} ms`, `${l.p99_ms.toFixed(1)} ms`, l.count.toLocaleString()] : [k, "—", "—", "0"]; };
