@@ -6,6 +6,44 @@ use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 /// as the connector converts unspecified times with `ToUniversalTime` on UTC hosts).
 pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
     let s = s.trim();
+    parse_utc_fast(s.as_bytes()).or_else(|| parse_general(s))
+}
+
+/// The UTC shape nearly every device sends, `YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z`, read digit by
+/// digit: chrono's RFC 3339 parser took 470 instructions a time (1 % of a replay's,
+/// `valgrind --tool=callgrind`). `None` for anything else (offsets, a leap second, more
+/// than nine fractional digits, an invalid date), which [`parse_general`] then reads.
+fn parse_utc_fast(b: &[u8]) -> Option<DateTime<Utc>> {
+    if b.len() < 20 || b.len() > 30 || b[b.len() - 1] != b'Z' {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<u32> {
+        b[from..to].iter().try_fold(0u32, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    };
+    let seps = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
+    if seps.iter().any(|&(i, c)| b[i] != c) {
+        return None;
+    }
+    let nanos = match &b[19..b.len() - 1] {
+        [] => 0,
+        [b'.', digits @ ..] if (1..=9).contains(&digits.len()) => {
+            num(20, 20 + digits.len())? * 10u32.pow(9 - digits.len() as u32)
+        }
+        _ => return None,
+    };
+    let (second, minute, hour) = (num(17, 19)?, num(14, 16)?, num(11, 13)?);
+    if second > 59 {
+        return None;
+    }
+    let date = chrono::NaiveDate::from_ymd_opt(num(0, 4)? as i32, num(5, 7)?, num(8, 10)?)?;
+    let time = chrono::NaiveTime::from_hms_nano_opt(hour, minute, second, nanos)?;
+    Some(Utc.from_utc_datetime(&date.and_time(time)))
+}
+
+/// Every form [`parse_timestamp`] takes, through chrono.
+fn parse_general(s: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }
@@ -90,6 +128,33 @@ pub fn day_of(t: &DateTime<Utc>) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Any string of the fast path's shape, valid or not, reads as chrono reads it.
+        #[test]
+        fn the_fast_path_reads_what_chrono_reads(
+            s in "[0-9]{4}-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-6][0-9]:[0-6][0-9](\\.[0-9]{0,11})?[Zz]?"
+        ) {
+            proptest::prop_assert_eq!(parse_timestamp(&s), parse_general(&s));
+        }
+
+        /// Times of any year chrono writes in four digits, to the nanosecond.
+        #[test]
+        fn the_fast_path_reads_every_time_written_in_utc(
+            secs in -62_135_596_800i64..253_402_300_799,
+            nanos in 0u32..1_000_000_000,
+            digits in 0usize..=9,
+        ) {
+            let t = DateTime::from_timestamp(secs, nanos).expect("in range");
+            let mut s = t.format("%Y-%m-%dT%H:%M:%S").to_string();
+            if digits > 0 {
+                s.push_str(&format!(".{:09}", nanos)[..=digits]);
+            }
+            s.push('Z');
+            proptest::prop_assert!(parse_utc_fast(s.as_bytes()).is_some(), "{}", s);
+            proptest::prop_assert_eq!(parse_timestamp(&s), parse_general(&s));
+        }
+    }
 
     #[test]
     fn parses_common_device_formats() {

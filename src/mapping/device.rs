@@ -926,7 +926,7 @@ impl DeviceTemplate {
                 }
             };
             match found {
-                Some(s) if !s.trim().is_empty() => properties.push((v.name.clone(), s)),
+                Some(s) if has_text(&s) => properties.push((v.name.clone(), s)),
                 _ if v.required => {
                     return Err(self.error(
                         field(),
@@ -945,7 +945,7 @@ impl DeviceTemplate {
                 let found = scope
                     .text(e)
                     .map_err(|e| self.error(name.to_string(), e.to_string()))?;
-                if let Some(s) = found.filter(|s| !s.trim().is_empty()) {
+                if let Some(s) = found.filter(|s| has_text(s)) {
                     properties.push((name.clone(), s));
                 }
             }
@@ -976,7 +976,7 @@ impl DeviceTemplate {
             }
             Slot::Set(e) => scope
                 .text(e)
-                .map(|v| v.filter(|s| !s.trim().is_empty()))
+                .map(|v| v.filter(|s| has_text(s)))
                 .map_err(|err| self.error(field, err.to_string())),
         }
     }
@@ -1043,6 +1043,14 @@ impl DeviceTemplate {
             format!("unable to extract required value for [TimestampExpression] using {using}"),
         ))
     }
+}
+
+/// Whether `s` holds anything but whitespace (an empty or blank token counts as absent, as
+/// in the connector). `!s.trim().is_empty()` says the same but scans both ends with a
+/// general pattern: 1.3 % of a replay's instructions, for ids and values that seldom
+/// start with a space.
+fn has_text(s: &str) -> bool {
+    s.chars().any(|c| !c.is_whitespace())
 }
 
 fn slot_source(slot: &Slot) -> Cow<'_, str> {
@@ -1205,6 +1213,13 @@ fn enqueued_time(message: &RawMessage) -> Option<String> {
 mod tests {
     use super::*;
     use crate::model::Origin;
+
+    proptest::proptest! {
+        #[test]
+        fn has_text_is_what_trimming_says(s in "[ \\t\\n\u{a0}\u{2003}\u{3000}a-z0-9.-]{0,8}") {
+            proptest::prop_assert_eq!(has_text(&s), !s.trim().is_empty());
+        }
+    }
 
     #[test]
     fn the_system_node_is_the_system_properties_map() {
