@@ -18,7 +18,7 @@
 //! waiting value are evicted; data arriving for them later starts a new group, which the
 //! sinks merge into the stored Observation.
 
-use crate::fhir::groups::{boundary, period_segment, ObservationGroup, TimeValue};
+use crate::fhir::groups::{boundary, period_segment, period_start_ms, ObservationGroup, TimeValue};
 use crate::fhir::observation::{identifier_value, observation_id, Subjects};
 use crate::fhir::store::WindowUpdate;
 use crate::mapping::fhir::PeriodInterval;
@@ -371,19 +371,12 @@ impl Windows {
         else {
             return false;
         };
-        let (start, end, slot) = match tpl.period {
+        let slot = match tpl.period {
             PeriodInterval::Correlation => match &m.correlation_id {
-                Some(c) => (
-                    m.occurrence_time,
-                    m.occurrence_time,
-                    Slot::Correlation(c.clone()),
-                ),
+                Some(c) => Slot::Correlation(c.clone()),
                 None => return false,
             },
-            p => {
-                let (s, e) = boundary(p, m.occurrence_time);
-                (s, e, Slot::Period(s.timestamp_millis()))
-            }
+            p => Slot::Period(period_start_ms(p, &m.occurrence_time)),
         };
         let key = WindowKey {
             type_name: self.ids.type_number(&m.type_name),
@@ -394,6 +387,7 @@ impl Windows {
         let instances = &mut self.instances;
         // One lookup: the key hashed once per measurement.
         let w = self.windows.entry(key.clone()).or_insert_with(|| {
+            let (start, end) = boundary(tpl.period, m.occurrence_time);
             let segment = match &key.slot {
                 Slot::Correlation(c) => c.clone(),
                 Slot::Period(_) => period_segment(&start, &end),
