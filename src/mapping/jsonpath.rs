@@ -271,7 +271,7 @@ impl ScanSet {
         if !self.members.is_empty() {
             for (k, _) in node.members() {
                 for (name, slot) in &self.members {
-                    if name.len() == k.len() && name == k {
+                    if super::tree::same_key(name, k) {
                         matched |= 1 << slot;
                     }
                 }
