@@ -149,7 +149,8 @@ pub struct Change {
 impl Change {
     /// The resource as compact JSON (built now from the window's values when it was not
     /// built as it came).
-    pub fn json(&self) -> std::borrow::Cow<'_, [u8]> {
+    #[cfg(test)]
+    pub(crate) fn json(&self) -> std::borrow::Cow<'_, [u8]> {
         match &self.json {
             Some(json) => std::borrow::Cow::Borrowed(json),
             None => {
@@ -177,16 +178,19 @@ impl Change {
     /// The resource, and its compact JSON: an output that reads its members (the
     /// lakehouse) parses the JSON only of a version built as it came.
     pub fn resource(&self) -> (Value, std::borrow::Cow<'_, [u8]>) {
+        let o = self.value();
+        let json = match &self.json {
+            Some(json) => std::borrow::Cow::Borrowed(&json[..]),
+            None => std::borrow::Cow::Owned(super::compact_json::to_vec(&o)),
+        };
+        (o, json)
+    }
+
+    /// The resource (parsed back, or built from its window's values).
+    fn value(&self) -> Value {
         match &self.json {
-            Some(json) => (
-                serde_json::from_slice(json).expect("the store's own JSON"),
-                std::borrow::Cow::Borrowed(json),
-            ),
-            None => {
-                let o = self.built();
-                let json = super::compact_json::to_vec(&o);
-                (o, std::borrow::Cow::Owned(json))
-            }
+            Some(json) => serde_json::from_slice(json).expect("the store's own JSON"),
+            None => self.built(),
         }
     }
 
@@ -397,14 +401,14 @@ impl ObservationStore {
         // A group of the same window instance holds every value already written: building
         // it afresh gives what merging would, without re-reading the stored SampledData.
         let same_window = prev.is_some_and(|p| p.0 == Some(u.instance));
+        // A pending version taken unbuilt is built here, not serialized and parsed back.
         let parsed: Option<Value> = match (prev, pending) {
-            (Some(_), Some(c)) if !same_window => Some(c.json()),
+            (Some(_), Some(c)) if !same_window => Some(c.value()),
             (Some(_), None) if !same_window => {
-                Some(std::borrow::Cow::Borrowed(&self.store[id].json[..]))
+                Some(serde_json::from_slice(&self.store[id].json).expect("the store's own JSON"))
             }
             _ => None,
-        }
-        .map(|json| serde_json::from_slice(&json).expect("the store's own JSON"));
+        };
         let prev_resource = parsed.as_ref();
         let version = prev.map_or(1, |p| p.1 + 1);
         if prev_resource.is_none() && observation::always_builds(&u.template) {
