@@ -77,8 +77,13 @@ pub struct RunOptions {
 /// Counts one `key` fewer in `counts`, dropping the key at zero (the windows' values held
 /// per epoch, the event clock's devices per time).
 fn count_down<K: Ord>(counts: &mut BTreeMap<K, usize>, key: K) {
+    count_down_by(counts, key, 1);
+}
+
+/// Counts `n` of `key` fewer in `counts`, as `n` calls of [`count_down`] would.
+fn count_down_by<K: Ord>(counts: &mut BTreeMap<K, usize>, key: K, n: usize) {
     if let std::collections::btree_map::Entry::Occupied(mut e) = counts.entry(key) {
-        *e.get_mut() -= 1;
+        *e.get_mut() = e.get().saturating_sub(n);
         if *e.get() == 0 {
             e.remove();
         }

@@ -108,10 +108,19 @@ impl Window {
         let mut next: Option<i64> = None;
         for col in &mut self.values {
             let mut taking = Vec::with_capacity(col.waiting.len());
+            // Held by a version now, their epochs no longer wait on them: counted down per
+            // run of one epoch (a lookup per value was 0.7 % of a replay's instructions).
+            let mut run: Option<(u64, usize)> = None;
             col.waiting.retain(|v| {
                 if due(v) {
-                    // Held by a version now: its epoch no longer waits on it.
-                    super::count_down(holds, v.epoch);
+                    match &mut run {
+                        Some((epoch, n)) if *epoch == v.epoch => *n += 1,
+                        _ => {
+                            if let Some((epoch, n)) = run.replace((v.epoch, 1)) {
+                                super::count_down_by(holds, epoch, n);
+                            }
+                        }
+                    }
                     taking.push(TimeValue::new(v.at, v.value.clone()));
                     false
                 } else {
@@ -119,6 +128,9 @@ impl Window {
                     true
                 }
             });
+            if let Some((epoch, n)) = run {
+                super::count_down_by(holds, epoch, n);
+            }
             taken += taking.len();
             if !taking.is_empty() {
                 col.last_taken = u32::try_from(taking.len()).unwrap_or(u32::MAX);

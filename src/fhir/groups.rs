@@ -3,7 +3,7 @@
 use super::FhirDataError;
 use crate::mapping::fhir::PeriodInterval;
 use crate::model::Measurement;
-use crate::time::{format_id_segment, tick};
+use crate::time::{push_id_segment, tick};
 use chrono::{DateTime, Duration, Utc};
 use std::sync::Arc;
 
@@ -103,7 +103,11 @@ fn floor(t: DateTime<Utc>, secs: i64) -> DateTime<Utc> {
 
 /// Identifier segment for a time period.
 pub fn period_segment(start: &DateTime<Utc>, end: &DateTime<Utc>) -> String {
-    format!("{}.{}", format_id_segment(start), format_id_segment(end))
+    let mut out = String::with_capacity(31);
+    push_id_segment(&mut out, start);
+    out.push('.');
+    push_id_segment(&mut out, end);
+    out
 }
 
 /// Splits measurements of one (patient, device, type) into observation groups, in order of

@@ -33,12 +33,18 @@ pub enum MessageError {
 /// Where one match's expressions are evaluated: each gives the selected token as the
 /// connector stores it (`None` when absent or null).
 trait Lookup {
-    fn text(&self, e: &Expr) -> Result<Option<String>, EvalError>;
+    /// The token `e` selects, as [`Tree::text`]: borrowed from the message where it can be
+    /// (a timestamp compared with the message's last one then allocates nothing).
+    fn text(&self, e: &Expr) -> Result<Option<Cow<'_, str>>, EvalError>;
 }
 
 impl Lookup for Scope<'_> {
-    fn text(&self, e: &Expr) -> Result<Option<String>, EvalError> {
-        e.single(self).map(|v| v.as_deref().and_then(Tree::text))
+    fn text(&self, e: &Expr) -> Result<Option<Cow<'_, str>>, EvalError> {
+        e.single(self).map(|v| match v {
+            Some(Cow::Borrowed(v)) => v.text_cow(),
+            Some(Cow::Owned(v)) => v.text().map(Cow::Owned),
+            None => None,
+        })
     }
 }
 
@@ -47,10 +53,10 @@ impl Lookup for Scope<'_> {
 struct NodeLookup<'n, 'a>(&'n Node<'a>);
 
 impl Lookup for NodeLookup<'_, '_> {
-    fn text(&self, e: &Expr) -> Result<Option<String>, EvalError> {
+    fn text(&self, e: &Expr) -> Result<Option<Cow<'_, str>>, EvalError> {
         match e {
             Expr::Path(p) => (p.select_single_tree(self.0))
-                .map(|v| v.and_then(Tree::text))
+                .map(|v| v.and_then(Tree::text_cow))
                 .map_err(EvalError::Multiple),
             Expr::Jmes(_) => unreachable!("JMESPath mappings read serde_json values"),
         }
@@ -926,7 +932,7 @@ impl DeviceTemplate {
                 }
             };
             match found {
-                Some(s) if has_text(&s) => properties.push((v.name.clone(), s)),
+                Some(s) if has_text(&s) => properties.push((v.name.clone(), s.into_owned())),
                 _ if v.required => {
                     return Err(self.error(
                         field(),
@@ -946,7 +952,7 @@ impl DeviceTemplate {
                     .text(e)
                     .map_err(|e| self.error(name.to_string(), e.to_string()))?;
                 if let Some(s) = found.filter(|s| has_text(s)) {
-                    properties.push((name.clone(), s));
+                    properties.push((name.clone(), s.into_owned()));
                 }
             }
         }
@@ -963,12 +969,12 @@ impl DeviceTemplate {
         })
     }
 
-    fn eval(
+    fn eval<'s>(
         &self,
         slot: &Slot,
         field: &str,
-        scope: &impl Lookup,
-    ) -> Result<Option<String>, NormalizeError> {
+        scope: &'s impl Lookup,
+    ) -> Result<Option<Cow<'s, str>>, NormalizeError> {
         match slot {
             Slot::Unset => Ok(None),
             Slot::Empty => {
@@ -987,7 +993,7 @@ impl DeviceTemplate {
         field: &str,
         scope: &impl Lookup,
     ) -> Result<Option<String>, NormalizeError> {
-        self.eval(slot, field, scope)
+        Ok(self.eval(slot, field, scope)?.map(Cow::into_owned))
     }
 
     fn required_string(
@@ -997,15 +1003,17 @@ impl DeviceTemplate {
         label: &str,
         scope: &impl Lookup,
     ) -> Result<String, NormalizeError> {
-        self.eval(slot, field, scope)?.ok_or_else(|| {
-            self.error(
-                field,
-                format!(
-                    "unable to extract required value for [{label}] using {}",
-                    slot_source(slot)
-                ),
-            )
-        })
+        self.eval(slot, field, scope)?
+            .map(Cow::into_owned)
+            .ok_or_else(|| {
+                self.error(
+                    field,
+                    format!(
+                        "unable to extract required value for [{label}] using {}",
+                        slot_source(slot)
+                    ),
+                )
+            })
     }
 
     /// The event time; `last` keeps the message's last parsed timestamp, since its templates
@@ -1028,7 +1036,7 @@ impl DeviceTemplate {
                         format!("\"{s}\" is not a valid date-time"),
                     ));
                 };
-                *last = Some((s, t));
+                *last = Some((s.into_owned(), t));
                 return Ok(t);
             }
         }

@@ -60,6 +60,13 @@ pub trait Tree: Sized {
     /// The value as the connector stores a selected token (`None` for null): strings
     /// verbatim, numbers in plain decimal, booleans as .NET prints them, JSON otherwise.
     fn text(&self) -> Option<String>;
+    /// [`Tree::text`], borrowed where the tree holds it as it is (strings).
+    fn text_cow(&self) -> Option<Cow<'_, str>> {
+        match self.scalar() {
+            Scalar::Str(s) => Some(Cow::Borrowed(s)),
+            _ => self.text().map(Cow::Owned),
+        }
+    }
 }
 
 impl Tree for Value {
