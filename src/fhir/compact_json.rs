@@ -61,7 +61,8 @@ fn write(out: &mut Vec<u8>, value: &Value) {
     }
 }
 
-fn string(out: &mut Vec<u8>, s: &str) {
+/// Appends `s` as a JSON string.
+pub(super) fn string(out: &mut Vec<u8>, s: &str) {
     // What serde_json escapes: control characters, the quote and the backslash. A fold
     // without an early exit, so that it is vectorized.
     let escapes = s

@@ -6,6 +6,7 @@ pub mod device;
 pub mod groups;
 pub mod identity;
 pub mod observation;
+pub mod observation_json;
 pub mod sampled_data;
 pub mod store;
 

@@ -100,6 +100,17 @@ fn resolve_code(name: &str, codes: &[Code]) -> Value {
 /// The `code` and `category` (None when the template has none) of `tpl`'s Observations
 /// of `type_name`: built once per template, for the spelling it first sees.
 fn head(tpl: &CodeValueTemplate, type_name: &str) -> (Value, Option<Value>) {
+    head_ref(tpl, type_name, |code, category| {
+        (code.clone(), category.cloned())
+    })
+}
+
+/// [`head`], lent to `f` instead of copied where it is built already.
+pub(super) fn head_ref<R>(
+    tpl: &CodeValueTemplate,
+    type_name: &str,
+    f: impl FnOnce(&Value, Option<&Value>) -> R,
+) -> R {
     let build = |type_name: &str| {
         let category = (!tpl.category.is_empty()).then(|| category(&tpl.category));
         (
@@ -110,10 +121,10 @@ fn head(tpl: &CodeValueTemplate, type_name: &str) -> (Value, Option<Value>) {
     };
     let cached = tpl.head.0.get_or_init(|| build(type_name));
     if cached.0 == type_name {
-        (cached.1.clone(), cached.2.clone())
+        f(&cached.1, cached.2.as_ref())
     } else {
         let (_, code, category) = build(type_name);
-        (code, category)
+        f(&code, category.as_ref())
     }
 }
 
@@ -153,7 +164,7 @@ const VALUE_KEYS: &[&str] = &[
     "valuePeriod",
 ];
 
-fn value_key(kind: &ValueKind) -> &'static str {
+pub(super) fn value_key(kind: &ValueKind) -> &'static str {
     match kind {
         ValueKind::SampledData { .. } => "valueSampledData",
         ValueKind::Quantity { .. } => "valueQuantity",
@@ -163,7 +174,7 @@ fn value_key(kind: &ValueKind) -> &'static str {
 }
 
 /// Parses a measured value as an invariant-culture decimal.
-fn decimal(s: &str) -> Option<Number> {
+pub(super) fn decimal(s: &str) -> Option<Number> {
     let t = s.trim();
     let f: f64 = t.parse().ok().filter(|f: &f64| f.is_finite())?;
     if t.contains(['e', 'E', 'n', 'N', 'i', 'I']) {
@@ -176,7 +187,10 @@ fn decimal(s: &str) -> Option<Number> {
         .or_else(|| Number::from_f64(f))
 }
 
-fn single<'v>(tpl: &ValueTemplate, values: &'v [TimeValue]) -> Result<&'v str, FhirDataError> {
+pub(super) fn single<'v>(
+    tpl: &ValueTemplate,
+    values: &'v [TimeValue],
+) -> Result<&'v str, FhirDataError> {
     match values {
         [v] => Ok(v.text()),
         _ => Err(FhirDataError(format!(

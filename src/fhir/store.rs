@@ -171,7 +171,8 @@ impl Change {
     pub fn write_json(&self, out: &mut Vec<u8>) {
         match &self.json {
             Some(json) => out.extend_from_slice(json),
-            None => super::compact_json::write_into(out, &self.built()),
+            None => write_from_window(out, &self.update, self.amended)
+                .expect("an Observation whose values always build"),
         }
     }
 
@@ -221,6 +222,32 @@ fn build_from_window(u: &WindowUpdate, amended: bool) -> Result<Value, super::Fh
         o["status"] = "amended".into();
     }
     Ok(o)
+}
+
+/// [`build_from_window`]'s resource appended to `out` as compact JSON, written without
+/// building it.
+fn write_from_window(
+    out: &mut Vec<u8>,
+    u: &WindowUpdate,
+    amended: bool,
+) -> Result<(), super::FhirDataError> {
+    let subjects = u.subjects();
+    super::observation_json::write(
+        out,
+        &u.template,
+        &u.type_name,
+        &u.group,
+        &subjects,
+        &u.id,
+        amended,
+    )
+}
+
+/// Where a resource built from `u`'s group alone ends and which day files it: what
+/// `period_end` and `observation_day` read from it (its period written to the tick).
+fn written_end_and_day(u: &WindowUpdate) -> (DateTime<Utc>, i32) {
+    let end = parse_timestamp(&format_dotnet(&u.group.end)).unwrap_or(u.group.end);
+    (end, crate::time::day_of(&u.group.start))
 }
 
 /// The UTC day an Observation's period starts on: where outputs file it.
@@ -412,26 +439,29 @@ impl ObservationStore {
         let prev_resource = parsed.as_ref();
         let version = prev.map_or(1, |p| p.1 + 1);
         if prev_resource.is_none() && observation::always_builds(&u.template) {
-            // Built from the group when written: nothing of it is held until then. Its end
-            // and day are what `period_end` and `observation_day` read from the built
-            // resource (the period written to the tick).
-            let end = parse_timestamp(&format_dotnet(&u.group.end)).unwrap_or(u.group.end);
+            // Built from the group when written: nothing of it is held until then.
+            let (end, day) = written_end_and_day(&u);
             self.push(Change {
                 epoch,
                 id: u.id.clone(),
                 version,
                 instance: Some(u.instance),
                 end,
-                day: crate::time::day_of(&u.group.start),
+                day,
                 json: None,
                 amended: same_window,
                 update: u,
             });
             return;
         }
+        // A new resource (no version before it to merge into) is written straight to
+        // `scratch`, never built as a `Value`.
         let result = match prev_resource {
-            Some(resource) => observation::merge(&u.template, &u.group, resource),
-            _ => build_from_window(&u, same_window),
+            Some(resource) => observation::merge(&u.template, &u.group, resource).map(Some),
+            None => {
+                self.scratch.clear();
+                write_from_window(&mut self.scratch, &u, same_window).map(|()| None)
+            }
         };
         let resource = match result {
             Ok(r) => r,
@@ -443,7 +473,7 @@ impl ObservationStore {
                 return;
             }
         };
-        if prev_resource.is_some_and(|p| *p == resource) {
+        if prev_resource.is_some_and(|p| Some(p) == resource.as_ref()) {
             Metrics::add(&self.metrics.observations_unchanged, 1);
             return;
         }
@@ -451,8 +481,10 @@ impl ObservationStore {
         // (values read back at start, or from an evicted window) the next version must merge
         // again, or it would drop what only the stored version had.
         let built_from_group = prev.is_none() || same_window;
-        let end = period_end(&resource).unwrap_or(u.group.end);
-        let day = observation_day(&resource, &u);
+        let (end, day) = match &resource {
+            Some(r) => (period_end(r).unwrap_or(u.group.end), observation_day(r, &u)),
+            None => written_end_and_day(&u),
+        };
         // The values are in the resource now: keep the window's description only.
         let mut update = u;
         update.group = Arc::new(ObservationGroup {
@@ -462,7 +494,10 @@ impl ObservationStore {
             values: Vec::new(),
         });
         // Exactly its length: serializing grows the buffer by doubling.
-        let json = super::compact_json::to_boxed(&resource, &mut self.scratch);
+        let json = match &resource {
+            Some(r) => super::compact_json::to_boxed(r, &mut self.scratch),
+            None => self.scratch.as_slice().into(),
+        };
         self.push(Change {
             epoch,
             id: update.id.clone(),
