@@ -8,7 +8,7 @@ use super::sampled_data;
 use super::sampled_data::TimeValue;
 use super::{FhirDataError, SERVICE_URI};
 use crate::mapping::fhir::{
-    Category, Code, CodeValueTemplate, ComponentTemplate, ValueKind, ValueTemplate,
+    Category, Code, CodeValueTemplate, ComponentTemplate, HeadParts, ValueKind, ValueTemplate,
 };
 use crate::time::{format_dotnet, parse_timestamp};
 use chrono::{DateTime, Utc};
@@ -100,31 +100,31 @@ fn resolve_code(name: &str, codes: &[Code]) -> Value {
 /// The `code` and `category` (None when the template has none) of `tpl`'s Observations
 /// of `type_name`: built once per template, for the spelling it first sees.
 fn head(tpl: &CodeValueTemplate, type_name: &str) -> (Value, Option<Value>) {
-    head_ref(tpl, type_name, |code, category| {
-        (code.clone(), category.cloned())
-    })
+    head_ref(tpl, type_name, |h| (h.code.clone(), h.category.clone()))
 }
 
-/// [`head`], lent to `f` instead of copied where it is built already.
+/// [`head`] with its compact JSON, lent to `f` instead of copied where it is built already.
 pub(super) fn head_ref<R>(
     tpl: &CodeValueTemplate,
     type_name: &str,
-    f: impl FnOnce(&Value, Option<&Value>) -> R,
+    f: impl FnOnce(&HeadParts) -> R,
 ) -> R {
     let build = |type_name: &str| {
         let category = (!tpl.category.is_empty()).then(|| category(&tpl.category));
-        (
-            type_name.to_string(),
-            resolve_code(type_name, &tpl.codes),
+        let code = resolve_code(type_name, &tpl.codes);
+        HeadParts {
+            type_name: type_name.to_string(),
+            code_json: super::compact_json::to_vec(&code).into(),
+            category_json: (category.as_ref()).map(|c| super::compact_json::to_vec(c).into()),
+            code,
             category,
-        )
+        }
     };
     let cached = tpl.head.0.get_or_init(|| build(type_name));
-    if cached.0 == type_name {
-        f(&cached.1, cached.2.as_ref())
+    if cached.type_name == type_name {
+        f(cached)
     } else {
-        let (_, code, category) = build(type_name);
-        f(&code, category.as_ref())
+        f(&build(type_name))
     }
 }
 

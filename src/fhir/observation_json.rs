@@ -8,7 +8,7 @@
 //! written in the order `build_with_id` inserts them; the property test below holds the two
 //! to the same bytes for every template kind.
 
-use super::compact_json::{string, write_into};
+use super::compact_json::string;
 use super::groups::ObservationGroup;
 use super::observation::{self, decimal, head_ref, single, value_key, Subjects};
 use super::sampled_data::{self, TimeValue};
@@ -57,11 +57,11 @@ fn write_resource(
     i.close();
     list.push(b']');
     string(o.key("status"), if amended { "amended" } else { "final" });
-    head_ref(tpl, type_name, |code, category| {
-        if let Some(c) = category {
-            write_into(o.key("category"), c);
+    head_ref(tpl, type_name, |h| {
+        if let Some(c) = &h.category_json {
+            o.key("category").extend_from_slice(c);
         }
-        write_into(o.key("code"), code);
+        o.key("code").extend_from_slice(&h.code_json);
     });
     reference(o.key("subject"), subjects, "Patient", subjects.patient);
     if let Some(e) = subjects.encounter {
@@ -113,13 +113,16 @@ impl<'a> Object<'a> {
         Object { out, empty: true }
     }
 
-    /// Writes the member name `k`; its value is written next, to what this returns.
-    fn key(&mut self, k: &str) -> &mut Vec<u8> {
+    /// Writes the member name `k`, one of this module's FHIR names (nothing in them to
+    /// escape); its value is written next, to what this returns.
+    fn key(&mut self, k: &'static str) -> &mut Vec<u8> {
+        debug_assert!(k.bytes().all(|b| b.is_ascii_alphanumeric()), "{k}");
         if !std::mem::take(&mut self.empty) {
             self.out.push(b',');
         }
-        string(self.out, k);
-        self.out.push(b':');
+        self.out.push(b'"');
+        self.out.extend_from_slice(k.as_bytes());
+        self.out.extend_from_slice(b"\":");
         self.out
     }
 

@@ -146,7 +146,22 @@ pub struct CodeValueTemplate {
 /// type: the same for every version, built once (building them was 2 % of a replay's
 /// instructions). Not part of the template's identity: equal whether built or not.
 #[derive(Debug, Clone, Default)]
-pub struct Head(pub std::sync::OnceLock<(String, Value, Option<Value>)>);
+pub struct Head(pub std::sync::OnceLock<HeadParts>);
+
+/// What [`Head`] holds, built by `fhir::observation`.
+#[derive(Debug, Clone)]
+pub struct HeadParts {
+    /// The spelling of the type they are built for.
+    pub type_name: String,
+    /// `Observation.code`.
+    pub code: Value,
+    /// `Observation.category`, when the template has one.
+    pub category: Option<Value>,
+    /// `code` as compact JSON, for resources written without a `Value`.
+    pub code_json: Box<[u8]>,
+    /// `category` as compact JSON.
+    pub category_json: Option<Box<[u8]>>,
+}
 
 impl PartialEq for Head {
     fn eq(&self, _: &Self) -> bool {
