@@ -488,11 +488,10 @@ impl VitalState {
         let at = m.occurrence_time.timestamp_millis();
         let stamp = m.received_ms.unwrap_or(0);
         // Looked up before inserting: a key is allocated only for a new patient.
-        if !self.patients.contains_key(patient) {
-            self.patients
-                .insert(patient.clone(), PatientState::default());
-        }
-        let st = self.patients.get_mut(patient).expect("inserted");
+        let st = match self.patients.get_mut(patient) {
+            Some(st) => st,
+            None => self.patients.entry(patient.clone()).or_default(),
+        };
         // Anything from a device shows it is not silent.
         match st.devices.iter_mut().find(|d| d.device == m.device_id) {
             Some(d) => {
@@ -581,10 +580,10 @@ impl VitalState {
             let Some(signals) = self.by_vital.get(vital) else {
                 continue;
             };
-            if !st.vitals.contains_key(vital) {
-                st.vitals.insert(vital.to_string(), Default::default());
-            }
-            let track = st.vitals.get_mut(vital).expect("inserted");
+            let track = match st.vitals.get_mut(vital) {
+                Some(track) => track,
+                None => st.vitals.entry(vital.to_string()).or_default(),
+            };
             if track.last.is_some_and(|(t0, _)| at < t0) {
                 // Late data (a device syncing its backlog): it belongs to the record, not to
                 // the alerting picture of now.
@@ -729,10 +728,12 @@ impl VitalState {
                         warmup_s,
                         ..
                     } => {
-                        if !track.baselines.contains_key(&w.key) {
-                            track.baselines.insert(w.key.clone(), (v, 0.0, at, at));
-                        }
-                        let b = track.baselines.get_mut(&w.key).expect("inserted");
+                        let b = match track.baselines.get_mut(&w.key) {
+                            Some(b) => b,
+                            None => {
+                                (track.baselines.entry(w.key.clone())).or_insert((v, 0.0, at, at))
+                            }
+                        };
                         let (mean, var, first, last) = *b;
                         // Judge against the baseline before this reading joins it.
                         let sd = var.sqrt().max(1.0).max(mean.abs() * 0.02);

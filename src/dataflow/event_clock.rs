@@ -308,15 +308,17 @@ impl InputClock {
     ) -> Option<i64> {
         self.processed += 1;
         late.clear();
-        if !self.seen.contains_key(partition) {
-            // The first message since the start: the state the last run left at this
-            // offset, when it left one.
-            let p = (self.restored.get(partition))
-                .and_then(|cs| cs.iter().find(|c| c.offset == offset))
-                .map_or_else(|| Partition::new(now), |c| Partition::from_cut(c, now));
-            self.seen.insert(partition.clone(), p);
-        }
-        let p = self.seen.get_mut(partition).expect("inserted above");
+        let p = match self.seen.get_mut(partition) {
+            Some(p) => p,
+            None => {
+                // The first message since the start: the state the last run left at this
+                // offset, when it left one.
+                let p = (self.restored.get(partition))
+                    .and_then(|cs| cs.iter().find(|c| c.offset == offset))
+                    .map_or_else(|| Partition::new(now), |c| Partition::from_cut(c, now));
+                self.seen.entry(partition.clone()).or_insert(p)
+            }
+        };
         if let Some(wanted) = self.wanted.get_mut(partition) {
             while let Some(at) = wanted.first().copied().filter(|at| *at <= offset) {
                 wanted.pop_first();

@@ -159,7 +159,7 @@ impl ObservationSink {
     fn write_pending(&mut self) -> anyhow::Result<()> {
         self.store.build(&mut self.parts)?;
         let mut days = BTreeSet::new();
-        // Built one at a time as written (`Change::json`): the flush holds no resources.
+        // Written one at a time (`Change::write_json`): the flush holds no resources.
         let mut line = Vec::new();
         for c in self.store.changes() {
             line.clear();
