@@ -62,7 +62,8 @@ fn shown(
 /// allows it; `None` when it needs `serde_json` values.
 fn tree_outcome(m: &DeviceMapping, event: &Value) -> Option<Result<Vec<Value>, String>> {
     let bytes = serde_json::to_vec(event).unwrap();
-    let node = Node::parse(&bytes).unwrap();
+    let arena = bumpalo::Bump::new();
+    let node = Node::parse_in(&bytes, &arena).unwrap();
     let mut out = Vec::new();
     m.reads_trees()
         .then(|| shown(m.normalize_node(&node, &mut out).map(|()| out)))

@@ -6,6 +6,7 @@ use super::expr::{Expr, Language, MatchedToken, Scope, Token};
 use super::jsonpath::ScanSet;
 use super::tree::{Node, Tree};
 use crate::model::{Measurement, RawMessage};
+use bumpalo::Bump;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
@@ -296,14 +297,22 @@ impl DeviceMapping {
                 .normalize_into(&event, out)
                 .map_err(MessageError::Template);
         }
-        let body = Node::parse(payload).map_err(MessageError::Parse)?;
-        let event = Node::Object(vec![
-            ("Body".into(), body),
-            ("Properties".into(), Node::from_map(properties)),
-            ("SystemProperties".into(), Node::from_map(system_properties)),
-        ]);
-        self.normalize_node(&event, out)
-            .map_err(MessageError::Template)
+        with_arena(|arena| {
+            let body = Node::parse_in(payload, arena).map_err(MessageError::Parse)?;
+            let event = Node::object_in(
+                arena,
+                [
+                    ("Body", body),
+                    ("Properties", Node::from_map(&properties, arena)),
+                    (
+                        "SystemProperties",
+                        Node::from_map(&system_properties, arena),
+                    ),
+                ],
+            );
+            self.normalize_node(&event, out)
+                .map_err(MessageError::Template)
+        })
     }
 
     /// Normalizes a message as the job reads it: [`Self::normalize_message`] with the
@@ -324,22 +333,27 @@ impl DeviceMapping {
                 out,
             );
         }
-        let body = Node::parse(&message.payload).map_err(MessageError::Parse)?;
-        let properties = if message.headers.is_empty() {
-            Node::Object(Vec::new())
-        } else {
-            Node::from_map(message.properties())
-        };
+        let headers = (!message.headers.is_empty()).then(|| message.properties());
         let (offset, enqueued) = (message.origin.offset.to_string(), enqueued_time(message));
         let key = message.key.as_deref().map(String::from_utf8_lossy);
-        let system = system_node(message, &offset, enqueued.as_deref(), key.as_deref());
-        let event = Node::Object(vec![
-            ("Body".into(), body),
-            ("Properties".into(), properties),
-            ("SystemProperties".into(), system),
-        ]);
-        self.normalize_node(&event, out)
-            .map_err(MessageError::Template)
+        with_arena(|arena| {
+            let body = Node::parse_in(&message.payload, arena).map_err(MessageError::Parse)?;
+            let properties = match &headers {
+                Some(h) => Node::from_map(h, arena),
+                None => Node::Object(&[]),
+            };
+            let system = system_node(message, &offset, enqueued.as_deref(), key.as_deref(), arena);
+            let event = Node::object_in(
+                arena,
+                [
+                    ("Body", body),
+                    ("Properties", properties),
+                    ("SystemProperties", system),
+                ],
+            );
+            self.normalize_node(&event, out)
+                .map_err(MessageError::Template)
+        })
     }
 
     /// [`Self::normalize_into`] on a [`Node`] (for mappings that [`Self::reads_trees`]).
@@ -1189,27 +1203,45 @@ fn system_node<'a>(
     offset: &'a str,
     enqueued: Option<&'a str>,
     key: Option<&'a str>,
+    arena: &'a Bump,
 ) -> Node<'a> {
     let o = &message.origin;
-    let text = |s: &'a str| Node::String(Cow::Borrowed(s));
-    let mut m: Vec<(Cow<'a, str>, Node<'a>)> = Vec::with_capacity(8);
-    m.push(("x-opt-kafka-topic".into(), text(&o.topic)));
-    m.push(("x-opt-partition".into(), Node::Number(o.partition.into())));
-    m.push(("x-opt-offset".into(), text(offset)));
-    m.push((
-        "x-opt-sequence-number".into(),
-        Node::Number(o.offset.into()),
-    ));
+    let text = Node::String;
+    let mut m = bumpalo::collections::Vec::with_capacity_in(8, arena);
+    m.push(("x-opt-kafka-topic", text(&o.topic)));
+    m.push(("x-opt-partition", Node::Number(o.partition.into())));
+    m.push(("x-opt-offset", text(offset)));
+    m.push(("x-opt-sequence-number", Node::Number(o.offset.into())));
     if let Some(t) = enqueued {
-        m.push(("x-opt-enqueued-time".into(), text(t)));
-        m.push(("iothub-enqueuedtime".into(), text(t)));
+        m.push(("x-opt-enqueued-time", text(t)));
+        m.push(("iothub-enqueuedtime", text(t)));
     }
     if let Some(k) = key {
-        m.push(("x-opt-partition-key".into(), text(k)));
-        m.push(("iothub-connection-device-id".into(), text(k)));
+        m.push(("x-opt-partition-key", text(k)));
+        m.push(("iothub-connection-device-id", text(k)));
     }
-    Node::Object(m)
+    Node::Object(m.into_bump_slice())
 }
+
+/// Runs `f` with this thread's message arena, emptied first: a message's tree is built in
+/// it and dropped with it, as one reset (the arena keeps its memory for the next message,
+/// unless an outsized message grew it past [`ARENA_KEPT`]).
+fn with_arena<R>(f: impl FnOnce(&Bump) -> R) -> R {
+    thread_local! {
+        static ARENA: std::cell::RefCell<Bump> = std::cell::RefCell::new(Bump::new());
+    }
+    ARENA.with_borrow_mut(|arena| {
+        if arena.allocated_bytes() > ARENA_KEPT {
+            *arena = Bump::new();
+        } else {
+            arena.reset();
+        }
+        f(arena)
+    })
+}
+
+/// The most an idle message arena keeps (a bedside message's tree takes a few KB).
+const ARENA_KEPT: usize = 1 << 20;
 
 /// The broker time as [`RawMessage::system_properties`] writes it.
 fn enqueued_time(message: &RawMessage) -> Option<String> {
@@ -1253,7 +1285,9 @@ mod tests {
             let want = Value::Object(m.system_properties());
             let (offset, enqueued) = (m.origin.offset.to_string(), enqueued_time(&m));
             let key = m.key.as_deref().map(String::from_utf8_lossy);
-            let got = system_node(&m, &offset, enqueued.as_deref(), key.as_deref()).to_value();
+            let arena = Bump::new();
+            let got =
+                system_node(&m, &offset, enqueued.as_deref(), key.as_deref(), &arena).to_value();
             assert_eq!(got, want);
             let order = |v: &Value| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>());
             assert_eq!(order(&got), order(&want), "members in the same order");

@@ -915,7 +915,8 @@ mod tests {
         }
         // The same on a message parsed as the job parses it.
         let bytes = serde_json::to_vec(&doc).unwrap();
-        let node = crate::mapping::tree::Node::parse(&bytes).unwrap();
+        let arena = bumpalo::Bump::new();
+        let node = crate::mapping::tree::Node::parse_in(&bytes, &arena).unwrap();
         let mut on_node = Vec::new();
         set.run(&node, &mut on_node);
         let as_values = |f: Vec<(usize, &crate::mapping::tree::Node)>| -> Vec<(usize, Value)> {

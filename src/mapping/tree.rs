@@ -2,18 +2,25 @@
 //! needs of a JSON tree ([`Tree`]), so the same matcher walks a `serde_json::Value` (template
 //! files, calculated templates, the CLI) or a `Node` (every message the job reads).
 //!
-//! A `Node` borrows its strings from the message bytes and keeps object members in a vector:
+//! A `Node` borrows its strings from the message bytes and keeps object members in a slice:
 //! `serde_json::Value` with `preserve_order` hashes every key with SipHash on insert and on
 //! every lookup, which was a third of the time spent normalizing a bedside message
 //! (docs/performance.md). Members keep document order, and a repeated key replaces the
 //! earlier value in its place, as `serde_json::Value` does.
+//!
+//! A message's nodes live in an arena ([`Bump`]) that the caller resets for the next
+//! message: growing each object's and array's vector, freeing them and walking the tree to
+//! drop it were 4 % of a replay's instructions, and an arena makes them a pointer bump and
+//! nothing.
 
-use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use bumpalo::collections::Vec as BumpVec;
+use bumpalo::Bump;
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Map, Number, Value};
 use std::borrow::Cow;
 
-/// A JSON value borrowing from the bytes it was parsed from.
+/// A JSON value borrowing from the bytes it was parsed from and from its arena.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Node<'a> {
     /// `null`.
@@ -22,12 +29,12 @@ pub enum Node<'a> {
     Bool(bool),
     /// A number, as `serde_json` reads it.
     Number(Number),
-    /// A string (borrowed unless it had escapes).
-    String(Cow<'a, str>),
+    /// A string (from the message, or from the arena when it had escapes).
+    String(&'a str),
     /// An array.
-    Array(Vec<Node<'a>>),
+    Array(&'a [Node<'a>]),
     /// An object, members in document order.
-    Object(Vec<(Cow<'a, str>, Node<'a>)>),
+    Object(&'a [(&'a str, Node<'a>)]),
 }
 
 /// A scalar as filters compare it.
@@ -134,15 +141,15 @@ impl Tree for Node<'_> {
     }
 
     fn members(&self) -> impl Iterator<Item = (&str, &Self)> {
-        let members = match self {
-            Node::Object(m) => m.as_slice(),
+        let members: &[(&str, Node<'_>)] = match self {
+            Node::Object(m) => m,
             _ => &[],
         };
-        members.iter().map(|(k, v)| (&**k, v))
+        members.iter().map(|(k, v)| (*k, v))
     }
 
     fn children(&self) -> impl Iterator<Item = &Self> {
-        let (object, array): (&[(Cow<'_, str>, Node<'_>)], &[Node<'_>]) = match self {
+        let (object, array): (&[(&str, Node<'_>)], &[Node<'_>]) = match self {
             Node::Object(m) => (m, &[]),
             Node::Array(a) => (&[], a),
             _ => (&[], &[]),
@@ -206,29 +213,53 @@ pub fn from_payload<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, serde_
 }
 
 impl<'a> Node<'a> {
-    /// Parses message bytes, borrowing strings from them.
-    pub fn parse(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
-        from_payload(bytes)
+    /// Parses message bytes into `arena`, borrowing strings from the bytes: what
+    /// [`from_payload`] reads, with the same errors.
+    pub fn parse_in(bytes: &'a [u8], arena: &'a Bump) -> Result<Self, serde_json::Error> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => {
+                let mut de = serde_json::Deserializer::from_str(text);
+                let node = Seed(arena).deserialize(&mut de)?;
+                de.end()?;
+                Ok(node)
+            }
+            Err(_) => {
+                let mut de = serde_json::Deserializer::from_slice(bytes);
+                let node = Seed(arena).deserialize(&mut de)?;
+                de.end()?;
+                Ok(node)
+            }
+        }
     }
 
-    /// An object of owned members (message properties), in the map's order.
-    pub fn from_map(map: Map<String, Value>) -> Node<'static> {
-        Node::Object(
-            map.into_iter()
-                .map(|(k, v)| (Cow::Owned(k), Node::from_value(v)))
-                .collect(),
+    /// An object of `members`, in their order, in `arena`.
+    pub fn object_in(
+        arena: &'a Bump,
+        members: impl IntoIterator<Item = (&'a str, Node<'a>), IntoIter: ExactSizeIterator>,
+    ) -> Self {
+        Node::Object(arena.alloc_slice_fill_iter(members))
+    }
+
+    /// An object borrowing a map's members (message properties), in the map's order.
+    pub fn from_map(map: &'a Map<String, Value>, arena: &'a Bump) -> Self {
+        Node::object_in(
+            arena,
+            map.iter()
+                .map(|(k, v)| (k.as_str(), Node::from_value(v, arena))),
         )
     }
 
-    /// The same value, owned.
-    pub fn from_value(v: Value) -> Node<'static> {
+    /// The same value, borrowed.
+    pub fn from_value(v: &'a Value, arena: &'a Bump) -> Self {
         match v {
             Value::Null => Node::Null,
-            Value::Bool(b) => Node::Bool(b),
-            Value::Number(n) => Node::Number(n),
-            Value::String(s) => Node::String(Cow::Owned(s)),
-            Value::Array(a) => Node::Array(a.into_iter().map(Node::from_value).collect()),
-            Value::Object(o) => Node::from_map(o),
+            Value::Bool(b) => Node::Bool(*b),
+            Value::Number(n) => Node::Number(n.clone()),
+            Value::String(s) => Node::String(s),
+            Value::Array(a) => Node::Array(
+                arena.alloc_slice_fill_iter(a.iter().map(|v| Node::from_value(v, arena))),
+            ),
+            Value::Object(o) => Node::from_map(o, arena),
         }
     }
 
@@ -258,15 +289,15 @@ impl Serialize for Node<'_> {
             Node::String(v) => s.serialize_str(v),
             Node::Array(a) => {
                 let mut seq = s.serialize_seq(Some(a.len()))?;
-                for v in a {
+                for v in a.iter() {
                     seq.serialize_element(v)?;
                 }
                 seq.end()
             }
             Node::Object(m) => {
                 let mut map = s.serialize_map(Some(m.len()))?;
-                for (k, v) in m {
-                    map.serialize_entry(&**k, v)?;
+                for (k, v) in m.iter() {
+                    map.serialize_entry(*k, v)?;
                 }
                 map.end()
             }
@@ -277,72 +308,72 @@ impl Serialize for Node<'_> {
 /// Objects up to this many members find a repeated key by comparing; larger ones by hashing.
 const LINEAR_MEMBERS: usize = 32;
 
-impl<'de> Deserialize<'de> for Node<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(NodeVisitor)
+/// Reads one JSON value into the arena.
+#[derive(Clone, Copy)]
+struct Seed<'a>(&'a Bump);
+
+impl<'de: 'a, 'a> DeserializeSeed<'de> for Seed<'a> {
+    type Value = Node<'a>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Node<'a>, D::Error> {
+        d.deserialize_any(self)
     }
 }
 
-struct NodeVisitor;
-
-impl<'de> Visitor<'de> for NodeVisitor {
-    type Value = Node<'de>;
+impl<'de: 'a, 'a> Visitor<'de> for Seed<'a> {
+    type Value = Node<'a>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("any JSON value")
     }
 
-    fn visit_unit<E>(self) -> Result<Node<'de>, E> {
+    fn visit_unit<E>(self) -> Result<Node<'a>, E> {
         Ok(Node::Null)
     }
 
-    fn visit_none<E>(self) -> Result<Node<'de>, E> {
+    fn visit_none<E>(self) -> Result<Node<'a>, E> {
         Ok(Node::Null)
     }
 
-    fn visit_bool<E>(self, b: bool) -> Result<Node<'de>, E> {
+    fn visit_bool<E>(self, b: bool) -> Result<Node<'a>, E> {
         Ok(Node::Bool(b))
     }
 
-    fn visit_i64<E>(self, n: i64) -> Result<Node<'de>, E> {
+    fn visit_i64<E>(self, n: i64) -> Result<Node<'a>, E> {
         Ok(Node::Number(n.into()))
     }
 
-    fn visit_u64<E>(self, n: u64) -> Result<Node<'de>, E> {
+    fn visit_u64<E>(self, n: u64) -> Result<Node<'a>, E> {
         Ok(Node::Number(n.into()))
     }
 
-    fn visit_f64<E>(self, n: f64) -> Result<Node<'de>, E> {
+    fn visit_f64<E>(self, n: f64) -> Result<Node<'a>, E> {
         Ok(Number::from_f64(n).map_or(Node::Null, Node::Number))
     }
 
-    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Node<'de>, E> {
-        Ok(Node::String(Cow::Borrowed(s)))
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Node<'a>, E> {
+        Ok(Node::String(s))
     }
 
-    fn visit_str<E>(self, s: &str) -> Result<Node<'de>, E> {
-        Ok(Node::String(Cow::Owned(s.to_string())))
+    fn visit_str<E>(self, s: &str) -> Result<Node<'a>, E> {
+        Ok(Node::String(self.0.alloc_str(s)))
     }
 
-    fn visit_string<E>(self, s: String) -> Result<Node<'de>, E> {
-        Ok(Node::String(Cow::Owned(s)))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(v) = seq.next_element()? {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'a>, A::Error> {
+        let mut items = BumpVec::with_capacity_in(seq.size_hint().unwrap_or(0), self.0);
+        while let Some(v) = seq.next_element_seed(self)? {
             items.push(v);
         }
-        Ok(Node::Array(items))
+        Ok(Node::Array(items.into_bump_slice()))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
-        let mut members: Vec<(Cow<'de, str>, Node<'de>)> = Vec::new();
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'a>, A::Error> {
+        let mut members: BumpVec<'a, (&'a str, Node<'a>)> = BumpVec::new_in(self.0);
         let mut repeated = false;
-        while let Some(Key(k)) = map.next_key()? {
-            let v: Node<'de> = map.next_value()?;
+        while let Some(k) = map.next_key_seed(KeySeed(self.0))? {
+            let v = map.next_value_seed(self)?;
             if members.len() < LINEAR_MEMBERS {
-                if let Some(m) = members.iter_mut().find(|(m, _)| *m == k) {
+                if let Some(m) = members.iter_mut().find(|(m, _)| same_key(m, k)) {
                     m.1 = v;
                     continue;
                 }
@@ -354,22 +385,22 @@ impl<'de> Visitor<'de> for NodeVisitor {
         if repeated {
             dedup_members(&mut members);
         }
-        Ok(Node::Object(members))
+        Ok(Node::Object(members.into_bump_slice()))
     }
 }
 
 /// A large object's repeated keys: the last value, in the first one's place.
-fn dedup_members(members: &mut Vec<(Cow<'_, str>, Node<'_>)>) {
-    let mut first: std::collections::HashMap<String, usize> = Default::default();
+fn dedup_members<'a>(members: &mut BumpVec<'a, (&'a str, Node<'a>)>) {
+    let mut first: std::collections::HashMap<&str, usize> = Default::default();
     let mut keep = vec![true; members.len()];
     for i in 0..members.len() {
-        match first.get(&*members[i].0) {
+        match first.get(members[i].0) {
             Some(&j) => {
                 members[j].1 = std::mem::replace(&mut members[i].1, Node::Null);
                 keep[i] = false;
             }
             None => {
-                first.insert(members[i].0.to_string(), i);
+                first.insert(members[i].0, i);
             }
         }
     }
@@ -380,28 +411,31 @@ fn dedup_members(members: &mut Vec<(Cow<'_, str>, Node<'_>)>) {
     });
 }
 
-/// An object key, borrowed unless it had escapes.
-struct Key<'a>(Cow<'a, str>);
+/// An object key, borrowed from the message unless it had escapes.
+#[derive(Clone, Copy)]
+struct KeySeed<'a>(&'a Bump);
 
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string key")
-            }
-            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(s)))
-            }
-            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(s.to_string())))
-            }
-            fn visit_string<E>(self, s: String) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(s)))
-            }
-        }
-        d.deserialize_str(KeyVisitor)
+impl<'de: 'a, 'a> DeserializeSeed<'de> for KeySeed<'a> {
+    type Value = &'a str;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<&'a str, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de: 'a, 'a> Visitor<'de> for KeySeed<'a> {
+    type Value = &'a str;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string key")
+    }
+
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<&'a str, E> {
+        Ok(s)
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<&'a str, E> {
+        Ok(self.0.alloc_str(s))
     }
 }
 
@@ -426,15 +460,27 @@ mod tests {
         for text in [
             r#"{"a": 1, "b": [true, null, 2.5, -3, "x\"y"], "a": {"c": "d"}, "e": 1e3}"#,
             r#"[18446744073709551615, 0.1, "", {}]"#,
+            // Escaped keys and strings: copied into the arena.
+            r#"{"k\u0065y": "v\u00e9", "k\"q": [{"\n": null}], "key": 2}"#,
             &big,
         ] {
             let value: Value = serde_json::from_str(text).unwrap();
-            let node = Node::parse(text.as_bytes()).unwrap();
+            let arena = Bump::new();
+            let node = Node::parse_in(text.as_bytes(), &arena).unwrap();
             assert_eq!(node.to_value(), value, "{text}");
             assert_eq!(serde_json::to_string(&node).unwrap(), value.to_string());
-            assert_eq!(Node::from_value(value.clone()), node);
+            assert_eq!(Node::from_value(&value, &arena), node);
         }
-        assert!(Node::parse(b"{\"a\": }").is_err());
+        assert!(Node::parse_in(b"{\"a\": }", &Bump::new()).is_err());
+        // Invalid UTF-8 fails as serde_json fails it.
+        assert_eq!(
+            Node::parse_in(b"\"\xff\"", &Bump::new())
+                .unwrap_err()
+                .to_string(),
+            serde_json::from_slice::<Value>(b"\"\xff\"")
+                .unwrap_err()
+                .to_string()
+        );
     }
 
     #[test]
@@ -442,7 +488,8 @@ mod tests {
         let text = r#"{"s": "v", "i": -5, "u": 18446744073709551615, "f": 50.0, "g": 2.5,
             "t": true, "n": null, "o": {"x": [1, "2"]}}"#;
         let value: Value = serde_json::from_str(text).unwrap();
-        let node = Node::parse(text.as_bytes()).unwrap();
+        let arena = Bump::new();
+        let node = Node::parse_in(text.as_bytes(), &arena).unwrap();
         let keys: Vec<&str> = value.members().map(|(k, _)| k).collect();
         assert_eq!(keys, node.members().map(|(k, _)| k).collect::<Vec<_>>());
         for k in keys {
