@@ -174,7 +174,7 @@ pub(super) fn value_key(kind: &ValueKind) -> &'static str {
 }
 
 /// Parses a measured value as an invariant-culture decimal.
-pub(super) fn decimal(s: &str) -> Option<Number> {
+fn decimal(s: &str) -> Option<Number> {
     let t = s.trim();
     let f: f64 = t.parse().ok().filter(|f: &f64| f.is_finite())?;
     if t.contains(['e', 'E', 'n', 'N', 'i', 'I']) {
@@ -185,6 +185,17 @@ pub(super) fn decimal(s: &str) -> Option<Number> {
         .map(Number::from)
         .ok()
         .or_else(|| Number::from_f64(f))
+}
+
+/// The one value of a Quantity, as a number.
+pub(super) fn quantity(tpl: &ValueTemplate, values: &[TimeValue]) -> Result<Number, FhirDataError> {
+    let raw = single(tpl, values)?;
+    decimal(raw).ok_or_else(|| {
+        FhirDataError(format!(
+            "Quantity value \"{}\" is not a number: \"{raw}\"",
+            tpl.value_name
+        ))
+    })
 }
 
 pub(super) fn single<'v>(
@@ -239,13 +250,7 @@ fn create_value(
             })
         }
         ValueKind::Quantity { unit, code, system } => {
-            let raw = single(tpl, values)?;
-            let n = decimal(raw).ok_or_else(|| {
-                FhirDataError(format!(
-                    "Quantity value \"{}\" is not a number: \"{raw}\"",
-                    tpl.value_name
-                ))
-            })?;
+            let n = quantity(tpl, values)?;
             let mut q = Map::new();
             q.insert("value".into(), Value::Number(n));
             for (k, v) in [("unit", unit), ("system", system), ("code", code)] {

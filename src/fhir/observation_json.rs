@@ -10,7 +10,7 @@
 
 use super::compact_json::string;
 use super::groups::ObservationGroup;
-use super::observation::{self, decimal, head_ref, single, value_key, Subjects};
+use super::observation::{self, head_ref, quantity, single, value_key, Subjects};
 use super::sampled_data::{self, TimeValue};
 use super::{FhirDataError, SERVICE_URI};
 use crate::mapping::fhir::{Code, CodeValueTemplate, ValueKind, ValueTemplate};
@@ -29,76 +29,68 @@ pub fn write(
     amended: bool,
 ) -> Result<(), FhirDataError> {
     let start = out.len();
-    let written = write_resource(out, tpl, type_name, group, subjects, id, amended);
+    // Members are written as they come; on error what was written is taken back.
+    let members = |out: &mut Vec<u8>| -> Result<(), FhirDataError> {
+        let identifier = observation::identifier_value(subjects, type_name, &group.id_segment);
+        let mut o = Object::open(out);
+        string(o.key("resourceType"), "Observation");
+        string(o.key("id"), id);
+        let list = o.key("identifier");
+        list.push(b'[');
+        let mut i = Object::open(list);
+        string(i.key("system"), SERVICE_URI);
+        string(i.key("value"), &identifier);
+        i.close();
+        list.push(b']');
+        string(o.key("status"), if amended { "amended" } else { "final" });
+        head_ref(tpl, type_name, |h| {
+            if let Some(c) = &h.category_json {
+                o.key("category").extend_from_slice(c);
+            }
+            o.key("code").extend_from_slice(&h.code_json);
+        });
+        reference(o.key("subject"), subjects, "Patient", subjects.patient);
+        if let Some(e) = subjects.encounter {
+            reference(o.key("encounter"), subjects, "Encounter", e);
+        }
+        let mut p = Object::open(o.key("effectivePeriod"));
+        string(p.key("start"), &format_dotnet(&group.start));
+        string(p.key("end"), &format_dotnet(&group.end));
+        p.close();
+        if let Some(v) = &tpl.value {
+            if let Some(values) = group.get(&v.value_name) {
+                value(o.key(value_key(&v.kind)), v, values, group.start, group.end)?;
+            }
+        }
+        reference(o.key("device"), subjects, "Device", subjects.device);
+        let mut components = tpl
+            .components
+            .iter()
+            .filter_map(|c| Some((c, group.get(&c.value.value_name)?)))
+            .peekable();
+        if components.peek().is_some() {
+            let list = o.key("component");
+            list.push(b'[');
+            for (n, (c, values)) in components.enumerate() {
+                if n > 0 {
+                    list.push(b',');
+                }
+                let mut comp = Object::open(list);
+                resolved_code(comp.key("code"), &c.value.value_name, &c.codes);
+                let key = value_key(&c.value.kind);
+                value(comp.key(key), &c.value, values, group.start, group.end)?;
+                comp.close();
+            }
+            list.push(b']');
+        }
+        o.close();
+        Ok(())
+    };
+    let written = members(out);
     if written.is_err() {
         out.truncate(start);
     }
     written
-}
-
-fn write_resource(
-    out: &mut Vec<u8>,
-    tpl: &CodeValueTemplate,
-    type_name: &str,
-    group: &ObservationGroup,
-    subjects: &Subjects<'_>,
-    id: &str,
-    amended: bool,
-) -> Result<(), FhirDataError> {
-    let identifier = observation::identifier_value(subjects, type_name, &group.id_segment);
-    let mut o = Object::open(out);
-    string(o.key("resourceType"), "Observation");
-    string(o.key("id"), id);
-    let list = o.key("identifier");
-    list.push(b'[');
-    let mut i = Object::open(list);
-    string(i.key("system"), SERVICE_URI);
-    string(i.key("value"), &identifier);
-    i.close();
-    list.push(b']');
-    string(o.key("status"), if amended { "amended" } else { "final" });
-    head_ref(tpl, type_name, |h| {
-        if let Some(c) = &h.category_json {
-            o.key("category").extend_from_slice(c);
-        }
-        o.key("code").extend_from_slice(&h.code_json);
-    });
-    reference(o.key("subject"), subjects, "Patient", subjects.patient);
-    if let Some(e) = subjects.encounter {
-        reference(o.key("encounter"), subjects, "Encounter", e);
-    }
-    let mut p = Object::open(o.key("effectivePeriod"));
-    string(p.key("start"), &format_dotnet(&group.start));
-    string(p.key("end"), &format_dotnet(&group.end));
-    p.close();
-    if let Some(v) = &tpl.value {
-        if let Some(values) = group.get(&v.value_name) {
-            value(o.key(value_key(&v.kind)), v, values, group.start, group.end)?;
-        }
-    }
-    reference(o.key("device"), subjects, "Device", subjects.device);
-    let mut components = tpl
-        .components
-        .iter()
-        .filter_map(|c| Some((c, group.get(&c.value.value_name)?)))
-        .peekable();
-    if components.peek().is_some() {
-        let list = o.key("component");
-        list.push(b'[');
-        for (n, (c, values)) in components.enumerate() {
-            if n > 0 {
-                list.push(b',');
-            }
-            let mut comp = Object::open(list);
-            resolved_code(comp.key("code"), &c.value.value_name, &c.codes);
-            let key = value_key(&c.value.kind);
-            value(comp.key(key), &c.value, values, group.start, group.end)?;
-            comp.close();
-        }
-        list.push(b']');
-    }
-    o.close();
-    Ok(())
 }
 
 /// A JSON object being written: members are separated as they are added.
@@ -206,13 +198,7 @@ fn value(
             sd.close();
         }
         ValueKind::Quantity { unit, code, system } => {
-            let raw = single(tpl, values)?;
-            let n = decimal(raw).ok_or_else(|| {
-                FhirDataError(format!(
-                    "Quantity value \"{}\" is not a number: \"{raw}\"",
-                    tpl.value_name
-                ))
-            })?;
+            let n = quantity(tpl, values)?;
             let mut q = Object::open(out);
             number(q.key("value"), &n);
             for (k, v) in [("unit", unit), ("system", system), ("code", code)] {
