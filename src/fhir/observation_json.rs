@@ -2,9 +2,9 @@
 //! [`compact_json`](super::compact_json) writes of [`observation::build_with_id`]'s
 //! resource, without the `serde_json::Value` in between.
 //!
-//! Every version of every window is a new resource, and building it as a `Value` (each
-//! member's key allocated and hashed into its map, then the whole tree dropped) was 6 % of
-//! a replay's instructions (`valgrind --tool=callgrind`), more than writing it. Members are
+//! Nearly every version has no stored version to merge into, and building it as a `Value`
+//! (each member's key allocated and hashed into its map, then the whole tree dropped) was
+//! 6 % of a replay's instructions (`valgrind --tool=callgrind`), more than writing it. Members are
 //! written in the order `build_with_id` inserts them; the property test below holds the two
 //! to the same bytes for every template kind.
 
