@@ -78,21 +78,35 @@ pub fn format_rfc3339(t: &DateTime<Utc>) -> String {
 /// `valgrind --tool=callgrind`); this takes about a tenth. Years chrono writes otherwise
 /// (before 0, after 9999) and leap seconds go through chrono.
 pub fn format_dotnet(t: &DateTime<Utc>) -> String {
-    use chrono::{Datelike as _, Timelike as _};
-    let nanos = t.timestamp_subsec_nanos();
-    let year = t.year();
-    if nanos >= 1_000_000_000 || !(0..=9999).contains(&year) {
+    let Some([year, month, day, hour, minute, second]) = civil(t) else {
         return format_dotnet_chrono(t);
-    }
+    };
     let mut b = *b"0000-00-00T00:00:00.0000000Z";
-    put(&mut b[0..4], year as u32);
-    put(&mut b[5..7], t.month());
-    put(&mut b[8..10], t.day());
-    put(&mut b[11..13], t.hour());
-    put(&mut b[14..16], t.minute());
-    put(&mut b[17..19], t.second());
-    put(&mut b[20..27], nanos / 100);
+    put(&mut b[0..4], year);
+    put(&mut b[5..7], month);
+    put(&mut b[8..10], day);
+    put(&mut b[11..13], hour);
+    put(&mut b[14..16], minute);
+    put(&mut b[17..19], second);
+    put(&mut b[20..27], t.timestamp_subsec_nanos() / 100);
     String::from_utf8(b.to_vec()).expect("ASCII digits")
+}
+
+/// Year, month, day, hour, minute and second of `t` where the digit writers take it: a
+/// four-digit year and no leap second (chrono writes the others).
+fn civil(t: &DateTime<Utc>) -> Option<[u32; 6]> {
+    use chrono::{Datelike as _, Timelike as _};
+    let year = t.year();
+    (t.timestamp_subsec_nanos() < 1_000_000_000 && (0..=9999).contains(&year)).then(|| {
+        [
+            year as u32,
+            t.month(),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+        ]
+    })
 }
 
 /// Writes `v` in decimal into all of `out`, zero-padded (the highest digits dropped when it
@@ -110,35 +124,27 @@ fn format_dotnet_chrono(t: &DateTime<Utc>) -> String {
     format!("{}.{:07}Z", t.format("%Y-%m-%dT%H:%M:%S"), ticks)
 }
 
-/// `yyyyMMddHHmmss` plus a literal `Z`: the connector's identifier segment format.
-pub fn format_id_segment(t: &DateTime<Utc>) -> String {
-    let mut out = String::with_capacity(15);
-    push_id_segment(&mut out, t);
-    out
-}
-
-/// Appends [`format_id_segment`] of `t` to `out`, digit by digit: every new window names its
-/// period with two of them, and chrono's format machinery took 2,300 instructions a time
-/// (1 % of a replay's, `valgrind --tool=callgrind`). Years chrono writes otherwise (before
-/// 0, after 9999) and leap seconds go through chrono.
+/// Appends `t` as `yyyyMMddHHmmss` plus a literal `Z` (the connector's identifier segment
+/// format) to `out`, digit by digit: every new window names its period with two of them,
+/// and chrono's format machinery took 2,300 instructions a time (1 % of a replay's,
+/// `valgrind --tool=callgrind`). Years chrono writes otherwise (before 0, after 9999) and
+/// leap seconds go through chrono.
 pub fn push_id_segment(out: &mut String, t: &DateTime<Utc>) {
-    use chrono::{Datelike as _, Timelike as _};
-    let year = t.year();
-    if t.timestamp_subsec_nanos() >= 1_000_000_000 || !(0..=9999).contains(&year) {
+    let Some([year, month, day, hour, minute, second]) = civil(t) else {
         out.push_str(&format_id_segment_chrono(t));
         return;
-    }
+    };
     let mut b = *b"00000000000000Z";
-    put(&mut b[0..4], year as u32);
-    put(&mut b[4..6], t.month());
-    put(&mut b[6..8], t.day());
-    put(&mut b[8..10], t.hour());
-    put(&mut b[10..12], t.minute());
-    put(&mut b[12..14], t.second());
+    put(&mut b[0..4], year);
+    put(&mut b[4..6], month);
+    put(&mut b[6..8], day);
+    put(&mut b[8..10], hour);
+    put(&mut b[10..12], minute);
+    put(&mut b[12..14], second);
     out.push_str(std::str::from_utf8(&b).expect("ASCII digits"));
 }
 
-/// [`format_id_segment`] by chrono's formatter: every year and leap seconds.
+/// [`push_id_segment`] by chrono's formatter: every year and leap seconds.
 fn format_id_segment_chrono(t: &DateTime<Utc>) -> String {
     format!("{}Z", t.format("%Y%m%d%H%M%S"))
 }
@@ -159,6 +165,13 @@ pub fn day_of(t: &DateTime<Utc>) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`push_id_segment`] alone.
+    fn format_id_segment(t: &DateTime<Utc>) -> String {
+        let mut out = String::new();
+        push_id_segment(&mut out, t);
+        out
+    }
 
     proptest::proptest! {
         /// Any string of the fast path's shape, valid or not, reads as chrono reads it.

@@ -206,9 +206,26 @@ fn bool_text(b: bool) -> String {
 /// of a replay's instructions). Invalid UTF-8 is read as bytes, for the error serde_json
 /// gives it.
 pub fn from_payload<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, serde_json::Error> {
+    seeded_from_payload(bytes, std::marker::PhantomData::<T>)
+}
+
+/// [`from_payload`] through a seed (a [`Node`] into its arena): the whole input, then its
+/// end, as `serde_json::from_str` reads it.
+fn seeded_from_payload<'a, S: DeserializeSeed<'a>>(
+    bytes: &'a [u8],
+    seed: S,
+) -> Result<S::Value, serde_json::Error> {
+    fn read<'a, R: serde_json::de::Read<'a>, S: DeserializeSeed<'a>>(
+        mut de: serde_json::Deserializer<R>,
+        seed: S,
+    ) -> Result<S::Value, serde_json::Error> {
+        let value = seed.deserialize(&mut de)?;
+        de.end()?;
+        Ok(value)
+    }
     match std::str::from_utf8(bytes) {
-        Ok(text) => serde_json::from_str(text),
-        Err(_) => serde_json::from_slice(bytes),
+        Ok(text) => read(serde_json::Deserializer::from_str(text), seed),
+        Err(_) => read(serde_json::Deserializer::from_slice(bytes), seed),
     }
 }
 
@@ -216,20 +233,7 @@ impl<'a> Node<'a> {
     /// Parses message bytes into `arena`, borrowing strings from the bytes: what
     /// [`from_payload`] reads, with the same errors.
     pub fn parse_in(bytes: &'a [u8], arena: &'a Bump) -> Result<Self, serde_json::Error> {
-        match std::str::from_utf8(bytes) {
-            Ok(text) => {
-                let mut de = serde_json::Deserializer::from_str(text);
-                let node = Seed(arena).deserialize(&mut de)?;
-                de.end()?;
-                Ok(node)
-            }
-            Err(_) => {
-                let mut de = serde_json::Deserializer::from_slice(bytes);
-                let node = Seed(arena).deserialize(&mut de)?;
-                de.end()?;
-                Ok(node)
-            }
-        }
+        seeded_from_payload(bytes, Seed(arena))
     }
 
     /// An object of `members`, in their order, in `arena`.
