@@ -1,11 +1,13 @@
 //! The job's event clock: how far event time has surely advanced (a watermark).
 //!
 //! Each worker's [`InputClock`] follows the event times its input delivers, per source
-//! partition and device, and reports a [`Mark`]: the newest event time of its slowest busy
-//! partition less the allowed lateness. A partition's newest time is that of its slowest
-//! device still sending (a device whose clock runs behind the others holds the clock back
-//! rather than having its readings judged late), where a device silent for
-//! [`DEVICE_SILENCE_MS`] of the partition's event time no longer counts. A partition that has ended (`--until-end`) holds nothing back;
+//! partition and device, and reports a [`Mark`]: the clock of its slowest busy partition
+//! less the allowed lateness. A partition's clock is that of its slowest device still
+//! sending (a device whose clock runs behind the others holds the clock back rather than
+//! having its readings judged late), where a device silent for [`DEVICE_SILENCE_MS`] of the
+//! partition's event time no longer counts. A device's clock is when its next reading is
+//! due: its newest event time plus its last sampling interval, at most half the allowed
+//! lateness (see [`Partition::observe`]). A partition that has ended (`--until-end`) holds nothing back;
 //! in a live job neither does one that has delivered nothing for `idle_timeout` of wall
 //! time, and once all of a worker's input is idle its mark advances with the wall clock from
 //! the newest event time it saw, so a silent ward cannot stall alerts. Marks are broadcast
@@ -38,14 +40,24 @@ pub type PartitionKey = (Arc<str>, i32);
 /// further behind, or disconnected, stops delaying everyone else's alerts after this much.
 pub const DEVICE_SILENCE_MS: i64 = 30_000;
 
+/// A device's event times, as its partition's clock follows them.
+#[derive(Clone, Copy)]
+struct DeviceTimes {
+    newest: i64,
+    /// Its newest time plus the credit for its sampling interval: its clock.
+    due: i64,
+}
+
 /// A partition's event times: per device its newest, and when it last delivered (wall).
 struct Partition {
     newest: i64,
+    /// How far a device's clock may run past its newest reading: half the allowed lateness.
+    credit_cap: i64,
     /// A reading of a known device allocates nothing.
-    devices: HashMap<Arc<str>, i64>,
-    /// How many devices have each newest time: the slowest is the first. Counts, not
-    /// device names: moving a device's time compares integers only (a set of (time,
-    /// name) compared names of the many devices of one second, 3.6 % of the job).
+    devices: HashMap<Arc<str>, DeviceTimes>,
+    /// How many devices have each clock ([`DeviceTimes::due`]): the slowest is the first.
+    /// Counts, not device names: moving a device's time compares integers only (a set of
+    /// (time, name) compared names of the many devices of one second, 3.6 % of the job).
     by_time: std::collections::BTreeMap<i64, usize>,
     last: Instant,
     /// The offset after the last message observed.
@@ -65,7 +77,12 @@ pub struct PartitionCut {
     /// The offset the state stands before.
     pub offset: i64,
     newest: i64,
+    /// Per device its newest event time.
     devices: Vec<(String, i64)>,
+    /// Per device (in the order of `devices`) the credit its clock runs ahead of its newest
+    /// time; absent from a cut written before devices had one (none then).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    credits: Vec<i64>,
     #[serde(default = "min_time")]
     held: i64,
 }
@@ -81,15 +98,17 @@ impl PartitionCut {
             offset,
             newest: i64::MIN,
             devices: Vec::new(),
+            credits: Vec::new(),
             held: i64::MIN,
         }
     }
 }
 
 impl Partition {
-    fn new(now: Instant) -> Self {
+    fn new(now: Instant, credit_cap: i64) -> Self {
         Self {
             newest: i64::MIN,
+            credit_cap,
             devices: HashMap::default(),
             by_time: Default::default(),
             last: now,
@@ -98,12 +117,17 @@ impl Partition {
         }
     }
 
-    fn from_cut(c: &PartitionCut, now: Instant) -> Self {
-        let mut p = Self::new(now);
+    fn from_cut(c: &PartitionCut, now: Instant, credit_cap: i64) -> Self {
+        let mut p = Self::new(now, credit_cap);
         p.newest = c.newest;
-        for (d, t) in &c.devices {
-            if p.devices.insert(Arc::from(d.as_str()), *t).is_none() {
-                *p.by_time.entry(*t).or_default() += 1;
+        for (i, (d, t)) in c.devices.iter().enumerate() {
+            let credit = c.credits.get(i).copied().unwrap_or(0);
+            let times = DeviceTimes {
+                newest: *t,
+                due: t.saturating_add(credit),
+            };
+            if p.devices.insert(Arc::from(d.as_str()), times).is_none() {
+                *p.by_time.entry(times.due).or_default() += 1;
             }
         }
         p.next = Some(c.offset);
@@ -112,31 +136,50 @@ impl Partition {
     }
 
     fn cut(&self, offset: i64) -> PartitionCut {
-        let mut devices: Vec<(String, i64)> = self
-            .devices
-            .iter()
-            .map(|(d, t)| (d.to_string(), *t))
-            .collect();
-        devices.sort();
+        let mut all: Vec<(&str, DeviceTimes)> =
+            self.devices.iter().map(|(d, t)| (&**d, *t)).collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let devices = all.iter().map(|(d, t)| (d.to_string(), t.newest)).collect();
+        let credits = all.iter().map(|(_, t)| t.due - t.newest).collect();
         PartitionCut {
             offset,
             newest: self.newest,
             devices,
+            credits,
             held: self.held,
         }
     }
 
+    /// A reading of `device` at `at`. The device's clock becomes `at` plus the interval
+    /// since its previous newest reading, at most [`Partition::credit_cap`]: the time its
+    /// next reading is due. Without the credit every reading would wait a whole sampling
+    /// interval more than the lateness, for the device whose next reading happens to come
+    /// last. The credit costs an in-order reading nothing: with the clock at most half the
+    /// lateness past a device's newest time, the watermark stays half the lateness behind
+    /// it. A device's own reading older than its newest (re-sent, re-ordered) keeps at
+    /// least half the lateness.
     fn observe(&mut self, device: &str, at: i64) {
         self.newest = self.newest.max(at);
         match self.devices.get_mut(device) {
-            Some(t) if *t >= at => {}
+            Some(t) if t.newest >= at => {}
             Some(t) => {
-                let before = std::mem::replace(t, at);
-                super::count_down(&mut self.by_time, before);
-                *self.by_time.entry(at).or_default() += 1;
+                let before = t.due;
+                let credit = (at - t.newest).min(self.credit_cap);
+                *t = DeviceTimes {
+                    newest: at,
+                    due: at.saturating_add(credit),
+                };
+                if t.due != before {
+                    super::count_down(&mut self.by_time, before);
+                    *self.by_time.entry(t.due).or_default() += 1;
+                }
             }
             None => {
-                self.devices.insert(Arc::from(device), at);
+                let t = DeviceTimes {
+                    newest: at,
+                    due: at,
+                };
+                self.devices.insert(Arc::from(device), t);
                 *self.by_time.entry(at).or_default() += 1;
             }
         }
@@ -150,23 +193,23 @@ impl Partition {
             // Rare (a device stopped sending): one pass forgets every silent one.
             let by_time = &mut self.by_time;
             self.devices.retain(|_, t| {
-                let keep = *t >= silent_before;
+                let keep = t.due >= silent_before;
                 if !keep {
-                    super::count_down(by_time, *t);
+                    super::count_down(by_time, t.due);
                 }
                 keep
             });
         }
     }
 
-    /// The newest event time of the slowest device still sending.
+    /// The clock of the slowest device still sending.
     fn slowest(&self) -> i64 {
         self.by_time
             .first_key_value()
             .map_or(self.newest, |(t, _)| *t)
     }
 
-    /// The partition's clock: the slowest sending device's newest time, never going back.
+    /// The partition's clock: the slowest sending device's clock, never going back.
     fn clock(&self) -> i64 {
         self.held.max(self.slowest())
     }
@@ -315,7 +358,10 @@ impl InputClock {
                 // offset, when it left one.
                 let p = (self.restored.get(partition))
                     .and_then(|cs| cs.iter().find(|c| c.offset == offset))
-                    .map_or_else(|| Partition::new(now), |c| Partition::from_cut(c, now));
+                    .map_or_else(
+                        || Partition::new(now, self.lateness_ms / 2),
+                        |c| Partition::from_cut(c, now, self.lateness_ms / 2),
+                    );
                 self.seen.entry(partition.clone()).or_insert(p)
             }
         };
@@ -493,7 +539,9 @@ mod tests {
             now,
             &mut Vec::new(),
         );
-        assert_eq!(c.mark(now), Mark::At(55_000));
+        // BM-1's clock in partition 1: 60 s plus its 20 s interval, at most half the
+        // lateness.
+        assert_eq!(c.mark(now), Mark::At(57_500));
         // Partition 1 ends (a replay): partition 0 alone holds the clock.
         c.polled(0, vec![(key(0), false), (key(1), true)], false, now);
         assert_eq!(c.mark(now), Mark::At(95_000));
@@ -549,9 +597,90 @@ mod tests {
         );
         assert_eq!(
             c.mark(now),
-            Mark::At(146_000),
-            "BM-2 over 30 s behind: no longer waited for"
+            Mark::At(148_500),
+            "BM-2 over 30 s behind: no longer waited for (BM-1's clock: 151 s and 2.5 s)"
         );
+    }
+
+    #[test]
+    fn a_device_s_clock_is_when_its_next_reading_is_due_and_no_in_order_reading_is_late() {
+        let mut c = InputClock::new(Duration::from_secs(5), Duration::from_secs(5), false);
+        let now = Instant::now();
+        c.polled(6, vec![(key(0), false)], false, now);
+        let mut late = Vec::new();
+        // Two 1 Hz monitors half a second apart.
+        for (o, d, t) in [
+            (0, "BM-1", 100_000),
+            (1, "BM-2", 100_500),
+            (2, "BM-1", 101_000),
+            (3, "BM-2", 101_500),
+        ] {
+            c.observe(&key(0), o, [(d, t)].into_iter(), now, &mut late);
+            assert_eq!(late, vec![false]);
+        }
+        assert_eq!(
+            c.mark(now),
+            Mark::At(97_000),
+            "BM-1's next reading is due at 102 s: readings wait the lateness past that, \
+             not a second more for BM-1 to send it"
+        );
+        // A cut and a restart from it keep the credit.
+        let cut = c.cut_at(&key(0), 4).expect("the partition stands at 4");
+        let json = serde_json::to_string(&cut).unwrap();
+        let mut r = InputClock::new(Duration::from_secs(5), Duration::from_secs(5), false);
+        r.restore([(key(0), vec![cut])].into_iter().collect());
+        r.polled(1, vec![(key(0), false)], false, now);
+        r.observe(&key(0), 4, [("BM-2", 102_500)].into_iter(), now, &mut late);
+        assert_eq!(r.mark(now), Mark::At(97_000));
+        // A cut written before devices had credits reads as none.
+        let old: PartitionCut =
+            serde_json::from_str(&json.replace(r#","credits":[1000,1000]"#, "")).unwrap();
+        assert!(old.credits.is_empty(), "{json}");
+
+        // However far apart a device's readings come, the credit is at most half the
+        // lateness: every reading newer than the device's newest is on time, and one
+        // re-sent out of order keeps half the lateness.
+        let mut c = InputClock::new(Duration::from_secs(5), Duration::from_secs(5), false);
+        c.polled(4, vec![(key(0), false)], false, now);
+        for (o, t, is_late) in [
+            (0, 100_000, false),
+            (1, 110_000, false),
+            (2, 110_001, false),
+            (3, 200_000, false),
+            (4, 197_501, false),
+            (5, 197_500, true),
+        ] {
+            c.observe(&key(0), o, [("BM-1", t)].into_iter(), now, &mut late);
+            assert_eq!(late, vec![is_late], "{t}");
+        }
+        assert_eq!(c.mark(now), Mark::At(197_500));
+    }
+
+    proptest::proptest! {
+        /// Devices that all joined at the start and each send in order (any intervals, any
+        /// interleaving, none left silent for 30 s): no reading is ever late, whatever the
+        /// lateness and the credits.
+        #[test]
+        fn no_in_order_reading_of_a_known_device_is_late(
+            lateness in 0u64..10_000,
+            steps in proptest::collection::vec((0usize..4, 0i64..12_000), 1..200),
+        ) {
+            let mut c = InputClock::new(Duration::from_millis(lateness), Duration::from_secs(5), false);
+            let now = Instant::now();
+            let names = ["BM-0", "BM-1", "BM-2", "BM-3"];
+            c.polled(steps.len() + 1, vec![(key(0), false)], false, now);
+            let mut late = Vec::new();
+            let mut times = [1_000_000i64; 4];
+            c.observe(&key(0), 0, names.iter().map(|d| (*d, 1_000_000)), now, &mut late);
+            for (o, (d, gap)) in steps.into_iter().enumerate() {
+                let slowest = *times.iter().min().unwrap();
+                // Never more than 20 s ahead of the slowest (it would fall silent).
+                let at = times[d].max((times[d] + gap).min(slowest + 20_000));
+                times[d] = at;
+                c.observe(&key(0), o as i64 + 1, [(names[d], at)].into_iter(), now, &mut late);
+                proptest::prop_assert_eq!(&late, &vec![false], "{} at {}", names[d], at);
+            }
+        }
     }
 
     #[test]
