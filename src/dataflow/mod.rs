@@ -21,6 +21,7 @@ pub mod normalize;
 pub mod operators;
 pub mod patient_alerts;
 mod sink_thread;
+mod time_queue;
 pub mod window;
 
 use crate::anomaly::lifecycle::Alert;

@@ -2,6 +2,7 @@
 //! of the patients routed to it, driven in event-time order as the watermark advances
 //! (the operator around it is `alerting`).
 
+use super::time_queue::TimeQueue;
 use crate::anomaly::ack;
 use crate::anomaly::judge::{Judge, Verdict};
 use crate::anomaly::lifecycle::{Alert, Category, Condition, Lifecycle};
@@ -10,7 +11,7 @@ use crate::anomaly::signals::{Change, TechnicalChange, VitalState};
 use crate::metrics::Metrics;
 use crate::model::Measurement;
 use rustc_hash::FxHashMap as HashMap;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The highest offset taken in, per (topic, partition), sorted by both. Found by borrowed
@@ -100,43 +101,6 @@ impl Queued {
     }
 }
 
-/// A reading in [`PatientAlerts::waiting`], ordered by its [`Queued::key`] reversed: the
-/// heap's greatest is the least key. Keys are unique (each holds the arrival).
-struct Waiting {
-    key: (i64, u64, u64),
-    m: Arc<Measurement>,
-}
-
-impl Waiting {
-    /// `m` waiting, as the `arrival`-th reading taken in.
-    fn new(m: Arc<Measurement>, arrival: u64) -> Self {
-        Waiting {
-            key: Queued::key(&m, arrival),
-            m,
-        }
-    }
-}
-
-impl PartialEq for Waiting {
-    fn eq(&self, other: &Self) -> bool {
-        self.key == other.key
-    }
-}
-
-impl Eq for Waiting {}
-
-impl PartialOrd for Waiting {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Waiting {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        other.key.cmp(&self.key)
-    }
-}
-
 /// The per-worker alerting state: vital signals, rule judgement and lifecycle of the
 /// patients routed here, driven in event-time order.
 pub struct PatientAlerts {
@@ -149,10 +113,8 @@ pub struct PatientAlerts {
     /// Measurements waiting for the watermark, least (event ms, patient hash, arrival)
     /// ([`Queued::key`]) first: a key that has a second's readings in [`Queued::order`]
     /// but for ties within a patient. Those of the earliest time are taken together into
-    /// `bucket` and applied in that order. A heap, not a `BTreeMap`: readings come nearly
-    /// in time order, so a push rarely moves, and the map's insert was 4 % of a replay's
-    /// instructions (`valgrind --tool=callgrind`).
-    waiting: BinaryHeap<Waiting>,
+    /// `bucket` and applied in that order.
+    waiting: TimeQueue<Arc<Measurement>>,
     /// The readings of one event time being applied, in reverse [`Queued::order`].
     bucket: Vec<Queued>,
     arrivals: u64,
@@ -196,7 +158,7 @@ impl PatientAlerts {
             judge: Judge::new(&rules),
             lifecycle: Lifecycle::default(),
             rules,
-            waiting: BinaryHeap::new(),
+            waiting: TimeQueue::default(),
             bucket: Vec::new(),
             arrivals: 0,
             applied: None,
@@ -289,10 +251,7 @@ impl PatientAlerts {
                 .iter()
                 .rev()
                 .map(|q| super::alert_state::Row(&q.m))
-                .chain(
-                    self.waiting_in_order()
-                        .map(|w| super::alert_state::Row(&w.m)),
-                )
+                .chain(self.waiting_in_order().map(|m| super::alert_state::Row(m)))
                 .collect(),
             resumed: self.resumed_groups(),
             last: self.last.iter().map(|(p, t)| (p.as_str(), *t)).collect(),
@@ -375,7 +334,8 @@ impl PatientAlerts {
             for m in c.waiting {
                 if m.patient_id.as_deref().is_some_and(keep) {
                     self.arrivals += 1;
-                    self.waiting.push(Waiting::new(Arc::new(m), self.arrivals));
+                    self.waiting
+                        .push(Queued::key(&m, self.arrivals), Arc::new(m));
                 }
             }
             // `applied` is not taken: the patients a checkpoint holds get no reading at or
@@ -416,7 +376,7 @@ impl PatientAlerts {
             return;
         }
         self.arrivals += 1;
-        self.waiting.push(Waiting::new(m, self.arrivals));
+        self.waiting.push(Queued::key(&m, self.arrivals), m);
         self.dirty = true;
     }
 
@@ -430,12 +390,12 @@ impl PatientAlerts {
         self.acks.drain(..)
     }
 
-    /// The readings in [`Self::waiting`], least key first (the heap holds them in no order;
-    /// a checkpoint lists them in this one).
-    fn waiting_in_order(&self) -> impl Iterator<Item = &Waiting> {
-        let mut w: Vec<&Waiting> = self.waiting.iter().collect();
-        w.sort_unstable_by_key(|w| w.key);
-        w.into_iter()
+    /// The readings in [`Self::waiting`], least key first (the queue's buckets wait
+    /// unsorted; a checkpoint lists them in this order).
+    fn waiting_in_order(&self) -> impl Iterator<Item = &Arc<Measurement>> {
+        let mut w: Vec<_> = self.waiting.iter().collect();
+        w.sort_unstable_by_key(|(k, _)| *k);
+        w.into_iter().map(|(_, m)| m)
     }
 
     /// Measurements waiting for the watermark.
@@ -463,18 +423,14 @@ impl PatientAlerts {
 
     /// Takes the waiting readings of the earliest event time, in reverse [`Queued::order`].
     fn fill_bucket(&mut self) {
-        let Some(t) = self.waiting.peek().map(|w| w.key.0) else {
-            return;
-        };
-        while self.waiting.peek().is_some_and(|w| w.key.0 == t) {
-            let w = self.waiting.pop().expect("peeked");
-            let (_, patient, arrival) = w.key;
-            self.bucket.push(Queued {
+        let bucket = &mut self.bucket;
+        self.waiting.take_earliest(|(_, patient, arrival), m| {
+            bucket.push(Queued {
                 patient,
                 arrival,
-                m: w.m,
-            });
-        }
+                m,
+            })
+        });
         // In patient order already: only a patient's few readings are sorted (sorting the
         // whole second was 3 % of a replay's instructions, `valgrind --tool=callgrind`).
         for run in self.bucket.chunk_by_mut(|a, b| a.patient == b.patient) {
@@ -518,7 +474,7 @@ impl PatientAlerts {
         loop {
             let next_m = match self.bucket.last() {
                 Some(q) => Some(q.m.occurrence_time.timestamp_millis()),
-                None => self.waiting.peek().map(|w| w.key.0),
+                None => self.waiting.next_time(),
             };
             let next_t = [self.lifecycle.next_timer(), self.vitals.next_check()]
                 .into_iter()
@@ -720,11 +676,11 @@ mod tests {
         let mut expected: Vec<Queued> = s
             .waiting
             .iter()
-            .filter(|w| w.key.0 == t)
-            .map(|w| Queued {
-                patient: w.key.1,
-                arrival: w.key.2,
-                m: w.m.clone(),
+            .filter(|(k, _)| k.0 == t)
+            .map(|(k, m)| Queued {
+                patient: k.1,
+                arrival: k.2,
+                m: m.clone(),
             })
             .collect();
         expected.sort_unstable_by(|b, a| a.order(b));
