@@ -35,9 +35,10 @@ pub enum Mark {
 /// A source partition: (topic, partition).
 pub type PartitionKey = (Arc<str>, i32);
 
-/// How far a device may fall behind its partition's newest event time and still hold the
-/// partition's clock: a monitor whose clock runs up to this much behind is waited for; one
-/// further behind, or disconnected, stops delaying everyone else's alerts after this much.
+/// How far a device's clock (when its next reading is due) may fall behind its partition's
+/// newest event time and still hold the partition's clock: a monitor whose clock runs up to
+/// this much behind is waited for; one further behind, or disconnected, stops delaying
+/// everyone else's alerts after this much.
 pub const DEVICE_SILENCE_MS: i64 = 30_000;
 
 /// A device's event times, as its partition's clock follows them.
