@@ -52,8 +52,6 @@ struct DeviceTimes {
 /// A partition's event times: per device its newest, and when it last delivered (wall).
 struct Partition {
     newest: i64,
-    /// How far a device's clock may run past its newest reading: half the allowed lateness.
-    credit_cap: i64,
     /// A reading of a known device allocates nothing.
     devices: HashMap<Arc<str>, DeviceTimes>,
     /// How many devices have each clock ([`DeviceTimes::due`]): the slowest is the first.
@@ -106,10 +104,9 @@ impl PartitionCut {
 }
 
 impl Partition {
-    fn new(now: Instant, credit_cap: i64) -> Self {
+    fn new(now: Instant) -> Self {
         Self {
             newest: i64::MIN,
-            credit_cap,
             devices: HashMap::default(),
             by_time: Default::default(),
             last: now,
@@ -118,8 +115,8 @@ impl Partition {
         }
     }
 
-    fn from_cut(c: &PartitionCut, now: Instant, credit_cap: i64) -> Self {
-        let mut p = Self::new(now, credit_cap);
+    fn from_cut(c: &PartitionCut, now: Instant) -> Self {
+        let mut p = Self::new(now);
         p.newest = c.newest;
         for (i, (d, t)) in c.devices.iter().enumerate() {
             let credit = c.credits.get(i).copied().unwrap_or(0);
@@ -152,20 +149,20 @@ impl Partition {
     }
 
     /// A reading of `device` at `at`. The device's clock becomes `at` plus the interval
-    /// since its previous newest reading, at most [`Partition::credit_cap`]: the time its
-    /// next reading is due. Without the credit every reading would wait a whole sampling
+    /// since its previous newest reading, at most `credit_cap` (half the allowed lateness):
+    /// the time its next reading is due. Without the credit every reading would wait a whole sampling
     /// interval more than the lateness, for the device whose next reading happens to come
     /// last. The credit costs an in-order reading nothing: with the clock at most half the
     /// lateness past a device's newest time, the watermark stays half the lateness behind
     /// it. A device's own reading older than its newest (re-sent, re-ordered) keeps at
     /// least half the lateness.
-    fn observe(&mut self, device: &str, at: i64) {
+    fn observe(&mut self, device: &str, at: i64, credit_cap: i64) {
         self.newest = self.newest.max(at);
         match self.devices.get_mut(device) {
             Some(t) if t.newest >= at => {}
             Some(t) => {
                 let before = t.due;
-                let credit = (at - t.newest).min(self.credit_cap);
+                let credit = (at - t.newest).min(credit_cap);
                 *t = DeviceTimes {
                     newest: at,
                     due: at.saturating_add(credit),
@@ -359,10 +356,7 @@ impl InputClock {
                 // offset, when it left one.
                 let p = (self.restored.get(partition))
                     .and_then(|cs| cs.iter().find(|c| c.offset == offset))
-                    .map_or_else(
-                        || Partition::new(now, self.lateness_ms / 2),
-                        |c| Partition::from_cut(c, now, self.lateness_ms / 2),
-                    );
+                    .map_or_else(|| Partition::new(now), |c| Partition::from_cut(c, now));
                 self.seen.entry(partition.clone()).or_insert(p)
             }
         };
@@ -381,7 +375,7 @@ impl InputClock {
         let bound = (!p.devices.is_empty()).then(|| p.clock().saturating_sub(self.lateness_ms));
         for (device, at) in times {
             late.push(bound.is_some_and(|b| at <= b));
-            p.observe(device, at);
+            p.observe(device, at, self.lateness_ms / 2);
             self.newest = Some(self.newest.map_or(at, |n| n.max(at)));
         }
         p.held = p.clock();
