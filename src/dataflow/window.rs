@@ -20,6 +20,7 @@
 
 use crate::fhir::groups::{boundary, period_segment, period_start_ms, ObservationGroup, TimeValue};
 use crate::fhir::observation::{identifier_value, observation_id, Subjects};
+use crate::fhir::sampled_data::{ticks_of, time_of};
 use crate::fhir::store::WindowUpdate;
 use crate::mapping::fhir::PeriodInterval;
 use crate::mapping::FhirMapping;
@@ -30,15 +31,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A value no version holds yet, with what orders it and what it holds up.
+/// A value no version holds yet, with what orders it, in 40 bytes: on a drain the
+/// watermark trails by minutes of event time and nearly every value read waits here, so its
+/// size is most of the job's peak and of the fresh pages the kernel zeroes for it. The
+/// ingestion epoch it came in is not kept per value: it is held per checkpoint
+/// ([`Windows::holds`]).
 struct Value {
-    at: chrono::DateTime<chrono::Utc>,
+    /// Its time in ticks ([`crate::fhir::sampled_data::ticks_of`]).
+    ticks: i64,
     /// The checkpoint whose version first holds it (from its effective time).
     checkpoint: i64,
     /// Where it was read (interned topic, partition, offset): orders readings of one time.
     position: (u32, i32, i64),
-    /// The ingestion epoch it came in, held until its version is emitted.
-    epoch: u64,
     /// Interned ([`Windows::texts`]): readings repeat a few values ("72", "98"), so a value
     /// costs a pointer, and a version's group shares it instead of copying it.
     value: ArcStr,
@@ -46,8 +50,8 @@ struct Value {
 
 /// One value name's values in a window.
 ///
-/// A value some version holds keeps only its time and text ([`TimeValue`], 16 bytes, under
-/// a third of a waiting one's 56; an hourly window at 1 Hz holds 3,600 of them per vital), one
+/// A value some version holds keeps only its time and text ([`TimeValue`], 16 bytes, two
+/// fifths of a waiting one's 40; an hourly window at 1 Hz holds 3,600 of them per vital), one
 /// per time (tick): of
 /// readings of one time a version keeps the first, and every value still to come sorts
 /// after those of its time already held (its checkpoint is later: its effective time is
@@ -88,15 +92,11 @@ impl Window {
     }
 
     /// The version of `checkpoint` (all values with None), when it holds values no version
-    /// held before: its group holds every value whose checkpoint is at or before it. Their
-    /// epochs are released from `holds`. The window keeps its values only in columns: the
-    /// group is built here, and lives as long as the outputs need it. Also returns the
-    /// checkpoint the values still waiting wait for (found in the same pass).
-    fn version(
-        &mut self,
-        checkpoint: Option<i64>,
-        holds: &mut BTreeMap<u64, usize>,
-    ) -> (Option<WindowUpdate>, Option<i64>) {
+    /// held before: its group holds every value whose checkpoint is at or before it. The
+    /// window keeps its values only in columns: the group is built here, and lives as long
+    /// as the outputs need it. Also returns the checkpoint the values still waiting wait
+    /// for (found in the same pass).
+    fn version(&mut self, checkpoint: Option<i64>) -> (Option<WindowUpdate>, Option<i64>) {
         let due = |v: &Value| checkpoint.is_none_or(|c| v.checkpoint <= c);
         let mut group = ObservationGroup {
             start: self.update.group.start,
@@ -108,29 +108,15 @@ impl Window {
         let mut next: Option<i64> = None;
         for col in &mut self.values {
             let mut taking = Vec::with_capacity(col.waiting.len());
-            // Held by a version now, their epochs no longer wait on them: counted down per
-            // run of one epoch (a lookup per value was 0.7 % of a replay's instructions).
-            let mut run: Option<(u64, usize)> = None;
             col.waiting.retain(|v| {
                 if due(v) {
-                    match &mut run {
-                        Some((epoch, n)) if *epoch == v.epoch => *n += 1,
-                        _ => {
-                            if let Some((epoch, n)) = run.replace((v.epoch, 1)) {
-                                super::count_down_by(holds, epoch, n);
-                            }
-                        }
-                    }
-                    taking.push(TimeValue::new(v.at, v.value.clone()));
+                    taking.push(TimeValue::from_ticks(v.ticks, v.value.clone()));
                     false
                 } else {
                     next = Some(next.map_or(v.checkpoint, |n| n.min(v.checkpoint)));
                     true
                 }
             });
-            if let Some((epoch, n)) = run {
-                super::count_down_by(holds, epoch, n);
-            }
             taken += taking.len();
             if !taking.is_empty() {
                 col.last_taken = u32::try_from(taking.len()).unwrap_or(u32::MAX);
@@ -173,12 +159,12 @@ impl Window {
     fn evict_after(&self) -> i64 {
         self.close.unwrap_or_else(|| {
             let newest = self.values.iter().flat_map(|c| {
-                let held = c.held.last().map(TimeValue::at);
-                held.into_iter().chain(c.waiting.last().map(|v| v.at))
+                let held = c.held.last().map(TimeValue::ticks);
+                held.into_iter().chain(c.waiting.last().map(|v| v.ticks))
             });
             newest
                 .max()
-                .unwrap_or(self.update.group.end)
+                .map_or(self.update.group.end, time_of)
                 .timestamp_millis()
                 + 1
         })
@@ -307,8 +293,11 @@ impl Ids {
     }
 }
 
-/// The most values a column makes room for ahead of them (256 KB); past that it grows.
+/// The most values a column makes room for ahead of them (160 KB); past that it grows.
 const MAX_RESERVED: i64 = 1 << 12;
+
+/// Ticks (100 ns) per millisecond.
+const TICKS_PER_MS: i64 = 10_000;
 
 /// All open windows of one worker.
 pub struct Windows {
@@ -323,8 +312,18 @@ pub struct Windows {
     texts_kept: usize,
     /// Windows by the checkpoint they wait for: emitting is O(versions), not O(windows).
     schedule: BTreeMap<i64, Vec<WindowKey>>,
-    /// Per ingestion epoch, how many of its values wait for a version.
+    /// Per checkpoint, the ingestion epochs values waiting for it came in (each once per
+    /// run of one epoch). When the watermark passes a checkpoint every value waiting for it
+    /// is taken (a window is versioned at the first checkpoint any of its values waits
+    /// for), so its epochs are released whole: no value carries its epoch.
+    epochs_by_checkpoint: BTreeMap<i64, Vec<u64>>,
+    /// Per ingestion epoch, how many entries of `epochs_by_checkpoint` hold it.
     holds: BTreeMap<u64, usize>,
+    /// The last (checkpoint, epoch) entered in `epochs_by_checkpoint`: a message's readings
+    /// share both, and skip the lookup.
+    last_hold: Option<(i64, u64)>,
+    /// Values waiting for their version.
+    waiting: usize,
     every: i64,
     horizon: i64,
     instances: u64,
@@ -342,7 +341,10 @@ impl Windows {
             texts: Default::default(),
             texts_kept: 0,
             schedule: BTreeMap::new(),
+            epochs_by_checkpoint: BTreeMap::new(),
             holds: BTreeMap::new(),
+            last_hold: None,
+            waiting: 0,
             every: ms(every),
             horizon: ms(horizon),
             instances: 0,
@@ -372,7 +374,34 @@ impl Windows {
 
     /// Values waiting for their version.
     pub fn waiting(&self) -> usize {
-        self.holds.values().sum()
+        self.waiting
+    }
+
+    /// Holds `epoch` until the watermark passes `checkpoint`.
+    fn hold(&mut self, checkpoint: i64, epoch: u64) {
+        if self.last_hold == Some((checkpoint, epoch)) {
+            return;
+        }
+        self.last_hold = Some((checkpoint, epoch));
+        let epochs = self.epochs_by_checkpoint.entry(checkpoint).or_default();
+        if epochs.last() != Some(&epoch) {
+            epochs.push(epoch);
+            *self.holds.entry(epoch).or_default() += 1;
+        }
+    }
+
+    /// Releases the epochs of every checkpoint `passed` says all values waiting for are
+    /// taken.
+    fn release(&mut self, passed: impl Fn(i64) -> bool) {
+        while let Some(entry) = self.epochs_by_checkpoint.first_entry() {
+            if !passed(*entry.key()) {
+                break;
+            }
+            for epoch in entry.remove() {
+                super::count_down(&mut self.holds, epoch);
+            }
+        }
+        self.last_hold = None;
     }
 
     /// Adds a measurement effective at `effective` (event ms), read in `epoch`. Returns
@@ -449,6 +478,7 @@ impl Windows {
             .source
             .as_ref()
             .map_or((topic, 0, 0), |s| (topic, s.partition, s.offset));
+        let ticks = ticks_of(m.occurrence_time);
         let mut held = 0;
         for (name, value) in &m.properties {
             // Names are the template's own `Arc`s: the pointer usually answers.
@@ -485,13 +515,12 @@ impl Windows {
                 },
             };
             let v = Value {
-                at: m.occurrence_time,
+                ticks,
                 checkpoint: at,
                 position,
-                epoch,
                 value,
             };
-            let key = |x: &Value| (x.at, x.checkpoint, x.position);
+            let key = |x: &Value| (x.ticks, x.checkpoint, x.position);
             // A device's readings mostly come in time order: append without a search
             // (the binary search over an hour of values was 6 % of the job).
             if list.last().is_none_or(|x| key(x) <= key(&v)) {
@@ -508,10 +537,10 @@ impl Windows {
                 // unchanged, as the room is taken at once rather than as values come). The
                 // wider of the first two steps: two readings a moment apart (a resend, a
                 // clock's jitter) would otherwise ask room for thousands.
-                let step = |i: usize| (list[i + 1].at - list[i].at).num_milliseconds();
+                let step = |i: usize| (list[i + 1].ticks - list[i].ticks) / TICKS_PER_MS;
                 let step = step(0).max(step(1));
                 if step > 0 {
-                    let span = list[0].checkpoint - list[0].at.timestamp_millis();
+                    let span = list[0].checkpoint - list[0].ticks.div_euclid(TICKS_PER_MS);
                     let expected = ((span + step - 1) / step).clamp(0, MAX_RESERVED) as usize;
                     list.reserve_exact(expected.saturating_sub(list.len()));
                 }
@@ -519,12 +548,13 @@ impl Windows {
             w.waiting += 1;
             held += 1;
         }
-        if held > 0 {
-            *self.holds.entry(epoch).or_default() += held;
-        }
         if w.next.is_none_or(|n| at < n) {
             w.next = Some(at);
             self.schedule.entry(at).or_default().push(key);
+        }
+        if held > 0 {
+            self.waiting += held;
+            self.hold(at, epoch);
         }
         true
     }
@@ -550,7 +580,9 @@ impl Windows {
                 if w.next != Some(at) {
                     continue;
                 }
-                let (version, waiting) = w.version(Some(at), &mut self.holds);
+                let before = w.waiting;
+                let (version, waiting) = w.version(Some(at));
+                self.waiting -= before - w.waiting;
                 out.extend(version);
                 w.next = waiting;
                 if let Some(n) = waiting {
@@ -558,6 +590,7 @@ impl Windows {
                 }
             }
         }
+        self.release(|c| c.saturating_sub(1) <= watermark);
         out
     }
 
@@ -569,9 +602,11 @@ impl Windows {
         for w in self.windows.values_mut() {
             w.next = None;
             if w.waiting > 0 {
-                out.extend(w.version(None, &mut self.holds).0);
+                out.extend(w.version(None).0);
             }
         }
+        self.release(|_| true);
+        self.waiting = 0;
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
     }
@@ -602,7 +637,7 @@ mod tests {
     #[test]
     fn a_waiting_value_takes_the_bytes_the_docs_say() {
         // docs/ARCHITECTURE.md and docs/scaling.md size a window's values by these.
-        assert_eq!(std::mem::size_of::<Value>(), 56);
+        assert_eq!(std::mem::size_of::<Value>(), 40);
         assert_eq!(std::mem::size_of::<TimeValue>(), 16);
     }
 
@@ -758,6 +793,42 @@ mod tests {
         assert_eq!(values(&v[0]), ["70", "71", "72"]);
         assert_eq!(w.oldest_held_epoch(), None);
         assert!(w.advance(ms("2026-11-21T12:00:00Z")).is_empty());
+    }
+
+    #[test]
+    fn an_epoch_is_held_until_every_value_read_in_it_is_taken() {
+        let mut w = five_minutes();
+        let add = |w: &mut Windows, device: &str, t: &str, effective: &str, epoch: u64| {
+            let m = reading(device, ms(&format!("2026-11-21T{t}Z")), "70", 0);
+            assert!(w.add(&m, ms(&format!("2026-11-21T{effective}Z")), epoch));
+        };
+        add(&mut w, "BM-1", "10:00:05", "10:00:05", 1);
+        add(&mut w, "BM-1", "10:07:00", "10:07:00", 1);
+        add(&mut w, "BM-2", "10:01:00", "10:01:00", 2);
+        // Epochs entered out of order at one checkpoint, and one again after another's.
+        add(&mut w, "BM-3", "10:02:00", "10:02:00", 4);
+        add(&mut w, "BM-3", "10:02:01", "10:02:01", 1);
+        add(&mut w, "BM-3", "10:08:00", "10:08:00", 4);
+        add(&mut w, "BM-3", "10:02:02", "10:02:02", 4);
+        assert_eq!(w.waiting(), 7);
+        assert_eq!(w.advance(ms("2026-11-21T10:06:00Z")).len(), 3);
+        assert_eq!(w.waiting(), 2);
+        assert!(w.holds(1), "its 10:07 value waits");
+        assert!(!w.holds(2), "its one value is taken");
+        assert!(w.holds(4), "its 10:08 value waits");
+        // A late value whose checkpoint the watermark has passed: held until the next
+        // advance takes it.
+        add(&mut w, "BM-2", "09:30:00", "10:04:00", 5);
+        assert!(w.holds(5));
+        assert_eq!(w.advance(ms("2026-11-21T10:06:00Z")).len(), 1);
+        assert!(!w.holds(5));
+        assert_eq!(w.oldest_held_epoch(), Some(1));
+        assert_eq!(w.advance(ms("2026-11-21T10:11:00Z")).len(), 2);
+        assert_eq!((w.oldest_held_epoch(), w.waiting()), (None, 0));
+        add(&mut w, "BM-1", "10:12:00", "10:12:00", 6);
+        assert!(w.holds(6));
+        assert_eq!(w.flush().len(), 1);
+        assert_eq!((w.oldest_held_epoch(), w.waiting()), (None, 0));
     }
 
     #[test]

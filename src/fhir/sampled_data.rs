@@ -24,22 +24,17 @@ const TICKS: i64 = 10_000_000;
 impl TimeValue {
     /// `text` at `at` (to the tick; saturating beyond ±29,000 years).
     pub fn new(at: DateTime<Utc>, text: ArcStr) -> Self {
-        let ticks = at
-            .timestamp()
-            .checked_mul(TICKS)
-            .and_then(|t| t.checked_add(i64::from(at.timestamp_subsec_nanos() / 100)))
-            .unwrap_or(if at.timestamp() < 0 {
-                i64::MIN
-            } else {
-                i64::MAX
-            });
+        Self::from_ticks(ticks_of(at), text)
+    }
+
+    /// `text` at `ticks` (see [`ticks_of`]).
+    pub fn from_ticks(ticks: i64, text: ArcStr) -> Self {
         Self { ticks, text }
     }
 
     /// Its time, to the tick.
     pub fn at(&self) -> DateTime<Utc> {
-        let nanos = (self.ticks.rem_euclid(TICKS) * 100) as u32;
-        DateTime::from_timestamp(self.ticks.div_euclid(TICKS), nanos).expect("in chrono's range")
+        time_of(self.ticks)
     }
 
     /// Its time in ticks: what orders and compares values.
@@ -56,6 +51,24 @@ impl TimeValue {
     pub fn shared_text(&self) -> &ArcStr {
         &self.text
     }
+}
+
+/// `at` in ticks (to the tick; saturating beyond ±29,000 years).
+pub fn ticks_of(at: DateTime<Utc>) -> i64 {
+    at.timestamp()
+        .checked_mul(TICKS)
+        .and_then(|t| t.checked_add(i64::from(at.timestamp_subsec_nanos() / 100)))
+        .unwrap_or(if at.timestamp() < 0 {
+            i64::MIN
+        } else {
+            i64::MAX
+        })
+}
+
+/// The time of `ticks`.
+pub fn time_of(ticks: i64) -> DateTime<Utc> {
+    let nanos = (ticks.rem_euclid(TICKS) * 100) as u32;
+    DateTime::from_timestamp(ticks.div_euclid(TICKS), nanos).expect("in chrono's range")
 }
 
 /// Nanoseconds since the Unix epoch, exact for any time chrono holds.
