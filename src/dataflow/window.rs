@@ -106,6 +106,11 @@ impl Window {
         };
         let mut taken = 0;
         let mut next: Option<i64> = None;
+        // The close's version, the input's end, or a correlation group: no values due.
+        let closing = match (checkpoint, self.close) {
+            (Some(c), Some(close)) => c >= close,
+            _ => true,
+        };
         for col in &mut self.values {
             let mut taking = Vec::with_capacity(col.waiting.len());
             col.waiting.retain(|v| {
@@ -121,8 +126,13 @@ impl Window {
             if !taking.is_empty() {
                 col.last_taken = u32::try_from(taking.len()).unwrap_or(u32::MAX);
             }
-            if col.waiting.capacity() > 4 * col.waiting.len() {
-                // What the version took is held, at half the size: no room kept for it here.
+            if closing && col.waiting.capacity() > 4 * col.waiting.len() {
+                // What the version took is held, at two fifths of the size: no room kept
+                // for it here once no more values are due. An open window keeps its room:
+                // the next checkpoint's values come a moment later and would ask for as
+                // much again, and on a live job every column freeing its room at one
+                // checkpoint and taking it back was memory handed to the kernel and
+                // faulted in again.
                 col.waiting.shrink_to_fit();
             }
             if !taking.is_empty() {
@@ -766,6 +776,26 @@ mod tests {
             add(&mut w, start, o);
         }
         assert!(room(&w)[0] < 270);
+    }
+
+    #[test]
+    fn an_open_window_keeps_its_room_and_a_closed_one_lets_it_go() {
+        let mut w = five_minutes();
+        let start = ms("2026-11-21T10:50:00Z");
+        for s in 0..300 {
+            let at = start + s * 1000;
+            w.add(&reading("BM-1", at, "72", s), at, 1);
+        }
+        assert_eq!(room(&w), vec![300]);
+        assert_eq!(w.advance(ms("2026-11-21T10:55:00Z")).len(), 1);
+        assert_eq!(room(&w), vec![300], "the 10:55-11:00 values come next");
+        for s in 300..600 {
+            let at = start + s * 1000;
+            w.add(&reading("BM-1", at, "72", s), at, 1);
+        }
+        assert_eq!(room(&w), vec![300], "the room kept was enough");
+        assert_eq!(w.advance(ms("2026-11-21T11:00:00Z")).len(), 1);
+        assert_eq!(room(&w), vec![0], "closed: no values due");
     }
 
     #[test]
