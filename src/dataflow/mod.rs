@@ -75,16 +75,11 @@ pub struct RunOptions {
     pub acks_topic: Option<String>,
 }
 
-/// Counts one `key` fewer in `counts`, dropping the key at zero (the windows' values held
-/// per epoch, the event clock's devices per time).
+/// Counts one `key` fewer in `counts`, dropping the key at zero (the windows' epochs held
+/// per checkpoint, the event clock's devices per time).
 fn count_down<K: Ord>(counts: &mut BTreeMap<K, usize>, key: K) {
-    count_down_by(counts, key, 1);
-}
-
-/// Counts `n` of `key` fewer in `counts`, as `n` calls of [`count_down`] would.
-fn count_down_by<K: Ord>(counts: &mut BTreeMap<K, usize>, key: K, n: usize) {
     if let std::collections::btree_map::Entry::Occupied(mut e) = counts.entry(key) {
-        *e.get_mut() = e.get().saturating_sub(n);
+        *e.get_mut() = e.get().saturating_sub(1);
         if *e.get() == 0 {
             e.remove();
         }

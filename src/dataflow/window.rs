@@ -20,7 +20,7 @@
 
 use crate::fhir::groups::{boundary, period_segment, period_start_ms, ObservationGroup, TimeValue};
 use crate::fhir::observation::{identifier_value, observation_id, Subjects};
-use crate::fhir::sampled_data::{ticks_of, time_of};
+use crate::fhir::sampled_data::{ticks_of, time_of, TICKS_PER_MS};
 use crate::fhir::store::WindowUpdate;
 use crate::mapping::fhir::PeriodInterval;
 use crate::mapping::FhirMapping;
@@ -305,9 +305,6 @@ impl Ids {
 
 /// The most values a column makes room for ahead of them (160 KB); past that it grows.
 const MAX_RESERVED: i64 = 1 << 12;
-
-/// Ticks (100 ns) per millisecond.
-const TICKS_PER_MS: i64 = 10_000;
 
 /// All open windows of one worker.
 pub struct Windows {

@@ -21,6 +21,9 @@ pub struct TimeValue {
 /// Ticks per second.
 const TICKS: i64 = 10_000_000;
 
+/// Ticks per millisecond.
+pub const TICKS_PER_MS: i64 = TICKS / 1_000;
+
 impl TimeValue {
     /// `text` at `at` (to the tick; saturating beyond ±29,000 years).
     pub fn new(at: DateTime<Utc>, text: ArcStr) -> Self {
