@@ -32,12 +32,12 @@ fn readings(devices: usize, seconds: i64) -> Vec<Measurement> {
         .flat_map(|s| {
             (0..devices).map(move |d| Measurement {
                 type_name: "heartRate".into(),
-                device_id: format!("BM-{d:04}"),
-                patient_id: Some(format!("P-{d:04}")),
+                device_id: format!("BM-{d:04}").into(),
+                patient_id: Some(format!("P-{d:04}").into()),
                 encounter_id: None,
                 correlation_id: None,
                 occurrence_time: start + chrono::Duration::seconds(s),
-                properties: vec![("hr".into(), format!("{}", 60 + (s + d as i64) % 40))],
+                properties: vec![("hr".into(), format!("{}", 60 + (s + d as i64) % 40).into())],
                 received_ms: None,
                 source: None,
             })

@@ -208,7 +208,7 @@ fn run_normalize(case: &Value) -> Result<(), String> {
 }
 
 fn measurement_from_json(v: &Value) -> Measurement {
-    let s = |k: &str| v[k].as_str().map(str::to_string);
+    let s = |k: &str| v[k].as_str().map(Into::into);
     Measurement {
         type_name: Arc::from(v["type"].as_str().unwrap()),
         device_id: s("deviceId").unwrap(),
@@ -223,7 +223,7 @@ fn measurement_from_json(v: &Value) -> Measurement {
             .map(|p| {
                 (
                     Arc::from(p["name"].as_str().unwrap()),
-                    p["value"].as_str().unwrap().to_string(),
+                    p["value"].as_str().unwrap().into(),
                 )
             })
             .collect(),

@@ -90,13 +90,13 @@ impl AckRequest {
         let body = serde_json::to_string(self).unwrap_or_default();
         Measurement {
             type_name: Arc::from(ACK_TYPE),
-            device_id: self.device.clone(),
-            patient_id: Some(self.patient.clone()),
+            device_id: self.device.as_str().into(),
+            patient_id: Some(self.patient.as_str().into()),
             encounter_id: None,
             correlation_id: None,
             occurrence_time: chrono::DateTime::from_timestamp_millis(self.at_ms)
                 .unwrap_or_default(),
-            properties: vec![(Arc::from("ack"), body)],
+            properties: vec![(Arc::from("ack"), body.into())],
             received_ms: None,
             source: Some(source),
         }

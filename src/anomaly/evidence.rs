@@ -77,7 +77,7 @@ pub(super) const LOST_FLAG: u8 = 3;
 /// A device of a patient: when it last sent anything, and whether it is reported silent.
 #[derive(Default, Clone, Serialize, Deserialize)]
 pub(super) struct DeviceSeen {
-    pub(super) device: String,
+    pub(super) device: crate::model::Text,
     pub(super) last: i64,
     pub(super) silent: bool,
 }

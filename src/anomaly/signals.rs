@@ -17,7 +17,7 @@
 use super::evidence::{clock, Cadence, DeviceSeen, LOST_DEVICE, LOST_FLAG, LOST_NO, LOST_SIGNAL};
 pub use super::evidence::{vital_label, TechnicalChange, DEVICE_SILENT, SENSOR_OFF, SIGNAL_LOST};
 use super::rules::{milli, RuleSet, Signal};
-use crate::model::Measurement;
+use crate::model::{Measurement, Text};
 use rustc_hash::FxHashMap as HashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -105,7 +105,7 @@ struct VitalTrack {
     rejected: bool,
     /// The device of the last valid reading.
     #[serde(default)]
-    device: String,
+    device: Text,
 }
 
 impl VitalTrack {
@@ -213,14 +213,14 @@ fn band(boundaries: &[f64], v: f64) -> i64 {
 /// state; the rules' boundaries come back with [`VitalState::set_rules`].
 #[derive(Default, Serialize, Deserialize)]
 pub struct VitalState {
-    patients: HashMap<String, PatientState>,
+    patients: HashMap<Text, PatientState>,
     #[serde(skip)]
     /// Per vital, the signals watched, in key order (the order their changes are judged).
     by_vital: HashMap<String, Vec<Watched>>,
     /// (event ms, patient): when a patient's next check is due (NEWS2 parameters going
     /// stale, a vital's evidence gap, a lost signal).
     #[serde(alias = "stale_checks")]
-    checks: std::collections::BTreeSet<(i64, String)>,
+    checks: std::collections::BTreeSet<(i64, Text)>,
     /// A smoothing window's values, reused from reading to reading.
     #[serde(skip)]
     scratch: Vec<f64>,
@@ -259,12 +259,12 @@ impl VitalState {
                             // Same reading, new band: retract and insert so that the
                             // judge sees it again (its rule changed).
                             out.push(Change::Reading(
-                                (patient.clone(), key.clone()),
+                                (patient.to_string(), key.clone()),
                                 r.clone(),
                                 -1,
                             ));
                             out.push(Change::Reading(
-                                (patient.clone(), key.clone()),
+                                (patient.to_string(), key.clone()),
                                 r.clone(),
                                 1,
                             ));
@@ -274,7 +274,7 @@ impl VitalState {
             }
             for key in gone {
                 if let Some((_, r)) = st.emitted.remove(&key) {
-                    out.push(Change::Reading((patient.clone(), key), r, -1));
+                    out.push(Change::Reading((patient.to_string(), key), r, -1));
                 }
             }
         }
@@ -320,7 +320,7 @@ impl VitalState {
                 break;
             }
             self.checks.pop_first();
-            let Some(st) = self.patients.get_mut(&patient) else {
+            let Some(st) = self.patients.get_mut(patient.as_str()) else {
                 continue;
             };
             st.check = None;
@@ -354,7 +354,7 @@ impl VitalState {
                 }
                 for k in stale {
                     if let Some((_, r)) = st.emitted.remove(&k) {
-                        out.push(Change::Reading((patient.clone(), k), r, -1));
+                        out.push(Change::Reading((patient.to_string(), k), r, -1));
                     }
                 }
             }
@@ -389,11 +389,11 @@ impl VitalState {
                 let label = vital_label(&vital, names);
                 let change = |rule: String, title: String, since: i64, detail: String| {
                     Change::Technical(TechnicalChange {
-                        patient: patient.clone(),
+                        patient: patient.to_string(),
                         rule,
                         title,
                         vital: vital.clone(),
-                        device: device.clone(),
+                        device: device.to_string(),
                         on: true,
                         since,
                         last: (last_at, last_v),
@@ -454,14 +454,14 @@ impl VitalState {
     pub fn forget(&mut self, patient: &str) {
         if let Some(st) = self.patients.remove(patient) {
             if let Some(due) = st.check {
-                self.checks.remove(&(due, patient.to_string()));
+                self.checks.remove(&(due, patient.into()));
             }
         }
     }
 
     /// The patients held, in order.
     pub fn patients(&self) -> Vec<String> {
-        let mut p: Vec<String> = self.patients.keys().cloned().collect();
+        let mut p: Vec<String> = self.patients.keys().map(Text::to_string).collect();
         p.sort();
         p
     }
@@ -498,11 +498,11 @@ impl VitalState {
                 d.last = d.last.max(at);
                 if std::mem::take(&mut d.silent) {
                     out.push(Change::Technical(TechnicalChange {
-                        patient: patient.clone(),
+                        patient: patient.to_string(),
                         rule: format!("{DEVICE_SILENT}/{}", m.device_id),
                         title: "Monitor silent".into(),
                         vital: String::new(),
-                        device: m.device_id.clone(),
+                        device: m.device_id.to_string(),
                         on: false,
                         since: at,
                         last: (at, 0.0),
@@ -554,11 +554,11 @@ impl VitalState {
                     }
                     if rules.technical.enabled {
                         out.push(Change::Technical(TechnicalChange {
-                            patient: patient.clone(),
+                            patient: patient.to_string(),
                             rule: format!("{SENSOR_OFF}/{type_name}.{value}"),
                             title: flag.title.clone(),
                             vital: flag.suspends.first().cloned().unwrap_or_default(),
-                            device: m.device_id.clone(),
+                            device: m.device_id.to_string(),
                             on,
                             since: at,
                             last: (at, if on { 1.0 } else { 0.0 }),
@@ -649,7 +649,7 @@ impl VitalState {
             if std::mem::take(&mut track.suspended) {
                 for w in signals {
                     if matches!(w.signal, Signal::Smoothed { .. }) {
-                        out.push(Change::Touch((patient.clone(), w.key.clone())));
+                        out.push(Change::Touch((patient.to_string(), w.key.clone())));
                     }
                 }
             }
@@ -659,11 +659,11 @@ impl VitalState {
             let was_lost = std::mem::replace(&mut track.lost, LOST_NO);
             if was_lost == LOST_SIGNAL {
                 out.push(Change::Technical(TechnicalChange {
-                    patient: patient.clone(),
+                    patient: patient.to_string(),
                     rule: format!("{SIGNAL_LOST}/{vital}"),
                     title: format!("{} signal lost", vital_label(vital, vitals)),
                     vital: vital.to_string(),
-                    device: m.device_id.clone(),
+                    device: m.device_id.to_string(),
                     on: false,
                     since: at,
                     last: (at, v),
@@ -756,12 +756,12 @@ impl VitalState {
                     value: milli(value),
                     at_ms: at,
                     stamp_ms: stamp,
-                    device: m.device_id.clone(),
+                    device: m.device_id.to_string(),
                 };
                 if let Some((_, old)) = st.emitted.insert(key.clone(), (nb, r.clone())) {
-                    out.push(Change::Reading((patient.clone(), key.clone()), old, -1));
+                    out.push(Change::Reading((patient.to_string(), key.clone()), old, -1));
                 }
-                out.push(Change::Reading((patient.clone(), key.clone()), r, 1));
+                out.push(Change::Reading((patient.to_string(), key.clone()), r, 1));
             }
             let longest = signals
                 .iter()
@@ -1101,9 +1101,9 @@ mod tests {
     }
 
     fn spo2(second: i64, v: &str, probe_off: Option<&str>) -> Measurement {
-        let mut properties = vec![(Arc::from("spo2"), v.to_string())];
+        let mut properties = vec![(Arc::from("spo2"), v.into())];
         if let Some(f) = probe_off {
-            properties.push((Arc::from("probeOff"), f.to_string()));
+            properties.push((Arc::from("probeOff"), f.into()));
         }
         Measurement {
             type_name: Arc::from("spo2"),

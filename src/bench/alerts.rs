@@ -266,7 +266,7 @@ fn naive(
                     }
                     if let Some(sev) = r.level(v).severity() {
                         out.push(Raised {
-                            patient: x.patient_id.clone().unwrap_or_default(),
+                            patient: x.patient_id.as_deref().unwrap_or_default().to_string(),
                             rule: r.id.clone(),
                             severity: sev,
                             at: x.occurrence_time,

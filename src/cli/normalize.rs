@@ -168,10 +168,10 @@ fn print_normalized(n: &Normalized, format: Format) {
             t.add_row([
                 i.to_string(),
                 m.type_name.to_string(),
-                m.device_id.clone(),
-                m.patient_id.clone().unwrap_or_else(|| "-".into()),
-                m.encounter_id.clone().unwrap_or_else(|| "-".into()),
-                m.correlation_id.clone().unwrap_or_else(|| "-".into()),
+                m.device_id.to_string(),
+                m.patient_id.as_deref().unwrap_or("-").to_string(),
+                m.encounter_id.as_deref().unwrap_or("-").to_string(),
+                m.correlation_id.as_deref().unwrap_or("-").to_string(),
                 vitalflow::time::format_rfc3339(&m.occurrence_time),
                 values.join(", "),
             ]);

@@ -99,12 +99,15 @@ impl RowOwned {
             .with_context(|| format!("a waiting reading's time is out of range: {secs}.{nanos}"))?;
         Ok(Measurement {
             type_name: ty.into(),
-            device_id: device,
-            patient_id: patient,
-            encounter_id: encounter,
-            correlation_id: correlation,
+            device_id: device.into(),
+            patient_id: patient.map(Into::into),
+            encounter_id: encounter.map(Into::into),
+            correlation_id: correlation.map(Into::into),
             occurrence_time,
-            properties: props.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+            properties: props
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
             received_ms: rx,
             source: src.map(|(topic, partition, offset)| crate::model::SourcePos {
                 topic: topic.into(),

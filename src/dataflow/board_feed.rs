@@ -35,8 +35,8 @@ pub(super) fn readings(m: &Measurement, names: &Vitals) -> Vec<BoardUpdate> {
             let vital = names.of(&m.type_name, name)?;
             let value: f64 = value.trim().parse().ok().filter(|v: &f64| v.is_finite())?;
             Some(BoardUpdate::Reading(Reading {
-                patient: patient.clone(),
-                device: m.device_id.clone(),
+                patient: patient.to_string(),
+                device: m.device_id.to_string(),
                 vital: vital.to_string(),
                 label: vital_label(vital, names),
                 value,

@@ -302,7 +302,11 @@ impl PatientAlerts {
                 .patients()
                 .into_iter()
                 .chain(c.lifecycle.patients())
-                .chain(c.waiting.iter().filter_map(|m| m.patient_id.clone()))
+                .chain(
+                    c.waiting
+                        .iter()
+                        .filter_map(|m| m.patient_id.as_deref().map(str::to_string)),
+                )
                 .filter(|p| owns(p) && !taken.contains(p))
                 .collect();
             let seen: Arc<Offsets> = Arc::new(Offsets::of_rows(&c.seen));
@@ -352,7 +356,11 @@ impl PatientAlerts {
     /// passed already is counted as late and dropped.
     pub fn add(&mut self, m: Arc<Measurement>) {
         if let Some(s) = &m.source {
-            if let Some(r) = m.patient_id.as_ref().and_then(|p| self.resumed.get(p)) {
+            if let Some(r) = m
+                .patient_id
+                .as_ref()
+                .and_then(|p| self.resumed.get(p.as_str()))
+            {
                 if r.get(&s.topic, s.partition).is_some_and(|o| s.offset <= o) {
                     // Replayed after a restart: the checkpoint holds it already.
                     return;
@@ -641,12 +649,12 @@ mod tests {
     fn reading(patient: &str, at_ms: i64, spo2: f64) -> Measurement {
         Measurement {
             type_name: "spo2".into(),
-            device_id: format!("D-{patient}"),
-            patient_id: Some(patient.to_string()),
+            device_id: format!("D-{patient}").into(),
+            patient_id: Some(patient.to_string().into()),
             encounter_id: None,
             correlation_id: None,
             occurrence_time: chrono::DateTime::from_timestamp_millis(at_ms).expect("time"),
-            properties: vec![("spo2".into(), spo2.to_string())],
+            properties: vec![("spo2".into(), spo2.to_string().into())],
             received_ms: None,
             source: None,
         }
@@ -667,7 +675,7 @@ mod tests {
                         .wrapping_add(1442695040888963407);
                     let mut m = reading(&format!("P-{p}"), t, f64::from(90 + round));
                     m.type_name = ty.into();
-                    m.device_id = format!("{dev}-{}", k % 3);
+                    m.device_id = format!("{dev}-{}", k % 3).into();
                     s.add(Arc::new(m));
                 }
             }

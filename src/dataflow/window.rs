@@ -199,7 +199,7 @@ enum Slot {
     /// Start of the period, milliseconds since the Unix epoch.
     Period(i64),
     /// Correlation id.
-    Correlation(String),
+    Correlation(crate::model::Text),
 }
 
 /// Merges the values of a new version (sorted by time, checkpoint and position) into
@@ -437,7 +437,7 @@ impl Windows {
         let w = self.windows.entry(key.clone()).or_insert_with(|| {
             let (start, end) = boundary(tpl.period, m.occurrence_time);
             let segment = match &key.slot {
-                Slot::Correlation(c) => c.clone(),
+                Slot::Correlation(c) => c.to_string(),
                 Slot::Period(_) => period_segment(&start, &end),
             };
             let subjects = Subjects {
@@ -458,8 +458,8 @@ impl Windows {
                     id,
                     type_name: m.type_name.clone(),
                     patient: patient.to_string(),
-                    device: m.device_id.clone(),
-                    encounter: m.encounter_id.clone(),
+                    device: m.device_id.to_string(),
+                    encounter: m.encounter_id.as_deref().map(str::to_string),
                     template: tpl.clone(),
                     group: Arc::new(ObservationGroup {
                         start,
@@ -708,7 +708,7 @@ mod tests {
         Measurement {
             type_name: "heartRate".into(),
             device_id: device.into(),
-            patient_id: Some(format!("P-{device}")),
+            patient_id: Some(format!("P-{device}").into()),
             encounter_id: None,
             correlation_id: None,
             occurrence_time: chrono::DateTime::from_timestamp_millis(at).expect("time"),

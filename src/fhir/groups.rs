@@ -40,7 +40,7 @@ impl ObservationGroup {
     }
 
     /// Adds named values read at `at`.
-    pub fn add_values(&mut self, at: DateTime<Utc>, properties: &[(Arc<str>, String)]) {
+    pub fn add_values(&mut self, at: DateTime<Utc>, properties: &[(Arc<str>, crate::model::Text)]) {
         for (name, value) in properties {
             let list = match self.values.iter_mut().position(|(n, _)| n == name) {
                 Some(i) => Arc::make_mut(&mut self.values[i].1),

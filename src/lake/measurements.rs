@@ -256,7 +256,7 @@ mod tests {
     fn hr(partition: i32, offset: i64, value: &str) -> Measurement {
         Measurement {
             type_name: "heartRate".into(),
-            device_id: format!("BM-{partition}"),
+            device_id: format!("BM-{partition}").into(),
             patient_id: Some("P-1".into()),
             encounter_id: None,
             correlation_id: None,

@@ -410,8 +410,8 @@ mod tests {
         let devices = BATCH_VERSIONS + 5;
         for d in 0..devices {
             let mut m = crate::sinks::observations::tests::heart_rate(t0, "70");
-            m.device_id = format!("BM-{d}");
-            m.patient_id = Some(format!("P-{d}"));
+            m.device_id = format!("BM-{d}").into();
+            m.patient_id = Some(format!("P-{d}").into());
             w.add(&m, t0.timestamp_millis(), 1);
         }
         for u in w.flush() {

@@ -5,7 +5,7 @@ use super::expr::EvalError;
 use super::expr::{Expr, Language, MatchedToken, Scope, Token};
 use super::jsonpath::ScanSet;
 use super::tree::{Node, Tree};
-use crate::model::{Measurement, RawMessage};
+use crate::model::{Measurement, RawMessage, Text};
 use bumpalo::Bump;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -946,7 +946,7 @@ impl DeviceTemplate {
                 }
             };
             match found {
-                Some(s) if has_text(&s) => properties.push((v.name.clone(), s.into_owned())),
+                Some(s) if has_text(&s) => properties.push((v.name.clone(), Text::from(s))),
                 _ if v.required => {
                     return Err(self.error(
                         field(),
@@ -966,7 +966,7 @@ impl DeviceTemplate {
                     .text(e)
                     .map_err(|e| self.error(name.to_string(), e.to_string()))?;
                 if let Some(s) = found.filter(|s| has_text(s)) {
-                    properties.push((name.clone(), s.into_owned()));
+                    properties.push((name.clone(), Text::from(s)));
                 }
             }
         }
@@ -1006,8 +1006,8 @@ impl DeviceTemplate {
         slot: &Slot,
         field: &str,
         scope: &impl Lookup,
-    ) -> Result<Option<String>, NormalizeError> {
-        Ok(self.eval(slot, field, scope)?.map(Cow::into_owned))
+    ) -> Result<Option<Text>, NormalizeError> {
+        Ok(self.eval(slot, field, scope)?.map(Text::from))
     }
 
     fn required_string(
@@ -1016,9 +1016,9 @@ impl DeviceTemplate {
         field: &str,
         label: &str,
         scope: &impl Lookup,
-    ) -> Result<String, NormalizeError> {
+    ) -> Result<Text, NormalizeError> {
         self.eval(slot, field, scope)?
-            .map(Cow::into_owned)
+            .map(Text::from)
             .ok_or_else(|| {
                 self.error(
                     field,
@@ -1131,8 +1131,8 @@ impl DeviceMapping {
                 None => {
                     out.push(Measurement {
                         type_name: type_name.clone(),
-                        device_id: tree.identifier.clone(),
-                        patient_id: tree.patient.clone(),
+                        device_id: tree.identifier.as_str().into(),
+                        patient_id: tree.patient.as_deref().map(Text::from),
                         encounter_id: None,
                         correlation_id: None,
                         occurrence_time: at,
@@ -1145,10 +1145,13 @@ impl DeviceMapping {
             };
             let props = &mut out[i].properties;
             if let Some(s) = m.status {
-                props.push((format!("{value}Status").into(), s.word().to_string()));
+                props.push((format!("{value}Status").into(), s.word().into()));
             }
             if let Some(c) = &m.calibration {
-                props.push((format!("{value}Calibration").into(), c.state.clone()));
+                props.push((
+                    format!("{value}Calibration").into(),
+                    c.state.as_str().into(),
+                ));
             }
         }
         out

@@ -484,9 +484,9 @@ pub fn take_json_attributes(ms: &mut [crate::model::Measurement]) -> Vec<DeviceT
             Some(i) => i,
             None => {
                 trees.push(DeviceTree {
-                    identifier: m.device_id.clone(),
+                    identifier: m.device_id.to_string(),
                     identifier_type: None,
-                    patient: m.patient_id.clone(),
+                    patient: m.patient_id.as_deref().map(str::to_string),
                     time: Some(m.occurrence_time),
                     components: vec![Component {
                         level: Level::Mds,
@@ -516,7 +516,7 @@ pub fn take_json_attributes(ms: &mut [crate::model::Measurement]) -> Vec<DeviceT
                 "firmwareVersion" => Attribute::FirmwareVersion,
                 _ => Attribute::Location,
             };
-            attributes.insert(a, v.clone());
+            attributes.insert(a, v.to_string());
             false
         });
     }

@@ -331,7 +331,7 @@ impl<'m> Observations<'m> {
 struct Group {
     device: String,
     time: DateTime<Utc>,
-    values: Vec<(Arc<str>, String)>,
+    values: Vec<(Arc<str>, crate::model::Text)>,
 }
 
 impl Template {
@@ -396,7 +396,7 @@ impl Template {
             };
             for d in defs {
                 if !g.values.iter().any(|(n, _)| *n == d.name) {
-                    g.values.push((d.name.clone(), value.to_string()));
+                    g.values.push((d.name.clone(), value.as_ref().into()));
                 }
             }
         }
@@ -418,9 +418,9 @@ impl Template {
             }
             out.push(Measurement {
                 type_name: self.type_name.clone(),
-                device_id: g.device,
-                patient_id: obs.patient.clone(),
-                encounter_id: obs.encounter.clone(),
+                device_id: g.device.into(),
+                patient_id: obs.patient.as_deref().map(Into::into),
+                encounter_id: obs.encounter.as_deref().map(Into::into),
                 correlation_id: None,
                 occurrence_time: g.time,
                 properties: g.values,
