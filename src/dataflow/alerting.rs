@@ -128,7 +128,6 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
             // Encoding a checkpoint costs in proportion to the state: checkpoints are spaced
             // so that they take at most 1/20 of the worker's time, whatever the state's size.
             let mut interval = every;
-            let mut json = Vec::new();
             let mut clock = Watermark::new(peers);
             let mut pending: EpochGate<Arc<Measurement>, (usize, Mark)> = EpochGate::new();
             // Epochs complete at both inputs, the front one possibly applied in part.
@@ -229,10 +228,12 @@ pub(super) fn build<G: Scope<Timestamp = u64>>(
                             .as_ref()
                             .map(|a| a.at(state.applied()))
                             .unwrap_or_default();
-                        match super::alert_state::encode(
-                            &state.checkpoint(&place.source, place.run, place.peers, at),
-                            &mut json,
-                        ) {
+                        match super::alert_state::encode(&state.checkpoint(
+                            &place.source,
+                            place.run,
+                            place.peers,
+                            at,
+                        )) {
                             Ok(bytes) => Some(Arc::new(bytes)),
                             Err(e) => {
                                 control
