@@ -16,7 +16,7 @@
 
 use crate::anomaly::lifecycle::Lifecycle;
 use crate::anomaly::signals::VitalState;
-use crate::model::Measurement;
+use crate::model::{Measurement, Text};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use std::io::Write as _;
@@ -81,12 +81,12 @@ impl Serialize for Row<'_> {
 #[derive(Deserialize)]
 struct RowOwned(
     String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
+    Text,
+    Option<Text>,
+    Option<Text>,
+    Option<Text>,
     (i64, u32),
-    Vec<(String, String)>,
+    Vec<(String, Text)>,
     Option<i64>,
     Option<(String, i32, i64)>,
 );
@@ -99,15 +99,12 @@ impl RowOwned {
             .with_context(|| format!("a waiting reading's time is out of range: {secs}.{nanos}"))?;
         Ok(Measurement {
             type_name: ty.into(),
-            device_id: device.into(),
-            patient_id: patient.map(Into::into),
-            encounter_id: encounter.map(Into::into),
-            correlation_id: correlation.map(Into::into),
+            device_id: device,
+            patient_id: patient,
+            encounter_id: encounter,
+            correlation_id: correlation,
             occurrence_time,
-            properties: props
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
+            properties: props.into_iter().map(|(k, v)| (k.into(), v)).collect(),
             received_ms: rx,
             source: src.map(|(topic, partition, offset)| crate::model::SourcePos {
                 topic: topic.into(),

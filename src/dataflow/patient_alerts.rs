@@ -650,7 +650,7 @@ mod tests {
         Measurement {
             type_name: "spo2".into(),
             device_id: format!("D-{patient}").into(),
-            patient_id: Some(patient.to_string().into()),
+            patient_id: Some(patient.into()),
             encounter_id: None,
             correlation_id: None,
             occurrence_time: chrono::DateTime::from_timestamp_millis(at_ms).expect("time"),
