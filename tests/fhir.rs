@@ -822,3 +822,106 @@ fn a_pcd01_feed_leaves_each_monitor_once_on_the_server_with_its_tree_and_a_rerun
     let after = (version_ids(&h, "Device"), version_ids(&h, "DeviceMetric"));
     assert_eq!(after, before, "a rerun writes no device version");
 }
+
+#[test]
+fn writers_racing_to_create_one_patient_and_device_meet_on_one_resource() {
+    // Identity `Create` and the device-versions output create the same Patient and Device at
+    // once, as does a killed job with its restart: each identifier must end as one resource.
+    use std::sync::{Arc, Barrier};
+    use vitalflow::config::FhirSinkConfig;
+    use vitalflow::fhir::client::FhirClient;
+    use vitalflow::fhir::identity::ensure;
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = Helios::start(dir.path());
+    let cfg = FhirSinkConfig::new(&h.url());
+    const WRITERS: usize = 6;
+    const IDENTIFIERS: usize = 25;
+    let barrier = Arc::new(Barrier::new(WRITERS));
+    // A writer that fails goes on, so that none is left waiting at the barrier.
+    let ensure_pair = |client: &FhirClient, i: usize| -> Result<(String, String), String> {
+        let p = format!("RACE-P-{i}");
+        let patient = ensure(
+            client,
+            "Patient",
+            None,
+            &p,
+            json!({"resourceType": "Patient", "identifier": [{"value": p}]}),
+        )
+        .map_err(|e| e.to_string())??;
+        let pid = patient["id"]
+            .as_str()
+            .ok_or("Patient without id")?
+            .to_string();
+        let d = format!("RACE-D-{i}");
+        let device = ensure(
+            client,
+            "Device",
+            Some("urn:race"),
+            &d,
+            json!({"resourceType": "Device", "identifier": [{"system": "urn:race", "value": d}], "patient": {"reference": format!("Patient/{pid}")}}),
+        )
+        .map_err(|e| e.to_string())??;
+        Ok((
+            pid,
+            device["id"]
+                .as_str()
+                .ok_or("Device without id")?
+                .to_string(),
+        ))
+    };
+    let ids: Vec<Vec<Result<(String, String), String>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..WRITERS)
+            .map(|_| {
+                let (cfg, barrier, ensure_pair) = (cfg.clone(), barrier.clone(), &ensure_pair);
+                s.spawn(move || {
+                    let client =
+                        FhirClient::new(&cfg, vitalflow::metrics::Metrics::new()).expect("client");
+                    (0..IDENTIFIERS)
+                        .map(|i| {
+                            barrier.wait();
+                            ensure_pair(&client, i)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("writer"))
+            .collect()
+    });
+    for i in 0..IDENTIFIERS {
+        let answers: BTreeSet<&Result<(String, String), String>> =
+            ids.iter().map(|w| &w[i]).collect();
+        assert_eq!(
+            answers.len(),
+            1,
+            "identifier {i}: writers were given {answers:?}"
+        );
+    }
+    let count = |t: &str, prefix: &str| {
+        let mut by: BTreeMap<String, usize> = BTreeMap::new();
+        for r in h.all(t) {
+            let v = r["identifier"][0]["value"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if v.starts_with(prefix) {
+                *by.entry(v).or_default() += 1;
+            }
+        }
+        by
+    };
+    let patients = count("Patient", "RACE-P-");
+    let devices = count("Device", "RACE-D-");
+    assert_eq!(patients.len(), IDENTIFIERS);
+    assert_eq!(devices.len(), IDENTIFIERS);
+    assert!(
+        patients.values().all(|&n| n == 1),
+        "duplicate Patients: {patients:?}"
+    );
+    assert!(
+        devices.values().all(|&n| n == 1),
+        "duplicate Devices: {devices:?}"
+    );
+}

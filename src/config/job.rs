@@ -309,7 +309,7 @@ pub enum IdentityMode {
     Lookup,
     /// As `Lookup`, plus the Encounter by the measurement's encounter identifier.
     LookupWithEncounter,
-    /// As `Lookup`, creating a missing Patient and Device (conditional create).
+    /// As `Lookup`, creating a missing Patient and Device at ids derived from their identifiers.
     Create,
 }
 

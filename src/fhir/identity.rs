@@ -3,8 +3,8 @@
 //!
 //! - `Lookup`: the Device by identifier; its `patient` reference is the subject.
 //! - `LookupWithEncounter`: also the Encounter by the measurement's encounter identifier.
-//! - `Create`: as `Lookup`, creating a missing Patient and Device with conditional creates
-//!   (`If-None-Exist`), so two workers or jobs racing create one of each.
+//! - `Create`: as `Lookup`, creating a missing Patient and Device at ids derived from their
+//!   identifiers, so two workers or jobs racing create one of each.
 //!
 //! Answers are cached per worker with a TTL, "not found" for a shorter one, in a bounded LRU.
 //! Lookups of many devices go to the server as one `batch` Bundle of searches.
@@ -389,51 +389,80 @@ impl Resolver {
     }
 }
 
-/// Conditional create (`If-None-Exist`): the existing resource with this identifier, or a
-/// new one; two writers racing create one.
+/// The existing resource with this identifier, else a new one `PUT` at an id derived from the
+/// identifier. Writers that race past the search write the same id and meet on one
+/// resource, where a conditional create (`If-None-Exist`) is only as atomic as the server
+/// makes it: Helios answered six racing writers with three Patients.
 pub fn ensure(
     client: &FhirClient,
     resource_type: &str,
     system: Option<&str>,
     value: &str,
-    resource: Value,
+    mut resource: Value,
 ) -> Result<Result<Value, String>, FhirError> {
     let condition = format!("identifier={}", identifier_param(system, value));
+    let s = client.send(
+        Method::GET,
+        &format!("{resource_type}?{condition}"),
+        None,
+        &[],
+    )?;
+    if s.status != 200 {
+        return Ok(Err(format!(
+            "the {resource_type} search answered {}: {}",
+            s.status,
+            super::client::outcome_diagnostics(&s.body).unwrap_or_default()
+        )));
+    }
+    match one(&s.body, system, value) {
+        Found::One(found) => return Ok(Ok(found.clone())),
+        Found::Many(n) => {
+            return Ok(Err(format!(
+                "{n} {resource_type} resources have identifier \"{value}\""
+            )))
+        }
+        Found::None => {}
+    }
+    let id = created_id(resource_type, system, value);
+    // A writer that raced past the search may have created it since; anything else at that
+    // id is not overwritten.
+    let held = client.send(Method::GET, &format!("{resource_type}/{id}"), None, &[])?;
+    if held.status == 200 {
+        let bundle = json!({"entry": [{"resource": held.body}]});
+        return Ok(match one(&bundle, system, value) {
+            Found::One(found) => Ok(found.clone()),
+            _ => Err(format!(
+                "{resource_type}/{id} exists with another identifier than \"{value}\""
+            )),
+        });
+    }
+    resource["id"] = Value::String(id.clone());
     let r = client.send(
-        Method::POST,
-        resource_type,
+        Method::PUT,
+        &format!("{resource_type}/{id}"),
         Some(&resource),
-        &[
-            ("If-None-Exist", condition.clone()),
-            ("Prefer", "return=representation".into()),
-        ],
+        &[("Prefer", "return=representation".into())],
     )?;
     match r.status {
         200 | 201 if r.body.get("resourceType").and_then(Value::as_str) == Some(resource_type) => {
             Ok(Ok(r.body))
         }
-        // Some servers answer a conditional create that matched with no body: read it back.
-        200 | 201 => {
-            let s = client.send(
-                Method::GET,
-                &format!("{resource_type}?{condition}"),
-                None,
-                &[],
-            )?;
-            match one(&s.body, system, value) {
-                Found::One(found) => Ok(Ok(found.clone())),
-                _ => Ok(Err(format!(
-                    "created {resource_type} \"{value}\" but cannot read it back"
-                ))),
-            }
-        }
-        412 => Ok(Err(format!(
-            "several {resource_type} resources have identifier \"{value}\""
-        ))),
+        // A server that answers with no body holds what was sent.
+        200 | 201 => Ok(Ok(resource)),
         s => Ok(Err(format!(
             "creating {resource_type} \"{value}\" answered {s}: {}",
             super::client::outcome_diagnostics(&r.body).unwrap_or_default()
         ))),
+    }
+}
+
+/// The id a created resource gets: a hash of its type and identifier, so every writer, job
+/// and restart picks the same one, and no patient identifier shows in a URL.
+fn created_id(resource_type: &str, system: Option<&str>, value: &str) -> String {
+    match system {
+        Some(s) => super::device::resource_id(resource_type, &format!("{s}|{value}")),
+        // As the device tree names its monitor, so both outputs write one resource.
+        None => super::device::resource_id(resource_type, value),
     }
 }
 

@@ -2,8 +2,8 @@
 //! version (the server keeps the history of what it was sent).
 //!
 //! The monitor's `Device` is the one identity resolution links Observations to: found by
-//! identifier, or created by a conditional create (`If-None-Exist`, as identity `Create`
-//! does, so the two never make two Devices of one monitor), then updated with the tree's
+//! identifier, or created at an id derived from the identifier (as identity `Create` does,
+//! so the two never make two Devices of one monitor), then updated with the tree's
 //! attributes, keeping the `patient` link the server holds. Its VMDs, channels and metrics
 //! are written by their own ids, with `parent` and `source` pointing at the monitor's
 //! server id.
