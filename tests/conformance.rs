@@ -383,7 +383,7 @@ fn run_fhir(case: &Value) -> Result<(), String> {
                         let values: serde_json::Map<String, Value> = g
                             .values
                             .iter()
-                            .map(|(k, v)| (k.to_string(), time_values_json(v)))
+                            .map(|(k, v)| (k.to_string(), time_values_json(&v.to_time_values())))
                             .collect();
                         serde_json::json!({
                             "start": vitalflow::time::format_dotnet(&g.start),

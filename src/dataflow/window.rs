@@ -18,7 +18,9 @@
 //! waiting value are evicted; data arriving for them later starts a new group, which the
 //! sinks merge into the stored Observation.
 
-use crate::fhir::groups::{boundary, period_segment, period_start_ms, ObservationGroup, TimeValue};
+use crate::fhir::groups::{
+    boundary, period_segment, period_start_ms, ObservationGroup, Series, TimeValue,
+};
 use crate::fhir::observation::{identifier_value, observation_id, Subjects};
 use crate::fhir::sampled_data::{ticks_of, time_of, TICKS_PER_MS};
 use crate::fhir::store::WindowUpdate;
@@ -50,8 +52,8 @@ struct Value {
 
 /// One value name's values in a window.
 ///
-/// A value some version holds keeps only its time and text ([`TimeValue`], 16 bytes, two
-/// fifths of a waiting one's 40; an hourly window at 1 Hz holds 3,600 of them per vital), one
+/// A value some version holds keeps only its time and text, in a [`Series`] (about 3 bytes
+/// where a waiting one takes 40; an hourly window at 1 Hz holds 3,600 of them per vital), one
 /// per time (tick): of
 /// readings of one time a version keeps the first, and every value still to come sorts
 /// after those of its time already held (its checkpoint is later: its effective time is
@@ -60,7 +62,7 @@ struct Column {
     name: Arc<str>,
     /// Values versions hold, by time, one per time: what the last version held, shared
     /// with it.
-    held: Arc<Vec<TimeValue>>,
+    held: Arc<Series>,
     /// Values no version holds yet, sorted by (time, checkpoint, position).
     waiting: Vec<Value>,
     /// How many values the last version took: room made at once for as many after it
@@ -138,7 +140,7 @@ impl Window {
             if !taking.is_empty() {
                 // In place once the outputs dropped the last version (copied if one still
                 // holds it).
-                merge_held(Arc::make_mut(&mut col.held), taking);
+                Arc::make_mut(&mut col.held).extend_sorted(taking);
             }
             if !col.held.is_empty() {
                 group.values.push((col.name.clone(), col.held.clone()));
@@ -148,13 +150,14 @@ impl Window {
         if self.close.is_none() {
             // A correlation group spans the times of the values this version holds, not of
             // values still waiting.
-            let times = group
+            let firsts = group.values.iter().filter_map(|(_, v)| v.first_ticks());
+            let lasts = group
                 .values
                 .iter()
-                .flat_map(|(_, v)| v.iter().map(TimeValue::at));
-            if let (Some(lo), Some(hi)) = (times.clone().min(), times.max()) {
-                group.start = lo;
-                group.end = hi;
+                .filter_map(|(_, v)| v.last().map(|l| l.ticks()));
+            if let (Some(lo), Some(hi)) = (firsts.min(), lasts.max()) {
+                group.start = time_of(lo);
+                group.end = time_of(hi);
             }
         }
         let version = (taken > 0).then(|| WindowUpdate {
@@ -169,7 +172,7 @@ impl Window {
     fn evict_after(&self) -> i64 {
         self.close.unwrap_or_else(|| {
             let newest = self.values.iter().flat_map(|c| {
-                let held = c.held.last().map(TimeValue::ticks);
+                let held = c.held.last().map(|l| l.ticks());
                 held.into_iter().chain(c.waiting.last().map(|v| v.ticks))
             });
             newest
@@ -200,42 +203,6 @@ enum Slot {
     Period(i64),
     /// Correlation id.
     Correlation(crate::model::Text),
-}
-
-/// Merges the values of a new version (sorted by time, checkpoint and position) into
-/// `held`: by time, those held first among one time's, one per time.
-fn merge_held(held: &mut Vec<TimeValue>, taking: Vec<TimeValue>) {
-    // Of readings of one time the first stays.
-    fn push(held: &mut Vec<TimeValue>, v: TimeValue) {
-        if held.last().is_none_or(|h| h.ticks() != v.ticks()) {
-            held.push(v);
-        }
-    }
-    // Exactly: the list lives as long as its window, and doubling would leave up to half of
-    // it unused (a version no longer copies it, so growing costs a copy only here).
-    held.reserve_exact(taking.len());
-    if held
-        .last()
-        .is_none_or(|h| taking.first().is_some_and(|u| h.ticks() < u.ticks()))
-    {
-        // Readings in time order (the usual case): appended.
-        for v in taking {
-            push(held, v);
-        }
-        return;
-    }
-    let old = std::mem::take(held);
-    held.reserve_exact(old.len() + taking.len());
-    let mut new = taking.into_iter().peekable();
-    for h in old {
-        while let Some(n) = new.next_if(|n| n.ticks() < h.ticks()) {
-            push(held, n);
-        }
-        push(held, h);
-    }
-    for n in new {
-        push(held, n);
-    }
 }
 
 /// Identifiers seen (types, patients, devices, topics), numbered.
@@ -508,8 +475,7 @@ impl Windows {
             let list = &mut col.waiting;
             // A vital often reads as it did a second before: the column's newest text
             // answers without hashing.
-            let newest = (list.last().map(|v| &v.value))
-                .or_else(|| col.held.last().map(TimeValue::shared_text));
+            let newest = (list.last().map(|v| &v.value)).or_else(|| col.held.last_shared());
             let value = match newest.filter(|t| t.as_str() == value.as_str()) {
                 Some(t) => t.clone(),
                 None => match self.texts.get(value.as_str()) {
@@ -645,24 +611,23 @@ mod tests {
     fn a_waiting_value_takes_the_bytes_the_docs_say() {
         // docs/ARCHITECTURE.md and docs/scaling.md size a window's values by these.
         assert_eq!(std::mem::size_of::<Value>(), 40);
-        assert_eq!(std::mem::size_of::<TimeValue>(), 16);
     }
 
     #[test]
     fn held_values_merge_by_time_with_those_held_first_and_one_per_time() {
         let t = |s: i64| chrono::DateTime::from_timestamp(1_764_892_800 + s, 0).expect("t");
-        let held = |xs: &[(i64, &str)]| -> Vec<TimeValue> {
+        let taking = |xs: &[(i64, &str)]| -> Vec<TimeValue> {
             xs.iter()
                 .map(|(s, v)| TimeValue::new(t(*s), (*v).into()))
                 .collect()
         };
-        let taking = held;
-        let merge_held = |mut h: Vec<TimeValue>, t| {
-            merge_held(&mut h, t);
+        let held = |xs: &[(i64, &str)]| Series::of(&taking(xs));
+        let merge_held = |mut h: Series, t| {
+            h.extend_sorted(t);
             h
         };
-        let texts = |v: Vec<TimeValue>| {
-            v.into_iter()
+        let texts = |v: Series| {
+            v.iter()
                 .map(|v| (v.at(), v.text().to_string()))
                 .collect::<Vec<_>>()
         };
@@ -733,8 +698,8 @@ mod tests {
     fn values(u: &WindowUpdate) -> Vec<String> {
         u.group
             .get("hr")
-            .unwrap_or_default()
-            .iter()
+            .into_iter()
+            .flat_map(Series::iter)
             .map(|v| v.text().to_string())
             .collect()
     }

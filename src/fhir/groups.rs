@@ -8,6 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 use std::sync::Arc;
 
 pub use super::sampled_data::TimeValue;
+pub use super::series::Series;
 
 /// The measurements that become one Observation.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,7 +22,7 @@ pub struct ObservationGroup {
     /// Per property, time-sorted values; a repeated timestamp keeps the first value.
     /// Shared with the window that holds them: a version copies no value, and the window
     /// appends in place once the outputs have built the version.
-    pub values: Vec<(Arc<str>, Arc<Vec<TimeValue>>)>,
+    pub values: Vec<(Arc<str>, Arc<Series>)>,
 }
 
 impl ObservationGroup {
@@ -50,19 +51,16 @@ impl ObservationGroup {
                 }
             };
             // A set ordered by time: an equal timestamp keeps the value already there.
-            let v = TimeValue::new(at, value.as_str().into());
-            if let Err(i) = list.binary_search_by_key(&v.ticks(), TimeValue::ticks) {
-                list.insert(i, v);
-            }
+            list.insert(super::sampled_data::ticks_of(at), value.as_str());
         }
     }
 
     /// Values of a property.
-    pub fn get(&self, name: &str) -> Option<&[TimeValue]> {
+    pub fn get(&self, name: &str) -> Option<&Series> {
         self.values
             .iter()
             .find(|(n, _)| &**n == name)
-            .map(|(_, v)| v.as_slice())
+            .map(|(_, v)| &**v)
     }
 }
 

@@ -8,6 +8,7 @@ pub mod identity;
 pub mod observation;
 pub mod observation_json;
 pub mod sampled_data;
+pub mod series;
 pub mod store;
 
 /// The connector's service URI: system of its own codings and of Observation identifiers.

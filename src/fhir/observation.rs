@@ -5,7 +5,7 @@
 
 use super::groups::ObservationGroup;
 use super::sampled_data;
-use super::sampled_data::TimeValue;
+use super::series::Series;
 use super::{FhirDataError, SERVICE_URI};
 use crate::mapping::fhir::{
     Category, Code, CodeValueTemplate, ComponentTemplate, HeadParts, ValueKind, ValueTemplate,
@@ -188,7 +188,7 @@ fn decimal(s: &str) -> Option<Number> {
 }
 
 /// The one value of a Quantity, as a number.
-pub(super) fn quantity(tpl: &ValueTemplate, values: &[TimeValue]) -> Result<Number, FhirDataError> {
+pub(super) fn quantity(tpl: &ValueTemplate, values: &Series) -> Result<Number, FhirDataError> {
     let raw = single(tpl, values)?;
     decimal(raw).ok_or_else(|| {
         FhirDataError(format!(
@@ -200,10 +200,10 @@ pub(super) fn quantity(tpl: &ValueTemplate, values: &[TimeValue]) -> Result<Numb
 
 pub(super) fn single<'v>(
     tpl: &ValueTemplate,
-    values: &'v [TimeValue],
+    values: &'v Series,
 ) -> Result<&'v str, FhirDataError> {
-    match values {
-        [v] => Ok(v.text()),
+    match (values.len(), values.last()) {
+        (1, Some(v)) => Ok(v.text()),
         _ => Err(FhirDataError(format!(
             "{} value \"{}\" expects exactly one value per observation, found {}",
             value_key(&tpl.kind),
@@ -228,7 +228,7 @@ pub fn always_builds(tpl: &CodeValueTemplate) -> bool {
 
 fn create_value(
     tpl: &ValueTemplate,
-    values: &[TimeValue],
+    values: &Series,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
 ) -> Result<Value, FhirDataError> {
@@ -246,7 +246,7 @@ fn create_value(
                 "origin": origin,
                 "period": default_period,
                 "dimensions": 1,
-                "data": sampled_data::build(values, start, end, *default_period),
+                "data": sampled_data::build_series(values, start, end, *default_period),
             })
         }
         ValueKind::Quantity { unit, code, system } => {
@@ -274,7 +274,7 @@ fn create_value(
 
 fn merge_value(
     tpl: &ValueTemplate,
-    values: &[TimeValue],
+    values: &Series,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     existing_period: (DateTime<Utc>, DateTime<Utc>),
@@ -302,7 +302,7 @@ fn merge_value(
             }
             let data = existing.get("data").and_then(Value::as_str).unwrap_or("");
             let old = sampled_data::to_time_values(data, existing_period.0, *default_period);
-            let merged = sampled_data::merge(&old, values);
+            let merged = sampled_data::merge(&old, &values.to_time_values());
             let (start, end) = (start.min(existing_period.0), end.max(existing_period.1));
             let mut sd = existing.clone();
             sd["data"] = Value::String(sampled_data::build(&merged, start, end, *default_period));
@@ -322,7 +322,7 @@ fn merge_value(
 /// A new component: the component codes plus the connector's coding for the value name.
 fn new_component(
     c: &ComponentTemplate,
-    values: &[TimeValue],
+    values: &Series,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
 ) -> Result<Value, FhirDataError> {
@@ -524,7 +524,7 @@ mod tests {
             id_segment: "x".into(),
             values: vec![(
                 Arc::from("hr"),
-                Arc::new(vec![TimeValue::new(at, "72".into())]),
+                Arc::new(Series::of(&[TimeValue::new(at, "72".into())])),
             )],
         };
         let subjects = Subjects {

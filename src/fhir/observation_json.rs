@@ -11,7 +11,8 @@
 use super::compact_json::string;
 use super::groups::ObservationGroup;
 use super::observation::{self, head_ref, quantity, single, value_key, Subjects};
-use super::sampled_data::{self, TimeValue};
+use super::sampled_data;
+use super::series::Series;
 use super::{FhirDataError, SERVICE_URI};
 use crate::mapping::fhir::{Code, CodeValueTemplate, ValueKind, ValueTemplate};
 use crate::time::format_dotnet;
@@ -175,7 +176,7 @@ fn resolved_code(out: &mut Vec<u8>, name: &str, codes: &[Code]) {
 fn value(
     out: &mut Vec<u8>,
     tpl: &ValueTemplate,
-    values: &[TimeValue],
+    values: &Series,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
 ) -> Result<(), FhirDataError> {
@@ -193,7 +194,7 @@ fn value(
             origin.close();
             number(sd.key("period"), default_period);
             sd.key("dimensions").push(b'1');
-            let data = sampled_data::build(values, start, end, *default_period);
+            let data = sampled_data::build_series(values, start, end, *default_period);
             string(sd.key("data"), &data);
             sd.close();
         }
@@ -332,15 +333,14 @@ mod tests {
             };
             for ((t, text), n) in values.iter().zip(names.iter().cycle()) {
                 let name = *n.get(&names_of);
-                let v = TimeValue::new(at(*t), text.as_str().into());
+                let ticks = sampled_data::ticks_of(at(*t));
                 match group.values.iter_mut().find(|(k, _)| &**k == name) {
-                    Some((_, list)) => {
-                        let list = Arc::make_mut(list);
-                        if let Err(i) = list.binary_search_by_key(&v.ticks(), TimeValue::ticks) {
-                            list.insert(i, v);
-                        }
+                    Some((_, list)) => Arc::make_mut(list).insert(ticks, text),
+                    None => {
+                        let mut list = Series::default();
+                        list.insert(ticks, text);
+                        group.values.push((name.into(), Arc::new(list)));
                     }
-                    None => group.values.push((name.into(), Arc::new(vec![v]))),
                 }
             }
             let subjects = Subjects {

@@ -1,5 +1,6 @@
 //! SampledData streams: `data` strings of space-separated values, `E` for no value.
 
+use super::series::Series;
 use arcstr::ArcStr;
 use chrono::{DateTime, Utc};
 
@@ -95,18 +96,50 @@ pub fn build(
     if !values.is_sorted_by(|a, b| a.ticks <= b.ticks) {
         return build_by_slots(values, start, end, period_ms);
     }
+    let texts: usize = values.iter().map(|v| v.text.len() + 1).sum();
+    build_sorted(
+        values.iter().map(|v| (v.ticks, v.text())),
+        texts,
+        start,
+        end,
+        period_ms,
+    )
+}
+
+/// [`build`] for a window's series: always in time order.
+pub fn build_series(
+    values: &Series,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    period_ms: u64,
+) -> String {
+    build_sorted(
+        values.iter().map(|v| (v.ticks(), v.text())),
+        values.text_len() + values.len(),
+        start,
+        end,
+        period_ms,
+    )
+}
+
+/// The one pass of [`build`] over values in time order; `texts` is room for their tokens.
+fn build_sorted<'a>(
+    values: impl Iterator<Item = (i64, &'a str)>,
+    texts: usize,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    period_ms: u64,
+) -> String {
     let period = period_ms.max(1) as i128 * 1_000_000;
     let Some(slots) = slot_count(start, end, period) else {
         return String::new();
     };
-    let texts: usize = values.iter().map(|v| v.text.len() + 1).sum();
     let mut out = String::with_capacity(2 * slots + texts);
     // Every token is written with the space after it; the last space goes at the end.
     let mut next = 0;
     let start = nanos(start);
     let mut placed = values
-        .iter()
-        .filter_map(|v| Some((slot_of(v, start, period, slots)?, v.text())))
+        .filter_map(|(ticks, text)| Some((slot_of(ticks, start, period, slots)?, text)))
         .peekable();
     while let Some((slot, v)) = placed.next() {
         if placed.peek().is_some_and(|(s, _)| *s == slot) {
@@ -129,9 +162,10 @@ fn slot_count(start: DateTime<Utc>, end: DateTime<Utc>, period: i128) -> Option<
     (span >= 0).then(|| (span / period + 1) as usize)
 }
 
-/// The slot of `v`, when it falls in one of `slots` from `start` (ns since the epoch).
-fn slot_of(v: &TimeValue, start: i128, period: i128, slots: usize) -> Option<usize> {
-    let offset = i128::from(v.ticks) * 100 - start;
+/// The slot of a value at `ticks`, when it falls in one of `slots` from `start` (ns since
+/// the epoch).
+fn slot_of(ticks: i64, start: i128, period: i128, slots: usize) -> Option<usize> {
+    let offset = i128::from(ticks) * 100 - start;
     if offset < 0 {
         return None;
     }
@@ -163,7 +197,7 @@ fn build_by_slots(
     let mut data: Vec<Option<&str>> = vec![None; slots];
     let start = nanos(start);
     for v in values {
-        if let Some(slot) = slot_of(v, start, period, slots) {
+        if let Some(slot) = slot_of(v.ticks, start, period, slots) {
             data[slot] = Some(v.text());
         }
     }
@@ -248,6 +282,14 @@ mod tests {
             prop_assert_eq!(
                 build(&values, start, end, period),
                 build_by_slots(&values, start, end, period)
+            );
+            // A window's series (one value per time, the first) builds as its list does.
+            let series = Series::of(&values);
+            let mut firsts = values.clone();
+            firsts.dedup_by_key(|v| v.ticks);
+            prop_assert_eq!(
+                build_series(&series, start, end, period),
+                build(&firsts, start, end, period)
             );
         }
     }
