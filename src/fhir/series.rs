@@ -85,8 +85,8 @@ impl Series {
     /// The values, in time order.
     pub fn iter(&self) -> Iter<'_> {
         Iter {
-            series: self,
-            at: 0,
+            texts: &self.texts,
+            rest: &self.bytes,
             ticks: self.first,
             left: self.len,
         }
@@ -269,8 +269,9 @@ impl Series {
 /// The values of a [`Series`], in time order.
 #[derive(Clone)]
 pub struct Iter<'a> {
-    series: &'a Series,
-    at: usize,
+    texts: &'a [ArcStr],
+    /// The values not yet read.
+    rest: &'a [u8],
     ticks: i64,
     left: u32,
 }
@@ -283,17 +284,15 @@ impl<'a> Iterator for Iter<'a> {
             return None;
         }
         self.left -= 1;
-        let bytes = &self.series.bytes;
-        let tag = read_varint(bytes, &mut self.at);
+        let tag = take_varint(&mut self.rest);
         let text = if tag & INLINE == 0 {
-            self.series.texts[(tag >> 2) as usize].as_str()
+            self.texts[(tag >> 2) as usize].as_str()
         } else {
-            let len = (tag >> 2) as usize;
-            let text = inline_text(bytes, self.at, len);
-            self.at += len;
-            text
+            let (text, rest) = self.rest.split_at((tag >> 2) as usize);
+            self.rest = rest;
+            std::str::from_utf8(text).expect("UTF-8 as written")
         };
-        let delta = read_varint(bytes, &mut self.at);
+        let delta = take_varint(&mut self.rest);
         let delta = if tag & MS == 0 {
             delta
         } else {
@@ -352,18 +351,19 @@ fn push_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn read_varint(bytes: &[u8], at: &mut usize) -> u64 {
+/// Reads a varint off the front of `rest` (as [`push_varint`] wrote it).
+fn take_varint(rest: &mut &[u8]) -> u64 {
     let mut v = 0u64;
     let mut shift = 0;
-    loop {
-        let b = bytes[*at];
-        *at += 1;
+    while let Some((&b, tail)) = rest.split_first() {
+        *rest = tail;
         v |= u64::from(b & 0x7f) << shift;
         if b < 0x80 {
-            return v;
+            break;
         }
         shift += 7;
     }
+    v
 }
 
 #[cfg(test)]
