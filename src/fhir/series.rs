@@ -255,7 +255,13 @@ impl Series {
                 return Some(i);
             }
         }
-        if let Some(i) = self.texts.iter().position(|t| t.as_str() == text) {
+        // The window's texts are interned: the pointer answers. A text shared anew after its
+        // first share was dropped takes a second number, which costs a slot, not a value.
+        let found = match shared {
+            Some(s) => self.texts.iter().position(|t| ArcStr::ptr_eq(t, s)),
+            None => self.texts.iter().position(|t| t.as_str() == text),
+        };
+        if let Some(i) = found {
             return Some(i as u32);
         }
         (self.texts.len() < DICTIONARY).then(|| {
