@@ -924,4 +924,28 @@ fn writers_racing_to_create_one_patient_and_device_meet_on_one_resource() {
         devices.values().all(|&n| n == 1),
         "duplicate Devices: {devices:?}"
     );
+
+    // The id a creation would take, held by a resource with another identifier: not
+    // overwritten, and the refusal says why.
+    let taken = vitalflow::fhir::device::resource_id("Patient", "RACE-TAKEN");
+    h.put(
+        &json!({"resourceType": "Patient", "id": taken, "identifier": [{"value": "SOMEONE-ELSE"}]}),
+    );
+    let client = FhirClient::new(&cfg, vitalflow::metrics::Metrics::new()).expect("client");
+    let refused = ensure(
+        &client,
+        "Patient",
+        None,
+        "RACE-TAKEN",
+        json!({"resourceType": "Patient", "identifier": [{"value": "RACE-TAKEN"}]}),
+    )
+    .expect("transport");
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("exists with another identifier")),
+        "{refused:?}"
+    );
+    let (_, held) = h.get(&format!("Patient/{taken}")).expect("read");
+    assert_eq!(held["identifier"][0]["value"], "SOMEONE-ELSE");
 }
