@@ -246,7 +246,7 @@ fn create_value(
                 "origin": origin,
                 "period": default_period,
                 "dimensions": 1,
-                "data": sampled_data::build_series(values, start, end, *default_period),
+                "data": values.sampled_data(start, end, *default_period),
             })
         }
         ValueKind::Quantity { unit, code, system } => {

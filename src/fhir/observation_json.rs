@@ -11,7 +11,6 @@
 use super::compact_json::string;
 use super::groups::ObservationGroup;
 use super::observation::{self, head_ref, quantity, single, value_key, Subjects};
-use super::sampled_data;
 use super::series::Series;
 use super::{FhirDataError, SERVICE_URI};
 use crate::mapping::fhir::{Code, CodeValueTemplate, ValueKind, ValueTemplate};
@@ -194,7 +193,7 @@ fn value(
             origin.close();
             number(sd.key("period"), default_period);
             sd.key("dimensions").push(b'1');
-            let data = sampled_data::build_series(values, start, end, *default_period);
+            let data = values.sampled_data(start, end, *default_period);
             string(sd.key("data"), &data);
             sd.close();
         }
@@ -333,7 +332,7 @@ mod tests {
             };
             for ((t, text), n) in values.iter().zip(names.iter().cycle()) {
                 let name = *n.get(&names_of);
-                let ticks = sampled_data::ticks_of(at(*t));
+                let ticks = crate::fhir::sampled_data::ticks_of(at(*t));
                 match group.values.iter_mut().find(|(k, _)| &**k == name) {
                     Some((_, list)) => Arc::make_mut(list).insert(ticks, text),
                     None => {

@@ -1,6 +1,5 @@
 //! SampledData streams: `data` strings of space-separated values, `E` for no value.
 
-use super::series::Series;
 use arcstr::ArcStr;
 use chrono::{DateTime, Utc};
 
@@ -106,24 +105,9 @@ pub fn build(
     )
 }
 
-/// [`build`] for a window's series: always in time order.
-pub fn build_series(
-    values: &Series,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-    period_ms: u64,
-) -> String {
-    build_sorted(
-        values.iter().map(|v| (v.ticks(), v.text())),
-        values.text_len() + values.len(),
-        start,
-        end,
-        period_ms,
-    )
-}
-
-/// The one pass of [`build`] over values in time order; `texts` is room for their tokens.
-fn build_sorted<'a>(
+/// [`build`] in one pass over (ticks, text) known to be in time order; `texts` is room for
+/// their tokens.
+pub fn build_sorted<'a>(
     values: impl Iterator<Item = (i64, &'a str)>,
     texts: usize,
     start: DateTime<Utc>,
@@ -283,14 +267,7 @@ mod tests {
                 build(&values, start, end, period),
                 build_by_slots(&values, start, end, period)
             );
-            // A window's series (one value per time, the first) builds as its list does.
-            let series = Series::of(&values);
-            let mut firsts = values.clone();
-            firsts.dedup_by_key(|v| v.ticks);
-            prop_assert_eq!(
-                build_series(&series, start, end, period),
-                build(&firsts, start, end, period)
-            );
+
         }
     }
 

@@ -10,7 +10,7 @@
 //! full, so a series of ever-new texts stays bounded too. Reading is one forward pass, which
 //! is all a SampledData build, a dead letter or a merge needs.
 
-use super::sampled_data::{time_of, TimeValue, TICKS_PER_MS};
+use super::sampled_data::{self, time_of, TimeValue, TICKS_PER_MS};
 use arcstr::ArcStr;
 use chrono::{DateTime, Utc};
 
@@ -116,6 +116,18 @@ impl Series {
             Last::Numbered(i) => Some(&self.texts[i as usize]),
             _ => None,
         }
+    }
+
+    /// The SampledData `data` of its values over `[start, end]`, one slot per `period_ms`
+    /// ([`sampled_data::build`]).
+    pub fn sampled_data(&self, start: DateTime<Utc>, end: DateTime<Utc>, period_ms: u64) -> String {
+        sampled_data::build_sorted(
+            self.iter().map(|v| (v.ticks, v.text)),
+            self.text_len + self.len(),
+            start,
+            end,
+            period_ms,
+        )
     }
 
     /// Bytes of every value's text together.
@@ -441,6 +453,31 @@ mod tests {
             prop_assert_eq!(batched.last().map(|s| (s.ticks, s.text.to_string())), model(&expect).last().cloned());
             prop_assert_eq!(batched.first_ticks(), model(&expect).first().map(|(t, _)| *t));
             prop_assert_eq!(Series::of(&batched.to_time_values()), batched);
+        }
+    }
+
+    proptest! {
+        /// A series (one value per time, the first) builds the SampledData its list does.
+        #[test]
+        fn a_series_builds_as_its_list(
+            mut times in proptest::collection::vec(-5_000i64..70_000, 0..80),
+            texts in proptest::collection::vec("[0-9]{1,3}(\\.[0-9])?", 80),
+            span in -1_000i64..65_000,
+            period in 0u64..7_000,
+        ) {
+            let at = |ms: i64| DateTime::from_timestamp_millis(1_800_000_000_000 + ms).expect("time");
+            times.sort();
+            let values: Vec<TimeValue> = times
+                .iter()
+                .zip(&texts)
+                .map(|(t, v)| TimeValue::new(at(*t), v.as_str().into()))
+                .collect();
+            let mut firsts = values.clone();
+            firsts.dedup_by_key(|v| v.ticks());
+            prop_assert_eq!(
+                Series::of(&values).sampled_data(at(0), at(span), period),
+                sampled_data::build(&firsts, at(0), at(span), period)
+            );
         }
     }
 
