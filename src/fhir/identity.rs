@@ -113,18 +113,20 @@ fn matching<'a>(bundle: &'a Value, system: Option<&str>, value: &str) -> Vec<&'a
                 && e.pointer("/search/mode").and_then(Value::as_str) != Some("outcome")
         })
         .filter_map(|e| e.get("resource"))
-        .filter(|r| {
-            r.get("identifier")
-                .and_then(Value::as_array)
-                .is_some_and(|ids| {
-                    ids.iter().any(|i| {
-                        i.get("value").and_then(Value::as_str) == Some(value)
-                            && system
-                                .is_none_or(|s| i.get("system").and_then(Value::as_str) == Some(s))
-                    })
-                })
-        })
+        .filter(|r| has_identifier(r, system, value))
         .collect()
+}
+
+/// Whether resource `r` carries this identifier exactly.
+fn has_identifier(r: &Value, system: Option<&str>, value: &str) -> bool {
+    r.get("identifier")
+        .and_then(Value::as_array)
+        .is_some_and(|ids| {
+            ids.iter().any(|i| {
+                i.get("value").and_then(Value::as_str) == Some(value)
+                    && system.is_none_or(|s| i.get("system").and_then(Value::as_str) == Some(s))
+            })
+        })
 }
 
 enum Found<'a> {
@@ -428,12 +430,12 @@ pub fn ensure(
     // id is not overwritten.
     let held = client.send(Method::GET, &format!("{resource_type}/{id}"), None, &[])?;
     if held.status == 200 {
-        let bundle = json!({"entry": [{"resource": held.body}]});
-        return Ok(match one(&bundle, system, value) {
-            Found::One(found) => Ok(found.clone()),
-            _ => Err(format!(
+        return Ok(if has_identifier(&held.body, system, value) {
+            Ok(held.body)
+        } else {
+            Err(format!(
                 "{resource_type}/{id} exists with another identifier than \"{value}\""
-            )),
+            ))
         });
     }
     resource["id"] = Value::String(id.clone());
