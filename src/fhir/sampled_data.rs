@@ -237,7 +237,7 @@ pub fn merge(existing: &[TimeValue], new: &[TimeValue]) -> Vec<TimeValue> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -245,29 +245,43 @@ mod tests {
         DateTime::from_timestamp_millis(ms).expect("time")
     }
 
+    /// `ms` after the instant the build tests draw values around.
+    pub(in crate::fhir) fn near(ms: i64) -> DateTime<Utc> {
+        at(1_800_000_000_000 + ms)
+    }
+
+    /// Values in time order around [`near`]`(0)` (several in one slot, some before the
+    /// window, some past it), a window's span and a period, both in ms: what the build
+    /// tests draw.
+    pub(in crate::fhir) fn sorted_values() -> impl Strategy<Value = (Vec<TimeValue>, i64, u64)> {
+        (
+            proptest::collection::vec(-5_000i64..70_000, 0..80),
+            proptest::collection::vec("[0-9]{1,3}(\\.[0-9])?", 80),
+            -1_000i64..65_000,
+            0u64..7_000,
+        )
+            .prop_map(|(mut times, texts, span, period)| {
+                times.sort();
+                let values = times
+                    .iter()
+                    .zip(&texts)
+                    .map(|(t, v)| TimeValue::new(near(*t), v.as_str().into()))
+                    .collect();
+                (values, span, period)
+            })
+    }
+
     proptest! {
         /// The one-pass build writes what the slot table writes, for time-ordered values:
         /// values before the start, past the last slot, several in one slot (the later
         /// wins), windows ending before they start, periods wider than the window.
         #[test]
-        fn one_pass_equals_the_slot_table(
-            mut times in proptest::collection::vec(-5_000i64..70_000, 0..80),
-            texts in proptest::collection::vec("[0-9]{1,3}(\\.[0-9])?", 80),
-            span in -1_000i64..65_000,
-            period in 0u64..7_000,
-        ) {
-            times.sort();
-            let values: Vec<TimeValue> = times
-                .iter()
-                .zip(&texts)
-                .map(|(t, v)| TimeValue::new(at(1_800_000_000_000 + t), v.as_str().into()))
-                .collect();
-            let (start, end) = (at(1_800_000_000_000), at(1_800_000_000_000 + span));
+        fn one_pass_equals_the_slot_table((values, span, period) in sorted_values()) {
+            let (start, end) = (near(0), near(span));
             prop_assert_eq!(
                 build(&values, start, end, period),
                 build_by_slots(&values, start, end, period)
             );
-
         }
     }
 

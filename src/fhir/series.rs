@@ -388,6 +388,7 @@ fn take_varint(rest: &mut &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fhir::sampled_data::tests::{near, sorted_values};
     use proptest::prelude::*;
 
     /// What a series must hold: a set by time where the first value of a time stays.
@@ -460,24 +461,12 @@ mod tests {
     proptest! {
         /// A series (one value per time, the first) builds the SampledData its list does.
         #[test]
-        fn a_series_builds_as_its_list(
-            mut times in proptest::collection::vec(-5_000i64..70_000, 0..80),
-            texts in proptest::collection::vec("[0-9]{1,3}(\\.[0-9])?", 80),
-            span in -1_000i64..65_000,
-            period in 0u64..7_000,
-        ) {
-            let at = |ms: i64| DateTime::from_timestamp_millis(1_800_000_000_000 + ms).expect("time");
-            times.sort();
-            let values: Vec<TimeValue> = times
-                .iter()
-                .zip(&texts)
-                .map(|(t, v)| TimeValue::new(at(*t), v.as_str().into()))
-                .collect();
+        fn a_series_builds_as_its_list((values, span, period) in sorted_values()) {
             let mut firsts = values.clone();
             firsts.dedup_by_key(|v| v.ticks());
             prop_assert_eq!(
-                Series::of(&values).sampled_data(at(0), at(span), period),
-                sampled_data::build(&firsts, at(0), at(span), period)
+                Series::of(&values).sampled_data(near(0), near(span), period),
+                sampled_data::build(&firsts, near(0), near(span), period)
             );
         }
     }
