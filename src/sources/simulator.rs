@@ -577,6 +577,9 @@ impl Pacer {
     }
 }
 
+/// The shortest sleep of [`produce`] between sends.
+const MIN_NAP: Duration = Duration::from_millis(1);
+
 /// Produces simulated messages into a Kafka topic (key: device id) at the configured rate,
 /// until the count is reached or `stop` is set. Returns the number of messages delivered.
 pub fn produce(
@@ -600,7 +603,12 @@ pub fn produce(
     'outer: while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let n = pacer.allowance(1000);
         if n == 0 {
-            std::thread::sleep(pacer.until_next().min(Duration::from_millis(50)));
+            // Wakes at most once a millisecond and sends what is due then. Sleeping until
+            // each next message woke the thread 5,000 times a second at 5,000 msgs/s: 13 %
+            // of `vitalflow bench`'s CPU samples, most of it the kernel switching tasks.
+            // Each message is stamped as it is produced, so no measured latency grows.
+            let nap = pacer.until_next().clamp(MIN_NAP, Duration::from_millis(50));
+            std::thread::sleep(nap);
             producer.poll(Duration::ZERO);
             continue;
         }
