@@ -39,7 +39,12 @@ impl Control {
     pub(crate) fn fail(&self, e: impl std::fmt::Display) {
         let mut f = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
         if f.is_none() {
-            *f = Some(e.to_string());
+            let reason = e.to_string();
+            // Said now, not only when the job has wound down: a stop that hangs, then a
+            // second Ctrl-C (which exits at once), would otherwise leave no reason at all.
+            // The same text the run reports at its end, so no more than it says.
+            tracing::error!("the job failed and stops: {reason}");
+            *f = Some(reason);
         }
         self.metrics.healthy.store(false, Ordering::Relaxed);
         self.stop.store(true, Ordering::Relaxed);
