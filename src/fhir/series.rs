@@ -4,12 +4,12 @@
 //! An hourly window at 1 Hz holds 3,600 values per vital until the hour closes, and every
 //! version rebuilds its SampledData from all of them. As a list of (ticks, shared text) they
 //! took 16 bytes each, about 12 MB a minute of the embedded default's growth at 5,000
-//! msgs/s (docs/performance.md). Here a value is its
-//! time since the one before (a varint; in milliseconds when whole, 2 bytes at 1 Hz) and its
-//! text's number in the series' own dictionary (1 byte for the first 32 texts): vitals
-//! repeat a few texts ("72", "98"). Past [`DICTIONARY`] texts a new text is written out in
-//! full, so a series of ever-new texts stays bounded too. Reading is one forward pass, which
-//! is all a SampledData build, a dead letter or a merge needs.
+//! msgs/s (docs/performance.md). Here a value is its time since the one before (a varint; in
+//! milliseconds when whole, 2 bytes at 1 Hz) and its text's number in the series' own
+//! dictionary (1 byte for the first 32 texts): vitals repeat a few texts ("72", "98"). Past
+//! [`DICTIONARY`] texts a new text is written out in full, so a series of ever-new texts
+//! stays bounded too. Reading is one forward pass, which is all a SampledData build, a dead
+//! letter or a merge needs.
 
 use super::sampled_data::{self, time_of, TimeValue, TICKS_PER_MS};
 use arcstr::ArcStr;
